@@ -1,0 +1,2 @@
+//! husk-agent: PID 1 inside the guest.
+fn main() {}

@@ -1,0 +1,24 @@
+//! Subcommands. Each module owns its commands' flags and their execution;
+//! `run` returns the process exit code (Docker's: 125 for husk's own errors).
+
+pub mod image;
+pub mod vm;
+
+use clap::Subcommand;
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Low-level microVM commands.
+    #[command(subcommand)]
+    Vm(vm::VmCommand),
+    #[command(flatten)]
+    Image(image::ImageCommand),
+}
+
+/// Runs a subcommand and returns the exit code.
+pub fn run(command: Command) -> anyhow::Result<i32> {
+    match command {
+        Command::Vm(c) => vm::run(c),
+        Command::Image(c) => image::run(c),
+    }
+}

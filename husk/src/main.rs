@@ -1,0 +1,25 @@
+//! `husk`: the command-line interface.
+
+mod cmd;
+
+use clap::Parser;
+
+/// Containers in KVM microVMs.
+#[derive(Parser)]
+#[command(name = "husk", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: cmd::Command,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let code = match cmd::run(cli.command) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("husk: {err:#}");
+            125
+        }
+    };
+    std::process::exit(code);
+}

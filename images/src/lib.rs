@@ -1,0 +1,2 @@
+//! The image store: content-addressed blobs, image references, registry
+//! client, docker/OCI import and export, EROFS layer disks.

@@ -1,0 +1,110 @@
+//! Virtio devices over the virtio-mmio transport.
+//!
+//! Every device lives in its own folder with the same file roles:
+//! - `device.rs`: the [`VirtioDevice`] implementation (features, config space,
+//!   activation, state);
+//! - `queue.rs` (or a name for what it processes): pure processing of
+//!   descriptor chains against guest memory, unit-tested with
+//!   virtio-queue's mock queues;
+//! - `event.rs`: the epoll glue (`event_manager::MutEventSubscriber`).
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use virtio_queue::Queue;
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+/// Guest memory as the devices see it.
+pub type GuestMemory = GuestMemoryMmap<()>;
+
+/// `interrupt_status` bit: a used buffer was added to a queue.
+pub const INT_VRING: u32 = 0x1;
+/// `interrupt_status` bit: the configuration space changed.
+pub const INT_CONFIG: u32 = 0x2;
+
+/// The interrupt line of one virtio-mmio device: the status register the
+/// transport exposes to the guest plus the irqfd that raises the GSI.
+#[derive(Debug)]
+pub struct VirtioInterrupt {
+    status: AtomicU32,
+    irqfd: EventFd,
+}
+
+impl VirtioInterrupt {
+    /// Wraps the irqfd registered with KVM for this device's GSI.
+    pub fn new(irqfd: EventFd) -> Self {
+        Self {
+            status: AtomicU32::new(0),
+            irqfd,
+        }
+    }
+
+    /// Sets `bits` in the interrupt status and raises the interrupt.
+    pub fn trigger(&self, bits: u32) -> std::io::Result<()> {
+        self.status.fetch_or(bits, Ordering::SeqCst);
+        self.irqfd.write(1)
+    }
+
+    /// The current interrupt status (the `InterruptStatus` register).
+    pub fn status(&self) -> u32 {
+        self.status.load(Ordering::SeqCst)
+    }
+
+    /// Clears `bits` (the guest's `InterruptACK` write).
+    pub fn ack(&self, bits: u32) {
+        self.status.fetch_and(!bits, Ordering::SeqCst);
+    }
+
+    /// The irqfd, for registration with KVM.
+    pub fn irqfd(&self) -> &EventFd {
+        &self.irqfd
+    }
+}
+
+/// What a device receives when the driver sets DRIVER_OK.
+pub struct ActivateContext {
+    /// Guest memory, for queue processing.
+    pub mem: GuestMemory,
+    /// The queues as the driver configured them, one per `queue_max_sizes` entry.
+    pub queues: Vec<Queue>,
+    /// The queue notification eventfds (registered as ioeventfds on QueueNotify).
+    pub queue_evts: Vec<EventFd>,
+    /// The device's interrupt.
+    pub interrupt: Arc<VirtioInterrupt>,
+}
+
+/// Errors a device may return from [`VirtioDevice::activate`].
+#[derive(Debug, thiserror::Error)]
+pub enum ActivateError {
+    /// The driver's configuration is unusable (bad queue count, invalid queue...).
+    #[error("invalid configuration: {0}")]
+    BadConfig(&'static str),
+    /// Registering or signalling an eventfd failed.
+    #[error("eventfd")]
+    EventFd(#[source] std::io::Error),
+}
+
+/// A virtio device behind a virtio-mmio transport. Called from vCPU threads
+/// (through the transport) under the device's mutex; must never panic on
+/// guest-chosen offsets, lengths or feature bits.
+pub trait VirtioDevice: Send {
+    /// The virtio device ID (2 = block, 19 = vsock).
+    fn device_type(&self) -> u32;
+    /// Maximum size of each queue; its length is the number of queues.
+    fn queue_max_sizes(&self) -> &[u16];
+    /// Feature bits the device offers (including VIRTIO_F_VERSION_1).
+    fn avail_features(&self) -> u64;
+    /// The features the driver accepted (a subset of `avail_features`).
+    fn set_acked_features(&mut self, features: u64);
+    /// Reads the device configuration space.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Writes the device configuration space.
+    fn write_config(&mut self, offset: u64, data: &[u8]);
+    /// Starts the device with the driver's queues.
+    fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError>;
+    /// The driver reset the device: drop queues and in-flight state. Returns
+    /// the queue eventfds handed over in `activate`, if the device had them,
+    /// so that the transport can reuse them.
+    fn reset(&mut self) -> Option<Vec<EventFd>>;
+}
