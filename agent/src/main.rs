@@ -1,2 +1,47 @@
 //! husk-agent: PID 1 inside the guest.
-fn main() {}
+//!
+//! Boots from the read-only agent disk, connects to the host over vsock,
+//! runs the requested command in the root disk and streams its output back,
+//! then powers the VM off. It must never panic or exit: a dying PID 1
+//! panics the kernel, so every path ends in [`guest::power_off`].
+
+mod guest;
+mod log;
+mod session;
+mod spawn;
+mod system;
+
+use std::error::Error;
+
+use session::Outcome;
+use system::GuestSystem;
+
+fn main() {
+    // SAFETY: getpid has no preconditions.
+    if unsafe { libc::getpid() } != 1 {
+        eprintln!("husk-agent: must run as PID 1 inside a husk VM");
+        std::process::exit(1);
+    }
+    std::panic::set_hook(Box::new(|info| {
+        log::error(&format!("panic: {info}"));
+        guest::power_off();
+    }));
+    match system::run_agent(&mut GuestSystem::new()) {
+        Ok(Outcome::Finished(msg)) => log::info(&format!("command finished: {msg:?}")),
+        Ok(Outcome::Refused(code)) => log::info(&format!("request refused: {code:?}")),
+        Err(e) => log::error(&chain(&e)),
+    }
+    guest::power_off();
+}
+
+/// An error and its sources on one line.
+fn chain(err: &dyn Error) -> String {
+    let mut line = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        line.push_str(": ");
+        line.push_str(&e.to_string());
+        source = e.source();
+    }
+    line
+}

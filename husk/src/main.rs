@@ -1,6 +1,8 @@
 //! `husk`: the command-line interface.
 
+mod assets;
 mod cmd;
+mod microvm;
 
 use clap::Parser;
 

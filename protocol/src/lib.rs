@@ -1,2 +1,34 @@
 //! The wire format between the host (husk) and the guest agent.
-//! Owned by the agent/protocol work; see docs/ARCHITECTURE.md.
+//!
+//! A stream carries frames: a `u32` little-endian payload length followed by
+//! a [postcard]-encoded [`Message`]. The length is checked against
+//! [`MAX_FRAME`] before anything is allocated, so a hostile peer cannot make
+//! the reader allocate more than that.
+//!
+//! Compatibility: both sides send [`Message::Hello`] first with their
+//! [`PROTOCOL_VERSION`]. Enum variants and struct fields are encoded by
+//! position, so new variants are only ever appended at the end of an enum,
+//! and changing a struct's fields means a new protocol version.
+//!
+//! Everything the host reads here comes from the guest and is untrusted:
+//! [`decode`] and [`FrameDecoder`] return errors on any malformed input and
+//! never panic.
+
+mod frame;
+mod message;
+
+pub use frame::{
+    decode, encode, read_message, write_message, DecodeError, FrameDecoder, ReadError, WriteError,
+    HEADER_LEN, MAX_FRAME,
+};
+pub use message::{ErrorCode, Message, RootDisk, RunRequest, User};
+
+/// The protocol version this build speaks; sent in [`Message::Hello`].
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The vsock port the agent connects to on the host (CID 2) at boot.
+pub const AGENT_PORT: u32 = 1024;
+
+/// The largest chunk of stdio data put into one frame; well below
+/// [`MAX_FRAME`] to leave room for the encoding overhead.
+pub const MAX_CHUNK: usize = 64 * 1024;

@@ -1,1 +1,268 @@
-//! Helpers shared by the end-to-end tests.
+//! Helpers shared by the end-to-end tests: locating the `husk` binary and
+//! the guest assets, building root filesystems from Debian's busybox-static,
+//! running `husk` with timeouts, and checking for leaked processes and
+//! files.
+
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+/// The `husk` binary: `$HUSK_BIN`, else next to the test executable
+/// (`target/<profile>/husk`).
+pub fn husk_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("HUSK_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/husk
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable in target/<profile>/deps");
+    profile_dir.join("husk")
+}
+
+/// The guest kernel from `$HUSK_KERNEL`, or `None` after printing why the
+/// test is skipped (plain `cargo test` without scripts/test.sh).
+pub fn kernel_or_skip(test: &str) -> Option<PathBuf> {
+    match std::env::var_os("HUSK_KERNEL") {
+        Some(k) => Some(PathBuf::from(k)),
+        None => {
+            eprintln!("SKIPPED {test}: HUSK_KERNEL is not set (run scripts/test.sh to boot VMs)");
+            None
+        }
+    }
+}
+
+/// Serializes tests that boot VMs: the hosts have two cores and a boot
+/// takes most of one.
+pub fn vm_lock() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Builds an ext4 image at `image` from Debian's busybox-static: /bin with
+/// busybox and its applet links, /etc, and empty proc, sys, dev, tmp.
+pub fn busybox_rootfs(work: &Path, image: &Path) -> Result<()> {
+    let root = work.join("rootfs");
+    for dir in ["bin", "etc", "proc", "sys", "dev", "tmp", "root"] {
+        std::fs::create_dir_all(root.join(dir))?;
+    }
+    let busybox = root.join("bin/busybox");
+    std::fs::copy("/bin/busybox", &busybox)
+        .context("copying /bin/busybox (apt install busybox-static)")?;
+    let list = Command::new(&busybox).arg("--list").output()?;
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        if applet != "busybox" {
+            std::os::unix::fs::symlink("busybox", root.join("bin").join(applet))?;
+        }
+    }
+    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n")?;
+    mkfs_ext4(&root, image)
+}
+
+/// `mkfs.ext4 -q -d dir image 64M`.
+pub fn mkfs_ext4(dir: &Path, image: &Path) -> Result<()> {
+    // An existing file keeps mke2fs from announcing that it creates one.
+    std::fs::File::create(image).with_context(|| format!("creating {}", image.display()))?;
+    let status = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-d"])
+        .arg(dir)
+        .arg(image)
+        .arg("64M")
+        .status()
+        .context("running mkfs.ext4")?;
+    if !status.success() {
+        bail!("mkfs.ext4 failed: {status}");
+    }
+    Ok(())
+}
+
+/// A finished `husk` process.
+#[derive(Debug)]
+pub struct Finished {
+    /// Exit status.
+    pub status: ExitStatus,
+    /// Everything written to stdout.
+    pub stdout: String,
+    /// Everything written to stderr.
+    pub stderr: String,
+    /// Process id (also its process group id).
+    pub pid: u32,
+}
+
+impl Finished {
+    /// The exit code (-1 if killed by a signal).
+    pub fn code(&self) -> i32 {
+        self.status.code().unwrap_or(-1)
+    }
+}
+
+/// A `husk` command in its own process group, with the test's asset
+/// environment and `HUSK_RUN_DIR` set to `run_dir`.
+pub fn husk(run_dir: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(husk_bin());
+    cmd.args(args)
+        .env("HUSK_RUN_DIR", run_dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    cmd
+}
+
+/// A running `husk`, with its output collected on threads.
+pub struct Running {
+    child: Child,
+    stdout_lines: mpsc::Receiver<String>,
+    stdout: Vec<String>,
+    stderr: std::thread::JoinHandle<String>,
+}
+
+impl Running {
+    /// Starts `cmd` (made with [`husk`]).
+    pub fn start(mut cmd: Command) -> Result<Self> {
+        let mut child = cmd.spawn().context("starting husk")?;
+        let out = child.stdout.take().context("stdout")?;
+        let mut err = child.stderr.take().context("stderr")?;
+        let (tx, stdout_lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(out);
+            loop {
+                let mut line = String::new();
+                match reader.read_line(&mut line) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        if tx.send(line).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+        let stderr = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = err.read_to_string(&mut s);
+            s
+        });
+        Ok(Self {
+            child,
+            stdout_lines,
+            stdout: Vec::new(),
+            stderr,
+        })
+    }
+
+    /// Process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for a stdout line equal to `want` (without the newline).
+    pub fn wait_for_line(&mut self, want: &str, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stdout_lines.recv_timeout(left) {
+                Ok(line) => {
+                    let done = line.trim_end_matches('\n') == want;
+                    self.stdout.push(line);
+                    if done {
+                        return Ok(());
+                    }
+                }
+                Err(_) => bail!("no line {want:?} within {timeout:?}; got {:?}", self.stdout),
+            }
+        }
+    }
+
+    /// Sends `sig` to husk.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// Waits for husk to exit; on timeout kills its process group and
+    /// fails.
+    pub fn finish(mut self, timeout: Duration) -> Result<Finished> {
+        let pid = self.child.id();
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(status) = self.child.try_wait()? {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                // SAFETY: kill(2) on our child's process group.
+                unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
+                let _ = self.child.wait();
+                bail!("husk did not exit within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let rest: Vec<String> = self.stdout_lines.iter().collect();
+        self.stdout.extend(rest);
+        let stderr = self.stderr.join().unwrap_or_default();
+        Ok(Finished {
+            status,
+            stdout: self.stdout.concat(),
+            stderr,
+            pid,
+        })
+    }
+}
+
+/// Runs `cmd` to completion within `timeout`.
+pub fn run(cmd: Command, timeout: Duration) -> Result<Finished> {
+    Running::start(cmd)?.finish(timeout)
+}
+
+/// Processes still alive in process group `pgid` (husk's children).
+pub fn processes_in_group(pgid: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // Fields after the parenthesised command: state ppid pgrp ...
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if fields.get(2).and_then(|g| g.parse::<u32>().ok()) == Some(pgid) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// Entries left in `dir` (recursively listed, relative paths).
+pub fn leftovers(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            out.push(p.strip_prefix(dir).unwrap_or(&p).display().to_string());
+            if p.is_dir() {
+                stack.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}

@@ -63,7 +63,9 @@ impl Bus {
     pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
         match self.find(addr, data.len()) {
             Some((offset, dev)) => {
-                dev.lock().unwrap_or_else(|e| e.into_inner()).read(offset, data);
+                dev.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .read(offset, data);
                 true
             }
             None => false,
@@ -74,7 +76,9 @@ impl Bus {
     pub fn write(&self, addr: u64, data: &[u8]) -> bool {
         match self.find(addr, data.len()) {
             Some((offset, dev)) => {
-                dev.lock().unwrap_or_else(|e| e.into_inner()).write(offset, data);
+                dev.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .write(offset, data);
                 true
             }
             None => false,
@@ -99,17 +103,26 @@ mod tests {
     #[test]
     fn dispatches_by_range_and_rejects_overlap() {
         let mut bus = Bus::new();
-        bus.insert(Arc::new(Mutex::new(Echo(1))), 0x100, 0x10).unwrap();
-        bus.insert(Arc::new(Mutex::new(Echo(9))), 0x110, 0x10).unwrap();
-        assert!(bus.insert(Arc::new(Mutex::new(Echo(0))), 0x108, 0x10).is_err());
-        assert!(bus.insert(Arc::new(Mutex::new(Echo(0))), 0xf8, 0x10).is_err());
+        bus.insert(Arc::new(Mutex::new(Echo(1))), 0x100, 0x10)
+            .unwrap();
+        bus.insert(Arc::new(Mutex::new(Echo(9))), 0x110, 0x10)
+            .unwrap();
+        assert!(bus
+            .insert(Arc::new(Mutex::new(Echo(0))), 0x108, 0x10)
+            .is_err());
+        assert!(bus
+            .insert(Arc::new(Mutex::new(Echo(0))), 0xf8, 0x10)
+            .is_err());
         assert!(bus.insert(Arc::new(Mutex::new(Echo(0))), 0x200, 0).is_err());
         let mut b = [0u8; 2];
         assert!(bus.read(0x102, &mut b));
         assert_eq!(b, [3, 3]);
         assert!(bus.read(0x110, &mut b));
         assert_eq!(b, [9, 9]);
-        assert!(!bus.read(0x11f, &mut b), "access crossing the end of a range");
+        assert!(
+            !bus.read(0x11f, &mut b),
+            "access crossing the end of a range"
+        );
         assert!(!bus.read(0x50, &mut b));
         assert!(bus.write(0x111, &[20]));
         assert!(bus.read(0x110, &mut b));

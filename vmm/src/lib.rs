@@ -3,10 +3,29 @@
 //! kernel.
 //!
 //! Module map (see docs/ARCHITECTURE.md):
+//! - [`vm`]: the public API ([`Vm`], [`VmConfig`], [`StopHandle`]), VM
+//!   assembly and the event loop; [`setup`]: its steps (KVM, devices).
+//! - [`vcpu`]: vCPU threads, exit dispatch, kicking out of KVM_RUN.
+//! - [`arch::x86_64`]: memory layout, direct boot, MP table, CPUID, MSRs,
+//!   registers.
+//! - [`memory`], [`cmdline`], [`host`] (PVM host detection and quirks),
+//!   [`config`], [`exit`].
 //! - [`bus`]: MMIO and port-I/O dispatch from vCPU exits to devices.
-//! - [`devices`]: the 8250 serial port and the virtio devices.
-//! - the remaining modules (boot, vCPUs, host detection, the VM itself) are
-//!   owned by the VM core.
+//! - [`devices`]: serial port, legacy ports and the virtio devices.
 
+pub mod arch;
 pub mod bus;
+pub mod cmdline;
+pub mod config;
 pub mod devices;
+pub mod exit;
+pub mod host;
+pub mod memory;
+pub mod setup;
+pub mod vcpu;
+pub mod vm;
+
+pub use config::{ConsoleOutput, DiskConfig, VmConfig, VsockConfig};
+pub use exit::ExitReason;
+pub use host::HostKind;
+pub use vm::{StopHandle, Vm, VmError};

@@ -1,15 +1,220 @@
 //! `husk vm ...`: boot a microVM and run one command in it.
 
-use clap::Subcommand;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use husk_protocol::{RootDisk, RunRequest};
+
+use crate::assets;
+use crate::microvm::{self, Disk, Launch, Signals};
 
 #[derive(Subcommand)]
 pub enum VmCommand {
     /// Boot a microVM and run a command in the given root filesystem.
-    Run,
+    Run(RunArgs),
 }
 
-pub fn run(command: VmCommand) -> anyhow::Result<i32> {
+/// `husk vm run` flags.
+#[derive(Args)]
+pub struct RunArgs {
+    /// Guest kernel (vmlinux); default: $HUSK_KERNEL, then the installed one.
+    #[arg(long, value_name = "PATH")]
+    kernel: Option<PathBuf>,
+    /// A disk image, attached as disk0, disk1, ...; the first is the root.
+    /// Append `:ro` to attach it read-only.
+    #[arg(long = "disk", value_name = "PATH[:ro]")]
+    disks: Vec<String>,
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=32))]
+    cpus: u8,
+    /// Guest memory in MiB.
+    #[arg(long, value_name = "MiB", default_value_t = 256,
+          value_parser = clap::value_parser!(u32).range(64..=65536))]
+    memory: u32,
+    /// Write the guest console to FILE (default: a file in the run
+    /// directory, kept only on failure).
+    #[arg(long, value_name = "FILE")]
+    console: Option<PathBuf>,
+    /// Set an environment variable (KEY=VALUE, or KEY to copy husk's).
+    #[arg(short = 'e', long = "env", value_name = "KEY[=VALUE]")]
+    env: Vec<String>,
+    /// Working directory inside the guest root.
+    #[arg(short = 'w', long, value_name = "DIR", default_value = "/")]
+    workdir: String,
+    /// Seconds the guest may take to boot and reach the agent.
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 90,
+        env = "HUSK_BOOT_TIMEOUT"
+    )]
+    boot_timeout: u64,
+    /// The command and its arguments.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    command: Vec<String>,
+}
+
+pub fn run(command: VmCommand) -> Result<i32> {
     match command {
-        VmCommand::Run => anyhow::bail!("not implemented yet"),
+        VmCommand::Run(args) => run_vm(args),
+    }
+}
+
+fn run_vm(args: RunArgs) -> Result<i32> {
+    let signals = Signals::install().context("installing signal handlers")?;
+    let kernel = assets::kernel(args.kernel.as_deref())?;
+    let disks = args
+        .disks
+        .iter()
+        .map(|d| parse_disk(d))
+        .collect::<Result<Vec<_>>>()?;
+    let root = match disks.first() {
+        Some(d) => Some(root_disk(d)?),
+        None => None,
+    };
+    check_kvm()?;
+    let agent = assets::agent()?;
+    let agent_disk = assets::agent_disk(&agent, &assets::cache_dir())?;
+    let launch = Launch {
+        kernel,
+        agent_disk,
+        disks,
+        cpus: args.cpus,
+        mem_mib: args.memory,
+        console: args.console,
+        boot_timeout: Duration::from_secs(args.boot_timeout),
+        request: RunRequest {
+            argv: args.command,
+            env: environment(&args.env),
+            cwd: args.workdir,
+            root,
+            user: None,
+            stdin: false,
+        },
+    };
+    microvm::run(&launch, &signals)
+}
+
+/// Parses `PATH[:ro]` and checks that the image exists.
+fn parse_disk(spec: &str) -> Result<Disk> {
+    let (path, read_only) = match spec.rsplit_once(':') {
+        Some((p, "ro")) => (p, true),
+        Some((p, "rw")) => (p, false),
+        _ => (spec, false),
+    };
+    let path = PathBuf::from(path);
+    let meta = std::fs::metadata(&path).with_context(|| format!("disk {}", path.display()))?;
+    if meta.is_dir() {
+        bail!("disk {} is a directory, not an image", path.display());
+    }
+    Ok(Disk { path, read_only })
+}
+
+/// The root disk request for the first user disk; the filesystem type is
+/// read from its superblock.
+fn root_disk(disk: &Disk) -> Result<RootDisk> {
+    let fs_type = detect_fs(&disk.path)?;
+    Ok(RootDisk {
+        serial: "disk0".into(),
+        fs_type: fs_type.into(),
+        read_only: disk.read_only || fs_type == "erofs",
+    })
+}
+
+/// Recognises ext2/3/4 and EROFS images.
+fn detect_fs(path: &Path) -> Result<&'static str> {
+    let mut sb = [0u8; 1024];
+    let mut file = File::open(path).with_context(|| format!("disk {}", path.display()))?;
+    file.seek(SeekFrom::Start(1024))
+        .and_then(|_| file.read_exact(&mut sb))
+        .with_context(|| format!("disk {}: too small for a filesystem", path.display()))?;
+    if sb[0..4] == 0xE0F5_E1E2u32.to_le_bytes() {
+        return Ok("erofs");
+    }
+    if sb[0x38..0x3a] == 0xEF53u16.to_le_bytes() {
+        return Ok("ext4");
+    }
+    bail!(
+        "disk {}: no ext4 or EROFS filesystem found for the root",
+        path.display()
+    )
+}
+
+/// The command's environment: a default PATH and HOME, then `-e` flags.
+fn environment(flags: &[String]) -> Vec<String> {
+    let mut env = vec![
+        format!(
+            "PATH={}",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+        ),
+        "HOME=/root".to_string(),
+    ];
+    for flag in flags {
+        let entry = match flag.split_once('=') {
+            Some(_) => flag.clone(),
+            None => match std::env::var(flag) {
+                Ok(v) => format!("{flag}={v}"),
+                Err(_) => continue,
+            },
+        };
+        let key = entry.split('=').next().unwrap_or_default().to_string();
+        env.retain(|e| e.split('=').next() != Some(key.as_str()));
+        env.push(entry);
+    }
+    env
+}
+
+/// Fails with a clear message when KVM is missing or not accessible.
+fn check_kvm() -> Result<()> {
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            bail!("/dev/kvm does not exist: KVM is required (load kvm, or enable nested virtualization)")
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            bail!("/dev/kvm: permission denied (add the user to the kvm group)")
+        }
+        Err(e) => bail!("/dev/kvm: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disk_specs() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("a.img");
+        std::fs::write(&img, [0u8; 4096]).unwrap();
+        let d = parse_disk(&format!("{}:ro", img.display())).unwrap();
+        assert!(d.read_only);
+        assert_eq!(d.path, img);
+        assert!(!parse_disk(img.to_str().unwrap()).unwrap().read_only);
+        let err = format!("{:#}", parse_disk("/no/such.img").unwrap_err());
+        assert!(
+            err.contains("/no/such.img") && err.contains("No such file"),
+            "{err}"
+        );
+        let err = format!("{:#}", detect_fs(&img).unwrap_err());
+        assert!(err.contains("no ext4 or EROFS"), "{err}");
+    }
+
+    #[test]
+    fn env_flags_override_defaults() {
+        let env = environment(&[
+            "PATH=/x".into(),
+            "A=1".into(),
+            "HUSK_SURELY_UNSET_VAR".into(),
+        ]);
+        assert_eq!(env, ["HOME=/root", "PATH=/x", "A=1"]);
     }
 }

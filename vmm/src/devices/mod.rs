@@ -1,3 +1,5 @@
 //! Emulated devices.
 
+pub mod legacy;
+pub mod serial;
 pub mod virtio;

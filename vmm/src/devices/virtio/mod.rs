@@ -7,6 +7,19 @@
 //!   descriptor chains against guest memory, unit-tested with
 //!   virtio-queue's mock queues;
 //! - `event.rs`: the epoll glue (`event_manager::MutEventSubscriber`).
+//!
+//! Threads: the transport runs on vCPU threads, the devices' queue
+//! processing on the event-manager thread; both reach a device through its
+//! `Arc<Mutex<_>>`. Activation and reset happen on a vCPU thread and are
+//! handed to the event thread through [`activation::QueueEvents`].
+
+pub mod activation;
+pub mod block;
+pub mod mmio;
+pub mod vsock;
+
+#[cfg(test)]
+pub(crate) mod test_utils;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -68,7 +81,8 @@ pub struct ActivateContext {
     pub mem: GuestMemory,
     /// The queues as the driver configured them, one per `queue_max_sizes` entry.
     pub queues: Vec<Queue>,
-    /// The queue notification eventfds (registered as ioeventfds on QueueNotify).
+    /// The queue notification eventfds (duplicates of the transport's, which
+    /// are registered as ioeventfds on QueueNotify), one per queue.
     pub queue_evts: Vec<EventFd>,
     /// The device's interrupt.
     pub interrupt: Arc<VirtioInterrupt>,
@@ -103,8 +117,20 @@ pub trait VirtioDevice: Send {
     fn write_config(&mut self, offset: u64, data: &[u8]);
     /// Starts the device with the driver's queues.
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError>;
-    /// The driver reset the device: drop queues and in-flight state. Returns
-    /// the queue eventfds handed over in `activate`, if the device had them,
-    /// so that the transport can reuse them.
-    fn reset(&mut self) -> Option<Vec<EventFd>>;
+    /// The driver reset the device: drop queues and in-flight state. The
+    /// queue eventfds of `activate` are duplicates of the transport's (which
+    /// stay registered as ioeventfds), so the device just stops using them.
+    fn reset(&mut self);
+}
+
+/// Copies `config[offset..]` into `data`, zero-filling past its end.
+pub(crate) fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    data.fill(0);
+    let Ok(start) = usize::try_from(offset) else {
+        return;
+    };
+    if let Some(src) = config.get(start..) {
+        let n = src.len().min(data.len());
+        data[..n].copy_from_slice(&src[..n]);
+    }
 }

@@ -1,0 +1,198 @@
+//! Runtime assets: the guest kernel, the agent binary and the agent disk
+//! built from it (see the BRIEF's conventions for the search order).
+
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{anyhow, bail, Context, Result};
+use sha2::{Digest, Sha256};
+
+/// Bumped whenever the agent disk's layout changes, so cached disks with
+/// the old layout are not reused.
+const AGENT_DISK_LAYOUT: &str = "husk agent disk v1";
+
+/// Empty directories on the agent disk (mount points for the agent).
+const AGENT_DISK_DIRS: &[&str] = &["proc", "sys", "dev", "run", "mnt", "mnt/root", "tmp"];
+
+/// The directory of system-wide husk assets.
+const SYSTEM_LIB: &str = "/usr/local/lib/husk";
+
+/// `<dir of the husk executable>/../lib/husk`, if it can be determined.
+fn exe_lib_dir() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    Some(exe.parent()?.parent()?.join("lib/husk"))
+}
+
+/// Picks the first existing candidate; the error names them all.
+fn pick(what: &str, candidates: Vec<PathBuf>) -> Result<PathBuf> {
+    if let Some(found) = candidates.iter().find(|p| p.is_file()) {
+        return Ok(found.clone());
+    }
+    let tried: Vec<String> = candidates.iter().map(|p| p.display().to_string()).collect();
+    bail!("no {what} found (tried {})", tried.join(", "))
+}
+
+/// The guest kernel: `flag` > `$HUSK_KERNEL` > `<exe>/../lib/husk/vmlinux` >
+/// `/usr/local/lib/husk/vmlinux`. An explicit path must exist and be an
+/// ELF file.
+pub fn kernel(flag: Option<&Path>) -> Result<PathBuf> {
+    let explicit = flag
+        .map(Path::to_path_buf)
+        .or_else(|| std::env::var_os("HUSK_KERNEL").map(PathBuf::from));
+    let path = match explicit {
+        Some(p) => p,
+        None => {
+            let mut candidates: Vec<PathBuf> = exe_lib_dir()
+                .map(|d| d.join("vmlinux"))
+                .into_iter()
+                .collect();
+            candidates.push(Path::new(SYSTEM_LIB).join("vmlinux"));
+            pick("guest kernel", candidates)?
+        }
+    };
+    check_elf(&path)?;
+    Ok(path)
+}
+
+/// Fails unless `path` is a readable file starting with the ELF magic.
+fn check_elf(path: &Path) -> Result<()> {
+    let mut magic = [0u8; 4];
+    let mut file = fs::File::open(path).with_context(|| format!("kernel {}", path.display()))?;
+    if !file.metadata().map(|m| m.is_file()).unwrap_or(false) {
+        bail!("kernel {} is not a regular file", path.display());
+    }
+    let n = file.read(&mut magic).unwrap_or(0);
+    if n < 4 || magic != *b"\x7fELF" {
+        bail!(
+            "kernel {} is not an ELF file (an uncompressed vmlinux is required)",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// The agent binary: `$HUSK_AGENT` > `<exe>/../lib/husk/husk-agent` >
+/// `/usr/local/lib/husk/husk-agent`.
+pub fn agent() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("HUSK_AGENT") {
+        let p = PathBuf::from(p);
+        if !p.is_file() {
+            bail!("agent {} (from $HUSK_AGENT) does not exist", p.display());
+        }
+        return Ok(p);
+    }
+    let mut candidates: Vec<PathBuf> = exe_lib_dir()
+        .map(|d| d.join("husk-agent"))
+        .into_iter()
+        .collect();
+    candidates.push(Path::new(SYSTEM_LIB).join("husk-agent"));
+    pick("guest agent", candidates)
+}
+
+/// The cache root: `$HUSK_CACHE` or `/var/cache/husk`.
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("HUSK_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/husk"))
+}
+
+/// Returns the EROFS agent disk for `agent`, building it on first use as
+/// `<cache>/agent-<sha256>.erofs`. Safe against concurrent husk processes:
+/// each builds under a unique temporary name and renames into place.
+pub fn agent_disk(agent: &Path, cache: &Path) -> Result<PathBuf> {
+    let bytes = fs::read(agent).with_context(|| format!("reading agent {}", agent.display()))?;
+    let mut hash = Sha256::new();
+    hash.update(AGENT_DISK_LAYOUT.as_bytes());
+    hash.update(&bytes);
+    let digest = hex::encode(hash.finalize());
+    let disk = cache.join(format!("agent-{digest}.erofs"));
+    if disk.is_file() {
+        return Ok(disk);
+    }
+    fs::create_dir_all(cache).with_context(|| format!("creating {}", cache.display()))?;
+    let staging = tempfile::Builder::new()
+        .prefix(".agent-staging-")
+        .tempdir_in(cache)
+        .with_context(|| format!("creating a staging directory in {}", cache.display()))?;
+    stage_agent(staging.path(), &bytes)?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".agent-")
+        .suffix(".erofs.tmp")
+        .tempfile_in(cache)
+        .context("creating the agent disk")?
+        .into_temp_path();
+    mkfs_erofs(&tmp, staging.path())?;
+    tmp.persist(&disk)
+        .map_err(|e| anyhow!("installing {}: {}", disk.display(), e.error))?;
+    Ok(disk)
+}
+
+fn stage_agent(dir: &Path, agent: &[u8]) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let bin = dir.join("husk-agent");
+    fs::write(&bin, agent).context("staging the agent")?;
+    fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).context("staging the agent")?;
+    for sub in AGENT_DISK_DIRS {
+        fs::create_dir(dir.join(sub)).context("staging the agent disk")?;
+    }
+    Ok(())
+}
+
+fn mkfs_erofs(image: &Path, dir: &Path) -> Result<()> {
+    let out = Command::new("mkfs.erofs")
+        .args(["--quiet", "--all-root", "-T0"])
+        .arg(image)
+        .arg(dir)
+        .output()
+        .context("running mkfs.erofs (install erofs-utils)")?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        bail!(
+            "mkfs.erofs failed ({}): {}",
+            out.status,
+            stderr.lines().last().unwrap_or("").trim()
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn non_elf_kernels_are_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let bogus = dir.path().join("vmlinux");
+        fs::write(&bogus, b"MZ not an elf").unwrap();
+        let err = kernel(Some(&bogus)).unwrap_err().to_string();
+        assert!(err.contains("not an ELF"), "{err}");
+        let err = format!("{:#}", kernel(Some(&dir.path().join("nope"))).unwrap_err());
+        assert!(err.contains("No such file"), "{err}");
+        let err = kernel(Some(dir.path())).unwrap_err().to_string();
+        assert!(err.contains("not a regular file"), "{err}");
+    }
+
+    #[test]
+    fn agent_disk_is_built_once_and_cached() {
+        let dir = tempfile::tempdir().unwrap();
+        let agent = dir.path().join("agent-bin");
+        fs::write(&agent, b"\x7fELF fake agent").unwrap();
+        let cache = dir.path().join("cache");
+        let disk = agent_disk(&agent, &cache).unwrap();
+        let magic = fs::read(&disk).unwrap();
+        // EROFS superblock magic at offset 1024.
+        assert_eq!(&magic[1024..1028], &0xE0F5_E1E2u32.to_le_bytes());
+        let modified = fs::metadata(&disk).unwrap().modified().unwrap();
+        assert_eq!(agent_disk(&agent, &cache).unwrap(), disk);
+        assert_eq!(fs::metadata(&disk).unwrap().modified().unwrap(), modified);
+        let names: Vec<_> = fs::read_dir(&cache)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(names.len(), 1, "no staging or temp files left: {names:?}");
+    }
+}

@@ -1,0 +1,526 @@
+//! Safe extraction of a layer tar into a private staging directory.
+//!
+//! Paths are validated component by component: `..` and absolute paths are
+//! rejected, and no symlink is ever followed (every parent is checked with
+//! `lstat` to be a real directory inside the staging root; files are created
+//! with `O_EXCL|O_NOFOLLOW`). The staging directory is private to this
+//! process, so only the archive itself changes the tree while we work.
+
+use std::collections::HashSet;
+use std::ffi::{CString, OsStr, OsString};
+use std::fs::{self, OpenOptions};
+use std::io::{self, Read};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+
+/// Errors from extraction.
+#[derive(Debug, thiserror::Error)]
+pub enum ExtractError {
+    /// The tar stream is malformed or truncated.
+    #[error("reading layer tar")]
+    Tar(#[source] io::Error),
+    /// An entry path is absolute or escapes the layer.
+    #[error("unsafe path in layer: {0:?}")]
+    UnsafePath(String),
+    /// An entry's parent is not a directory (e.g. a symlink).
+    #[error("path {0:?} in layer goes through a non-directory (symlink?)")]
+    NotADirectory(String),
+    /// A hard link points outside the layer or at a missing entry.
+    #[error("hard link {link:?} -> {target:?} in layer: {reason}")]
+    BadHardLink {
+        /// Link path.
+        link: String,
+        /// Target path.
+        target: String,
+        /// Why it is rejected.
+        reason: &'static str,
+    },
+    /// The entry data ends before its announced size.
+    #[error("layer tar is truncated at {0:?}")]
+    Truncated(String),
+    /// The layer unpacks to more than the allowed size.
+    #[error("layer unpacks to more than {0} bytes")]
+    TooLarge(u64),
+    /// Writing the extracted tree failed.
+    #[error("extracting {path:?}")]
+    Io {
+        /// Entry path.
+        path: String,
+        /// OS error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// How whiteouts are treated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Keep the layer separate: `.wh.x` becomes a 0:0 char device `x`,
+    /// `.wh..wh..opq` the xattr `trusted.overlay.opaque=y` (overlayfs form).
+    Overlay,
+    /// Apply the layer onto what is already in the directory (flattening):
+    /// whiteouts delete, opaque markers empty the directory's lower content.
+    Apply,
+}
+
+/// What happened besides the files written.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Entries skipped or altered, one line each.
+    pub warnings: Vec<String>,
+    /// Bytes of file content written.
+    pub bytes: u64,
+}
+
+struct DirMeta {
+    rel: Vec<OsString>,
+    mode: u32,
+    mtime: i64,
+}
+
+/// Extracts the tar stream `input` into `root` (an existing directory).
+pub fn extract(
+    input: impl Read,
+    root: &Path,
+    mode: Mode,
+    max_bytes: u64,
+) -> Result<Report, ExtractError> {
+    let mut ex = Extractor {
+        root: root.to_path_buf(),
+        mode,
+        max_bytes,
+        report: Report::default(),
+        dirs: Vec::new(),
+        touched: HashSet::new(),
+    };
+    let mut archive = tar::Archive::new(input);
+    for entry in archive.entries().map_err(ExtractError::Tar)? {
+        let mut entry = entry.map_err(ExtractError::Tar)?;
+        ex.entry(&mut entry)?;
+    }
+    ex.finish_dirs()?;
+    Ok(ex.report)
+}
+
+struct Extractor {
+    root: PathBuf,
+    mode: Mode,
+    max_bytes: u64,
+    report: Report,
+    dirs: Vec<DirMeta>,
+    /// Paths (relative) this layer created or entered (for opaque dirs in Apply mode).
+    touched: HashSet<PathBuf>,
+}
+
+fn display(rel: &[OsString]) -> String {
+    let p: PathBuf = rel.iter().collect();
+    p.to_string_lossy().into_owned()
+}
+
+/// Splits an entry path into safe components.
+pub fn sanitize(path: &Path) -> Result<Vec<OsString>, ExtractError> {
+    let mut out = Vec::new();
+    for c in path.components() {
+        match c {
+            Component::Normal(n) => out.push(n.to_os_string()),
+            Component::CurDir => {}
+            Component::ParentDir | Component::RootDir | Component::Prefix(_) => {
+                return Err(ExtractError::UnsafePath(
+                    path.to_string_lossy().into_owned(),
+                ))
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn io_at(rel: &[OsString]) -> impl FnOnce(io::Error) -> ExtractError + '_ {
+    move |source| ExtractError::Io {
+        path: display(rel),
+        source,
+    }
+}
+
+fn cstr(p: &Path) -> io::Result<CString> {
+    CString::new(p.as_os_str().as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+}
+
+fn check(rc: libc::c_int) -> io::Result<()> {
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// `lsetxattr` without following symlinks.
+pub(crate) fn set_xattr(path: &Path, name: &str, value: &[u8]) -> io::Result<()> {
+    let p = cstr(path)?;
+    let n = CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: valid NUL-terminated strings and a valid buffer with its length.
+    check(unsafe {
+        libc::lsetxattr(
+            p.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    })
+}
+
+fn set_mtime(path: &Path, mtime: i64) -> io::Result<()> {
+    let p = cstr(path)?;
+    let ts = libc::timespec {
+        tv_sec: mtime,
+        tv_nsec: 0,
+    };
+    let times = [ts, ts];
+    // SAFETY: valid path string and a two-element timespec array.
+    check(unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            p.as_ptr(),
+            times.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })
+}
+
+fn mknod(path: &Path, mode: libc::mode_t) -> io::Result<()> {
+    let p = cstr(path)?;
+    // SAFETY: valid path string; dev 0:0.
+    check(unsafe { libc::mknod(p.as_ptr(), mode, libc::makedev(0, 0)) })
+}
+
+/// Removes whatever is at `path` (not following symlinks).
+fn remove_any(path: &Path) -> io::Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => fs::remove_dir_all(path),
+        Ok(_) => fs::remove_file(path),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+impl Extractor {
+    /// Walks `parents` from the root: each must be a real directory; missing
+    /// ones are created (0755) when `create`.
+    fn parent_dir(&mut self, parents: &[OsString], create: bool) -> Result<PathBuf, ExtractError> {
+        let mut p = self.root.clone();
+        let mut rel = PathBuf::new();
+        for c in parents {
+            p.push(c);
+            rel.push(c);
+            match fs::symlink_metadata(&p) {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => return Err(ExtractError::NotADirectory(display(parents))),
+                Err(e) if e.kind() == io::ErrorKind::NotFound && create => {
+                    fs::create_dir(&p).map_err(io_at(parents))?;
+                    fs::set_permissions(&p, fs::Permissions::from_mode(0o755))
+                        .map_err(io_at(parents))?;
+                }
+                Err(e) => return Err(io_at(parents)(e)),
+            }
+            self.touched.insert(rel.clone());
+        }
+        Ok(p)
+    }
+
+    fn entry<R: Read>(&mut self, e: &mut tar::Entry<'_, R>) -> Result<(), ExtractError> {
+        let path = e.path().map_err(ExtractError::Tar)?.into_owned();
+        let rel = sanitize(&path)?;
+        let kind = e.header().entry_type();
+        let Some((name, parents)) = rel.split_last() else {
+            // The layer root itself ("./").
+            if kind.is_dir() {
+                let mode = e.header().mode().map_err(ExtractError::Tar)?;
+                let mtime = e.header().mtime().unwrap_or(0) as i64;
+                self.owner_and_xattrs(e, &self.root.clone(), &rel)?;
+                self.dirs.push(DirMeta { rel, mode, mtime });
+            }
+            return Ok(());
+        };
+        let name_bytes = name.as_bytes();
+        if let Some(target) = name_bytes.strip_prefix(b".wh.") {
+            return self.whiteout(parents, target);
+        }
+        let parent = self.parent_dir(parents, true)?;
+        let dest = parent.join(name);
+        self.touched.insert(rel.iter().collect());
+        use tar::EntryType as T;
+        match kind {
+            T::Directory => self.directory(e, &dest, rel),
+            T::Regular | T::Continuous | T::GNUSparse => self.regular(e, &dest, &rel),
+            T::Symlink => self.symlink(e, &dest, &rel),
+            T::Link => self.hard_link(e, &dest, &rel),
+            T::Fifo => {
+                remove_any(&dest).map_err(io_at(&rel))?;
+                mknod(&dest, libc::S_IFIFO | 0o600).map_err(io_at(&rel))?;
+                self.metadata(e, &dest, &rel, true)
+            }
+            T::Char | T::Block => {
+                self.report
+                    .warnings
+                    .push(format!("skipped device node {}", display(&rel)));
+                Ok(())
+            }
+            other => {
+                self.report
+                    .warnings
+                    .push(format!("skipped {} (tar type {other:?})", display(&rel)));
+                Ok(())
+            }
+        }
+    }
+
+    fn whiteout(&mut self, parents: &[OsString], target: &[u8]) -> Result<(), ExtractError> {
+        let parent = self.parent_dir(parents, true)?;
+        if target == b".wh..opq" {
+            return match self.mode {
+                Mode::Overlay => {
+                    set_xattr(&parent, "trusted.overlay.opaque", b"y").map_err(io_at(parents))
+                }
+                Mode::Apply => self.clear_lower(&parent, parents),
+            };
+        }
+        if target.starts_with(b".wh.") {
+            // Other AUFS metadata (.wh..wh.plnk, ...): meaningless here.
+            return Ok(());
+        }
+        if target.is_empty() || target == b"." || target == b".." || target.contains(&b'/') {
+            return Err(ExtractError::UnsafePath(format!(
+                "{}/.wh.{}",
+                display(parents),
+                String::from_utf8_lossy(target)
+            )));
+        }
+        let dest = parent.join(OsStr::from_bytes(target));
+        let mut rel = parents.to_vec();
+        rel.push(OsStr::from_bytes(target).to_os_string());
+        remove_any(&dest).map_err(io_at(&rel))?;
+        if self.mode == Mode::Overlay {
+            mknod(&dest, libc::S_IFCHR).map_err(io_at(&rel))?;
+        }
+        Ok(())
+    }
+
+    /// Apply mode: an opaque directory hides everything lower layers put in it.
+    fn clear_lower(&mut self, dir: &Path, rel: &[OsString]) -> Result<(), ExtractError> {
+        let base: PathBuf = rel.iter().collect();
+        for child in fs::read_dir(dir).map_err(io_at(rel))? {
+            let child = child.map_err(io_at(rel))?;
+            if !self.touched.contains(&base.join(child.file_name())) {
+                remove_any(&child.path()).map_err(io_at(rel))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn directory<R: Read>(
+        &mut self,
+        e: &mut tar::Entry<'_, R>,
+        dest: &Path,
+        rel: Vec<OsString>,
+    ) -> Result<(), ExtractError> {
+        match fs::symlink_metadata(dest) {
+            Ok(m) if m.is_dir() => {}
+            _ => {
+                remove_any(dest).map_err(io_at(&rel))?;
+                fs::create_dir(dest).map_err(io_at(&rel))?;
+            }
+        }
+        fs::set_permissions(dest, fs::Permissions::from_mode(0o700)).map_err(io_at(&rel))?;
+        self.owner_and_xattrs(e, dest, &rel)?;
+        let mode = e.header().mode().map_err(ExtractError::Tar)?;
+        let mtime = e.header().mtime().unwrap_or(0) as i64;
+        self.dirs.push(DirMeta { rel, mode, mtime });
+        Ok(())
+    }
+
+    fn regular<R: Read>(
+        &mut self,
+        e: &mut tar::Entry<'_, R>,
+        dest: &Path,
+        rel: &[OsString],
+    ) -> Result<(), ExtractError> {
+        remove_any(dest).map_err(io_at(rel))?;
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(dest)
+            .map_err(io_at(rel))?;
+        let want = e.size();
+        let room = self.max_bytes.saturating_sub(self.report.bytes);
+        if want > room {
+            return Err(ExtractError::TooLarge(self.max_bytes));
+        }
+        let n = io::copy(e, &mut f).map_err(|err| match err.kind() {
+            io::ErrorKind::UnexpectedEof => ExtractError::Truncated(display(rel)),
+            _ => ExtractError::Tar(err),
+        })?;
+        if n != want {
+            return Err(ExtractError::Truncated(display(rel)));
+        }
+        self.report.bytes += n;
+        drop(f);
+        self.metadata(e, dest, rel, true)
+    }
+
+    fn symlink<R: Read>(
+        &mut self,
+        e: &mut tar::Entry<'_, R>,
+        dest: &Path,
+        rel: &[OsString],
+    ) -> Result<(), ExtractError> {
+        let target = e
+            .link_name()
+            .map_err(ExtractError::Tar)?
+            .ok_or_else(|| ExtractError::UnsafePath(display(rel)))?
+            .into_owned();
+        remove_any(dest).map_err(io_at(rel))?;
+        // The target is stored verbatim and never followed here; inside the
+        // VM it resolves within the container's root.
+        std::os::unix::fs::symlink(&target, dest).map_err(io_at(rel))?;
+        self.metadata(e, dest, rel, false)
+    }
+
+    fn hard_link<R: Read>(
+        &mut self,
+        e: &mut tar::Entry<'_, R>,
+        dest: &Path,
+        rel: &[OsString],
+    ) -> Result<(), ExtractError> {
+        let raw = e
+            .link_name()
+            .map_err(ExtractError::Tar)?
+            .ok_or_else(|| ExtractError::UnsafePath(display(rel)))?
+            .into_owned();
+        let bad = |reason| ExtractError::BadHardLink {
+            link: display(rel),
+            target: raw.to_string_lossy().into_owned(),
+            reason,
+        };
+        let trel = sanitize(&raw).map_err(|_| bad("target escapes the layer"))?;
+        let Some((tname, tparents)) = trel.split_last() else {
+            return Err(bad("target is the layer root"));
+        };
+        let tparent = self
+            .parent_dir(tparents, false)
+            .map_err(|_| bad("target is not in the layer"))?;
+        let src = tparent.join(tname);
+        match fs::symlink_metadata(&src) {
+            Ok(m) if m.is_dir() => return Err(bad("target is a directory")),
+            Ok(_) => {}
+            Err(_) => return Err(bad("target is not in the layer")),
+        }
+        if src == dest {
+            return Ok(());
+        }
+        remove_any(dest).map_err(io_at(rel))?;
+        // std's hard_link uses linkat(..., 0): a symlink source is linked itself.
+        fs::hard_link(&src, dest).map_err(io_at(rel))
+    }
+
+    fn owner_and_xattrs<R: Read>(
+        &mut self,
+        e: &mut tar::Entry<'_, R>,
+        dest: &Path,
+        rel: &[OsString],
+    ) -> Result<(), ExtractError> {
+        let h = e.header();
+        // Like Go's archive/tar, an empty numeric field reads as 0.
+        let num = |f: &[u8], v: std::io::Result<u64>| {
+            if f.iter().all(|b| *b == 0 || *b == b' ') {
+                Ok(0)
+            } else {
+                v.map_err(ExtractError::Tar)
+            }
+        };
+        let uid = num(&h.as_old().uid, h.uid())?;
+        let gid = num(&h.as_old().gid, h.gid())?;
+        let (uid, gid) = (u32::try_from(uid), u32::try_from(gid));
+        let (Ok(uid), Ok(gid)) = (uid, gid) else {
+            return Err(ExtractError::UnsafePath(format!(
+                "{} (owner out of range)",
+                display(rel)
+            )));
+        };
+        std::os::unix::fs::lchown(dest, Some(uid), Some(gid)).map_err(io_at(rel))?;
+        let mut xattrs = Vec::new();
+        if let Some(exts) = e.pax_extensions().map_err(ExtractError::Tar)? {
+            for ext in exts {
+                let ext = ext.map_err(ExtractError::Tar)?;
+                if let Some(name) = ext.key().ok().and_then(|k| k.strip_prefix("SCHILY.xattr.")) {
+                    xattrs.push((name.to_string(), ext.value_bytes().to_vec()));
+                }
+            }
+        }
+        for (name, value) in xattrs {
+            if name.starts_with("user.") || name.starts_with("security.") {
+                match set_xattr(dest, &name, &value) {
+                    Ok(()) => {}
+                    Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+                        self.report.warnings.push(format!(
+                            "xattr {name} on {} not supported by the store's filesystem",
+                            display(rel)
+                        ));
+                    }
+                    Err(e) => return Err(io_at(rel)(e)),
+                }
+            } else {
+                self.report
+                    .warnings
+                    .push(format!("dropped xattr {name} on {}", display(rel)));
+            }
+        }
+        Ok(())
+    }
+
+    fn metadata<R: Read>(
+        &mut self,
+        e: &mut tar::Entry<'_, R>,
+        dest: &Path,
+        rel: &[OsString],
+        chmod: bool,
+    ) -> Result<(), ExtractError> {
+        self.owner_and_xattrs(e, dest, rel)?;
+        if chmod {
+            // After chown, which clears set-id bits.
+            let mode = e.header().mode().map_err(ExtractError::Tar)? & 0o7777;
+            fs::set_permissions(dest, fs::Permissions::from_mode(mode)).map_err(io_at(rel))?;
+        }
+        let mtime = e.header().mtime().unwrap_or(0) as i64;
+        set_mtime(dest, mtime).map_err(io_at(rel))
+    }
+
+    /// Directory modes and times last (children change mtimes; a 0555 dir
+    /// must stay writable while filled). Paths are re-checked for symlinks.
+    fn finish_dirs(&mut self) -> Result<(), ExtractError> {
+        let dirs = std::mem::take(&mut self.dirs);
+        for d in dirs.iter().rev() {
+            let Some((_, parents)) = d.rel.split_last() else {
+                fs::set_permissions(&self.root, fs::Permissions::from_mode(d.mode & 0o7777))
+                    .map_err(io_at(&d.rel))?;
+                set_mtime(&self.root, d.mtime).map_err(io_at(&d.rel))?;
+                continue;
+            };
+            let Ok(parent) = self.parent_dir(parents, false) else {
+                continue; // removed by a later entry
+            };
+            let p = parent.join(&d.rel[d.rel.len() - 1]);
+            match fs::symlink_metadata(&p) {
+                Ok(m) if m.is_dir() && m.mode() & 0o170000 == libc::S_IFDIR => {
+                    fs::set_permissions(&p, fs::Permissions::from_mode(d.mode & 0o7777))
+                        .map_err(io_at(&d.rel))?;
+                    set_mtime(&p, d.mtime).map_err(io_at(&d.rel))?;
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}

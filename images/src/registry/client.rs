@@ -1,0 +1,284 @@
+//! HTTP plumbing: base URL, authentication, error mapping.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use ureq::http::Response;
+use ureq::Body;
+
+use super::auth::{parse_challenge, Credentials};
+use super::RegistryError;
+use crate::reference::{Reference, DOCKER_HUB};
+
+/// Connection options.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Use plain HTTP (always done for localhost / 127.0.0.0/8 / ::1).
+    pub insecure: bool,
+    /// Credentials; `None` = look them up ([`Credentials::lookup`]).
+    pub credentials: Option<Credentials>,
+}
+
+/// A client for one repository of one registry.
+pub struct Client {
+    agent: ureq::Agent,
+    base: String,
+    repository: String,
+    credentials: Option<Credentials>,
+    authorization: Mutex<Option<String>>,
+    scope: String,
+}
+
+fn is_local(host: &str) -> bool {
+    let h = host
+        .rsplit_once(':')
+        .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
+        .map_or(host, |(h, _)| h);
+    h == "localhost" || h.starts_with("127.") || h == "[::1]"
+}
+
+/// The registry's error message from a response body, if any.
+fn error_message(resp: &mut Response<Body>) -> String {
+    let status = resp.status();
+    let body = resp
+        .body_mut()
+        .with_config()
+        .limit(64 << 10)
+        .read_to_string()
+        .unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    let msgs: Vec<String> = v["errors"]
+        .as_array()
+        .map(|errs| {
+            errs.iter()
+                .map(|e| {
+                    let code = e["code"]
+                        .as_str()
+                        .unwrap_or("")
+                        .to_lowercase()
+                        .replace('_', " ");
+                    let msg = e["message"].as_str().unwrap_or("");
+                    format!("{code}: {msg}")
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if msgs.is_empty() {
+        format!("HTTP {status}")
+    } else {
+        msgs.join("; ")
+    }
+}
+
+impl Client {
+    /// Connects to the registry of `reference` (and authenticates if asked to).
+    pub fn new(reference: &Reference, opts: &Options, push: bool) -> Result<Client, RegistryError> {
+        let host = if reference.registry == DOCKER_HUB {
+            "registry-1.docker.io".to_string()
+        } else {
+            reference.registry.clone()
+        };
+        let scheme = if opts.insecure || is_local(&host) {
+            "http"
+        } else {
+            "https"
+        };
+        let tls = ureq::tls::TlsConfig::builder()
+            .root_certs(ureq::tls::RootCerts::PlatformVerifier)
+            .build();
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .tls_config(tls)
+            .timeout_connect(Some(Duration::from_secs(30)))
+            .timeout_recv_response(Some(Duration::from_secs(120)))
+            .timeout_per_read(Some(Duration::from_secs(120)))
+            .timeout_per_write(Some(Duration::from_secs(120)))
+            .user_agent("husk")
+            .build()
+            .new_agent();
+        let client = Client {
+            agent,
+            base: format!("{scheme}://{host}"),
+            repository: reference.repository.clone(),
+            credentials: opts
+                .credentials
+                .clone()
+                .or_else(|| Credentials::lookup(&reference.registry)),
+            authorization: Mutex::new(None),
+            scope: format!(
+                "repository:{}:{}",
+                reference.repository,
+                if push { "pull,push" } else { "pull" }
+            ),
+        };
+        client.ping()?;
+        Ok(client)
+    }
+
+    /// `<base>/v2/<repository>/<path>`.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}/v2/{}/{path}", self.base, self.repository)
+    }
+
+    /// Resolves a `Location` header against the registry base.
+    pub fn absolute(&self, location: &str) -> String {
+        if location.starts_with("http://") || location.starts_with("https://") {
+            location.to_string()
+        } else {
+            format!("{}/{}", self.base, location.trim_start_matches('/'))
+        }
+    }
+
+    fn auth_header(&self) -> Option<String> {
+        self.authorization.lock().ok().and_then(|a| a.clone())
+    }
+
+    /// GET /v2/ and answer the authentication challenge, if any.
+    fn ping(&self) -> Result<(), RegistryError> {
+        let url = format!("{}/v2/", self.base);
+        let resp = self
+            .agent
+            .get(&url)
+            .call()
+            .map_err(|e| http_err("GET", &url, e))?;
+        if resp.status() == 401 {
+            self.authenticate(&resp)?;
+        }
+        Ok(())
+    }
+
+    fn authenticate(&self, resp: &Response<Body>) -> Result<(), RegistryError> {
+        let header = resp
+            .headers()
+            .get("www-authenticate")
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("");
+        let ch = parse_challenge(header)
+            .ok_or_else(|| RegistryError::Auth(format!("{}: no usable challenge", self.base)))?;
+        let value = match ch.scheme.as_str() {
+            "basic" => self
+                .credentials
+                .as_ref()
+                .map(Credentials::basic)
+                .ok_or_else(|| {
+                    RegistryError::Auth(format!("{}: credentials required", self.base))
+                })?,
+            "bearer" => format!("Bearer {}", self.token(&ch.params)?),
+            other => {
+                return Err(RegistryError::Auth(format!(
+                    "{}: unsupported scheme {other}",
+                    self.base
+                )))
+            }
+        };
+        if let Ok(mut a) = self.authorization.lock() {
+            *a = Some(value);
+        }
+        Ok(())
+    }
+
+    fn token(
+        &self,
+        params: &std::collections::HashMap<String, String>,
+    ) -> Result<String, RegistryError> {
+        let realm = params.get("realm").ok_or_else(|| {
+            RegistryError::Auth(format!("{}: bearer challenge without realm", self.base))
+        })?;
+        let mut req = self.agent.get(realm).query("scope", &self.scope);
+        if let Some(s) = params.get("service") {
+            req = req.query("service", s);
+        }
+        if let Some(c) = &self.credentials {
+            req = req.header("Authorization", c.basic());
+        }
+        let mut resp = req.call().map_err(|e| http_err("GET", realm, e))?;
+        if resp.status() != 200 {
+            let m = error_message(&mut resp);
+            return Err(RegistryError::Auth(format!("{realm}: {m}")));
+        }
+        let body = resp
+            .body_mut()
+            .with_config()
+            .limit(1 << 20)
+            .read_to_vec()
+            .map_err(|e| http_err("GET", realm, e))?;
+        let v: serde_json::Value =
+            serde_json::from_slice(&body).map_err(|source| RegistryError::Json {
+                what: "token answer".into(),
+                source,
+            })?;
+        v["token"]
+            .as_str()
+            .or_else(|| v["access_token"].as_str())
+            .map(String::from)
+            .ok_or_else(|| RegistryError::Auth(format!("{realm}: no token in answer")))
+    }
+
+    /// GET (or HEAD) with optional extra headers; re-authenticates once on 401.
+    pub fn get(
+        &self,
+        method: &'static str,
+        url: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Response<Body>, RegistryError> {
+        for attempt in 0..2 {
+            let mut req = if method == "HEAD" {
+                self.agent.head(url)
+            } else {
+                self.agent.get(url)
+            };
+            for (k, v) in headers {
+                req = req.header(*k, *v);
+            }
+            if let Some(a) = self.auth_header() {
+                req = req.header("Authorization", a);
+            }
+            let resp = req.call().map_err(|e| http_err(method, url, e))?;
+            if resp.status() == 401 && attempt == 0 {
+                self.authenticate(&resp)?;
+                continue;
+            }
+            return Ok(resp);
+        }
+        unreachable!("loop returns on its second pass")
+    }
+
+    /// POST with an empty body.
+    pub fn post(&self, url: &str) -> Result<Response<Body>, RegistryError> {
+        let mut req = self.agent.post(url);
+        if let Some(a) = self.auth_header() {
+            req = req.header("Authorization", a);
+        }
+        req.send_empty().map_err(|e| http_err("POST", url, e))
+    }
+
+    /// PUT a body (a file or bytes) with a content type.
+    pub fn put(
+        &self,
+        url: &str,
+        content_type: &str,
+        body: impl ureq::AsSendBody,
+    ) -> Result<Response<Body>, RegistryError> {
+        let mut req = self.agent.put(url).header("Content-Type", content_type);
+        if let Some(a) = self.auth_header() {
+            req = req.header("Authorization", a);
+        }
+        req.send(body).map_err(|e| http_err("PUT", url, e))
+    }
+
+    /// Turns an unexpected response into an error.
+    pub fn status_error(&self, what: String, resp: &mut Response<Body>) -> RegistryError {
+        RegistryError::Status {
+            what,
+            message: error_message(resp),
+        }
+    }
+}
+
+pub(crate) fn http_err(method: &'static str, url: &str, e: ureq::Error) -> RegistryError {
+    RegistryError::Http {
+        method,
+        url: url.to_string(),
+        source: Box::new(e),
+    }
+}

@@ -1,0 +1,219 @@
+//! What a VM is made of, as the caller describes it, and its validation.
+
+use std::path::{Path, PathBuf};
+
+use crate::arch::x86_64::layout::{IOAPIC_PINS, VIRTIO_FIRST_IRQ};
+use crate::arch::x86_64::mptable::MAX_CPUS;
+use crate::memory::{MAX_MEM_MIB, MIN_MEM_MIB};
+
+/// A VM to boot.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    /// Uncompressed x86_64 vmlinux (ELF).
+    pub kernel: PathBuf,
+    /// Optional initramfs (newc cpio, possibly compressed).
+    pub initrd: Option<PathBuf>,
+    /// Appended after everything the VMM puts on the kernel command line.
+    pub cmdline_extra: String,
+    /// Number of vCPUs, 1..=32.
+    pub vcpus: u8,
+    /// Guest memory in MiB.
+    pub mem_mib: u32,
+    /// Disks, in order: they become /dev/vda, /dev/vdb... (virtio-mmio slots in order).
+    pub disks: Vec<DiskConfig>,
+    /// Optional virtio-vsock device (after the disks).
+    pub vsock: Option<VsockConfig>,
+    /// Where the serial console goes.
+    pub console: ConsoleOutput,
+}
+
+/// A virtio-blk disk.
+#[derive(Debug, Clone)]
+pub struct DiskConfig {
+    /// Image file or block device.
+    pub path: PathBuf,
+    /// Expose the disk read-only.
+    pub read_only: bool,
+    /// virtio-blk serial (GET_ID), at most 20 bytes.
+    pub serial: String,
+}
+
+/// A virtio-vsock device bridged to Unix sockets (Firecracker's hybrid model).
+#[derive(Debug, Clone)]
+pub struct VsockConfig {
+    /// The guest's context ID (3 or more).
+    pub guest_cid: u64,
+    /// The Unix socket the VMM listens on; guest connections to host port P
+    /// go to `<uds_path>_P`.
+    pub uds_path: PathBuf,
+}
+
+/// Destination of the guest's serial console.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConsoleOutput {
+    /// The VMM process's standard output.
+    Stdout,
+    /// A file, created or truncated.
+    File(PathBuf),
+    /// Discarded.
+    Sink,
+}
+
+/// Most virtio devices: one IOAPIC pin each, from [`VIRTIO_FIRST_IRQ`] up.
+pub const MAX_VIRTIO_DEVICES: usize = (IOAPIC_PINS - VIRTIO_FIRST_IRQ) as usize;
+
+/// Errors in a [`VmConfig`] found before anything is created.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// vCPU count out of range.
+    #[error("{0} vCPUs requested; 1..={MAX_CPUS} are supported")]
+    Vcpus(u8),
+    /// Memory size out of range.
+    #[error("{0} MiB of memory requested; {MIN_MEM_MIB}..={MAX_MEM_MIB} MiB are supported")]
+    Memory(u32),
+    /// More devices than interrupt lines.
+    #[error("{0} virtio devices requested; at most {MAX_VIRTIO_DEVICES} are supported")]
+    TooManyDevices(usize),
+    /// Reserved or out-of-range vsock CID.
+    #[error("vsock guest CID {0} is invalid (must be 3..=4294967294)")]
+    GuestCid(u64),
+    /// The initramfs is missing.
+    #[error("initramfs {0} does not exist")]
+    InitrdMissing(PathBuf),
+    /// The directory of the vsock socket is missing.
+    #[error("vsock socket directory {0} does not exist")]
+    VsockDir(PathBuf),
+}
+
+impl VmConfig {
+    /// Checks sizes, counts and paths that can be checked without KVM.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(1..=MAX_CPUS).contains(&self.vcpus) {
+            return Err(ConfigError::Vcpus(self.vcpus));
+        }
+        if !(MIN_MEM_MIB..=MAX_MEM_MIB).contains(&self.mem_mib) {
+            return Err(ConfigError::Memory(self.mem_mib));
+        }
+        let devices = self.disks.len() + usize::from(self.vsock.is_some());
+        if devices > MAX_VIRTIO_DEVICES {
+            return Err(ConfigError::TooManyDevices(devices));
+        }
+        if let Some(initrd) = &self.initrd {
+            if !initrd.exists() {
+                return Err(ConfigError::InitrdMissing(initrd.clone()));
+            }
+        }
+        if let Some(v) = &self.vsock {
+            if !(3..u64::from(u32::MAX)).contains(&v.guest_cid) {
+                return Err(ConfigError::GuestCid(v.guest_cid));
+            }
+            let dir = v.uds_path.parent().unwrap_or(Path::new("."));
+            let dir = if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            };
+            if !dir.is_dir() {
+                return Err(ConfigError::VsockDir(dir.to_path_buf()));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> VmConfig {
+        VmConfig {
+            kernel: "/k".into(),
+            initrd: None,
+            cmdline_extra: String::new(),
+            vcpus: 1,
+            mem_mib: 128,
+            disks: vec![],
+            vsock: None,
+            console: ConsoleOutput::Sink,
+        }
+    }
+
+    #[test]
+    fn limits() {
+        assert!(base().validate().is_ok());
+        let c = VmConfig { vcpus: 0, ..base() };
+        assert_eq!(
+            c.validate().unwrap_err().to_string(),
+            "0 vCPUs requested; 1..=32 are supported"
+        );
+        assert!(VmConfig {
+            vcpus: 33,
+            ..base()
+        }
+        .validate()
+        .is_err());
+        assert!(VmConfig {
+            vcpus: 32,
+            ..base()
+        }
+        .validate()
+        .is_ok());
+        assert!(VmConfig {
+            mem_mib: 8,
+            ..base()
+        }
+        .validate()
+        .is_err());
+        let disk = DiskConfig {
+            path: "/d".into(),
+            read_only: true,
+            serial: "s".into(),
+        };
+        let c = VmConfig {
+            disks: vec![disk; MAX_VIRTIO_DEVICES + 1],
+            ..base()
+        };
+        assert!(matches!(c.validate(), Err(ConfigError::TooManyDevices(20))));
+    }
+
+    #[test]
+    fn vsock_and_initrd() {
+        let vs = |cid, p: &str| {
+            Some(VsockConfig {
+                guest_cid: cid,
+                uds_path: p.into(),
+            })
+        };
+        assert!(VmConfig {
+            vsock: vs(2, "/tmp/v.sock"),
+            ..base()
+        }
+        .validate()
+        .is_err());
+        assert!(VmConfig {
+            vsock: vs(3, "/tmp/v.sock"),
+            ..base()
+        }
+        .validate()
+        .is_ok());
+        assert!(VmConfig {
+            vsock: vs(3, "v.sock"),
+            ..base()
+        }
+        .validate()
+        .is_ok());
+        assert!(matches!(
+            VmConfig {
+                vsock: vs(3, "/nonexistent/dir/v.sock"),
+                ..base()
+            }
+            .validate(),
+            Err(ConfigError::VsockDir(_))
+        ));
+        let c = VmConfig {
+            initrd: Some("/nonexistent/initrd".into()),
+            ..base()
+        };
+        assert!(matches!(c.validate(), Err(ConfigError::InitrdMissing(_))));
+    }
+}

@@ -1,0 +1,278 @@
+//! The virtio-blk device: features, config space, activation and the
+//! processing of its single request queue.
+
+use std::fs::OpenOptions;
+use std::io::{Seek, SeekFrom};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use virtio_bindings::virtio_blk::{VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX};
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+use virtio_queue::{Queue, QueueT};
+
+use super::request::{self, DiskBackend, DiskInfo, SECTOR_SIZE, SERIAL_LEN};
+use crate::devices::virtio::activation::QueueEvents;
+use crate::devices::virtio::{
+    read_config_bytes, ActivateContext, ActivateError, GuestMemory, VirtioDevice, VirtioInterrupt,
+    INT_VRING,
+};
+
+/// Virtio device ID of block devices.
+pub const BLOCK_DEVICE_ID: u32 = 2;
+const QUEUE_SIZE: u16 = 256;
+const QUEUE_SIZES: [u16; 1] = [QUEUE_SIZE];
+/// capacity (u64), size_max (u32), seg_max (u32), geometry (u32), blk_size (u32).
+const CONFIG_LEN: usize = 24;
+
+/// What [`Block::new`] opens.
+#[derive(Debug, Clone)]
+pub struct BlockConfig {
+    /// Disk image (a regular file or a block device).
+    pub path: PathBuf,
+    /// The guest cannot write, whatever the file's permissions.
+    pub read_only: bool,
+    /// GET_ID answer (`/sys/block/vdX/serial` in the guest), at most 20 bytes.
+    pub serial: String,
+}
+
+/// Errors from [`Block::new`].
+#[derive(Debug, thiserror::Error)]
+pub enum BlockError {
+    /// The image file does not exist.
+    #[error("disk image {0} does not exist")]
+    NotFound(PathBuf),
+    /// The image could not be opened.
+    #[error("cannot open disk image {path}")]
+    Open {
+        /// Image path.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The image size could not be read.
+    #[error("cannot read the size of disk image {path}")]
+    Size {
+        /// Image path.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The serial does not fit in the 20 bytes of GET_ID.
+    #[error("disk serial {0:?} is longer than 20 bytes")]
+    Serial(String),
+    /// Creating the activation eventfd failed.
+    #[error("cannot create an eventfd")]
+    EventFd(#[source] std::io::Error),
+}
+
+struct Active {
+    mem: GuestMemory,
+    queue: Queue,
+    interrupt: Arc<VirtioInterrupt>,
+}
+
+/// A virtio-blk device backed by an image file.
+pub struct Block {
+    disk: Box<dyn DiskBackend>,
+    capacity: u64,
+    read_only: bool,
+    serial: [u8; SERIAL_LEN],
+    acked_features: u64,
+    config: [u8; CONFIG_LEN],
+    pub(super) events: QueueEvents,
+    active: Option<Active>,
+    buf: Vec<u8>,
+}
+
+impl Block {
+    /// Opens the image read-write, or read-only when `config.read_only`.
+    pub fn new(config: BlockConfig) -> Result<Self, BlockError> {
+        if config.serial.len() > SERIAL_LEN {
+            return Err(BlockError::Serial(config.serial));
+        }
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(!config.read_only)
+            .open(&config.path)
+            .map_err(|source| match source.kind() {
+                std::io::ErrorKind::NotFound => BlockError::NotFound(config.path.clone()),
+                _ => BlockError::Open {
+                    path: config.path.clone(),
+                    source,
+                },
+            })?;
+        let size = file
+            .seek(SeekFrom::End(0))
+            .map_err(|source| BlockError::Size {
+                path: config.path.clone(),
+                source,
+            })?;
+        Self::with_backend(Box::new(file) as Box<dyn DiskBackend>, size, config)
+    }
+
+    fn with_backend(
+        disk: Box<dyn DiskBackend>,
+        size: u64,
+        config: BlockConfig,
+    ) -> Result<Self, BlockError> {
+        let capacity = size - size % SECTOR_SIZE;
+        let mut serial = [0u8; SERIAL_LEN];
+        serial[..config.serial.len()].copy_from_slice(config.serial.as_bytes());
+        let mut cfg = [0u8; CONFIG_LEN];
+        cfg[0..8].copy_from_slice(&(capacity / SECTOR_SIZE).to_le_bytes());
+        cfg[12..16].copy_from_slice(&u32::from(QUEUE_SIZE - 2).to_le_bytes());
+        Ok(Self {
+            disk,
+            capacity,
+            read_only: config.read_only,
+            serial,
+            acked_features: 0,
+            config: cfg,
+            events: QueueEvents::new().map_err(BlockError::EventFd)?,
+            active: None,
+            buf: Vec::new(),
+        })
+    }
+
+    /// Disk size in 512-byte sectors.
+    pub fn capacity_sectors(&self) -> u64 {
+        self.capacity / SECTOR_SIZE
+    }
+
+    /// Whether the guest driver is running the device.
+    pub fn is_active(&self) -> bool {
+        self.active.is_some()
+    }
+
+    /// Processes every available request; true if the guest must be
+    /// interrupted.
+    pub(super) fn process_queue(&mut self) -> bool {
+        let Some(active) = self.active.as_mut() else {
+            return false;
+        };
+        let info = DiskInfo {
+            capacity: self.capacity,
+            read_only: self.read_only,
+            serial: &self.serial,
+        };
+        let (mem, queue) = (&active.mem, &mut active.queue);
+        let mut used = false;
+        loop {
+            if queue.disable_notification(mem).is_err() {
+                break;
+            }
+            let mut count = 0usize;
+            while let Some(chain) = queue.pop_descriptor_chain(mem) {
+                let head = chain.head_index();
+                let len =
+                    request::process_chain(mem, chain, self.disk.as_mut(), &info, &mut self.buf);
+                if let Err(e) = queue.add_used(mem, head, len) {
+                    log::debug!("virtio-blk: add_used: {e}");
+                }
+                count += 1;
+                used = true;
+            }
+            // A bogus avail index makes enable_notification report more work
+            // that pop never yields: stop after a pass that did nothing.
+            match queue.enable_notification(mem) {
+                Ok(true) if count > 0 => continue,
+                _ => break,
+            }
+        }
+        used && queue.needs_notification(mem).unwrap_or(true)
+    }
+
+    /// Processes the queue and raises the interrupt when needed.
+    pub(super) fn handle_queue_event(&mut self) {
+        if self.process_queue() {
+            if let Some(active) = &self.active {
+                if let Err(e) = active.interrupt.trigger(INT_VRING) {
+                    log::error!("virtio-blk: interrupt: {e}");
+                }
+            }
+        }
+    }
+}
+
+impl VirtioDevice for Block {
+    fn device_type(&self) -> u32 {
+        BLOCK_DEVICE_ID
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &QUEUE_SIZES
+    }
+
+    fn avail_features(&self) -> u64 {
+        let mut f = (1u64 << VIRTIO_F_VERSION_1)
+            | (1u64 << VIRTIO_RING_F_EVENT_IDX)
+            | (1u64 << VIRTIO_BLK_F_SEG_MAX);
+        if self.read_only {
+            f |= 1u64 << VIRTIO_BLK_F_RO;
+        } else {
+            f |= 1u64 << VIRTIO_BLK_F_FLUSH;
+        }
+        f
+    }
+
+    fn set_acked_features(&mut self, features: u64) {
+        self.acked_features = features & self.avail_features();
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.config, offset, data);
+    }
+
+    fn write_config(&mut self, offset: u64, _data: &[u8]) {
+        log::debug!("virtio-blk: config write at {offset:#x} ignored");
+    }
+
+    fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
+        if ctx.queues.len() != 1 || ctx.queue_evts.len() != 1 {
+            return Err(ActivateError::BadConfig(
+                "virtio-blk needs exactly one queue",
+            ));
+        }
+        let queue = ctx
+            .queues
+            .into_iter()
+            .next()
+            .ok_or(ActivateError::BadConfig(
+                "virtio-blk needs exactly one queue",
+            ))?;
+        self.active = Some(Active {
+            mem: ctx.mem,
+            queue,
+            interrupt: ctx.interrupt,
+        });
+        self.events
+            .install(ctx.queue_evts)
+            .map_err(ActivateError::EventFd)
+    }
+
+    fn reset(&mut self) {
+        self.active = None;
+        self.acked_features = 0;
+        self.events.retire();
+    }
+}
+
+#[cfg(test)]
+impl Block {
+    pub(super) fn test_activate(&mut self, mem: GuestMemory, queue: Queue) {
+        let irq = vmm_sys_util::eventfd::EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK)
+            .expect("eventfd");
+        let evt = vmm_sys_util::eventfd::EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK)
+            .expect("eventfd");
+        self.activate(ActivateContext {
+            mem,
+            queues: vec![queue],
+            queue_evts: vec![evt],
+            interrupt: Arc::new(VirtioInterrupt::new(irq)),
+        })
+        .expect("activate");
+    }
+}

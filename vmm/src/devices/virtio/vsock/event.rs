@@ -1,0 +1,66 @@
+//! Epoll glue of the vsock device: the activation eventfd, the queue
+//! eventfds, the Unix listener and every client or connection socket, all
+//! on the event-manager thread.
+
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+
+use super::device::{Vsock, EVQ, RX, TX};
+use super::muxer::EpollChange;
+use crate::devices::virtio::activation::CTL_DATA;
+
+/// `Events::data` of the listener.
+const LISTENER_DATA: u32 = 100;
+/// `Events::data` of client and connection sockets (looked up by fd).
+const CONN_DATA: u32 = 101;
+
+impl Vsock {
+    /// Applies the muxer's epoll changes in order, closing sockets only
+    /// after their removal.
+    fn apply_changes(&mut self, ops: &mut EventOps) {
+        for change in self.muxer.take_changes() {
+            let result = match change {
+                EpollChange::Add(fd, set) => ops.add(Events::with_data_raw(fd, CONN_DATA, set)),
+                EpollChange::Modify(fd, set) => {
+                    ops.modify(Events::with_data_raw(fd, CONN_DATA, set))
+                }
+                EpollChange::Remove(fd, stream) => {
+                    let r = ops.remove(Events::empty_raw(fd));
+                    drop(stream);
+                    r
+                }
+                EpollChange::Close(stream) => {
+                    drop(stream);
+                    Ok(())
+                }
+            };
+            if let Err(e) = result {
+                log::warn!("vsock: epoll update: {e:?}");
+            }
+        }
+    }
+}
+
+impl MutEventSubscriber for Vsock {
+    fn init(&mut self, ops: &mut EventOps) {
+        self.events.init(ops);
+        let listener = Events::with_data(self.muxer.listener(), LISTENER_DATA, EventSet::IN);
+        if let Err(e) = ops.add(listener) {
+            log::error!("vsock: cannot register the listener: {e:?}");
+        }
+    }
+
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        self.events.sync(ops);
+        match events.data() {
+            CTL_DATA => {}
+            LISTENER_DATA => self.muxer.handle_listener(),
+            CONN_DATA => self.muxer.handle_fd_event(events.fd(), events.event_set()),
+            q if q as usize == RX || q as usize == TX || q as usize == EVQ => {
+                self.events.consume(q);
+            }
+            other => log::debug!("vsock: unexpected event data {other}"),
+        }
+        self.run_queues();
+        self.apply_changes(ops);
+    }
+}

@@ -1,0 +1,22 @@
+//! virtio-vsock with the host side in the VMM, bridged to Unix sockets the
+//! way Firecracker's hybrid vsock does it:
+//! - a host process connects to the Unix socket `uds_path`, writes
+//!   `CONNECT <port>\n`, and once the guest accepts reads `OK <hostport>\n`;
+//!   the stream is then bridged to guest port `<port>`;
+//! - a guest connection to CID 2 port P is bridged to a new connection to
+//!   the Unix socket `<uds_path>_<P>` (RST if nobody listens there).
+//!
+//! Files: `packet.rs` (header parsing and validation), `connection.rs` (one
+//! connection), `muxer.rs` (the set of connections and the listener),
+//! `device.rs` ([`Vsock`] and queue processing), `event.rs` (epoll glue).
+
+mod connection;
+mod device;
+mod event;
+mod muxer;
+pub mod packet;
+
+pub use device::{Vsock, VsockConfig, VsockError};
+
+#[cfg(test)]
+mod tests;

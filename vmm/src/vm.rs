@@ -1,0 +1,266 @@
+//! The VM: assembly from a [`VmConfig`], the event loop and shutdown.
+
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
+use kvm_ioctls::{Kvm, VmFd};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::epoll::EventSet;
+
+use crate::arch::x86_64::boot::{self, BootError};
+use crate::arch::x86_64::cpuid::supported_cpuid;
+use crate::arch::x86_64::mptable::{setup_mptable, MpTableError};
+use crate::arch::x86_64::regs::write_boot_tables;
+use crate::bus::Bus;
+use crate::cmdline::{build_cmdline, CmdlineError};
+use crate::config::{ConfigError, VmConfig};
+use crate::devices::virtio::block::{Block, BlockConfig, BlockError};
+use crate::devices::virtio::vsock::{self as vsock_dev, Vsock, VsockError};
+use crate::exit::{ExitReason, ExitSignal};
+use crate::host::HostKind;
+use crate::memory::{self, MemoryError};
+use crate::setup::{self, SetupError};
+use crate::vcpu::{self, Vcpu, VcpuBootInfo, VcpuError};
+
+/// Everything that can go wrong creating or running a VM. Each message is
+/// one line; the error chain (`source()`) carries the OS-level cause.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    /// Invalid configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// KVM, VM creation or device wiring.
+    #[error(transparent)]
+    Setup(#[from] SetupError),
+    /// Guest memory.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    /// Kernel, initramfs or boot data.
+    #[error(transparent)]
+    Boot(#[from] BootError),
+    /// Kernel command line.
+    #[error(transparent)]
+    Cmdline(#[from] CmdlineError),
+    /// MP table.
+    #[error(transparent)]
+    MpTable(#[from] MpTableError),
+    /// vCPU setup or a vCPU that stopped the VM.
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    /// A disk.
+    #[error(transparent)]
+    Block(#[from] BlockError),
+    /// The vsock device.
+    #[error(transparent)]
+    Vsock(#[from] VsockError),
+    /// The event loop failed.
+    #[error("event loop failure")]
+    EventLoop(#[source] event_manager::Error),
+    /// Creating the exit eventfd failed.
+    #[error("cannot create an eventfd")]
+    EventFd(#[source] std::io::Error),
+}
+
+/// Asks a running (or about to run) VM to stop. Cheap to clone and send.
+#[derive(Clone)]
+pub struct StopHandle {
+    exit: Arc<ExitSignal>,
+}
+
+impl StopHandle {
+    /// Makes [`Vm::run`] return [`ExitReason::Stopped`] soon, unless the VM
+    /// already exited for another reason.
+    pub fn stop(&self) {
+        self.exit.request(ExitReason::Stopped);
+    }
+}
+
+type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
+
+/// A fully assembled VM, ready to [`run`](Vm::run).
+pub struct Vm {
+    vcpus: Vec<Vcpu>,
+    pio: Bus,
+    mmio: Bus,
+    subscribers: Vec<Subscriber>,
+    exit: Arc<ExitSignal>,
+    // Dropped last, after the vCPU threads are joined: the VM (whose irqfds
+    // and ioeventfds reference the devices' eventfds) and its memory.
+    _vm: VmFd,
+    _kvm: Kvm,
+    _memory: GuestMemoryMmap,
+}
+
+impl Vm {
+    /// Validates `config`, creates the VM, loads the kernel (and initramfs),
+    /// creates the devices and configures the vCPUs. Nothing runs yet.
+    pub fn new(config: VmConfig) -> Result<Vm, VmError> {
+        config.validate()?;
+        let kvm = setup::open_kvm()?;
+        // Check the kernel before allocating anything large.
+        boot::open_kernel(&config.kernel)?;
+        let vm = setup::create_vm(&kvm)?;
+        let mem = memory::create_guest_memory(config.mem_mib)?;
+        memory::register_memory(&vm, &mem)?;
+
+        let kernel = boot::load_kernel(&mem, &config.kernel)?;
+        let initrd = match &config.initrd {
+            Some(path) => Some(boot::load_initrd(
+                &mem,
+                path,
+                kernel.end,
+                memory::low_memory_end(&mem),
+            )?),
+            None => None,
+        };
+
+        let exit = Arc::new(ExitSignal::new().map_err(VmError::EventFd)?);
+        let mut pio = Bus::new();
+        let mut mmio = Bus::new();
+        setup::attach_legacy(&vm, &mut pio, &config.console, &exit)?;
+
+        let mut subscribers = Vec::new();
+        let mut slots = Vec::new();
+        for (index, disk) in config.disks.iter().enumerate() {
+            let block = Block::new(BlockConfig {
+                path: disk.path.clone(),
+                read_only: disk.read_only,
+                serial: disk.serial.clone(),
+            })?;
+            subscribers.push(setup::attach_virtio(&vm, &mut mmio, &mem, index, block)?);
+            slots.push(setup::virtio_slot(index));
+        }
+        if let Some(vsock) = &config.vsock {
+            let index = config.disks.len();
+            let device = Vsock::new(vsock_dev::VsockConfig {
+                guest_cid: vsock.guest_cid,
+                uds_path: vsock.uds_path.clone(),
+            })?;
+            subscribers.push(setup::attach_virtio(&vm, &mut mmio, &mem, index, device)?);
+            slots.push(setup::virtio_slot(index));
+        }
+
+        let host = HostKind::detect();
+        let cmdline = build_cmdline(host, &slots, &config.cmdline_extra)?;
+        log::info!("host KVM: {host:?}; kernel command line: {cmdline}");
+        boot::write_boot_params(&mem, &cmdline, initrd)?;
+        setup_mptable(&mem, config.vcpus)?;
+        write_boot_tables(&mem).map_err(VcpuError::from)?;
+
+        let cpuid = supported_cpuid(&kvm).map_err(VcpuError::from)?;
+        let info = VcpuBootInfo {
+            cpuid: &cpuid,
+            vcpus: config.vcpus,
+            entry: kernel.entry,
+            host,
+        };
+        let vcpus = (0..config.vcpus)
+            .map(|id| Vcpu::new(&vm, id, &info))
+            .collect::<Result<Vec<_>, _>>()?;
+
+        Ok(Vm {
+            vcpus,
+            pio,
+            mmio,
+            subscribers,
+            exit,
+            _vm: vm,
+            _kvm: kvm,
+            _memory: mem,
+        })
+    }
+
+    /// A handle that stops this VM from any thread.
+    pub fn stop_handle(&self) -> StopHandle {
+        StopHandle {
+            exit: self.exit.clone(),
+        }
+    }
+
+    /// Boots the guest and runs the device event loop on the calling thread
+    /// until the guest powers off or reboots, a [`StopHandle`] stops it, or
+    /// a vCPU fails. All vCPU threads are joined before it returns.
+    pub fn run(self) -> Result<ExitReason, VmError> {
+        vcpu::register_kick_handler()?;
+        let mut em: EventManager<Subscriber> = EventManager::new().map_err(VmError::EventLoop)?;
+        em.add_subscriber(Arc::new(Mutex::new(ExitEvents(self.exit.clone()))));
+        for s in &self.subscribers {
+            em.add_subscriber(s.clone());
+        }
+
+        let pio = Arc::new(self.pio);
+        let mmio = Arc::new(self.mmio);
+        let mut threads = Vec::with_capacity(self.vcpus.len());
+        let mut spawn_error = None;
+        for v in self.vcpus {
+            match v.spawn(pio.clone(), mmio.clone(), self.exit.clone()) {
+                Ok(t) => threads.push(t),
+                Err(e) => {
+                    spawn_error = Some(e);
+                    break;
+                }
+            }
+        }
+
+        let mut loop_error = None;
+        if spawn_error.is_none() {
+            while !self.exit.is_stopping() {
+                if let Err(e) = em.run_with_timeout(500) {
+                    loop_error = Some(e);
+                    break;
+                }
+            }
+        }
+        self.exit.request(ExitReason::Stopped);
+        join_vcpus(threads);
+
+        if let Some(e) = spawn_error {
+            return Err(e.into());
+        }
+        if let Some(e) = loop_error {
+            return Err(VmError::EventLoop(e));
+        }
+        match self.exit.take_outcome() {
+            Some(Ok(reason)) => Ok(reason),
+            Some(Err(e)) => Err(e.into()),
+            None => Ok(ExitReason::Stopped),
+        }
+    }
+}
+
+/// Kicks vCPU threads out of KVM_RUN until all of them have exited, then
+/// joins them.
+fn join_vcpus(threads: Vec<JoinHandle<()>>) {
+    let start = Instant::now();
+    let mut warned = false;
+    while threads.iter().any(|t| !t.is_finished()) {
+        threads.iter().for_each(vcpu::kick);
+        std::thread::sleep(Duration::from_millis(5));
+        if !warned && start.elapsed() > Duration::from_secs(5) {
+            log::warn!("vCPU threads are slow to stop; still waiting");
+            warned = true;
+        }
+    }
+    for t in threads {
+        if t.join().is_err() {
+            log::error!("a vCPU thread panicked");
+        }
+    }
+}
+
+/// Drains the exit eventfd so the event loop wakes up and sees the request.
+struct ExitEvents(Arc<ExitSignal>);
+
+impl MutEventSubscriber for ExitEvents {
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        let _ = self.0.eventfd().read();
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(self.0.eventfd(), EventSet::IN)) {
+            log::error!("cannot watch the VM exit event: {e:?}");
+        }
+    }
+}

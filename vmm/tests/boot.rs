@@ -1,0 +1,249 @@
+//! Boots real VMs with the husk guest kernel ($HUSK_KERNEL) and a busybox
+//! initramfs built here. Skipped (with a message) only when HUSK_KERNEL is
+//! unset. The VMs run one at a time so that vCPU thread counts are exact.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use vmm::{ConsoleOutput, ExitReason, Vm, VmConfig};
+
+/// Upper bound for one boot; a watchdog stops the VM after it.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+const MARKER: &str = "HUSK-BOOT-TEST-MARKER";
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn kernel() -> Option<PathBuf> {
+    match std::env::var_os("HUSK_KERNEL") {
+        Some(k) => Some(PathBuf::from(k)),
+        None => {
+            eprintln!("skipped: HUSK_KERNEL is not set (path of the husk guest vmlinux)");
+            None
+        }
+    }
+}
+
+/// A newc cpio archive writer (the initramfs format).
+struct Cpio {
+    out: Vec<u8>,
+    ino: u32,
+}
+
+impl Cpio {
+    fn new() -> Self {
+        Self {
+            out: Vec::new(),
+            ino: 1,
+        }
+    }
+
+    fn pad(&mut self) {
+        while !self.out.len().is_multiple_of(4) {
+            self.out.push(0);
+        }
+    }
+
+    fn entry(&mut self, name: &str, mode: u32, rdev: (u32, u32), data: &[u8]) {
+        let fields = [
+            self.ino,
+            mode,
+            0,
+            0,
+            1,
+            0,
+            data.len() as u32,
+            0,
+            0,
+            rdev.0,
+            rdev.1,
+            name.len() as u32 + 1,
+            0,
+        ];
+        self.ino += 1;
+        self.out.extend_from_slice(b"070701");
+        for f in fields {
+            self.out.extend_from_slice(format!("{f:08x}").as_bytes());
+        }
+        self.out.extend_from_slice(name.as_bytes());
+        self.out.push(0);
+        self.pad();
+        self.out.extend_from_slice(data);
+        self.pad();
+    }
+
+    fn dir(&mut self, name: &str) {
+        self.entry(name, 0o040755, (0, 0), &[]);
+    }
+
+    fn file(&mut self, name: &str, data: &[u8]) {
+        self.entry(name, 0o100755, (0, 0), data);
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        self.entry("TRAILER!!!", 0, (0, 0), &[]);
+        self.out
+    }
+}
+
+/// An initramfs with busybox and an /init running `script` after mounting /proc.
+fn initramfs(dir: &Path, script: &str) -> PathBuf {
+    let busybox = std::fs::read("/bin/busybox").expect("/bin/busybox (Debian busybox-static)");
+    let mut c = Cpio::new();
+    for d in ["bin", "dev", "proc", "sys"] {
+        c.dir(d);
+    }
+    c.entry("dev/console", 0o020600, (5, 1), &[]);
+    c.file("bin/busybox", &busybox);
+    let init = format!(
+        "#!/bin/busybox sh\n/bin/busybox mount -t proc proc /proc\n\
+         echo {MARKER}\necho \"nproc=$(/bin/busybox nproc)\"\n{script}\n"
+    );
+    c.file("init", init.as_bytes());
+    let path = dir.join("initramfs.cpio");
+    std::fs::write(&path, c.finish()).unwrap();
+    path
+}
+
+fn config(kernel: PathBuf, initrd: PathBuf, console: PathBuf, vcpus: u8) -> VmConfig {
+    VmConfig {
+        kernel,
+        initrd: Some(initrd),
+        cmdline_extra: String::new(),
+        vcpus,
+        mem_mib: 256,
+        disks: vec![],
+        vsock: None,
+        console: ConsoleOutput::File(console),
+    }
+}
+
+/// The names of this process's threads that are vCPU threads.
+fn vcpu_threads() -> Vec<String> {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|c| c.trim().to_string())
+        .filter(|c| c.starts_with("vcpu"))
+        .collect()
+}
+
+/// Runs `vm` with a watchdog; `on_console` is polled while it runs and may
+/// stop it. Returns the exit reason and the console text.
+fn run_vm(
+    vm: Vm,
+    console: &Path,
+    mut on_console: impl FnMut(&str) -> bool + Send + 'static,
+) -> (ExitReason, String, Duration) {
+    let stop = vm.stop_handle();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (done2, console2) = (done.clone(), console.to_path_buf());
+    let watchdog = std::thread::spawn(move || {
+        let start = Instant::now();
+        while !done2.load(std::sync::atomic::Ordering::SeqCst) {
+            let text = std::fs::read_to_string(&console2).unwrap_or_default();
+            if start.elapsed() > BOOT_TIMEOUT || on_console(&text) {
+                stop.stop();
+                return start.elapsed() <= BOOT_TIMEOUT;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        true
+    });
+    let start = Instant::now();
+    let reason = vm.run().unwrap_or_else(|e| panic!("VM failed: {e}"));
+    let elapsed = start.elapsed();
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        watchdog.join().unwrap(),
+        "VM did not finish within {BOOT_TIMEOUT:?}"
+    );
+    let text = std::fs::read_to_string(console).unwrap();
+    (reason, text, elapsed)
+}
+
+fn boot(
+    script: &str,
+    vcpus: u8,
+    on_console: impl FnMut(&str) -> bool + Send + 'static,
+) -> Option<(ExitReason, String)> {
+    let kernel = kernel()?;
+    let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let initrd = initramfs(dir.path(), script);
+    let console = dir.path().join("console.log");
+    let vm = Vm::new(config(kernel, initrd, console.clone(), vcpus)).unwrap();
+    let (reason, text, elapsed) = run_vm(vm, &console, on_console);
+    eprintln!("{script:?}: {reason:?} after {elapsed:?}");
+    assert_eq!(
+        vcpu_threads(),
+        Vec::<String>::new(),
+        "vCPU threads left behind"
+    );
+    Some((reason, text))
+}
+
+#[test]
+fn poweroff_with_two_vcpus() {
+    let Some((reason, console)) = boot("/bin/busybox poweroff -f", 2, |_| false) else {
+        return;
+    };
+    assert!(
+        console.contains(MARKER),
+        "no marker on the console:\n{console}"
+    );
+    assert!(
+        console.contains("nproc=2"),
+        "guest does not see 2 vCPUs:\n{console}"
+    );
+    assert_eq!(reason, ExitReason::PowerOff, "console:\n{console}");
+}
+
+#[test]
+fn reboot_is_reported() {
+    let Some((reason, console)) = boot("/bin/busybox reboot -f", 1, |_| false) else {
+        return;
+    };
+    assert!(console.contains("nproc=1"), "console:\n{console}");
+    assert_eq!(reason, ExitReason::Reboot, "console:\n{console}");
+}
+
+#[test]
+fn stop_handle_stops_a_running_guest() {
+    let script = "while true; do /bin/busybox sleep 1000; done";
+    let Some((reason, console)) = boot(script, 2, |c| c.contains(MARKER)) else {
+        return;
+    };
+    assert!(console.contains(MARKER));
+    assert_eq!(reason, ExitReason::Stopped);
+}
+
+#[test]
+fn bad_kernel_files_are_rejected_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().join("notelf");
+    std::fs::write(&text, b"just text, not a kernel").unwrap();
+    let console = dir.path().join("c.log");
+    let mut cfg = config(text.clone(), text.clone(), console.clone(), 1);
+    cfg.initrd = None;
+    let err = match Vm::new(cfg.clone()) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("a text file was accepted as a kernel"),
+    };
+    if err.contains("/dev/kvm") {
+        eprintln!("skipped the kernel checks: {err}");
+        return;
+    }
+    assert_eq!(
+        err,
+        format!(
+            "kernel image {}: not an ELF file (an uncompressed vmlinux is required)",
+            text.display()
+        )
+    );
+    cfg.kernel = dir.path().join("missing");
+    let err = Vm::new(cfg.clone()).err().unwrap().to_string();
+    assert!(err.ends_with("missing: file not found"), "{err}");
+    cfg.kernel = "/bin/busybox".into();
+    cfg.vcpus = 0;
+    assert!(Vm::new(cfg).is_err());
+}
