@@ -25,6 +25,13 @@ if [ -f "$out/vmlinux" ]; then
 fi
 
 mkdir -p "$cache"
+# One build at a time: a concurrent caller waits, then finds the result cached.
+exec 9>"$cache/.lock"
+flock 9
+if [ -f "$out/vmlinux" ]; then
+    echo "$out/vmlinux"
+    exit 0
+fi
 work="$(mktemp -d "$cache/build.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
 echo "guest-kernel: building $hash in $work (a few minutes)" >&2

@@ -130,7 +130,8 @@ if [ "$HOST_KIND" = PVM ]; then
     QUIRKS=$(rust_strings "$REPO/vmm/src/host.rs" "const PVM_QUIRKS")
     [[ "$QUIRKS" == *noxsave* ]] || die "cannot read PVM_QUIRKS from vmm/src/host.rs"
 fi
-export QEMU_CMDLINE="$BASE_CMDLINE $QUIRKS quiet panic=-1 root=/dev/vda rw init=/sbin/benchinit"
+QEMU_CMDLINE=$(echo $BASE_CMDLINE $QUIRKS quiet panic=-1 root=/dev/vda rw init=/sbin/benchinit)
+export QEMU_CMDLINE
 export WORK RUNS VMMS REPO
 export BENCH_PROFILE=${BENCH_PROFILE:-1} BENCH_DOCS=${BENCH_DOCS:-1} BENCH_TIMEOUT=${BENCH_TIMEOUT:-180}
 export QEMU_VERSION
@@ -169,40 +170,45 @@ def qemu_argv(cmdline):
             "-serial", "stdio",
             "-device", "isa-debug-exit,iobase=0xf4,iosize=1",
             "-kernel", E["HUSK_KERNEL"], "-append", cmdline,
-            "-drive", f"id=root,file={WORK}/qemu-root.ext4,format=raw,if=none",
+            "-drive", f"id=root,file={WORK}/run-qemu.ext4,format=raw,if=none",
             "-device", "virtio-blk-device,drive=root"]
 
 
 def husk_argv(console):
     return [E["HUSK_BIN"], "vm", "run", "--cpus", "1", "--memory", str(MEM_MIB),
-            "--console", console, "--disk", f"{WORK}/root.ext4", "--", "/bin/true"]
+            "--console", console, "--disk", f"{WORK}/run-husk.ext4", "--", "/bin/true"]
 
 
 def smaps_sample(pid, guest_bytes):
-    """(total Rss, Rss of the guest RAM mapping) in bytes, or None.
+    """(total Rss, Rss of the guest RAM mapping, anonymous memory outside
+    the guest RAM mapping) in bytes, or None (gone, or exiting).
 
-    The guest RAM mapping is the one anonymous mapping whose size is the
-    guest memory size (within 1 MiB: QEMU adds a guard page)."""
+    The guest RAM mapping is the one mapping whose size is the guest memory
+    size (within 1 MiB, in case a VMM adds guard pages)."""
     try:
         with open(f"/proc/{pid}/smaps", "rb") as f:
             data = f.read()
     except OSError:
         return None
-    total = guest = 0
-    size = 0
+    total = guest = anon = 0
+    is_guest = False
     for line in data.split(b"\n"):
         if not line:
             continue
         head = line.split(b" ", 1)[0]
         if b"-" in head and not head.endswith(b":"):
             lo, hi = head.split(b"-")
-            size = int(hi, 16) - int(lo, 16)
+            is_guest = abs(int(hi, 16) - int(lo, 16) - guest_bytes) <= (1 << 20)
         elif line.startswith(b"Rss:"):
             rss = int(line.split()[1]) * 1024
             total += rss
-            if abs(size - guest_bytes) <= (1 << 20):
+            if is_guest:
                 guest += rss
-    return total, guest
+        elif line.startswith(b"Anonymous:") and not is_guest:
+            anon += int(line.split()[1]) * 1024
+    if total == 0:  # a zombie has no mappings left
+        return None
+    return total, guest, anon
 
 
 def husk_agent_connected(rundir_base):
@@ -236,8 +242,7 @@ def run_vm(kind, argv, env=None, ready=None):
     out = bytearray()
     t_ready = None
     next_sample = 0.0
-    overhead_peak = 0
-    last = None
+    overhead_peak = anon_peak = guest_peak = 0
     status = rusage = None
     try:
         while True:
@@ -256,8 +261,9 @@ def run_vm(kind, argv, env=None, ready=None):
             if now >= next_sample:
                 s = smaps_sample(pid, guest_bytes)
                 if s is not None:
-                    last = s
                     overhead_peak = max(overhead_peak, s[0] - s[1])
+                    anon_peak = max(anon_peak, s[2])
+                    guest_peak = max(guest_peak, s[1])
                 next_sample = now + 0.1
             wpid, status, rusage = os.wait4(pid, os.WNOHANG)
             if wpid == pid:
@@ -279,11 +285,17 @@ def run_vm(kind, argv, env=None, ready=None):
         with open(out_path, "wb") as f:
             f.write(out)
     return {"ready": t_ready, "exit": t_exit, "code": proc.returncode, "out": bytes(out),
-            "maxrss": rusage.ru_maxrss * 1024, "overhead": overhead_peak,
-            "guest_touched": last[1] if last else None}
+            "maxrss": rusage.ru_maxrss * 1024, "overhead": overhead_peak, "anon": anon_peak,
+            "guest_touched": guest_peak}
+
+
+def fresh_disk(src, dst):
+    """Each run boots a pristine copy of the disk (no journal replay)."""
+    subprocess.run(["cp", "--sparse=always", src, dst], check=True)
 
 
 def run_qemu():
+    fresh_disk(f"{WORK}/qemu-root.ext4", f"{WORK}/run-qemu.ext4")
     r = run_vm("qemu", qemu_argv(E["QEMU_CMDLINE"]))
     # isa-debug-exit: a guest write of 0 to port 0xf4 -> QEMU exit status (0<<1)|1.
     if r["code"] != 1 or b"HUSK-BENCH-EXIT 0" not in r["out"] or r["ready"] is None:
@@ -297,6 +309,7 @@ def run_husk():
     os.makedirs(base, exist_ok=True)
     env = dict(E, HUSK_RUN_DIR=base)
     console = f"{WORK}/husk-console.log"
+    fresh_disk(f"{WORK}/root.ext4", f"{WORK}/run-husk.ext4")
     r = run_vm("husk", husk_argv(console), env=env, ready=lambda: husk_agent_connected(base))
     if r["code"] != 0 or r["ready"] is None:
         err = open(f"{WORK}/husk.err", errors="replace").read()[-600:]
@@ -339,6 +352,11 @@ def host_facts():
             "rev": E["HUSK_REV"], "load": open("/proc/loadavg").read().split()[0]}
 
 
+def facts_line():
+    f = host_facts()
+    return f"{f['date']}, {E['HOST_KIND']} host, load average {f['load']}"
+
+
 def benchmark():
     results = {k: [] for k in VMMS}
     for k in VMMS:
@@ -357,19 +375,22 @@ def benchmark():
 def results_table(results, facts):
     names = {"qemu": "QEMU microvm", "husk": "husk"}
     rows = ["| VMM | start → agent ready (s) | start → exit (s) | peak RSS (MiB) "
-            "| RSS beyond guest RAM (MiB) | guest RAM touched (MiB) |",
-            "|---|---|---|---|---|---|"]
+            "| RSS beyond guest RAM (MiB) | of it anonymous (MiB) | guest RAM touched (MiB) |",
+            "|---|---|---|---|---|---|---|"]
     s = lambda v: f"{v:.2f}"
     for k, rs in results.items():
         rows.append(f"| {names[k]} | {med([r['ready'] for r in rs], s)} "
                     f"| {med([r['exit'] for r in rs], s)} "
                     f"| {med([r['maxrss'] for r in rs], mib)} "
                     f"| {med([r['overhead'] for r in rs], mib)} "
+                    f"| {med([r['anon'] for r in rs], mib)} "
                     f"| {med([r['guest_touched'] for r in rs], mib)} |")
     head = (f"{facts['date']}, husk {facts['rev']}, {RUNS} runs each (medians, min–max in "
             f"parentheses), 1 vCPU, {MEM_MIB} MiB, `/bin/true` in the guest.\n"
             f"Host: {facts['kind']}; {facts['cpu']}; host kernel {facts['kernel']}; "
-            f"{facts['qemu']}; load average {facts['load']} at the start.\n")
+            f"{facts['qemu']}; load average {facts['load']} at the start.\n"
+            f"Kernel command line (QEMU; husk's is the same plus its agent-disk root and "
+            f"virtio-mmio flags): `{E['QEMU_CMDLINE']}`.\n")
     return head + "\n" + "\n".join(rows) + "\n"
 
 
@@ -380,10 +401,11 @@ CALL = re.compile(r"initcall (\S+) returned (-?\d+) after (\d+) usecs")
 
 
 def profile():
-    cmdline = E["QEMU_CMDLINE"] + " initcall_debug log_buf_len=1M benchmode=profile"
-    t0 = time.monotonic()
+    # No log_buf_len=: growing the log buffer costs seconds on PVM hosts
+    # (zeroing memory in the guest kernel is slow there) and skews the profile.
+    cmdline = E["QEMU_CMDLINE"] + " initcall_debug benchmode=profile"
+    fresh_disk(f"{WORK}/qemu-root.ext4", f"{WORK}/run-qemu.ext4")
     r = run_vm("qemu-profile", qemu_argv(cmdline))
-    host_total = time.monotonic() - t0
     text = r["out"].decode(errors="replace").replace("\r", "")
     if "HUSK-BENCH-DMESG-END" not in text:
         raise RuntimeError("profile boot did not print its log:\n" + text[-600:])
@@ -403,14 +425,19 @@ def profile():
     for (ta, ma), (tb, mb) in zip(lines, lines[1:]):
         gaps.append((tb - ta, ma, mb))
     gaps.sort(key=lambda g: g[0], reverse=True)
-    init_start = next((t for t, m in lines if "Run /sbin/benchinit" in m), None)
+    init_start = next((t for t, m in lines if "Run /sbin/benchinit" in m), 0.0)
+    complete = bool(lines) and lines[0][0] == 0.0 and "Linux version" in lines[0][1]
     total_calls = sum(c[0] for c in calls) / 1e6
     out = []
-    out.append(f"One QEMU boot of the same kernel with `initcall_debug` (console `quiet`: the "
-               f"log was read back with `dmesg` by PID 1, so console output does not inflate "
-               f"it). {len(calls)} initcalls took {total_calls:.2f} s in total; "
-               f"the kernel started PID 1 at {init_start if init_start is not None else 0:.2f} s "
-               f"guest time; QEMU start to marker: {r['ready']:.2f} s.\n")
+    first_call = next((t for t, m in lines if m.startswith("calling ")), 0.0)
+    out.append(f"{facts_line()}: one QEMU boot of the same kernel with `initcall_debug` "
+               f"(console `quiet`; PID 1 read the log back with `dmesg`, so console output "
+               f"does not inflate it). Guest clock: first initcall at {first_call:.2f} s, "
+               f"PID 1 started at {init_start:.2f} s; {len(calls)} initcalls took "
+               f"{total_calls:.2f} s in total. QEMU start to PID 1's first line (host clock): "
+               f"{r['ready']:.2f} s."
+               + ("" if complete else " The log buffer overflowed: its first lines are missing.")
+               + "\n")
     out.append("Slowest initcalls:\n")
     out.append("| initcall | ms |")
     out.append("|---|---|")
@@ -474,6 +501,10 @@ def update_docs(table, prof):
 
 def main():
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    # If the calling shell dies without its cleanup, stop (and kill the VMM).
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() == 1:
+        sys.exit(143)
     facts = host_facts()
     results = benchmark()
     table = results_table(results, facts)

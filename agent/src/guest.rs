@@ -4,7 +4,7 @@
 use std::ffi::CString;
 use std::fs::File;
 use std::io;
-use std::os::fd::FromRawFd;
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -27,20 +27,26 @@ fn cstr(s: &str) -> CString {
     CString::new(s).unwrap_or_default()
 }
 
-/// mount(2) with no data; `EBUSY` (already mounted) counts as success when
-/// `busy_ok`.
+/// mount(2) with no data.
 fn mount(what: &str, target: &str, fstype: &str, flags: libc::c_ulong) -> Result<(), SysError> {
+    mount_data(what, target, fstype, flags, None)
+}
+
+/// mount(2) with optional filesystem options (`data`).
+pub fn mount_data(
+    what: &str,
+    target: &str,
+    fstype: &str,
+    flags: libc::c_ulong,
+    data: Option<&str>,
+) -> Result<(), SysError> {
     let (src, dst, ty) = (cstr(what), cstr(target), cstr(fstype));
-    // SAFETY: valid NUL-terminated strings; null data is allowed.
-    let rc = unsafe {
-        libc::mount(
-            src.as_ptr(),
-            dst.as_ptr(),
-            ty.as_ptr(),
-            flags,
-            std::ptr::null(),
-        )
-    };
+    let data = data.map(cstr);
+    let data_ptr = data
+        .as_ref()
+        .map_or(std::ptr::null(), |d| d.as_ptr().cast::<libc::c_void>());
+    // SAFETY: valid NUL-terminated strings; data is null or a C string.
+    let rc = unsafe { libc::mount(src.as_ptr(), dst.as_ptr(), ty.as_ptr(), flags, data_ptr) };
     if rc == 0 {
         return Ok(());
     }
@@ -145,6 +151,32 @@ fn vsock_connect(cid: u32, port: u32) -> io::Result<File> {
         return Err(io::Error::last_os_error());
     }
     Ok(file)
+}
+
+/// Opens a non-blocking vsock listener on `port` (any local CID).
+pub fn vsock_listen(port: u32) -> Result<OwnedFd, SysError> {
+    let err = |source| SysError::Listen { port, source };
+    let flags = libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK;
+    // SAFETY: plain socket(2) call.
+    let fd = unsafe { libc::socket(libc::AF_VSOCK, flags, 0) };
+    if fd < 0 {
+        return Err(err(io::Error::last_os_error()));
+    }
+    // SAFETY: fd is a new socket owned by nobody else.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: sockaddr_vm is plain data; all-zero is a valid value.
+    let mut addr: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
+    addr.svm_family = libc::AF_VSOCK as libc::sa_family_t;
+    addr.svm_cid = libc::VMADDR_CID_ANY;
+    addr.svm_port = port;
+    let len = std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t;
+    // SAFETY: addr is a valid sockaddr_vm of `len` bytes.
+    let rc = unsafe { libc::bind(fd, (&addr as *const libc::sockaddr_vm).cast(), len) };
+    // SAFETY: listen on our socket.
+    if rc != 0 || unsafe { libc::listen(fd, 16) } != 0 {
+        return Err(err(io::Error::last_os_error()));
+    }
+    Ok(sock)
 }
 
 /// Finds the virtio-blk disk whose serial is `serial`, e.g. `/dev/vdb`.

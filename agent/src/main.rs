@@ -5,11 +5,18 @@
 //! then powers the VM off. It must never panic or exit: a dying PID 1
 //! panics the kernel, so every path ends in [`guest::power_off`].
 
+mod container;
+mod exec;
 mod guest;
 mod log;
+mod net;
+mod proc;
+mod rootfs;
 mod session;
 mod spawn;
+mod spec;
 mod system;
+mod users;
 
 use std::error::Error;
 

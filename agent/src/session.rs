@@ -1,5 +1,6 @@
-//! One host connection: handshake, the run request, then streaming the
-//! command's output back until it exits.
+//! The boot connection: handshake, then either a run request (`husk vm
+//! run`: stream the command's output back until it exits) or
+//! `CreateContainer` (then [`crate::container`] serves the container).
 //!
 //! Single-threaded: one `poll(2)` loop over the connection, the child's
 //! pipes and a pidfd for the child (threads are very slow to start in the
@@ -10,8 +11,8 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use husk_protocol::{
-    read_message, write_message, ErrorCode, FrameDecoder, Message, ReadError, RunRequest,
-    WriteError, MAX_CHUNK, PROTOCOL_VERSION,
+    read_message, write_message, ContainerSpec, ErrorCode, FrameDecoder, Message, ReadError,
+    RunRequest, WriteError, MAX_CHUNK, PROTOCOL_VERSION,
 };
 
 use crate::spawn::{self, Child};
@@ -38,6 +39,8 @@ pub enum SessionError {
 }
 
 /// What the host asked for ended; the result was sent to the host.
+// Returned once per agent life; boxing the message buys nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, PartialEq, Eq)]
 pub enum Outcome {
     /// The command ran and this exit message was sent.
@@ -48,11 +51,7 @@ pub enum Outcome {
 
 /// Serves one host connection: handshake, one run request, its output and
 /// its exit.
-pub fn serve<C, S>(conn: &mut C, sys: &mut S) -> Result<Outcome, SessionError>
-where
-    C: Read + Write + AsRawFd,
-    S: System,
-{
+pub fn serve<S: System>(conn: &mut S::Conn, sys: &mut S) -> Result<Outcome, SessionError> {
     write_message(
         conn,
         &Message::Hello {
@@ -72,15 +71,49 @@ where
         }
         None => return Err(SessionError::HostClosed),
     }
-    let req = match read_message(conn)? {
-        Some(Message::Run(req)) => req,
-        Some(other) => {
-            let detail = format!("expected a run request, got {}", variant(&other));
-            return refuse(conn, ErrorCode::BadRequest, detail);
+    let mut request = read_message(conn)?;
+    // `husk vm run` with a network: configure it before the run request.
+    if let Some(Message::ConfigureNetwork(spec)) = &request {
+        if let Err(e) = sys.configure_network(spec) {
+            return refuse(conn, e.code(), crate::chain(&e));
         }
-        None => return Err(SessionError::HostClosed),
+        request = read_message(conn)?;
+    }
+    match request {
+        Some(Message::Run(req)) => run(conn, sys, &req),
+        Some(Message::CreateContainer(spec)) => create_container(conn, sys, &spec),
+        Some(Message::Exec(_)) => {
+            let detail = "Exec needs a container (send CreateContainer first)".to_string();
+            refuse(conn, ErrorCode::NoContainer, detail)
+        }
+        Some(other) => {
+            let detail = format!("expected a request, got {}", variant(&other));
+            refuse(conn, ErrorCode::BadRequest, detail)
+        }
+        None => Err(SessionError::HostClosed),
+    }
+}
+
+/// Validates and assembles the container, answers `Ok`, then serves it
+/// until its init process ends.
+fn create_container<S: System>(
+    conn: &mut S::Conn,
+    sys: &mut S,
+    spec: &ContainerSpec,
+) -> Result<Outcome, SessionError> {
+    if let Err(e) = crate::spec::check_container(spec) {
+        return refuse(conn, ErrorCode::BadRequest, e.0);
+    }
+    let root = match sys.create_container(spec) {
+        Ok(root) => root,
+        Err(e) => return refuse(conn, e.code(), crate::chain(&e)),
     };
-    run(conn, sys, &req)
+    let listener = match sys.listen_exec() {
+        Ok(l) => Some(l),
+        Err(e) => return refuse(conn, e.code(), crate::chain(&e)),
+    };
+    write_message(conn, &Message::Ok)?;
+    crate::container::serve(conn, sys, root, listener)
 }
 
 fn run<C, S>(conn: &mut C, sys: &mut S, req: &RunRequest) -> Result<Outcome, SessionError>
@@ -113,7 +146,7 @@ where
     Ok(Outcome::Finished(msg))
 }
 
-fn refuse<C: Write>(
+pub(crate) fn refuse<C: Write>(
     conn: &mut C,
     code: ErrorCode,
     detail: String,
@@ -123,7 +156,7 @@ fn refuse<C: Write>(
 }
 
 /// A message's variant name, for errors (payloads may be large).
-fn variant(msg: &Message) -> &'static str {
+pub(crate) fn variant(msg: &Message) -> &'static str {
     match msg {
         Message::Hello { .. } => "Hello",
         Message::Run(_) => "Run",
@@ -135,12 +168,19 @@ fn variant(msg: &Message) -> &'static str {
         Message::Exited { .. } => "Exited",
         Message::Signaled { .. } => "Signaled",
         Message::Error { .. } => "Error",
+        Message::CreateContainer(_) => "CreateContainer",
+        Message::Ok => "Ok",
+        Message::Exec(_) => "Exec",
+        Message::Started { .. } => "Started",
+        Message::Resize { .. } => "Resize",
+        Message::KillInit { .. } => "KillInit",
+        Message::ConfigureNetwork(_) => "ConfigureNetwork",
     }
 }
 
 /// Most reads of one pipe after the child exited (bounds the drain when a
 /// grandchild keeps writing).
-const DRAIN_LIMIT: usize = 64;
+pub(crate) const DRAIN_LIMIT: usize = 64;
 
 /// Moves data between the connection and a running child.
 struct Pump {
@@ -229,10 +269,10 @@ impl Pump {
             return self.read_host(conn);
         }
         if self.stdout.as_ref().is_some_and(|f| f.as_raw_fd() == fd) {
-            return forward(&mut self.stdout, conn, Message::Stdout).map(drop);
+            return Ok(forward(&mut self.stdout, conn, Message::Stdout).map(drop)?);
         }
         if self.stderr.as_ref().is_some_and(|f| f.as_raw_fd() == fd) {
-            return forward(&mut self.stderr, conn, Message::Stderr).map(drop);
+            return Ok(forward(&mut self.stderr, conn, Message::Stderr).map(drop)?);
         }
         if self.stdin.as_ref().is_some_and(|f| f.as_raw_fd() == fd) {
             self.flush_stdin();
@@ -356,11 +396,11 @@ impl Pump {
 
 /// Reads one chunk from `pipe` and sends it; closes the pipe at EOF.
 /// Returns whether data was forwarded.
-fn forward<C: Write>(
+pub(crate) fn forward<C: Write>(
     pipe: &mut Option<File>,
     conn: &mut C,
     wrap: fn(Vec<u8>) -> Message,
-) -> Result<bool, SessionError> {
+) -> Result<bool, WriteError> {
     let Some(file) = pipe else {
         return Ok(false);
     };
@@ -383,14 +423,14 @@ fn forward<C: Write>(
     }
 }
 
-fn is_transient(e: &io::Error) -> bool {
+pub(crate) fn is_transient(e: &io::Error) -> bool {
     matches!(
         e.kind(),
         io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
     )
 }
 
-fn pidfd_open(pid: libc::pid_t) -> Option<OwnedFd> {
+pub(crate) fn pidfd_open(pid: libc::pid_t) -> Option<OwnedFd> {
     // SAFETY: pidfd_open takes a pid and flags, no pointers.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
     let fd = RawFd::try_from(fd).ok().filter(|fd| *fd >= 0)?;

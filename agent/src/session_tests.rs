@@ -36,6 +36,19 @@ impl System for FakeSystem {
         Err(SysError::DiskNotFound(disk.serial.clone()))
     }
 
+    fn create_container(
+        &mut self,
+        _spec: &husk_protocol::ContainerSpec,
+    ) -> Result<crate::container::ContainerRoot, SysError> {
+        Err(SysError::DiskNotFound("layer0".into()))
+    }
+
+    fn listen_exec(&mut self) -> Result<std::os::fd::OwnedFd, SysError> {
+        Err(SysError::Invalid("no listener in this test".into()))
+    }
+
+    fn kill_all(&mut self) {}
+
     fn reaps_orphans(&self) -> bool {
         false
     }

@@ -28,14 +28,14 @@ pub struct SpawnError {
 }
 
 impl SpawnError {
-    fn new(code: ErrorCode, detail: impl Into<String>) -> Self {
+    pub(crate) fn new(code: ErrorCode, detail: impl Into<String>) -> Self {
         Self {
             code,
             detail: detail.into(),
         }
     }
 
-    fn internal(what: &str, err: io::Error) -> Self {
+    pub(crate) fn internal(what: &str, err: io::Error) -> Self {
         Self::new(ErrorCode::Internal, format!("{what}: {err}"))
     }
 }
@@ -56,12 +56,16 @@ pub struct Child {
 /// Stages at which the child can fail, reported through the error pipe.
 #[derive(Clone, Copy)]
 #[repr(u8)]
-enum Stage {
+pub(crate) enum Stage {
     Stdio = 1,
     Chroot = 2,
     Chdir = 3,
     Credentials = 4,
     Exec = 5,
+    /// Entering the container's mount namespace (or pivoting into it).
+    Namespace = 6,
+    /// Making the pty the controlling terminal.
+    Tty = 7,
 }
 
 /// Everything prepared for the child before forking.
@@ -109,7 +113,7 @@ pub fn spawn(req: &RunRequest, root: Option<&Path>) -> Result<Child, SpawnError>
         child(&prep, &argv_ptrs, &env_ptrs, fds, report_w.as_raw_fd());
     }
     drop((stdin_child, out_w, err_w, report_w));
-    if let Some(err) = read_report(report_r, &prep, &req.argv[0]) {
+    if let Some(err) = read_report(report_r, &prep.cwd.to_string_lossy(), &req.argv[0]) {
         reap(pid);
         return Err(err);
     }
@@ -181,7 +185,7 @@ pub fn lookup_candidates(cmd: &str, path: &str) -> Vec<String> {
         .collect()
 }
 
-fn null_terminated(strings: &[CString]) -> Vec<*const libc::c_char> {
+pub(crate) fn null_terminated(strings: &[CString]) -> Vec<*const libc::c_char> {
     strings
         .iter()
         .map(|s| s.as_ptr())
@@ -189,7 +193,7 @@ fn null_terminated(strings: &[CString]) -> Vec<*const libc::c_char> {
         .collect()
 }
 
-fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];
     // SAFETY: `fds` is a valid array of two ints for pipe2 to fill.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -215,7 +219,7 @@ pub fn set_nonblocking(fd: &impl AsRawFd) -> io::Result<()> {
 }
 
 /// Waits for `pid`, retrying on EINTR.
-fn reap(pid: libc::pid_t) {
+pub(crate) fn reap(pid: libc::pid_t) {
     let mut status = 0;
     // SAFETY: waitpid with a valid pointer to an int.
     while unsafe { libc::waitpid(pid, &mut status, 0) } < 0
@@ -224,7 +228,7 @@ fn reap(pid: libc::pid_t) {
 }
 
 /// Reads the child's failure report; `None` means execve succeeded.
-fn read_report(report: OwnedFd, prep: &Prepared, cmd: &str) -> Option<SpawnError> {
+pub(crate) fn read_report(report: OwnedFd, cwd: &str, cmd: &str) -> Option<SpawnError> {
     let mut buf = Vec::with_capacity(5);
     let mut file = File::from(report);
     if let Err(e) = file.read_to_end(&mut buf) {
@@ -235,19 +239,21 @@ fn read_report(report: OwnedFd, prep: &Prepared, cmd: &str) -> Option<SpawnError
             .then(|| SpawnError::new(ErrorCode::Internal, "garbled exec report"));
     };
     let errno = i32::from_ne_bytes([e0, e1, e2, e3]);
-    Some(describe_failure(stage, errno, prep, cmd))
+    Some(describe_failure(stage, errno, cwd, cmd))
 }
 
-fn describe_failure(stage: u8, errno: i32, prep: &Prepared, cmd: &str) -> SpawnError {
+fn describe_failure(stage: u8, errno: i32, cwd: &str, cmd: &str) -> SpawnError {
     let err = io::Error::from_raw_os_error(errno);
-    let cwd = prep.cwd.to_string_lossy();
     match stage {
         s if s == Stage::Exec as u8 => exec_error(errno, cmd, !cmd.contains('/')),
         s if s == Stage::Chdir as u8 => SpawnError::new(
             ErrorCode::BadRequest,
             format!("working directory {cwd:?}: {err}"),
         ),
-        s if s == Stage::Chroot as u8 => SpawnError::internal("entering the root", err),
+        s if s == Stage::Chroot as u8 || s == Stage::Namespace as u8 => {
+            SpawnError::internal("entering the root", err)
+        }
+        s if s == Stage::Tty as u8 => SpawnError::internal("setting up the terminal", err),
         s if s == Stage::Credentials as u8 => SpawnError::new(
             ErrorCode::BadRequest,
             format!("switching to the requested user: {err}"),
@@ -327,7 +333,7 @@ fn child(
 ///
 /// # Safety
 /// Child-after-fork only: raw fd manipulation.
-unsafe fn setup_stdio(fds: [RawFd; 3]) -> bool {
+pub(crate) unsafe fn setup_stdio(fds: [RawFd; 3]) -> bool {
     // First move any source fd that sits at 0..=2 out of the way, so one
     // dup2 cannot clobber a source needed by the next.
     let mut fds = fds;
@@ -355,7 +361,7 @@ unsafe fn setup_stdio(fds: [RawFd; 3]) -> bool {
 ///
 /// # Safety
 /// Child-after-fork only; `argv`/`env` are NULL-terminated pointer arrays.
-unsafe fn exec_candidates(
+pub(crate) unsafe fn exec_candidates(
     candidates: &[CString],
     argv: &[*const libc::c_char],
     env: &[*const libc::c_char],
@@ -379,12 +385,12 @@ unsafe fn exec_candidates(
     }
 }
 
-fn errno() -> i32 {
+pub(crate) fn errno() -> i32 {
     // SAFETY: __errno_location returns this thread's errno slot.
     unsafe { *libc::__errno_location() }
 }
 
-fn fail(report: RawFd, stage: Stage, errno: i32) -> ! {
+pub(crate) fn fail(report: RawFd, stage: Stage, errno: i32) -> ! {
     let e = errno.to_ne_bytes();
     let msg = [stage as u8, e[0], e[1], e[2], e[3]];
     // SAFETY: write from a stack buffer, then _exit; both async-signal-safe.

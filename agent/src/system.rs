@@ -4,11 +4,12 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 
-use husk_protocol::RootDisk;
+use husk_protocol::{ContainerSpec, ErrorCode, NetworkSpec, RootDisk};
 
+use crate::container::ContainerRoot;
 use crate::log;
 use crate::session::{self, Outcome, SessionError};
 
@@ -36,12 +37,45 @@ pub enum SysError {
         /// The last OS error.
         source: std::io::Error,
     },
+    /// Listening for host connections failed.
+    #[error("listening on vsock port {port}")]
+    Listen {
+        /// The guest port.
+        port: u32,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Preparing the container's filesystem failed.
+    #[error("{what}")]
+    Setup {
+        /// What was being done.
+        what: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The request named something the agent refuses.
+    #[error("{0}")]
+    Invalid(String),
+    /// Configuring the network failed.
+    #[error("configuring the network: {0}")]
+    Network(String),
+}
+
+impl SysError {
+    /// The protocol error code reported for this failure.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            SysError::Mount { .. } | SysError::DiskNotFound(_) => ErrorCode::MountFailed,
+            SysError::Invalid(_) => ErrorCode::BadRequest,
+            _ => ErrorCode::Internal,
+        }
+    }
 }
 
 /// The privileged operations the agent needs from its environment.
 pub trait System {
     /// The connection to the host.
-    type Conn: Read + Write + AsRawFd;
+    type Conn: Read + Write + AsRawFd + From<OwnedFd>;
 
     /// Prepares the agent's own environment (proc, sys, dev, ...).
     fn mount_early(&mut self) -> Result<(), SysError>;
@@ -50,6 +84,21 @@ pub trait System {
     /// Mounts `disk` and what the command needs inside it; returns the
     /// directory to chroot into.
     fn mount_root(&mut self, disk: &RootDisk) -> Result<PathBuf, SysError>;
+    /// Assembles a container's root filesystem and environment.
+    fn create_container(&mut self, spec: &ContainerSpec) -> Result<ContainerRoot, SysError>;
+    /// Opens the non-blocking listener for exec connections.
+    fn listen_exec(&mut self) -> Result<OwnedFd, SysError>;
+    /// Brings up loopback and the interface `spec` describes (`husk vm
+    /// run`'s `ConfigureNetwork`). The default refuses: test systems have
+    /// no guest network to configure.
+    fn configure_network(&mut self, spec: &NetworkSpec) -> Result<(), SysError> {
+        Err(SysError::Network(format!(
+            "no guest network for {}",
+            spec.mac
+        )))
+    }
+    /// Sends SIGKILL to every process but the agent (without reaping).
+    fn kill_all(&mut self);
     /// Whether the agent is PID 1 and must reap every process.
     fn reaps_orphans(&self) -> bool;
     /// Kills leftover processes, syncs and unmounts.
@@ -113,6 +162,23 @@ impl System for GuestSystem {
 
     fn mount_root(&mut self, disk: &RootDisk) -> Result<PathBuf, SysError> {
         crate::guest::mount_root(disk, &mut self.mounts)
+    }
+
+    fn create_container(&mut self, spec: &ContainerSpec) -> Result<ContainerRoot, SysError> {
+        crate::rootfs::create(spec, &mut self.mounts)
+    }
+
+    fn listen_exec(&mut self) -> Result<OwnedFd, SysError> {
+        crate::guest::vsock_listen(husk_protocol::EXEC_PORT)
+    }
+
+    fn configure_network(&mut self, spec: &NetworkSpec) -> Result<(), SysError> {
+        crate::net::configure(Some(spec)).map_err(|e| SysError::Network(crate::chain(&e)))
+    }
+
+    fn kill_all(&mut self) {
+        // SAFETY: kill(-1) from PID 1 signals every other process.
+        unsafe { libc::kill(-1, libc::SIGKILL) };
     }
 
     fn reaps_orphans(&self) -> bool {

@@ -20,7 +20,10 @@ fn main() {
         Ok(code) => code,
         Err(err) => {
             eprintln!("husk: {err:#}");
-            125
+            match err.downcast_ref::<cmd::container::ExitWith>() {
+                Some(e) => e.code,
+                None => 125,
+            }
         }
     };
     std::process::exit(code);

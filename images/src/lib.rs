@@ -6,6 +6,8 @@
 //!   [`Image::runtime_config`], layers and [`Image::diff_ids`]);
 //! - [`Store::layer_disks`] → the ordered EROFS disks to attach;
 //! - [`Store::commit_layer`] → a new image from a base, a layer tar and a config;
+//! - [`Store::commit`] / [`Store::unrecorded_image`] → untagged build steps
+//!   (a layer or a config-only change), recorded later with [`Store::add_image`];
 //! - [`archive::load`] / [`archive::save`], [`registry::pull`] / [`registry::push`].
 
 pub mod archive;
@@ -19,6 +21,7 @@ pub mod registry;
 pub mod store;
 pub mod time;
 
+pub use build::NewImage;
 pub use digest::Digest;
 pub use image::{Image, Layer, RuntimeConfig};
 pub use layer::{LayerDisk, LayerError};

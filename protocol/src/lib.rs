@@ -21,13 +21,20 @@ pub use frame::{
     decode, encode, read_message, write_message, DecodeError, FrameDecoder, ReadError, WriteError,
     HEADER_LEN, MAX_FRAME,
 };
-pub use message::{ErrorCode, Message, RootDisk, RunRequest, User};
+pub use message::{
+    ContainerSpec, ErrorCode, ExecRequest, Message, NetworkSpec, RootDisk, RunRequest, User,
+    VolumeMount,
+};
 
 /// The protocol version this build speaks; sent in [`Message::Hello`].
 pub const PROTOCOL_VERSION: u32 = 1;
 
 /// The vsock port the agent connects to on the host (CID 2) at boot.
 pub const AGENT_PORT: u32 = 1024;
+
+/// The vsock port the agent listens on, once a container exists, for
+/// further connections from the host (`Exec`, `KillInit`).
+pub const EXEC_PORT: u32 = 1025;
 
 /// The largest chunk of stdio data put into one frame; well below
 /// [`MAX_FRAME`] to leave room for the encoding overhead.

@@ -40,6 +40,123 @@ pub enum Message {
         /// A human-readable description.
         detail: String,
     },
+    /// Host -> agent, on the boot connection after `Hello`: assemble the
+    /// container's root filesystem and environment. The agent answers
+    /// [`Message::Ok`] or [`Message::Error`].
+    CreateContainer(ContainerSpec),
+    /// Agent -> host: the request succeeded (`CreateContainer`, `KillInit`).
+    Ok,
+    /// Host -> agent: start a process inside the container. On the boot
+    /// connection (after `CreateContainer`) this is the container's init
+    /// process: when it exits the container is over, and the agent tears
+    /// down and powers off. On any other connection (to [`EXEC_PORT`]) it
+    /// is an exec'd process.
+    ///
+    /// [`EXEC_PORT`]: crate::EXEC_PORT
+    Exec(ExecRequest),
+    /// Agent -> host: the process of this connection started (guest pid).
+    Started {
+        /// The process id inside the guest.
+        pid: u32,
+    },
+    /// Host -> agent: the terminal of this connection's process changed size.
+    Resize {
+        /// Rows.
+        rows: u16,
+        /// Columns.
+        cols: u16,
+    },
+    /// Host -> agent, on a connection to [`EXEC_PORT`]: deliver a signal to
+    /// the container's init process. Answered with `Ok` or `Error`.
+    ///
+    /// [`EXEC_PORT`]: crate::EXEC_PORT
+    KillInit {
+        /// The signal number (1-64).
+        signal: i32,
+    },
+    /// Host -> agent, on the boot connection between `Hello` and `Run`
+    /// (`husk vm run` has no container spec to carry it): bring up
+    /// loopback and this interface. Not answered on success; on failure
+    /// the agent answers [`Message::Error`] and ends the session.
+    ConfigureNetwork(NetworkSpec),
+}
+
+/// A container's root filesystem and environment (see
+/// [`Message::CreateContainer`]). Disks are named by virtio-blk serial.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerSpec {
+    /// Read-only EROFS layer disks, bottom layer first; stacked with
+    /// overlayfs (whiteouts are 0:0 character devices, opaque directories
+    /// carry `trusted.overlay.opaque=y`).
+    pub layers: Vec<String>,
+    /// The container's writable ext4 disk: overlayfs upper and work
+    /// directories live on it, so changes survive a stop and start.
+    pub writable: String,
+    /// Volumes to mount inside the root filesystem.
+    pub volumes: Vec<VolumeMount>,
+    /// The container's hostname (also written to /etc/hostname).
+    pub hostname: String,
+    /// Extra /etc/hosts lines (`ADDRESS NAME...`) after the loopback ones.
+    pub hosts: Vec<String>,
+    /// The full content of /etc/resolv.conf; `None` leaves the image's.
+    pub resolv_conf: Option<String>,
+    /// The network interface to configure; `None`: loopback only.
+    pub network: Option<NetworkSpec>,
+}
+
+/// The container's one network interface (virtio-net, `eth0`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkSpec {
+    /// The interface's MAC address, `aa:bb:cc:dd:ee:ff` (to find it).
+    pub mac: String,
+    /// IPv4 address with prefix length, e.g. `10.0.2.15/24`.
+    pub ipv4: String,
+    /// IPv4 default gateway.
+    pub gateway4: String,
+    /// Optional IPv6 address with prefix length.
+    pub ipv6: Option<String>,
+    /// Optional IPv6 default gateway.
+    pub gateway6: Option<String>,
+    /// MTU of the interface.
+    pub mtu: u32,
+}
+
+/// A volume disk mounted into the container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeMount {
+    /// The disk's virtio-blk serial.
+    pub serial: String,
+    /// The filesystem type (`ext4`).
+    pub fs_type: String,
+    /// The absolute path inside the container (created if missing).
+    pub target: String,
+    /// Mount read-only.
+    pub read_only: bool,
+}
+
+/// A process to start inside the container (see [`Message::Exec`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecRequest {
+    /// The command and its arguments; `argv[0]` is looked up in `PATH`
+    /// (from `env`) when it contains no `/`.
+    pub argv: Vec<String>,
+    /// The environment, as `KEY=VALUE` strings (the host has already merged
+    /// image, `--env-file` and `-e` values).
+    pub env: Vec<String>,
+    /// The working directory; created (owned by the user) if missing.
+    pub cwd: String,
+    /// The user as Docker spells it: `""` (root), `name`, `uid`,
+    /// `name:group`, `uid:gid`...; resolved by the agent against the
+    /// container's /etc/passwd and /etc/group, supplementary groups
+    /// included.
+    pub user: String,
+    /// Run on a new pseudo-terminal (stdout and stderr both arrive as
+    /// `Stdout`); `Resize` applies to it.
+    pub tty: bool,
+    /// Whether the host will send `Stdin`; otherwise stdin is /dev/null.
+    pub stdin: bool,
+    /// The initial terminal size when `tty` is set.
+    pub size: Option<(u16, u16)>,
 }
 
 /// What to run, and where.
@@ -99,6 +216,10 @@ pub enum ErrorCode {
     VersionMismatch,
     /// Anything else that went wrong inside the agent.
     Internal,
+    /// The user or group named in the request does not exist.
+    NoSuchUser,
+    /// The request needs a container, and none was created.
+    NoContainer,
 }
 
 impl ErrorCode {
@@ -112,7 +233,9 @@ impl ErrorCode {
             ErrorCode::BadRequest
             | ErrorCode::MountFailed
             | ErrorCode::VersionMismatch
-            | ErrorCode::Internal => 125,
+            | ErrorCode::Internal
+            | ErrorCode::NoSuchUser
+            | ErrorCode::NoContainer => 125,
         }
     }
 }

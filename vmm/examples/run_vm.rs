@@ -40,6 +40,7 @@ fn main() {
         mem_mib: 256,
         disks: vec![],
         vsock: None,
+        net: None,
         console: ConsoleOutput::Stdout,
     };
     let mut level = log::LevelFilter::Info;

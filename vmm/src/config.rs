@@ -1,6 +1,8 @@
 //! What a VM is made of, as the caller describes it, and its validation.
 
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::arch::x86_64::layout::{IOAPIC_PINS, VIRTIO_FIRST_IRQ};
 use crate::arch::x86_64::mptable::MAX_CPUS;
@@ -23,6 +25,8 @@ pub struct VmConfig {
     pub disks: Vec<DiskConfig>,
     /// Optional virtio-vsock device (after the disks).
     pub vsock: Option<VsockConfig>,
+    /// Optional virtio-net interface (after the vsock device).
+    pub net: Option<NetConfig>,
     /// Where the serial console goes.
     pub console: ConsoleOutput,
 }
@@ -46,6 +50,32 @@ pub struct VsockConfig {
     /// The Unix socket the VMM listens on; guest connections to host port P
     /// go to `<uds_path>_P`.
     pub uds_path: PathBuf,
+}
+
+/// A virtio-net interface.
+#[derive(Debug, Clone)]
+pub struct NetConfig {
+    /// The interface's MAC address (unicast).
+    pub mac: [u8; 6],
+    /// The MTU offered to the guest (68..=65535): 65520 suits passt, the
+    /// MTU of the host side for a TAP device (usually 1500).
+    pub mtu: u16,
+    /// Where the interface's frames go.
+    pub backend: NetBackend,
+}
+
+/// The host side of a virtio-net interface.
+#[derive(Debug, Clone)]
+pub enum NetBackend {
+    /// Connect to this Unix stream socket and exchange frames prefixed by
+    /// a 4-byte big-endian length (QEMU's `-netdev stream`, passt).
+    Unix(PathBuf),
+    /// An already connected stream socket speaking the same framing (e.g.
+    /// one end of a socket pair whose other end was given to `passt -F`).
+    Stream(Arc<UnixStream>),
+    /// Attach to the TAP device of this name (created if missing, which
+    /// needs CAP_NET_ADMIN).
+    Tap(String),
 }
 
 /// Destination of the guest's serial console.
@@ -83,6 +113,12 @@ pub enum ConfigError {
     /// The directory of the vsock socket is missing.
     #[error("vsock socket directory {0} does not exist")]
     VsockDir(PathBuf),
+    /// The network MTU is too small.
+    #[error("network MTU {0} is invalid (must be 68..=65535)")]
+    NetMtu(u16),
+    /// The MAC address is not a unicast address.
+    #[error("MAC address {0} is not a unicast address")]
+    NetMac(String),
 }
 
 impl VmConfig {
@@ -94,7 +130,8 @@ impl VmConfig {
         if !(MIN_MEM_MIB..=MAX_MEM_MIB).contains(&self.mem_mib) {
             return Err(ConfigError::Memory(self.mem_mib));
         }
-        let devices = self.disks.len() + usize::from(self.vsock.is_some());
+        let devices =
+            self.disks.len() + usize::from(self.vsock.is_some()) + usize::from(self.net.is_some());
         if devices > MAX_VIRTIO_DEVICES {
             return Err(ConfigError::TooManyDevices(devices));
         }
@@ -117,6 +154,16 @@ impl VmConfig {
                 return Err(ConfigError::VsockDir(dir.to_path_buf()));
             }
         }
+        if let Some(net) = &self.net {
+            if net.mtu < 68 {
+                return Err(ConfigError::NetMtu(net.mtu));
+            }
+            if net.mac[0] & 1 != 0 || net.mac == [0; 6] {
+                return Err(ConfigError::NetMac(
+                    crate::devices::virtio::net::format_mac(&net.mac),
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -134,8 +181,46 @@ mod tests {
             mem_mib: 128,
             disks: vec![],
             vsock: None,
+            net: None,
             console: ConsoleOutput::Sink,
         }
+    }
+
+    #[test]
+    fn net_checks() {
+        let net = |mac: [u8; 6], mtu| {
+            Some(NetConfig {
+                mac,
+                mtu,
+                backend: NetBackend::Tap("t0".into()),
+            })
+        };
+        let ok = [0x52, 0x54, 0, 1, 2, 3];
+        assert!(VmConfig {
+            net: net(ok, 1500),
+            ..base()
+        }
+        .validate()
+        .is_ok());
+        let c = VmConfig {
+            net: net(ok, 67),
+            ..base()
+        };
+        assert!(matches!(c.validate(), Err(ConfigError::NetMtu(67))));
+        let c = VmConfig {
+            net: net([1, 0, 0, 0, 0, 0], 1500),
+            ..base()
+        };
+        assert_eq!(
+            c.validate().unwrap_err().to_string(),
+            "MAC address 01:00:00:00:00:00 is not a unicast address"
+        );
+        assert!(VmConfig {
+            net: net([0; 6], 1500),
+            ..base()
+        }
+        .validate()
+        .is_err());
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! husk's virtual machine monitor: one KVM microVM with a serial console,
-//! virtio-mmio block and vsock devices, booted directly into a 64-bit Linux
+//! virtio-mmio block, vsock and network devices, booted directly into a 64-bit Linux
 //! kernel.
 //!
 //! Module map (see docs/ARCHITECTURE.md):
@@ -25,7 +25,7 @@ pub mod setup;
 pub mod vcpu;
 pub mod vm;
 
-pub use config::{ConsoleOutput, DiskConfig, VmConfig, VsockConfig};
+pub use config::{ConsoleOutput, DiskConfig, NetBackend, NetConfig, VmConfig, VsockConfig};
 pub use exit::ExitReason;
 pub use host::HostKind;
 pub use vm::{StopHandle, Vm, VmError};

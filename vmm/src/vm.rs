@@ -17,6 +17,7 @@ use crate::bus::Bus;
 use crate::cmdline::{build_cmdline, CmdlineError};
 use crate::config::{ConfigError, VmConfig};
 use crate::devices::virtio::block::{Block, BlockConfig, BlockError};
+use crate::devices::virtio::net::{Net, NetError};
 use crate::devices::virtio::vsock::{self as vsock_dev, Vsock, VsockError};
 use crate::exit::{ExitReason, ExitSignal};
 use crate::host::HostKind;
@@ -55,6 +56,9 @@ pub enum VmError {
     /// The vsock device.
     #[error(transparent)]
     Vsock(#[from] VsockError),
+    /// The network device.
+    #[error(transparent)]
+    Net(#[from] NetError),
     /// The event loop failed.
     #[error("event loop failure")]
     EventLoop(#[source] event_manager::Error),
@@ -138,6 +142,12 @@ impl Vm {
                 guest_cid: vsock.guest_cid,
                 uds_path: vsock.uds_path.clone(),
             })?;
+            subscribers.push(setup::attach_virtio(&vm, &mut mmio, &mem, index, device)?);
+            slots.push(setup::virtio_slot(index));
+        }
+        if let Some(net) = &config.net {
+            let index = slots.len();
+            let device = Net::from_config(net)?;
             subscribers.push(setup::attach_virtio(&vm, &mut mmio, &mem, index, device)?);
             slots.push(setup::virtio_slot(index));
         }

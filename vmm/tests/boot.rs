@@ -113,6 +113,7 @@ fn config(kernel: PathBuf, initrd: PathBuf, console: PathBuf, vcpus: u8) -> VmCo
         mem_mib: 256,
         disks: vec![],
         vsock: None,
+        net: None,
         console: ConsoleOutput::File(console),
     }
 }

@@ -1,6 +1,6 @@
 //! Image commands: load, pull, push, images, tag, rmi, save, and `image ...`.
 
-mod output;
+pub(crate) mod output;
 
 use std::path::{Path, PathBuf};
 

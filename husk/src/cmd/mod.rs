@@ -1,8 +1,11 @@
 //! Subcommands. Each module owns its commands' flags and their execution;
 //! `run` returns the process exit code (Docker's: 125 for husk's own errors).
 
+pub mod build;
+pub mod container;
 pub mod image;
 pub mod vm;
+pub mod volume;
 
 use clap::Subcommand;
 
@@ -13,6 +16,13 @@ pub enum Command {
     Vm(vm::VmCommand),
     #[command(flatten)]
     Image(image::ImageCommand),
+    #[command(flatten)]
+    Container(container::ContainerCommand),
+    /// Build an image from a Dockerfile.
+    Build(build::BuildArgs),
+    /// Manage volumes.
+    #[command(subcommand)]
+    Volume(volume::VolumeCommand),
 }
 
 /// Runs a subcommand and returns the exit code.
@@ -20,5 +30,8 @@ pub fn run(command: Command) -> anyhow::Result<i32> {
     match command {
         Command::Vm(c) => vm::run(c),
         Command::Image(c) => image::run(c),
+        Command::Container(c) => container::run(c),
+        Command::Volume(c) => volume::run(c),
+        Command::Build(a) => build::run(a),
     }
 }

@@ -45,6 +45,14 @@ pub struct RunArgs {
     /// Working directory inside the guest root.
     #[arg(short = 'w', long, value_name = "DIR", default_value = "/")]
     workdir: String,
+    /// Publish a guest port on the host: [IP:][HOST_PORT:]GUEST_PORT[/tcp|udp]
+    /// (implies --network passt).
+    #[arg(short = 'p', long = "publish", value_name = "SPEC")]
+    publish: Vec<String>,
+    /// The guest's network: none (default without -p), passt (user-mode,
+    /// default with -p), tap or tap:NAME (root).
+    #[arg(long, value_name = "MODE")]
+    network: Option<String>,
     /// Seconds the guest may take to boot and reach the agent.
     #[arg(
         long,
@@ -77,6 +85,10 @@ fn run_vm(args: RunArgs) -> Result<i32> {
         None => None,
     };
     check_kvm()?;
+    let mut network = start_network(args.network.as_deref(), &args.publish)?;
+    let net = network
+        .as_ref()
+        .and_then(|n| Some((n.net_config()?, n.spec()?)));
     let agent = assets::agent()?;
     let agent_disk = assets::agent_disk(&agent, &assets::cache_dir())?;
     let launch = Launch {
@@ -95,8 +107,44 @@ fn run_vm(args: RunArgs) -> Result<i32> {
             user: None,
             stdin: false,
         },
+        net,
     };
-    microvm::run(&launch, &signals)
+    let result = microvm::run(&launch, &signals);
+    if let Some(n) = network.as_mut() {
+        n.stop();
+    }
+    result
+}
+
+/// Starts the network `--network`/`-p` ask for: none by default, passt
+/// when ports are published.
+fn start_network(mode: Option<&str>, publish: &[String]) -> Result<Option<husk_net::Network>> {
+    let mode: husk_net::NetworkMode = match mode {
+        Some(m) => m.parse()?,
+        None if publish.is_empty() => husk_net::NetworkMode::None,
+        None => husk_net::NetworkMode::User,
+    };
+    if mode == husk_net::NetworkMode::None && publish.is_empty() {
+        return Ok(None);
+    }
+    let mut ports = Vec::new();
+    for p in publish {
+        ports.extend(husk_net::parse_port_spec(p)?);
+    }
+    let ephemeral = ports.iter().any(|p| p.host_port == 0);
+    let network = husk_net::Network::start(husk_net::NetworkOptions {
+        mode,
+        ports,
+        // For tests and unusual installs.
+        passt: std::env::var_os("HUSK_PASST").map(PathBuf::from),
+        ..Default::default()
+    })?;
+    if ephemeral {
+        for p in network.ports() {
+            eprintln!("husk: publishing {p}");
+        }
+    }
+    Ok(Some(network))
 }
 
 /// Parses `PATH[:ro]` and checks that the image exists.

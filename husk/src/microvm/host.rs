@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::anyhow;
 use husk_protocol::{
-    write_message, FrameDecoder, Message, RunRequest, MAX_CHUNK, PROTOCOL_VERSION,
+    write_message, FrameDecoder, Message, NetworkSpec, RunRequest, MAX_CHUNK, PROTOCOL_VERSION,
 };
 
 use super::signals::Signals;
@@ -89,6 +89,7 @@ pub fn drive(
     listener: &UnixListener,
     watch: &Watch,
     req: &RunRequest,
+    network: Option<&NetworkSpec>,
     boot_timeout: Duration,
 ) -> Ending {
     let deadline = Instant::now() + boot_timeout;
@@ -96,7 +97,7 @@ pub fn drive(
         Ok(conn) => conn,
         Err(ending) => return ending,
     };
-    match Session::default().converse(&mut conn, watch, req, deadline) {
+    match Session::default().converse(&mut conn, watch, req, network, deadline) {
         Ending::Exit(code) => match wait_for_teardown(&mut conn, watch) {
             Some(sig) => Ending::Interrupted(sig),
             None => Ending::Exit(code),
@@ -183,12 +184,17 @@ impl Session {
         conn: &mut UnixStream,
         watch: &Watch,
         req: &RunRequest,
+        network: Option<&NetworkSpec>,
         deadline: Instant,
     ) -> Ending {
         let hello = Message::Hello {
             version: PROTOCOL_VERSION,
         };
-        for msg in [hello, Message::Run(req.clone())] {
+        let net = network.map(|spec| Message::ConfigureNetwork(spec.clone()));
+        for msg in [Some(hello), net, Some(Message::Run(req.clone()))]
+            .into_iter()
+            .flatten()
+        {
             if let Err(e) = write_message(conn, &msg) {
                 return Ending::Failed(anyhow!("sending to the agent: {e}"));
             }

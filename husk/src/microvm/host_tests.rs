@@ -39,7 +39,7 @@ where
         signals: &signals,
         vm_done: vm_done.as_raw_fd(),
     };
-    let ending = drive(&listener, &watch, &request(), timeout);
+    let ending = drive(&listener, &watch, &request(), None, timeout);
     drop(listener);
     agent.join().unwrap();
     ending
@@ -173,6 +173,7 @@ fn no_agent_or_a_stopped_vm_is_reported() {
         &listener,
         &watch,
         &request(),
+        None,
         Duration::from_millis(300),
     ));
     assert_eq!(msg, "guest never reached the agent within 0 s");
@@ -181,6 +182,7 @@ fn no_agent_or_a_stopped_vm_is_reported() {
         &listener,
         &watch,
         &request(),
+        None,
         Duration::from_secs(10),
     ));
     assert!(

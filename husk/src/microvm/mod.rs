@@ -10,16 +10,15 @@ mod host;
 mod rundir;
 pub mod signals;
 
-use std::os::fd::AsRawFd;
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
-use husk_protocol::{RunRequest, AGENT_PORT};
+use husk_protocol::{NetworkSpec, RunRequest, AGENT_PORT};
 
 use host::{Ending, Watch};
+use husk_runtime::vmthread::{VmResult, VmThread};
 use rundir::RunDir;
 pub use signals::Signals;
 
@@ -32,9 +31,6 @@ const GUEST_CID: u64 = 3;
 /// How long the guest may take to power off after the agent finished its
 /// teardown (disks synced and unmounted) before husk stops the VM itself.
 const POWEROFF_GRACE: Duration = Duration::from_secs(5);
-
-/// How long to wait for the VM thread after asking it to stop.
-const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A user disk.
 #[derive(Debug, Clone)]
@@ -65,6 +61,8 @@ pub struct Launch {
     pub boot_timeout: Duration,
     /// The command to run.
     pub request: RunRequest,
+    /// The VM's network interface and its guest configuration, if any.
+    pub net: Option<(vmm::NetConfig, NetworkSpec)>,
 }
 
 /// The kernel command line added to the VMM's own.
@@ -88,12 +86,19 @@ pub fn run(launch: &Launch, signals: &Signals) -> Result<i32> {
         .with_context(|| format!("listening on {}", agent_sock.display()))?;
     listener.set_nonblocking(true)?;
     let vm = vmm::Vm::new(vm_config(launch, &console, &vsock)).context("creating the VM")?;
-    let mut vm = VmThread::start(vm)?;
+    let mut vm = VmThread::start(vm).context("starting the VM thread")?;
     let watch = Watch {
         signals,
-        vm_done: vm.done.as_raw_fd(),
+        vm_done: vm.done_fd(),
     };
-    let ending = host::drive(&listener, &watch, &launch.request, launch.boot_timeout);
+    let network = launch.net.as_ref().map(|(_, spec)| spec);
+    let ending = host::drive(
+        &listener,
+        &watch,
+        &launch.request,
+        network,
+        launch.boot_timeout,
+    );
     drop(listener);
     match ending {
         Ending::Exit(code) => finish(&mut vm, signals, code),
@@ -140,6 +145,7 @@ fn vm_config(launch: &Launch, console: &std::path::Path, vsock: &std::path::Path
             guest_cid: GUEST_CID,
             uds_path: vsock.to_path_buf(),
         }),
+        net: launch.net.as_ref().map(|(config, _)| config.clone()),
         console: vmm::ConsoleOutput::File(console.to_path_buf()),
     }
 }
@@ -163,78 +169,12 @@ fn finish(vm: &mut VmThread, signals: &Signals, code: i32) -> Result<i32> {
 }
 
 /// Adds what the VM thread reported to a failure.
-fn explain(
-    err: anyhow::Error,
-    vm_result: Option<Result<vmm::ExitReason, vmm::VmError>>,
-) -> anyhow::Error {
+fn explain(err: anyhow::Error, vm_result: Option<&VmResult>) -> anyhow::Error {
     match vm_result {
-        Some(Err(vm_err)) => err.context(format!("VM failed: {:#}", anyhow::Error::new(vm_err))),
+        Some(Err(vm_err)) => {
+            err.context(format!("VM failed: {}", husk_runtime::error_chain(vm_err)))
+        }
         Some(Ok(vmm::ExitReason::Reboot)) => err.context("the guest rebooted (kernel panic?)"),
         _ => err,
-    }
-}
-
-/// The VM running on its own thread.
-struct VmThread {
-    stop: vmm::StopHandle,
-    /// EOF once the thread has ended.
-    done: UnixStream,
-    handle: Option<JoinHandle<Result<vmm::ExitReason, vmm::VmError>>>,
-}
-
-impl VmThread {
-    fn start(vm: vmm::Vm) -> Result<Self> {
-        let stop = vm.stop_handle();
-        let (done, notify) = UnixStream::pair().context("creating a socket pair")?;
-        let handle = signals::blocked_in_new_threads(|| {
-            std::thread::Builder::new()
-                .name("vm".into())
-                .spawn(move || {
-                    let result = vm.run();
-                    drop(notify);
-                    result
-                })
-        })
-        .context("starting the VM thread")?;
-        Ok(Self {
-            stop,
-            done,
-            handle: Some(handle),
-        })
-    }
-
-    /// Waits until the VM thread ends (true), a signal arrives or the
-    /// deadline passes (false).
-    fn wait_done(&self, signals: Option<&Signals>, deadline: Instant) -> bool {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let mut fds = vec![libc::pollfd {
-            fd: self.done.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        }];
-        if let Some(s) = signals {
-            fds.push(libc::pollfd {
-                fd: s.fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            });
-        }
-        let timeout = left.as_millis().min(i32::MAX as u128) as i32;
-        // SAFETY: a valid array of pollfd of the given length.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
-        n > 0 && fds[0].revents != 0
-    }
-
-    /// Stops the VM (if still running) and collects its result, waiting at
-    /// most [`STOP_TIMEOUT`].
-    fn stop(&mut self) -> Option<Result<vmm::ExitReason, vmm::VmError>> {
-        self.stop.stop();
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        while Instant::now() < deadline {
-            if self.wait_done(None, deadline) {
-                return self.handle.take()?.join().ok();
-            }
-        }
-        None
     }
 }

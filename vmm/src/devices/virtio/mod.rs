@@ -16,6 +16,7 @@
 pub mod activation;
 pub mod block;
 pub mod mmio;
+pub mod net;
 pub mod vsock;
 
 #[cfg(test)]

@@ -1,0 +1,553 @@
+//! A container's life after `CreateContainer`: the init process on the boot
+//! connection, exec sessions on connections to the exec listener, all in
+//! one poll(2) loop; then the teardown when init exits.
+//!
+//! Isolation: the init process unshares the mount namespace and
+//! `pivot_root`s into the container's root (so processes never see the
+//! agent's own mounts); the agent then keeps `/proc/<init>/ns/mnt` open and
+//! exec'd processes `setns` into it. The container ends with its init
+//! process, so no helper process is needed to keep the namespace alive;
+//! exec requests that arrive before init started are refused with
+//! `NoContainer`.
+
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use husk_protocol::{
+    write_message, ErrorCode, ExecRequest, FrameDecoder, Message, PROTOCOL_VERSION,
+};
+
+use crate::exec::{self, Entry};
+use crate::proc::{read_messages, Pipe, Proc};
+use crate::session::{variant, Outcome, SessionError};
+use crate::system::System;
+use crate::{log, spec, users};
+
+/// Most exec sessions served at once.
+pub const MAX_SESSIONS: usize = 64;
+/// How long the teardown waits for killed processes.
+const KILL_WAIT: Duration = Duration::from_secs(5);
+
+/// The assembled container, as the agent sees it.
+#[derive(Debug, Clone)]
+pub struct ContainerRoot {
+    /// The root filesystem's path in the agent's mount namespace (where the
+    /// agent reads /etc/passwd and /etc/group).
+    pub root: PathBuf,
+    /// The devpts multiplexer of the container's /dev/pts.
+    pub ptmx: PathBuf,
+    /// Whether processes enter the root in their own mount namespace
+    /// (false only in unit tests, which cannot pivot_root).
+    pub isolated: bool,
+}
+
+/// Where an exec session is in its protocol.
+enum Phase {
+    Hello,
+    Request,
+    Running(Proc),
+    Closed,
+}
+
+/// A connection to the exec listener.
+struct Session<C> {
+    conn: C,
+    decoder: FrameDecoder,
+    phase: Phase,
+}
+
+/// What a ready fd belongs to.
+#[derive(Clone, Copy)]
+enum Slot {
+    Boot,
+    Listener,
+    Conn(usize),
+    Init(Pipe),
+    Proc(usize, Pipe),
+}
+
+/// The container's poll loop state.
+struct Mux<'a, S: System> {
+    sys: &'a mut S,
+    root: ContainerRoot,
+    listener: Option<OwnedFd>,
+    boot_decoder: FrameDecoder,
+    init: Option<Proc>,
+    init_ns: Option<OwnedFd>,
+    sessions: Vec<Session<S::Conn>>,
+    abandoned: Vec<libc::pid_t>,
+}
+
+/// Serves the container on the boot connection `boot` (handshake and
+/// `CreateContainer` done) and on `listener`, until the init process exits
+/// (or the host drops `boot`). Every container process is dead on return.
+pub fn serve<S: System>(
+    boot: &mut S::Conn,
+    sys: &mut S,
+    root: ContainerRoot,
+    listener: Option<OwnedFd>,
+) -> Result<Outcome, SessionError> {
+    let mut mux = Mux {
+        sys,
+        root,
+        listener,
+        boot_decoder: FrameDecoder::new(),
+        init: None,
+        init_ns: None,
+        sessions: Vec::new(),
+        abandoned: Vec::new(),
+    };
+    let result = mux.run(boot);
+    mux.teardown();
+    result
+}
+
+impl<S: System> Mux<'_, S> {
+    fn run(&mut self, boot: &mut S::Conn) -> Result<Outcome, SessionError> {
+        loop {
+            self.reap();
+            if let Some(init) = self.init.as_mut().filter(|p| p.status.is_some()) {
+                init.drain(boot)?;
+                let msg = init.exit_message().unwrap_or(Message::Exited { code: 255 });
+                write_message(boot, &msg)?;
+                return Ok(Outcome::Finished(msg));
+            }
+            self.finish_sessions();
+            let (mut fds, slots) = self.poll_set(boot.as_raw_fd());
+            // SAFETY: `fds` is a valid, correctly sized array of pollfd.
+            let n =
+                unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, self.timeout()) };
+            if n < 0 {
+                let err = std::io::Error::last_os_error();
+                if err.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(SessionError::Poll(err));
+            }
+            for (pfd, slot) in fds.iter().zip(slots) {
+                if pfd.revents == 0 {
+                    continue;
+                }
+                if let Some(outcome) = self.dispatch(slot, boot)? {
+                    return Ok(outcome);
+                }
+            }
+            self.sessions.retain(|s| !matches!(s.phase, Phase::Closed));
+        }
+    }
+
+    fn timeout(&self) -> libc::c_int {
+        let procs = self
+            .init
+            .iter()
+            .chain(self.sessions.iter().filter_map(|s| match &s.phase {
+                Phase::Running(p) => Some(p),
+                _ => None,
+            }));
+        let mut timeout = if self.sys.reaps_orphans() { 1000 } else { -1 };
+        for p in procs {
+            if p.needs_polling() {
+                timeout = 100;
+            }
+        }
+        if !self.abandoned.is_empty() {
+            timeout = 100;
+        }
+        timeout
+    }
+
+    fn poll_set(&self, boot: RawFd) -> (Vec<libc::pollfd>, Vec<Slot>) {
+        let mut fds = Vec::new();
+        let mut slots = Vec::new();
+        let mut add = |fd: RawFd, events: libc::c_short, slot: Slot| {
+            fds.push(libc::pollfd {
+                fd,
+                events,
+                revents: 0,
+            });
+            slots.push(slot);
+        };
+        if self.init.as_ref().is_none_or(Proc::wants_input) {
+            add(boot, libc::POLLIN, Slot::Boot);
+        }
+        if let Some(l) = &self.listener {
+            add(l.as_raw_fd(), libc::POLLIN, Slot::Listener);
+        }
+        let mut pipes = Vec::new();
+        if let Some(init) = &self.init {
+            init.poll_fds(&mut pipes);
+            for (fd, ev, pipe) in pipes.drain(..) {
+                add(fd, ev, Slot::Init(pipe));
+            }
+        }
+        for (i, s) in self.sessions.iter().enumerate() {
+            let running = match &s.phase {
+                Phase::Running(p) => Some(p),
+                _ => None,
+            };
+            if running.is_none_or(|p| p.wants_input()) {
+                add(s.conn.as_raw_fd(), libc::POLLIN, Slot::Conn(i));
+            }
+            if let Some(p) = running {
+                p.poll_fds(&mut pipes);
+                for (fd, ev, pipe) in pipes.drain(..) {
+                    add(fd, ev, Slot::Proc(i, pipe));
+                }
+            }
+        }
+        (fds, slots)
+    }
+
+    /// Handles one ready fd; `Some` ends the container.
+    fn dispatch(
+        &mut self,
+        slot: Slot,
+        boot: &mut S::Conn,
+    ) -> Result<Option<Outcome>, SessionError> {
+        match slot {
+            Slot::Boot => return self.boot_input(boot),
+            Slot::Listener => self.accept(),
+            Slot::Conn(i) => self.session_input(i),
+            Slot::Init(pipe) => {
+                if let Some(init) = &mut self.init {
+                    init.ready(pipe, boot)?;
+                }
+            }
+            Slot::Proc(i, pipe) => {
+                let s = &mut self.sessions[i];
+                if let Phase::Running(p) = &mut s.phase {
+                    if p.ready(pipe, &mut s.conn).is_err() {
+                        p.kill();
+                        self.abandoned.push(p.pid);
+                        s.phase = Phase::Closed;
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    fn boot_input(&mut self, boot: &mut S::Conn) -> Result<Option<Outcome>, SessionError> {
+        let msgs = match read_messages(boot, &mut self.boot_decoder)? {
+            Some(msgs) => msgs,
+            None => return Err(SessionError::HostClosed),
+        };
+        for msg in msgs {
+            let msg = match &mut self.init {
+                Some(init) => match init.input(msg) {
+                    Some(other) => other,
+                    None => continue,
+                },
+                None => msg,
+            };
+            match msg {
+                Message::Exec(req) if self.init.is_none() => match self.start(&req, None) {
+                    Ok(proc) => {
+                        self.init_ns = self.open_ns(proc.pid);
+                        write_message(
+                            boot,
+                            &Message::Started {
+                                pid: proc.pid as u32,
+                            },
+                        )?;
+                        self.init = Some(proc);
+                    }
+                    Err((code, detail)) => {
+                        write_message(boot, &Message::Error { code, detail })?;
+                        return Ok(Some(Outcome::Refused(code)));
+                    }
+                },
+                other => {
+                    let detail = match other {
+                        Message::CreateContainer(_) => "the container already exists".into(),
+                        m => format!("unexpected {} on the boot connection", variant(&m)),
+                    };
+                    let code = ErrorCode::BadRequest;
+                    write_message(boot, &Message::Error { code, detail })?;
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Resolves the user and spawns `req`, in the container (`join` = the
+    /// init's namespace for exec sessions, `None` for the init itself).
+    fn start(&self, req: &ExecRequest, join: Option<RawFd>) -> Result<Proc, (ErrorCode, String)> {
+        spec::check_exec(req).map_err(|e| (ErrorCode::BadRequest, e.0))?;
+        let db = |path| {
+            let resolved = spec::resolve_in_root(&self.root.root, path);
+            resolved.map(|p| users::read_db(&p)).unwrap_or_default()
+        };
+        let (passwd, group) = (db("/etc/passwd"), db("/etc/group"));
+        let creds = users::resolve(&req.user, &passwd, &group).map_err(|e| match e {
+            users::UserError::Invalid(_) => (ErrorCode::BadRequest, e.to_string()),
+            _ => (ErrorCode::NoSuchUser, e.to_string()),
+        })?;
+        let entry = match (self.root.isolated, join) {
+            (false, _) => Entry::Host,
+            (true, Some(fd)) => Entry::Join(fd),
+            (true, None) => Entry::Pivot(&self.root.root),
+        };
+        let spawned =
+            exec::spawn(req, &creds, entry, &self.root.ptmx).map_err(|e| (e.code, e.detail))?;
+        Ok(Proc::new(spawned))
+    }
+
+    fn open_ns(&self, pid: libc::pid_t) -> Option<OwnedFd> {
+        if !self.root.isolated {
+            return None;
+        }
+        match File::open(format!("/proc/{pid}/ns/mnt")) {
+            Ok(f) => Some(OwnedFd::from(f)),
+            Err(e) => {
+                log::error(&format!("opening the container's mount namespace: {e}"));
+                None
+            }
+        }
+    }
+
+    fn accept(&mut self) {
+        let Some(listener) = &self.listener else {
+            return;
+        };
+        let (addr, len) = (std::ptr::null_mut(), std::ptr::null_mut());
+        // SAFETY: accept4 with null address pointers is allowed.
+        let fd = unsafe { libc::accept4(listener.as_raw_fd(), addr, len, libc::SOCK_CLOEXEC) };
+        if fd < 0 {
+            return; // EAGAIN, ECONNABORTED...: nothing to serve
+        }
+        // SAFETY: accept4 returned a new fd that nothing else owns.
+        let mut conn = S::Conn::from(unsafe { OwnedFd::from_raw_fd(fd) });
+        if self.sessions.len() >= MAX_SESSIONS {
+            let code = ErrorCode::Internal;
+            let detail = format!("more than {MAX_SESSIONS} exec sessions");
+            let _ = write_message(&mut conn, &Message::Error { code, detail });
+            return;
+        }
+        let hello = Message::Hello {
+            version: PROTOCOL_VERSION,
+        };
+        if write_message(&mut conn, &hello).is_ok() {
+            self.sessions.push(Session {
+                conn,
+                decoder: FrameDecoder::new(),
+                phase: Phase::Hello,
+            });
+        }
+    }
+
+    fn session_input(&mut self, i: usize) {
+        let s = &mut self.sessions[i];
+        let msgs = match read_messages(&mut s.conn, &mut s.decoder) {
+            Ok(Some(msgs)) => msgs,
+            Ok(None) | Err(_) => {
+                // The host went away: its process goes too.
+                if let Phase::Running(p) = &s.phase {
+                    p.kill();
+                    self.abandoned.push(p.pid);
+                }
+                s.phase = Phase::Closed;
+                return;
+            }
+        };
+        for msg in msgs {
+            if matches!(self.sessions[i].phase, Phase::Closed) {
+                return;
+            }
+            if let Err(e) = self.session_message(i, msg) {
+                log::error(&format!("exec session: {e}"));
+                let s = &mut self.sessions[i];
+                if let Phase::Running(p) = &s.phase {
+                    p.kill();
+                    self.abandoned.push(p.pid);
+                }
+                s.phase = Phase::Closed;
+            }
+        }
+    }
+
+    fn session_message(&mut self, i: usize, msg: Message) -> Result<(), SessionError> {
+        let phase = std::mem::replace(&mut self.sessions[i].phase, Phase::Closed);
+        let (next, reply) = match (phase, msg) {
+            (Phase::Running(mut p), msg) => match p.input(msg) {
+                None => (Phase::Running(p), None),
+                Some(other) => {
+                    let detail = format!("unexpected {} in an exec session", variant(&other));
+                    (
+                        Phase::Running(p),
+                        Some(error(ErrorCode::BadRequest, detail)),
+                    )
+                }
+            },
+            (Phase::Hello, Message::Hello { version }) if version == PROTOCOL_VERSION => {
+                (Phase::Request, None)
+            }
+            (Phase::Hello, Message::Hello { version }) => {
+                let detail = format!("host speaks protocol {version}, agent {PROTOCOL_VERSION}");
+                (
+                    Phase::Closed,
+                    Some(error(ErrorCode::VersionMismatch, detail)),
+                )
+            }
+            (Phase::Request, Message::Exec(req)) => self.exec_request(&req),
+            (Phase::Request, Message::KillInit { signal }) => {
+                (Phase::Closed, Some(self.kill_init(signal)))
+            }
+            (_, other) => {
+                let detail = format!("unexpected {} in an exec session", variant(&other));
+                (Phase::Closed, Some(error(ErrorCode::BadRequest, detail)))
+            }
+        };
+        let s = &mut self.sessions[i];
+        s.phase = next;
+        if let Some(reply) = reply {
+            write_message(&mut s.conn, &reply)?;
+        }
+        Ok(())
+    }
+
+    fn exec_request(&self, req: &ExecRequest) -> (Phase, Option<Message>) {
+        let join = self.init_ns.as_ref().map(AsRawFd::as_raw_fd);
+        let started = self.init.as_ref().is_some_and(|p| p.status.is_none());
+        if !started || (self.root.isolated && join.is_none()) {
+            let detail = "the container's init process is not running".to_string();
+            return (Phase::Closed, Some(error(ErrorCode::NoContainer, detail)));
+        }
+        match self.start(req, join) {
+            Ok(p) => {
+                let pid = p.pid as u32;
+                (Phase::Running(p), Some(Message::Started { pid }))
+            }
+            Err((code, detail)) => (Phase::Closed, Some(error(code, detail))),
+        }
+    }
+
+    fn kill_init(&self, signal: i32) -> Message {
+        if !(1..=64).contains(&signal) {
+            return error(ErrorCode::BadRequest, format!("invalid signal {signal}"));
+        }
+        match self.init.as_ref().filter(|p| p.status.is_none()) {
+            Some(init) => {
+                // SAFETY: kill has no memory-safety preconditions.
+                unsafe { libc::kill(init.pid, signal) };
+                Message::Ok
+            }
+            None => error(
+                ErrorCode::NoContainer,
+                "the container's init process is not running".into(),
+            ),
+        }
+    }
+
+    /// Reports the exit of every exec'd process that ended, and closes its
+    /// session.
+    fn finish_sessions(&mut self) {
+        for s in &mut self.sessions {
+            let Phase::Running(p) = &mut s.phase else {
+                continue;
+            };
+            if p.status.is_none() {
+                continue;
+            }
+            let msg = p.exit_message();
+            if p.drain(&mut s.conn).is_ok() {
+                if let Some(msg) = msg {
+                    let _ = write_message(&mut s.conn, &msg);
+                }
+            }
+            s.phase = Phase::Closed;
+        }
+        self.sessions.retain(|s| !matches!(s.phase, Phase::Closed));
+    }
+
+    /// Collects exit statuses (as PID 1, of every process).
+    fn reap(&mut self) {
+        if self.sys.reaps_orphans() {
+            loop {
+                let mut status = 0;
+                // SAFETY: waitpid with a valid status pointer.
+                let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+                if pid <= 0 {
+                    break;
+                }
+                self.record(pid, status);
+            }
+            self.abandoned.clear();
+            return;
+        }
+        let mut pids: Vec<libc::pid_t> = self
+            .procs()
+            .filter(|p| p.status.is_none())
+            .map(|p| p.pid)
+            .collect();
+        pids.extend(&self.abandoned);
+        for pid in pids {
+            let mut status = 0;
+            // SAFETY: waitpid with a valid status pointer.
+            if unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } == pid {
+                self.record(pid, status);
+                self.abandoned.retain(|p| *p != pid);
+            }
+        }
+    }
+
+    fn procs(&self) -> impl Iterator<Item = &Proc> {
+        self.init
+            .iter()
+            .chain(self.sessions.iter().filter_map(|s| match &s.phase {
+                Phase::Running(p) => Some(p),
+                _ => None,
+            }))
+    }
+
+    fn record(&mut self, pid: libc::pid_t, status: i32) {
+        let init = self.init.iter_mut();
+        let sessions = self.sessions.iter_mut().filter_map(|s| match &mut s.phase {
+            Phase::Running(p) => Some(p),
+            _ => None,
+        });
+        if let Some(p) = init
+            .chain(sessions)
+            .find(|p| p.pid == pid && p.status.is_none())
+        {
+            p.status = Some(status);
+        }
+    }
+
+    /// The container is over: kill everything, report each exec'd
+    /// process's end to its session and close the sessions.
+    fn teardown(&mut self) {
+        self.listener = None;
+        if let Some(init) = &self.init {
+            init.kill();
+        }
+        self.sys.kill_all();
+        for s in &self.sessions {
+            if let Phase::Running(p) = &s.phase {
+                p.kill();
+            }
+        }
+        let deadline = Instant::now() + KILL_WAIT;
+        loop {
+            self.reap();
+            let pending = self.procs().any(|p| p.status.is_none()) || !self.abandoned.is_empty();
+            if !pending || Instant::now() >= deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.finish_sessions();
+        self.sessions.clear();
+        self.init_ns = None;
+    }
+}
+
+fn error(code: ErrorCode, detail: String) -> Message {
+    Message::Error { code, detail }
+}
+
+#[cfg(test)]
+#[path = "container_tests.rs"]
+mod tests;

@@ -1,0 +1,422 @@
+//! The container loop against real host-side peers over Unix sockets:
+//! the boot connection plus exec sessions on a Unix listener, running real
+//! processes (no VM; user switching only when the tests run as root).
+
+use std::os::fd::OwnedFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use husk_protocol::{read_message, write_message, ContainerSpec, ErrorCode, ExecRequest, Message};
+
+use super::*;
+use crate::session::{Outcome, SessionError};
+use crate::system::{run_agent, AgentError, SysError, System};
+
+struct FakeSystem {
+    conn: Option<UnixStream>,
+    root: PathBuf,
+    sock: PathBuf,
+}
+
+impl System for FakeSystem {
+    type Conn = UnixStream;
+
+    fn mount_early(&mut self) -> Result<(), SysError> {
+        Ok(())
+    }
+
+    fn connect(&mut self) -> Result<UnixStream, SysError> {
+        Ok(self.conn.take().expect("connect called once"))
+    }
+
+    fn mount_root(&mut self, disk: &husk_protocol::RootDisk) -> Result<PathBuf, SysError> {
+        Err(SysError::DiskNotFound(disk.serial.clone()))
+    }
+
+    fn create_container(&mut self, spec: &ContainerSpec) -> Result<ContainerRoot, SysError> {
+        if spec.layers[0] == "missing" {
+            return Err(SysError::DiskNotFound("missing".into()));
+        }
+        Ok(ContainerRoot {
+            root: self.root.clone(),
+            ptmx: PathBuf::from("/dev/ptmx"),
+            isolated: false,
+        })
+    }
+
+    fn listen_exec(&mut self) -> Result<OwnedFd, SysError> {
+        let l = UnixListener::bind(&self.sock)
+            .map_err(|source| SysError::Listen { port: 1025, source })?;
+        l.set_nonblocking(true).unwrap();
+        Ok(OwnedFd::from(l))
+    }
+
+    fn kill_all(&mut self) {}
+
+    fn reaps_orphans(&self) -> bool {
+        false
+    }
+
+    fn shutdown(&mut self) {}
+}
+
+const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\nalice:x:1000:1000::/home/alice:/bin/sh\n";
+const GROUP: &str = "root:x:0:\nalice:x:1000:\nstaff:x:50:alice\n";
+
+fn spec() -> ContainerSpec {
+    ContainerSpec {
+        layers: vec!["layer0".into()],
+        writable: "rw".into(),
+        volumes: vec![],
+        hostname: "box".into(),
+        hosts: vec![],
+        resolv_conf: None,
+        network: None,
+    }
+}
+
+fn exec(argv: &[&str]) -> ExecRequest {
+    ExecRequest {
+        argv: argv.iter().map(|s| s.to_string()).collect(),
+        env: vec!["PATH=/usr/bin:/bin".into()],
+        cwd: "/".into(),
+        user: String::new(),
+        tty: false,
+        stdin: false,
+        size: None,
+    }
+}
+
+/// A host-side view of one connection.
+struct Host {
+    conn: UnixStream,
+}
+
+impl Host {
+    fn new(conn: UnixStream) -> Host {
+        conn.set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let mut h = Host { conn };
+        match h.recv() {
+            Message::Hello { version } => assert_eq!(version, PROTOCOL_VERSION),
+            other => panic!("expected Hello, got {other:?}"),
+        }
+        h.send(Message::Hello {
+            version: PROTOCOL_VERSION,
+        });
+        h
+    }
+
+    fn session(sock: &PathBuf) -> Host {
+        Host::new(UnixStream::connect(sock).unwrap())
+    }
+
+    fn send(&mut self, msg: Message) {
+        write_message(&mut self.conn, &msg).unwrap();
+    }
+
+    fn recv(&mut self) -> Message {
+        read_message(&mut self.conn).unwrap().expect("a message")
+    }
+
+    /// Sends `req` and expects `Started`.
+    fn start(&mut self, req: ExecRequest) -> u32 {
+        self.send(Message::Exec(req));
+        match self.recv() {
+            Message::Started { pid } => pid,
+            other => panic!("expected Started, got {other:?}"),
+        }
+    }
+
+    /// Collects output until the end message.
+    fn finish(&mut self) -> (String, String, Message) {
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        loop {
+            match self.recv() {
+                Message::Stdout(b) => out.extend(b),
+                Message::Stderr(b) => err.extend(b),
+                end => {
+                    let s = |v: Vec<u8>| String::from_utf8_lossy(&v).into_owned();
+                    return (s(out), s(err), end);
+                }
+            }
+        }
+    }
+
+    /// Expects an `Error` with `code`; returns its detail.
+    fn expect_error(&mut self, code: ErrorCode) -> String {
+        match self.recv() {
+            Message::Error { code: got, detail } if got == code => detail,
+            other => panic!("expected {code:?}, got {other:?}"),
+        }
+    }
+}
+
+/// Runs the agent against `host`, which gets the boot connection (after
+/// the handshake) and the exec socket path.
+fn with_container<F>(host: F) -> Result<Outcome, AgentError>
+where
+    F: FnOnce(Host, PathBuf) + Send + 'static,
+{
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    std::fs::write(root.join("etc/passwd"), PASSWD).unwrap();
+    std::fs::write(root.join("etc/group"), GROUP).unwrap();
+    let sock = dir.path().join("exec.sock");
+    let (agent_end, host_end) = UnixStream::pair().unwrap();
+    let sock2 = sock.clone();
+    let t = thread::spawn(move || host(Host::new(host_end), sock2));
+    let mut sys = FakeSystem {
+        conn: Some(agent_end),
+        root,
+        sock,
+    };
+    let outcome = run_agent(&mut sys);
+    t.join().unwrap();
+    outcome
+}
+
+fn create(boot: &mut Host) {
+    boot.send(Message::CreateContainer(spec()));
+    assert_eq!(boot.recv(), Message::Ok);
+}
+
+#[test]
+fn init_and_concurrent_exec_sessions() {
+    let outcome = with_container(|mut boot, sock| {
+        create(&mut boot);
+        let mut init = exec(&["sh", "-c", "read x; echo init-got-$x; exit 7"]);
+        init.stdin = true;
+        boot.start(init);
+        let mut a = Host::session(&sock);
+        let mut b = Host::session(&sock);
+        let mut req = exec(&["sh", "-c", "echo a; cat; echo \"$HOME\""]);
+        req.stdin = true;
+        a.start(req);
+        b.start(exec(&["sh", "-c", "echo b >&2; exit 3"]));
+        assert_eq!(
+            b.finish(),
+            ("".into(), "b\n".into(), Message::Exited { code: 3 })
+        );
+        a.send(Message::Stdin(b"hello ".to_vec()));
+        a.send(Message::Stdin(b"world\n".to_vec()));
+        a.send(Message::StdinEof);
+        let (out, _, end) = a.finish();
+        assert_eq!(out, "a\nhello world\n/root\n");
+        assert_eq!(end, Message::Exited { code: 0 });
+        // A second container is refused; the init keeps running.
+        boot.send(Message::CreateContainer(spec()));
+        assert!(boot.expect_error(ErrorCode::BadRequest).contains("already"));
+        boot.send(Message::Stdin(b"x\n".to_vec()));
+        let (out, _, end) = boot.finish();
+        assert_eq!(out, "init-got-x\n");
+        assert_eq!(end, Message::Exited { code: 7 });
+    });
+    assert_eq!(
+        outcome.unwrap(),
+        Outcome::Finished(Message::Exited { code: 7 })
+    );
+}
+
+#[test]
+fn kill_init_ends_the_container_and_its_sessions() {
+    let start = Instant::now();
+    let outcome = with_container(|mut boot, sock| {
+        create(&mut boot);
+        boot.start(exec(&["sleep", "100"]));
+        let mut long = Host::session(&sock);
+        long.start(exec(&["sh", "-c", "echo up; exec sleep 100"]));
+        assert_eq!(long.recv(), Message::Stdout(b"up\n".to_vec()));
+        let mut k = Host::session(&sock);
+        k.send(Message::KillInit { signal: 99 });
+        k.expect_error(ErrorCode::BadRequest);
+        let mut k = Host::session(&sock);
+        k.send(Message::KillInit { signal: 15 });
+        assert_eq!(k.recv(), Message::Ok);
+        assert_eq!(boot.finish().2, Message::Signaled { signal: 15 });
+        assert_eq!(long.finish().2, Message::Signaled { signal: 9 });
+    });
+    assert_eq!(
+        outcome.unwrap(),
+        Outcome::Finished(Message::Signaled { signal: 15 })
+    );
+    assert!(start.elapsed() < Duration::from_secs(15));
+}
+
+#[test]
+fn failures_are_typed() {
+    let outcome = with_container(|mut boot, sock| {
+        create(&mut boot);
+        let mut early = Host::session(&sock);
+        early.send(Message::Exec(exec(&["true"])));
+        early.expect_error(ErrorCode::NoContainer);
+        boot.start(exec(&["sleep", "100"]));
+        let cases = [
+            (exec(&["husk-no-such-cmd"]), ErrorCode::NotFound),
+            (exec(&["/etc"]), ErrorCode::PermissionDenied),
+            (
+                ExecRequest {
+                    user: "mallory".into(),
+                    ..exec(&["true"])
+                },
+                ErrorCode::NoSuchUser,
+            ),
+            (
+                ExecRequest {
+                    user: "alice:nogroup".into(),
+                    ..exec(&["true"])
+                },
+                ErrorCode::NoSuchUser,
+            ),
+            (
+                ExecRequest {
+                    cwd: "relative".into(),
+                    ..exec(&["true"])
+                },
+                ErrorCode::BadRequest,
+            ),
+        ];
+        for (req, code) in cases {
+            let mut s = Host::session(&sock);
+            s.send(Message::Exec(req));
+            s.expect_error(code);
+        }
+        let mut s = Host::session(&sock);
+        s.send(Message::Stdin(vec![1]));
+        s.expect_error(ErrorCode::BadRequest);
+        boot.send(Message::Signal(9));
+        assert_eq!(boot.finish().2, Message::Signaled { signal: 9 });
+    });
+    assert!(outcome.is_ok());
+
+    // A container that cannot be created, and an Exec without one.
+    let outcome = with_container(|mut boot, _| {
+        let mut bad = spec();
+        bad.layers = vec!["missing".into()];
+        boot.send(Message::CreateContainer(bad));
+        boot.expect_error(ErrorCode::MountFailed);
+    });
+    assert_eq!(outcome.unwrap(), Outcome::Refused(ErrorCode::MountFailed));
+    let outcome = with_container(|mut boot, _| {
+        boot.send(Message::CreateContainer(ContainerSpec {
+            layers: vec![],
+            ..spec()
+        }));
+        boot.expect_error(ErrorCode::BadRequest);
+    });
+    assert_eq!(outcome.unwrap(), Outcome::Refused(ErrorCode::BadRequest));
+    let outcome = with_container(|mut boot, _| {
+        boot.send(Message::Exec(exec(&["true"])));
+        boot.expect_error(ErrorCode::NoContainer);
+    });
+    assert_eq!(outcome.unwrap(), Outcome::Refused(ErrorCode::NoContainer));
+}
+
+#[test]
+fn tty_sessions_get_a_terminal() {
+    let outcome = with_container(|mut boot, sock| {
+        create(&mut boot);
+        boot.start(exec(&["sleep", "100"]));
+        let mut t = Host::session(&sock);
+        let mut req = exec(&["sh", "-c", "stty size; tty; echo $TERM; echo err >&2"]);
+        req.tty = true;
+        req.size = Some((24, 80));
+        t.start(req);
+        let (out, err, end) = t.finish();
+        assert_eq!(end, Message::Exited { code: 0 });
+        assert!(err.is_empty(), "stderr goes to the terminal");
+        let lines: Vec<&str> = out.lines().map(str::trim_end).collect();
+        assert_eq!(lines[0], "24 80", "{out:?}");
+        assert!(lines[1].starts_with("/dev/pts/"), "{out:?}");
+        assert_eq!(&lines[2..], ["xterm", "err"], "{out:?}");
+
+        let mut t = Host::session(&sock);
+        let mut req = exec(&["sh", "-c", "read l; stty size; echo got:$l"]);
+        req.tty = true;
+        req.stdin = true;
+        req.size = Some((10, 20));
+        t.start(req);
+        t.send(Message::Resize {
+            rows: 30,
+            cols: 100,
+        });
+        t.send(Message::Stdin(b"hi\n".to_vec()));
+        let (out, _, end) = t.finish();
+        assert_eq!(end, Message::Exited { code: 0 });
+        assert!(out.contains("30 100") && out.contains("got:hi"), "{out:?}");
+
+        let mut t = Host::session(&sock);
+        let mut req = exec(&["sleep", "100"]);
+        req.tty = true;
+        t.start(req);
+        t.send(Message::Signal(2));
+        assert_eq!(t.finish().2, Message::Signaled { signal: 2 });
+        boot.send(Message::Signal(15));
+        assert_eq!(boot.finish().2, Message::Signaled { signal: 15 });
+    });
+    assert!(outcome.is_ok());
+}
+
+#[test]
+fn users_and_working_directories() {
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path().join("made/here");
+    let cwd_s = cwd.to_str().unwrap().to_string();
+    // SAFETY: getuid has no preconditions.
+    let root = unsafe { libc::getuid() } == 0;
+    let outcome = with_container(move |mut boot, sock| {
+        create(&mut boot);
+        boot.start(exec(&["sleep", "100"]));
+        let mut s = Host::session(&sock);
+        s.start(ExecRequest {
+            user: "alice".into(),
+            cwd: cwd_s.clone(),
+            ..exec(&["sh", "-c", "pwd; echo $HOME; id -u; id -G"])
+        });
+        let (out, _, end) = s.finish();
+        assert_eq!(end, Message::Exited { code: 0 });
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines[..2], [cwd_s.as_str(), "/home/alice"], "{out:?}");
+        if root {
+            assert_eq!(lines[2..], ["1000", "1000 50"], "{out:?}");
+        }
+        boot.send(Message::Signal(9));
+        boot.finish();
+    });
+    assert!(outcome.is_ok());
+    let meta = std::fs::metadata(&cwd).unwrap();
+    if root {
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(meta.uid(), 1000, "cwd owned by the user");
+    }
+}
+
+#[test]
+fn host_disconnects_kill_processes() {
+    let start = Instant::now();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let outcome = with_container(move |mut boot, sock| {
+        create(&mut boot);
+        tx.send(boot.start(exec(&["sleep", "100"]))).unwrap();
+        // An exec session whose host goes away: its process is killed and
+        // the container keeps running.
+        let mut s = Host::session(&sock);
+        s.start(exec(&["sleep", "100"]));
+        drop(s);
+        let mut s = Host::session(&sock);
+        s.start(exec(&["echo", "still"]));
+        assert_eq!(s.finish().0, "still\n");
+        drop(boot);
+    });
+    assert!(matches!(
+        outcome,
+        Err(AgentError::Session(SessionError::HostClosed))
+    ));
+    let pid = rx.recv().unwrap() as libc::pid_t;
+    // SAFETY: kill with signal 0 only checks for existence.
+    assert_eq!(unsafe { libc::kill(pid, 0) }, -1, "init killed and reaped");
+    assert!(start.elapsed() < Duration::from_secs(15));
+}

@@ -1,0 +1,247 @@
+//! One running container process and its stdio, as seen by the agent's
+//! poll loop: forwarding output to a connection, buffering stdin, signals,
+//! terminal resizes, and its exit status.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+
+use husk_protocol::{Message, WriteError};
+
+use crate::exec::{self, Spawned};
+use crate::session::{forward, is_transient, pidfd_open, DRAIN_LIMIT};
+
+/// Most stdin bytes buffered for a process before the agent stops reading
+/// its connection (back-pressure on the host).
+pub const MAX_STDIN_BUF: usize = 1 << 20;
+
+/// Which of a process's fds became ready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pipe {
+    /// Output (stdout pipe or pty master).
+    Out,
+    /// Stderr pipe.
+    Err,
+    /// Stdin became writable.
+    In,
+    /// The pidfd: the process exited.
+    Pid,
+}
+
+/// A process started by `Exec`.
+#[derive(Debug)]
+pub struct Proc {
+    /// Its pid (and process group).
+    pub pid: libc::pid_t,
+    /// Its wait status, once reaped.
+    pub status: Option<i32>,
+    pidfd: Option<OwnedFd>,
+    stdout: Option<File>,
+    stderr: Option<File>,
+    stdin: Option<File>,
+    stdin_buf: Vec<u8>,
+    stdin_eof: bool,
+    pty: Option<File>,
+}
+
+impl Proc {
+    /// Tracks a freshly spawned process.
+    pub fn new(s: Spawned) -> Self {
+        Self {
+            pid: s.pid,
+            status: None,
+            pidfd: pidfd_open(s.pid),
+            stdout: Some(s.stdout),
+            stderr: s.stderr,
+            stdin: s.stdin,
+            stdin_buf: Vec::new(),
+            stdin_eof: false,
+            pty: s.pty,
+        }
+    }
+
+    /// Whether the agent may read more stdin for this process now.
+    pub fn wants_input(&self) -> bool {
+        self.stdin_buf.len() < MAX_STDIN_BUF
+    }
+
+    /// Whether the process has no pidfd (its exit is noticed by polling).
+    pub fn needs_polling(&self) -> bool {
+        self.status.is_none() && self.pidfd.is_none()
+    }
+
+    /// The fds to poll, with what each is.
+    pub fn poll_fds(&self, out: &mut Vec<(RawFd, libc::c_short, Pipe)>) {
+        if let Some(f) = &self.stdout {
+            out.push((f.as_raw_fd(), libc::POLLIN, Pipe::Out));
+        }
+        if let Some(f) = &self.stderr {
+            out.push((f.as_raw_fd(), libc::POLLIN, Pipe::Err));
+        }
+        if let Some(f) = self.stdin.as_ref().filter(|_| !self.stdin_buf.is_empty()) {
+            out.push((f.as_raw_fd(), libc::POLLOUT, Pipe::In));
+        }
+        if let Some(fd) = self.pidfd.as_ref().filter(|_| self.status.is_none()) {
+            out.push((fd.as_raw_fd(), libc::POLLIN, Pipe::Pid));
+        }
+    }
+
+    /// Handles readiness of one of its fds, sending output on `conn`.
+    pub fn ready<C: Write>(&mut self, pipe: Pipe, conn: &mut C) -> Result<(), WriteError> {
+        match pipe {
+            Pipe::Out => forward(&mut self.stdout, conn, Message::Stdout).map(drop),
+            Pipe::Err => forward(&mut self.stderr, conn, Message::Stderr).map(drop),
+            Pipe::In => {
+                self.flush_stdin();
+                Ok(())
+            }
+            Pipe::Pid => Ok(()),
+        }
+    }
+
+    /// Applies a stdio message from the host; returns the message back if
+    /// it is not one (the caller decides what to do with it).
+    pub fn input(&mut self, msg: Message) -> Option<Message> {
+        match msg {
+            Message::Stdin(bytes) => {
+                if self.stdin.is_some() && !self.stdin_eof {
+                    self.stdin_buf.extend_from_slice(&bytes);
+                    self.flush_stdin();
+                }
+            }
+            Message::StdinEof => {
+                self.stdin_eof = true;
+                self.flush_stdin();
+            }
+            Message::Signal(sig) => {
+                if (1..=64).contains(&sig) {
+                    self.signal(sig);
+                }
+            }
+            Message::Resize { rows, cols } => {
+                if let Some(pty) = &self.pty {
+                    // A failed resize is not worth ending the session.
+                    let _ = exec::resize(pty, rows, cols);
+                }
+            }
+            other => return Some(other),
+        }
+        None
+    }
+
+    /// Sends `sig` to the process, or for a terminal session to the
+    /// terminal's foreground process group.
+    pub fn signal(&self, sig: i32) {
+        if self.status.is_some() {
+            return;
+        }
+        let target = self
+            .pty
+            .as_ref()
+            .and_then(exec::foreground_group)
+            .map_or(self.pid, |pgrp| -pgrp);
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(target, sig) };
+    }
+
+    /// SIGKILLs the process and its process group.
+    pub fn kill(&self) {
+        if self.status.is_none() {
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe {
+                libc::kill(-self.pid, libc::SIGKILL);
+                libc::kill(self.pid, libc::SIGKILL);
+            }
+        }
+    }
+
+    /// Writes buffered stdin without blocking; closes it after EOF (for a
+    /// terminal, forwarding just stops: the master stays open for output).
+    fn flush_stdin(&mut self) {
+        if let Some(stdin) = &mut self.stdin {
+            while !self.stdin_buf.is_empty() {
+                match stdin.write(&self.stdin_buf) {
+                    Ok(n) => {
+                        self.stdin_buf.drain(..n);
+                    }
+                    Err(e) if is_transient(&e) => return,
+                    Err(_) => {
+                        self.stdin_buf.clear();
+                        self.stdin = None;
+                        return;
+                    }
+                }
+            }
+        }
+        if self.stdin_eof && self.stdin_buf.is_empty() {
+            self.stdin = None;
+        }
+    }
+
+    /// After the exit: forwards what is left in its output (bounded).
+    pub fn drain<C: Write>(&mut self, conn: &mut C) -> Result<(), WriteError> {
+        for _ in 0..DRAIN_LIMIT {
+            if !self.ready_bool(Pipe::Out, conn)? {
+                break;
+            }
+        }
+        for _ in 0..DRAIN_LIMIT {
+            if !self.ready_bool(Pipe::Err, conn)? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn ready_bool<C: Write>(&mut self, pipe: Pipe, conn: &mut C) -> Result<bool, WriteError> {
+        let slot = if pipe == Pipe::Out {
+            &mut self.stdout
+        } else {
+            &mut self.stderr
+        };
+        let wrap = if pipe == Pipe::Out {
+            Message::Stdout
+        } else {
+            Message::Stderr
+        };
+        forward(slot, conn, wrap)
+    }
+
+    /// The message reporting its exit (once reaped).
+    pub fn exit_message(&self) -> Option<Message> {
+        let status = self.status?;
+        Some(if libc::WIFSIGNALED(status) {
+            Message::Signaled {
+                signal: libc::WTERMSIG(status),
+            }
+        } else {
+            Message::Exited {
+                code: libc::WEXITSTATUS(status),
+            }
+        })
+    }
+}
+
+/// Reads what is available on `conn` into `decoder` and returns the
+/// complete messages; `Ok(None)` when the peer closed the connection.
+pub fn read_messages<C: Read>(
+    conn: &mut C,
+    decoder: &mut husk_protocol::FrameDecoder,
+) -> Result<Option<Vec<Message>>, husk_protocol::ReadError> {
+    let mut buf = vec![0u8; husk_protocol::MAX_CHUNK];
+    let n = match conn.read(&mut buf) {
+        Ok(0) => return Ok(None),
+        Ok(n) => n,
+        Err(e) if is_transient(&e) => return Ok(Some(Vec::new())),
+        Err(e) => return Err(e.into()),
+    };
+    decoder.push(&buf[..n]);
+    let mut msgs = Vec::new();
+    while let Some(msg) = decoder
+        .next_message()
+        .map_err(husk_protocol::ReadError::from)?
+    {
+        msgs.push(msg);
+    }
+    Ok(Some(msgs))
+}

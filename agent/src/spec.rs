@@ -1,0 +1,184 @@
+//! Validation of what the host asks for, and resolving paths inside the
+//! container's root without following symlinks out of it.
+
+use std::path::{Component, Path, PathBuf};
+
+use husk_protocol::{ContainerSpec, ExecRequest};
+
+/// Most layer disks a container may stack.
+pub const MAX_LAYERS: usize = 128;
+/// Most volumes a container may mount.
+pub const MAX_VOLUMES: usize = 64;
+/// Most extra /etc/hosts lines.
+pub const MAX_HOSTS: usize = 1024;
+/// Longest /etc/hosts line, path or argument list entry count.
+const MAX_LINE: usize = 4096;
+/// Largest /etc/resolv.conf.
+const MAX_RESOLV: usize = 64 * 1024;
+/// Filesystems a volume may have.
+const VOLUME_FS: [&str; 3] = ["ext4", "ext2", "erofs"];
+/// Most symlinks followed while resolving one path (like the kernel's 40).
+const MAX_SYMLINKS: usize = 40;
+
+/// A request the agent refuses.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{0}")]
+pub struct Invalid(pub String);
+
+fn bad(msg: impl Into<String>) -> Invalid {
+    Invalid(msg.into())
+}
+
+/// A virtio-blk serial: 1-20 bytes of `[A-Za-z0-9._-]`.
+pub fn check_serial(serial: &str) -> Result<(), Invalid> {
+    let ok = (1..=20).contains(&serial.len())
+        && serial
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(bad(format!("invalid disk serial {serial:?}")))
+    }
+}
+
+/// An absolute path without NUL bytes or `..` components.
+pub fn check_abs_path(what: &str, path: &str) -> Result<(), Invalid> {
+    let p = Path::new(path);
+    if !p.is_absolute() || path.contains('\0') || path.len() > MAX_LINE {
+        return Err(bad(format!("{what} {path:?} is not a valid absolute path")));
+    }
+    if p.components().any(|c| c == Component::ParentDir) {
+        return Err(bad(format!("{what} {path:?} contains \"..\"")));
+    }
+    Ok(())
+}
+
+fn check_hostname(name: &str) -> Result<(), Invalid> {
+    let ok = name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(bad(format!("invalid hostname {name:?}")))
+    }
+}
+
+/// Checks a `CreateContainer` request before anything is mounted.
+pub fn check_container(spec: &ContainerSpec) -> Result<(), Invalid> {
+    if spec.layers.is_empty() {
+        return Err(bad("the container has no layers"));
+    }
+    if spec.layers.len() > MAX_LAYERS {
+        return Err(bad(format!("more than {MAX_LAYERS} layers")));
+    }
+    for serial in &spec.layers {
+        check_serial(serial)?;
+    }
+    if !spec.writable.is_empty() {
+        check_serial(&spec.writable)?;
+    }
+    if spec.volumes.len() > MAX_VOLUMES {
+        return Err(bad(format!("more than {MAX_VOLUMES} volumes")));
+    }
+    for vol in &spec.volumes {
+        check_serial(&vol.serial)?;
+        check_abs_path("volume target", &vol.target)?;
+        if Path::new(&vol.target).components().count() < 2 {
+            return Err(bad("a volume cannot be mounted on /"));
+        }
+        if !VOLUME_FS.contains(&vol.fs_type.as_str()) {
+            return Err(bad(format!(
+                "unsupported volume filesystem {:?}",
+                vol.fs_type
+            )));
+        }
+    }
+    check_hostname(&spec.hostname)?;
+    if spec.hosts.len() > MAX_HOSTS {
+        return Err(bad(format!("more than {MAX_HOSTS} hosts lines")));
+    }
+    if let Some(line) = spec
+        .hosts
+        .iter()
+        .find(|l| l.len() > MAX_LINE || l.contains(['\0', '\n', '\r']))
+    {
+        return Err(bad(format!("invalid hosts line {line:?}")));
+    }
+    if let Some(conf) = &spec.resolv_conf {
+        if conf.len() > MAX_RESOLV || conf.contains('\0') {
+            return Err(bad("invalid resolv.conf content"));
+        }
+    }
+    Ok(())
+}
+
+/// Checks an `Exec` request (NUL bytes are caught when converting).
+pub fn check_exec(req: &ExecRequest) -> Result<(), Invalid> {
+    if req.argv.is_empty() || req.argv[0].is_empty() {
+        return Err(bad("empty command"));
+    }
+    if !req.cwd.is_empty() {
+        check_abs_path("working directory", &req.cwd)?;
+    }
+    if let Some((rows, cols)) = req.size {
+        if rows == 0 || cols == 0 {
+            return Err(bad("terminal size must be non-zero"));
+        }
+    }
+    Ok(())
+}
+
+/// Resolves `path` (absolute, checked) inside `root` the way a process
+/// chrooted at `root` would see it: symlinks are followed relative to
+/// `root`, and `..` never climbs above it. Missing trailing components are
+/// kept as they are (the result may not exist yet).
+pub fn resolve_in_root(root: &Path, path: &str) -> Result<PathBuf, Invalid> {
+    let mut pending: Vec<String> = components(path);
+    pending.reverse();
+    let mut resolved: Vec<String> = Vec::new();
+    let mut links = 0;
+    while let Some(part) = pending.pop() {
+        if part == ".." {
+            resolved.pop();
+            continue;
+        }
+        let candidate = join(root, &resolved).join(&part);
+        match std::fs::symlink_metadata(&candidate) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                links += 1;
+                if links > MAX_SYMLINKS {
+                    return Err(bad(format!("too many symlinks resolving {path:?}")));
+                }
+                let target = std::fs::read_link(&candidate)
+                    .map_err(|e| bad(format!("reading link {}: {e}", candidate.display())))?;
+                let target = target.to_string_lossy().into_owned();
+                if target.starts_with('/') {
+                    resolved.clear();
+                }
+                pending.extend(components(&target).into_iter().rev());
+            }
+            _ => resolved.push(part),
+        }
+    }
+    Ok(join(root, &resolved))
+}
+
+fn components(path: &str) -> Vec<String> {
+    path.split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .map(String::from)
+        .collect()
+}
+
+fn join(root: &Path, parts: &[String]) -> PathBuf {
+    let mut p = root.to_path_buf();
+    p.extend(parts);
+    p
+}
+
+#[cfg(test)]
+#[path = "spec_tests.rs"]
+mod tests;

@@ -1,0 +1,116 @@
+use super::*;
+use husk_protocol::VolumeMount;
+use std::os::unix::fs::symlink;
+
+fn spec() -> ContainerSpec {
+    ContainerSpec {
+        layers: vec!["layer0".into(), "layer1".into()],
+        writable: "rw".into(),
+        volumes: vec![VolumeMount {
+            serial: "vol0".into(),
+            fs_type: "ext4".into(),
+            target: "/data".into(),
+            read_only: false,
+        }],
+        hostname: "box".into(),
+        hosts: vec!["10.0.0.1 db".into()],
+        resolv_conf: Some("nameserver 10.0.0.2\n".into()),
+        network: None,
+    }
+}
+
+#[test]
+fn a_normal_spec_passes() {
+    check_container(&spec()).unwrap();
+    let mut s = spec();
+    s.writable.clear();
+    s.layers.truncate(1);
+    check_container(&s).unwrap();
+}
+
+#[test]
+fn bad_specs_are_refused() {
+    type Mutate = Box<dyn Fn(&mut ContainerSpec)>;
+    let cases: Vec<(&str, Mutate)> = vec![
+        ("no layers", Box::new(|s| s.layers.clear())),
+        ("serial", Box::new(|s| s.layers[0] = "../x".into())),
+        ("long serial", Box::new(|s| s.writable = "a".repeat(21))),
+        (
+            "relative",
+            Box::new(|s| s.volumes[0].target = "data".into()),
+        ),
+        (
+            "dotdot",
+            Box::new(|s| s.volumes[0].target = "/a/../../x".into()),
+        ),
+        ("root", Box::new(|s| s.volumes[0].target = "/".into())),
+        ("nul", Box::new(|s| s.volumes[0].target = "/a\0b".into())),
+        ("fs", Box::new(|s| s.volumes[0].fs_type = "nfs".into())),
+        ("hostname", Box::new(|s| s.hostname = "a b".into())),
+        (
+            "hosts",
+            Box::new(|s| s.hosts.push("1.2.3.4 x\n5.6.7.8 y".into())),
+        ),
+        ("resolv", Box::new(|s| s.resolv_conf = Some("a\0".into()))),
+        (
+            "many layers",
+            Box::new(|s| s.layers = vec!["l".into(); MAX_LAYERS + 1]),
+        ),
+    ];
+    for (name, mutate) in cases {
+        let mut s = spec();
+        mutate(&mut s);
+        assert!(check_container(&s).is_err(), "{name} accepted");
+    }
+}
+
+#[test]
+fn exec_requests_are_checked() {
+    let mut req = ExecRequest {
+        argv: vec!["sh".into()],
+        env: vec![],
+        cwd: "/work".into(),
+        user: String::new(),
+        tty: false,
+        stdin: false,
+        size: None,
+    };
+    check_exec(&req).unwrap();
+    req.cwd = "rel".into();
+    assert!(check_exec(&req).is_err());
+    req.cwd = String::new();
+    check_exec(&req).unwrap();
+    req.size = Some((0, 80));
+    assert!(check_exec(&req).is_err());
+    req.size = None;
+    req.argv.clear();
+    assert!(check_exec(&req).is_err());
+}
+
+#[test]
+fn paths_resolve_without_escaping_the_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::create_dir_all(root.join("real/sub")).unwrap();
+    symlink("/real", root.join("abs")).unwrap();
+    symlink("real/sub", root.join("rel")).unwrap();
+    symlink("../../../../..", root.join("real/up")).unwrap();
+    symlink("loop", root.join("loop")).unwrap();
+    assert_eq!(
+        resolve_in_root(root, "/abs/sub/x").unwrap(),
+        root.join("real/sub/x")
+    );
+    assert_eq!(
+        resolve_in_root(root, "/rel").unwrap(),
+        root.join("real/sub")
+    );
+    assert_eq!(
+        resolve_in_root(root, "/real/up/etc").unwrap(),
+        root.join("etc")
+    );
+    assert_eq!(
+        resolve_in_root(root, "/new/dir").unwrap(),
+        root.join("new/dir")
+    );
+    assert!(resolve_in_root(root, "/loop/x").is_err());
+}

@@ -1,0 +1,105 @@
+//! Container commands: run, create, start, stop, kill, rm, ps, logs, exec,
+//! wait, inspect, restart, attach (flattened into `husk`), and the hidden
+//! `container-monitor` the lifecycle library re-executes.
+
+mod control;
+mod inspect;
+mod logs;
+mod ps;
+mod run;
+mod session;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use husk_runtime::Runtime;
+
+use super::image::RootArgs;
+
+pub use run::{CreateArgs, RunArgs};
+pub use session::ExitWith;
+
+/// Top-level container commands.
+#[derive(Subcommand, Debug)]
+pub enum ContainerCommand {
+    /// Create and start a container from an image.
+    Run(RunArgs),
+    /// Create a container (without starting it).
+    Create(CreateArgs),
+    /// Start created or stopped containers.
+    Start(control::StartArgs),
+    /// Stop running containers (stop signal, then SIGKILL after a timeout).
+    Stop(control::StopArgs),
+    /// Restart containers.
+    Restart(control::StopArgs),
+    /// Send a signal to containers' main processes.
+    Kill(control::KillArgs),
+    /// Remove containers.
+    Rm(control::RmArgs),
+    /// Block until containers stop, then print their exit codes.
+    Wait(control::NamesArgs),
+    /// Attach to a running container's output (and input with -i).
+    Attach(control::AttachArgs),
+    /// List containers.
+    Ps(ps::PsArgs),
+    /// Fetch the logs of a container.
+    Logs(logs::LogsArgs),
+    /// Run a command in a running container.
+    Exec(session::ExecArgs),
+    /// Show details of containers as JSON.
+    Inspect(inspect::InspectArgs),
+    /// The per-container monitor (started by husk itself).
+    #[command(hide = true, name = "container-monitor")]
+    Monitor(MonitorArgs),
+}
+
+/// `husk container-monitor ROOT ID MODE`.
+#[derive(Args, Debug)]
+pub struct MonitorArgs {
+    /// Store root.
+    root: PathBuf,
+    /// Full container ID.
+    id: String,
+    /// Stdio mode (JSON).
+    mode: String,
+}
+
+/// Runs a container command and returns husk's exit code.
+pub fn run(command: ContainerCommand) -> anyhow::Result<i32> {
+    match command {
+        ContainerCommand::Run(a) => run::run(a),
+        ContainerCommand::Create(a) => run::create(a),
+        ContainerCommand::Start(a) => control::start(a),
+        ContainerCommand::Stop(a) => control::stop(a, false),
+        ContainerCommand::Restart(a) => control::stop(a, true),
+        ContainerCommand::Kill(a) => control::kill(a),
+        ContainerCommand::Rm(a) => control::rm(a),
+        ContainerCommand::Wait(a) => control::wait(a),
+        ContainerCommand::Attach(a) => control::attach(a),
+        ContainerCommand::Ps(a) => ps::ps(a),
+        ContainerCommand::Logs(a) => logs::logs(a),
+        ContainerCommand::Exec(a) => session::exec(a),
+        ContainerCommand::Inspect(a) => inspect::inspect(a),
+        ContainerCommand::Monitor(a) => Ok(husk_runtime::monitor::main(&a.root, &a.id, &a.mode)),
+    }
+}
+
+/// Opens the runtime for `root`.
+pub fn runtime(root: &RootArgs) -> anyhow::Result<Runtime> {
+    Runtime::open(&root.root)
+        .with_context(|| format!("opening the container store in {}", root.root.display()))
+}
+
+/// Runs `f` for each name, printing errors as Docker does; exit code 1 if
+/// any failed.
+fn each(names: &[String], mut f: impl FnMut(&str) -> anyhow::Result<()>) -> i32 {
+    let mut code = 0;
+    for n in names {
+        if let Err(e) = f(n) {
+            eprintln!("husk: {e:#}");
+            code = 1;
+        }
+    }
+    code
+}

@@ -1,0 +1,170 @@
+//! `husk inspect`: containers as Docker-shaped JSON, or one value with
+//! `--format '{{.State.Status}}'`.
+
+use anyhow::Result;
+use clap::Args;
+use husk_runtime::{Container, Status};
+use serde_json::{json, Value};
+
+use super::{each, RootArgs};
+
+/// `husk inspect` flags.
+#[derive(Args, Debug)]
+pub struct InspectArgs {
+    /// Print one value per container: a Go-template path such as
+    /// {{.State.ExitCode}} or {{.Config.Env}}.
+    #[arg(short = 'f', long)]
+    format: Option<String>,
+    #[command(flatten)]
+    root: RootArgs,
+    /// Containers.
+    #[arg(required = true)]
+    containers: Vec<String>,
+}
+
+/// `husk inspect`.
+pub fn inspect(a: InspectArgs) -> Result<i32> {
+    let rt = super::runtime(&a.root)?;
+    let mut docs = Vec::new();
+    let code = each(&a.containers, |n| {
+        docs.push(document(&rt.container(n)?));
+        Ok(())
+    });
+    match &a.format {
+        Some(f) => {
+            for d in &docs {
+                println!("{}", render(f, d));
+            }
+        }
+        None => println!("{}", serde_json::to_string_pretty(&Value::Array(docs))?),
+    }
+    Ok(code)
+}
+
+/// The Docker-shaped document of a container.
+fn document(c: &Container) -> Value {
+    let cfg = &c.config;
+    let s = &c.state;
+    let zero = "0001-01-01T00:00:00Z";
+    let mounts: Vec<Value> = cfg
+        .mounts
+        .iter()
+        .map(|m| {
+            json!({
+                "Type": "volume",
+                "Name": m.name,
+                "Destination": m.target,
+                "Driver": "local",
+                "RW": !m.read_only,
+            })
+        })
+        .collect();
+    let volumes: serde_json::Map<String, Value> = cfg
+        .mounts
+        .iter()
+        .map(|m| (m.target.clone(), json!({})))
+        .collect();
+    json!({
+        "Id": cfg.id,
+        "Created": cfg.created,
+        "Path": cfg.process.argv.first(),
+        "Args": cfg.process.argv.get(1..).unwrap_or(&[]),
+        "State": {
+            "Status": s.status.as_str(),
+            "Running": s.status == Status::Running,
+            "Paused": false,
+            "Restarting": false,
+            "OOMKilled": false,
+            "Dead": false,
+            "Pid": s.pid.unwrap_or(0),
+            "MonitorPid": s.monitor.map_or(0, |m| m.pid),
+            "ExitCode": s.exit_code.unwrap_or(0),
+            "Error": s.error.clone().unwrap_or_default(),
+            "StartedAt": s.started_at.as_deref().unwrap_or(zero),
+            "FinishedAt": s.finished_at.as_deref().unwrap_or(zero),
+        },
+        "Image": cfg.image_id,
+        "Name": format!("/{}", cfg.name),
+        "RestartCount": 0,
+        "LogPath": c.paths.log(),
+        "Mounts": mounts,
+        "Config": {
+            "Hostname": cfg.hostname,
+            "User": cfg.process.user,
+            "Tty": cfg.process.tty,
+            "OpenStdin": cfg.process.stdin,
+            "Env": cfg.process.env,
+            "Cmd": cfg.process.argv,
+            "Image": cfg.image,
+            "Volumes": volumes,
+            "WorkingDir": cfg.process.cwd,
+            "StopSignal": cfg.stop_signal,
+            "StopTimeout": cfg.stop_timeout,
+        },
+        "HostConfig": {
+            "Memory": u64::from(cfg.memory_mib) << 20,
+            "NanoCpus": u64::from(cfg.cpus) * 1_000_000_000,
+            "AutoRemove": cfg.auto_remove,
+            "PortBindings": cfg.ports,
+            "Runtime": "husk",
+        },
+        "NetworkSettings": { "Ports": {} },
+        "Husk": {
+            "Kernel": cfg.kernel,
+            "Layers": cfg.layers,
+            "WritableDisk": c.paths.rw_disk(),
+            "ConsoleLog": c.paths.console(),
+        },
+    })
+}
+
+/// Replaces `{{.A.B}}` paths (and `{{json .A}}`) with values from `doc`;
+/// strings print bare, everything else as JSON.
+fn render(format: &str, doc: &Value) -> String {
+    let mut out = String::new();
+    let mut rest = format;
+    while let Some(start) = rest.find("{{") {
+        out.push_str(&rest[..start]);
+        let Some(len) = rest[start..].find("}}") else {
+            out.push_str(&rest[start..]);
+            return out;
+        };
+        let inner = rest[start + 2..start + len].trim();
+        let (as_json, path) = match inner.strip_prefix("json ") {
+            Some(p) => (true, p.trim()),
+            None => (false, inner),
+        };
+        let mut v = doc;
+        for key in path
+            .trim_start_matches('.')
+            .split('.')
+            .filter(|k| !k.is_empty())
+        {
+            v = v.get(key).unwrap_or(&Value::Null);
+        }
+        out.push_str(&match v {
+            Value::String(s) if !as_json => s.clone(),
+            Value::Null if !as_json => "<no value>".into(),
+            other => other.to_string(),
+        });
+        rest = &rest[start + len + 2..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths() {
+        let d = json!({"State": {"Status": "running", "ExitCode": 3}, "Config": {"Env": ["A=1"]}});
+        assert_eq!(
+            render("{{.State.Status}} {{.State.ExitCode}}", &d),
+            "running 3"
+        );
+        assert_eq!(render("{{json .Config.Env}}", &d), "[\"A=1\"]");
+        assert_eq!(render("{{.Nope.X}}", &d), "<no value>");
+    }
+}

@@ -1,0 +1,283 @@
+//! `husk ps`: Docker's columns, `-a`, `-q`, `--no-trunc`, `--filter` and
+//! a small `--format` (Go-template field substitution).
+
+use anyhow::{bail, Result};
+use clap::Args;
+use husk_runtime::time::secs_since;
+use husk_runtime::{Container, Status};
+
+use super::RootArgs;
+use crate::cmd::image::output::{human_age, print_table};
+
+/// `husk ps` flags.
+#[derive(Args, Debug)]
+pub struct PsArgs {
+    /// Show all containers (default: running only).
+    #[arg(short = 'a', long)]
+    all: bool,
+    /// Only show container IDs.
+    #[arg(short = 'q', long)]
+    quiet: bool,
+    /// Do not truncate output.
+    #[arg(long)]
+    no_trunc: bool,
+    /// Filter: status=, name=, id= (same key: any; different keys: all).
+    #[arg(short = 'f', long = "filter", value_name = "KEY=VALUE")]
+    filters: Vec<String>,
+    /// Go-template-like format: {{.ID}} {{.Names}} {{.Image}}
+    /// {{.Command}} {{.CreatedAt}} {{.RunningFor}} {{.Status}}
+    /// {{.State}} {{.Ports}}; a `table ` prefix prints a header.
+    #[arg(long)]
+    format: Option<String>,
+    #[command(flatten)]
+    root: RootArgs,
+}
+
+/// `husk ps`.
+pub fn ps(a: PsArgs) -> Result<i32> {
+    let rt = super::runtime(&a.root)?;
+    let filters = parse_filters(&a.filters)?;
+    let shown: Vec<Container> = rt
+        .list()?
+        .into_iter()
+        .filter(|c| a.all || c.state.is_running() || filters.iter().any(|(k, _)| k == "status"))
+        .filter(|c| matches(c, &filters))
+        .collect();
+    let rows: Vec<Row> = shown.iter().map(|c| Row::of(c, !a.no_trunc)).collect();
+    if a.quiet {
+        for r in &rows {
+            println!("{}", r.id);
+        }
+        return Ok(0);
+    }
+    let format = a
+        .format
+        .clone()
+        .unwrap_or_else(|| DEFAULT_FORMAT.to_string());
+    print_rows(&format, &rows);
+    Ok(0)
+}
+
+const DEFAULT_FORMAT: &str =
+    "table {{.ID}}\t{{.Image}}\t{{.Command}}\t{{.RunningFor}}\t{{.Status}}\t{{.Ports}}\t{{.Names}}";
+
+/// One container's fields, formatted.
+struct Row {
+    id: String,
+    image: String,
+    command: String,
+    created_at: String,
+    running_for: String,
+    status: String,
+    state: String,
+    ports: String,
+    names: String,
+}
+
+impl Row {
+    fn of(c: &Container, trunc: bool) -> Row {
+        let mut command = c.config.command_line();
+        if trunc {
+            command = ellipsis(&command, 20);
+        }
+        Row {
+            id: if trunc {
+                c.id.short().to_string()
+            } else {
+                c.id.to_string()
+            },
+            image: c.config.image.clone(),
+            command: go_quote(&command),
+            created_at: c.config.created.clone(),
+            running_for: human_age(secs_since(&c.config.created)),
+            status: status_text(c),
+            state: c.state.status.as_str().to_string(),
+            ports: c.config.ports.join(", "),
+            names: c.config.name.clone(),
+        }
+    }
+
+    fn field(&self, name: &str) -> Option<&str> {
+        Some(match name {
+            "ID" => &self.id,
+            "Image" => &self.image,
+            "Command" => &self.command,
+            "CreatedAt" => &self.created_at,
+            "RunningFor" => &self.running_for,
+            "Status" => &self.status,
+            "State" => &self.state,
+            "Ports" => &self.ports,
+            "Names" => &self.names,
+            _ => return None,
+        })
+    }
+}
+
+fn header(name: &str) -> &str {
+    match name {
+        "ID" => "CONTAINER ID",
+        "Image" => "IMAGE",
+        "Command" => "COMMAND",
+        "CreatedAt" => "CREATED AT",
+        "RunningFor" => "CREATED",
+        "Status" => "STATUS",
+        "State" => "STATE",
+        "Ports" => "PORTS",
+        "Names" => "NAMES",
+        other => other,
+    }
+}
+
+/// Docker's STATUS column.
+fn status_text(c: &Container) -> String {
+    let s = &c.state;
+    let since = |t: &Option<String>| {
+        let age = human_age(t.as_deref().map_or(0, secs_since));
+        age.strip_suffix(" ago").unwrap_or(&age).to_string()
+    };
+    match s.status {
+        Status::Created => "Created".into(),
+        Status::Running => format!("Up {}", since(&s.started_at)),
+        Status::Exited => format!(
+            "Exited ({}) {} ago",
+            s.exit_code.unwrap_or(0),
+            since(&s.finished_at)
+        ),
+    }
+}
+
+/// Renders `format` for each row; `table ` prints a header and aligns the
+/// tab-separated columns.
+fn print_rows(format: &str, rows: &[Row]) {
+    let format = format.replace("\\t", "\t").replace("\\n", "\n");
+    if let Some(body) = format
+        .strip_prefix("table ")
+        .or_else(|| format.strip_prefix("table"))
+    {
+        let mut table = vec![render(body, &|f| Some(header(f).to_string()))
+            .split('\t')
+            .map(String::from)
+            .collect::<Vec<_>>()];
+        for r in rows {
+            table.push(
+                render(body, &|f| r.field(f).map(String::from))
+                    .split('\t')
+                    .map(String::from)
+                    .collect(),
+            );
+        }
+        print_table(&table);
+    } else {
+        for r in rows {
+            println!("{}", render(&format, &|f| r.field(f).map(String::from)));
+        }
+    }
+}
+
+/// Replaces each `{{.Field}}` (spaces allowed inside the braces) by
+/// `value(Field)`; unknown fields render as `<no value>`.
+fn render(format: &str, value: &dyn Fn(&str) -> Option<String>) -> String {
+    let mut out = String::new();
+    let mut rest = format;
+    while let Some(start) = rest.find("{{") {
+        out.push_str(&rest[..start]);
+        let Some(len) = rest[start..].find("}}") else {
+            out.push_str(&rest[start..]);
+            return out;
+        };
+        let inner = rest[start + 2..start + len].trim();
+        let field = inner.strip_prefix('.').unwrap_or(inner);
+        out.push_str(&value(field).unwrap_or_else(|| "<no value>".into()));
+        rest = &rest[start + len + 2..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Parses `key=value` filters.
+fn parse_filters(raw: &[String]) -> Result<Vec<(String, String)>> {
+    raw.iter()
+        .map(|f| {
+            let Some((k, v)) = f.split_once('=') else {
+                bail!("bad format of filter (expected name=value): {f}");
+            };
+            if !matches!(k, "status" | "name" | "id") {
+                bail!("invalid filter '{k}' (supported: status, name, id)");
+            }
+            if k == "status" && !matches!(v, "created" | "running" | "exited") {
+                bail!("invalid filter 'status={v}' (created, running, exited)");
+            }
+            Ok((k.to_string(), v.to_string()))
+        })
+        .collect()
+}
+
+/// Docker's filter semantics: values of one key are alternatives, keys
+/// are all required; `name` matches a substring, `id` a prefix.
+fn matches(c: &Container, filters: &[(String, String)]) -> bool {
+    ["status", "name", "id"].iter().all(|key| {
+        let values: Vec<&str> = filters
+            .iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+            .collect();
+        values.is_empty()
+            || values.iter().any(|v| match *key {
+                "status" => c.state.status.as_str() == *v,
+                "name" => c.config.name.contains(v),
+                _ => c.id.as_str().starts_with(v),
+            })
+    })
+}
+
+/// Truncates to `max` characters, the last one an ellipsis.
+fn ellipsis(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_string();
+    }
+    let mut out: String = s.chars().take(max - 1).collect();
+    out.push('…');
+    out
+}
+
+/// Go's `strconv.Quote`.
+fn go_quote(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                out.push_str(&format!("\\x{:02x}", c as u32))
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_quotes_and_truncation() {
+        let v = |f: &str| (f == "ID").then(|| "abc".to_string());
+        assert_eq!(render("{{.ID}}:{{ .ID }} {{.X}}", &v), "abc:abc <no value>");
+        assert_eq!(render("no braces", &v), "no braces");
+        assert_eq!(render("{{.ID", &v), "{{.ID");
+        assert_eq!(
+            ellipsis("sh -c 'while true; do sleep 1; done'", 20),
+            "sh -c 'while true; …"
+        );
+        assert_eq!(go_quote("echo \"hi\"\n"), "\"echo \\\"hi\\\"\\n\"");
+        assert!(parse_filters(&["status=running".into(), "name=web".into()]).is_ok());
+        assert!(parse_filters(&["status=bogus".into()]).is_err());
+        assert!(parse_filters(&["label=x".into()]).is_err());
+        assert!(parse_filters(&["novalue".into()]).is_err());
+    }
+}

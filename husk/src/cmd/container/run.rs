@@ -1,0 +1,206 @@
+//! `husk create` and `husk run`.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use husk_runtime::spec::{self, VolumeRequest};
+use husk_runtime::{CreateOptions, Runtime, StdioSpec};
+
+use super::session::{self, Attached};
+use super::RootArgs;
+use crate::assets;
+
+/// Flags shared by `create` and `run`.
+#[derive(Args, Debug)]
+pub struct CreateArgs {
+    /// Assign a name to the container.
+    #[arg(long)]
+    name: Option<String>,
+    /// Set environment variables (KEY=VALUE, or KEY to copy husk's).
+    #[arg(short = 'e', long = "env", value_name = "KEY[=VALUE]")]
+    env: Vec<String>,
+    /// Read environment variables from a file.
+    #[arg(long = "env-file", value_name = "FILE")]
+    env_file: Vec<PathBuf>,
+    /// Working directory inside the container.
+    #[arg(short = 'w', long = "workdir", value_name = "DIR")]
+    workdir: Option<String>,
+    /// User (name|uid[:group|gid]).
+    #[arg(short = 'u', long = "user")]
+    user: Option<String>,
+    /// Overwrite the image's entrypoint.
+    #[arg(long, value_name = "CMD")]
+    entrypoint: Option<String>,
+    /// Container hostname (default: the short ID).
+    #[arg(long)]
+    hostname: Option<String>,
+    /// Keep stdin open.
+    #[arg(short = 'i', long)]
+    interactive: bool,
+    /// Allocate a pseudo-TTY.
+    #[arg(short = 't', long)]
+    tty: bool,
+    /// Memory of the container's VM (e.g. 512m, 1g).
+    #[arg(short = 'm', long)]
+    memory: Option<String>,
+    /// CPUs of the container's VM (rounded up to whole vCPUs).
+    #[arg(long)]
+    cpus: Option<String>,
+    /// Volumes: NAME:/path[:ro], or /path for an anonymous volume.
+    #[arg(short = 'v', long = "volume", value_name = "VOLUME")]
+    volumes: Vec<String>,
+    /// Publish ports (needs networking, not available yet).
+    #[arg(short = 'p', long = "publish", value_name = "PORTS")]
+    publish: Vec<String>,
+    /// Signal to stop the container (default: the image's, else SIGTERM).
+    #[arg(long)]
+    stop_signal: Option<String>,
+    /// Seconds to wait for the stop signal before SIGKILL.
+    #[arg(long)]
+    stop_timeout: Option<u64>,
+    /// Remove the container when it exits.
+    #[arg(long)]
+    rm: bool,
+    /// Guest kernel (vmlinux); default: $HUSK_KERNEL, then the installed one.
+    #[arg(long, value_name = "PATH")]
+    kernel: Option<PathBuf>,
+    /// Seconds the VM may take to boot.
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 90,
+        env = "HUSK_BOOT_TIMEOUT"
+    )]
+    boot_timeout: u64,
+    #[command(flatten)]
+    root: RootArgs,
+    /// The image.
+    image: String,
+    /// The command and its arguments (default: the image's).
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "COMMAND"
+    )]
+    command: Vec<String>,
+}
+
+/// `husk run` flags.
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Run in the background and print the container ID.
+    #[arg(short = 'd', long)]
+    detach: bool,
+    /// Forward signals husk receives to the container's process (non-TTY).
+    #[arg(long = "sig-proxy", default_value_t = true, action = clap::ArgAction::Set)]
+    sig_proxy: bool,
+    #[command(flatten)]
+    create: CreateArgs,
+}
+
+/// The library's options from the flags (assets resolved here).
+fn options(a: &CreateArgs) -> Result<CreateOptions> {
+    if !a.publish.is_empty() {
+        bail!("publishing ports (-p) needs container networking, which is not available yet");
+    }
+    let mut env = Vec::new();
+    for file in &a.env_file {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("reading env file {}", file.display()))?;
+        env.extend(spec::parse_env_file(&text, |k| std::env::var(k).ok())?);
+    }
+    for e in &a.env {
+        match e.split_once('=') {
+            Some(_) => env.push(e.clone()),
+            None => {
+                if let Ok(v) = std::env::var(e) {
+                    env.push(format!("{e}={v}"));
+                }
+            }
+        }
+    }
+    let volumes = a
+        .volumes
+        .iter()
+        .map(|v| VolumeRequest::parse(v))
+        .collect::<Result<Vec<_>, _>>()?;
+    let kernel = assets::kernel(a.kernel.as_deref())?;
+    let agent = assets::agent()?;
+    let agent_disk = assets::agent_disk(&agent, &assets::cache_dir())?;
+    Ok(CreateOptions {
+        image: a.image.clone(),
+        name: a.name.clone(),
+        entrypoint: a.entrypoint.as_ref().map(|e| {
+            if e.is_empty() {
+                vec![]
+            } else {
+                vec![e.clone()]
+            }
+        }),
+        cmd: a.command.clone(),
+        env,
+        workdir: a.workdir.clone(),
+        user: a.user.clone(),
+        hostname: a.hostname.clone(),
+        tty: a.tty,
+        stdin: a.interactive,
+        cpus: a.cpus.as_deref().map(spec::parse_cpus).transpose()?,
+        memory_mib: a.memory.as_deref().map(spec::parse_memory).transpose()?,
+        volumes,
+        stop_signal: a.stop_signal.clone(),
+        stop_timeout: a.stop_timeout,
+        auto_remove: a.rm,
+        kernel,
+        agent_disk,
+        boot_timeout: a.boot_timeout,
+    })
+}
+
+/// Creates the container; the image is looked up first, so a missing one
+/// is reported before anything else.
+fn create_container(rt: &Runtime, a: &CreateArgs) -> Result<husk_runtime::ContainerId> {
+    rt.image_store()?.resolve(&a.image)?;
+    Ok(rt.create(options(a)?)?)
+}
+
+/// `husk create`: prints the new container's ID.
+pub fn create(a: CreateArgs) -> Result<i32> {
+    let rt = super::runtime(&a.root)?;
+    let id = create_container(&rt, &a)?;
+    println!("{id}");
+    Ok(0)
+}
+
+/// `husk run`.
+pub fn run(a: RunArgs) -> Result<i32> {
+    let c = &a.create;
+    if c.interactive && c.tty && !session::stdin_is_terminal() {
+        bail!("the input device is not a TTY");
+    }
+    let rt = super::runtime(&c.root)?;
+    let id = create_container(&rt, c)?;
+    if a.detach {
+        start_or_report(&rt, id.as_str(), StdioSpec::Detached)?;
+        println!("{id}");
+        return Ok(0);
+    }
+    let attached = Attached {
+        stdin: c.interactive,
+        tty: c.tty,
+        sig_proxy: a.sig_proxy,
+    };
+    session::start_attached(&rt, id.as_str(), &attached)
+}
+
+/// Starts a container; a process that could not start is reported with
+/// Docker's exit code (126, 127...) as the error.
+pub fn start_or_report(rt: &Runtime, id: &str, stdio: StdioSpec) -> Result<()> {
+    match rt.start(id, stdio) {
+        Ok(()) => Ok(()),
+        Err(husk_runtime::Error::Exec { code, detail }) => {
+            Err(session::ExitWith { code, detail }.into())
+        }
+        Err(e) => Err(e.into()),
+    }
+}

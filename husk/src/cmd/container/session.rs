@@ -1,0 +1,230 @@
+//! Interactive sessions: `run`/`start -a`/`attach` (through the monitor)
+//! and `exec` (through the agent), with a raw terminal for `-t`, window
+//! resizes and signal forwarding.
+
+use std::io::IsTerminal;
+use std::os::unix::net::UnixStream;
+
+use anyhow::{bail, Result};
+use clap::Args;
+use husk_runtime::relay::{self, ClientIo, Outcome};
+use husk_runtime::signals::Signals;
+use husk_runtime::{ExecOptions, Runtime, StdioSpec};
+
+use super::RootArgs;
+
+/// An error that makes husk exit with `code` after printing `detail`.
+#[derive(Debug)]
+pub struct ExitWith {
+    /// The exit code.
+    pub code: i32,
+    /// The message.
+    pub detail: String,
+}
+
+impl std::fmt::Display for ExitWith {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.detail)
+    }
+}
+
+impl std::error::Error for ExitWith {}
+
+/// How the local terminal takes part in a session.
+pub struct Attached {
+    /// Forward stdin.
+    pub stdin: bool,
+    /// The process has a TTY.
+    pub tty: bool,
+    /// Forward signals (non-TTY).
+    pub sig_proxy: bool,
+}
+
+/// Whether husk's stdin is a terminal.
+pub fn stdin_is_terminal() -> bool {
+    std::io::stdin().is_terminal()
+}
+
+/// Signals a session watches: SIGWINCH for resizes, and those forwarded.
+const SESSION_SIGNALS: [i32; 7] = [
+    libc::SIGINT,
+    libc::SIGTERM,
+    libc::SIGHUP,
+    libc::SIGQUIT,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+    libc::SIGWINCH,
+];
+
+/// The local terminal's size, if it is one.
+fn local_size() -> Option<(u16, u16)> {
+    relay::terminal_size(0).or_else(|| relay::terminal_size(1))
+}
+
+/// Starts container `id` with its process waiting for us, attaches, and
+/// relays until it ends; returns its exit code.
+pub fn start_attached(rt: &Runtime, id: &str, how: &Attached) -> Result<i32> {
+    let signals = Signals::install_for(&SESSION_SIGNALS)?;
+    super::run::start_or_report(rt, id, StdioSpec::Attach)?;
+    let conn = rt.attach(
+        id,
+        if how.tty {
+            local_size().or(Some((24, 80)))
+        } else {
+            None
+        },
+    )?;
+    let outcome = relay_local(conn, how, &signals)?;
+    finish(rt, id, outcome)
+}
+
+/// Attaches to a running container.
+pub fn attach_running(rt: &Runtime, id: &str, how: &Attached) -> Result<i32> {
+    let signals = Signals::install_for(&SESSION_SIGNALS)?;
+    let conn = rt.attach(id, if how.tty { local_size() } else { None })?;
+    let outcome = relay_local(conn, how, &signals)?;
+    finish(rt, id, outcome)
+}
+
+/// Relays a session with husk's own stdio, the terminal raw for `-t`.
+fn relay_local(mut conn: UnixStream, how: &Attached, signals: &Signals) -> Result<Outcome> {
+    let _raw = if how.tty && how.stdin && stdin_is_terminal() {
+        Some(RawTerminal::enable(0)?)
+    } else {
+        None
+    };
+    let io = ClientIo {
+        stdin: how.stdin.then_some(0),
+        stdout: 1,
+        stderr: 2,
+        signals: Some(signals),
+        tty: how
+            .tty
+            .then(|| if std::io::stdin().is_terminal() { 0 } else { 1 }),
+        forward_signals: !how.tty && how.sig_proxy,
+    };
+    Ok(relay::relay(&mut conn, &io)?)
+}
+
+/// The exit code of an attached session; a lost monitor is explained from
+/// the container's state.
+fn finish(rt: &Runtime, id: &str, outcome: Outcome) -> Result<i32> {
+    if let Some(code) = outcome.exit_code() {
+        return Ok(code);
+    }
+    match rt.container(id) {
+        Ok(c) if !c.state.is_running() => {
+            if let Some(e) = &c.state.error {
+                eprintln!("husk: {e}");
+            }
+            Ok(c.state.exit_code.unwrap_or(125))
+        }
+        _ => bail!("lost the connection to the container's monitor"),
+    }
+}
+
+/// `husk exec` flags.
+#[derive(Args, Debug)]
+pub struct ExecArgs {
+    /// Keep stdin open.
+    #[arg(short = 'i', long)]
+    interactive: bool,
+    /// Allocate a pseudo-TTY.
+    #[arg(short = 't', long)]
+    tty: bool,
+    /// Set environment variables.
+    #[arg(short = 'e', long = "env", value_name = "KEY[=VALUE]")]
+    env: Vec<String>,
+    /// Working directory inside the container.
+    #[arg(short = 'w', long = "workdir")]
+    workdir: Option<String>,
+    /// User (name|uid[:group|gid]).
+    #[arg(short = 'u', long = "user")]
+    user: Option<String>,
+    #[command(flatten)]
+    root: RootArgs,
+    /// The container.
+    container: String,
+    /// The command and its arguments.
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "COMMAND"
+    )]
+    command: Vec<String>,
+}
+
+/// `husk exec`: returns the command's exit code.
+pub fn exec(a: ExecArgs) -> Result<i32> {
+    if a.interactive && a.tty && !stdin_is_terminal() {
+        bail!("the input device is not a TTY");
+    }
+    let rt = super::runtime(&a.root)?;
+    let env = a
+        .env
+        .iter()
+        .filter_map(|e| match e.split_once('=') {
+            Some(_) => Some(e.clone()),
+            None => std::env::var(e).ok().map(|v| format!("{e}={v}")),
+        })
+        .collect();
+    let opts = ExecOptions {
+        argv: a.command.clone(),
+        env,
+        workdir: a.workdir.clone(),
+        user: a.user.clone(),
+        tty: a.tty,
+        stdin: a.interactive,
+        size: if a.tty { local_size() } else { None },
+    };
+    let signals = Signals::install_for(&SESSION_SIGNALS)?;
+    let conn = rt.exec_start(&a.container, &opts)?;
+    let how = Attached {
+        stdin: a.interactive,
+        tty: a.tty,
+        sig_proxy: true,
+    };
+    match relay_local(conn, &how, &signals)?.exit_code() {
+        Some(code) => Ok(code),
+        None => bail!("the exec session ended without an exit status (the container stopped?)"),
+    }
+}
+
+/// The terminal in raw mode, restored on drop.
+struct RawTerminal {
+    fd: i32,
+    saved: libc::termios,
+}
+
+impl RawTerminal {
+    fn enable(fd: i32) -> Result<RawTerminal> {
+        // SAFETY: termios is plain data; tcgetattr fills it.
+        let mut saved: libc::termios = unsafe { std::mem::zeroed() };
+        // SAFETY: a valid fd and pointer.
+        if unsafe { libc::tcgetattr(fd, &mut saved) } != 0 {
+            bail!(
+                "reading the terminal mode: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        let mut raw = saved;
+        // SAFETY: cfmakeraw edits our local copy.
+        unsafe { libc::cfmakeraw(&mut raw) };
+        // SAFETY: a valid fd and pointer.
+        if unsafe { libc::tcsetattr(fd, libc::TCSANOW, &raw) } != 0 {
+            bail!(
+                "setting the terminal to raw mode: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        Ok(RawTerminal { fd, saved })
+    }
+}
+
+impl Drop for RawTerminal {
+    fn drop(&mut self) {
+        // SAFETY: restoring the mode saved from the same fd.
+        unsafe { libc::tcsetattr(self.fd, libc::TCSANOW, &self.saved) };
+    }
+}

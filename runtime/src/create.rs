@@ -1,0 +1,444 @@
+//! The container store: create, look up, list and delete containers.
+
+use std::fs;
+use std::io;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::config::{ContainerConfig, Mount};
+use crate::id::{self, ContainerId};
+use crate::layout::{self, ContainerPaths, Lock};
+use crate::spec::{self, CreateOptions, VolumeRequest};
+use crate::state::State;
+use crate::volume::{self, Volumes};
+use crate::{io_err, signals, Error, Runtime};
+
+/// Size of a container's writable disk (sparse).
+pub const RW_DISK_SIZE: u64 = 8 << 30;
+
+/// Most volumes per container (virtio devices are limited).
+pub const MAX_VOLUMES: usize = 8;
+
+/// A container: its ID, files, configuration and (checked) state.
+#[derive(Clone, Debug)]
+pub struct Container {
+    /// Full ID.
+    pub id: ContainerId,
+    /// Its files.
+    pub paths: ContainerPaths,
+    /// Its configuration.
+    pub config: ContainerConfig,
+    /// Its state, corrected for a dead monitor.
+    pub state: State,
+}
+
+/// How `delete` treats a running container and volumes.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DeleteOptions {
+    /// Kill a running container first.
+    pub force: bool,
+    /// Also remove its anonymous volumes.
+    pub volumes: bool,
+}
+
+impl Runtime {
+    /// The volumes of this store.
+    pub fn volumes(&self) -> Volumes {
+        Volumes::new(self.layout.volumes())
+    }
+
+    /// Loads container `id` (full ID).
+    fn load(&self, id: &ContainerId) -> Result<Container, Error> {
+        let paths = self.layout.container(id.as_str());
+        let config: ContainerConfig = layout::read_json(&paths.config())?;
+        let state = State::load(&paths)?;
+        Ok(Container {
+            id: id.clone(),
+            paths,
+            config,
+            state,
+        })
+    }
+
+    /// The container with this full ID, name, or unique ID prefix.
+    pub fn container(&self, name: &str) -> Result<Container, Error> {
+        if let Some(id) = ContainerId::parse(name) {
+            if self.layout.container(id.as_str()).config().is_file() {
+                return self.load(&id);
+            }
+        }
+        let all = self.list()?;
+        if let Some(c) = all
+            .iter()
+            .find(|c| c.config.name == name.trim_start_matches('/'))
+        {
+            return Ok(c.clone());
+        }
+        let lower = name.to_ascii_lowercase();
+        let mut matches = all
+            .into_iter()
+            .filter(|c| !lower.is_empty() && c.id.as_str().starts_with(&lower));
+        match (matches.next(), matches.next()) {
+            (Some(c), None) => Ok(c),
+            (Some(_), Some(_)) => Err(Error::Ambiguous(name.to_string())),
+            _ => Err(Error::NoSuchContainer(name.to_string())),
+        }
+    }
+
+    /// Every container, newest first. Half-created or half-removed
+    /// directories left by killed processes are cleaned up on the way.
+    pub fn list(&self) -> Result<Vec<Container>, Error> {
+        let dir = self.layout.containers();
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(io_err(format!("listing {}", dir.display())))? {
+            let Ok(entry) = entry else { continue };
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(".tmp-") || name.starts_with(".rm-") {
+                clean_leftover(&entry.path(), name.starts_with(".rm-"));
+                continue;
+            }
+            let Some(id) = ContainerId::parse(&name) else {
+                continue;
+            };
+            match self.load(&id) {
+                Ok(c) => out.push(c),
+                // Removed meanwhile.
+                Err(Error::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => log::warn!("skipping container {name}: {e}"),
+            }
+        }
+        out.sort_by(|a, b| b.config.created.cmp(&a.config.created));
+        Ok(out)
+    }
+
+    /// Creates a container (no VM yet): resolves the image and its layer
+    /// disks, merges the process settings, makes the writable disk and the
+    /// volumes, and records `config.json` and a `created` state.
+    pub fn create(&self, opts: CreateOptions) -> Result<ContainerId, Error> {
+        if let Some(n) = &opts.name {
+            if !id::valid_name(n.trim_start_matches('/')) {
+                return Err(Error::InvalidName(n.clone()));
+            }
+        }
+        let store = self.image_store()?;
+        let image = store.resolve(&opts.image)?;
+        let rc = image.runtime_config();
+        let layers: Vec<_> = store
+            .layer_disks(&image)?
+            .into_iter()
+            .map(|d| d.path)
+            .collect();
+        let id = ContainerId::generate();
+        let hostname = opts
+            .hostname
+            .clone()
+            .unwrap_or_else(|| id.short().to_string());
+        let process = spec::process(&rc, &opts, &hostname)?;
+        let stop_name = opts
+            .stop_signal
+            .clone()
+            .or(rc.stop_signal.clone())
+            .unwrap_or_else(|| "SIGTERM".into());
+        let stop_signal = signals::parse_signal(&stop_name)
+            .ok_or_else(|| Error::Invalid(format!("invalid stop signal {stop_name:?}")))?;
+        let requests = volume_requests(&opts.volumes, &rc.volumes)?;
+        let tmp = self.layout.containers().join(format!(".tmp-{id}"));
+        fs::create_dir(&tmp).map_err(io_err(format!("creating {}", tmp.display())))?;
+        let paths = ContainerPaths { dir: tmp.clone() };
+        let mut anonymous = Vec::new();
+        let created = (|| {
+            let _busy = Lock::exclusive(&paths.lock())?;
+            volume::make_ext4(&paths.rw_disk(), RW_DISK_SIZE)?;
+            let mounts = self.attach_volumes(&requests, &mut anonymous)?;
+            let config = ContainerConfig {
+                id: id.to_string(),
+                name: String::new(),
+                created: crate::time::now(),
+                image: opts.image.clone(),
+                image_id: image.id.to_string(),
+                layers,
+                process,
+                hostname,
+                hosts: Vec::new(),
+                resolv_conf: Some(spec::resolv_conf(
+                    &fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+                )),
+                cpus: opts.cpus.unwrap_or(spec::DEFAULT_CPUS),
+                memory_mib: opts.memory_mib.unwrap_or(spec::DEFAULT_MEMORY_MIB),
+                mounts,
+                stop_signal,
+                stop_timeout: opts.stop_timeout.unwrap_or(spec::DEFAULT_STOP_TIMEOUT),
+                auto_remove: opts.auto_remove,
+                ports: Vec::new(),
+                kernel: opts.kernel.clone(),
+                agent_disk: opts.agent_disk.clone(),
+                boot_timeout: opts.boot_timeout,
+            };
+            State::created().write(&paths)?;
+            self.publish(&id, config, opts.name.as_deref(), &tmp)
+        })();
+        if let Err(e) = created {
+            for name in anonymous {
+                let _ = self.volumes().remove(&name);
+            }
+            let _ = fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+        Ok(id)
+    }
+
+    /// Creates the volumes the container mounts, in disk order; the names
+    /// of the anonymous ones made are pushed to `anonymous`.
+    fn attach_volumes(
+        &self,
+        requests: &[VolumeRequest],
+        anonymous: &mut Vec<String>,
+    ) -> Result<Vec<Mount>, Error> {
+        let vols = self.volumes();
+        let mut mounts = Vec::new();
+        for r in requests {
+            let m = match r {
+                VolumeRequest::Named {
+                    name,
+                    target,
+                    read_only,
+                } => {
+                    vols.create(Some(name), volume::DEFAULT_VOLUME_SIZE, false)?;
+                    Mount {
+                        name: name.clone(),
+                        target: target.clone(),
+                        read_only: *read_only,
+                        anonymous: false,
+                    }
+                }
+                VolumeRequest::Anonymous { target } => {
+                    let name = vols.create(None, volume::DEFAULT_VOLUME_SIZE, true)?.name;
+                    anonymous.push(name.clone());
+                    Mount {
+                        name,
+                        target: target.clone(),
+                        read_only: false,
+                        anonymous: true,
+                    }
+                }
+                VolumeRequest::Bind { .. } => {
+                    return Err(Error::Invalid(BIND_UNSUPPORTED.to_string()))
+                }
+            };
+            mounts.push(m);
+        }
+        Ok(mounts)
+    }
+
+    /// Names the container (the given name, or a free random one) and
+    /// moves it into place, under the names lock.
+    fn publish(
+        &self,
+        id: &ContainerId,
+        mut config: ContainerConfig,
+        name: Option<&str>,
+        tmp: &Path,
+    ) -> Result<(), Error> {
+        let _names = Lock::exclusive(&self.layout.names_lock())?;
+        let taken: Vec<(String, String)> = self
+            .list()?
+            .into_iter()
+            .map(|c| (c.config.name, c.config.id))
+            .collect();
+        let owner = |n: &str| {
+            taken
+                .iter()
+                .find(|(name, _)| name == n)
+                .map(|(_, id)| id.clone())
+        };
+        config.name = match name {
+            Some(n) => {
+                let n = n.trim_start_matches('/');
+                if let Some(other) = owner(n) {
+                    return Err(Error::NameInUse {
+                        name: n.to_string(),
+                        id: other,
+                    });
+                }
+                n.to_string()
+            }
+            None => (0..100)
+                .map(|_| id::random_name())
+                .find(|n| owner(n).is_none())
+                .unwrap_or_else(|| format!("husk_{}", id.short())),
+        };
+        let tmp_paths = ContainerPaths {
+            dir: tmp.to_path_buf(),
+        };
+        layout::write_json(&tmp_paths.config(), &config)?;
+        let dest = self.layout.container(id.as_str()).dir;
+        fs::rename(tmp, &dest).map_err(io_err(format!("creating {}", dest.display())))?;
+        layout::sync_dir(&self.layout.containers());
+        Ok(())
+    }
+
+    /// Removes container `name`: refuses a running one unless forced (then
+    /// its monitor, and with it the VM, is killed first).
+    pub fn delete(&self, name: &str, opts: DeleteOptions) -> Result<ContainerId, Error> {
+        let c = self.container(name)?;
+        let _busy = Lock::exclusive(&c.paths.lock())?;
+        let state = State::load(&c.paths)?;
+        if state.is_running() && !opts.force {
+            return Err(Error::Running {
+                action: "remove",
+                id: c.id.short().to_string(),
+            });
+        }
+        // Running (forced), or exited with the VM still tearing down: the
+        // disks are about to go, so the VM may as well go now.
+        if crate::state::monitor_alive(&c.paths) {
+            self.kill_monitor(&c.paths, libc::SIGKILL, Duration::from_secs(15))?;
+        }
+        self.remove_files(&c.id, &c.config, opts.volumes)?;
+        Ok(c.id)
+    }
+
+    /// Deletes the container's directory (and anonymous volumes), making
+    /// its name free at once.
+    pub(crate) fn remove_files(
+        &self,
+        id: &ContainerId,
+        config: &ContainerConfig,
+        volumes: bool,
+    ) -> Result<(), Error> {
+        let dir = self.layout.container(id.as_str()).dir;
+        let doomed = self.layout.containers().join(format!(".rm-{id}"));
+        {
+            let _names = Lock::exclusive(&self.layout.names_lock())?;
+            match fs::rename(&dir, &doomed) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(io_err(format!("removing {}", dir.display()))(e)),
+            }
+        }
+        // A concurrent listing may be sweeping the same directory.
+        if let Err(e) = fs::remove_dir_all(&doomed) {
+            if doomed.exists() && fs::remove_dir_all(&doomed).is_err() && doomed.exists() {
+                return Err(io_err(format!("removing {}", doomed.display()))(e));
+            }
+        }
+        if volumes {
+            for m in config.mounts.iter().filter(|m| m.anonymous) {
+                if let Err(e) = self.volumes().remove(&m.name) {
+                    log::warn!("keeping anonymous volume {}: {e}", m.name);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Short IDs of the containers that mount volume `name`.
+    pub fn volume_users(&self, name: &str) -> Result<Vec<String>, Error> {
+        Ok(self
+            .list()?
+            .into_iter()
+            .filter(|c| c.config.mounts.iter().any(|m| m.name == name))
+            .map(|c| c.id.short().to_string())
+            .collect())
+    }
+
+    /// Removes volume `name` unless a container uses it.
+    pub fn volume_remove(&self, name: &str) -> Result<(), Error> {
+        let users = self.volume_users(name)?;
+        if !users.is_empty() {
+            return Err(volume::VolumeError::InUse {
+                name: name.to_string(),
+                containers: users,
+            }
+            .into());
+        }
+        Ok(self.volumes().remove(name)?)
+    }
+}
+
+/// The error for `-v /host/path:/ctr`.
+pub const BIND_UNSUPPORTED: &str = "host bind mounts (-v /host/path:/path) need a filesystem shared with the VM (virtio-fs), which husk does not have yet; use a named volume (-v NAME:/path)";
+
+/// The `-v` requests plus anonymous volumes for the image's VOLUME paths
+/// that no request covers; bind mounts are refused.
+fn volume_requests(
+    flags: &[VolumeRequest],
+    image_volumes: &[String],
+) -> Result<Vec<VolumeRequest>, Error> {
+    let mut out: Vec<VolumeRequest> = Vec::new();
+    for r in flags {
+        if matches!(r, VolumeRequest::Bind { .. }) {
+            return Err(Error::Invalid(BIND_UNSUPPORTED.to_string()));
+        }
+        if out.iter().any(|o| o.target() == r.target()) {
+            return Err(Error::Invalid(format!(
+                "duplicate mount point: {}",
+                r.target()
+            )));
+        }
+        out.push(r.clone());
+    }
+    for path in image_volumes {
+        let target = if path.starts_with('/') {
+            path.clone()
+        } else {
+            format!("/{path}")
+        };
+        let target = target.trim_end_matches('/').to_string();
+        if !target.is_empty() && !out.iter().any(|o| o.target() == target) {
+            out.push(VolumeRequest::Anonymous { target });
+        }
+    }
+    if out.len() > MAX_VOLUMES {
+        return Err(Error::Invalid(format!(
+            "at most {MAX_VOLUMES} volumes per container"
+        )));
+    }
+    Ok(out)
+}
+
+/// Removes a `.tmp-` directory whose creator died, or a `.rm-` directory
+/// whose remover died.
+fn clean_leftover(path: &Path, removing: bool) {
+    if removing {
+        let _ = fs::remove_dir_all(path);
+        return;
+    }
+    let old = fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age > Duration::from_secs(60));
+    let lock = ContainerPaths {
+        dir: path.to_path_buf(),
+    }
+    .lock();
+    if old && matches!(Lock::try_exclusive(&lock), Ok(Some(_))) {
+        let _ = fs::remove_dir_all(path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_volumes_become_anonymous_unless_covered() {
+        let flags = vec![VolumeRequest::parse("data:/data").unwrap()];
+        let r = volume_requests(&flags, &["/data".into(), "/cache/".into()]).unwrap();
+        assert_eq!(r.len(), 2);
+        assert_eq!(
+            r[1],
+            VolumeRequest::Anonymous {
+                target: "/cache".into()
+            }
+        );
+        let err = volume_requests(&[VolumeRequest::parse("/h:/c").unwrap()], &[]).unwrap_err();
+        assert!(err.to_string().contains("virtio-fs"), "{err}");
+        let dup = vec![
+            VolumeRequest::parse("aa:/x").unwrap(),
+            VolumeRequest::parse("/x").unwrap(),
+        ];
+        assert!(volume_requests(&dup, &[]).is_err());
+    }
+}

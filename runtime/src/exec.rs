@@ -1,0 +1,111 @@
+//! `exec`: a new process in a running container, straight through the
+//! agent's exec port (no monitor involved).
+
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use husk_protocol::{write_message, ExecRequest, Message, EXEC_PORT};
+
+use crate::config::ContainerConfig;
+use crate::layout::{ContainerPaths, ShortPath};
+use crate::relay::{self, ClientIo, Outcome};
+use crate::state::{State, Status};
+use crate::{spec, vsock, Error, Runtime};
+
+/// Timeout of each step of connecting to the agent.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// An `exec` request; unset fields default to the container's.
+#[derive(Clone, Debug, Default)]
+pub struct ExecOptions {
+    /// The command.
+    pub argv: Vec<String>,
+    /// `KEY=VALUE` entries added to the container's environment.
+    pub env: Vec<String>,
+    /// Working directory.
+    pub workdir: Option<String>,
+    /// User.
+    pub user: Option<String>,
+    /// Allocate a pseudo-terminal.
+    pub tty: bool,
+    /// Forward stdin.
+    pub stdin: bool,
+    /// Initial terminal size (rows, cols).
+    pub size: Option<(u16, u16)>,
+}
+
+impl ExecOptions {
+    /// The request for the agent, with the container's defaults.
+    pub fn request(&self, config: &ContainerConfig) -> Result<ExecRequest, Error> {
+        if self.argv.is_empty() {
+            return Err(Error::NoCommand);
+        }
+        let mut env = config.process.env.clone();
+        for e in &self.env {
+            if !e.contains('=') || e.starts_with('=') {
+                return Err(Error::Invalid(format!("invalid environment entry {e:?}")));
+            }
+            spec::set_env(&mut env, e.clone());
+        }
+        if self.tty && !env.iter().any(|e| e.starts_with("TERM=")) {
+            env.push("TERM=xterm".into());
+        }
+        Ok(ExecRequest {
+            argv: self.argv.clone(),
+            env,
+            cwd: self
+                .workdir
+                .clone()
+                .unwrap_or_else(|| config.process.cwd.clone()),
+            user: self
+                .user
+                .clone()
+                .unwrap_or_else(|| config.process.user.clone()),
+            tty: self.tty,
+            stdin: self.stdin,
+            size: self.tty.then(|| self.size.unwrap_or((24, 80))),
+        })
+    }
+}
+
+/// Opens a session on the agent's exec port of the running container in
+/// `paths`, greeted and ready for one request.
+pub fn agent_session(paths: &ContainerPaths, short_id: &str) -> Result<UnixStream, Error> {
+    let state = State::load(paths)?;
+    if state.status != Status::Running {
+        return Err(Error::NotRunning(short_id.to_string()));
+    }
+    let sock = ShortPath::new(&paths.dir, ContainerPaths::VSOCK)?;
+    let mut conn =
+        vsock::connect(sock.path(), EXEC_PORT, CONNECT_TIMEOUT).map_err(|e| match e {
+            vsock::ConnectError::Refused { .. } if state.pid.is_none() => Error::Agent(format!(
+                "container {short_id} is still starting; try again when its process runs"
+            )),
+            other => Error::Agent(crate::error_chain(&other)),
+        })?;
+    vsock::greet(&mut conn).map_err(|e| Error::Agent(e.to_string()))?;
+    Ok(conn)
+}
+
+impl Runtime {
+    /// Starts `opts` in running container `name` and returns the session,
+    /// positioned after the `Exec` request (the `Started` or `Error` reply
+    /// comes next; see [`relay::relay`]).
+    pub fn exec_start(&self, name: &str, opts: &ExecOptions) -> Result<UnixStream, Error> {
+        let c = self.container(name)?;
+        let req = opts.request(&c.config)?;
+        let mut conn = agent_session(&c.paths, c.id.short())?;
+        write_message(&mut conn, &Message::Exec(req)).map_err(|e| Error::Agent(e.to_string()))?;
+        conn.set_read_timeout(None)
+            .and_then(|()| conn.set_write_timeout(None))
+            .map_err(crate::io_err("configuring the exec connection"))?;
+        Ok(conn)
+    }
+
+    /// Runs `opts` in container `name` with the given local stdio and
+    /// returns how it ended.
+    pub fn exec(&self, name: &str, opts: &ExecOptions, io: &ClientIo) -> Result<Outcome, Error> {
+        let mut conn = self.exec_start(name, opts)?;
+        relay::relay(&mut conn, io).map_err(|e| Error::Agent(crate::error_chain(&e)))
+    }
+}

@@ -1,0 +1,304 @@
+//! The per-container monitor: a daemon (detached from whoever started it)
+//! that owns the container's VM for one run.
+//!
+//! It is the `husk` binary (or a shim) re-executed with a hidden
+//! subcommand that calls [`main`]. It forks once more so that nobody has
+//! to reap it, starts a new session, takes `monitor.lock` for its whole
+//! life (that lock is how everyone else knows it is alive), claims the
+//! volumes' disks, records the `running` state, boots the VM (the VMM
+//! runs in this process: killing the monitor kills the VM), creates the
+//! container through the agent, starts the init process, writes the logs,
+//! relays stdio to attach clients, and records the exit. With `--rm` it
+//! removes the container itself.
+//!
+//! It reports progress to the starter on its stdout, one line each (see
+//! [`crate::lifecycle`]): `registered`, then `ready` or `exited`, or
+//! `error <message>` if it fails before the container runs.
+
+pub mod boot;
+mod clients;
+mod session;
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::fd::FromRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::net::UnixListener;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use husk_protocol::AGENT_PORT;
+
+use crate::config::ContainerConfig;
+use crate::id::ContainerId;
+use crate::layout::{self, ContainerPaths, Lock, ShortPath};
+use crate::lifecycle::ready;
+pub use crate::lifecycle::StdioMode;
+use crate::signals::Signals;
+use crate::state::{MonitorProcess, State, Status};
+use crate::vmthread::VmThread;
+use crate::{error_chain, io_err, Error, Runtime};
+use session::{End, LocalStdio, Session};
+
+/// Whether the progress pipe (stdout) has been closed.
+static READY_CLOSED: AtomicBool = AtomicBool::new(false);
+
+/// Writes a progress line to the starter.
+fn report(line: &str) {
+    if !READY_CLOSED.load(Ordering::SeqCst) {
+        let mut out = std::io::stdout();
+        let _ = writeln!(out, "{line}").and_then(|()| out.flush());
+    }
+}
+
+/// Sends the last progress line and points stdout at /dev/null, so the
+/// starter sees EOF and nothing else is ever written there.
+fn report_last(line: &str) {
+    report(line);
+    if !READY_CLOSED.swap(true, Ordering::SeqCst) {
+        if let Ok(null) = File::options().write(true).open("/dev/null") {
+            use std::os::fd::AsRawFd;
+            // SAFETY: dup2 onto fd 1, which we own as our stdout.
+            unsafe { libc::dup2(null.as_raw_fd(), 1) };
+        }
+    }
+}
+
+/// The monitor's entry point: `root`, full container `id`, and the JSON
+/// [`StdioMode`]. Returns the process exit code. Call it before starting
+/// any thread (it forks).
+pub fn main(root: &Path, id: &str, mode: &str) -> i32 {
+    // SAFETY: fork(2) in a process that has not started threads (the
+    // caller's contract); the child only continues normal execution.
+    match unsafe { libc::fork() } {
+        -1 => {
+            report_last(&format!(
+                "{}cannot fork: {}",
+                ready::ERROR,
+                std::io::Error::last_os_error()
+            ));
+            return 1;
+        }
+        0 => {}
+        _ => return 0,
+    }
+    // SAFETY: setsid(2) has no memory effects.
+    unsafe { libc::setsid() };
+    init_logging();
+    match run(root, id, mode) {
+        Ok(()) => 0,
+        Err(e) => {
+            let msg = error_chain(&e);
+            eprintln!("{} husk monitor {id}: {msg}", crate::time::now());
+            report_last(&format!("{}{msg}", ready::ERROR));
+            1
+        }
+    }
+}
+
+/// Sends warnings and errors of the VMM (and everything with
+/// `HUSK_DEBUG` set) to stderr, i.e. `monitor.log`.
+fn init_logging() {
+    struct Stderr;
+    impl log::Log for Stderr {
+        fn enabled(&self, _: &log::Metadata) -> bool {
+            true
+        }
+        fn log(&self, r: &log::Record) {
+            eprintln!(
+                "{} {} {}: {}",
+                crate::time::now(),
+                r.level(),
+                r.target(),
+                r.args()
+            );
+        }
+        fn flush(&self) {}
+    }
+    static LOGGER: Stderr = Stderr;
+    if log::set_logger(&LOGGER).is_ok() {
+        let debug = std::env::var_os("HUSK_DEBUG").is_some();
+        log::set_max_level(if debug {
+            log::LevelFilter::Debug
+        } else {
+            log::LevelFilter::Warn
+        });
+    }
+}
+
+/// Records the container's progress in its state and tells the starter.
+pub(crate) struct Recorder {
+    paths: ContainerPaths,
+    state: State,
+    attach_mode: bool,
+}
+
+impl Recorder {
+    fn write(&self) {
+        if let Err(e) = self.state.write(&self.paths) {
+            eprintln!("husk monitor: recording the state: {e}");
+        }
+    }
+
+    /// The init process runs as guest pid `pid`.
+    pub(crate) fn started(&mut self, pid: u32) {
+        self.state.pid = Some(pid);
+        self.write();
+        if !self.attach_mode {
+            report_last(ready::READY);
+        }
+    }
+
+    /// The container ended.
+    pub(crate) fn ended(&mut self, end: &End) {
+        self.state.status = Status::Exited;
+        self.state.pid = None;
+        self.state.exit_code = Some(end.code);
+        self.state.error = end.error.as_ref().map(|(_, d)| d.clone());
+        self.state.finished_at = Some(crate::time::now());
+        self.write();
+        report_last(ready::EXITED);
+    }
+}
+
+fn run(root: &Path, id: &str, mode: &str) -> Result<(), Error> {
+    let rt = Runtime::open(root)?;
+    let id = ContainerId::parse(id).ok_or_else(|| Error::NoSuchContainer(id.to_string()))?;
+    let paths = rt.layout().container(id.as_str());
+    let cfg: ContainerConfig = layout::read_json(&paths.config())?;
+    let mode: StdioMode =
+        serde_json::from_str(mode).map_err(|e| Error::Monitor(format!("bad stdio mode: {e}")))?;
+    let Some(_alive) = Lock::try_exclusive(&paths.monitor_lock())? else {
+        return Err(Error::AlreadyRunning(id.short().to_string()));
+    };
+    let vols = rt.volumes();
+    let mut claims = Vec::new();
+    let mut volume_disks = Vec::new();
+    for m in &cfg.mounts {
+        claims.push(vols.claim(&m.name)?);
+        volume_disks.push(vols.get(&m.name)?.disk);
+    }
+    let local = open_local(&mode)?;
+    let signals = Signals::install_for(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP])
+        .map_err(io_err("installing signal handlers"))?;
+    let attach = ShortPath::new(&paths.dir, ContainerPaths::ATTACH)?;
+    let attach_listener = bind(attach.path())?;
+    let vsock = ShortPath::new(&paths.dir, ContainerPaths::VSOCK)?;
+    let agent_path = format!("{}_{AGENT_PORT}", vsock.path().display());
+    let agent_listener = bind(Path::new(&agent_path))?;
+    agent_listener
+        .set_nonblocking(true)
+        .map_err(io_err("configuring the agent socket"))?;
+    let clients =
+        clients::Clients::new(attach_listener).map_err(io_err("configuring the attach socket"))?;
+
+    let previous = State::read(&paths).unwrap_or_else(|_| State::created());
+    let state = State {
+        status: Status::Running,
+        pid: None,
+        monitor: MonitorProcess::current(),
+        exit_code: None,
+        error: None,
+        started_at: Some(crate::time::now()),
+        finished_at: None,
+        start_count: previous.start_count + 1,
+    };
+    state.write(&paths)?;
+    let attach_mode = mode == StdioMode::Attach;
+    let mut recorder = Recorder {
+        paths: paths.clone(),
+        state,
+        attach_mode,
+    };
+    report(ready::REGISTERED);
+    if attach_mode {
+        report_last(ready::READY);
+    }
+
+    let vm_config = boot::vm_config(&cfg, &paths, &volume_disks, vsock.path());
+    let (end, mut clients) = match vmm::Vm::new(vm_config)
+        .map_err(|e| format!("creating the VM: {}", error_chain(&e)))
+        .and_then(|vm| VmThread::start(vm).map_err(|e| format!("starting the VM thread: {e}")))
+    {
+        Ok(mut vm) => Session::new(
+            &cfg,
+            &paths,
+            &signals,
+            &mut vm,
+            agent_listener,
+            clients,
+            local,
+            attach_mode,
+            &mut recorder,
+        )
+        .run(),
+        Err(why) => {
+            let end = End {
+                code: 125,
+                error: Some((husk_protocol::ErrorCode::Internal, why)),
+            };
+            recorder.ended(&end);
+            (end, clients)
+        }
+    };
+    for p in [
+        attach.path().to_path_buf(),
+        agent_path.into(),
+        vsock.path().to_path_buf(),
+    ] {
+        let _ = std::fs::remove_file(p);
+    }
+    // The VM is gone: its volumes are free for others (and for removal).
+    drop(claims);
+    if cfg.auto_remove {
+        if let Err(e) = rt.remove_files(&id, &cfg, true) {
+            eprintln!("husk monitor: removing the container: {}", error_chain(&e));
+        }
+    }
+    clients.finish(end.notice());
+    Ok(())
+}
+
+/// Binds a Unix socket at `path`, replacing a stale socket file.
+fn bind(path: &Path) -> Result<UnixListener, Error> {
+    let _ = std::fs::remove_file(path);
+    UnixListener::bind(path).map_err(io_err(format!("listening on {}", path.display())))
+}
+
+/// Opens the FIFOs, or adopts the inherited fds 3, 4, 5.
+fn open_local(mode: &StdioMode) -> Result<LocalStdio, Error> {
+    let mut local = LocalStdio::default();
+    match mode {
+        StdioMode::Detached | StdioMode::Attach => {}
+        StdioMode::Fifos {
+            stdin,
+            stdout,
+            stderr,
+        } => {
+            let open = |p: &Path, write: bool| {
+                OpenOptions::new()
+                    .read(!write)
+                    .write(write)
+                    .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+                    .open(p)
+                    .map_err(io_err(format!("opening {}", p.display())))
+            };
+            local.stdin = stdin.as_deref().map(|p| open(p, false)).transpose()?;
+            local.stdout = stdout.as_deref().map(|p| open(p, true)).transpose()?;
+            local.stderr = stderr.as_deref().map(|p| open(p, true)).transpose()?;
+        }
+        StdioMode::Fds {
+            stdin,
+            stdout,
+            stderr,
+        } => {
+            // SAFETY: the starter placed these descriptors at 3, 4 and 5
+            // for us (see `Runtime::start`); nothing else owns them.
+            let adopt = |set: bool, fd: i32| set.then(|| unsafe { File::from_raw_fd(fd) });
+            local.stdin = adopt(*stdin, 3);
+            local.stdout = adopt(*stdout, 4);
+            local.stderr = adopt(*stderr, 5);
+        }
+    }
+    Ok(local)
+}

@@ -1,0 +1,550 @@
+//! The monitor's event loop: one poll(2) over the agent's boot connection,
+//! the attach clients, the local stdio (FIFOs/fds), signals and the VM
+//! thread, driving the container from boot to its end.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::time::{Duration, Instant};
+
+use husk_protocol::{write_message, ErrorCode, FrameDecoder, Message, MAX_CHUNK, PROTOCOL_VERSION};
+
+use super::boot;
+use super::clients::{ClientEvent, Clients, EndNotice};
+use super::Recorder;
+use crate::config::ContainerConfig;
+use crate::layout::ContainerPaths;
+use crate::logs::LogWriter;
+use crate::relay::write_out;
+use crate::signals::Signals;
+use crate::vmthread::VmThread;
+
+/// How long the agent may take to answer CreateContainer or Exec.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long the process waits for a first attach client.
+const ATTACH_WAIT: Duration = Duration::from_secs(60);
+/// How long the agent may take to tear down and power off after the end.
+const TEARDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the VM may take to end after the agent went away.
+const LOST_GRACE: Duration = Duration::from_secs(5);
+/// Most bytes of input buffered before the process starts.
+const MAX_PENDING: usize = 1 << 20;
+
+/// How the container ended.
+#[derive(Clone, Debug)]
+pub struct End {
+    /// Exit code (128+N for signal N).
+    pub code: i32,
+    /// Why it ended abnormally or did not start.
+    pub error: Option<(ErrorCode, String)>,
+}
+
+impl End {
+    fn failed(detail: String) -> End {
+        End {
+            code: boot::FAILED_CODE,
+            error: Some((ErrorCode::Internal, detail)),
+        }
+    }
+
+    /// What attach clients are told.
+    pub fn notice(&self) -> EndNotice {
+        EndNotice {
+            code: self.code,
+            error: self.error.clone(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Booting,
+    Creating,
+    WaitAttach,
+    Starting,
+    Running,
+    /// The agent connection broke; waiting for the VM to end.
+    Lost,
+    Ending,
+}
+
+struct Agent {
+    conn: UnixStream,
+    decoder: FrameDecoder,
+    greeted: bool,
+}
+
+/// The local ends of stdio (FIFOs or inherited fds), if any.
+#[derive(Default)]
+pub struct LocalStdio {
+    /// Read as the process's stdin.
+    pub stdin: Option<File>,
+    /// Written with stdout.
+    pub stdout: Option<File>,
+    /// Written with stderr.
+    pub stderr: Option<File>,
+    broken: [bool; 2],
+}
+
+/// Everything the loop works with.
+pub struct Session<'a> {
+    pub(super) cfg: &'a ContainerConfig,
+    pub(super) paths: &'a ContainerPaths,
+    pub(super) signals: &'a Signals,
+    pub(super) vm: &'a mut VmThread,
+    pub(super) listener: UnixListener,
+    pub(super) clients: Clients,
+    pub(super) local: LocalStdio,
+    pub(super) logs: Option<LogWriter>,
+    pub(super) wait_attach: bool,
+    pub(super) recorder: &'a mut Recorder,
+    agent: Option<Agent>,
+    phase: Phase,
+    deadline: Option<Instant>,
+    size: Option<(u16, u16)>,
+    pending: Vec<Message>,
+    pending_bytes: usize,
+    end: Option<End>,
+}
+
+impl<'a> Session<'a> {
+    /// A session in the booting phase.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        cfg: &'a ContainerConfig,
+        paths: &'a ContainerPaths,
+        signals: &'a Signals,
+        vm: &'a mut VmThread,
+        listener: UnixListener,
+        clients: Clients,
+        local: LocalStdio,
+        wait_attach: bool,
+        recorder: &'a mut Recorder,
+    ) -> Session<'a> {
+        let logs = LogWriter::open(&paths.log())
+            .map_err(|e| eprintln!("husk monitor: cannot open the log: {e}"))
+            .ok();
+        Session {
+            cfg,
+            paths,
+            signals,
+            vm,
+            listener,
+            clients,
+            local,
+            logs,
+            wait_attach,
+            recorder,
+            agent: None,
+            phase: Phase::Booting,
+            deadline: Some(Instant::now() + Duration::from_secs(cfg.boot_timeout)),
+            size: None,
+            pending: Vec::new(),
+            pending_bytes: 0,
+            end: None,
+        }
+    }
+
+    /// Runs the container to its end; returns the end and the clients
+    /// (told already, unless the container is removed automatically).
+    pub fn run(mut self) -> (End, Clients) {
+        loop {
+            match self.step() {
+                Ok(true) => break,
+                Ok(false) => {}
+                Err(e) => {
+                    self.fail(format!("monitor: {e}"));
+                    break;
+                }
+            }
+        }
+        let result = self.vm.stop();
+        let end = match self.end.take() {
+            Some(end) => end,
+            None => {
+                let why = boot::early_end(result, &self.paths.console(), "the VM ended");
+                let end = End::failed(why);
+                self.recorder.ended(&end);
+                if !self.cfg.auto_remove {
+                    self.clients.finish(end.notice());
+                }
+                end
+            }
+        };
+        (end, self.clients)
+    }
+
+    /// One poll round; true when the loop is over.
+    fn step(&mut self) -> io::Result<bool> {
+        let mut fds = vec![self.signals.fd(), self.vm.done_fd()];
+        let client_fds = self.clients.fds();
+        let clients_at = fds.len();
+        fds.extend(&client_fds);
+        let booting = self.phase == Phase::Booting;
+        if booting {
+            fds.push(self.listener.as_raw_fd());
+        }
+        let agent_at = self.agent.as_ref().map(|a| {
+            fds.push(a.conn.as_raw_fd());
+            fds.len() - 1
+        });
+        let stdin_at = match (&self.local.stdin, self.phase) {
+            (Some(f), Phase::Running) => {
+                fds.push(f.as_raw_fd());
+                Some(fds.len() - 1)
+            }
+            _ => None,
+        };
+        let ready = poll(&fds, self.deadline)?;
+        if ready.is_empty() {
+            return Ok(self.on_timeout());
+        }
+        let is = |i: usize| ready.contains(&i);
+        if is(0) {
+            for sig in self.signals.take() {
+                if matches!(sig, libc::SIGTERM | libc::SIGINT) && self.end.is_none() {
+                    // Told to stop from outside (stop's last resort, kill
+                    // before the agent runs): the container is killed.
+                    self.finish(End {
+                        code: 137,
+                        error: None,
+                    });
+                    self.vm.request_stop();
+                }
+            }
+        }
+        if is(clients_at) {
+            self.clients.accept();
+        }
+        for (k, _) in client_fds.iter().enumerate().skip(1) {
+            if is(clients_at + k) {
+                for ev in self.clients.read(k - 1) {
+                    self.on_client(ev);
+                }
+            }
+        }
+        self.clients.reap();
+        if booting && is(clients_at + client_fds.len()) {
+            self.accept_agent();
+        }
+        if agent_at.is_some_and(is) {
+            self.read_agent();
+        }
+        if stdin_at.is_some_and(is) {
+            self.read_local_stdin();
+        }
+        if is(1) {
+            if self.end.is_none() {
+                let result = self.vm.stop();
+                let why = boot::early_end(result, &self.paths.console(), "the VM stopped");
+                self.finish(End::failed(why));
+            }
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    fn on_timeout(&mut self) -> bool {
+        match self.phase {
+            Phase::Booting => self.fail(format!(
+                "the guest did not reach the agent within {} s (console log: {})",
+                self.cfg.boot_timeout,
+                self.paths.console().display()
+            )),
+            Phase::Creating | Phase::Starting => self.fail("the agent did not answer".into()),
+            Phase::WaitAttach => self.send_exec(),
+            Phase::Lost => {
+                let why = boot::early_end(
+                    None,
+                    &self.paths.console(),
+                    "the agent closed its connection unexpectedly",
+                );
+                self.fail(why);
+            }
+            Phase::Running => self.deadline = None,
+            Phase::Ending => return true,
+        }
+        false
+    }
+
+    /// Ends the container with an error and stops the VM.
+    fn fail(&mut self, detail: String) {
+        if self.end.is_none() {
+            self.finish(End::failed(detail));
+        }
+        self.vm.request_stop();
+    }
+
+    /// Records the end (state, clients) and waits for the teardown.
+    fn finish(&mut self, end: End) {
+        self.recorder.ended(&end);
+        if !self.cfg.auto_remove {
+            self.clients.finish(end.notice());
+        }
+        self.end = Some(end);
+        self.phase = Phase::Ending;
+        self.deadline = Some(Instant::now() + TEARDOWN_TIMEOUT);
+    }
+
+    fn accept_agent(&mut self) {
+        let Ok((conn, _)) = self.listener.accept() else {
+            return;
+        };
+        let configured = conn
+            .set_nonblocking(false)
+            .and_then(|()| conn.set_write_timeout(Some(Duration::from_secs(10))));
+        if configured.is_err() {
+            return;
+        }
+        self.agent = Some(Agent {
+            conn,
+            decoder: FrameDecoder::new(),
+            greeted: false,
+        });
+        self.phase = Phase::Creating;
+        self.deadline = Some(Instant::now() + REPLY_TIMEOUT);
+        let hello = Message::Hello {
+            version: PROTOCOL_VERSION,
+        };
+        let spec = Message::CreateContainer(boot::container_spec(self.cfg));
+        for msg in [hello, spec] {
+            self.send_agent(&msg);
+        }
+    }
+
+    fn send_agent(&mut self, msg: &Message) {
+        let Some(agent) = &mut self.agent else {
+            return;
+        };
+        if write_message(&mut agent.conn, msg).is_err() {
+            self.agent_lost();
+        }
+    }
+
+    fn agent_lost(&mut self) {
+        self.agent = None;
+        match self.phase {
+            Phase::Ending => {
+                let soon = Instant::now() + LOST_GRACE;
+                self.deadline = Some(self.deadline.map_or(soon, |d| d.min(soon)));
+            }
+            _ => {
+                self.phase = Phase::Lost;
+                self.deadline = Some(Instant::now() + LOST_GRACE);
+            }
+        }
+    }
+
+    fn read_agent(&mut self) {
+        let Some(agent) = &mut self.agent else {
+            return;
+        };
+        let mut buf = vec![0u8; MAX_CHUNK + 64];
+        match agent.conn.read(&mut buf) {
+            Ok(0) | Err(_) => return self.agent_lost(),
+            Ok(n) => agent.decoder.push(&buf[..n]),
+        }
+        loop {
+            let Some(agent) = &mut self.agent else {
+                return;
+            };
+            match agent.decoder.next_message() {
+                Ok(Some(msg)) => self.on_agent(msg),
+                Ok(None) => return,
+                Err(e) => {
+                    self.fail(format!("invalid message from the agent: {e}"));
+                    self.agent = None;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn on_agent(&mut self, msg: Message) {
+        let greeted = self.agent.as_ref().is_some_and(|a| a.greeted);
+        if !greeted {
+            return match msg {
+                Message::Hello { version } if version == PROTOCOL_VERSION => {
+                    if let Some(a) = &mut self.agent {
+                        a.greeted = true;
+                    }
+                }
+                Message::Hello { version } => self.fail(format!(
+                    "the agent speaks protocol version {version}, husk {PROTOCOL_VERSION} (rebuild the agent)"
+                )),
+                other => self.fail(format!("the agent did not say hello: {other:?}")),
+            };
+        }
+        match (self.phase, msg) {
+            (Phase::Creating, Message::Ok) => self.after_create(),
+            (Phase::Creating, Message::Error { code, detail }) => self.finish(End {
+                code: code.exit_code(),
+                error: Some((code, format!("creating the container: {detail}"))),
+            }),
+            (Phase::Starting, Message::Started { pid }) => {
+                self.phase = Phase::Running;
+                self.deadline = None;
+                self.recorder.started(pid);
+                for m in std::mem::take(&mut self.pending) {
+                    self.send_agent(&m);
+                }
+            }
+            (Phase::Starting | Phase::Running, Message::Error { code, detail }) => {
+                self.finish(End {
+                    code: code.exit_code(),
+                    error: Some((code, detail)),
+                })
+            }
+            (Phase::Running, Message::Stdout(b)) => self.output("stdout", b),
+            (Phase::Running, Message::Stderr(b)) => self.output("stderr", b),
+            (Phase::Running, Message::Exited { code }) => self.finish(End { code, error: None }),
+            (Phase::Running, Message::Signaled { signal }) => self.finish(End {
+                code: 128 + signal,
+                error: None,
+            }),
+            (Phase::Ending, _) => {}
+            (phase, other) => self.fail(format!(
+                "unexpected message from the agent while {phase:?}: {other:?}"
+            )),
+        }
+    }
+
+    fn after_create(&mut self) {
+        if self.wait_attach && !self.clients.any_attached() {
+            self.phase = Phase::WaitAttach;
+            self.deadline = Some(Instant::now() + ATTACH_WAIT);
+        } else {
+            self.send_exec();
+        }
+    }
+
+    fn send_exec(&mut self) {
+        self.phase = Phase::Starting;
+        self.deadline = Some(Instant::now() + REPLY_TIMEOUT);
+        let req = boot::init_request(self.cfg, self.size);
+        self.send_agent(&Message::Exec(req));
+    }
+
+    fn output(&mut self, stream: &str, bytes: Vec<u8>) {
+        if let Some(l) = &mut self.logs {
+            if let Err(e) = l.write(stream, &bytes) {
+                eprintln!("husk monitor: writing the log: {e}");
+                self.logs = None;
+            }
+        }
+        let (file, broken) = if stream == "stdout" {
+            (&self.local.stdout, &mut self.local.broken[0])
+        } else {
+            (&self.local.stderr, &mut self.local.broken[1])
+        };
+        if let Some(f) = file {
+            write_out(f.as_raw_fd(), &bytes, broken);
+        }
+        let msg = if stream == "stdout" {
+            Message::Stdout(bytes)
+        } else {
+            Message::Stderr(bytes)
+        };
+        self.clients.broadcast(&msg);
+    }
+
+    fn on_client(&mut self, ev: ClientEvent) {
+        let running = self.phase == Phase::Running;
+        match ev {
+            ClientEvent::Attached if self.phase == Phase::WaitAttach => self.send_exec(),
+            ClientEvent::Attached => {}
+            ClientEvent::Resize(rows, cols) if running => {
+                self.send_agent(&Message::Resize { rows, cols })
+            }
+            ClientEvent::Resize(rows, cols) => self.size = Some((rows, cols)),
+            ClientEvent::Stdin(b) => self.input(Message::Stdin(b)),
+            ClientEvent::StdinEof => self.input(Message::StdinEof),
+            ClientEvent::Signal(s) if running => self.send_agent(&Message::Signal(s)),
+            ClientEvent::Signal(_) => {}
+        }
+    }
+
+    /// Input for the process: sent when it runs, kept until then.
+    fn input(&mut self, msg: Message) {
+        if !self.cfg.process.stdin || self.end.is_some() {
+            return;
+        }
+        if self.phase == Phase::Running {
+            return self.send_agent(&msg);
+        }
+        let len = match &msg {
+            Message::Stdin(b) => b.len(),
+            _ => 0,
+        };
+        if self.pending_bytes + len <= MAX_PENDING {
+            self.pending_bytes += len;
+            self.pending.push(msg);
+        }
+    }
+
+    fn read_local_stdin(&mut self) {
+        let Some(f) = &mut self.local.stdin else {
+            return;
+        };
+        let mut buf = vec![0u8; MAX_CHUNK];
+        match f.read(&mut buf) {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) => {}
+            Ok(0) | Err(_) => {
+                self.local.stdin = None;
+                self.input(Message::StdinEof);
+            }
+            Ok(n) => {
+                buf.truncate(n);
+                self.input(Message::Stdin(buf));
+            }
+        }
+    }
+}
+
+/// Polls `fds` for input until `deadline`; returns the indexes that are
+/// ready (empty on timeout).
+fn poll(fds: &[RawFd], deadline: Option<Instant>) -> io::Result<Vec<usize>> {
+    let mut pfds: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    loop {
+        let timeout = match deadline {
+            None => -1,
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Ok(Vec::new());
+                }
+                left.as_millis().min(60_000) as i32 + 1
+            }
+        };
+        // SAFETY: a valid array of pollfd of the given length.
+        let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, timeout) };
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        if n == 0 {
+            continue;
+        }
+        return Ok(pfds
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.revents != 0)
+            .map(|(i, _)| i)
+            .collect());
+    }
+}

@@ -1,0 +1,105 @@
+//! The client relay against a scripted peer on a real socket pair, with
+//! real pipes for the local stdio.
+
+use std::io::Write;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::thread;
+
+use husk_protocol::read_message;
+
+use super::*;
+
+fn pipe() -> (OwnedFd, OwnedFd) {
+    let mut fds = [0; 2];
+    // SAFETY: valid array of two ints.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: fresh fds owned by nobody else.
+    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+}
+
+fn read_all(fd: OwnedFd) -> String {
+    let mut s = String::new();
+    std::fs::File::from(fd).read_to_string(&mut s).unwrap();
+    s
+}
+
+#[test]
+fn output_stdin_and_exit() {
+    let (mut client, mut peer) = UnixStream::pair().unwrap();
+    let (out_r, out_w) = pipe();
+    let (err_r, err_w) = pipe();
+    let (in_r, in_w) = pipe();
+    let peer_thread = thread::spawn(move || {
+        write_message(&mut peer, &Message::Started { pid: 7 }).unwrap();
+        write_message(&mut peer, &Message::Stdout(b"out\n".to_vec())).unwrap();
+        write_message(&mut peer, &Message::Stderr(b"err\n".to_vec())).unwrap();
+        let mut got = Vec::new();
+        loop {
+            match read_message(&mut peer).unwrap() {
+                Some(Message::Stdin(b)) => got.extend(b),
+                Some(Message::StdinEof) => break,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        write_message(&mut peer, &Message::Exited { code: 3 }).unwrap();
+        got
+    });
+    let mut w = std::fs::File::from(in_w);
+    w.write_all(b"typed").unwrap();
+    drop(w);
+    let io = ClientIo {
+        stdin: Some(in_r.as_raw_fd()),
+        stdout: out_w.as_raw_fd(),
+        stderr: err_w.as_raw_fd(),
+        signals: None,
+        tty: None,
+        forward_signals: false,
+    };
+    let outcome = relay(&mut client, &io).unwrap();
+    assert_eq!(outcome, Outcome::Exited(3));
+    assert_eq!(outcome.exit_code(), Some(3));
+    assert_eq!(peer_thread.join().unwrap(), b"typed");
+    drop((out_w, err_w));
+    assert_eq!(read_all(out_r), "out\n");
+    assert_eq!(read_all(err_r), "err\n");
+}
+
+#[test]
+fn errors_closed_and_garbage() {
+    // An error, then the peer goes away: the error is the outcome.
+    let (mut client, mut peer) = UnixStream::pair().unwrap();
+    let (err_r, err_w) = pipe();
+    write_message(
+        &mut peer,
+        &Message::Error {
+            code: ErrorCode::NotFound,
+            detail: "nosuch: not found".into(),
+        },
+    )
+    .unwrap();
+    drop(peer);
+    let io = ClientIo {
+        stdin: None,
+        stdout: err_w.as_raw_fd(),
+        stderr: err_w.as_raw_fd(),
+        signals: None,
+        tty: None,
+        forward_signals: false,
+    };
+    let outcome = relay(&mut client, &io).unwrap();
+    assert_eq!(outcome.exit_code(), Some(127));
+    drop(err_w);
+    assert_eq!(read_all(err_r), "husk: nosuch: not found\n");
+    // Nothing at all: closed.
+    let (mut client, peer) = UnixStream::pair().unwrap();
+    drop(peer);
+    assert_eq!(relay(&mut client, &io).unwrap(), Outcome::Closed);
+    // A hostile frame header.
+    let (mut client, mut peer) = UnixStream::pair().unwrap();
+    peer.write_all(&u32::MAX.to_le_bytes()).unwrap();
+    assert!(matches!(
+        relay(&mut client, &io),
+        Err(RelayError::Decode(_))
+    ));
+    assert_eq!(Outcome::Signaled(9).exit_code(), Some(137));
+}

@@ -1,0 +1,357 @@
+//! What a container is created from ([`CreateOptions`]) and how it merges
+//! with the image's config, with Docker's precedence rules.
+
+use std::path::PathBuf;
+
+use images::RuntimeConfig;
+
+use crate::config::ProcessSpec;
+use crate::Error;
+
+/// The default `PATH` when the image sets none.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// vCPUs when `--cpus` is absent.
+pub const DEFAULT_CPUS: u8 = 1;
+/// Guest memory when `-m` is absent.
+pub const DEFAULT_MEMORY_MIB: u32 = 256;
+/// Seconds `stop` waits by default.
+pub const DEFAULT_STOP_TIMEOUT: u64 = 10;
+/// Smallest guest memory accepted.
+pub const MIN_MEMORY_MIB: u32 = 64;
+
+/// Everything `create` needs. Fields left `None`/empty take the image's
+/// value, then husk's default.
+#[derive(Clone, Debug, Default)]
+pub struct CreateOptions {
+    /// Image reference or ID.
+    pub image: String,
+    /// Container name; random when absent.
+    pub name: Option<String>,
+    /// `--entrypoint`; `Some(vec![])` clears the image's (and its Cmd).
+    pub entrypoint: Option<Vec<String>>,
+    /// Arguments after the image; empty: the image's Cmd.
+    pub cmd: Vec<String>,
+    /// `KEY=VALUE` entries (`--env-file` first, then `-e`).
+    pub env: Vec<String>,
+    /// `-w`.
+    pub workdir: Option<String>,
+    /// `-u`.
+    pub user: Option<String>,
+    /// `--hostname`; default: the short ID.
+    pub hostname: Option<String>,
+    /// `-t`.
+    pub tty: bool,
+    /// `-i`.
+    pub stdin: bool,
+    /// vCPUs.
+    pub cpus: Option<u8>,
+    /// Guest memory in MiB.
+    pub memory_mib: Option<u32>,
+    /// `-v` requests.
+    pub volumes: Vec<VolumeRequest>,
+    /// `--stop-signal`; default: the image's StopSignal, then SIGTERM.
+    pub stop_signal: Option<String>,
+    /// `--stop-timeout` seconds.
+    pub stop_timeout: Option<u64>,
+    /// `--rm`.
+    pub auto_remove: bool,
+    /// The guest kernel.
+    pub kernel: PathBuf,
+    /// The agent disk.
+    pub agent_disk: PathBuf,
+    /// Seconds the guest may take to boot.
+    pub boot_timeout: u64,
+}
+
+/// One `-v` flag.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VolumeRequest {
+    /// `name:/path[:ro]`: a named volume, created if missing.
+    Named {
+        /// Volume name.
+        name: String,
+        /// Path in the container.
+        target: String,
+        /// Read-only.
+        read_only: bool,
+    },
+    /// `/path`: a new anonymous volume.
+    Anonymous {
+        /// Path in the container.
+        target: String,
+    },
+    /// `/host/path:/path`: a host directory (needs a shared filesystem).
+    Bind {
+        /// Host path.
+        source: String,
+        /// Path in the container.
+        target: String,
+    },
+}
+
+impl VolumeRequest {
+    /// Parses Docker's `-v` syntax.
+    pub fn parse(spec: &str) -> Result<VolumeRequest, Error> {
+        let bad =
+            |why: &str| Error::Invalid(format!("invalid volume specification '{spec}': {why}"));
+        let parts: Vec<&str> = spec.split(':').collect();
+        let (source, target, opts) = match parts.as_slice() {
+            [t] => (None, *t, None),
+            [s, t] => (Some(*s), *t, None),
+            [s, t, o] => (Some(*s), *t, Some(*o)),
+            _ => return Err(bad("too many colons")),
+        };
+        check_target(target).map_err(|e| bad(&e))?;
+        let read_only = match opts {
+            None | Some("rw") => false,
+            Some("ro") => true,
+            Some(o) => return Err(bad(&format!("unknown option {o:?} (ro, rw)"))),
+        };
+        let Some(source) = source else {
+            return Ok(VolumeRequest::Anonymous {
+                target: target.to_string(),
+            });
+        };
+        if source.starts_with('/') || source.starts_with('.') || source.starts_with('~') {
+            return Ok(VolumeRequest::Bind {
+                source: source.to_string(),
+                target: target.to_string(),
+            });
+        }
+        if !crate::id::valid_name(source) {
+            return Err(bad("volume names are [a-zA-Z0-9][a-zA-Z0-9_.-]+"));
+        }
+        Ok(VolumeRequest::Named {
+            name: source.to_string(),
+            target: target.to_string(),
+            read_only,
+        })
+    }
+
+    /// The path inside the container.
+    pub fn target(&self) -> &str {
+        match self {
+            VolumeRequest::Named { target, .. }
+            | VolumeRequest::Anonymous { target }
+            | VolumeRequest::Bind { target, .. } => target,
+        }
+    }
+}
+
+fn check_target(t: &str) -> Result<(), String> {
+    if !t.starts_with('/') {
+        return Err(format!("{t:?} is not an absolute path"));
+    }
+    if t == "/" {
+        return Err("cannot mount over /".into());
+    }
+    if t.contains('\0') || t.split('/').any(|c| c == "..") {
+        return Err(format!("{t:?} is not a clean path"));
+    }
+    Ok(())
+}
+
+/// Merges the image's config with the options into the init process.
+pub fn process(
+    image: &RuntimeConfig,
+    opts: &CreateOptions,
+    hostname: &str,
+) -> Result<ProcessSpec, Error> {
+    let entrypoint = match &opts.entrypoint {
+        Some(e) => e.clone(),
+        None => image.entrypoint.clone().unwrap_or_default(),
+    };
+    let cmd = if !opts.cmd.is_empty() {
+        opts.cmd.clone()
+    } else if opts.entrypoint.is_some() {
+        Vec::new()
+    } else {
+        image.cmd.clone().unwrap_or_default()
+    };
+    let argv: Vec<String> = entrypoint.into_iter().chain(cmd).collect();
+    if argv.is_empty() {
+        return Err(Error::NoCommand);
+    }
+    let cwd = opts
+        .workdir
+        .clone()
+        .or_else(|| image.working_dir.clone())
+        .unwrap_or_else(|| "/".to_string());
+    if !cwd.starts_with('/') {
+        return Err(Error::Invalid(format!(
+            "the working directory '{cwd}' is invalid, it needs to be an absolute path"
+        )));
+    }
+    let user = opts
+        .user
+        .clone()
+        .or_else(|| image.user.clone())
+        .unwrap_or_default();
+    Ok(ProcessSpec {
+        argv,
+        env: environment(&image.env, &opts.env, hostname, opts.tty)?,
+        cwd,
+        user,
+        tty: opts.tty,
+        stdin: opts.stdin,
+    })
+}
+
+/// Image env, then the caller's entries (by key, later wins), plus PATH,
+/// HOSTNAME and (with a TTY) TERM when missing.
+pub fn environment(
+    image: &[String],
+    extra: &[String],
+    hostname: &str,
+    tty: bool,
+) -> Result<Vec<String>, Error> {
+    let mut env: Vec<String> = Vec::new();
+    for entry in image.iter().chain(extra) {
+        let Some((key, _)) = entry.split_once('=') else {
+            return Err(Error::Invalid(format!(
+                "invalid environment entry {entry:?}: KEY=VALUE expected"
+            )));
+        };
+        if key.is_empty() || entry.contains('\0') {
+            return Err(Error::Invalid(format!(
+                "invalid environment entry {entry:?}"
+            )));
+        }
+        set_env(&mut env, entry.clone());
+    }
+    let has = |k: &str| {
+        env.iter()
+            .any(|e| e.split_once('=').map(|(a, _)| a) == Some(k))
+    };
+    let mut out = Vec::new();
+    if !has("PATH") {
+        out.push(format!("PATH={DEFAULT_PATH}"));
+    }
+    if !has("HOSTNAME") {
+        out.push(format!("HOSTNAME={hostname}"));
+    }
+    if tty && !has("TERM") {
+        out.push("TERM=xterm".to_string());
+    }
+    out.extend(env);
+    Ok(out)
+}
+
+/// Sets `entry` (`KEY=VALUE`), replacing an entry with the same key.
+pub fn set_env(env: &mut Vec<String>, entry: String) {
+    let key = entry.split('=').next().unwrap_or_default().to_string();
+    match env
+        .iter_mut()
+        .find(|e| e.split('=').next() == Some(key.as_str()))
+    {
+        Some(slot) => *slot = entry,
+        None => env.push(entry),
+    }
+}
+
+/// Parses `--env-file` content: `KEY=VALUE` lines; `KEY` alone takes the
+/// value from `lookup` (skipped when unset); blank lines and `#` comments
+/// are ignored.
+pub fn parse_env_file(
+    text: &str,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<Vec<String>, Error> {
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim_start();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        match line.split_once('=') {
+            Some(("", _)) => {
+                return Err(Error::Invalid(format!(
+                    "env file line {}: no variable name",
+                    n + 1
+                )))
+            }
+            Some(_) => out.push(line.to_string()),
+            None => {
+                let key = line.trim_end();
+                if key.contains(char::is_whitespace) {
+                    return Err(Error::Invalid(format!(
+                        "env file line {}: variable {key:?} contains whitespaces",
+                        n + 1
+                    )));
+                }
+                if let Some(v) = lookup(key) {
+                    out.push(format!("{key}={v}"));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Parses Docker's memory sizes (`512m`, `1g`, `268435456`) to MiB.
+pub fn parse_memory(s: &str) -> Result<u32, Error> {
+    let bad = || Error::Invalid(format!("invalid memory size {s:?} (e.g. 512m, 1g)"));
+    let lower = s.trim().to_ascii_lowercase();
+    let lower = lower.strip_suffix('b').unwrap_or(&lower);
+    let (num, unit) = match lower.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => lower.split_at(i),
+        None => (lower, ""),
+    };
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let bytes = match unit {
+        "" => Some(n),
+        "k" => n.checked_mul(1 << 10),
+        "m" => n.checked_mul(1 << 20),
+        "g" => n.checked_mul(1 << 30),
+        _ => None,
+    }
+    .ok_or_else(bad)?;
+    let mib = bytes >> 20;
+    if mib < u64::from(MIN_MEMORY_MIB) {
+        return Err(Error::Invalid(format!(
+            "minimum memory is {MIN_MEMORY_MIB} MiB (a VM needs room for its kernel), got {s}"
+        )));
+    }
+    u32::try_from(mib).map_err(|_| bad())
+}
+
+/// Parses `--cpus` (a decimal number of CPUs) to whole vCPUs, rounding up.
+pub fn parse_cpus(s: &str) -> Result<u8, Error> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| Error::Invalid(format!("invalid --cpus value {s:?}")))?;
+    if !(v > 0.0 && v <= 32.0) {
+        return Err(Error::Invalid(format!(
+            "--cpus must be in (0, 32], got {s}"
+        )));
+    }
+    Ok(v.ceil() as u8)
+}
+
+/// /etc/resolv.conf for a container: the host's without loopback
+/// nameservers (unreachable from the guest), or public resolvers when none
+/// remain, as Docker does.
+pub fn resolv_conf(host: &str) -> String {
+    let mut out = String::new();
+    let mut servers = 0;
+    for line in host.lines() {
+        let mut words = line.split_whitespace();
+        if words.next() == Some("nameserver") {
+            let addr = words.next().unwrap_or("");
+            if addr.starts_with("127.") || addr == "::1" || addr.is_empty() {
+                continue;
+            }
+            servers += 1;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    if servers == 0 {
+        out.push_str("nameserver 8.8.8.8\nnameserver 8.8.4.4\n");
+    }
+    out
+}
+
+#[cfg(test)]
+#[path = "spec_tests.rs"]
+mod tests;

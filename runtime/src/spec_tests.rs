@@ -1,0 +1,142 @@
+use super::*;
+
+fn image() -> RuntimeConfig {
+    RuntimeConfig {
+        entrypoint: Some(vec!["/entry".into()]),
+        cmd: Some(vec!["img-cmd".into()]),
+        env: vec!["A=image".into(), "B=image".into()],
+        working_dir: Some("/srv".into()),
+        user: Some("daemon".into()),
+        ..RuntimeConfig::default()
+    }
+}
+
+fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+#[test]
+fn image_values_are_the_defaults() {
+    let p = process(&image(), &CreateOptions::default(), "h1").unwrap();
+    assert_eq!(p.argv, ["/entry", "img-cmd"]);
+    assert_eq!(p.cwd, "/srv");
+    assert_eq!(p.user, "daemon");
+    let path = format!("PATH={DEFAULT_PATH}");
+    assert_eq!(
+        p.env,
+        strings(&[&path, "HOSTNAME=h1", "A=image", "B=image"])
+    );
+    assert!(!p.tty && !p.stdin);
+}
+
+#[test]
+fn flags_override_the_image() {
+    let opts = CreateOptions {
+        cmd: strings(&["x", "y"]),
+        env: strings(&["B=flag", "PATH=/p"]),
+        workdir: Some("/w".into()),
+        user: Some("1000:1000".into()),
+        tty: true,
+        ..CreateOptions::default()
+    };
+    let p = process(&image(), &opts, "h").unwrap();
+    assert_eq!(p.argv, ["/entry", "x", "y"]);
+    assert_eq!(
+        p.env,
+        strings(&["HOSTNAME=h", "TERM=xterm", "A=image", "B=flag", "PATH=/p"])
+    );
+    assert_eq!((p.cwd.as_str(), p.user.as_str()), ("/w", "1000:1000"));
+}
+
+#[test]
+fn entrypoint_flag_drops_the_image_cmd() {
+    let opts = CreateOptions {
+        entrypoint: Some(strings(&["/bin/sh"])),
+        ..CreateOptions::default()
+    };
+    assert_eq!(process(&image(), &opts, "h").unwrap().argv, ["/bin/sh"]);
+    let opts = CreateOptions {
+        entrypoint: Some(vec![]),
+        cmd: strings(&["ls"]),
+        ..CreateOptions::default()
+    };
+    assert_eq!(process(&image(), &opts, "h").unwrap().argv, ["ls"]);
+    let empty = RuntimeConfig::default();
+    assert!(matches!(
+        process(&empty, &CreateOptions::default(), "h"),
+        Err(Error::NoCommand)
+    ));
+    let rel = CreateOptions {
+        workdir: Some("rel".into()),
+        ..CreateOptions::default()
+    };
+    let err = process(&image(), &rel, "h").unwrap_err().to_string();
+    assert!(err.contains("absolute path"), "{err}");
+}
+
+#[test]
+fn volume_specs() {
+    assert_eq!(
+        VolumeRequest::parse("data:/data").unwrap(),
+        VolumeRequest::Named {
+            name: "data".into(),
+            target: "/data".into(),
+            read_only: false
+        }
+    );
+    assert_eq!(
+        VolumeRequest::parse("data:/d:ro").unwrap(),
+        VolumeRequest::Named {
+            name: "data".into(),
+            target: "/d".into(),
+            read_only: true
+        }
+    );
+    assert_eq!(
+        VolumeRequest::parse("/cache").unwrap(),
+        VolumeRequest::Anonymous {
+            target: "/cache".into()
+        }
+    );
+    assert!(matches!(
+        VolumeRequest::parse("/host:/ctr").unwrap(),
+        VolumeRequest::Bind { .. }
+    ));
+    for bad in [
+        "data:rel",
+        "a:/b:zz",
+        "a:/b:ro:x",
+        "x y:/a",
+        "/",
+        "v:/a/../b",
+    ] {
+        assert!(VolumeRequest::parse(bad).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn env_files_sizes_and_resolv_conf() {
+    let env = parse_env_file("# c\n\nA=1\nHOME\nNOPE\n  B=x y\n", |k| {
+        (k == "HOME").then(|| "/h".to_string())
+    })
+    .unwrap();
+    assert_eq!(env, strings(&["A=1", "HOME=/h", "B=x y"]));
+    assert!(parse_env_file("=x\n", |_| None).is_err());
+    assert_eq!(parse_memory("512m").unwrap(), 512);
+    assert_eq!(parse_memory("1g").unwrap(), 1024);
+    assert_eq!(parse_memory("268435456").unwrap(), 256);
+    assert_eq!(parse_memory("128MB").unwrap(), 128);
+    assert!(parse_memory("10m").is_err());
+    assert!(parse_memory("12q").is_err());
+    assert_eq!(parse_cpus("1.5").unwrap(), 2);
+    assert_eq!(parse_cpus("1").unwrap(), 1);
+    assert!(parse_cpus("0").is_err() && parse_cpus("x").is_err() && parse_cpus("33").is_err());
+    assert_eq!(
+        resolv_conf("search lan\nnameserver 127.0.0.53\nnameserver 10.0.0.1\n"),
+        "search lan\nnameserver 10.0.0.1\n"
+    );
+    assert_eq!(
+        resolv_conf("nameserver 127.0.0.1\n"),
+        "nameserver 8.8.8.8\nnameserver 8.8.4.4\n"
+    );
+}

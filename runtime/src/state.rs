@@ -1,0 +1,218 @@
+//! `state.json`: where a container is in its life. The monitor writes it
+//! while it runs; [`crate::Runtime::create`], `start` and `delete` write it
+//! around that. Readers never trust a `running` state blindly: the monitor
+//! holds `monitor.lock` for as long as it lives, so a `running` state
+//! whose lock is free belongs to a monitor that died (killed, crashed), and
+//! is reported as an exit.
+
+use serde::{Deserialize, Serialize};
+
+use crate::layout::{self, ContainerPaths};
+use crate::Error;
+
+/// The exit code reported when the monitor (and with it the VM) died.
+pub const MONITOR_DIED_CODE: i32 = 137;
+
+/// The error reported when the monitor died without recording an exit.
+pub const MONITOR_DIED: &str = "the container monitor died unexpectedly (killed?); the VM is gone";
+
+/// Lifecycle status, as Docker names them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Created, never started.
+    Created,
+    /// A monitor owns a VM for it (booting, or the process runs).
+    Running,
+    /// Ended.
+    Exited,
+}
+
+impl Status {
+    /// Docker's word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Created => "created",
+            Status::Running => "running",
+            Status::Exited => "exited",
+        }
+    }
+}
+
+/// The monitor process that owns the VM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MonitorProcess {
+    /// Host pid.
+    pub pid: i32,
+    /// Its start time (field 22 of /proc/<pid>/stat), so a recycled pid is
+    /// never mistaken for it.
+    pub start_time: u64,
+}
+
+impl MonitorProcess {
+    /// The calling process.
+    pub fn current() -> Option<MonitorProcess> {
+        let pid = std::process::id() as i32;
+        Some(MonitorProcess {
+            pid,
+            start_time: process_start_time(pid)?,
+        })
+    }
+
+    /// Whether this very process still exists (not a zombie).
+    pub fn alive(&self) -> bool {
+        process_start_time(self.pid) == Some(self.start_time)
+    }
+
+    /// Sends `sig` if the process is still this one.
+    pub fn signal(&self, sig: i32) -> bool {
+        if !self.alive() {
+            return false;
+        }
+        // SAFETY: kill(2) has no memory effects; the pid was just checked
+        // to be our monitor (start time), so a recycled pid is not hit
+        // except in the microseconds between the check and the call.
+        unsafe { libc::kill(self.pid, sig) == 0 }
+    }
+}
+
+/// The start time of live (non-zombie) process `pid`.
+pub fn process_start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // rest starts at field 3 (state); start time is field 22.
+    if matches!(fields.first(), Some(&"Z") | Some(&"X") | None) {
+        return None;
+    }
+    fields.get(19)?.parse().ok()
+}
+
+/// A container's state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    /// Status.
+    pub status: Status,
+    /// The init process's pid inside the guest, once it runs.
+    #[serde(default)]
+    pub pid: Option<u32>,
+    /// The monitor, while one owns the container.
+    #[serde(default)]
+    pub monitor: Option<MonitorProcess>,
+    /// Exit code once exited (128+N after signal N).
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    /// Why the container ended abnormally, or could not start.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// Last start (RFC 3339).
+    #[serde(default)]
+    pub started_at: Option<String>,
+    /// Last exit (RFC 3339).
+    #[serde(default)]
+    pub finished_at: Option<String>,
+    /// Times the container was started.
+    #[serde(default)]
+    pub start_count: u32,
+}
+
+impl State {
+    /// A freshly created container.
+    pub fn created() -> State {
+        State {
+            status: Status::Created,
+            pid: None,
+            monitor: None,
+            exit_code: None,
+            error: None,
+            started_at: None,
+            finished_at: None,
+            start_count: 0,
+        }
+    }
+
+    /// Reads the state as recorded (no liveness check).
+    pub fn read(paths: &ContainerPaths) -> Result<State, Error> {
+        layout::read_json(&paths.state())
+    }
+
+    /// Writes the state atomically.
+    pub fn write(&self, paths: &ContainerPaths) -> Result<(), Error> {
+        layout::write_json(&paths.state(), self)
+    }
+
+    /// Reads the state and corrects a `running` state whose monitor is
+    /// gone into the exit it amounts to (not written back).
+    pub fn load(paths: &ContainerPaths) -> Result<State, Error> {
+        let state = State::read(paths)?;
+        if state.status != Status::Running || monitor_alive(paths) {
+            return Ok(state);
+        }
+        // The monitor may have recorded the exit just before it ended.
+        let state = State::read(paths)?;
+        if state.status != Status::Running {
+            return Ok(state);
+        }
+        Ok(state.monitor_died())
+    }
+
+    /// The exit a dead monitor leaves behind.
+    pub fn monitor_died(mut self) -> State {
+        self.status = Status::Exited;
+        self.pid = None;
+        self.exit_code = Some(MONITOR_DIED_CODE);
+        self.error = Some(MONITOR_DIED.to_string());
+        if self.finished_at.is_none() {
+            self.finished_at = Some(crate::time::now());
+        }
+        self
+    }
+
+    /// Whether a monitor is (still) at work on this container.
+    pub fn is_running(&self) -> bool {
+        self.status == Status::Running
+    }
+}
+
+/// Whether the container's monitor is alive (holds its lock).
+pub fn monitor_alive(paths: &ContainerPaths) -> bool {
+    layout::is_locked(&paths.monitor_lock())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layout::Lock;
+
+    #[test]
+    fn dead_monitor_means_exited() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = ContainerPaths {
+            dir: dir.path().to_path_buf(),
+        };
+        let mut s = State::created();
+        s.status = Status::Running;
+        s.monitor = MonitorProcess::current();
+        s.write(&paths).unwrap();
+        let held = Lock::exclusive(&paths.monitor_lock()).unwrap();
+        assert_eq!(State::load(&paths).unwrap().status, Status::Running);
+        drop(held);
+        let s = State::load(&paths).unwrap();
+        assert_eq!(s.status, Status::Exited);
+        assert_eq!(s.exit_code, Some(MONITOR_DIED_CODE));
+        assert!(s.error.unwrap().contains("monitor died"));
+        assert!(s.finished_at.is_some());
+    }
+
+    #[test]
+    fn process_identity() {
+        let me = MonitorProcess::current().unwrap();
+        assert!(me.alive());
+        let other = MonitorProcess {
+            start_time: me.start_time + 1,
+            ..me
+        };
+        assert!(!other.alive());
+        assert!(process_start_time(-5).is_none());
+    }
+}

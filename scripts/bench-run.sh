@@ -1,0 +1,274 @@
+#!/usr/bin/env bash
+# Container benchmark (docs, not a timed test): `husk run --rm IMAGE true`
+# next to `crun run` (Debian's crun) of the same busybox root filesystem,
+# alternately in the same run.
+#
+# Measures, per runtime:
+#   wall:   `husk run --rm bb:bench true` (create + VM boot + agent +
+#           overlay + exec + teardown + removal) vs `crun run` of a bundle
+#           with the same rootfs running `true` (crun creates and deletes
+#           the container itself). Medians over RUNS runs, after one
+#           unmeasured warm-up run of each.
+#   memory: one long-running container (`sleep 1000`) of each: the host
+#           memory of every process that exists because of it, summed:
+#           husk: the monitor (which runs the VMM, so guest RAM the guest
+#           touched is included); crun: the container's process (crun
+#           itself exits after `run --detach`). Both RSS and PSS (shared
+#           pages divided between their users) from /proc/PID/smaps_rollup,
+#           sampled after the container has been up for SETTLE seconds.
+# Replaces the block between the bench-run markers in docs/BENCHMARKS.md
+# (BENCH_DOCS=0 to only print).
+#
+#   scripts/bench-run.sh
+# Environment:
+#   RUNS=5            measured runs per runtime
+#   SETTLE=5          seconds a long-running container runs before sampling
+#   BENCH_DOCS=1      0: leave docs/BENCHMARKS.md alone
+#   HUSK_BIN, HUSK_AGENT, HUSK_KERNEL: use these instead of building them
+#   CARGO_TARGET_DIR  where to build husk and the agent
+# Needs root, /dev/kvm, crun, busybox-static, erofs-utils, e2fsprogs, python3.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REPO=$PWD
+die() { echo "bench-run: $*" >&2; exit 1; }
+
+[ "$(id -u)" = 0 ] || die "needs root (layer disks, crun)"
+[ -w /dev/kvm ] || die "needs read-write access to /dev/kvm"
+for t in python3 crun busybox mkfs.erofs mkfs.ext4; do
+    command -v "$t" >/dev/null || die "$t missing (see scripts/setup.sh)"
+done
+RUNS=${RUNS:-5}
+[[ "$RUNS" =~ ^[1-9][0-9]?$ ]] || die "RUNS must be 1..99"
+
+if [ -z "${HUSK_KERNEL:-}" ]; then
+    HUSK_KERNEL=$("$REPO/guest-kernel/build.sh" | tail -1)
+fi
+export HUSK_KERNEL
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
+if [ -z "${HUSK_BIN:-}" ]; then
+    cargo build --release --quiet -p husk >&2
+    HUSK_BIN=$CARGO_TARGET_DIR/release/husk
+fi
+if [ -z "${HUSK_AGENT:-}" ]; then
+    CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C target-feature=+crt-static" \
+        cargo build --release --quiet -p husk-agent --target x86_64-unknown-linux-gnu >&2
+    HUSK_AGENT=$CARGO_TARGET_DIR/x86_64-unknown-linux-gnu/release/husk-agent
+fi
+export HUSK_BIN HUSK_AGENT
+
+WORK=$(mktemp -d /var/tmp/husk-bench-run.XXXXXX)
+export WORK REPO RUNS
+export SETTLE=${SETTLE:-5} BENCH_DOCS=${BENCH_DOCS:-1}
+export HUSK_ROOT=$WORK/store HUSK_RUN_DIR=$WORK/run
+cleanup() {
+    "$HUSK_BIN" rm -f bench-long >/dev/null 2>&1 || true
+    unshare -m --propagation private sh -c 'umount /sys/fs/cgroup/unified 2>/dev/null; exec crun "$@"' crun \
+        --root "$WORK/crun" delete -f bench-long >/dev/null 2>&1 || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+export HUSK_REV
+HUSK_REV=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)
+[ -z "$(git -C "$REPO" status --porcelain 2>/dev/null | head -1)" ] || HUSK_REV="$HUSK_REV+dirty"
+
+# --- the root filesystem: busybox-static with its applet links; as a
+# docker-save image for husk and as an OCI bundle for crun.
+ROOTFS=$WORK/bundle/rootfs
+mkdir -p "$ROOTFS/bin" "$ROOTFS/etc" "$ROOTFS/proc" "$ROOTFS/dev" "$ROOTFS/sys" "$ROOTFS/tmp"
+cp /bin/busybox "$ROOTFS/bin/busybox"
+for a in $(/bin/busybox --list); do
+    [ "$a" = busybox ] || ln -s busybox "$ROOTFS/bin/$a"
+done
+echo 'root:x:0:0:root:/root:/bin/sh' >"$ROOTFS/etc/passwd"
+echo 'root:x:0:' >"$ROOTFS/etc/group"
+(cd "$WORK/bundle" && crun spec --rootless=false >/dev/null 2>&1 || crun spec)
+
+cat >"$WORK/bench_run.py" <<'PY'
+import datetime, hashlib, io, json, os, platform, statistics, subprocess, sys, tarfile, time
+
+E = os.environ
+WORK, REPO, RUNS, SETTLE = E["WORK"], E["REPO"], int(E["RUNS"]), float(E["SETTLE"])
+HUSK = E["HUSK_BIN"]
+BUNDLE = f"{WORK}/bundle"
+CRUN_ROOT = f"{WORK}/crun"
+
+
+def log(msg):
+    print(f"bench-run: {msg}", file=sys.stderr, flush=True)
+
+
+def crun_prefix():
+    """crun refuses hosts whose cgroup v1/v2 hybrid has controllers on the
+    v2 side ("cgroups in hybrid mode not supported"); there it runs in a
+    private mount namespace without the v2 mount (cgroup v1 only)."""
+    try:
+        ctrl = open("/sys/fs/cgroup/unified/cgroup.controllers").read().split()
+    except OSError:
+        ctrl = []
+    if not ctrl:
+        return ["crun"]
+    return ["unshare", "-m", "--propagation", "private", "sh", "-c",
+            'umount /sys/fs/cgroup/unified && exec crun "$@"', "crun"]
+
+
+CRUN = crun_prefix()
+
+
+def sh(argv, **kw):
+    r = subprocess.run(argv, capture_output=True, text=True, **kw)
+    if r.returncode != 0:
+        raise RuntimeError(f"{argv} failed ({r.returncode}): {r.stderr.strip()[-400:]}")
+    return r.stdout
+
+
+def load_image():
+    """The bundle's rootfs as a one-layer docker-save image `bb:bench`."""
+    buf = io.BytesIO()
+    def owner(ti):
+        ti.uid = ti.gid = 0
+        ti.uname = ti.gname = ""
+        return ti
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as t:
+        for name in sorted(os.listdir(f"{BUNDLE}/rootfs")):
+            t.add(f"{BUNDLE}/rootfs/{name}", arcname=name, filter=owner)
+    layer = buf.getvalue()
+    diff = "sha256:" + hashlib.sha256(layer).hexdigest()
+    cfg = json.dumps({"architecture": "amd64", "os": "linux",
+                      "config": {"Cmd": ["sh"], "Env": ["PATH=/bin"]},
+                      "rootfs": {"type": "layers", "diff_ids": [diff]}}).encode()
+    cfg_name = hashlib.sha256(cfg).hexdigest() + ".json"
+    manifest = json.dumps([{"Config": cfg_name, "RepoTags": ["bb:bench"],
+                            "Layers": ["l0/layer.tar"]}]).encode()
+    path = f"{WORK}/bb.tar"
+    with tarfile.open(path, "w") as t:
+        for name, data in ((cfg_name, cfg), ("l0/layer.tar", layer), ("manifest.json", manifest)):
+            ti = tarfile.TarInfo(name)
+            ti.size = len(data)
+            t.addfile(ti, io.BytesIO(data))
+    sh([HUSK, "load", "-q", "-i", path])
+
+
+def crun_config(args, terminal=False):
+    spec = json.load(open(f"{BUNDLE}/config.json"))
+    spec["process"]["args"] = args
+    spec["process"]["terminal"] = terminal
+    spec["root"]["readonly"] = False
+    # Same isolation scope as a husk container without networking: no
+    # network namespace setup cost difference worth modelling here.
+    json.dump(spec, open(f"{BUNDLE}/config.json", "w"))
+
+
+def timed(argv):
+    t0 = time.monotonic()
+    r = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    dt = time.monotonic() - t0
+    if r.returncode != 0:
+        raise RuntimeError(f"{argv} failed ({r.returncode}): {r.stderr.strip()[-400:]}")
+    return dt
+
+
+def run_husk():
+    return timed([HUSK, "run", "--rm", "bb:bench", "true"])
+
+
+def run_crun(i):
+    return timed(CRUN + ["--root", CRUN_ROOT, "run", "--bundle", BUNDLE, f"bench-{os.getpid()}-{i}"])
+
+
+def rollup(pid):
+    rss = pss = 0
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            if line.startswith("Rss:"):
+                rss = int(line.split()[1]) * 1024
+            elif line.startswith("Pss:"):
+                pss = int(line.split()[1]) * 1024
+    return rss, pss
+
+
+def husk_memory():
+    sh([HUSK, "run", "-d", "--name", "bench-long", "bb:bench", "sleep", "1000"])
+    time.sleep(SETTLE)
+    pid = int(sh([HUSK, "inspect", "-f", "{{.State.MonitorPid}}", "bench-long"]).strip())
+    mem = rollup(pid)
+    sh([HUSK, "rm", "-f", "bench-long"])
+    return mem
+
+
+def crun_memory():
+    crun_config(["sleep", "1000"])
+    # The detached container keeps crun's stdio: give it /dev/null, not pipes.
+    subprocess.run(CRUN + ["--root", CRUN_ROOT, "run", "--detach", "--bundle", BUNDLE, "bench-long"],
+                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                   check=True)
+    time.sleep(SETTLE)
+    state = json.loads(sh(CRUN + ["--root", CRUN_ROOT, "state", "bench-long"]))
+    mem = rollup(state["pid"])
+    sh(CRUN + ["--root", CRUN_ROOT, "delete", "-f", "bench-long"])
+    crun_config(["true"])
+    return mem
+
+
+def mib(b):
+    return f"{b / (1 << 20):.1f}"
+
+
+def med(values):
+    m = statistics.median(values)
+    return f"{m:.2f} ({min(values):.2f}–{max(values):.2f})"
+
+
+def main():
+    load_image()
+    crun_config(["true"])
+    log("warm-up runs")
+    run_husk()
+    run_crun("warm")
+    times = {"husk": [], "crun": []}
+    for i in range(RUNS):
+        for kind in (["husk", "crun"] if i % 2 == 0 else ["crun", "husk"]):
+            dt = run_husk() if kind == "husk" else run_crun(i)
+            times[kind].append(dt)
+            log(f"run {i + 1}/{RUNS} {kind}: {dt:.2f} s")
+    log("memory of one long-running container each")
+    hm, cm = husk_memory(), crun_memory()
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    pvm = os.path.exists("/sys/module/kvm_pvm")
+    crun_v = sh(["crun", "--version"]).splitlines()[0]
+    if CRUN[0] != "crun":
+        crun_v += " (cgroup v1: run in a mount namespace without the v2 hierarchy)"
+    head = (f"{datetime.datetime.now():%Y-%m-%d %H:%M}, husk {E['HUSK_REV']}, {crun_v}, {RUNS} runs each "
+            f"(medians, min–max in parentheses); husk VMs: 1 vCPU, 256 MiB.\n"
+            f"Host: {'PVM-based nested KVM (guest kernel code is emulated: boots take seconds, not milliseconds)' if pvm else 'hardware KVM'}; "
+            f"{cpu}, {os.cpu_count()} CPUs; host kernel {platform.release()}; "
+            f"load average {open('/proc/loadavg').read().split()[0]} at the end.\n")
+    rows = ["| runtime | `run --rm IMAGE true` wall (s) | host memory per container: RSS (MiB) | PSS (MiB) |",
+            "|---|---|---|---|",
+            f"| husk (microVM) | {med(times['husk'])} | {mib(hm[0])} | {mib(hm[1])} |",
+            f"| crun (namespaces) | {med(times['crun'])} | {mib(cm[0])} | {mib(cm[1])} |"]
+    table = head + "\n" + "\n".join(rows) + "\n"
+    print(table)
+    if E["BENCH_DOCS"] == "1":
+        path = f"{REPO}/docs/BENCHMARKS.md"
+        doc = open(path).read()
+        begin, end = "<!-- bench-run:results:begin -->", "<!-- bench-run:results:end -->"
+        i, j = doc.find(begin), doc.find(end)
+        if i < 0 or j < i:
+            raise RuntimeError("docs/BENCHMARKS.md: bench-run markers missing")
+        doc = doc[:i + len(begin)] + "\n" + table + doc[j:]
+        tmp = path + ".tmp"
+        open(tmp, "w").write(doc)
+        os.replace(tmp, path)
+        log(f"updated {path}")
+
+
+try:
+    main()
+except RuntimeError as e:
+    log(str(e))
+    sys.exit(1)
+PY
+
+python3 "$WORK/bench_run.py"

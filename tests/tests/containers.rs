@@ -1,0 +1,490 @@
+//! End-to-end tests of containers through the `husk` binary: real KVM
+//! microVMs, the static agent, busybox images built here. Each test boots
+//! as few VMs as its assertions allow (a boot takes 15-30 s here) and
+//! checks that nothing leaks: no monitor process, no container file.
+//!
+//! Skipped (with a message) without `HUSK_KERNEL` (outside
+//! scripts/test.sh) or without root.
+
+use std::time::Duration;
+
+use husk_tests::Running;
+
+#[allow(dead_code)]
+#[path = "images/support.rs"]
+mod support;
+
+#[path = "containers/support.rs"]
+mod csupport;
+
+use csupport::{kill, s, Env, PtyProcess, IMAGE, VM_TIMEOUT, VOLUME_IMAGE};
+
+#[test]
+fn run_rm_prints_output_and_exit_code() {
+    let Some(env) = Env::new("run_rm_prints_output_and_exit_code") else {
+        return;
+    };
+    // Refused before any VM: husk's own errors exit 125.
+    let err = env.fails(125, &["run", "--rm", "nosuch:image", "true"]);
+    assert!(err.contains("No such image: nosuch:image"), "{err}");
+    let err = env.fails(125, &["run", "--rm", "-v", "/tmp:/x", IMAGE, "true"]);
+    assert!(err.contains("shared with the VM"), "{err}");
+    let err = env.fails(125, &["run", "--rm", "-m", "1m", IMAGE, "true"]);
+    assert!(err.contains("minimum memory"), "{err}");
+    let err = env.fails(125, &["run", "--name", "bad/name", IMAGE, "true"]);
+    assert!(err.contains("invalid container name"), "{err}");
+
+    let env_file = env.dir.path().join("env");
+    std::fs::write(&env_file, "FROM_FILE=file\nOVR=file\n").unwrap();
+    let script = "echo out; echo err >&2; \
+                  echo \"$IMG $OVR $FROM_FILE $(pwd) $(id -u) $(hostname) $(nproc)\"; \
+                  grep -c . /etc/resolv.conf >/dev/null && echo resolv; exit 3";
+    let done = env.husk(&[
+        "run",
+        "--rm",
+        "--env-file",
+        s(&env_file),
+        "-e",
+        "OVR=flag",
+        "-w",
+        "/work/dir",
+        "-u",
+        "app",
+        "--hostname",
+        "box",
+        "--cpus",
+        "2",
+        "-m",
+        "192m",
+        IMAGE,
+        "sh",
+        "-c",
+        script,
+    ]);
+    assert_eq!(done.code(), 3, "{}", done.stderr);
+    assert_eq!(
+        done.stdout,
+        "out\nimage flag file /work/dir 1000 box 2\nresolv\n"
+    );
+    assert_eq!(done.stderr, "err\n");
+    env.assert_clean();
+}
+
+#[test]
+fn run_exit_codes_for_missing_and_failing_commands() {
+    let Some(env) = Env::new("run_exit_codes_for_missing_and_failing_commands") else {
+        return;
+    };
+    // Not --rm: the failure stays recorded in the container's state.
+    let err = env.fails(127, &["run", "--name", "miss", IMAGE, "nosuch-command"]);
+    assert!(
+        err.contains("nosuch-command") && err.contains("not found"),
+        "{err}"
+    );
+    assert_eq!(
+        env.inspect("miss", "{{.State.Status}} {{.State.ExitCode}}"),
+        "exited 127"
+    );
+    assert!(env
+        .inspect("miss", "{{.State.Error}}")
+        .contains("not found"));
+    let ps = env.ok(&["ps", "-a", "--format", "{{.Names}} {{.Status}}"]);
+    assert!(ps.starts_with("miss Exited (127) "), "{ps}");
+    env.ok(&["rm", "miss"]);
+
+    // Without -t, SIGINT to husk is forwarded to the container's process.
+    let script = "trap 'echo got INT; exit 9' INT; echo ready; while true; do sleep 1; done";
+    let mut cli = Running::start(env.cmd(&["run", "--rm", IMAGE, "sh", "-c", script])).unwrap();
+    cli.wait_for_line("ready", VM_TIMEOUT).unwrap();
+    cli.signal(libc::SIGINT);
+    let done = cli.finish(Duration::from_secs(60)).unwrap();
+    assert_eq!(done.code(), 9, "{}", done.stderr);
+    assert_eq!(done.stdout, "ready\ngot INT\n");
+    env.assert_clean();
+}
+
+#[test]
+fn detached_container_lifecycle() {
+    let Some(env) = Env::new("detached_container_lifecycle") else {
+        return;
+    };
+    let script = "echo started; trap 'echo got TERM' TERM; while true; do sleep 1; done";
+    let id = env.ok(&["run", "-d", "--name", "web", IMAGE, "sh", "-c", script]);
+    let id = id.trim();
+    assert!(
+        id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{id}"
+    );
+    let err = env.fails(125, &["create", "--name", "web", IMAGE, "true"]);
+    assert!(err.contains("already in use"), "{err}");
+
+    // ps: Docker's columns, -q, --format, --filter.
+    let ps = env.ok(&["ps"]);
+    let mut lines = ps.lines();
+    let header: Vec<&str> = lines
+        .next()
+        .unwrap()
+        .split("   ")
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .collect();
+    assert_eq!(
+        header,
+        [
+            "CONTAINER ID",
+            "IMAGE",
+            "COMMAND",
+            "CREATED",
+            "STATUS",
+            "PORTS",
+            "NAMES"
+        ]
+    );
+    let row = lines.next().expect("one row");
+    assert!(row.starts_with(&id[..12]), "{row}");
+    assert!(row.contains("\"sh -c echo started;…\""), "{row}");
+    assert!(
+        row.contains(" ago ") && row.contains("Up ") && row.ends_with("web"),
+        "{row}"
+    );
+    assert_eq!(env.ok(&["ps", "-q"]).trim(), &id[..12]);
+    assert_eq!(env.ok(&["ps", "-q", "--no-trunc"]).trim(), id);
+    assert_eq!(
+        env.ok(&["ps", "--format", "{{.Names}}:{{.State}}:{{.Image}}"])
+            .trim(),
+        "web:running:bb:test"
+    );
+    assert_eq!(env.ok(&["ps", "-q", "--filter", "status=exited"]), "");
+    assert_eq!(
+        env.ok(&["ps", "-q", "--filter", "name=we"]).trim(),
+        &id[..12]
+    );
+    assert_eq!(
+        env.ok(&["ps", "-q", "--filter", &format!("id={}", &id[..5])])
+            .trim(),
+        &id[..12]
+    );
+    env.eventually("the first log line", Duration::from_secs(30), || {
+        env.ok(&["logs", "web"]) == "started\n"
+    });
+    assert_eq!(
+        env.inspect("web", "{{.State.Running}} {{.Name}} {{.Config.WorkingDir}}"),
+        "true /web /srv/app"
+    );
+
+    // exec: output, exit codes, settings, stdin.
+    assert_eq!(env.ok(&["exec", "web", "echo", "hi"]), "hi\n");
+    assert_eq!(env.husk(&["exec", "web", "sh", "-c", "exit 5"]).code(), 5);
+    let err = env.fails(127, &["exec", "web", "nosuch"]);
+    assert!(err.contains("not found"), "{err}");
+    let err = env.fails(126, &["exec", "web", "/bin/notexec"]);
+    assert!(err.contains("permission denied"), "{err}");
+    let out = env.ok(&[
+        "exec",
+        "-e",
+        "X=1",
+        "-w",
+        "/tmp/new",
+        "-u",
+        "app",
+        "web",
+        "sh",
+        "-c",
+        "echo $X $IMG $(pwd) $(id -u)",
+    ]);
+    assert_eq!(out, "1 image /tmp/new 1000\n");
+    let mut cmd = env.cmd(&["exec", "-i", "web", "sh", "-c", "tr a-z A-Z; echo done"]);
+    cmd.stdin(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"piped input\n").unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "PIPED INPUT\ndone\n");
+    env.ok(&["exec", "web", "sh", "-c", "echo persisted > /data.txt"]);
+
+    // rm refuses a running container; stop sends TERM (trapped, ignored)
+    // then SIGKILL after -t.
+    let err = env.fails(1, &["rm", "web"]);
+    assert!(err.contains("stop the container first"), "{err}");
+    assert_eq!(env.ok(&["stop", "-t", "2", "web"]), "web\n");
+    assert_eq!(
+        env.inspect("web", "{{.State.Status}} {{.State.ExitCode}}"),
+        "exited 137"
+    );
+    assert_eq!(env.ok(&["logs", "web"]), "started\ngot TERM\n");
+    assert!(env.ok(&["ps", "-a"]).contains("Exited (137) "));
+    assert_eq!(env.ok(&["ps", "-q"]), "");
+    env.fails(125, &["exec", "web", "true"]);
+
+    // start again: same writable disk.
+    assert_eq!(env.ok(&["start", "web"]), "web\n");
+    assert_eq!(env.ok(&["exec", "web", "cat", "/data.txt"]), "persisted\n");
+    assert_eq!(env.inspect("web", "{{.State.Status}}"), "running");
+    assert_eq!(env.ok(&["kill", "web"]), "web\n");
+    assert_eq!(env.ok(&["wait", "web"]), "137\n");
+    assert_eq!(env.ok(&["logs", "--tail", "1", "web"]), "started\n");
+    assert_eq!(env.ok(&["rm", "web"]), "web\n");
+    env.fails(1, &["rm", "web"]);
+    env.assert_clean();
+}
+
+#[test]
+fn tty_session_with_resize_and_ctrl_c() {
+    let Some(env) = Env::new("tty_session_with_resize_and_ctrl_c") else {
+        return;
+    };
+    let mut p = PtyProcess::spawn(
+        env.session_cmd(&["run", "--rm", "-it", IMAGE, "sh"]),
+        30,
+        100,
+    );
+    p.expect("# ", VM_TIMEOUT);
+    p.write(b"stty size; tty; echo $((6*7))\n");
+    p.expect("30 100\r\n/dev/pts/", Duration::from_secs(30));
+    p.expect("42\r\n", Duration::from_secs(30));
+    p.resize(40, 120);
+    std::thread::sleep(Duration::from_millis(500));
+    p.write(b"stty size\n");
+    p.expect("40 120\r\n", Duration::from_secs(30));
+    // Ctrl-C reaches the foreground process through the guest's terminal.
+    p.write(b"sleep 100\n");
+    std::thread::sleep(Duration::from_secs(2));
+    p.write(b"\x03");
+    p.expect("^C", Duration::from_secs(30));
+    p.write(b"echo status $?\n");
+    p.expect("status 130", Duration::from_secs(30));
+    p.write(b"exit 7\n");
+    assert_eq!(p.wait(Duration::from_secs(60)), 7);
+    drop(p);
+    env.assert_clean();
+}
+
+#[test]
+fn volume_data_survives_container_removal() {
+    let Some(env) = Env::new("volume_data_survives_container_removal") else {
+        return;
+    };
+    assert_eq!(env.ok(&["volume", "create", "data"]), "data\n");
+    // The image's VOLUME /cache gets an anonymous volume, removed with
+    // the --rm container.
+    let out = env.ok(&[
+        "run",
+        "--rm",
+        "-v",
+        "data:/data",
+        VOLUME_IMAGE,
+        "sh",
+        "-c",
+        "echo x > /data/f && grep -c -e ' /data ' -e ' /cache ' /proc/mounts",
+    ]);
+    assert_eq!(out, "2\n");
+    assert_eq!(env.ok(&["volume", "ls", "-q"]), "data\n");
+    let out = env.ok(&[
+        "run",
+        "--rm",
+        "-v",
+        "data:/data:ro",
+        IMAGE,
+        "sh",
+        "-c",
+        "cat /data/f; touch /data/g || echo ro",
+    ]);
+    assert!(out.starts_with("x\n") && out.ends_with("ro\n"), "{out}");
+    let v: serde_json::Value =
+        serde_json::from_str(&env.ok(&["volume", "inspect", "data"])).unwrap();
+    assert_eq!(v[0]["Name"], "data");
+    assert_eq!(env.ok(&["volume", "rm", "data"]), "data\n");
+    let err = env.fails(1, &["volume", "rm", "data"]);
+    assert!(err.contains("No such volume"), "{err}");
+    env.assert_clean();
+}
+
+#[test]
+fn killed_monitor_and_killed_cli_leave_truthful_state() {
+    let Some(env) = Env::new("killed_monitor_and_killed_cli_leave_truthful_state") else {
+        return;
+    };
+    // kill -9 of the monitor (the VMM runs in it): the container is
+    // reported exited, with the reason, and rm cleans everything.
+    env.ok(&["run", "-d", "--name", "victim", IMAGE, "sleep", "1000"]);
+    let pid: u32 = env
+        .inspect("victim", "{{.State.MonitorPid}}")
+        .parse()
+        .unwrap();
+    assert_eq!(env.monitors(), [pid]);
+    kill(pid, libc::SIGKILL);
+    env.eventually("the monitor to die", Duration::from_secs(20), || {
+        env.monitors().is_empty()
+    });
+    assert_eq!(
+        env.inspect("victim", "{{.State.Status}} {{.State.ExitCode}}"),
+        "exited 137"
+    );
+    assert!(env
+        .inspect("victim", "{{.State.Error}}")
+        .contains("monitor died"));
+    assert!(env.ok(&["ps", "-a"]).contains("Exited (137)"));
+    env.fails(125, &["exec", "victim", "true"]);
+    env.ok(&["rm", "victim"]);
+    env.assert_clean();
+
+    // kill -9 of the CLI of a foreground run while the VM boots: the
+    // container keeps running (as with Docker); rm -f cleans up.
+    let cli =
+        Running::start(env.cmd(&["run", "--name", "orphan", IMAGE, "sleep", "1000"])).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    cli.signal(libc::SIGKILL);
+    let done = cli.finish(Duration::from_secs(10)).unwrap();
+    assert_eq!(done.status.code(), None, "killed");
+    env.eventually("the orphan's process to run", VM_TIMEOUT, || {
+        env.inspect("orphan", "{{.State.Pid}}") != "0"
+    });
+    assert_eq!(env.inspect("orphan", "{{.State.Status}}"), "running");
+    assert_eq!(env.ok(&["exec", "orphan", "echo", "alive"]), "alive\n");
+    assert_eq!(env.ok(&["rm", "-f", "orphan"]), "orphan\n");
+    env.assert_clean();
+}
+
+#[test]
+fn guest_kernel_panic_is_reported() {
+    let Some(env) = Env::new("guest_kernel_panic_is_reported") else {
+        return;
+    };
+    // busybox as the "agent": PID 1 exits at once and the kernel panics.
+    let fake = env.dir.path().join("fake-agent");
+    std::fs::copy("/bin/busybox", &fake).unwrap();
+    let mut cmd = env.cmd(&["run", "--name", "panicky", IMAGE, "true"]);
+    cmd.env("HUSK_AGENT", &fake)
+        .env("HUSK_CACHE", env.dir.path().join("cache"));
+    let done = husk_tests::run(cmd, VM_TIMEOUT).unwrap();
+    eprintln!("{done:?}");
+    assert_eq!(done.code(), 255, "{}", done.stderr);
+    assert!(
+        done.stderr.contains("guest kernel panic: Kernel panic"),
+        "{}",
+        done.stderr
+    );
+    assert!(env
+        .inspect("panicky", "{{.State.Error}}")
+        .starts_with("guest kernel panic"));
+    env.ok(&["rm", "panicky"]);
+    env.assert_clean();
+}
+
+#[test]
+fn ten_containers_start_concurrently() {
+    let Some(env) = Env::new("ten_containers_start_concurrently") else {
+        return;
+    };
+    let starts: Vec<Running> = (0..10)
+        .map(|i| {
+            let name = format!("c{i}");
+            let mut cmd = env.cmd(&[
+                "run",
+                "-d",
+                "--rm",
+                "--name",
+                &name,
+                IMAGE,
+                "sh",
+                "-c",
+                "echo up; sleep 1000",
+            ]);
+            cmd.env("HUSK_BOOT_TIMEOUT", "900");
+            Running::start(cmd).unwrap()
+        })
+        .collect();
+    for r in starts {
+        let done = r.finish(Duration::from_secs(1200)).unwrap();
+        assert_eq!(done.code(), 0, "{}", done.stderr);
+    }
+    let names = env.ok(&["ps", "--format", "{{.Names}} {{.State}}"]);
+    let mut names: Vec<&str> = names.lines().collect();
+    names.sort();
+    let want: Vec<String> = (0..10).map(|i| format!("c{i} running")).collect();
+    assert_eq!(names, want);
+    for i in 0..10 {
+        assert_eq!(env.ok(&["exec", &format!("c{i}"), "echo", "ok"]), "ok\n");
+    }
+    // --rm containers stopped by husk stop are removed by their monitors.
+    let stop: Vec<String> = (0..10).map(|i| format!("c{i}")).collect();
+    let mut args = vec!["stop", "-t", "1"];
+    args.extend(stop.iter().map(String::as_str));
+    env.ok(&args);
+    env.eventually("auto-removal", Duration::from_secs(120), || {
+        env.ok(&["ps", "-aq"]).is_empty()
+    });
+    env.assert_clean();
+}
+
+#[test]
+fn library_starts_a_created_container_with_fds() {
+    let Some(env) = Env::new("library_starts_a_created_container_with_fds") else {
+        return;
+    };
+    use husk_runtime::{MonitorCommand, Runtime, StdioSpec};
+    use std::io::Read;
+    // `husk create` resolves the assets; the library does the rest, the
+    // way a shim would: start with its own descriptors, wait, delete.
+    let id = env.ok(&[
+        "create",
+        "--name",
+        "lib",
+        IMAGE,
+        "sh",
+        "-c",
+        "echo to-stdout; echo to-stderr >&2; exit 4",
+    ]);
+    let rt = Runtime::open(&env.root())
+        .unwrap()
+        .with_monitor(MonitorCommand {
+            program: husk_tests::husk_bin(),
+            args: vec!["container-monitor".into()],
+        });
+    let c = rt.container(id.trim()).unwrap();
+    assert_eq!(c.state.status, husk_runtime::Status::Created);
+    assert_eq!(c.config.name, "lib");
+    let (mut out_r, out_w) = pipe();
+    let (mut err_r, err_w) = pipe();
+    rt.start(
+        "lib",
+        StdioSpec::Fds {
+            stdin: None,
+            stdout: Some(out_w),
+            stderr: Some(err_w),
+        },
+    )
+    .unwrap();
+    assert_eq!(rt.wait("lib", Some(VM_TIMEOUT)).unwrap(), Some(4));
+    // The monitor holds the write ends until it exits.
+    let (mut out, mut err) = (String::new(), String::new());
+    out_r.read_to_string(&mut out).unwrap();
+    err_r.read_to_string(&mut err).unwrap();
+    assert_eq!((out.as_str(), err.as_str()), ("to-stdout\n", "to-stderr\n"));
+    assert_eq!(env.ok(&["logs", "lib"]), "to-stdout\n");
+    rt.delete("lib", husk_runtime::DeleteOptions::default())
+        .unwrap();
+    assert!(matches!(
+        rt.container("lib"),
+        Err(husk_runtime::Error::NoSuchContainer(_))
+    ));
+    env.assert_clean();
+}
+
+/// A pipe: (read end as a File, write end).
+fn pipe() -> (std::fs::File, std::os::fd::OwnedFd) {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0; 2];
+    // SAFETY: a valid array of two ints.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: pipe2 returned two fresh descriptors owned by nobody else.
+    unsafe {
+        (
+            std::fs::File::from_raw_fd(fds[0]),
+            std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+        )
+    }
+}

@@ -1,0 +1,388 @@
+//! Helpers for tests/tests/containers.rs: a private store with busybox
+//! test images loaded, husk runs against it, leak checks, a pseudo-terminal.
+
+use std::io::Read;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::MutexGuard;
+use std::time::{Duration, Instant};
+
+use husk_tests::{husk, kernel_or_skip, run, vm_lock, Finished};
+
+use crate::support::{write_docker_save, LayerTar, TestImage};
+
+/// Generous: boots take 15-30 s on the nested-KVM hosts, more when
+/// several VMs boot at once.
+pub const VM_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// The test image: busybox with its applets, users `root` and `app`
+/// (1000), a non-executable /bin/notexec; Env IMG/OVR, WorkingDir
+/// /srv/app (missing from the image: created at start).
+pub const IMAGE: &str = "bb:test";
+/// The same layer with `VOLUME /cache` and `StopSignal SIGUSR1`.
+pub const VOLUME_IMAGE: &str = "bbvol:test";
+
+/// A private store root with the test images, for one test.
+pub struct Env {
+    _lock: MutexGuard<'static, ()>,
+    pub dir: tempfile::TempDir,
+}
+
+/// Whether the test can run here; prints why not.
+pub fn can_run(test: &str) -> bool {
+    if kernel_or_skip(test).is_none() {
+        return false;
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED {test}: needs root (layer disks, KVM)");
+        return false;
+    }
+    true
+}
+
+impl Env {
+    /// A store with the test images loaded, or `None` (skipped).
+    pub fn new(test: &str) -> Option<Env> {
+        if !can_run(test) {
+            return None;
+        }
+        let lock = vm_lock();
+        let env = Env {
+            _lock: lock,
+            dir: tempfile::tempdir().expect("tempdir"),
+        };
+        let layer = busybox_layer();
+        for (tag, extra) in [
+            (IMAGE, serde_json::json!({})),
+            (
+                VOLUME_IMAGE,
+                serde_json::json!({"Volumes": {"/cache": {}}, "StopSignal": "SIGUSR1"}),
+            ),
+        ] {
+            let img = image(&layer, extra);
+            let tar = env.dir.path().join("img.tar");
+            write_docker_save(&tar, &img, tag);
+            env.ok(&["load", "-q", "-i", tar.to_str().expect("utf8")]);
+        }
+        Some(env)
+    }
+
+    /// The store root.
+    pub fn root(&self) -> PathBuf {
+        self.dir.path().join("root")
+    }
+
+    /// A husk command against this store.
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = husk(&self.dir.path().join("run"), args);
+        cmd.env("HUSK_ROOT", self.root());
+        cmd
+    }
+
+    /// A husk command against this store, in no particular process group
+    /// (for [`PtyProcess`], which makes it a session leader).
+    pub fn session_cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(husk_tests::husk_bin());
+        cmd.args(args)
+            .env("HUSK_ROOT", self.root())
+            .env("HUSK_RUN_DIR", self.dir.path().join("run"));
+        cmd
+    }
+
+    /// Runs husk to completion.
+    pub fn husk(&self, args: &[&str]) -> Finished {
+        let done = run(self.cmd(args), VM_TIMEOUT).expect("running husk");
+        eprintln!(
+            "husk {args:?} -> {:?}\n  stdout: {:?}\n  stderr: {:?}",
+            done.status, done.stdout, done.stderr
+        );
+        done
+    }
+
+    /// Runs husk, expecting success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let f = self.husk(args);
+        assert_eq!(
+            f.code(),
+            0,
+            "husk {args:?} failed: {}{}",
+            f.stdout,
+            f.stderr
+        );
+        f.stdout
+    }
+
+    /// Runs husk, expecting exit code `code` and a one-line error.
+    pub fn fails(&self, code: i32, args: &[&str]) -> String {
+        let f = self.husk(args);
+        assert_eq!(f.code(), code, "husk {args:?}: {}{}", f.stdout, f.stderr);
+        assert!(
+            f.stderr.starts_with("husk: "),
+            "one-line error expected: {}",
+            f.stderr
+        );
+        assert!(!f.stderr.contains("panicked"), "{}", f.stderr);
+        f.stderr
+    }
+
+    /// `husk inspect -f FORMAT name`.
+    pub fn inspect(&self, name: &str, format: &str) -> String {
+        self.ok(&["inspect", "-f", format, name]).trim().to_string()
+    }
+
+    /// Polls `check` every 200 ms until it holds, for at most `timeout`.
+    pub fn eventually(&self, what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+        let deadline = Instant::now() + timeout;
+        while !check() {
+            assert!(Instant::now() < deadline, "timed out waiting: {what}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Monitor processes of this store still alive.
+    pub fn monitors(&self) -> Vec<u32> {
+        let root = self.root().display().to_string();
+        let mut found = Vec::new();
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
+                continue;
+            };
+            let args: Vec<String> = cmdline
+                .split(|&b| b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            if args.iter().any(|a| a == "container-monitor") && args.contains(&root) {
+                found.push(pid);
+            }
+        }
+        found
+    }
+
+    /// No container, no monitor, no leftover file in the container store.
+    pub fn assert_clean(&self) {
+        self.eventually("monitors to exit", Duration::from_secs(60), || {
+            self.monitors().is_empty()
+        });
+        let left: Vec<String> = std::fs::read_dir(self.root().join("containers"))
+            .expect("containers dir")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n != ".lock")
+            .collect();
+        assert_eq!(left, Vec::<String>::new(), "leftover container files");
+        assert_eq!(self.ok(&["ps", "-aq"]), "");
+    }
+}
+
+impl Drop for Env {
+    /// A failed test must not leave VMs behind: force-remove whatever is
+    /// left, then kill monitors that survived that.
+    fn drop(&mut self) {
+        if let Ok(ids) = run(self.cmd(&["ps", "-aq"]), Duration::from_secs(60)) {
+            for id in ids.stdout.split_whitespace() {
+                let _ = run(self.cmd(&["rm", "-f", id]), Duration::from_secs(60));
+            }
+        }
+        for pid in self.monitors() {
+            kill(pid, libc::SIGKILL);
+        }
+    }
+}
+
+/// busybox-static with every applet linked, /etc/passwd and /etc/group
+/// with `app` (1000), and a non-executable /bin/notexec.
+fn busybox_layer() -> Vec<u8> {
+    let bb = std::fs::read("/bin/busybox").expect("/bin/busybox (apt install busybox-static)");
+    let list = Command::new("/bin/busybox")
+        .arg("--list")
+        .output()
+        .expect("busybox --list");
+    let mut t = LayerTar::new();
+    t.dir("bin", 0o755, 0, 0)
+        .file("bin/busybox", &bb, 0o755, 0, 0)
+        .file("bin/notexec", b"not a program\n", 0o644, 0, 0)
+        .dir("etc", 0o755, 0, 0)
+        .file(
+            "etc/passwd",
+            b"root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n",
+            0o644,
+            0,
+            0,
+        )
+        .file("etc/group", b"root:x:0:\napp:x:1000:\n", 0o644, 0, 0)
+        .dir("tmp", 0o1777, 0, 0);
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        if applet != "busybox" && !applet.contains('/') {
+            t.symlink(&format!("bin/{applet}"), "busybox");
+        }
+    }
+    t.finish()
+}
+
+/// An image of `layer` with the test config plus `extra` config keys.
+fn image(layer: &[u8], extra: serde_json::Value) -> TestImage {
+    let diff_id = crate::support::sha(layer);
+    let mut config = serde_json::json!({
+        "Cmd": ["sh"],
+        "Env": ["PATH=/bin", "IMG=image", "OVR=image"],
+        "WorkingDir": "/srv/app",
+    });
+    if let (Some(c), Some(e)) = (config.as_object_mut(), extra.as_object()) {
+        c.extend(e.clone());
+    }
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "created": "2024-01-02T03:04:05Z",
+        "config": config,
+        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+    }))
+    .expect("json");
+    TestImage {
+        manifest: Vec::new(),
+        config,
+        layers: vec![layer.to_vec()],
+        diff_ids: vec![diff_id],
+    }
+}
+
+/// A process on a new pseudo-terminal (its controlling terminal).
+pub struct PtyProcess {
+    pub child: std::process::Child,
+    master: OwnedFd,
+    pub output: Vec<u8>,
+}
+
+impl PtyProcess {
+    /// Starts `cmd` on a new pty of `rows` x `cols`.
+    pub fn spawn(mut cmd: Command, rows: u16, cols: u16) -> PtyProcess {
+        let (mut master, mut slave) = (0, 0);
+        let ws = libc::winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: openpty writes two fds; the name and termios are unused.
+        let rc = unsafe {
+            libc::openpty(
+                &mut master,
+                &mut slave,
+                std::ptr::null_mut(),
+                std::ptr::null(),
+                &ws,
+            )
+        };
+        assert_eq!(rc, 0, "openpty");
+        // SAFETY: fresh fds owned by nobody else.
+        let (master, slave) =
+            unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+        cmd.stdin(Stdio::from(slave.try_clone().expect("dup")))
+            .stdout(Stdio::from(slave.try_clone().expect("dup")))
+            .stderr(Stdio::from(slave));
+        // SAFETY: setsid and ioctl(TIOCSCTTY) are async-signal-safe; they
+        // make the pty the child's controlling terminal.
+        unsafe {
+            cmd.pre_exec(move || {
+                libc::setsid();
+                libc::ioctl(0, libc::TIOCSCTTY, 0);
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().expect("spawn on pty");
+        PtyProcess {
+            child,
+            master,
+            output: Vec::new(),
+        }
+    }
+
+    /// Writes keystrokes.
+    pub fn write(&self, bytes: &[u8]) {
+        let mut f = std::fs::File::from(self.master.try_clone().expect("dup"));
+        std::io::Write::write_all(&mut f, bytes).expect("write to pty");
+    }
+
+    /// Changes the terminal size (the kernel sends SIGWINCH to husk).
+    pub fn resize(&self, rows: u16, cols: u16) {
+        let ws = libc::winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCSWINSZ reads a winsize from a valid pointer.
+        let rc = unsafe { libc::ioctl(self.master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+        assert_eq!(rc, 0);
+    }
+
+    /// Reads until the output (since the last match) contains `want`.
+    pub fn expect(&mut self, want: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        let mut f = std::fs::File::from(self.master.try_clone().expect("dup"));
+        loop {
+            let text = String::from_utf8_lossy(&self.output).into_owned();
+            if let Some(i) = text.find(want) {
+                let upto = i + want.len();
+                self.output.drain(..upto.min(self.output.len()));
+                return text[..upto].to_string();
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "no {want:?} on the terminal; got {text:?}");
+            let mut p = libc::pollfd {
+                fd: self.master.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd.
+            if unsafe { libc::poll(&mut p, 1, left.as_millis().min(1000) as i32) } > 0 {
+                let mut buf = [0u8; 4096];
+                match f.read(&mut buf) {
+                    Ok(n) if n > 0 => self.output.extend_from_slice(&buf[..n]),
+                    _ => std::thread::sleep(Duration::from_millis(50)),
+                }
+            }
+        }
+    }
+
+    /// Waits for the exit code.
+    pub fn wait(&mut self, timeout: Duration) -> i32 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = self.child.try_wait().expect("wait") {
+                return st.code().unwrap_or(-1);
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("husk on the pty did not exit");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for PtyProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Sends `sig` to `pid`.
+pub fn kill(pid: u32, sig: i32) {
+    // SAFETY: kill(2) has no memory effects.
+    unsafe { libc::kill(pid as i32, sig) };
+}
+
+/// The path of a file in a test directory, as &str.
+pub fn s(p: &Path) -> &str {
+    p.to_str().expect("utf8 path")
+}

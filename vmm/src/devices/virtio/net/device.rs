@@ -1,0 +1,410 @@
+//! The virtio-net device: features, config space, activation, and moving
+//! frames between its rx/tx queues and a [`Backend`].
+
+use std::sync::Arc;
+
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_net::{
+    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF,
+    VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS, VIRTIO_NET_HDR_F_DATA_VALID, VIRTIO_NET_S_LINK_UP,
+};
+use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+use virtio_queue::{Queue, QueueT};
+
+use super::backend::{Backend, MIN_FRAME_LEN};
+use super::frame::{deliver_rx, read_tx_frame, RxOutcome};
+use crate::devices::virtio::activation::QueueEvents;
+use crate::devices::virtio::{
+    read_config_bytes, ActivateContext, ActivateError, GuestMemory, VirtioDevice, VirtioInterrupt,
+    INT_VRING,
+};
+
+/// Virtio device ID of network devices.
+pub const NET_DEVICE_ID: u32 = 1;
+const QUEUE_SIZE: u16 = 256;
+const QUEUE_SIZES: [u16; 2] = [QUEUE_SIZE; 2];
+pub(super) const RX: usize = 0;
+pub(super) const TX: usize = 1;
+/// mac (6), status (2), max_virtqueue_pairs (2), mtu (2).
+const CONFIG_LEN: usize = 12;
+/// Smallest MTU the device accepts (IPv4's minimum).
+pub const MIN_MTU: u16 = 68;
+
+/// What [`Net::new`] sets up.
+pub struct NetDeviceConfig {
+    /// The guest interface's MAC address.
+    pub mac: [u8; 6],
+    /// The MTU offered to the guest (VIRTIO_NET_F_MTU).
+    pub mtu: u16,
+    /// Whether frames from the backend always carry valid checksums, so
+    /// the guest may skip verifying them (VIRTIO_NET_HDR_F_DATA_VALID).
+    pub trusted_checksums: bool,
+}
+
+/// Errors from [`Net::new`].
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// The MTU is below the minimum.
+    #[error("MTU {0} is below {MIN_MTU}")]
+    Mtu(u16),
+    /// The MAC address is multicast or all zeros.
+    #[error("MAC address {0} is not a unicast address")]
+    Mac(String),
+    /// Opening or configuring the backend failed.
+    #[error("network backend {what}")]
+    Backend {
+        /// The backend, as the user named it.
+        what: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Creating the activation eventfd failed.
+    #[error("cannot create an eventfd")]
+    EventFd(#[source] std::io::Error),
+}
+
+/// Formats a MAC address as `aa:bb:cc:dd:ee:ff`.
+pub fn format_mac(mac: &[u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+pub(super) struct Active {
+    pub(super) mem: GuestMemory,
+    pub(super) queues: Vec<Queue>,
+    pub(super) interrupt: Arc<VirtioInterrupt>,
+}
+
+/// A virtio-net device whose wire is a host [`Backend`].
+pub struct Net {
+    config: [u8; CONFIG_LEN],
+    acked_features: u64,
+    trusted_checksums: bool,
+    pub(super) backend: Box<dyn Backend>,
+    /// The backend failed or closed; no more frames either way.
+    pub(super) backend_dead: bool,
+    /// A frame from the backend waiting for rx buffers.
+    rx_frame: Vec<u8>,
+    pub(super) rx_pending: bool,
+    /// A guest frame the backend did not take yet.
+    tx_frame: Vec<u8>,
+    pub(super) tx_pending: bool,
+    pub(super) events: QueueEvents,
+    pub(super) active: Option<Active>,
+    /// How the backend fd is registered with epoll (`None`: not at all).
+    pub(super) watched: Option<event_manager::EventSet>,
+    /// Counters (diagnostics and tests).
+    pub(super) stats: Stats,
+}
+
+/// Frame counters.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    /// Guest frames handed to the backend.
+    pub tx_frames: u64,
+    /// Guest chains dropped as invalid.
+    pub tx_dropped: u64,
+    /// Backend frames delivered to the guest.
+    pub rx_frames: u64,
+    /// Backend frames dropped (too large for the guest's buffers, invalid
+    /// buffers, runts).
+    pub rx_dropped: u64,
+}
+
+impl Net {
+    /// A device in front of `backend`.
+    pub fn new(config: NetDeviceConfig, backend: Box<dyn Backend>) -> Result<Self, NetError> {
+        if config.mtu < MIN_MTU {
+            return Err(NetError::Mtu(config.mtu));
+        }
+        if config.mac[0] & 1 != 0 || config.mac == [0; 6] {
+            return Err(NetError::Mac(format_mac(&config.mac)));
+        }
+        let mut cfg = [0u8; CONFIG_LEN];
+        cfg[0..6].copy_from_slice(&config.mac);
+        cfg[6..8].copy_from_slice(&(VIRTIO_NET_S_LINK_UP as u16).to_le_bytes());
+        cfg[8..10].copy_from_slice(&1u16.to_le_bytes());
+        cfg[10..12].copy_from_slice(&config.mtu.to_le_bytes());
+        Ok(Self {
+            config: cfg,
+            acked_features: 0,
+            trusted_checksums: config.trusted_checksums,
+            backend,
+            backend_dead: false,
+            rx_frame: Vec::new(),
+            rx_pending: false,
+            tx_frame: Vec::new(),
+            tx_pending: false,
+            events: QueueEvents::new().map_err(NetError::EventFd)?,
+            active: None,
+            watched: None,
+            stats: Stats::default(),
+        })
+    }
+
+    /// Whether the guest driver is running the device.
+    pub fn is_active(&self) -> bool {
+        self.active.is_some()
+    }
+
+    /// Frame counters so far.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    fn has(&self, feature: u32) -> bool {
+        self.acked_features & (1u64 << feature) != 0
+    }
+
+    pub(super) fn mark_backend_dead(&mut self, why: &std::io::Error) {
+        if !self.backend_dead {
+            log::warn!("virtio-net: backend gone ({why}); the guest's link stays silent");
+        }
+        self.backend_dead = true;
+        self.rx_pending = false;
+        self.tx_pending = false;
+    }
+
+    /// Moves frames both ways and raises the interrupt when the guest
+    /// needs it.
+    pub(super) fn run_queues(&mut self) {
+        if self.active.is_none() {
+            return;
+        }
+        let mut notify = false;
+        if self.process_tx() {
+            notify |= self.needs_notification(TX);
+        }
+        if self.process_rx() {
+            notify |= self.needs_notification(RX);
+        }
+        if notify {
+            if let Some(active) = &self.active {
+                if let Err(e) = active.interrupt.trigger(INT_VRING) {
+                    log::error!("virtio-net: interrupt: {e}");
+                }
+            }
+        }
+    }
+
+    fn needs_notification(&mut self, index: usize) -> bool {
+        let Some(active) = self.active.as_mut() else {
+            return false;
+        };
+        let mem = &active.mem;
+        active
+            .queues
+            .get_mut(index)
+            .is_some_and(|q| q.needs_notification(mem).unwrap_or(true))
+    }
+
+    /// Hands the pending frame to the backend; false if it is still full.
+    fn push_pending_tx(&mut self) -> bool {
+        if !self.tx_pending || self.backend_dead {
+            self.tx_pending = false;
+            return true;
+        }
+        match self.backend.send(&self.tx_frame) {
+            Ok(true) => {
+                self.tx_pending = false;
+                self.stats.tx_frames += 1;
+                true
+            }
+            Ok(false) => false,
+            Err(e) => {
+                self.mark_backend_dead(&e);
+                true
+            }
+        }
+    }
+
+    /// Sends guest frames to the backend until the queue is empty or the
+    /// backend is full; true if any chain was used.
+    pub(super) fn process_tx(&mut self) -> bool {
+        if !self.push_pending_tx() {
+            return false;
+        }
+        let Some(active) = self.active.as_mut() else {
+            return false;
+        };
+        let mem = &active.mem;
+        let Some(queue) = active.queues.get_mut(TX) else {
+            return false;
+        };
+        let mut used = false;
+        loop {
+            if queue.disable_notification(mem).is_err() {
+                break;
+            }
+            let mut pass = 0usize;
+            while let Some(chain) = queue.pop_descriptor_chain(mem) {
+                let head = chain.head_index();
+                match read_tx_frame(mem, chain, &mut self.tx_frame) {
+                    Ok(()) => self.tx_pending = !self.backend_dead,
+                    Err(e) => {
+                        log::debug!("virtio-net: tx frame dropped: {e}");
+                        self.stats.tx_dropped += 1;
+                    }
+                }
+                if let Err(e) = queue.add_used(mem, head, 0) {
+                    log::debug!("virtio-net: add_used: {e}");
+                }
+                used = true;
+                pass += 1;
+                if self.tx_pending {
+                    match self.backend.send(&self.tx_frame) {
+                        Ok(true) => {
+                            self.tx_pending = false;
+                            self.stats.tx_frames += 1;
+                        }
+                        // Full: wait for the backend to become writable.
+                        Ok(false) => return used,
+                        Err(e) => {
+                            log::warn!("virtio-net: backend gone ({e})");
+                            self.backend_dead = true;
+                            self.tx_pending = false;
+                            self.rx_pending = false;
+                        }
+                    }
+                }
+            }
+            // A bogus avail index makes enable_notification report more work
+            // that pop never yields: stop after a pass that did nothing.
+            match queue.enable_notification(mem) {
+                Ok(true) if pass > 0 => continue,
+                _ => break,
+            }
+        }
+        used
+    }
+
+    /// Delivers backend frames into rx buffers; true if any buffer was used.
+    pub(super) fn process_rx(&mut self) -> bool {
+        let mergeable = self.has(VIRTIO_NET_F_MRG_RXBUF);
+        let flags = if self.trusted_checksums && self.has(VIRTIO_NET_F_GUEST_CSUM) {
+            VIRTIO_NET_HDR_F_DATA_VALID as u8
+        } else {
+            0
+        };
+        let mut used = false;
+        let mut rechecked = false;
+        // Ends when the backend has nothing more, the guest has no buffers
+        // left, or the backend is gone.
+        loop {
+            if self.backend_dead || self.active.is_none() {
+                break;
+            }
+            if !self.rx_pending {
+                match self.backend.recv(&mut self.rx_frame) {
+                    Ok(true) if self.rx_frame.len() < MIN_FRAME_LEN => {
+                        self.stats.rx_dropped += 1;
+                        continue;
+                    }
+                    Ok(true) => self.rx_pending = true,
+                    Ok(false) => break,
+                    Err(e) => {
+                        self.mark_backend_dead(&e);
+                        break;
+                    }
+                }
+            }
+            let Some(active) = self.active.as_mut() else {
+                break;
+            };
+            let mem = &active.mem;
+            let Some(queue) = active.queues.get_mut(RX) else {
+                break;
+            };
+            match deliver_rx(mem, queue, &self.rx_frame, mergeable, flags) {
+                RxOutcome::Delivered(_) => {
+                    self.rx_pending = false;
+                    self.stats.rx_frames += 1;
+                    used = true;
+                    rechecked = false;
+                }
+                RxOutcome::Dropped { consumed } => {
+                    self.rx_pending = false;
+                    self.stats.rx_dropped += 1;
+                    used |= consumed > 0;
+                }
+                RxOutcome::NoBuffers => {
+                    // Ask for a notification when buffers come, and go on if
+                    // some arrived in between (once: the ring may be garbage).
+                    if rechecked {
+                        break;
+                    }
+                    rechecked = true;
+                    match queue.enable_notification(mem) {
+                        Ok(true) => continue,
+                        _ => break,
+                    }
+                }
+            }
+        }
+        used
+    }
+}
+
+impl VirtioDevice for Net {
+    fn device_type(&self) -> u32 {
+        NET_DEVICE_ID
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &QUEUE_SIZES
+    }
+
+    fn avail_features(&self) -> u64 {
+        [
+            VIRTIO_F_VERSION_1,
+            VIRTIO_RING_F_EVENT_IDX,
+            VIRTIO_NET_F_CSUM,
+            VIRTIO_NET_F_GUEST_CSUM,
+            VIRTIO_NET_F_MTU,
+            VIRTIO_NET_F_MAC,
+            VIRTIO_NET_F_MRG_RXBUF,
+            VIRTIO_NET_F_STATUS,
+        ]
+        .iter()
+        .fold(0u64, |f, bit| f | (1u64 << bit))
+    }
+
+    fn set_acked_features(&mut self, features: u64) {
+        self.acked_features = features & self.avail_features();
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.config, offset, data);
+    }
+
+    fn write_config(&mut self, offset: u64, _data: &[u8]) {
+        log::debug!("virtio-net: config write at {offset:#x} ignored");
+    }
+
+    fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
+        if ctx.queues.len() != QUEUE_SIZES.len() || ctx.queue_evts.len() != QUEUE_SIZES.len() {
+            return Err(ActivateError::BadConfig("virtio-net needs two queues"));
+        }
+        self.active = Some(Active {
+            mem: ctx.mem,
+            queues: ctx.queues,
+            interrupt: ctx.interrupt,
+        });
+        self.rx_pending = false;
+        self.tx_pending = false;
+        self.events
+            .install(ctx.queue_evts)
+            .map_err(ActivateError::EventFd)
+    }
+
+    fn reset(&mut self) {
+        self.active = None;
+        self.acked_features = 0;
+        self.rx_pending = false;
+        self.tx_pending = false;
+        self.events.retire();
+    }
+}
