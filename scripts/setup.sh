@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Sets up a fresh Debian 12 machine (as root) and runs the main job: a command
-# in a microVM. Installs packages, builds the guest kernel (cached) and the
+# Sets up a fresh Debian 12 machine (as root) and runs the main job: builds a
+# busybox image and runs a container from it, each in its own microVM. Installs packages, builds the guest kernel (cached) and the
 # workspace, installs husk to /usr/local.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
@@ -16,7 +16,16 @@ install -m 0755 "$HUSK_AGENT" /usr/local/lib/husk/husk-agent
 install -m 0755 "$HUSK_BIN" /usr/local/bin/husk
 unset HUSK_KERNEL HUSK_AGENT
 
-log "main job: a busybox root filesystem and a command in a microVM"
-rootfs="$HUSK_CACHE/busybox-rootfs.ext4"
-"$HUSK_REPO/scripts/mkrootfs.sh" "$rootfs"
-husk vm run --disk "$rootfs" -- /bin/echo hello
+log "main job: build a busybox image (FROM scratch) and run a container in a microVM"
+ctx="$(mktemp -d)"
+trap 'rm -rf "$ctx"' EXIT
+mkdir -p "$ctx/bin"
+cp /bin/busybox "$ctx/bin/busybox"
+cat > "$ctx/Dockerfile" <<'DOCKERFILE'
+FROM scratch
+COPY bin/busybox /bin/busybox
+RUN ["/bin/busybox", "--install", "-s", "/bin"]
+CMD ["sh"]
+DOCKERFILE
+husk build --network none -t busybox:husk "$ctx"
+husk run --rm busybox:husk echo hello from a microVM
