@@ -9,4 +9,4 @@ build_kernel
 build_workspace
 log "cargo test (HUSK_KERNEL=$HUSK_KERNEL)"
 cd "$HUSK_REPO"
-cargo test --release --workspace
+cargo test --release --workspace --no-fail-fast

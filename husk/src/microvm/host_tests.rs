@@ -130,8 +130,10 @@ fn hostile_agents_fail_cleanly() {
 
     let wrong_version = drive_with(
         |mut conn| {
-            // Like a real agent, read the host's hello before answering, so
-            // the host is not still writing when this end closes.
+            // Read everything the host sends up front (hello and request)
+            // before answering, so the host is not still writing when this
+            // end closes.
+            read_message(&mut conn).unwrap();
             read_message(&mut conn).unwrap();
             write_message(&mut conn, &Message::Hello { version: 99 }).unwrap();
         },
