@@ -43,9 +43,14 @@ pub struct ContainerConfig {
     pub stop_timeout: u64,
     /// Remove the container when it exits (`--rm`).
     pub auto_remove: bool,
-    /// Published ports (`-p`), as given; empty until networking exists.
+    /// Published ports: the `-p` values, then (`-P`) the image's exposed
+    /// ports; each is a [`husk_net::parse_port_spec`] specification.
     #[serde(default)]
     pub ports: Vec<String>,
+    /// `--network` ([`husk_net::NetworkMode`] syntax); empty: the default
+    /// (passt).
+    #[serde(default)]
+    pub network: String,
     /// The guest kernel.
     pub kernel: PathBuf,
     /// The agent disk.

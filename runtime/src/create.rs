@@ -142,6 +142,12 @@ impl Runtime {
         let stop_signal = signals::parse_signal(&stop_name)
             .ok_or_else(|| Error::Invalid(format!("invalid stop signal {stop_name:?}")))?;
         let requests = volume_requests(&opts.volumes, &rc.volumes)?;
+        let ports = crate::ports::published(
+            &opts.ports,
+            opts.publish_all,
+            &rc.exposed_ports,
+            &opts.network,
+        )?;
         let tmp = self.layout.containers().join(format!(".tmp-{id}"));
         fs::create_dir(&tmp).map_err(io_err(format!("creating {}", tmp.display())))?;
         let paths = ContainerPaths { dir: tmp.clone() };
@@ -169,7 +175,8 @@ impl Runtime {
                 stop_signal,
                 stop_timeout: opts.stop_timeout.unwrap_or(spec::DEFAULT_STOP_TIMEOUT),
                 auto_remove: opts.auto_remove,
-                ports: Vec::new(),
+                ports,
+                network: opts.network.clone(),
                 kernel: opts.kernel.clone(),
                 agent_disk: opts.agent_disk.clone(),
                 boot_timeout: opts.boot_timeout,

@@ -25,6 +25,7 @@ pub mod layout;
 mod lifecycle;
 pub mod logs;
 pub mod monitor;
+pub mod ports;
 pub mod relay;
 pub mod signals;
 pub mod spec;
@@ -107,6 +108,9 @@ pub enum Error {
         /// What the agent (or the monitor) reported.
         detail: String,
     },
+    /// The container's network could not be set up.
+    #[error(transparent)]
+    Network(#[from] husk_net::NetError),
     /// Talking to the guest agent failed.
     #[error("talking to the container's agent: {0}")]
     Agent(String),

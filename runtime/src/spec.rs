@@ -55,6 +55,12 @@ pub struct CreateOptions {
     pub stop_timeout: Option<u64>,
     /// `--rm`.
     pub auto_remove: bool,
+    /// `-p` values.
+    pub ports: Vec<String>,
+    /// `-P`: also publish the image's exposed ports on free host ports.
+    pub publish_all: bool,
+    /// `--network`; empty: the default (passt).
+    pub network: String,
     /// The guest kernel.
     pub kernel: PathBuf,
     /// The agent disk.

@@ -114,6 +114,10 @@ pub struct State {
     /// Times the container was started.
     #[serde(default)]
     pub start_count: u32,
+    /// Published ports of the current (or last) run with their actual host
+    /// ports, as `husk port` prints them (`80/tcp -> 0.0.0.0:8080`).
+    #[serde(default)]
+    pub ports: Vec<String>,
 }
 
 impl State {
@@ -128,6 +132,7 @@ impl State {
             started_at: None,
             finished_at: None,
             start_count: 0,
+            ports: Vec::new(),
         }
     }
 

@@ -5,6 +5,7 @@
 mod control;
 mod inspect;
 mod logs;
+mod port;
 mod ps;
 mod run;
 mod session;
@@ -47,6 +48,8 @@ pub enum ContainerCommand {
     Logs(logs::LogsArgs),
     /// Run a command in a running container.
     Exec(session::ExecArgs),
+    /// List a container's published ports.
+    Port(port::PortArgs),
     /// Show details of containers as JSON.
     Inspect(inspect::InspectArgs),
     /// The per-container monitor (started by husk itself).
@@ -80,6 +83,7 @@ pub fn run(command: ContainerCommand) -> anyhow::Result<i32> {
         ContainerCommand::Ps(a) => ps::ps(a),
         ContainerCommand::Logs(a) => logs::logs(a),
         ContainerCommand::Exec(a) => session::exec(a),
+        ContainerCommand::Port(a) => port::port(a),
         ContainerCommand::Inspect(a) => inspect::inspect(a),
         ContainerCommand::Monitor(a) => Ok(husk_runtime::monitor::main(&a.root, &a.id, &a.mode)),
     }

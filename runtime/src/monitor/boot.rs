@@ -69,8 +69,30 @@ pub fn vm_config(
     }
 }
 
+/// The guest's side of the container's network, for [`container_spec`].
+#[derive(Clone, Debug, Default)]
+pub struct GuestNet {
+    /// The interface; `None`: loopback only.
+    pub spec: Option<husk_protocol::NetworkSpec>,
+    /// /etc/resolv.conf replacing the configured one, if any.
+    pub resolv_conf: Option<String>,
+    /// /etc/hosts lines added to the configured ones.
+    pub hosts: Vec<String>,
+}
+
+impl GuestNet {
+    /// What `net` gives a guest named `hostname`.
+    pub fn of(net: &husk_net::Network, hostname: &str) -> GuestNet {
+        GuestNet {
+            spec: net.spec(),
+            resolv_conf: net.resolv_conf(),
+            hosts: net.hosts(hostname),
+        }
+    }
+}
+
 /// What the agent assembles.
-pub fn container_spec(cfg: &ContainerConfig) -> ContainerSpec {
+pub fn container_spec(cfg: &ContainerConfig, net: &GuestNet) -> ContainerSpec {
     ContainerSpec {
         layers: (0..cfg.layers.len()).map(layer_serial).collect(),
         writable: RW_SERIAL.into(),
@@ -86,9 +108,9 @@ pub fn container_spec(cfg: &ContainerConfig) -> ContainerSpec {
             })
             .collect(),
         hostname: cfg.hostname.clone(),
-        hosts: cfg.hosts.clone(),
-        resolv_conf: cfg.resolv_conf.clone(),
-        network: None,
+        hosts: cfg.hosts.iter().chain(&net.hosts).cloned().collect(),
+        resolv_conf: net.resolv_conf.clone().or_else(|| cfg.resolv_conf.clone()),
+        network: net.spec.clone(),
     }
 }
 

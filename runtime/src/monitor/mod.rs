@@ -178,6 +178,9 @@ fn run(root: &Path, id: &str, mode: &str) -> Result<(), Error> {
         claims.push(vols.claim(&m.name)?);
         volume_disks.push(vols.get(&m.name)?.disk);
     }
+    // Before anything is recorded: a host port in use leaves the
+    // container as it was (created, or exited). Dropping it stops passt.
+    let mut network = husk_net::Network::start(crate::ports::network_options(&cfg)?)?;
     let local = open_local(&mode)?;
     let signals = Signals::install_for(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP])
         .map_err(io_err("installing signal handlers"))?;
@@ -202,6 +205,7 @@ fn run(root: &Path, id: &str, mode: &str) -> Result<(), Error> {
         started_at: Some(crate::time::now()),
         finished_at: None,
         start_count: previous.start_count + 1,
+        ports: network.ports().iter().map(|p| p.to_string()).collect(),
     };
     state.write(&paths)?;
     let attach_mode = mode == StdioMode::Attach;
@@ -215,23 +219,28 @@ fn run(root: &Path, id: &str, mode: &str) -> Result<(), Error> {
         report_last(ready::READY);
     }
 
-    let vm_config = boot::vm_config(&cfg, &paths, &volume_disks, vsock.path());
+    let mut vm_config = boot::vm_config(&cfg, &paths, &volume_disks, vsock.path());
+    vm_config.net = network.net_config();
+    let guest_net = boot::GuestNet::of(&network, &cfg.hostname);
     let (end, mut clients) = match vmm::Vm::new(vm_config)
         .map_err(|e| format!("creating the VM: {}", error_chain(&e)))
         .and_then(|vm| VmThread::start(vm).map_err(|e| format!("starting the VM thread: {e}")))
     {
-        Ok(mut vm) => Session::new(
-            &cfg,
-            &paths,
-            &signals,
-            &mut vm,
-            agent_listener,
-            clients,
-            local,
-            attach_mode,
-            &mut recorder,
-        )
-        .run(),
+        Ok(mut vm) => {
+            let mut session = Session::new(
+                &cfg,
+                &paths,
+                &signals,
+                &mut vm,
+                agent_listener,
+                clients,
+                local,
+                attach_mode,
+                &mut recorder,
+            );
+            session.guest_net = guest_net;
+            session.run()
+        }
         Err(why) => {
             let end = End {
                 code: 125,
@@ -248,7 +257,8 @@ fn run(root: &Path, id: &str, mode: &str) -> Result<(), Error> {
     ] {
         let _ = std::fs::remove_file(p);
     }
-    // The VM is gone: its volumes are free for others (and for removal).
+    // The VM is gone: its volumes and ports are free for others.
+    network.stop();
     drop(claims);
     if cfg.auto_remove {
         if let Err(e) = rt.remove_files(&id, &cfg, true) {

@@ -99,6 +99,8 @@ pub struct Session<'a> {
     pub(super) logs: Option<LogWriter>,
     pub(super) wait_attach: bool,
     pub(super) recorder: &'a mut Recorder,
+    /// The guest's network (set after [`Session::new`]).
+    pub(super) guest_net: boot::GuestNet,
     agent: Option<Agent>,
     phase: Phase,
     deadline: Option<Instant>,
@@ -136,6 +138,7 @@ impl<'a> Session<'a> {
             logs,
             wait_attach,
             recorder,
+            guest_net: boot::GuestNet::default(),
             agent: None,
             phase: Phase::Booting,
             deadline: Some(Instant::now() + Duration::from_secs(cfg.boot_timeout)),
@@ -307,7 +310,7 @@ impl<'a> Session<'a> {
         let hello = Message::Hello {
             version: PROTOCOL_VERSION,
         };
-        let spec = Message::CreateContainer(boot::container_spec(self.cfg));
+        let spec = Message::CreateContainer(boot::container_spec(self.cfg, &self.guest_net));
         for msg in [hello, spec] {
             self.send_agent(&msg);
         }

@@ -108,7 +108,7 @@ fn document(c: &Container) -> Value {
             "PortBindings": cfg.ports,
             "Runtime": "husk",
         },
-        "NetworkSettings": { "Ports": {} },
+        "NetworkSettings": { "Ports": published(c) },
         "Husk": {
             "Kernel": cfg.kernel,
             "Layers": cfg.layers,
@@ -151,6 +151,29 @@ fn render(format: &str, doc: &Value) -> String {
     }
     out.push_str(rest);
     out
+}
+
+/// Docker's `NetworkSettings.Ports` of a running container:
+/// `{"80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "8080"}]}`.
+fn published(c: &husk_runtime::Container) -> serde_json::Value {
+    let mut out = serde_json::Map::new();
+    if c.state.is_running() {
+        for p in &c.state.ports {
+            let Some((container, host)) = p.split_once(" -> ") else {
+                continue;
+            };
+            let (ip, port) = host.rsplit_once(':').unwrap_or(("", host));
+            let entry = serde_json::json!({ "HostIp": ip, "HostPort": port });
+            match out
+                .entry(container.to_string())
+                .or_insert_with(|| serde_json::Value::Array(Vec::new()))
+            {
+                serde_json::Value::Array(list) => list.push(entry),
+                _ => unreachable!("only arrays are inserted"),
+            }
+        }
+    }
+    serde_json::Value::Object(out)
 }
 
 #[cfg(test)]

@@ -50,9 +50,16 @@ pub struct CreateArgs {
     /// Volumes: NAME:/path[:ro], or /path for an anonymous volume.
     #[arg(short = 'v', long = "volume", value_name = "VOLUME")]
     volumes: Vec<String>,
-    /// Publish ports (needs networking, not available yet).
+    /// Publish container ports: [IP:][HOST_PORT:]CONTAINER_PORT[/PROTO].
     #[arg(short = 'p', long = "publish", value_name = "PORTS")]
     publish: Vec<String>,
+    /// Publish the image's exposed ports on free host ports.
+    #[arg(short = 'P', long = "publish-all")]
+    publish_all: bool,
+    /// Network: passt (default: outbound access and published ports),
+    /// none (loopback only), tap or tap:NAME (root).
+    #[arg(long, value_name = "MODE", default_value = "")]
+    network: String,
     /// Signal to stop the container (default: the image's, else SIGTERM).
     #[arg(long)]
     stop_signal: Option<String>,
@@ -101,9 +108,6 @@ pub struct RunArgs {
 
 /// The library's options from the flags (assets resolved here).
 fn options(a: &CreateArgs) -> Result<CreateOptions> {
-    if !a.publish.is_empty() {
-        bail!("publishing ports (-p) needs container networking, which is not available yet");
-    }
     let mut env = Vec::new();
     for file in &a.env_file {
         let text = std::fs::read_to_string(file)
@@ -151,6 +155,9 @@ fn options(a: &CreateArgs) -> Result<CreateOptions> {
         stop_signal: a.stop_signal.clone(),
         stop_timeout: a.stop_timeout,
         auto_remove: a.rm,
+        ports: a.publish.clone(),
+        publish_all: a.publish_all,
+        network: a.network.clone(),
         kernel,
         agent_disk,
         boot_timeout: a.boot_timeout,
@@ -180,17 +187,25 @@ pub fn run(a: RunArgs) -> Result<i32> {
     }
     let rt = super::runtime(&c.root)?;
     let id = create_container(&rt, c)?;
-    if a.detach {
-        start_or_report(&rt, id.as_str(), StdioSpec::Detached)?;
-        println!("{id}");
-        return Ok(0);
-    }
-    let attached = Attached {
-        stdin: c.interactive,
-        tty: c.tty,
-        sig_proxy: a.sig_proxy,
+    let started = if a.detach {
+        start_or_report(&rt, id.as_str(), StdioSpec::Detached).map(|()| {
+            println!("{id}");
+            0
+        })
+    } else {
+        let attached = Attached {
+            stdin: c.interactive,
+            tty: c.tty,
+            sig_proxy: a.sig_proxy,
+        };
+        session::start_attached(&rt, id.as_str(), &attached)
     };
-    session::start_attached(&rt, id.as_str(), &attached)
+    if started.is_err() && c.rm {
+        // A container that never ran (a host port in use...) is removed
+        // as --rm asks; one that runs is left to its monitor.
+        let _ = rt.delete(id.as_str(), husk_runtime::DeleteOptions::default());
+    }
+    started
 }
 
 /// Starts a container; a process that could not start is reported with
