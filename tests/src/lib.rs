@@ -3,6 +3,8 @@
 //! running `husk` with timeouts, and checking for leaked processes and
 //! files.
 
+pub mod net;
+
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};

@@ -5,10 +5,8 @@
 //!
 //! Skipped (with a message) without `HUSK_KERNEL`, root or passt.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::Path;
-use std::time::{Duration, Instant};
+use std::net::TcpListener;
+use std::time::Duration;
 
 #[allow(dead_code)]
 #[path = "images/support.rs"]
@@ -19,88 +17,10 @@ mod support;
 mod csupport;
 
 use csupport::{Env, IMAGE};
+use husk_tests::net::{free_port, one_shot_server, passt_or_skip, wait_for_http};
 
 /// How long the guest may take to boot and start serving.
 const SERVE_TIMEOUT: Duration = Duration::from_secs(300);
-
-fn passt_or_skip(test: &str) -> bool {
-    let found = ["/usr/bin/passt", "/usr/sbin/passt"]
-        .iter()
-        .any(|p| Path::new(p).exists());
-    if !found {
-        eprintln!("SKIPPED {test}: passt is not installed (apt-get install passt)");
-    }
-    found
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// `GET /` on 127.0.0.1:port; the body, if the server answered 200.
-fn http_get(port: u16) -> Option<String> {
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    s.set_write_timeout(Some(Duration::from_secs(5))).ok()?;
-    s.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).ok()?;
-    let (head, body) = resp.split_once("\r\n\r\n")?;
-    (head.starts_with("HTTP/1.") && head.contains(" 200 ")).then(|| body.to_string())
-}
-
-/// Polls `GET /` until it answers or `timeout` passes.
-fn wait_for_http(port: u16, timeout: Duration) -> Option<String> {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if let Some(body) = http_get(port) {
-            return Some(body);
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    None
-}
-
-/// A one-shot HTTP server on the host's loopback: answers the first
-/// request with `body`, gives up after `timeout`. Returns its port and a
-/// handle yielding the request line it got.
-fn one_shot_server(
-    body: &'static str,
-    timeout: Duration,
-) -> (u16, std::thread::JoinHandle<Option<String>>) {
-    let server = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = server.local_addr().unwrap().port();
-    server.set_nonblocking(true).unwrap();
-    let handle = std::thread::spawn(move || {
-        let deadline = Instant::now() + timeout;
-        let mut conn = loop {
-            match server.accept() {
-                Ok((c, _)) => break c,
-                Err(_) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(100))
-                }
-                Err(_) => return None,
-            }
-        };
-        conn.set_nonblocking(false).ok()?;
-        conn.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-        let mut req = [0u8; 1024];
-        let n = conn.read(&mut req).unwrap_or(0);
-        let resp = format!(
-            "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        conn.write_all(resp.as_bytes()).ok()?;
-        let req = String::from_utf8_lossy(&req[..n]).into_owned();
-        req.lines().next().map(str::to_string)
-    });
-    (port, handle)
-}
 
 #[test]
 fn published_port_port_command_port_in_use_and_outbound() {
@@ -178,8 +98,11 @@ fn published_port_port_command_port_in_use_and_outbound() {
     let url = format!("http://10.0.2.2:{hport}/");
     let got = env.ok(&["exec", "web", "wget", "-qO-", &url]);
     assert_eq!(got, "hello from the host\n");
-    let request = served.join().unwrap();
-    assert_eq!(request.as_deref(), Some("GET / HTTP/1.1"));
+    let served = served
+        .join()
+        .unwrap()
+        .expect("the guest's request reached the host");
+    assert_eq!(served.request_line, "GET / HTTP/1.1");
 
     env.ok(&["rm", "-f", "web"]);
     // passt went with the container: the port is free again.

@@ -6,12 +6,12 @@
 //! VM tests are skipped (with a message) when `HUSK_KERNEL` is unset, and
 //! everything is skipped when passt is not installed.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::net::{TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use husk_tests::net::{free_port, http_get, one_shot_server, passt_or_skip, wait_for_http};
 use husk_tests::{
     busybox_rootfs, husk, kernel_or_skip, leftovers, mkfs_ext4, processes_in_group, run, vm_lock,
     Finished, Running,
@@ -23,16 +23,6 @@ const VM_TIMEOUT: Duration = Duration::from_secs(480);
 const BOOT_TIMEOUT: &str = "400";
 /// How long a guest may take to boot and start serving.
 const SERVE_TIMEOUT: Duration = Duration::from_secs(420);
-
-fn passt_or_skip(test: &str) -> bool {
-    let found = ["/usr/bin/passt", "/usr/sbin/passt"]
-        .iter()
-        .any(|p| Path::new(p).exists());
-    if !found {
-        eprintln!("SKIPPED {test}: passt is not installed (apt-get install passt)");
-    }
-    found
-}
 
 /// A busybox root image with /www/index.html = `page`, and /bin/udp-echo
 /// when gcc can build it statically (returns whether it could).
@@ -74,38 +64,6 @@ int main(int argc, char **argv) {
     }
 }
 "#;
-
-/// A port that was free a moment ago.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// `GET /` on 127.0.0.1:port; the body, if the server answered.
-fn http_get(port: u16) -> Option<String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    s.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).ok()?;
-    let (_, body) = resp.split_once("\r\n\r\n")?;
-    (resp.starts_with("HTTP/1.") && resp.contains(" 200 ")).then(|| body.to_string())
-}
-
-/// Polls `GET /` until it answers or `timeout` passes.
-fn wait_for_http(port: u16, timeout: Duration) -> Option<String> {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if let Some(body) = http_get(port) {
-            return Some(body);
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    None
-}
 
 /// The `(proto, port)` pairs passt of husk's process group listens on.
 fn passt_listening(husk_pid: u32) -> Vec<(&'static str, u16)> {
@@ -186,23 +144,7 @@ fn outbound_tcp_reaches_a_host_loopback_server() {
     let image = s.tmp.path().join("root.ext4");
     rootfs(&s.dir("build"), &image, "unused");
     // A one-shot HTTP server on the host's loopback.
-    let server = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = server.local_addr().unwrap().port();
-    let served = std::thread::spawn(move || {
-        server.set_nonblocking(false).unwrap();
-        let (mut conn, peer) = server.accept().unwrap();
-        conn.set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        let mut req = [0u8; 1024];
-        let n = conn.read(&mut req).unwrap_or(0);
-        let body = "hello from the host\n";
-        let resp = format!(
-            "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        conn.write_all(resp.as_bytes()).unwrap();
-        (peer, String::from_utf8_lossy(&req[..n]).into_owned())
-    });
+    let (port, served) = one_shot_server("hello from the host\n", SERVE_TIMEOUT);
     let run_dir = s.dir("run");
     let script = format!("wget -qO- http://10.0.2.2:{port}/ && ip -4 addr show && ip route");
     let done = run(
@@ -232,9 +174,16 @@ fn outbound_tcp_reaches_a_host_loopback_server() {
     assert!(done.stdout.contains("inet 10.0.2.15/24"), "address");
     assert!(done.stdout.contains("default via 10.0.2.2"), "route");
     assert!(done.stdout.contains("65520"), "mtu");
-    let (peer, request) = served.join().unwrap();
-    assert!(peer.ip().is_loopback());
-    assert!(request.starts_with("GET / HTTP/1."), "{request}");
+    let served = served
+        .join()
+        .unwrap()
+        .expect("the guest's request reached the host");
+    assert!(served.peer.ip().is_loopback());
+    assert!(
+        served.request_line.starts_with("GET / HTTP/1."),
+        "{}",
+        served.request_line
+    );
     assert_clean(&done, &run_dir);
 }
 
