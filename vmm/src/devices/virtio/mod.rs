@@ -89,12 +89,41 @@ pub struct ActivateContext {
     pub interrupt: Arc<VirtioInterrupt>,
 }
 
+impl ActivateContext {
+    /// Checks that the context carries exactly `expected` queues and queue
+    /// eventfds; `device` names the device in the error.
+    pub fn expect_queues(
+        &self,
+        device: &'static str,
+        expected: usize,
+    ) -> Result<(), ActivateError> {
+        if self.queues.len() == expected && self.queue_evts.len() == expected {
+            return Ok(());
+        }
+        Err(ActivateError::QueueCount {
+            device,
+            expected,
+            got: self.queues.len(),
+        })
+    }
+}
+
 /// Errors a device may return from [`VirtioDevice::activate`].
 #[derive(Debug, thiserror::Error)]
 pub enum ActivateError {
     /// The driver's configuration is unusable (bad queue count, invalid queue...).
     #[error("invalid configuration: {0}")]
     BadConfig(&'static str),
+    /// The device was handed the wrong number of queues.
+    #[error("{device} needs {expected} queues, got {got}")]
+    QueueCount {
+        /// The device's name.
+        device: &'static str,
+        /// How many queues it has.
+        expected: usize,
+        /// How many it was given.
+        got: usize,
+    },
     /// Registering or signalling an eventfd failed.
     #[error("eventfd")]
     EventFd(#[source] std::io::Error),

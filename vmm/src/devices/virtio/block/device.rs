@@ -231,11 +231,7 @@ impl VirtioDevice for Block {
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
-        if ctx.queues.len() != 1 || ctx.queue_evts.len() != 1 {
-            return Err(ActivateError::BadConfig(
-                "virtio-blk needs exactly one queue",
-            ));
-        }
+        ctx.expect_queues("virtio-blk", 1)?;
         let queue = ctx
             .queues
             .into_iter()

@@ -385,9 +385,7 @@ impl VirtioDevice for Net {
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
-        if ctx.queues.len() != QUEUE_SIZES.len() || ctx.queue_evts.len() != QUEUE_SIZES.len() {
-            return Err(ActivateError::BadConfig("virtio-net needs two queues"));
-        }
+        ctx.expect_queues("virtio-net", QUEUE_SIZES.len())?;
         self.active = Some(Active {
             mem: ctx.mem,
             queues: ctx.queues,

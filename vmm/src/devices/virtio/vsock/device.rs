@@ -239,9 +239,7 @@ impl VirtioDevice for Vsock {
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
-        if ctx.queues.len() != QUEUE_SIZES.len() || ctx.queue_evts.len() != QUEUE_SIZES.len() {
-            return Err(ActivateError::BadConfig("virtio-vsock needs three queues"));
-        }
+        ctx.expect_queues("virtio-vsock", QUEUE_SIZES.len())?;
         self.active = Some(Active {
             mem: ctx.mem,
             queues: ctx.queues,
