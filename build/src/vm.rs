@@ -361,7 +361,9 @@ impl Session<'_> {
                     let _ = out.write_all(&b).and_then(|()| out.flush());
                 }
                 Some(Message::Exited { code }) => break code,
-                Some(Message::Signaled { signal }) => break 128 + signal,
+                Some(Message::Signaled { signal }) => {
+                    break husk_protocol::signal_exit_code(signal)
+                }
                 Some(Message::Error { code, detail }) => {
                     return Err(VmError::Refused {
                         code: code.exit_code(),

@@ -22,8 +22,8 @@ pub use frame::{
     HEADER_LEN, MAX_FRAME,
 };
 pub use message::{
-    ContainerSpec, ErrorCode, ExecRequest, Message, NetworkSpec, RootDisk, RunRequest, User,
-    VolumeMount,
+    signal_exit_code, ContainerSpec, ErrorCode, ExecRequest, Message, NetworkSpec, RootDisk,
+    RunRequest, User, VolumeMount,
 };
 
 /// The protocol version this build speaks; sent in [`Message::Hello`].

@@ -239,3 +239,31 @@ impl ErrorCode {
         }
     }
 }
+
+/// The exit code Docker (and a shell) reports for a process killed by
+/// `signal`: 128 + the signal number. The number comes from the guest, so
+/// anything outside the valid signals 1-64 maps to 255 instead of an
+/// arithmetic overflow or a nonsense code.
+pub fn signal_exit_code(signal: i32) -> i32 {
+    if (1..=64).contains(&signal) {
+        128 + signal
+    } else {
+        255
+    }
+}
+
+#[cfg(test)]
+mod signal_exit_code_tests {
+    use super::signal_exit_code;
+
+    #[test]
+    fn valid_signals_add_128_and_hostile_ones_give_255() {
+        assert_eq!(signal_exit_code(9), 137);
+        assert_eq!(signal_exit_code(15), 143);
+        assert_eq!(signal_exit_code(64), 192);
+        assert_eq!(signal_exit_code(0), 255);
+        assert_eq!(signal_exit_code(-1), 255);
+        assert_eq!(signal_exit_code(65), 255);
+        assert_eq!(signal_exit_code(i32::MAX), 255);
+    }
+}

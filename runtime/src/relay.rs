@@ -61,7 +61,7 @@ impl Outcome {
     pub fn exit_code(&self) -> Option<i32> {
         match self {
             Outcome::Exited(c) => Some(*c),
-            Outcome::Signaled(s) => Some(128 + s),
+            Outcome::Signaled(s) => Some(husk_protocol::signal_exit_code(*s)),
             Outcome::Failed { code, .. } => Some(code.exit_code()),
             Outcome::Closed => None,
         }

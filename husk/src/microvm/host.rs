@@ -263,7 +263,9 @@ impl Session {
             Message::Stdout(bytes) => relay(&mut io::stdout(), &bytes, &mut self.stdout_broken),
             Message::Stderr(bytes) => relay(&mut io::stderr(), &bytes, &mut self.stderr_broken),
             Message::Exited { code } => return Some(Ending::Exit(code)),
-            Message::Signaled { signal } => return Some(Ending::Exit(128 + signal)),
+            Message::Signaled { signal } => {
+                return Some(Ending::Exit(husk_protocol::signal_exit_code(signal)))
+            }
             Message::Error { code, detail } => {
                 eprintln!("husk: {detail}");
                 return Some(Ending::Exit(code.exit_code()));

@@ -403,7 +403,7 @@ impl<'a> Session<'a> {
             (Phase::Running, Message::Stderr(b)) => self.output("stderr", b),
             (Phase::Running, Message::Exited { code }) => self.finish(End { code, error: None }),
             (Phase::Running, Message::Signaled { signal }) => self.finish(End {
-                code: 128 + signal,
+                code: husk_protocol::signal_exit_code(signal),
                 error: None,
             }),
             (Phase::Ending, _) => {}
