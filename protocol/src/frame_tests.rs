@@ -1,22 +1,31 @@
 use super::*;
-use crate::{ErrorCode, RootDisk, RunRequest, User, PROTOCOL_VERSION};
+use crate::{ContainerSpec, ErrorCode, ExecRequest, RootDisk, RootFs, PROTOCOL_VERSION};
 
 fn samples() -> Vec<Message> {
     vec![
         Message::Hello {
             version: PROTOCOL_VERSION,
         },
-        Message::Run(RunRequest {
-            argv: vec!["/bin/sh".into(), "-c".into(), "echo hi".into()],
-            env: vec!["PATH=/bin".into()],
-            cwd: "/".into(),
-            root: Some(RootDisk {
+        Message::CreateContainer(ContainerSpec {
+            root: RootFs::Disk(RootDisk {
                 serial: "disk0".into(),
                 fs_type: "ext4".into(),
                 read_only: true,
             }),
-            user: Some(User { uid: 1, gid: 2 }),
+            volumes: Vec::new(),
+            hostname: "vm".into(),
+            hosts: Vec::new(),
+            resolv_conf: None,
+            network: None,
+        }),
+        Message::Exec(ExecRequest {
+            argv: vec!["/bin/sh".into(), "-c".into(), "echo hi".into()],
+            env: vec!["PATH=/bin".into()],
+            cwd: "/".into(),
+            user: "1:2".into(),
+            tty: false,
             stdin: false,
+            size: None,
         }),
         Message::Stdout(b"out\n".to_vec()),
         Message::Stderr(vec![0, 255, 10]),

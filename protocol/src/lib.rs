@@ -23,11 +23,11 @@ pub use frame::{
 };
 pub use message::{
     signal_exit_code, ContainerSpec, ErrorCode, ExecRequest, Message, NetworkSpec, RootDisk,
-    RunRequest, User, VolumeMount,
+    RootFs, VolumeMount,
 };
 
 /// The protocol version this build speaks; sent in [`Message::Hello`].
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The vsock port the agent connects to on the host (CID 2) at boot.
 pub const AGENT_PORT: u32 = 1024;
@@ -39,3 +39,10 @@ pub const EXEC_PORT: u32 = 1025;
 /// The largest chunk of stdio data put into one frame; well below
 /// [`MAX_FRAME`] to leave room for the encoding overhead.
 pub const MAX_CHUNK: usize = 64 * 1024;
+
+/// Environment variables the VMM may put on the guest kernel command line
+/// (the kernel hands such `KEY=value` words to PID 1's environment) to
+/// work around a host's limits, e.g. keeping guest processes off AVX on
+/// hosts that do not preserve AVX state across guest processes. The agent
+/// runs with them and passes them on to every process it starts.
+pub const HOST_QUIRK_ENV: [&str; 3] = ["GLIBC_TUNABLES", "OPENSSL_ia32cap", "GODEBUG"];

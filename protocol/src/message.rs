@@ -10,8 +10,6 @@ pub enum Message {
         /// The sender's [`crate::PROTOCOL_VERSION`].
         version: u32,
     },
-    /// Host -> agent: start a process.
-    Run(RunRequest),
     /// Agent -> host: bytes the process wrote to stdout.
     Stdout(Vec<u8>),
     /// Agent -> host: bytes the process wrote to stderr.
@@ -74,27 +72,18 @@ pub enum Message {
         /// The signal number (1-64).
         signal: i32,
     },
-    /// Host -> agent, on the boot connection between `Hello` and `Run`
-    /// (`husk vm run` has no container spec to carry it): bring up
-    /// loopback and this interface. Not answered on success; on failure
-    /// the agent answers [`Message::Error`] and ends the session.
-    ConfigureNetwork(NetworkSpec),
 }
 
 /// A container's root filesystem and environment (see
 /// [`Message::CreateContainer`]). Disks are named by virtio-blk serial.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerSpec {
-    /// Read-only EROFS layer disks, bottom layer first; stacked with
-    /// overlayfs (whiteouts are 0:0 character devices, opaque directories
-    /// carry `trusted.overlay.opaque=y`).
-    pub layers: Vec<String>,
-    /// The container's writable ext4 disk: overlayfs upper and work
-    /// directories live on it, so changes survive a stop and start.
-    pub writable: String,
+    /// The container's root filesystem.
+    pub root: RootFs,
     /// Volumes to mount inside the root filesystem.
     pub volumes: Vec<VolumeMount>,
-    /// The container's hostname (also written to /etc/hostname).
+    /// The container's hostname (also written to /etc/hostname when the
+    /// root is [`RootFs::Layers`]).
     pub hostname: String,
     /// Extra /etc/hosts lines (`ADDRESS NAME...`) after the loopback ones.
     pub hosts: Vec<String>,
@@ -102,6 +91,26 @@ pub struct ContainerSpec {
     pub resolv_conf: Option<String>,
     /// The network interface to configure; `None`: loopback only.
     pub network: Option<NetworkSpec>,
+}
+
+/// Where a container's root filesystem comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RootFs {
+    /// An image: read-only EROFS layer disks, bottom layer first, stacked
+    /// with overlayfs (whiteouts are 0:0 character devices, opaque
+    /// directories carry `trusted.overlay.opaque=y`) under the upper and
+    /// work directories of the writable ext4 disk, so changes survive a
+    /// stop and start. The agent writes /etc/hostname, /etc/hosts and
+    /// /etc/resolv.conf into it.
+    Layers {
+        /// Layer disk serials, bottom first.
+        layers: Vec<String>,
+        /// The writable disk's serial.
+        writable: String,
+    },
+    /// One plain disk mounted as the root as it is (`husk vm run`); the
+    /// agent changes no file in it.
+    Disk(RootDisk),
 }
 
 /// The container's one network interface (virtio-net, `eth0`).
@@ -159,26 +168,7 @@ pub struct ExecRequest {
     pub size: Option<(u16, u16)>,
 }
 
-/// What to run, and where.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RunRequest {
-    /// The command and its arguments; `argv[0]` is looked up in `PATH`
-    /// (from `env`) when it contains no `/`.
-    pub argv: Vec<String>,
-    /// The environment, as `KEY=VALUE` strings.
-    pub env: Vec<String>,
-    /// The working directory inside the root.
-    pub cwd: String,
-    /// The root filesystem; `None` runs in the agent's own root.
-    pub root: Option<RootDisk>,
-    /// Credentials to run as; `None` keeps the agent's (root).
-    pub user: Option<User>,
-    /// Whether the host will send [`Message::Stdin`]; otherwise stdin is
-    /// `/dev/null`.
-    pub stdin: bool,
-}
-
-/// A block device to mount as the process's root filesystem.
+/// A block device mounted as a container's root filesystem.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RootDisk {
     /// The virtio-blk serial that identifies the disk (e.g. `disk0`).
@@ -187,15 +177,6 @@ pub struct RootDisk {
     pub fs_type: String,
     /// Mount read-only.
     pub read_only: bool,
-}
-
-/// Numeric credentials for the process.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct User {
-    /// User id.
-    pub uid: u32,
-    /// Primary group id.
-    pub gid: u32,
 }
 
 /// The kinds of failure the agent reports, so the host can map them to

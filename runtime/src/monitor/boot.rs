@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use husk_protocol::{ContainerSpec, ExecRequest, VolumeMount};
+use husk_protocol::{ContainerSpec, ExecRequest, RootFs, VolumeMount};
 
 use crate::config::ContainerConfig;
 use crate::layout::ContainerPaths;
@@ -94,8 +94,10 @@ impl GuestNet {
 /// What the agent assembles.
 pub fn container_spec(cfg: &ContainerConfig, net: &GuestNet) -> ContainerSpec {
     ContainerSpec {
-        layers: (0..cfg.layers.len()).map(layer_serial).collect(),
-        writable: RW_SERIAL.into(),
+        root: RootFs::Layers {
+            layers: (0..cfg.layers.len()).map(layer_serial).collect(),
+            writable: RW_SERIAL.into(),
+        },
         volumes: cfg
             .mounts
             .iter()

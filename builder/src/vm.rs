@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use husk_protocol::{write_message, ContainerSpec, ExecRequest, FrameDecoder, Message, AGENT_PORT};
+use husk_protocol::{
+    write_message, ContainerSpec, ExecRequest, FrameDecoder, Message, RootFs, AGENT_PORT,
+};
 use husk_runtime::monitor::boot::{
     self, layer_serial, AGENT_SERIAL, CMDLINE, GUEST_CID, RW_SERIAL,
 };
@@ -188,8 +190,10 @@ pub fn run(
         console: vmm::ConsoleOutput::File(step.console.to_path_buf()),
     };
     let spec = ContainerSpec {
-        layers: (0..step.layers.len()).map(layer_serial).collect(),
-        writable: RW_SERIAL.into(),
+        root: RootFs::Layers {
+            layers: (0..step.layers.len()).map(layer_serial).collect(),
+            writable: RW_SERIAL.into(),
+        },
         volumes: Vec::new(),
         hosts: net
             .as_ref()
