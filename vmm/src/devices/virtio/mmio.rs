@@ -3,14 +3,20 @@
 //! The guest's accesses arrive on vCPU threads through [`BusDevice`]. The
 //! transport owns the queue configuration until the driver sets DRIVER_OK,
 //! then hands copies of the queues plus duplicates of its queue eventfds to
-//! the device. Every guest access is validated; none can panic.
+//! the device. Features are negotiated straight into the device's
+//! [`Features`](super::Features), the only copy. Every guest access is
+//! validated; none can panic.
+//!
+//! The transport's own state is [`MmioRegisters`] (plain data) plus its
+//! queues (`Queue::state()`) and the interrupt status.
 
 use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde::{Deserialize, Serialize};
 
 use virtio_bindings::virtio_config::{
     VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
     VIRTIO_CONFIG_S_FAILED, VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET,
-    VIRTIO_F_VERSION_1,
 };
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::{Queue, QueueT};
@@ -69,21 +75,30 @@ pub enum MmioError {
     },
 }
 
+/// The transport's registers that hold state (what the driver selected and
+/// set), as plain data.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MmioRegisters {
+    /// Device status (ACKNOWLEDGE, DRIVER, FEATURES_OK, DRIVER_OK...).
+    pub status: u32,
+    /// Which 32 feature bits DeviceFeatures shows.
+    pub device_features_sel: u32,
+    /// Which 32 feature bits DriverFeatures writes.
+    pub driver_features_sel: u32,
+    /// The queue the queue registers address.
+    pub queue_sel: u32,
+    /// ConfigGeneration: changes whenever the config space changes.
+    pub config_generation: u32,
+}
+
 /// One virtio device behind a virtio-mmio register window.
 pub struct MmioTransport {
     mem: GuestMemory,
     device: Arc<Mutex<dyn VirtioDevice>>,
     interrupt: Arc<VirtioInterrupt>,
-    device_id: u32,
-    avail_features: u64,
     queues: Vec<Queue>,
     queue_evts: Vec<EventFd>,
-    status: u32,
-    device_features_sel: u32,
-    driver_features_sel: u32,
-    acked_features: u64,
-    queue_sel: u32,
-    activated: bool,
+    regs: MmioRegisters,
 }
 
 impl MmioTransport {
@@ -93,14 +108,7 @@ impl MmioTransport {
         device: Arc<Mutex<dyn VirtioDevice>>,
         interrupt: Arc<VirtioInterrupt>,
     ) -> Result<Self, MmioError> {
-        let (device_id, avail_features, sizes) = {
-            let dev = lock(&device);
-            (
-                dev.device_type(),
-                dev.avail_features(),
-                dev.queue_max_sizes().to_vec(),
-            )
-        };
+        let sizes = lock(&device).common().queue_sizes();
         let mut queues = Vec::with_capacity(sizes.len());
         let mut queue_evts = Vec::with_capacity(sizes.len());
         for (index, &size) in sizes.iter().enumerate() {
@@ -111,16 +119,9 @@ impl MmioTransport {
             mem,
             device,
             interrupt,
-            device_id,
-            avail_features,
             queues,
             queue_evts,
-            status: 0,
-            device_features_sel: 0,
-            driver_features_sel: 0,
-            acked_features: 0,
-            queue_sel: 0,
-            activated: false,
+            regs: MmioRegisters::default(),
         })
     }
 
@@ -137,32 +138,36 @@ impl MmioTransport {
 
     /// The device status register as the driver last set it.
     pub fn status(&self) -> u32 {
-        self.status
+        self.regs.status
+    }
+
+    /// The transport's registers.
+    pub fn registers(&self) -> &MmioRegisters {
+        &self.regs
     }
 
     fn selected_queue(&mut self) -> Option<&mut Queue> {
-        self.queues.get_mut(self.queue_sel as usize)
+        self.queues.get_mut(self.regs.queue_sel as usize)
     }
 
     fn read_reg(&self, offset: u64) -> u32 {
-        let queue = self.queues.get(self.queue_sel as usize);
+        let queue = self.queues.get(self.regs.queue_sel as usize);
         match offset {
             REG_MAGIC => MAGIC,
             REG_VERSION => VERSION,
-            REG_DEVICE_ID => self.device_id,
+            REG_DEVICE_ID => lock(&self.device).device_type(),
             REG_VENDOR_ID => VENDOR_ID,
-            REG_DEVICE_FEATURES => match self.device_features_sel {
-                0 => self.avail_features as u32,
-                1 => (self.avail_features >> 32) as u32,
-                _ => 0,
-            },
+            REG_DEVICE_FEATURES => lock(&self.device)
+                .common()
+                .features()
+                .offered_page(self.regs.device_features_sel),
             REG_QUEUE_NUM_MAX => queue.map_or(0, |q| u32::from(q.max_size())),
             REG_QUEUE_READY => queue.map_or(0, |q| u32::from(q.ready())),
             REG_INTERRUPT_STATUS => self.interrupt.status(),
-            REG_STATUS => self.status,
+            REG_STATUS => self.regs.status,
             // No shared memory regions: length all ones means "absent".
             REG_SHM_LEN_LOW | REG_SHM_LEN_HIGH => u32::MAX,
-            REG_CONFIG_GENERATION => 0,
+            REG_CONFIG_GENERATION => self.regs.config_generation,
             _ => {
                 log::debug!("virtio-mmio: read of unknown register {offset:#x}");
                 0
@@ -172,10 +177,10 @@ impl MmioTransport {
 
     fn write_reg(&mut self, offset: u64, value: u32) {
         match offset {
-            REG_DEVICE_FEATURES_SEL => self.device_features_sel = value,
-            REG_DRIVER_FEATURES_SEL => self.driver_features_sel = value,
+            REG_DEVICE_FEATURES_SEL => self.regs.device_features_sel = value,
+            REG_DRIVER_FEATURES_SEL => self.regs.driver_features_sel = value,
             REG_DRIVER_FEATURES => self.write_driver_features(value),
-            REG_QUEUE_SEL => self.queue_sel = value,
+            REG_QUEUE_SEL => self.regs.queue_sel = value,
             REG_QUEUE_NOTIFY => self.notify(value),
             REG_INTERRUPT_ACK => self.interrupt.ack(value),
             REG_STATUS => self.write_status(value),
@@ -187,23 +192,22 @@ impl MmioTransport {
     }
 
     fn write_driver_features(&mut self, value: u32) {
-        let negotiating = self.status & VIRTIO_CONFIG_S_DRIVER != 0
-            && self.status & VIRTIO_CONFIG_S_FEATURES_OK == 0;
+        let status = self.regs.status;
+        let negotiating =
+            status & VIRTIO_CONFIG_S_DRIVER != 0 && status & VIRTIO_CONFIG_S_FEATURES_OK == 0;
         if !negotiating {
             log::debug!("virtio-mmio: feature write outside negotiation ignored");
             return;
         }
-        let shift = match self.driver_features_sel {
-            0 => 0,
-            1 => 32,
-            _ => return,
-        };
-        let mask = 0xffff_ffffu64 << shift;
-        self.acked_features = (self.acked_features & !mask) | (u64::from(value) << shift);
+        lock(&self.device)
+            .common_mut()
+            .features_mut()
+            .write_driver_page(self.regs.driver_features_sel, value);
     }
 
     fn write_queue_reg(&mut self, offset: u64, value: u32) {
-        if self.status & VIRTIO_CONFIG_S_DRIVER_OK != 0 || self.activated {
+        // DRIVER_OK stays set while the device runs (only a reset clears it).
+        if self.regs.status & VIRTIO_CONFIG_S_DRIVER_OK != 0 {
             // Only "not ready" is accepted (drivers tearing queues down); it
             // changes the transport's copy, never the running device.
             if offset == REG_QUEUE_READY && value == 0 {
@@ -248,11 +252,9 @@ impl MmioTransport {
             self.reset();
             return;
         }
-        if value & self.status != self.status {
-            log::debug!(
-                "virtio-mmio: status {value:#x} clears bits of {:#x}, ignored",
-                self.status
-            );
+        let status = self.regs.status;
+        if value & status != status {
+            log::debug!("virtio-mmio: status {value:#x} clears bits of {status:#x}, ignored");
             return;
         }
         let known = VIRTIO_CONFIG_S_ACKNOWLEDGE
@@ -262,45 +264,39 @@ impl MmioTransport {
             | VIRTIO_CONFIG_S_FAILED
             | VIRTIO_CONFIG_S_NEEDS_RESET;
         let mut value = value & known;
-        let new_bits = value & !self.status;
+        let new_bits = value & !status;
         if new_bits & VIRTIO_CONFIG_S_FEATURES_OK != 0 && !self.accept_features() {
             value &= !VIRTIO_CONFIG_S_FEATURES_OK;
         }
-        if new_bits & VIRTIO_CONFIG_S_DRIVER_OK != 0 {
-            if value & VIRTIO_CONFIG_S_FEATURES_OK == 0 {
-                log::debug!("virtio-mmio: DRIVER_OK without FEATURES_OK ignored");
-                value &= !VIRTIO_CONFIG_S_DRIVER_OK;
-            } else if !self.activated {
-                self.status = value;
-                self.activate();
-                return;
-            }
+        if new_bits & VIRTIO_CONFIG_S_DRIVER_OK != 0 && value & VIRTIO_CONFIG_S_FEATURES_OK == 0 {
+            log::debug!("virtio-mmio: DRIVER_OK without FEATURES_OK ignored");
+            value &= !VIRTIO_CONFIG_S_DRIVER_OK;
         }
-        self.status = value;
+        self.regs.status = value;
+        if new_bits & value & VIRTIO_CONFIG_S_DRIVER_OK != 0 {
+            self.activate();
+        }
     }
 
     /// Checks the driver's features when it sets FEATURES_OK.
-    fn accept_features(&mut self) -> bool {
-        let version_1 = 1u64 << VIRTIO_F_VERSION_1;
-        if self.acked_features & !self.avail_features != 0 || self.acked_features & version_1 == 0 {
+    fn accept_features(&self) -> bool {
+        let dev = lock(&self.device);
+        let features = dev.common().features();
+        let ok = features.accept();
+        if !ok {
             log::warn!(
-                "virtio-mmio: driver features {:#x} refused (device offers {:#x})",
-                self.acked_features,
-                self.avail_features
+                "virtio-mmio: {} refused the driver's features (device offers {:#x})",
+                dev.common().name(),
+                features.offered()
             );
-            return false;
         }
-        lock(&self.device).set_acked_features(self.acked_features);
-        true
+        ok
     }
 
     fn activate(&mut self) {
         if let Err(reason) = self.try_activate() {
-            log::error!(
-                "virtio-mmio: device {} activation: {reason}",
-                self.device_id
-            );
-            self.status |= VIRTIO_CONFIG_S_NEEDS_RESET;
+            log::error!("virtio-mmio: activation: {reason}");
+            self.regs.status |= VIRTIO_CONFIG_S_NEEDS_RESET;
             if let Err(e) = self.interrupt.trigger(INT_CONFIG) {
                 log::error!("virtio-mmio: config interrupt: {e}");
             }
@@ -308,13 +304,17 @@ impl MmioTransport {
     }
 
     fn try_activate(&mut self) -> Result<(), String> {
+        let mut dev = lock(&self.device);
+        let name = dev.common().name();
         if let Some(i) = self.queues.iter().position(|q| !q.is_valid(&self.mem)) {
-            return Err(format!("queue {i} is not ready or not in guest memory"));
+            return Err(format!(
+                "{name} queue {i} is not ready or not in guest memory"
+            ));
         }
-        let event_idx = self.acked_features & (1u64 << VIRTIO_RING_F_EVENT_IDX) != 0;
+        let event_idx = dev.common().has_feature(VIRTIO_RING_F_EVENT_IDX);
         let mut queues = Vec::with_capacity(self.queues.len());
         for q in &self.queues {
-            let mut copy = Queue::try_from(q.state()).map_err(|e| format!("queue: {e}"))?;
+            let mut copy = Queue::try_from(q.state()).map_err(|e| format!("{name} queue: {e}"))?;
             copy.set_event_idx(event_idx);
             queues.push(copy);
         }
@@ -323,25 +323,18 @@ impl MmioTransport {
             .iter()
             .map(EventFd::try_clone)
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("duplicating queue eventfds: {e}"))?;
+            .map_err(|e| format!("duplicating the queue eventfds of {name}: {e}"))?;
         let ctx = ActivateContext {
             mem: self.mem.clone(),
             queues,
             queue_evts,
             interrupt: self.interrupt.clone(),
         };
-        lock(&self.device)
-            .activate(ctx)
-            .map_err(|e| e.to_string())?;
-        self.activated = true;
-        Ok(())
+        dev.activate(ctx).map_err(|e| format!("{name}: {e}"))
     }
 
     fn reset(&mut self) {
-        if self.activated {
-            lock(&self.device).reset();
-            self.activated = false;
-        }
+        lock(&self.device).reset();
         for q in &mut self.queues {
             q.reset();
         }
@@ -350,11 +343,10 @@ impl MmioTransport {
             let _ = evt.read();
         }
         self.interrupt.ack(u32::MAX);
-        self.status = 0;
-        self.device_features_sel = 0;
-        self.driver_features_sel = 0;
-        self.acked_features = 0;
-        self.queue_sel = 0;
+        self.regs = MmioRegisters {
+            config_generation: self.regs.config_generation,
+            ..MmioRegisters::default()
+        };
     }
 }
 

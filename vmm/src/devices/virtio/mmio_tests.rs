@@ -1,33 +1,45 @@
 use super::*;
-use crate::devices::virtio::ActivateError;
+use crate::devices::virtio::{ActivateError, VirtioCommon};
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_queue::mock::MockSplitQueue;
 use vm_memory::GuestAddress;
 
 const FEATURES: u64 = (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_RING_F_EVENT_IDX) | 0b101;
 
-#[derive(Default)]
+const QUEUE_SIZES: [u16; 2] = [16, 8];
+
 struct Dummy {
-    acked: u64,
+    common: VirtioCommon,
     config: [u8; 8],
     activations: usize,
     resets: usize,
-    queues: Vec<Queue>,
     evts: Vec<EventFd>,
     fail_activate: bool,
 }
 
+impl Dummy {
+    fn new() -> Self {
+        Self {
+            common: VirtioCommon::new("dummy", 42, &QUEUE_SIZES, FEATURES).unwrap(),
+            config: [0; 8],
+            activations: 0,
+            resets: 0,
+            evts: Vec::new(),
+            fail_activate: false,
+        }
+    }
+
+    fn queues(&self) -> &[Queue] {
+        &self.common.activated().expect("activated").queues
+    }
+}
+
 impl VirtioDevice for Dummy {
-    fn device_type(&self) -> u32 {
-        42
+    fn common(&self) -> &VirtioCommon {
+        &self.common
     }
-    fn queue_max_sizes(&self) -> &[u16] {
-        &[16, 8]
-    }
-    fn avail_features(&self) -> u64 {
-        FEATURES
-    }
-    fn set_acked_features(&mut self, features: u64) {
-        self.acked = features;
+    fn common_mut(&mut self) -> &mut VirtioCommon {
+        &mut self.common
     }
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         for (i, b) in data.iter_mut().enumerate() {
@@ -47,16 +59,19 @@ impl VirtioDevice for Dummy {
     }
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
         if self.fail_activate {
-            return Err(ActivateError::BadConfig("test"));
+            return Err(ActivateError::EventFd(std::io::Error::other("test")));
         }
+        self.evts = ctx
+            .queue_evts
+            .iter()
+            .map(|e| e.try_clone().unwrap())
+            .collect();
+        self.common.activate(ctx)?;
         self.activations += 1;
-        self.queues = ctx.queues;
-        self.evts = ctx.queue_evts;
         Ok(())
     }
-    fn reset(&mut self) {
+    fn on_reset(&mut self) {
         self.resets += 1;
-        self.queues.clear();
         self.evts.clear();
     }
 }
@@ -69,7 +84,7 @@ struct Fixture {
 
 fn fixture() -> Fixture {
     let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
-    let dev = Arc::new(Mutex::new(Dummy::default()));
+    let dev = Arc::new(Mutex::new(Dummy::new()));
     let irq = Arc::new(VirtioInterrupt::new(EventFd::new(EFD_NONBLOCK).unwrap()));
     let mmio = MmioTransport::new(mem.clone(), dev.clone(), irq).unwrap();
     Fixture { mem, dev, mmio }
@@ -125,10 +140,14 @@ const ALL_OK: u32 = VIRTIO_CONFIG_S_ACKNOWLEDGE
     | VIRTIO_CONFIG_S_DRIVER_OK;
 
 fn bring_up(f: &mut Fixture) {
+    bring_up_with(f, FEATURES);
+}
+
+fn bring_up_with(f: &mut Fixture, features: u64) {
     let mem = f.mem.clone();
     let q0 = MockSplitQueue::create(&mem, GuestAddress(0x1000), 16);
     let q1 = MockSplitQueue::create(&mem, GuestAddress(0x4000), 8);
-    negotiate(&mut f.mmio, FEATURES);
+    negotiate(&mut f.mmio, features);
     setup_queue(&mut f.mmio, 0, &q0, 16);
     setup_queue(&mut f.mmio, 1, &q1, 8);
     wr(&mut f.mmio, REG_STATUS, ALL_OK);
@@ -177,10 +196,10 @@ fn activation_hands_queues_and_eventfds_to_the_device() {
     assert_eq!(rd(&mut f.mmio, REG_STATUS), ALL_OK);
     let dev = f.dev.lock().unwrap();
     assert_eq!(dev.activations, 1);
-    assert_eq!(dev.acked, FEATURES);
-    assert_eq!(dev.queues.len(), 2);
-    assert_eq!(dev.queues[1].size(), 8);
-    assert!(dev.queues[0].event_idx_enabled());
+    assert_eq!(dev.common.features().acked(), FEATURES);
+    assert_eq!(dev.queues().len(), 2);
+    assert_eq!(dev.queues()[1].size(), 8);
+    assert!(dev.queues()[0].event_idx_enabled());
     // The device's eventfds are duplicates of the transport's.
     f.mmio.queue_evts()[1].write(3).unwrap();
     assert_eq!(dev.evts[1].read().unwrap(), 3);
@@ -250,8 +269,31 @@ fn reset_and_reactivate() {
     wr(&mut f.mmio, REG_QUEUE_SEL, 0);
     assert_eq!(rd(&mut f.mmio, REG_QUEUE_READY), 0, "queues reset");
     assert_eq!(f.dev.lock().unwrap().resets, 1);
+    assert!(!f.dev.lock().unwrap().is_activated());
+    assert_eq!(*f.mmio.registers(), MmioRegisters::default());
     bring_up(&mut f);
     assert_eq!(f.dev.lock().unwrap().activations, 2);
+}
+
+#[test]
+fn features_are_negotiated_into_the_device_only() {
+    let mut f = fixture();
+    negotiate(&mut f.mmio, FEATURES & !(1 << VIRTIO_RING_F_EVENT_IDX));
+    let acked = f.dev.lock().unwrap().common.features().acked();
+    assert_eq!(acked, FEATURES & !(1 << VIRTIO_RING_F_EVENT_IDX));
+    // Writes after FEATURES_OK change nothing.
+    wr(&mut f.mmio, REG_DRIVER_FEATURES_SEL, 0);
+    wr(&mut f.mmio, REG_DRIVER_FEATURES, 0);
+    assert_eq!(f.dev.lock().unwrap().common.features().acked(), acked);
+    // A reset before activation forgets them, without the device's reset hook.
+    wr(&mut f.mmio, REG_STATUS, 0);
+    let dev = f.dev.lock().unwrap();
+    assert_eq!(dev.common.features().acked(), 0);
+    assert_eq!(dev.resets, 0, "never activated");
+    drop(dev);
+    // Without EVENT_IDX, the queues run without it.
+    bring_up_with(&mut f, FEATURES & !(1 << VIRTIO_RING_F_EVENT_IDX));
+    assert!(!f.dev.lock().unwrap().queues()[0].event_idx_enabled());
 }
 
 #[test]
@@ -267,14 +309,14 @@ fn writes_after_driver_ok_are_ignored() {
     wr(&mut f.mmio, REG_STATUS, ALL_OK); // DRIVER_OK again: no second activation
     let dev = f.dev.lock().unwrap();
     assert_eq!(dev.activations, 1);
-    assert_eq!(dev.acked, FEATURES);
-    assert_eq!(dev.queues[0].size(), 16);
-    assert_eq!(dev.queues[0].desc_table(), 0x1000);
+    assert_eq!(dev.common.features().acked(), FEATURES);
+    assert_eq!(dev.queues()[0].size(), 16);
+    assert_eq!(dev.queues()[0].desc_table(), 0x1000);
     drop(dev);
     // Tearing a queue down is visible in the register only.
     wr(&mut f.mmio, REG_QUEUE_READY, 0);
     assert_eq!(rd(&mut f.mmio, REG_QUEUE_READY), 0);
-    assert!(f.dev.lock().unwrap().queues[0].ready());
+    assert!(f.dev.lock().unwrap().queues()[0].ready());
 }
 
 #[test]

@@ -1,8 +1,12 @@
 //! Virtio devices over the virtio-mmio transport.
 //!
-//! Every device lives in its own folder with the same file roles:
-//! - `device.rs`: the [`VirtioDevice`] implementation (features, config space,
-//!   activation, state);
+//! What all devices share is in one place: [`common::VirtioCommon`]
+//! (features offered and acked, inactive/activated state, activation,
+//! reset, queue eventfd registration) and [`queue_loop`] (the loop over a
+//! queue with notifications suppressed). Every device lives in its own
+//! folder with the same file roles:
+//! - `device.rs`: the [`VirtioDevice`] implementation (its config space,
+//!   its own state, the [`VirtioCommon`] it embeds);
 //! - `queue.rs` (or a name for what it processes): pure processing of
 //!   descriptor chains against guest memory, unit-tested with
 //!   virtio-queue's mock queues;
@@ -15,12 +19,17 @@
 
 pub mod activation;
 pub mod block;
+pub mod common;
 pub mod mmio;
 pub mod net;
+pub mod queue_loop;
 pub mod vsock;
 
 #[cfg(test)]
 pub(crate) mod test_utils;
+
+pub use common::{Activated, DeviceState, Features, VirtioCommon};
+pub use queue_loop::ChainDone;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -89,31 +98,9 @@ pub struct ActivateContext {
     pub interrupt: Arc<VirtioInterrupt>,
 }
 
-impl ActivateContext {
-    /// Checks that the context carries exactly `expected` queues and queue
-    /// eventfds; `device` names the device in the error.
-    pub fn expect_queues(
-        &self,
-        device: &'static str,
-        expected: usize,
-    ) -> Result<(), ActivateError> {
-        if self.queues.len() == expected && self.queue_evts.len() == expected {
-            return Ok(());
-        }
-        Err(ActivateError::QueueCount {
-            device,
-            expected,
-            got: self.queues.len(),
-        })
-    }
-}
-
 /// Errors a device may return from [`VirtioDevice::activate`].
 #[derive(Debug, thiserror::Error)]
 pub enum ActivateError {
-    /// The driver's configuration is unusable (bad queue count, invalid queue...).
-    #[error("invalid configuration: {0}")]
-    BadConfig(&'static str),
     /// The device was handed the wrong number of queues.
     #[error("{device} needs {expected} queues, got {got}")]
     QueueCount {
@@ -132,25 +119,58 @@ pub enum ActivateError {
 /// A virtio device behind a virtio-mmio transport. Called from vCPU threads
 /// (through the transport) under the device's mutex; must never panic on
 /// guest-chosen offsets, lengths or feature bits.
+///
+/// A device implements its config space and, if it keeps state of its own
+/// beyond its [`VirtioCommon`], the `on_activate`/`on_reset` hooks; the
+/// rest (features, activation, reset) is provided.
 pub trait VirtioDevice: Send {
-    /// The virtio device ID (2 = block, 19 = vsock).
-    fn device_type(&self) -> u32;
-    /// Maximum size of each queue; its length is the number of queues.
-    fn queue_max_sizes(&self) -> &[u16];
-    /// Feature bits the device offers (including VIRTIO_F_VERSION_1).
-    fn avail_features(&self) -> u64;
-    /// The features the driver accepted (a subset of `avail_features`).
-    fn set_acked_features(&mut self, features: u64);
+    /// The shared state: features, activation state, queue eventfds.
+    fn common(&self) -> &VirtioCommon;
+    /// The shared state, mutably.
+    fn common_mut(&mut self) -> &mut VirtioCommon;
     /// Reads the device configuration space.
     fn read_config(&self, offset: u64, data: &mut [u8]);
-    /// Writes the device configuration space.
-    fn write_config(&mut self, offset: u64, data: &[u8]);
-    /// Starts the device with the driver's queues.
-    fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError>;
-    /// The driver reset the device: drop queues and in-flight state. The
-    /// queue eventfds of `activate` are duplicates of the transport's (which
-    /// stay registered as ioeventfds), so the device just stops using them.
-    fn reset(&mut self);
+    /// Writes the device configuration space (by default: ignored).
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        log::debug!(
+            "{}: {}-byte config write at {offset:#x} ignored",
+            self.common().name(),
+            data.len()
+        );
+    }
+    /// Called once the common state is activated.
+    fn on_activate(&mut self) {}
+    /// Called once an activated device is back to inactive: drop in-flight
+    /// state of the device's own.
+    fn on_reset(&mut self) {}
+
+    /// The virtio device ID (1 = net, 2 = block, 19 = vsock).
+    fn device_type(&self) -> u32 {
+        self.common().device_type()
+    }
+    /// Feature bits the device offers (including VIRTIO_F_VERSION_1).
+    fn avail_features(&self) -> u64 {
+        self.common().features().offered()
+    }
+    /// Whether the driver runs the device.
+    fn is_activated(&self) -> bool {
+        self.common().is_activated()
+    }
+    /// Starts the device with the driver's queues (DRIVER_OK).
+    fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
+        self.common_mut().activate(ctx)?;
+        self.on_activate();
+        Ok(())
+    }
+    /// The driver reset the device: no features, no queues, no in-flight
+    /// state. The queue eventfds of `activate` are duplicates of the
+    /// transport's (which stay registered as ioeventfds), so the device just
+    /// stops using them.
+    fn reset(&mut self) {
+        if self.common_mut().reset() {
+            self.on_reset();
+        }
+    }
 }
 
 /// Copies `config[offset..]` into `data`, zero-filling past its end.

@@ -125,3 +125,25 @@ pub fn read_mem(mem: &GuestMemory, addr: u64, len: usize) -> Vec<u8> {
 pub fn write_mem(mem: &GuestMemory, addr: u64, data: &[u8]) {
     mem.write_slice(data, GuestAddress(addr)).expect("write");
 }
+
+/// What the transport hands a device at DRIVER_OK, for `queues`, plus the
+/// test's ends of the queue eventfds (write to kick a queue).
+pub fn activate_context(
+    mem: &GuestMemory,
+    queues: Vec<Queue>,
+) -> (super::ActivateContext, Vec<vmm_sys_util::eventfd::EventFd>) {
+    use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+    let evts: Vec<EventFd> = queues
+        .iter()
+        .map(|_| EventFd::new(EFD_NONBLOCK).expect("eventfd"))
+        .collect();
+    let ctx = super::ActivateContext {
+        mem: mem.clone(),
+        queues,
+        queue_evts: evts.iter().map(|e| e.try_clone().expect("dup")).collect(),
+        interrupt: std::sync::Arc::new(super::VirtioInterrupt::new(
+            EventFd::new(EFD_NONBLOCK).expect("eventfd"),
+        )),
+    };
+    (ctx, evts)
+}

@@ -4,24 +4,19 @@
 use std::fs::OpenOptions;
 use std::io::{Seek, SeekFrom};
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
-use virtio_queue::{Queue, QueueT};
 
 use super::request::{self, DiskBackend, DiskInfo, SECTOR_SIZE, SERIAL_LEN};
-use crate::devices::virtio::activation::QueueEvents;
-use crate::devices::virtio::{
-    read_config_bytes, ActivateContext, ActivateError, GuestMemory, VirtioDevice, VirtioInterrupt,
-    INT_VRING,
-};
+use crate::devices::virtio::{read_config_bytes, ChainDone, VirtioCommon, VirtioDevice};
 
 /// Virtio device ID of block devices.
 pub const BLOCK_DEVICE_ID: u32 = 2;
 const QUEUE_SIZE: u16 = 256;
 const QUEUE_SIZES: [u16; 1] = [QUEUE_SIZE];
+const REQUEST_QUEUE: usize = 0;
 /// capacity (u64), size_max (u32), seg_max (u32), geometry (u32), blk_size (u32).
 const CONFIG_LEN: usize = 24;
 
@@ -68,22 +63,14 @@ pub enum BlockError {
     EventFd(#[source] std::io::Error),
 }
 
-struct Active {
-    mem: GuestMemory,
-    queue: Queue,
-    interrupt: Arc<VirtioInterrupt>,
-}
-
 /// A virtio-blk device backed by an image file.
 pub struct Block {
     disk: Box<dyn DiskBackend>,
     capacity: u64,
     read_only: bool,
     serial: [u8; SERIAL_LEN],
-    acked_features: u64,
     config: [u8; CONFIG_LEN],
-    pub(super) events: QueueEvents,
-    active: Option<Active>,
+    pub(super) common: VirtioCommon,
     buf: Vec<u8>,
 }
 
@@ -124,15 +111,23 @@ impl Block {
         let mut cfg = [0u8; CONFIG_LEN];
         cfg[0..8].copy_from_slice(&(capacity / SECTOR_SIZE).to_le_bytes());
         cfg[12..16].copy_from_slice(&u32::from(QUEUE_SIZE - 2).to_le_bytes());
+        let mut features = (1u64 << VIRTIO_F_VERSION_1)
+            | (1u64 << VIRTIO_RING_F_EVENT_IDX)
+            | (1u64 << VIRTIO_BLK_F_SEG_MAX);
+        features |= if config.read_only {
+            1u64 << VIRTIO_BLK_F_RO
+        } else {
+            1u64 << VIRTIO_BLK_F_FLUSH
+        };
+        let common = VirtioCommon::new("virtio-blk", BLOCK_DEVICE_ID, &QUEUE_SIZES, features)
+            .map_err(BlockError::EventFd)?;
         Ok(Self {
             disk,
             capacity,
             read_only: config.read_only,
             serial,
-            acked_features: 0,
             config: cfg,
-            events: QueueEvents::new().map_err(BlockError::EventFd)?,
-            active: None,
+            common,
             buf: Vec::new(),
         })
     }
@@ -144,13 +139,13 @@ impl Block {
 
     /// Whether the guest driver is running the device.
     pub fn is_active(&self) -> bool {
-        self.active.is_some()
+        self.common.is_activated()
     }
 
     /// Processes every available request; true if the guest must be
     /// interrupted.
     pub(super) fn process_queue(&mut self) -> bool {
-        let Some(active) = self.active.as_mut() else {
+        let Some(active) = self.common.activated_mut() else {
             return false;
         };
         let info = DiskInfo {
@@ -158,107 +153,52 @@ impl Block {
             read_only: self.read_only,
             serial: &self.serial,
         };
-        let (mem, queue) = (&active.mem, &mut active.queue);
-        let mut used = false;
-        loop {
-            if queue.disable_notification(mem).is_err() {
-                break;
-            }
-            let mut count = 0usize;
-            while let Some(chain) = queue.pop_descriptor_chain(mem) {
-                let head = chain.head_index();
-                let len =
-                    request::process_chain(mem, chain, self.disk.as_mut(), &info, &mut self.buf);
-                if let Err(e) = queue.add_used(mem, head, len) {
-                    log::debug!("virtio-blk: add_used: {e}");
-                }
-                count += 1;
-                used = true;
-            }
-            // A bogus avail index makes enable_notification report more work
-            // that pop never yields: stop after a pass that did nothing.
-            match queue.enable_notification(mem) {
-                Ok(true) if count > 0 => continue,
-                _ => break,
-            }
-        }
-        used && queue.needs_notification(mem).unwrap_or(true)
+        let (disk, buf) = (&mut self.disk, &mut self.buf);
+        let used = active.drain(REQUEST_QUEUE, |mem, chain| {
+            ChainDone::Used(request::process_chain(
+                mem,
+                chain,
+                disk.as_mut(),
+                &info,
+                buf,
+            ))
+        });
+        used && active.needs_interrupt(REQUEST_QUEUE)
     }
 
     /// Processes the queue and raises the interrupt when needed.
     pub(super) fn handle_queue_event(&mut self) {
         if self.process_queue() {
-            if let Some(active) = &self.active {
-                if let Err(e) = active.interrupt.trigger(INT_VRING) {
-                    log::error!("virtio-blk: interrupt: {e}");
-                }
+            if let Some(active) = self.common.activated() {
+                active.signal_used(self.common.name());
             }
         }
     }
 }
 
 impl VirtioDevice for Block {
-    fn device_type(&self) -> u32 {
-        BLOCK_DEVICE_ID
+    fn common(&self) -> &VirtioCommon {
+        &self.common
     }
 
-    fn queue_max_sizes(&self) -> &[u16] {
-        &QUEUE_SIZES
-    }
-
-    fn avail_features(&self) -> u64 {
-        let mut f = (1u64 << VIRTIO_F_VERSION_1)
-            | (1u64 << VIRTIO_RING_F_EVENT_IDX)
-            | (1u64 << VIRTIO_BLK_F_SEG_MAX);
-        if self.read_only {
-            f |= 1u64 << VIRTIO_BLK_F_RO;
-        } else {
-            f |= 1u64 << VIRTIO_BLK_F_FLUSH;
-        }
-        f
-    }
-
-    fn set_acked_features(&mut self, features: u64) {
-        self.acked_features = features & self.avail_features();
+    fn common_mut(&mut self) -> &mut VirtioCommon {
+        &mut self.common
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         read_config_bytes(&self.config, offset, data);
     }
-
-    fn write_config(&mut self, offset: u64, _data: &[u8]) {
-        log::debug!("virtio-blk: config write at {offset:#x} ignored");
-    }
-
-    fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
-        ctx.expect_queues("virtio-blk", 1)?;
-        let queue = ctx
-            .queues
-            .into_iter()
-            .next()
-            .ok_or(ActivateError::BadConfig(
-                "virtio-blk needs exactly one queue",
-            ))?;
-        self.active = Some(Active {
-            mem: ctx.mem,
-            queue,
-            interrupt: ctx.interrupt,
-        });
-        self.events
-            .install(ctx.queue_evts)
-            .map_err(ActivateError::EventFd)
-    }
-
-    fn reset(&mut self) {
-        self.active = None;
-        self.acked_features = 0;
-        self.events.retire();
-    }
 }
 
 #[cfg(test)]
 impl Block {
-    pub(super) fn test_activate(&mut self, mem: GuestMemory, queue: Queue) {
+    pub(super) fn test_activate(
+        &mut self,
+        mem: crate::devices::virtio::GuestMemory,
+        queue: virtio_queue::Queue,
+    ) {
+        use crate::devices::virtio::{ActivateContext, VirtioInterrupt};
+        use std::sync::Arc;
         let irq = vmm_sys_util::eventfd::EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK)
             .expect("eventfd");
         let evt = vmm_sys_util::eventfd::EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK)

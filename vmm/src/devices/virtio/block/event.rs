@@ -4,17 +4,15 @@
 use event_manager::{EventOps, Events, MutEventSubscriber};
 
 use super::Block;
-use crate::devices::virtio::activation::CTL_DATA;
 
 impl MutEventSubscriber for Block {
     fn init(&mut self, ops: &mut EventOps) {
-        self.events.init(ops);
+        self.common.init_events(ops);
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
-        self.events.sync(ops);
-        let data = events.data();
-        if data != CTL_DATA && self.events.consume(data) {
+        self.common.sync_events(ops);
+        if self.common.queue_event(events.data()).is_some() {
             self.handle_queue_event();
         }
     }

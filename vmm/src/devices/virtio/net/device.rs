@@ -1,30 +1,24 @@
 //! The virtio-net device: features, config space, activation, and moving
 //! frames between its rx/tx queues and a [`Backend`].
 
-use std::sync::Arc;
-
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF,
     VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS, VIRTIO_NET_HDR_F_DATA_VALID, VIRTIO_NET_S_LINK_UP,
 };
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::QueueT;
 
 use super::backend::{Backend, MIN_FRAME_LEN};
 use super::frame::{deliver_rx, read_tx_frame, RxOutcome};
-use crate::devices::virtio::activation::QueueEvents;
-use crate::devices::virtio::{
-    read_config_bytes, ActivateContext, ActivateError, GuestMemory, VirtioDevice, VirtioInterrupt,
-    INT_VRING,
-};
+use crate::devices::virtio::{read_config_bytes, ChainDone, VirtioCommon, VirtioDevice};
 
 /// Virtio device ID of network devices.
 pub const NET_DEVICE_ID: u32 = 1;
 const QUEUE_SIZE: u16 = 256;
 const QUEUE_SIZES: [u16; 2] = [QUEUE_SIZE; 2];
-pub(super) const RX: usize = 0;
-pub(super) const TX: usize = 1;
+const RX: usize = 0;
+const TX: usize = 1;
 /// mac (6), status (2), max_virtqueue_pairs (2), mtu (2).
 const CONFIG_LEN: usize = 12;
 /// Smallest MTU the device accepts (IPv4's minimum).
@@ -72,16 +66,9 @@ pub fn format_mac(mac: &[u8; 6]) -> String {
         .join(":")
 }
 
-pub(super) struct Active {
-    pub(super) mem: GuestMemory,
-    pub(super) queues: Vec<Queue>,
-    pub(super) interrupt: Arc<VirtioInterrupt>,
-}
-
 /// A virtio-net device whose wire is a host [`Backend`].
 pub struct Net {
     config: [u8; CONFIG_LEN],
-    acked_features: u64,
     trusted_checksums: bool,
     pub(super) backend: Box<dyn Backend>,
     /// The backend failed or closed; no more frames either way.
@@ -92,8 +79,7 @@ pub struct Net {
     /// A guest frame the backend did not take yet.
     tx_frame: Vec<u8>,
     pub(super) tx_pending: bool,
-    pub(super) events: QueueEvents,
-    pub(super) active: Option<Active>,
+    pub(super) common: VirtioCommon,
     /// How the backend fd is registered with epoll (`None`: not at all).
     pub(super) watched: Option<event_manager::EventSet>,
     /// Counters (diagnostics and tests).
@@ -128,9 +114,22 @@ impl Net {
         cfg[6..8].copy_from_slice(&(VIRTIO_NET_S_LINK_UP as u16).to_le_bytes());
         cfg[8..10].copy_from_slice(&1u16.to_le_bytes());
         cfg[10..12].copy_from_slice(&config.mtu.to_le_bytes());
+        let features = [
+            VIRTIO_F_VERSION_1,
+            VIRTIO_RING_F_EVENT_IDX,
+            VIRTIO_NET_F_CSUM,
+            VIRTIO_NET_F_GUEST_CSUM,
+            VIRTIO_NET_F_MTU,
+            VIRTIO_NET_F_MAC,
+            VIRTIO_NET_F_MRG_RXBUF,
+            VIRTIO_NET_F_STATUS,
+        ]
+        .iter()
+        .fold(0u64, |f, bit| f | (1u64 << bit));
+        let common = VirtioCommon::new("virtio-net", NET_DEVICE_ID, &QUEUE_SIZES, features)
+            .map_err(NetError::EventFd)?;
         Ok(Self {
             config: cfg,
-            acked_features: 0,
             trusted_checksums: config.trusted_checksums,
             backend,
             backend_dead: false,
@@ -138,8 +137,7 @@ impl Net {
             rx_pending: false,
             tx_frame: Vec::new(),
             tx_pending: false,
-            events: QueueEvents::new().map_err(NetError::EventFd)?,
-            active: None,
+            common,
             watched: None,
             stats: Stats::default(),
         })
@@ -147,16 +145,12 @@ impl Net {
 
     /// Whether the guest driver is running the device.
     pub fn is_active(&self) -> bool {
-        self.active.is_some()
+        self.common.is_activated()
     }
 
     /// Frame counters so far.
     pub fn stats(&self) -> Stats {
         self.stats
-    }
-
-    fn has(&self, feature: u32) -> bool {
-        self.acked_features & (1u64 << feature) != 0
     }
 
     pub(super) fn mark_backend_dead(&mut self, why: &std::io::Error) {
@@ -171,34 +165,25 @@ impl Net {
     /// Moves frames both ways and raises the interrupt when the guest
     /// needs it.
     pub(super) fn run_queues(&mut self) {
-        if self.active.is_none() {
+        if !self.common.is_activated() {
             return;
         }
+        let tx_used = self.process_tx();
+        let rx_used = self.process_rx();
+        let name = self.common.name();
+        let Some(active) = self.common.activated_mut() else {
+            return;
+        };
         let mut notify = false;
-        if self.process_tx() {
-            notify |= self.needs_notification(TX);
+        if tx_used {
+            notify |= active.needs_interrupt(TX);
         }
-        if self.process_rx() {
-            notify |= self.needs_notification(RX);
+        if rx_used {
+            notify |= active.needs_interrupt(RX);
         }
         if notify {
-            if let Some(active) = &self.active {
-                if let Err(e) = active.interrupt.trigger(INT_VRING) {
-                    log::error!("virtio-net: interrupt: {e}");
-                }
-            }
+            active.signal_used(name);
         }
-    }
-
-    fn needs_notification(&mut self, index: usize) -> bool {
-        let Some(active) = self.active.as_mut() else {
-            return false;
-        };
-        let mem = &active.mem;
-        active
-            .queues
-            .get_mut(index)
-            .is_some_and(|q| q.needs_notification(mem).unwrap_or(true))
     }
 
     /// Hands the pending frame to the backend; false if it is still full.
@@ -227,64 +212,46 @@ impl Net {
         if !self.push_pending_tx() {
             return false;
         }
-        let Some(active) = self.active.as_mut() else {
+        let Some(active) = self.common.activated_mut() else {
             return false;
         };
-        let mem = &active.mem;
-        let Some(queue) = active.queues.get_mut(TX) else {
-            return false;
-        };
-        let mut used = false;
-        loop {
-            if queue.disable_notification(mem).is_err() {
-                break;
+        let (backend, frame, stats) = (&mut self.backend, &mut self.tx_frame, &mut self.stats);
+        let (pending, dead) = (&mut self.tx_pending, &mut self.backend_dead);
+        let used = active.drain(TX, |mem, chain| {
+            if let Err(e) = read_tx_frame(mem, chain, frame) {
+                log::debug!("virtio-net: tx frame dropped: {e}");
+                stats.tx_dropped += 1;
+                return ChainDone::Used(0);
             }
-            let mut pass = 0usize;
-            while let Some(chain) = queue.pop_descriptor_chain(mem) {
-                let head = chain.head_index();
-                match read_tx_frame(mem, chain, &mut self.tx_frame) {
-                    Ok(()) => self.tx_pending = !self.backend_dead,
-                    Err(e) => {
-                        log::debug!("virtio-net: tx frame dropped: {e}");
-                        self.stats.tx_dropped += 1;
-                    }
+            if *dead {
+                return ChainDone::Used(0);
+            }
+            match backend.send(frame) {
+                Ok(true) => stats.tx_frames += 1,
+                // Full: keep the frame, wait for the backend to become
+                // writable.
+                Ok(false) => {
+                    *pending = true;
+                    return ChainDone::UsedThenStop(0);
                 }
-                if let Err(e) = queue.add_used(mem, head, 0) {
-                    log::debug!("virtio-net: add_used: {e}");
-                }
-                used = true;
-                pass += 1;
-                if self.tx_pending {
-                    match self.backend.send(&self.tx_frame) {
-                        Ok(true) => {
-                            self.tx_pending = false;
-                            self.stats.tx_frames += 1;
-                        }
-                        // Full: wait for the backend to become writable.
-                        Ok(false) => return used,
-                        Err(e) => {
-                            log::warn!("virtio-net: backend gone ({e})");
-                            self.backend_dead = true;
-                            self.tx_pending = false;
-                            self.rx_pending = false;
-                        }
-                    }
+                Err(e) => {
+                    log::warn!("virtio-net: backend gone ({e}); the guest's link stays silent");
+                    *dead = true;
                 }
             }
-            // A bogus avail index makes enable_notification report more work
-            // that pop never yields: stop after a pass that did nothing.
-            match queue.enable_notification(mem) {
-                Ok(true) if pass > 0 => continue,
-                _ => break,
-            }
+            ChainDone::Used(0)
+        });
+        if self.backend_dead {
+            self.rx_pending = false;
         }
         used
     }
 
     /// Delivers backend frames into rx buffers; true if any buffer was used.
     pub(super) fn process_rx(&mut self) -> bool {
-        let mergeable = self.has(VIRTIO_NET_F_MRG_RXBUF);
-        let flags = if self.trusted_checksums && self.has(VIRTIO_NET_F_GUEST_CSUM) {
+        let mergeable = self.common.has_feature(VIRTIO_NET_F_MRG_RXBUF);
+        let guest_csum = self.common.has_feature(VIRTIO_NET_F_GUEST_CSUM);
+        let flags = if self.trusted_checksums && guest_csum {
             VIRTIO_NET_HDR_F_DATA_VALID as u8
         } else {
             0
@@ -294,7 +261,7 @@ impl Net {
         // Ends when the backend has nothing more, the guest has no buffers
         // left, or the backend is gone.
         loop {
-            if self.backend_dead || self.active.is_none() {
+            if self.backend_dead || !self.common.is_activated() {
                 break;
             }
             if !self.rx_pending {
@@ -311,7 +278,7 @@ impl Net {
                     }
                 }
             }
-            let Some(active) = self.active.as_mut() else {
+            let Some(active) = self.common.activated_mut() else {
                 break;
             };
             let mem = &active.mem;
@@ -349,60 +316,25 @@ impl Net {
 }
 
 impl VirtioDevice for Net {
-    fn device_type(&self) -> u32 {
-        NET_DEVICE_ID
+    fn common(&self) -> &VirtioCommon {
+        &self.common
     }
 
-    fn queue_max_sizes(&self) -> &[u16] {
-        &QUEUE_SIZES
-    }
-
-    fn avail_features(&self) -> u64 {
-        [
-            VIRTIO_F_VERSION_1,
-            VIRTIO_RING_F_EVENT_IDX,
-            VIRTIO_NET_F_CSUM,
-            VIRTIO_NET_F_GUEST_CSUM,
-            VIRTIO_NET_F_MTU,
-            VIRTIO_NET_F_MAC,
-            VIRTIO_NET_F_MRG_RXBUF,
-            VIRTIO_NET_F_STATUS,
-        ]
-        .iter()
-        .fold(0u64, |f, bit| f | (1u64 << bit))
-    }
-
-    fn set_acked_features(&mut self, features: u64) {
-        self.acked_features = features & self.avail_features();
+    fn common_mut(&mut self) -> &mut VirtioCommon {
+        &mut self.common
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         read_config_bytes(&self.config, offset, data);
     }
 
-    fn write_config(&mut self, offset: u64, _data: &[u8]) {
-        log::debug!("virtio-net: config write at {offset:#x} ignored");
-    }
-
-    fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
-        ctx.expect_queues("virtio-net", QUEUE_SIZES.len())?;
-        self.active = Some(Active {
-            mem: ctx.mem,
-            queues: ctx.queues,
-            interrupt: ctx.interrupt,
-        });
+    fn on_activate(&mut self) {
         self.rx_pending = false;
         self.tx_pending = false;
-        self.events
-            .install(ctx.queue_evts)
-            .map_err(ActivateError::EventFd)
     }
 
-    fn reset(&mut self) {
-        self.active = None;
-        self.acked_features = 0;
+    fn on_reset(&mut self) {
         self.rx_pending = false;
         self.tx_pending = false;
-        self.events.retire();
     }
 }

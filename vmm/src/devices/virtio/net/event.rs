@@ -8,7 +8,7 @@
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 
-use super::device::{Net, RX, TX};
+use super::device::Net;
 use crate::devices::virtio::activation::CTL_DATA;
 
 /// `Events::data` of the backend fd.
@@ -18,7 +18,7 @@ impl Net {
     /// The readiness the backend fd should be watched for now (`None`:
     /// not at all).
     fn wanted_interest(&self) -> Option<EventSet> {
-        if self.active.is_none() || self.backend_dead {
+        if !self.common.is_activated() || self.backend_dead {
             return None;
         }
         let mut set = EventSet::empty();
@@ -67,17 +67,16 @@ impl Net {
 
 impl MutEventSubscriber for Net {
     fn init(&mut self, ops: &mut EventOps) {
-        self.events.init(ops);
+        self.common.init_events(ops);
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
-        self.events.sync(ops);
+        self.common.sync_events(ops);
         match events.data() {
             CTL_DATA => {}
             BACKEND_DATA => self.handle_backend(events.event_set()),
-            q if q as usize == RX || q as usize == TX => {
-                self.events.consume(q);
-            }
+            // A queue kick: the queues are run below.
+            q if self.common.queue_event(q).is_some() => {}
             other => log::debug!("virtio-net: unexpected event data {other}"),
         }
         self.run_queues();

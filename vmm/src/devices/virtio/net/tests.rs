@@ -71,7 +71,9 @@ impl<'a> Harness<'a> {
         }
         {
             let mut d = dev.lock().unwrap();
-            d.set_acked_features(features | (1 << VIRTIO_F_VERSION_1));
+            d.common_mut()
+                .features_mut()
+                .write_driver(features | (1 << VIRTIO_F_VERSION_1));
             d.activate(ActivateContext {
                 mem: mem.clone(),
                 queues,
@@ -476,7 +478,9 @@ fn reset_and_reactivation() {
         .collect();
     {
         let mut d = h.dev.lock().unwrap();
-        d.set_acked_features(all_features() | (1 << VIRTIO_F_VERSION_1));
+        d.common_mut()
+            .features_mut()
+            .write_driver(all_features() | (1 << VIRTIO_F_VERSION_1));
         d.activate(ActivateContext {
             mem: mem.clone(),
             queues: vec![rx.queue(), tx.queue()],

@@ -4,7 +4,7 @@
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 
-use super::device::{Vsock, EVQ, RX, TX};
+use super::device::Vsock;
 use super::muxer::EpollChange;
 use crate::devices::virtio::activation::CTL_DATA;
 
@@ -42,7 +42,7 @@ impl Vsock {
 
 impl MutEventSubscriber for Vsock {
     fn init(&mut self, ops: &mut EventOps) {
-        self.events.init(ops);
+        self.common.init_events(ops);
         let listener = Events::with_data(self.muxer.listener(), LISTENER_DATA, EventSet::IN);
         if let Err(e) = ops.add(listener) {
             log::error!("vsock: cannot register the listener: {e:?}");
@@ -50,14 +50,13 @@ impl MutEventSubscriber for Vsock {
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
-        self.events.sync(ops);
+        self.common.sync_events(ops);
         match events.data() {
             CTL_DATA => {}
             LISTENER_DATA => self.muxer.handle_listener(),
             CONN_DATA => self.muxer.handle_fd_event(events.fd(), events.event_set()),
-            q if q as usize == RX || q as usize == TX || q as usize == EVQ => {
-                self.events.consume(q);
-            }
+            // A queue kick: the queues are run below.
+            q if self.common.queue_event(q).is_some() => {}
             other => log::debug!("vsock: unexpected event data {other}"),
         }
         self.run_queues();
