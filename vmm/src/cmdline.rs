@@ -44,7 +44,10 @@ pub enum CmdlineError {
 }
 
 /// Builds the command line: [`BASE_CMDLINE`], one `virtio_mmio.device=`
-/// per slot, the host's quirks, then `extra` (so the caller can override).
+/// per slot, the host's kernel quirks and guest environment
+/// ([`HostKind::guest_env`], as `NAME=value` words), then `extra` (so the
+/// caller can override, and so that an `extra` with `--` cannot push the
+/// environment into init's arguments).
 pub fn build_cmdline(
     host: HostKind,
     slots: &[VirtioMmioSlot],
@@ -56,6 +59,11 @@ pub fn build_cmdline(
     let mut parts: Vec<String> = vec![BASE_CMDLINE.to_string()];
     parts.extend(slots.iter().map(VirtioMmioSlot::kernel_param));
     parts.extend(host.kernel_quirks().iter().map(|q| q.to_string()));
+    parts.extend(
+        host.guest_env()
+            .into_iter()
+            .map(|(name, value)| format!("{name}={value}")),
+    );
     let extra = extra.trim();
     if !extra.is_empty() {
         parts.push(extra.to_string());
@@ -97,6 +105,9 @@ mod tests {
             )
         );
         assert!(!c.contains("noxsave"));
+        for name in ["GLIBC_TUNABLES", "OPENSSL_ia32cap", "GODEBUG"] {
+            assert!(!c.contains(name), "{name} on a hardware-assisted host");
+        }
     }
 
     #[test]
@@ -107,6 +118,30 @@ mod tests {
         assert!(c.contains("mitigations=off"));
         assert!(quirks < c.find("quiet").unwrap());
         assert!(c.ends_with("quiet"));
+    }
+
+    #[test]
+    fn pvm_host_gets_the_guest_environment_before_extra() {
+        let c = build_cmdline(HostKind::Pvm, &slots(), "init=/husk-agent -- arg").unwrap();
+        let words: Vec<&str> = c.split(' ').collect();
+        let separator = words.iter().position(|w| *w == "--").unwrap();
+        for (name, value) in HostKind::Pvm.guest_env() {
+            let word = format!("{name}={value}");
+            let at = words.iter().position(|w| *w == word).unwrap_or_else(|| {
+                panic!("{word} missing from {c}");
+            });
+            assert!(
+                at < separator,
+                "{word} must reach the environment, not argv"
+            );
+        }
+        assert_eq!(HostKind::Pvm.guest_env().len(), 3);
+        assert!(c.contains(
+            " GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX,-AVX2,-AVX512F,-AVX512BW,-AVX512CD,\
+             -AVX512DQ,-AVX512VL,-FMA,-AVX_Fast_Unaligned_Load "
+        ));
+        assert!(c.contains(" OPENSSL_ia32cap=~0x1000000000000000:~0x10020 "));
+        assert!(c.contains(" GODEBUG=cpu.avx=off,cpu.avx2=off "));
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! Detection of the kind of KVM this host offers, and the guest kernel
-//! command-line flags each kind needs (see shared/KVM-HOSTS.md).
+//! Detection of the kind of KVM this host offers, and what each kind needs
+//! on the guest kernel command line: kernel flags, and environment
+//! variables for every guest process (see docs/HOSTS.md).
 
 use std::path::Path;
 
@@ -30,6 +31,29 @@ const PVM_QUIRKS: &[&str] = &[
     "mitigations=off",
     "husk.no_int3_selftest",
     "percpu_alloc=page",
+];
+
+/// Environment for every guest process on PVM hosts. These hosts do not
+/// keep AVX register state across guest processes, so two processes using
+/// AVX can corrupt each other's data; libraries that pick AVX code at run
+/// time are told not to:
+/// - glibc (string functions, math): its `glibc.cpu.hwcaps` tunable masks
+///   AVX, AVX2, AVX-512, FMA and the AVX-based memcpy selection;
+/// - OpenSSL: `OPENSSL_ia32cap` clears AVX (bit 60 of the first word:
+///   CPUID.1:ECX bit 28) and AVX2 and AVX512F (bits 5 and 16 of the
+///   second word, CPUID.7:EBX);
+/// - Go's runtime and standard library: `GODEBUG` cpu options.
+///
+/// Programs compiled for AVX, and runtimes without such a knob, stay
+/// exposed (docs/HOSTS.md).
+const PVM_GUEST_ENV: &[(&str, &str)] = &[
+    (
+        "GLIBC_TUNABLES",
+        "glibc.cpu.hwcaps=-AVX,-AVX2,-AVX512F,-AVX512BW,-AVX512CD,-AVX512DQ,-AVX512VL,-FMA,\
+-AVX_Fast_Unaligned_Load",
+    ),
+    ("OPENSSL_ia32cap", "~0x1000000000000000:~0x10020"),
+    ("GODEBUG", "cpu.avx=off,cpu.avx2=off"),
 ];
 
 impl HostKind {
@@ -73,6 +97,20 @@ impl HostKind {
             HostKind::Pvm => PVM_QUIRKS,
         }
     }
+
+    /// Environment variables every guest process needs on this host kind,
+    /// as (name, value). They go on the kernel command line as `NAME=value`
+    /// words, which the kernel hands to PID 1's environment (the agent
+    /// passes them on to every process it starts).
+    pub fn guest_env(self) -> Vec<(&'static str, String)> {
+        match self {
+            HostKind::HardwareAssisted => Vec::new(),
+            HostKind::Pvm => PVM_GUEST_ENV
+                .iter()
+                .map(|&(name, value)| (name, value.to_string()))
+                .collect(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -112,5 +150,27 @@ mod tests {
         assert!(q.contains(&"husk.no_int3_selftest"));
         // Linux parses only one clearcpuid= option: keep a single one.
         assert_eq!(q.iter().filter(|f| f.starts_with("clearcpuid=")).count(), 1);
+    }
+
+    #[test]
+    fn guest_env_only_on_pvm() {
+        assert!(HostKind::HardwareAssisted.guest_env().is_empty());
+        let env = HostKind::Pvm.guest_env();
+        let names: Vec<&str> = env.iter().map(|(name, _)| *name).collect();
+        // The agent forwards exactly the protocol's list to every process.
+        assert_eq!(names, husk_protocol::HOST_QUIRK_ENV);
+        for (name, value) in &env {
+            // The kernel hands `KEY=value` to PID 1 only for a KEY without
+            // a dot, and splits the command line at spaces.
+            assert!(!name.contains('.') && !name.contains('='), "{name}");
+            assert!(!value.is_empty() && !value.contains(' '), "{name}={value}");
+            assert!(value.bytes().all(|b| b.is_ascii_graphic()), "{value}");
+        }
+        let value = |name: &str| env.iter().find(|(n, _)| *n == name).unwrap().1.clone();
+        let tunables = value("GLIBC_TUNABLES");
+        assert!(tunables.starts_with("glibc.cpu.hwcaps=-AVX,-AVX2,"));
+        assert!(tunables.ends_with(",-FMA,-AVX_Fast_Unaligned_Load"));
+        assert_eq!(value("OPENSSL_ia32cap"), "~0x1000000000000000:~0x10020");
+        assert_eq!(value("GODEBUG"), "cpu.avx=off,cpu.avx2=off");
     }
 }

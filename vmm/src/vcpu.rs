@@ -49,7 +49,7 @@ pub enum VcpuError {
     #[error("KVM_RUN failed on vCPU {0}")]
     Run(u8, #[source] kvm_ioctls::Error),
     /// KVM could not run the guest's code (on PVM hosts: an instruction its
-    /// emulator lacks; see shared/KVM-HOSTS.md).
+    /// emulator lacks; see docs/HOSTS.md).
     #[error("KVM internal error on vCPU {vcpu}: suberror {suberror}, guest RIP {rip:#x}")]
     Internal { vcpu: u8, suberror: u32, rip: u64 },
     /// KVM failed to enter the guest.
