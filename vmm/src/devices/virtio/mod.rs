@@ -12,6 +12,18 @@
 //!   virtio-queue's mock queues;
 //! - `event.rs`: the epoll glue (`event_manager::MutEventSubscriber`).
 //!
+//! A new device:
+//! 1. embeds a [`VirtioCommon`] made with its name, device ID, queue sizes
+//!    and offered features, and implements [`VirtioDevice`]: `common`,
+//!    `common_mut`, `read_config` (usually [`read_config_bytes`]), plus
+//!    `write_config`, `on_activate` and `on_reset` if it needs them;
+//! 2. processes a queue with [`Activated::drain`] and a per-chain closure
+//!    returning a [`ChainDone`], then raises the interrupt with
+//!    [`Activated::needs_interrupt`] and [`Activated::signal_used`];
+//! 3. in `event.rs`, calls [`VirtioCommon::init_events`] from `init`, and
+//!    [`VirtioCommon::sync_events`] then [`VirtioCommon::queue_event`] from
+//!    `process`, next to the events of its own backend.
+//!
 //! Threads: the transport runs on vCPU threads, the devices' queue
 //! processing on the event-manager thread; both reach a device through its
 //! `Arc<Mutex<_>>`. Activation and reset happen on a vCPU thread and are
@@ -89,7 +101,8 @@ impl VirtioInterrupt {
 pub struct ActivateContext {
     /// Guest memory, for queue processing.
     pub mem: GuestMemory,
-    /// The queues as the driver configured them, one per `queue_max_sizes` entry.
+    /// The queues as the driver configured them, one per entry of
+    /// [`VirtioCommon::queue_sizes`].
     pub queues: Vec<Queue>,
     /// The queue notification eventfds (duplicates of the transport's, which
     /// are registered as ioeventfds on QueueNotify), one per queue.
@@ -174,7 +187,7 @@ pub trait VirtioDevice: Send {
 }
 
 /// Copies `config[offset..]` into `data`, zero-filling past its end.
-pub(crate) fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
     data.fill(0);
     let Ok(start) = usize::try_from(offset) else {
         return;

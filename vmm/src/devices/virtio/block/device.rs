@@ -1,4 +1,4 @@
-//! The virtio-blk device: features, config space, activation and the
+//! The virtio-blk device: features offered, config space and the
 //! processing of its single request queue.
 
 use std::fs::OpenOptions;
@@ -197,18 +197,7 @@ impl Block {
         mem: crate::devices::virtio::GuestMemory,
         queue: virtio_queue::Queue,
     ) {
-        use crate::devices::virtio::{ActivateContext, VirtioInterrupt};
-        use std::sync::Arc;
-        let irq = vmm_sys_util::eventfd::EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK)
-            .expect("eventfd");
-        let evt = vmm_sys_util::eventfd::EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK)
-            .expect("eventfd");
-        self.activate(ActivateContext {
-            mem,
-            queues: vec![queue],
-            queue_evts: vec![evt],
-            interrupt: Arc::new(VirtioInterrupt::new(irq)),
-        })
-        .expect("activate");
+        let (ctx, _evts) = crate::devices::virtio::test_utils::activate_context(&mem, vec![queue]);
+        self.activate(ctx).expect("activate");
     }
 }

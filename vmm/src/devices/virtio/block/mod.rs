@@ -1,6 +1,7 @@
 //! virtio-blk: a disk image file exposed to the guest.
 //!
-//! - `device.rs`: [`Block`] (features, config space, activation);
+//! - `device.rs`: [`Block`] (features offered, config space, running the
+//!   request queue);
 //! - `request.rs`: pure parsing and execution of one request chain;
 //! - `event.rs`: the epoll glue.
 

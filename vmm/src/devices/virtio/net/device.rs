@@ -1,4 +1,4 @@
-//! The virtio-net device: features, config space, activation, and moving
+//! The virtio-net device: features offered, config space, and moving
 //! frames between its rx/tx queues and a [`Backend`].
 
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;

@@ -1,7 +1,7 @@
 //! virtio-net: one interface whose wire is a host backend (passt over a
 //! Unix stream socket, or a TAP device).
 //!
-//! - `device.rs`: [`Net`] (features, config space, activation, moving
+//! - `device.rs`: [`Net`] (features offered, config space, moving
 //!   frames between the queues and the backend);
 //! - `frame.rs`: pure processing of tx and rx chains (header, checksum
 //!   completion, mergeable rx buffers);

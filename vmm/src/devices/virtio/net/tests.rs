@@ -14,12 +14,14 @@ use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_HDR_F_DATA_VALID,
 };
 use virtio_queue::QueueT;
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::eventfd::EventFd;
 
 use super::frame::{fold, ones_sum, HDR_LEN};
 use super::{Net, NetDeviceConfig, StreamBackend, MAX_FRAME_LEN};
-use crate::devices::virtio::test_utils::{guest_memory, read_mem, write_mem, Driver};
-use crate::devices::virtio::{ActivateContext, GuestMemory, VirtioDevice, VirtioInterrupt};
+use crate::devices::virtio::test_utils::{
+    activate_context, guest_memory, read_mem, write_mem, Driver,
+};
+use crate::devices::virtio::{GuestMemory, VirtioDevice};
 
 const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
 const RX_AREA: u64 = 0x10_0000;
@@ -62,25 +64,17 @@ impl<'a> Harness<'a> {
         em.add_subscriber(dev.clone());
         let rx = Driver::new(mem, 0, 256);
         let tx = Driver::new(mem, 0x1_0000, 256);
-        let evts: Vec<EventFd> = (0..2)
-            .map(|_| EventFd::new(EFD_NONBLOCK).unwrap())
-            .collect();
         let mut queues = vec![rx.queue(), tx.queue()];
         for q in &mut queues {
             q.set_event_idx(true);
         }
+        let (ctx, evts) = activate_context(mem, queues);
         {
             let mut d = dev.lock().unwrap();
             d.common_mut()
                 .features_mut()
                 .write_driver(features | (1 << VIRTIO_F_VERSION_1));
-            d.activate(ActivateContext {
-                mem: mem.clone(),
-                queues,
-                queue_evts: evts.iter().map(|e| e.try_clone().unwrap()).collect(),
-                interrupt: Arc::new(VirtioInterrupt::new(EventFd::new(EFD_NONBLOCK).unwrap())),
-            })
-            .unwrap();
+            d.activate(ctx).unwrap();
         }
         let mut h = Harness {
             mem,
@@ -473,21 +467,13 @@ fn reset_and_reactivation() {
     let mut rx = Driver::new(&mem, 0x2_0000, 256);
     let tx = Driver::new(&mem, 0x3_0000, 256);
     let head = rx.push(&[(RX_AREA, 2048, true)]);
-    let evts: Vec<EventFd> = (0..2)
-        .map(|_| EventFd::new(EFD_NONBLOCK).unwrap())
-        .collect();
+    let (ctx, _evts) = activate_context(&mem, vec![rx.queue(), tx.queue()]);
     {
         let mut d = h.dev.lock().unwrap();
         d.common_mut()
             .features_mut()
             .write_driver(all_features() | (1 << VIRTIO_F_VERSION_1));
-        d.activate(ActivateContext {
-            mem: mem.clone(),
-            queues: vec![rx.queue(), tx.queue()],
-            queue_evts: evts,
-            interrupt: Arc::new(VirtioInterrupt::new(EventFd::new(EFD_NONBLOCK).unwrap())),
-        })
-        .unwrap();
+        d.activate(ctx).unwrap();
     }
     h.pump();
     assert_eq!(rx.take_used(), vec![(head, (HDR_LEN + frame.len()) as u32)]);

@@ -1,4 +1,4 @@
-//! The virtio-vsock device: config space, activation and the processing of
+//! The virtio-vsock device: config space and the processing of
 //! its rx and tx queues against the [`Muxer`].
 
 use std::path::PathBuf;

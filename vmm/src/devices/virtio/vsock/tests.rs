@@ -11,13 +11,15 @@ use std::time::Duration;
 
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use virtio_queue::QueueT;
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::eventfd::EventFd;
 
 use super::connection::BUF_ALLOC;
 use super::packet::*;
 use super::{Vsock, VsockConfig, VsockError};
-use crate::devices::virtio::test_utils::{guest_memory, read_mem, write_mem, Driver};
-use crate::devices::virtio::{ActivateContext, GuestMemory, VirtioDevice, VirtioInterrupt};
+use crate::devices::virtio::test_utils::{
+    activate_context, guest_memory, read_mem, write_mem, Driver,
+};
+use crate::devices::virtio::{GuestMemory, VirtioDevice};
 
 const CID: u64 = 3;
 const RX_BUF: u32 = 4096 + HDR_SIZE as u32;
@@ -72,23 +74,12 @@ impl<'a> Harness<'a> {
         let rx = Driver::new(mem, 0, 256);
         let tx = Driver::new(mem, 0x1_0000, 256);
         let ev = Driver::new(mem, 0x2_0000, 256);
-        let evts: Vec<EventFd> = (0..3)
-            .map(|_| EventFd::new(EFD_NONBLOCK).unwrap())
-            .collect();
         let mut queues = vec![rx.queue(), tx.queue(), ev.queue()];
         for q in &mut queues {
             q.set_event_idx(true);
         }
-        let irq = EventFd::new(EFD_NONBLOCK).unwrap();
-        dev.lock()
-            .unwrap()
-            .activate(ActivateContext {
-                mem: mem.clone(),
-                queues,
-                queue_evts: evts.iter().map(|e| e.try_clone().unwrap()).collect(),
-                interrupt: Arc::new(VirtioInterrupt::new(irq)),
-            })
-            .unwrap();
+        let (ctx, evts) = activate_context(mem, queues);
+        dev.lock().unwrap().activate(ctx).unwrap();
         let mut h = Harness {
             mem,
             rx,
