@@ -6,11 +6,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use vmm::{ConsoleOutput, ExitReason, Vm, VmConfig};
+use vmm::{ConsoleOutput, ExitReason, HostKind, Vm, VmConfig};
 
 /// Upper bound for one boot; a watchdog stops the VM after it.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 const MARKER: &str = "HUSK-BOOT-TEST-MARKER";
+/// Environment variables the VMM may give PID 1 (`HostKind::guest_env`);
+/// /init prints each as `env NAME=value.`.
+const ENV_NAMES: [&str; 3] = ["GLIBC_TUNABLES", "OPENSSL_ia32cap", "GODEBUG"];
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn kernel() -> Option<PathBuf> {
@@ -94,9 +97,13 @@ fn initramfs(dir: &Path, script: &str) -> PathBuf {
     }
     c.entry("dev/console", 0o020600, (5, 1), &[]);
     c.file("bin/busybox", &busybox);
+    let env: String = ENV_NAMES
+        .iter()
+        .map(|name| format!("echo \"env {name}=${name}.\"\n"))
+        .collect();
     let init = format!(
         "#!/bin/busybox sh\n/bin/busybox mount -t proc proc /proc\n\
-         echo {MARKER}\necho \"nproc=$(/bin/busybox nproc)\"\n{script}\n"
+         echo {MARKER}\necho \"nproc=$(/bin/busybox nproc)\"\n{env}{script}\n"
     );
     c.file("init", init.as_bytes());
     let path = dir.join("initramfs.cpio");
@@ -197,6 +204,25 @@ fn poweroff_with_two_vcpus() {
         "guest does not see 2 vCPUs:\n{console}"
     );
     assert_eq!(reason, ExitReason::PowerOff, "console:\n{console}");
+    assert_guest_env(&console);
+}
+
+/// PID 1 got exactly the host's guest environment from the kernel command
+/// line (values with `=` and `~` included); none on VMX/SVM hosts.
+fn assert_guest_env(console: &str) {
+    let env = HostKind::detect().guest_env();
+    for name in ENV_NAMES {
+        let value = env
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map_or("", |(_, v)| v.as_str());
+        let line = format!("env {name}={value}.");
+        assert!(
+            console.lines().any(|l| l.trim_end() == line),
+            "{line:?} missing on {:?}; console:\n{console}",
+            HostKind::detect()
+        );
+    }
 }
 
 #[test]
