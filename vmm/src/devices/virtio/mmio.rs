@@ -7,8 +7,11 @@
 //! [`Features`](super::Features), the only copy. Every guest access is
 //! validated; none can panic.
 //!
-//! The transport's own state is [`MmioRegisters`] (plain data) plus its
-//! queues (`Queue::state()`) and the interrupt status.
+//! The transport's own state is [`MmioRegisters`] (plain data), its queues
+//! as the driver programmed them (`Queue::state()`: addresses, size,
+//! ready) and the interrupt status. Once the device runs, the live ring
+//! positions (next avail/used) are in the device's copies of the queues
+//! ([`Activated::queues`](super::Activated::queues)).
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
