@@ -1,7 +1,7 @@
 //! A typed connection to the guest agent: the boot connection (the agent
-//! connects to [`AGENT_PORT`](crate::contract::AGENT_PORT) when it starts)
+//! connects to [`crate::contract::AGENT_PORT`] when it starts)
 //! or an exec connection (the host connects to
-//! [`EXEC_PORT`](crate::contract::EXEC_PORT)).
+//! [`crate::contract::EXEC_PORT`]).
 //!
 //! Two ways to use it: blocking calls that wait on a [`Watch`] (signals,
 //! the VM's end, a deadline) for simple drivers (`husk build`,

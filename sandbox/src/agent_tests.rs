@@ -199,7 +199,10 @@ fn hostile_or_broken_agents_fail_cleanly() {
     let (host, _silent_agent) = UnixStream::pair().unwrap();
     let mut conn = AgentConnection::new(host).unwrap();
     let silent = conn
-        .next(&Watch::none(), Some(Instant::now() + Duration::from_millis(200)))
+        .next(
+            &Watch::none(),
+            Some(Instant::now() + Duration::from_millis(200)),
+        )
         .unwrap_err();
     assert!(matches!(silent, AgentError::Timeout), "{silent}");
 }

@@ -144,7 +144,10 @@ mod tests {
         let past = Some(Instant::now() - Duration::from_millis(1));
         assert_eq!(Watch::none().wait(a.as_fd(), past).unwrap(), Wake::Ready);
         let (idle, _idle_peer) = UnixStream::pair().unwrap();
-        assert_eq!(Watch::none().wait(idle.as_fd(), past).unwrap(), Wake::Timeout);
+        assert_eq!(
+            Watch::none().wait(idle.as_fd(), past).unwrap(),
+            Wake::Timeout
+        );
     }
 
     #[test]

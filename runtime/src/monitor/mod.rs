@@ -16,7 +16,7 @@
 //! attach clients, local stdio.
 //!
 //! It reports progress to the starter on its stdout, one line each (see
-//! [`ready`]): `registered`, then `ready` or `exited`, or
+//! `ready` below): `registered`, then `ready` or `exited`, or
 //! `error <message>` if it fails before the container runs.
 
 pub mod boot;
