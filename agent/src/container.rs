@@ -19,14 +19,14 @@ use husk_protocol::{
     write_message, ErrorCode, ExecRequest, FrameDecoder, Message, PROTOCOL_VERSION,
 };
 
-use crate::exec::{self, Entry};
+use crate::boot::{variant, ConnError, Outcome};
 use crate::proc::{read_messages, Pipe, Proc};
-use crate::session::{variant, Outcome, SessionError};
+use crate::spawn::{self, Entry};
 use crate::system::System;
-use crate::{log, spec, users};
+use crate::{log, quirks, spec, users};
 
 /// Most exec sessions served at once.
-pub const MAX_SESSIONS: usize = 64;
+pub const MAX_EXEC_CONNS: usize = 64;
 /// How long the teardown waits for killed processes.
 const KILL_WAIT: Duration = Duration::from_secs(5);
 
@@ -52,7 +52,7 @@ enum Phase {
 }
 
 /// A connection to the exec listener.
-struct Session<C> {
+struct ExecConn<C> {
     conn: C,
     decoder: FrameDecoder,
     phase: Phase,
@@ -63,21 +63,23 @@ struct Session<C> {
 enum Slot {
     Boot,
     Listener,
-    Conn(usize),
+    ExecConn(usize),
     Init(Pipe),
-    Proc(usize, Pipe),
+    ExecProc(usize, Pipe),
 }
 
 /// The container's poll loop state.
-struct Mux<'a, S: System> {
+struct Container<'a, S: System> {
     sys: &'a mut S,
     root: ContainerRoot,
     listener: Option<OwnedFd>,
     boot_decoder: FrameDecoder,
     init: Option<Proc>,
     init_ns: Option<OwnedFd>,
-    sessions: Vec<Session<S::Conn>>,
+    exec_conns: Vec<ExecConn<S::Conn>>,
     abandoned: Vec<libc::pid_t>,
+    /// The host's quirk variables, passed on to every process.
+    quirk_env: Vec<(String, String)>,
 }
 
 /// Serves the container on the boot connection `boot` (handshake and
@@ -87,25 +89,27 @@ pub fn serve<S: System>(
     boot: &mut S::Conn,
     sys: &mut S,
     root: ContainerRoot,
-    listener: Option<OwnedFd>,
-) -> Result<Outcome, SessionError> {
-    let mut mux = Mux {
+    listener: OwnedFd,
+) -> Result<Outcome, ConnError> {
+    let quirk_env = sys.host_quirk_env();
+    let mut container = Container {
         sys,
         root,
-        listener,
+        listener: Some(listener),
         boot_decoder: FrameDecoder::new(),
         init: None,
         init_ns: None,
-        sessions: Vec::new(),
+        exec_conns: Vec::new(),
         abandoned: Vec::new(),
+        quirk_env,
     };
-    let result = mux.run(boot);
-    mux.teardown();
+    let result = container.run(boot);
+    container.teardown();
     result
 }
 
-impl<S: System> Mux<'_, S> {
-    fn run(&mut self, boot: &mut S::Conn) -> Result<Outcome, SessionError> {
+impl<S: System> Container<'_, S> {
+    fn run(&mut self, boot: &mut S::Conn) -> Result<Outcome, ConnError> {
         loop {
             self.reap();
             if let Some(init) = self.init.as_mut().filter(|p| p.status.is_some()) {
@@ -114,7 +118,7 @@ impl<S: System> Mux<'_, S> {
                 write_message(boot, &msg)?;
                 return Ok(Outcome::Finished(msg));
             }
-            self.finish_sessions();
+            self.finish_exec_conns();
             let (mut fds, slots) = self.poll_set(boot.as_raw_fd());
             // SAFETY: `fds` is a valid, correctly sized array of pollfd.
             let n =
@@ -124,7 +128,7 @@ impl<S: System> Mux<'_, S> {
                 if err.kind() == std::io::ErrorKind::Interrupted {
                     continue;
                 }
-                return Err(SessionError::Poll(err));
+                return Err(ConnError::Poll(err));
             }
             for (pfd, slot) in fds.iter().zip(slots) {
                 if pfd.revents == 0 {
@@ -134,7 +138,8 @@ impl<S: System> Mux<'_, S> {
                     return Ok(outcome);
                 }
             }
-            self.sessions.retain(|s| !matches!(s.phase, Phase::Closed));
+            self.exec_conns
+                .retain(|s| !matches!(s.phase, Phase::Closed));
         }
     }
 
@@ -142,7 +147,7 @@ impl<S: System> Mux<'_, S> {
         let procs = self
             .init
             .iter()
-            .chain(self.sessions.iter().filter_map(|s| match &s.phase {
+            .chain(self.exec_conns.iter().filter_map(|s| match &s.phase {
                 Phase::Running(p) => Some(p),
                 _ => None,
             }));
@@ -182,18 +187,18 @@ impl<S: System> Mux<'_, S> {
                 add(fd, ev, Slot::Init(pipe));
             }
         }
-        for (i, s) in self.sessions.iter().enumerate() {
+        for (i, s) in self.exec_conns.iter().enumerate() {
             let running = match &s.phase {
                 Phase::Running(p) => Some(p),
                 _ => None,
             };
             if running.is_none_or(|p| p.wants_input()) {
-                add(s.conn.as_raw_fd(), libc::POLLIN, Slot::Conn(i));
+                add(s.conn.as_raw_fd(), libc::POLLIN, Slot::ExecConn(i));
             }
             if let Some(p) = running {
                 p.poll_fds(&mut pipes);
                 for (fd, ev, pipe) in pipes.drain(..) {
-                    add(fd, ev, Slot::Proc(i, pipe));
+                    add(fd, ev, Slot::ExecProc(i, pipe));
                 }
             }
         }
@@ -201,22 +206,18 @@ impl<S: System> Mux<'_, S> {
     }
 
     /// Handles one ready fd; `Some` ends the container.
-    fn dispatch(
-        &mut self,
-        slot: Slot,
-        boot: &mut S::Conn,
-    ) -> Result<Option<Outcome>, SessionError> {
+    fn dispatch(&mut self, slot: Slot, boot: &mut S::Conn) -> Result<Option<Outcome>, ConnError> {
         match slot {
             Slot::Boot => return self.boot_input(boot),
             Slot::Listener => self.accept(),
-            Slot::Conn(i) => self.session_input(i),
+            Slot::ExecConn(i) => self.exec_conn_input(i),
             Slot::Init(pipe) => {
                 if let Some(init) = &mut self.init {
                     init.ready(pipe, boot)?;
                 }
             }
-            Slot::Proc(i, pipe) => {
-                let s = &mut self.sessions[i];
+            Slot::ExecProc(i, pipe) => {
+                let s = &mut self.exec_conns[i];
                 if let Phase::Running(p) = &mut s.phase {
                     if p.ready(pipe, &mut s.conn).is_err() {
                         p.kill();
@@ -229,10 +230,10 @@ impl<S: System> Mux<'_, S> {
         Ok(None)
     }
 
-    fn boot_input(&mut self, boot: &mut S::Conn) -> Result<Option<Outcome>, SessionError> {
+    fn boot_input(&mut self, boot: &mut S::Conn) -> Result<Option<Outcome>, ConnError> {
         let msgs = match read_messages(boot, &mut self.boot_decoder)? {
             Some(msgs) => msgs,
-            None => return Err(SessionError::HostClosed),
+            None => return Err(ConnError::HostClosed),
         };
         for msg in msgs {
             let msg = match &mut self.init {
@@ -273,9 +274,14 @@ impl<S: System> Mux<'_, S> {
     }
 
     /// Resolves the user and spawns `req`, in the container (`join` = the
-    /// init's namespace for exec sessions, `None` for the init itself).
+    /// init's namespace for exec sessions, `None` for the init itself),
+    /// with the host's quirk variables added to its environment.
     fn start(&self, req: &ExecRequest, join: Option<RawFd>) -> Result<Proc, (ErrorCode, String)> {
         spec::check_exec(req).map_err(|e| (ErrorCode::BadRequest, e.0))?;
+        let req = ExecRequest {
+            env: quirks::merge_env(&req.env, &self.quirk_env),
+            ..req.clone()
+        };
         let db = |path| {
             let resolved = spec::resolve_in_root(&self.root.root, path);
             resolved.map(|p| users::read_db(&p)).unwrap_or_default()
@@ -291,7 +297,7 @@ impl<S: System> Mux<'_, S> {
             (true, None) => Entry::Pivot(&self.root.root),
         };
         let spawned =
-            exec::spawn(req, &creds, entry, &self.root.ptmx).map_err(|e| (e.code, e.detail))?;
+            spawn::spawn(&req, &creds, entry, &self.root.ptmx).map_err(|e| (e.code, e.detail))?;
         Ok(Proc::new(spawned))
     }
 
@@ -320,9 +326,9 @@ impl<S: System> Mux<'_, S> {
         }
         // SAFETY: accept4 returned a new fd that nothing else owns.
         let mut conn = S::Conn::from(unsafe { OwnedFd::from_raw_fd(fd) });
-        if self.sessions.len() >= MAX_SESSIONS {
+        if self.exec_conns.len() >= MAX_EXEC_CONNS {
             let code = ErrorCode::Internal;
-            let detail = format!("more than {MAX_SESSIONS} exec sessions");
+            let detail = format!("more than {MAX_EXEC_CONNS} exec sessions");
             let _ = write_message(&mut conn, &Message::Error { code, detail });
             return;
         }
@@ -330,7 +336,7 @@ impl<S: System> Mux<'_, S> {
             version: PROTOCOL_VERSION,
         };
         if write_message(&mut conn, &hello).is_ok() {
-            self.sessions.push(Session {
+            self.exec_conns.push(ExecConn {
                 conn,
                 decoder: FrameDecoder::new(),
                 phase: Phase::Hello,
@@ -338,8 +344,8 @@ impl<S: System> Mux<'_, S> {
         }
     }
 
-    fn session_input(&mut self, i: usize) {
-        let s = &mut self.sessions[i];
+    fn exec_conn_input(&mut self, i: usize) {
+        let s = &mut self.exec_conns[i];
         let msgs = match read_messages(&mut s.conn, &mut s.decoder) {
             Ok(Some(msgs)) => msgs,
             Ok(None) | Err(_) => {
@@ -353,12 +359,12 @@ impl<S: System> Mux<'_, S> {
             }
         };
         for msg in msgs {
-            if matches!(self.sessions[i].phase, Phase::Closed) {
+            if matches!(self.exec_conns[i].phase, Phase::Closed) {
                 return;
             }
-            if let Err(e) = self.session_message(i, msg) {
+            if let Err(e) = self.exec_conn_message(i, msg) {
                 log::error(&format!("exec session: {e}"));
-                let s = &mut self.sessions[i];
+                let s = &mut self.exec_conns[i];
                 if let Phase::Running(p) = &s.phase {
                     p.kill();
                     self.abandoned.push(p.pid);
@@ -368,8 +374,8 @@ impl<S: System> Mux<'_, S> {
         }
     }
 
-    fn session_message(&mut self, i: usize, msg: Message) -> Result<(), SessionError> {
-        let phase = std::mem::replace(&mut self.sessions[i].phase, Phase::Closed);
+    fn exec_conn_message(&mut self, i: usize, msg: Message) -> Result<(), ConnError> {
+        let phase = std::mem::replace(&mut self.exec_conns[i].phase, Phase::Closed);
         let (next, reply) = match (phase, msg) {
             (Phase::Running(mut p), msg) => match p.input(msg) {
                 None => (Phase::Running(p), None),
@@ -400,7 +406,7 @@ impl<S: System> Mux<'_, S> {
                 (Phase::Closed, Some(error(ErrorCode::BadRequest, detail)))
             }
         };
-        let s = &mut self.sessions[i];
+        let s = &mut self.exec_conns[i];
         s.phase = next;
         if let Some(reply) = reply {
             write_message(&mut s.conn, &reply)?;
@@ -443,8 +449,8 @@ impl<S: System> Mux<'_, S> {
 
     /// Reports the exit of every exec'd process that ended, and closes its
     /// session.
-    fn finish_sessions(&mut self) {
-        for s in &mut self.sessions {
+    fn finish_exec_conns(&mut self) {
+        for s in &mut self.exec_conns {
             let Phase::Running(p) = &mut s.phase else {
                 continue;
             };
@@ -459,7 +465,8 @@ impl<S: System> Mux<'_, S> {
             }
             s.phase = Phase::Closed;
         }
-        self.sessions.retain(|s| !matches!(s.phase, Phase::Closed));
+        self.exec_conns
+            .retain(|s| !matches!(s.phase, Phase::Closed));
     }
 
     /// Collects exit statuses (as PID 1, of every process).
@@ -496,7 +503,7 @@ impl<S: System> Mux<'_, S> {
     fn procs(&self) -> impl Iterator<Item = &Proc> {
         self.init
             .iter()
-            .chain(self.sessions.iter().filter_map(|s| match &s.phase {
+            .chain(self.exec_conns.iter().filter_map(|s| match &s.phase {
                 Phase::Running(p) => Some(p),
                 _ => None,
             }))
@@ -504,12 +511,15 @@ impl<S: System> Mux<'_, S> {
 
     fn record(&mut self, pid: libc::pid_t, status: i32) {
         let init = self.init.iter_mut();
-        let sessions = self.sessions.iter_mut().filter_map(|s| match &mut s.phase {
-            Phase::Running(p) => Some(p),
-            _ => None,
-        });
+        let conns = self
+            .exec_conns
+            .iter_mut()
+            .filter_map(|s| match &mut s.phase {
+                Phase::Running(p) => Some(p),
+                _ => None,
+            });
         if let Some(p) = init
-            .chain(sessions)
+            .chain(conns)
             .find(|p| p.pid == pid && p.status.is_none())
         {
             p.status = Some(status);
@@ -524,7 +534,7 @@ impl<S: System> Mux<'_, S> {
             init.kill();
         }
         self.sys.kill_all();
-        for s in &self.sessions {
+        for s in &self.exec_conns {
             if let Phase::Running(p) = &s.phase {
                 p.kill();
             }
@@ -538,8 +548,8 @@ impl<S: System> Mux<'_, S> {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        self.finish_sessions();
-        self.sessions.clear();
+        self.finish_exec_conns();
+        self.exec_conns.clear();
         self.init_ns = None;
     }
 }

@@ -5,19 +5,27 @@
 use std::os::fd::OwnedFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use husk_protocol::{read_message, write_message, ContainerSpec, ErrorCode, ExecRequest, Message};
+use husk_protocol::{
+    read_message, write_message, ContainerSpec, ErrorCode, ExecRequest, Message, RootDisk, RootFs,
+};
 
 use super::*;
-use crate::session::{Outcome, SessionError};
+use crate::boot::{ConnError, Outcome};
 use crate::system::{run_agent, AgentError, SysError, System};
 
+/// A test environment: the boot connection is one end of a socket pair,
+/// exec connections come from a Unix listener, nothing is mounted, and
+/// only the agent's own children are reaped.
 struct FakeSystem {
     conn: Option<UnixStream>,
     root: PathBuf,
     sock: PathBuf,
+    shut_down: Arc<AtomicBool>,
 }
 
 impl System for FakeSystem {
@@ -31,13 +39,13 @@ impl System for FakeSystem {
         Ok(self.conn.take().expect("connect called once"))
     }
 
-    fn mount_root(&mut self, disk: &husk_protocol::RootDisk) -> Result<PathBuf, SysError> {
-        Err(SysError::DiskNotFound(disk.serial.clone()))
-    }
-
     fn create_container(&mut self, spec: &ContainerSpec) -> Result<ContainerRoot, SysError> {
-        if spec.layers[0] == "missing" {
-            return Err(SysError::DiskNotFound("missing".into()));
+        let serial = match &spec.root {
+            RootFs::Layers { layers, .. } => &layers[0],
+            RootFs::Disk(disk) => &disk.serial,
+        };
+        if serial.starts_with("missing") {
+            return Err(SysError::DiskNotFound(serial.clone()));
         }
         Ok(ContainerRoot {
             root: self.root.clone(),
@@ -53,22 +61,39 @@ impl System for FakeSystem {
         Ok(OwnedFd::from(l))
     }
 
+    fn host_quirk_env(&self) -> Vec<(String, String)> {
+        QUIRKS
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
     fn kill_all(&mut self) {}
 
     fn reaps_orphans(&self) -> bool {
         false
     }
 
-    fn shutdown(&mut self) {}
+    fn shutdown(&mut self) {
+        self.shut_down.store(true, Ordering::SeqCst);
+    }
 }
+
+/// The host quirk variables this fake agent "booted" with.
+const QUIRKS: [(&str, &str); 2] = [
+    ("GLIBC_TUNABLES", "glibc.cpu.hwcaps=-AVX2_Usable"),
+    ("GODEBUG", "cpu.avx2=off"),
+];
 
 const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\nalice:x:1000:1000::/home/alice:/bin/sh\n";
 const GROUP: &str = "root:x:0:\nalice:x:1000:\nstaff:x:50:alice\n";
 
 fn spec() -> ContainerSpec {
     ContainerSpec {
-        layers: vec!["layer0".into()],
-        writable: "rw".into(),
+        root: RootFs::Layers {
+            layers: vec!["layer0".into()],
+            writable: "rw".into(),
+        },
         volumes: vec![],
         hostname: "box".into(),
         hosts: vec![],
@@ -99,14 +124,18 @@ impl Host {
         conn.set_read_timeout(Some(Duration::from_secs(20)))
             .unwrap();
         let mut h = Host { conn };
-        match h.recv() {
+        h.handshake();
+        h
+    }
+
+    fn handshake(&mut self) {
+        match self.recv() {
             Message::Hello { version } => assert_eq!(version, PROTOCOL_VERSION),
             other => panic!("expected Hello, got {other:?}"),
         }
-        h.send(Message::Hello {
+        self.send(Message::Hello {
             version: PROTOCOL_VERSION,
         });
-        h
     }
 
     fn session(sock: &PathBuf) -> Host {
@@ -160,6 +189,15 @@ fn with_container<F>(host: F) -> Result<Outcome, AgentError>
 where
     F: FnOnce(Host, PathBuf) + Send + 'static,
 {
+    with_raw_host(|conn, sock, _| host(Host::new(conn), sock))
+}
+
+/// Runs the agent against `host`, which gets the raw boot connection, the
+/// exec socket path and the flag set by the agent's teardown.
+fn with_raw_host<F>(host: F) -> Result<Outcome, AgentError>
+where
+    F: FnOnce(UnixStream, PathBuf, Arc<AtomicBool>) + Send + 'static,
+{
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
     std::fs::create_dir_all(root.join("etc")).unwrap();
@@ -167,14 +205,20 @@ where
     std::fs::write(root.join("etc/group"), GROUP).unwrap();
     let sock = dir.path().join("exec.sock");
     let (agent_end, host_end) = UnixStream::pair().unwrap();
-    let sock2 = sock.clone();
-    let t = thread::spawn(move || host(Host::new(host_end), sock2));
+    host_end
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let shut_down = Arc::new(AtomicBool::new(false));
+    let (sock2, flag) = (sock.clone(), shut_down.clone());
+    let t = thread::spawn(move || host(host_end, sock2, flag));
     let mut sys = FakeSystem {
         conn: Some(agent_end),
         root,
         sock,
+        shut_down,
     };
     let outcome = run_agent(&mut sys);
+    drop(sys);
     t.join().unwrap();
     outcome
 }
@@ -295,14 +339,22 @@ fn failures_are_typed() {
     // A container that cannot be created, and an Exec without one.
     let outcome = with_container(|mut boot, _| {
         let mut bad = spec();
-        bad.layers = vec!["missing".into()];
+        bad.root = RootFs::Disk(RootDisk {
+            serial: "missing9".into(),
+            fs_type: "ext4".into(),
+            read_only: false,
+        });
         boot.send(Message::CreateContainer(bad));
-        boot.expect_error(ErrorCode::MountFailed);
+        let detail = boot.expect_error(ErrorCode::MountFailed);
+        assert!(detail.contains("missing9"), "{detail}");
     });
     assert_eq!(outcome.unwrap(), Outcome::Refused(ErrorCode::MountFailed));
     let outcome = with_container(|mut boot, _| {
         boot.send(Message::CreateContainer(ContainerSpec {
-            layers: vec![],
+            root: RootFs::Layers {
+                layers: vec![],
+                writable: String::new(),
+            },
             ..spec()
         }));
         boot.expect_error(ErrorCode::BadRequest);
@@ -413,7 +465,7 @@ fn host_disconnects_kill_processes() {
     });
     assert!(matches!(
         outcome,
-        Err(AgentError::Session(SessionError::HostClosed))
+        Err(AgentError::Conn(ConnError::HostClosed))
     ));
     let pid = rx.recv().unwrap() as libc::pid_t;
     // SAFETY: kill with signal 0 only checks for existence.

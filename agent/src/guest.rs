@@ -8,13 +8,7 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use husk_protocol::RootDisk;
-
 use crate::system::SysError;
-
-/// Where the command's root is mounted (on the agent disk; `/mnt` when the
-/// disk lacks the `root` subdirectory).
-const ROOT_MOUNT: &str = "/mnt/root";
 
 /// How long to keep retrying the vsock connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -210,36 +204,6 @@ fn scan_disks(serial: &str) -> Option<PathBuf> {
         }
     }
     None
-}
-
-/// Mounts the root disk and, where the directories exist in it, proc, sys
-/// and dev. Records each mount point in `mounts`.
-pub fn mount_root(disk: &RootDisk, mounts: &mut Vec<PathBuf>) -> Result<PathBuf, SysError> {
-    let dev = find_disk(&disk.serial)?;
-    let target = if Path::new(ROOT_MOUNT).is_dir() {
-        ROOT_MOUNT
-    } else {
-        "/mnt"
-    };
-    let mut flags = 0;
-    if disk.read_only {
-        flags |= libc::MS_RDONLY;
-    }
-    mount(&dev.to_string_lossy(), target, &disk.fs_type, flags)?;
-    mounts.push(PathBuf::from(target));
-    let nosuid = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
-    for (fs, dir, flags) in [
-        ("proc", "proc", nosuid),
-        ("sysfs", "sys", nosuid),
-        ("devtmpfs", "dev", libc::MS_NOSUID),
-    ] {
-        let sub = format!("{target}/{dir}");
-        if Path::new(&sub).is_dir() {
-            mount(fs, &sub, fs, flags)?;
-            mounts.push(PathBuf::from(sub));
-        }
-    }
-    Ok(PathBuf::from(target))
 }
 
 /// Unmounts `target`, lazily if it is busy.

@@ -1,15 +1,20 @@
-//! One running container process and its stdio, as seen by the agent's
-//! poll loop: forwarding output to a connection, buffering stdin, signals,
-//! terminal resizes, and its exit status.
+//! One running container process — the init process or an exec'd one, the
+//! agent treats both alike — and its stdio pump, as seen by the agent's
+//! poll loop: forwarding output to the host connection, buffering stdin,
+//! signals, terminal resizes, and its exit status.
 
 use std::fs::File;
-use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-use husk_protocol::{Message, WriteError};
+use husk_protocol::{write_message, Message, WriteError, MAX_CHUNK};
 
-use crate::exec::{self, Spawned};
-use crate::session::{forward, is_transient, pidfd_open, DRAIN_LIMIT};
+use crate::spawn::Spawned;
+use crate::stdio;
+
+/// Most reads of one pipe after the process exited (bounds the drain when
+/// a grandchild keeps writing).
+const DRAIN_LIMIT: usize = 64;
 
 /// Most stdin bytes buffered for a process before the agent stops reading
 /// its connection (back-pressure on the host).
@@ -28,7 +33,7 @@ pub enum Pipe {
     Pid,
 }
 
-/// A process started by `Exec`.
+/// A process started by `Exec` (on the boot connection: the init).
 #[derive(Debug)]
 pub struct Proc {
     /// Its pid (and process group).
@@ -51,12 +56,12 @@ impl Proc {
             pid: s.pid,
             status: None,
             pidfd: pidfd_open(s.pid),
-            stdout: Some(s.stdout),
-            stderr: s.stderr,
-            stdin: s.stdin,
+            stdout: Some(s.io.stdout),
+            stderr: s.io.stderr,
+            stdin: s.io.stdin,
             stdin_buf: Vec::new(),
             stdin_eof: false,
-            pty: s.pty,
+            pty: s.io.pty,
         }
     }
 
@@ -121,7 +126,7 @@ impl Proc {
             Message::Resize { rows, cols } => {
                 if let Some(pty) = &self.pty {
                     // A failed resize is not worth ending the session.
-                    let _ = exec::resize(pty, rows, cols);
+                    let _ = stdio::resize(pty, rows, cols);
                 }
             }
             other => return Some(other),
@@ -138,7 +143,7 @@ impl Proc {
         let target = self
             .pty
             .as_ref()
-            .and_then(exec::foreground_group)
+            .and_then(stdio::foreground_group)
             .map_or(self.pid, |pgrp| -pgrp);
         // SAFETY: kill has no memory-safety preconditions.
         unsafe { libc::kill(target, sig) };
@@ -244,4 +249,48 @@ pub fn read_messages<C: Read>(
         msgs.push(msg);
     }
     Ok(Some(msgs))
+}
+
+/// Reads one chunk from `pipe` and sends it wrapped by `wrap`; false when
+/// nothing was read (EOF, which also closes the pipe, or nothing ready).
+fn forward<C: Write>(
+    pipe: &mut Option<File>,
+    conn: &mut C,
+    wrap: fn(Vec<u8>) -> Message,
+) -> Result<bool, WriteError> {
+    let Some(file) = pipe else {
+        return Ok(false);
+    };
+    let mut buf = vec![0u8; MAX_CHUNK];
+    match file.read(&mut buf) {
+        Ok(0) => {
+            *pipe = None;
+            Ok(false)
+        }
+        Ok(n) => {
+            buf.truncate(n);
+            write_message(conn, &wrap(buf))?;
+            Ok(true)
+        }
+        Err(e) if is_transient(&e) => Ok(false),
+        Err(_) => {
+            *pipe = None;
+            Ok(false)
+        }
+    }
+}
+
+fn is_transient(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+    )
+}
+
+fn pidfd_open(pid: libc::pid_t) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags, no pointers.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    let fd = RawFd::try_from(fd).ok().filter(|fd| *fd >= 0)?;
+    // SAFETY: the syscall returned a new fd that nothing else owns.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
 }
