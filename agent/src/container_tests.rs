@@ -472,3 +472,159 @@ fn host_disconnects_kill_processes() {
     assert_eq!(unsafe { libc::kill(pid, 0) }, -1, "init killed and reaped");
     assert!(start.elapsed() < Duration::from_secs(15));
 }
+
+/// Stdin sent right behind the `Exec` (before `Started` came back), then
+/// its end, is delivered in full: to the init and to exec'd processes.
+#[test]
+fn stdin_sent_with_the_exec_request_is_delivered() {
+    let outcome = with_container(|mut boot, sock| {
+        create(&mut boot);
+        let mut req = exec(&["sh", "-c", "tr a-z A-Z; echo done"]);
+        req.stdin = true;
+        let mut init = exec(&["sh", "-c", "tr a-z A-Z; echo done; exec sleep 100"]);
+        init.stdin = true;
+        boot.send(Message::Exec(init));
+        boot.send(Message::Stdin(b"to init\n".to_vec()));
+        boot.send(Message::StdinEof);
+        assert!(matches!(boot.recv(), Message::Started { .. }));
+        let mut out = Vec::new();
+        while out.len() < "TO INIT\ndone\n".len() {
+            match boot.recv() {
+                Message::Stdout(b) => out.extend(b),
+                other => panic!("{other:?} after {out:?}"),
+            }
+        }
+        assert_eq!(String::from_utf8_lossy(&out), "TO INIT\ndone\n");
+        for round in 0..20 {
+            let mut s = Host::session(&sock);
+            let input = format!("piped input {round}\n");
+            s.send(Message::Exec(req.clone()));
+            s.send(Message::Stdin(input.clone().into_bytes()));
+            s.send(Message::StdinEof);
+            assert!(matches!(s.recv(), Message::Started { .. }));
+            let (out, err, end) = s.finish();
+            assert_eq!(out, format!("{}done\n", input.to_uppercase()), "{err}");
+            assert_eq!(end, Message::Exited { code: 0 });
+        }
+        boot.send(Message::Signal(9));
+        assert_eq!(boot.finish().2, Message::Signaled { signal: 9 });
+    });
+    assert!(outcome.is_ok());
+}
+
+#[test]
+fn init_output_and_exit_then_teardown_before_the_connection_closes() {
+    let outcome = with_raw_host(|conn, _, shut_down| {
+        let mut boot = Host::new(conn);
+        create(&mut boot);
+        boot.start(exec(&["sh", "-c", "echo out; echo err >&2; exit 3"]));
+        assert_eq!(
+            boot.finish(),
+            ("out\n".into(), "err\n".into(), Message::Exited { code: 3 })
+        );
+        // The agent closes the connection only after its teardown.
+        assert!(read_message(&mut boot.conn).unwrap().is_none());
+        assert!(shut_down.load(Ordering::SeqCst), "closed before teardown");
+    });
+    assert_eq!(
+        outcome.unwrap(),
+        Outcome::Finished(Message::Exited { code: 3 })
+    );
+}
+
+#[test]
+fn init_output_is_streamed_and_signals_are_reported() {
+    let outcome = with_container(|mut boot, _| {
+        create(&mut boot);
+        let mut init = exec(&["sh", "-c", "echo first; read x; echo second; kill -9 $$"]);
+        init.stdin = true;
+        boot.start(init);
+        // "first" arrives while the process still waits for its input.
+        assert_eq!(boot.recv(), Message::Stdout(b"first\n".to_vec()));
+        boot.send(Message::Stdin(b"go\n".to_vec()));
+        assert_eq!(
+            boot.finish(),
+            (
+                "second\n".into(),
+                "".into(),
+                Message::Signaled { signal: 9 }
+            )
+        );
+    });
+    assert_eq!(
+        outcome.unwrap(),
+        Outcome::Finished(Message::Signaled { signal: 9 })
+    );
+}
+
+#[test]
+fn an_init_that_cannot_start_is_a_typed_refusal() {
+    let outcome = with_container(|mut boot, _| {
+        create(&mut boot);
+        boot.send(Message::Exec(exec(&["husk-no-such-command"])));
+        let detail = boot.expect_error(ErrorCode::NotFound);
+        assert!(detail.contains("husk-no-such-command"), "{detail}");
+    });
+    assert_eq!(outcome.unwrap(), Outcome::Refused(ErrorCode::NotFound));
+}
+
+#[test]
+fn garbage_from_the_host_ends_the_container() {
+    let start = Instant::now();
+    let outcome = with_container(|mut boot, _| {
+        create(&mut boot);
+        boot.start(exec(&["sleep", "100"]));
+        use std::io::Write;
+        boot.conn.write_all(&[255, 255, 255, 255, 1, 2, 3]).unwrap();
+        assert!(read_message(&mut boot.conn).unwrap().is_none());
+    });
+    assert!(matches!(outcome, Err(AgentError::Conn(ConnError::Read(_)))));
+    assert!(start.elapsed() < Duration::from_secs(15));
+}
+
+#[test]
+fn handshake_and_request_refusals_are_typed() {
+    let outcome = with_raw_host(|mut conn, _, _| {
+        assert!(matches!(
+            read_message(&mut conn).unwrap(),
+            Some(Message::Hello { .. })
+        ));
+        write_message(&mut conn, &Message::Hello { version: 999 }).unwrap();
+        let mut host = Host { conn };
+        let detail = host.expect_error(ErrorCode::VersionMismatch);
+        assert!(detail.contains("999"), "{detail}");
+    });
+    assert_eq!(
+        outcome.unwrap(),
+        Outcome::Refused(ErrorCode::VersionMismatch)
+    );
+    let outcome = with_container(|mut boot, _| {
+        boot.send(Message::StdinEof);
+        let detail = boot.expect_error(ErrorCode::BadRequest);
+        assert!(detail.contains("StdinEof"), "{detail}");
+    });
+    assert_eq!(outcome.unwrap(), Outcome::Refused(ErrorCode::BadRequest));
+}
+
+/// Every process the agent starts, init and exec'd alike, carries the
+/// host's quirk variables, merged with the container's own.
+#[test]
+fn host_quirk_variables_reach_every_process() {
+    let show = "echo \"$GLIBC_TUNABLES|$GODEBUG\"";
+    let outcome = with_container(move |mut boot, sock| {
+        create(&mut boot);
+        let mut init = exec(&["sh", "-c", &format!("{show}; exec sleep 100")]);
+        init.env.push("GODEBUG=http2client=0".into());
+        boot.start(init);
+        assert_eq!(
+            boot.recv(),
+            Message::Stdout(b"glibc.cpu.hwcaps=-AVX2_Usable|http2client=0,cpu.avx2=off\n".to_vec())
+        );
+        let mut s = Host::session(&sock);
+        s.start(exec(&["sh", "-c", show]));
+        assert_eq!(s.finish().0, "glibc.cpu.hwcaps=-AVX2_Usable|cpu.avx2=off\n");
+        boot.send(Message::Signal(9));
+        boot.finish();
+    });
+    assert!(outcome.is_ok());
+}
