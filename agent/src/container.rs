@@ -11,16 +11,20 @@
 //! `NoContainer`.
 
 use std::fs::File;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
+
+use rustix::event::{PollFd, PollFlags, Timespec};
+use rustix::net::SocketFlags;
+use rustix::process::{waitpid, Pid, WaitOptions};
 
 use husk_protocol::{
     write_message, ErrorCode, ExecRequest, FrameDecoder, Message, PROTOCOL_VERSION,
 };
 
 use crate::boot::{variant, ConnError, Outcome};
-use crate::proc::{read_messages, Pipe, Proc};
+use crate::proc::{self, read_messages, Pipe, Proc};
 use crate::spawn::{self, Entry};
 use crate::system::System;
 use crate::{log, quirks, spec, users};
@@ -119,21 +123,7 @@ impl<S: System> Container<'_, S> {
                 return Ok(Outcome::Finished(msg));
             }
             self.finish_exec_conns();
-            let (mut fds, slots) = self.poll_set(boot.as_raw_fd());
-            // SAFETY: `fds` is a valid, correctly sized array of pollfd.
-            let n =
-                unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, self.timeout()) };
-            if n < 0 {
-                let err = std::io::Error::last_os_error();
-                if err.kind() == std::io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(ConnError::Poll(err));
-            }
-            for (pfd, slot) in fds.iter().zip(slots) {
-                if pfd.revents == 0 {
-                    continue;
-                }
+            for slot in self.wait_ready(boot.as_fd())? {
                 if let Some(outcome) = self.dispatch(slot, boot)? {
                     return Ok(outcome);
                 }
@@ -143,7 +133,25 @@ impl<S: System> Container<'_, S> {
         }
     }
 
-    fn timeout(&self) -> libc::c_int {
+    /// Waits until some fd is ready (or the timeout passes); returns what
+    /// the ready fds belong to.
+    fn wait_ready(&self, boot: BorrowedFd<'_>) -> Result<Vec<Slot>, ConnError> {
+        let (mut fds, slots) = self.poll_set(boot);
+        match rustix::event::poll(&mut fds, self.timeout().as_ref()) {
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => return Ok(Vec::new()),
+            Err(e) => return Err(ConnError::Poll(e.into())),
+        }
+        let ready = fds
+            .iter()
+            .zip(slots)
+            .filter(|(fd, _)| !fd.revents().is_empty());
+        Ok(ready.map(|(_, slot)| slot).collect())
+    }
+
+    /// How long to wait at most: forever, unless exits are noticed by
+    /// polling (no pidfd, abandoned processes) or orphans need reaping.
+    fn timeout(&self) -> Option<Timespec> {
         let procs = self
             .init
             .iter()
@@ -151,34 +159,37 @@ impl<S: System> Container<'_, S> {
                 Phase::Running(p) => Some(p),
                 _ => None,
             }));
-        let mut timeout = if self.sys.reaps_orphans() { 1000 } else { -1 };
+        let mut millis = if self.sys.reaps_orphans() {
+            Some(1000)
+        } else {
+            None
+        };
         for p in procs {
             if p.needs_polling() {
-                timeout = 100;
+                millis = Some(100);
             }
         }
         if !self.abandoned.is_empty() {
-            timeout = 100;
+            millis = Some(100);
         }
-        timeout
+        millis.map(|ms| Timespec {
+            tv_sec: ms / 1000,
+            tv_nsec: (ms % 1000) * 1_000_000,
+        })
     }
 
-    fn poll_set(&self, boot: RawFd) -> (Vec<libc::pollfd>, Vec<Slot>) {
+    fn poll_set<'a>(&'a self, boot: BorrowedFd<'a>) -> (Vec<PollFd<'a>>, Vec<Slot>) {
         let mut fds = Vec::new();
         let mut slots = Vec::new();
-        let mut add = |fd: RawFd, events: libc::c_short, slot: Slot| {
-            fds.push(libc::pollfd {
-                fd,
-                events,
-                revents: 0,
-            });
+        let mut add = |fd: BorrowedFd<'a>, events: PollFlags, slot: Slot| {
+            fds.push(PollFd::from_borrowed_fd(fd, events));
             slots.push(slot);
         };
         if self.init.as_ref().is_none_or(Proc::wants_input) {
-            add(boot, libc::POLLIN, Slot::Boot);
+            add(boot, PollFlags::IN, Slot::Boot);
         }
         if let Some(l) = &self.listener {
-            add(l.as_raw_fd(), libc::POLLIN, Slot::Listener);
+            add(l.as_fd(), PollFlags::IN, Slot::Listener);
         }
         let mut pipes = Vec::new();
         if let Some(init) = &self.init {
@@ -193,7 +204,7 @@ impl<S: System> Container<'_, S> {
                 _ => None,
             };
             if running.is_none_or(|p| p.wants_input()) {
-                add(s.conn.as_raw_fd(), libc::POLLIN, Slot::ExecConn(i));
+                add(s.conn.as_fd(), PollFlags::IN, Slot::ExecConn(i));
             }
             if let Some(p) = running {
                 p.poll_fds(&mut pipes);
@@ -318,14 +329,10 @@ impl<S: System> Container<'_, S> {
         let Some(listener) = &self.listener else {
             return;
         };
-        let (addr, len) = (std::ptr::null_mut(), std::ptr::null_mut());
-        // SAFETY: accept4 with null address pointers is allowed.
-        let fd = unsafe { libc::accept4(listener.as_raw_fd(), addr, len, libc::SOCK_CLOEXEC) };
-        if fd < 0 {
+        let Ok(fd) = rustix::net::accept_with(listener, SocketFlags::CLOEXEC) else {
             return; // EAGAIN, ECONNABORTED...: nothing to serve
-        }
-        // SAFETY: accept4 returned a new fd that nothing else owns.
-        let mut conn = S::Conn::from(unsafe { OwnedFd::from_raw_fd(fd) });
+        };
+        let mut conn = S::Conn::from(fd);
         if self.exec_conns.len() >= MAX_EXEC_CONNS {
             let code = ErrorCode::Internal;
             let detail = format!("more than {MAX_EXEC_CONNS} exec sessions");
@@ -436,8 +443,7 @@ impl<S: System> Container<'_, S> {
         }
         match self.init.as_ref().filter(|p| p.status.is_none()) {
             Some(init) => {
-                // SAFETY: kill has no memory-safety preconditions.
-                unsafe { libc::kill(init.pid, signal) };
+                proc::send_signal(init.pid, signal);
                 Message::Ok
             }
             None => error(
@@ -472,14 +478,8 @@ impl<S: System> Container<'_, S> {
     /// Collects exit statuses (as PID 1, of every process).
     fn reap(&mut self) {
         if self.sys.reaps_orphans() {
-            loop {
-                let mut status = 0;
-                // SAFETY: waitpid with a valid status pointer.
-                let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
-                if pid <= 0 {
-                    break;
-                }
-                self.record(pid, status);
+            while let Ok(Some((pid, status))) = waitpid(None, WaitOptions::NOHANG) {
+                self.record(pid.as_raw_nonzero().get(), status.as_raw());
             }
             self.abandoned.clear();
             return;
@@ -491,10 +491,11 @@ impl<S: System> Container<'_, S> {
             .collect();
         pids.extend(&self.abandoned);
         for pid in pids {
-            let mut status = 0;
-            // SAFETY: waitpid with a valid status pointer.
-            if unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } == pid {
-                self.record(pid, status);
+            let Some(child) = Pid::from_raw(pid) else {
+                continue;
+            };
+            if let Ok(Some((_, status))) = waitpid(Some(child), WaitOptions::NOHANG) {
+                self.record(pid, status.as_raw());
                 self.abandoned.retain(|p| *p != pid);
             }
         }

@@ -26,8 +26,7 @@ use boot::Outcome;
 use system::GuestSystem;
 
 fn main() {
-    // SAFETY: getpid has no preconditions.
-    if unsafe { libc::getpid() } != 1 {
+    if !rustix::process::getpid().is_init() {
         eprintln!("husk-agent: must run as PID 1 inside a husk VM");
         std::process::exit(1);
     }

@@ -5,7 +5,10 @@
 
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use rustix::event::PollFlags;
+use rustix::process::{Pid, PidfdFlags, Signal};
 
 use husk_protocol::{write_message, Message, WriteError, MAX_CHUNK};
 
@@ -76,18 +79,18 @@ impl Proc {
     }
 
     /// The fds to poll, with what each is.
-    pub fn poll_fds(&self, out: &mut Vec<(RawFd, libc::c_short, Pipe)>) {
+    pub fn poll_fds<'a>(&'a self, out: &mut Vec<(BorrowedFd<'a>, PollFlags, Pipe)>) {
         if let Some(f) = &self.stdout {
-            out.push((f.as_raw_fd(), libc::POLLIN, Pipe::Out));
+            out.push((f.as_fd(), PollFlags::IN, Pipe::Out));
         }
         if let Some(f) = &self.stderr {
-            out.push((f.as_raw_fd(), libc::POLLIN, Pipe::Err));
+            out.push((f.as_fd(), PollFlags::IN, Pipe::Err));
         }
         if let Some(f) = self.stdin.as_ref().filter(|_| !self.stdin_buf.is_empty()) {
-            out.push((f.as_raw_fd(), libc::POLLOUT, Pipe::In));
+            out.push((f.as_fd(), PollFlags::OUT, Pipe::In));
         }
         if let Some(fd) = self.pidfd.as_ref().filter(|_| self.status.is_none()) {
-            out.push((fd.as_raw_fd(), libc::POLLIN, Pipe::Pid));
+            out.push((fd.as_fd(), PollFlags::IN, Pipe::Pid));
         }
     }
 
@@ -145,17 +148,16 @@ impl Proc {
             .as_ref()
             .and_then(stdio::foreground_group)
             .map_or(self.pid, |pgrp| -pgrp);
-        // SAFETY: kill has no memory-safety preconditions.
-        unsafe { libc::kill(target, sig) };
+        send_signal(target, sig);
     }
 
     /// SIGKILLs the process and its process group.
     pub fn kill(&self) {
         if self.status.is_none() {
-            // SAFETY: kill has no memory-safety preconditions.
-            unsafe {
-                libc::kill(-self.pid, libc::SIGKILL);
-                libc::kill(self.pid, libc::SIGKILL);
+            if let Some(pid) = Pid::from_raw(self.pid) {
+                // Errors: the process or its group is already gone.
+                let _ = rustix::process::kill_process_group(pid, Signal::KILL);
+                let _ = rustix::process::kill_process(pid, Signal::KILL);
             }
         }
     }
@@ -288,9 +290,14 @@ fn is_transient(e: &io::Error) -> bool {
 }
 
 fn pidfd_open(pid: libc::pid_t) -> Option<OwnedFd> {
-    // SAFETY: pidfd_open takes a pid and flags, no pointers.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    let fd = RawFd::try_from(fd).ok().filter(|fd| *fd >= 0)?;
-    // SAFETY: the syscall returned a new fd that nothing else owns.
-    Some(unsafe { OwnedFd::from_raw_fd(fd) })
+    rustix::process::pidfd_open(Pid::from_raw(pid)?, PidfdFlags::empty()).ok()
+}
+
+/// Sends signal number `sig` (1-64, as the host asked) to `target` (a
+/// pid, or minus a process group id). Errors mean the target is gone.
+pub fn send_signal(target: libc::pid_t, sig: i32) {
+    // rustix only names the standard signals, and the host may forward
+    // any (real-time ones included), so this stays a raw kill(2).
+    // SAFETY: kill takes two integers and touches no memory of ours.
+    unsafe { libc::kill(target, sig) };
 }

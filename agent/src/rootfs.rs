@@ -6,11 +6,12 @@
 //! Only used when the agent runs as PID 1 in the VM. The spec has been
 //! validated ([`crate::spec::check_container`]) before this runs.
 
-use std::ffi::CString;
 use std::io;
 use std::path::{Path, PathBuf};
 
 use husk_protocol::{ContainerSpec, RootFs};
+use rustix::fs::{FileType, Mode, CWD};
+use rustix::mount::MountFlags;
 
 use crate::container::ContainerRoot;
 use crate::guest::{find_disk, mount_data};
@@ -24,8 +25,10 @@ const RW_DIR: &str = "/run/husk/rw";
 /// The container's root (the overlay).
 const ROOT_DIR: &str = "/run/husk/root";
 
-const NOSUID: libc::c_ulong = libc::MS_NOSUID;
-const LOCKED: libc::c_ulong = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+const NOSUID: MountFlags = MountFlags::NOSUID;
+const LOCKED: MountFlags = MountFlags::NOSUID
+    .union(MountFlags::NODEV)
+    .union(MountFlags::NOEXEC);
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> SysError {
     let what = what.into();
@@ -41,7 +44,7 @@ fn mount_at(
     what: &str,
     target: &Path,
     fstype: &str,
-    flags: libc::c_ulong,
+    flags: MountFlags,
     data: Option<&str>,
     mounts: &mut Vec<PathBuf>,
 ) -> Result<(), SysError> {
@@ -73,7 +76,11 @@ pub fn create(spec: &ContainerSpec, mounts: &mut Vec<PathBuf>) -> Result<Contain
         }
         RootFs::Disk(disk) => {
             let dev = find_disk(&disk.serial)?;
-            let flags = if disk.read_only { libc::MS_RDONLY } else { 0 };
+            let flags = if disk.read_only {
+                MountFlags::RDONLY
+            } else {
+                MountFlags::empty()
+            };
             let dev = dev.to_string_lossy();
             mount_at(&dev, root, &disk.fs_type, flags, None, mounts)?;
             MountPoints::Existing
@@ -86,7 +93,11 @@ pub fn create(spec: &ContainerSpec, mounts: &mut Vec<PathBuf>) -> Result<Contain
         if points == MountPoints::Create {
             mkdir_p(&target)?;
         }
-        let flags = if vol.read_only { libc::MS_RDONLY } else { 0 };
+        let flags = if vol.read_only {
+            MountFlags::RDONLY
+        } else {
+            MountFlags::empty()
+        };
         mount_at(
             &dev.to_string_lossy(),
             &target,
@@ -122,7 +133,7 @@ fn mount_layers(
         let dir = PathBuf::from(format!("{LAYERS_DIR}/{i}"));
         mkdir_p(&dir)?;
         let dev = dev.to_string_lossy();
-        mount_at(&dev, &dir, "erofs", libc::MS_RDONLY, None, mounts)?;
+        mount_at(&dev, &dir, "erofs", MountFlags::RDONLY, None, mounts)?;
         lowers.push(dir.to_string_lossy().into_owned());
     }
     let rw = Path::new(RW_DIR);
@@ -132,13 +143,20 @@ fn mount_layers(
             "tmpfs",
             rw,
             "tmpfs",
-            libc::MS_NODEV,
+            MountFlags::NODEV,
             Some("mode=755"),
             mounts,
         )?;
     } else {
         let dev = find_disk(writable)?;
-        mount_at(&dev.to_string_lossy(), rw, "ext4", 0, None, mounts)?;
+        mount_at(
+            &dev.to_string_lossy(),
+            rw,
+            "ext4",
+            MountFlags::empty(),
+            None,
+            mounts,
+        )?;
     }
     for sub in ["upper", "work"] {
         mkdir_p(&rw.join(sub))?;
@@ -148,7 +166,14 @@ fn mount_layers(
         "lowerdir={},upperdir={RW_DIR}/upper,workdir={RW_DIR}/work",
         lowers.join(":")
     );
-    mount_at("overlay", root, "overlay", 0, Some(&options), mounts)
+    mount_at(
+        "overlay",
+        root,
+        "overlay",
+        MountFlags::empty(),
+        Some(&options),
+        mounts,
+    )
 }
 
 fn in_root(root: &Path, path: &str) -> Result<PathBuf, SysError> {
@@ -172,7 +197,7 @@ fn mount_api(root: &Path, points: MountPoints, mounts: &mut Vec<PathBuf>) -> Res
         mount_at("proc", &proc_dir, "proc", LOCKED, None, mounts)?;
     }
     if let Some(sys_dir) = mount_point(root, "/sys", points)? {
-        let flags = LOCKED | libc::MS_RDONLY;
+        let flags = LOCKED | MountFlags::RDONLY;
         mount_at("sysfs", &sys_dir, "sysfs", flags, None, mounts)?;
     }
     match mount_point(root, "/dev", points)? {
@@ -214,7 +239,7 @@ fn mount_dev(dev: &Path, mounts: &mut Vec<PathBuf>) -> Result<(), SysError> {
         "devpts",
         &pts,
         "devpts",
-        NOSUID | libc::MS_NOEXEC,
+        NOSUID | MountFlags::NOEXEC,
         opts,
         mounts,
     )?;
@@ -224,25 +249,13 @@ fn mount_dev(dev: &Path, mounts: &mut Vec<PathBuf>) -> Result<(), SysError> {
     mount_at("shm", &shm, "tmpfs", LOCKED, opts, mounts)
 }
 
-fn mknod(path: &Path, major: u32, minor: u32, mode: libc::mode_t) -> Result<(), SysError> {
-    let c = CString::new(path.as_os_str().as_encoded_bytes())
-        .map_err(|_| SysError::Invalid(format!("{} contains NUL", path.display())))?;
-    // SAFETY: valid C string; mknod/chmod take no other pointers.
-    let ok = unsafe {
-        libc::mknod(
-            c.as_ptr(),
-            libc::S_IFCHR | mode,
-            libc::makedev(major, minor),
-        ) == 0
-            && libc::chmod(c.as_ptr(), mode) == 0
-    };
-    if ok {
-        Ok(())
-    } else {
-        Err(io_err(format!("creating {}", path.display()))(
-            io::Error::last_os_error(),
-        ))
-    }
+fn mknod(path: &Path, major: u32, minor: u32, mode: u32) -> Result<(), SysError> {
+    let mode = Mode::from_raw_mode(mode);
+    let dev = rustix::fs::makedev(major, minor);
+    rustix::fs::mknodat(CWD, path, FileType::CharacterDevice, mode, dev)
+        // The umask must not narrow the node's mode.
+        .and_then(|()| rustix::fs::chmod(path, mode))
+        .map_err(|e| io_err(format!("creating {}", path.display()))(e.into()))
 }
 
 /// The kernel's (UTS) hostname, when one is given.
@@ -250,12 +263,8 @@ fn set_hostname(name: &str) -> Result<(), SysError> {
     if name.is_empty() {
         return Ok(());
     }
-    // SAFETY: the pointer and length describe the hostname's bytes.
-    let rc = unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) };
-    if rc != 0 {
-        return Err(io_err("setting the hostname")(io::Error::last_os_error()));
-    }
-    Ok(())
+    rustix::system::sethostname(name.as_bytes())
+        .map_err(|e| io_err("setting the hostname")(e.into()))
 }
 
 /// /etc/hostname, /etc/hosts and /etc/resolv.conf (image roots only).

@@ -15,6 +15,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
 use husk_protocol::{ErrorCode, ExecRequest};
+use rustix::process::{waitpid, Pid, Signal, WaitOptions};
 
 use crate::stdio::{self, ProcIo, Stdio};
 use crate::users::Creds;
@@ -140,8 +141,9 @@ pub fn spawn(
     match io {
         Ok(io) => Ok(Spawned { pid, io }),
         Err(e) => {
-            // SAFETY: kill has no memory-safety preconditions.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+            if let Some(child) = Pid::from_raw(pid) {
+                let _ = rustix::process::kill_process(child, Signal::KILL);
+            }
             reap(pid);
             Err(SpawnError::internal("fcntl", e))
         }
@@ -180,8 +182,7 @@ fn prepare(req: &ExecRequest, creds: &Creds, entry: &Entry<'_>) -> Result<Prepar
         Entry::Pivot(root) => Some(CString::new(root.as_os_str().as_encoded_bytes())?),
         _ => None,
     };
-    // SAFETY: getuid has no preconditions.
-    let privileged = unsafe { libc::getuid() } == 0;
+    let privileged = rustix::process::getuid().is_root();
     Ok(Prepared {
         candidates,
         argv: cstrings(&req.argv)?,
@@ -221,11 +222,10 @@ fn null_terminated(strings: &[CString]) -> Vec<*const libc::c_char> {
 
 /// Waits for `pid`, retrying on EINTR.
 fn reap(pid: libc::pid_t) {
-    let mut status = 0;
-    // SAFETY: waitpid with a valid pointer to an int.
-    while unsafe { libc::waitpid(pid, &mut status, 0) } < 0
-        && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted
-    {}
+    let Some(pid) = Pid::from_raw(pid) else {
+        return;
+    };
+    while let Err(rustix::io::Errno::INTR) = waitpid(Some(pid), WaitOptions::empty()) {}
 }
 
 /// Reads the child's failure report; `None` means execve succeeded.

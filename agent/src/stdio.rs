@@ -3,9 +3,14 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+
+use rustix::fs::{fcntl_getfl, fcntl_setfl, OFlags};
+use rustix::pipe::PipeFlags;
+use rustix::pty::OpenptFlags;
+use rustix::termios::Winsize;
 
 /// The process's stdio before the fork: the child's three fds and the
 /// agent's ends.
@@ -57,22 +62,12 @@ impl Stdio {
             .write(true)
             .custom_flags(libc::O_NOCTTY)
             .open(ptmx)?;
-        let unlock: libc::c_int = 0;
-        // SAFETY: TIOCSPTLCK reads an int from a valid pointer.
-        if unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        rustix::pty::unlockpt(&master)?;
         if let Some((rows, cols)) = size {
             resize(&master, rows, cols)?;
         }
-        let flags = libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC;
-        // SAFETY: TIOCGPTPEER takes open flags and returns a new fd.
-        let slave = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCGPTPEER, flags) };
-        if slave < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: the ioctl returned a new fd that nothing else owns.
-        let slave = unsafe { OwnedFd::from_raw_fd(slave) };
+        let flags = OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC;
+        let slave = rustix::pty::ioctl_tiocgptpeer(&master, flags)?;
         Ok(Stdio {
             child: [slave.try_clone()?, slave.try_clone()?, slave],
             parent: ProcIo {
@@ -117,49 +112,29 @@ impl Stdio {
 
 /// A close-on-exec pipe: (read end, write end).
 pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: `fds` is a valid array of two ints for pipe2 to fill.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: pipe2 succeeded, so both fds are open and owned by nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    Ok(rustix::pipe::pipe_with(PipeFlags::CLOEXEC)?)
 }
 
 /// Sets `O_NONBLOCK` on `fd`.
-pub fn set_nonblocking(fd: &impl AsRawFd) -> io::Result<()> {
-    let fd = fd.as_raw_fd();
-    // SAFETY: F_GETFL/F_SETFL on an fd we own; no pointers involved.
-    let ok = unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFL);
-        flags >= 0 && libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) == 0
-    };
-    if ok {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+pub fn set_nonblocking(fd: impl AsFd) -> io::Result<()> {
+    let flags = fcntl_getfl(&fd)?;
+    Ok(fcntl_setfl(&fd, flags | OFlags::NONBLOCK)?)
 }
 
 /// Sets a terminal's window size.
 pub fn resize(pty: &File, rows: u16, cols: u16) -> io::Result<()> {
-    let ws = libc::winsize {
+    let size = Winsize {
         ws_row: rows,
         ws_col: cols,
         ws_xpixel: 0,
         ws_ypixel: 0,
     };
-    // SAFETY: TIOCSWINSZ reads a winsize from a valid pointer.
-    if unsafe { libc::ioctl(pty.as_raw_fd(), libc::TIOCSWINSZ, &ws) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    Ok(rustix::termios::tcsetwinsize(pty, size)?)
 }
 
 /// The terminal's foreground process group, if any.
 pub fn foreground_group(pty: &File) -> Option<libc::pid_t> {
-    let mut pgrp: libc::pid_t = 0;
-    // SAFETY: TIOCGPGRP writes a pid_t to a valid pointer.
-    let rc = unsafe { libc::ioctl(pty.as_raw_fd(), libc::TIOCGPGRP, &mut pgrp) };
-    (rc == 0 && pgrp > 0).then_some(pgrp)
+    rustix::termios::tcgetpgrp(pty)
+        .ok()
+        .map(|pgrp| pgrp.as_raw_nonzero().get())
 }

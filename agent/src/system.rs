@@ -4,7 +4,7 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 
 use husk_protocol::{ContainerSpec, ErrorCode};
@@ -75,7 +75,7 @@ impl SysError {
 /// The privileged operations the agent needs from its environment.
 pub trait System {
     /// The connection to the host.
-    type Conn: Read + Write + AsRawFd + From<OwnedFd>;
+    type Conn: Read + Write + AsFd + From<OwnedFd>;
 
     /// Prepares the agent's own environment (proc, sys, dev, ...).
     fn mount_early(&mut self) -> Result<(), SysError>;
@@ -164,8 +164,7 @@ impl System for GuestSystem {
     }
 
     fn kill_all(&mut self) {
-        // SAFETY: kill(-1) from PID 1 signals every other process.
-        unsafe { libc::kill(-1, libc::SIGKILL) };
+        crate::guest::kill_everyone();
     }
 
     fn reaps_orphans(&self) -> bool {
@@ -174,8 +173,7 @@ impl System for GuestSystem {
 
     fn shutdown(&mut self) {
         crate::guest::kill_all();
-        // SAFETY: sync has no preconditions.
-        unsafe { libc::sync() };
+        rustix::fs::sync();
         while let Some(target) = self.mounts.pop() {
             if let Err(e) = crate::guest::unmount(&target) {
                 log::error(&format!("unmounting {}: {e}", target.display()));
