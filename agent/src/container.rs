@@ -11,22 +11,26 @@
 //! `NoContainer`.
 
 use std::fs::File;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
+
+use rustix::event::{PollFd, PollFlags, Timespec};
+use rustix::net::SocketFlags;
+use rustix::process::{waitpid, Pid, WaitOptions};
 
 use husk_protocol::{
     write_message, ErrorCode, ExecRequest, FrameDecoder, Message, PROTOCOL_VERSION,
 };
 
-use crate::exec::{self, Entry};
-use crate::proc::{read_messages, Pipe, Proc};
-use crate::session::{variant, Outcome, SessionError};
+use crate::boot::{variant, ConnError, Outcome};
+use crate::proc::{self, read_messages, Pipe, Proc};
+use crate::spawn::{self, Entry};
 use crate::system::System;
-use crate::{log, spec, users};
+use crate::{log, quirks, spec, users};
 
 /// Most exec sessions served at once.
-pub const MAX_SESSIONS: usize = 64;
+pub const MAX_EXEC_CONNS: usize = 64;
 /// How long the teardown waits for killed processes.
 const KILL_WAIT: Duration = Duration::from_secs(5);
 
@@ -52,7 +56,7 @@ enum Phase {
 }
 
 /// A connection to the exec listener.
-struct Session<C> {
+struct ExecConn<C> {
     conn: C,
     decoder: FrameDecoder,
     phase: Phase,
@@ -63,21 +67,23 @@ struct Session<C> {
 enum Slot {
     Boot,
     Listener,
-    Conn(usize),
+    ExecConn(usize),
     Init(Pipe),
-    Proc(usize, Pipe),
+    ExecProc(usize, Pipe),
 }
 
 /// The container's poll loop state.
-struct Mux<'a, S: System> {
+struct Container<'a, S: System> {
     sys: &'a mut S,
     root: ContainerRoot,
     listener: Option<OwnedFd>,
     boot_decoder: FrameDecoder,
     init: Option<Proc>,
     init_ns: Option<OwnedFd>,
-    sessions: Vec<Session<S::Conn>>,
+    exec_conns: Vec<ExecConn<S::Conn>>,
     abandoned: Vec<libc::pid_t>,
+    /// The host's quirk variables, passed on to every process.
+    quirk_env: Vec<(String, String)>,
 }
 
 /// Serves the container on the boot connection `boot` (handshake and
@@ -87,25 +93,27 @@ pub fn serve<S: System>(
     boot: &mut S::Conn,
     sys: &mut S,
     root: ContainerRoot,
-    listener: Option<OwnedFd>,
-) -> Result<Outcome, SessionError> {
-    let mut mux = Mux {
+    listener: OwnedFd,
+) -> Result<Outcome, ConnError> {
+    let quirk_env = sys.host_quirk_env();
+    let mut container = Container {
         sys,
         root,
-        listener,
+        listener: Some(listener),
         boot_decoder: FrameDecoder::new(),
         init: None,
         init_ns: None,
-        sessions: Vec::new(),
+        exec_conns: Vec::new(),
         abandoned: Vec::new(),
+        quirk_env,
     };
-    let result = mux.run(boot);
-    mux.teardown();
+    let result = container.run(boot);
+    container.teardown();
     result
 }
 
-impl<S: System> Mux<'_, S> {
-    fn run(&mut self, boot: &mut S::Conn) -> Result<Outcome, SessionError> {
+impl<S: System> Container<'_, S> {
+    fn run(&mut self, boot: &mut S::Conn) -> Result<Outcome, ConnError> {
         loop {
             self.reap();
             if let Some(init) = self.init.as_mut().filter(|p| p.status.is_some()) {
@@ -114,66 +122,74 @@ impl<S: System> Mux<'_, S> {
                 write_message(boot, &msg)?;
                 return Ok(Outcome::Finished(msg));
             }
-            self.finish_sessions();
-            let (mut fds, slots) = self.poll_set(boot.as_raw_fd());
-            // SAFETY: `fds` is a valid, correctly sized array of pollfd.
-            let n =
-                unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, self.timeout()) };
-            if n < 0 {
-                let err = std::io::Error::last_os_error();
-                if err.kind() == std::io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(SessionError::Poll(err));
-            }
-            for (pfd, slot) in fds.iter().zip(slots) {
-                if pfd.revents == 0 {
-                    continue;
-                }
+            self.finish_exec_conns();
+            for slot in self.wait_ready(boot.as_fd())? {
                 if let Some(outcome) = self.dispatch(slot, boot)? {
                     return Ok(outcome);
                 }
             }
-            self.sessions.retain(|s| !matches!(s.phase, Phase::Closed));
+            self.exec_conns
+                .retain(|s| !matches!(s.phase, Phase::Closed));
         }
     }
 
-    fn timeout(&self) -> libc::c_int {
+    /// Waits until some fd is ready (or the timeout passes); returns what
+    /// the ready fds belong to.
+    fn wait_ready(&self, boot: BorrowedFd<'_>) -> Result<Vec<Slot>, ConnError> {
+        let (mut fds, slots) = self.poll_set(boot);
+        match rustix::event::poll(&mut fds, self.timeout().as_ref()) {
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => return Ok(Vec::new()),
+            Err(e) => return Err(ConnError::Poll(e.into())),
+        }
+        let ready = fds
+            .iter()
+            .zip(slots)
+            .filter(|(fd, _)| !fd.revents().is_empty());
+        Ok(ready.map(|(_, slot)| slot).collect())
+    }
+
+    /// How long to wait at most: forever, unless exits are noticed by
+    /// polling (no pidfd, abandoned processes) or orphans need reaping.
+    fn timeout(&self) -> Option<Timespec> {
         let procs = self
             .init
             .iter()
-            .chain(self.sessions.iter().filter_map(|s| match &s.phase {
+            .chain(self.exec_conns.iter().filter_map(|s| match &s.phase {
                 Phase::Running(p) => Some(p),
                 _ => None,
             }));
-        let mut timeout = if self.sys.reaps_orphans() { 1000 } else { -1 };
+        let mut millis = if self.sys.reaps_orphans() {
+            Some(1000)
+        } else {
+            None
+        };
         for p in procs {
             if p.needs_polling() {
-                timeout = 100;
+                millis = Some(100);
             }
         }
         if !self.abandoned.is_empty() {
-            timeout = 100;
+            millis = Some(100);
         }
-        timeout
+        millis.map(|ms| Timespec {
+            tv_sec: ms / 1000,
+            tv_nsec: (ms % 1000) * 1_000_000,
+        })
     }
 
-    fn poll_set(&self, boot: RawFd) -> (Vec<libc::pollfd>, Vec<Slot>) {
+    fn poll_set<'a>(&'a self, boot: BorrowedFd<'a>) -> (Vec<PollFd<'a>>, Vec<Slot>) {
         let mut fds = Vec::new();
         let mut slots = Vec::new();
-        let mut add = |fd: RawFd, events: libc::c_short, slot: Slot| {
-            fds.push(libc::pollfd {
-                fd,
-                events,
-                revents: 0,
-            });
+        let mut add = |fd: BorrowedFd<'a>, events: PollFlags, slot: Slot| {
+            fds.push(PollFd::from_borrowed_fd(fd, events));
             slots.push(slot);
         };
         if self.init.as_ref().is_none_or(Proc::wants_input) {
-            add(boot, libc::POLLIN, Slot::Boot);
+            add(boot, PollFlags::IN, Slot::Boot);
         }
         if let Some(l) = &self.listener {
-            add(l.as_raw_fd(), libc::POLLIN, Slot::Listener);
+            add(l.as_fd(), PollFlags::IN, Slot::Listener);
         }
         let mut pipes = Vec::new();
         if let Some(init) = &self.init {
@@ -182,18 +198,18 @@ impl<S: System> Mux<'_, S> {
                 add(fd, ev, Slot::Init(pipe));
             }
         }
-        for (i, s) in self.sessions.iter().enumerate() {
+        for (i, s) in self.exec_conns.iter().enumerate() {
             let running = match &s.phase {
                 Phase::Running(p) => Some(p),
                 _ => None,
             };
             if running.is_none_or(|p| p.wants_input()) {
-                add(s.conn.as_raw_fd(), libc::POLLIN, Slot::Conn(i));
+                add(s.conn.as_fd(), PollFlags::IN, Slot::ExecConn(i));
             }
             if let Some(p) = running {
                 p.poll_fds(&mut pipes);
                 for (fd, ev, pipe) in pipes.drain(..) {
-                    add(fd, ev, Slot::Proc(i, pipe));
+                    add(fd, ev, Slot::ExecProc(i, pipe));
                 }
             }
         }
@@ -201,22 +217,18 @@ impl<S: System> Mux<'_, S> {
     }
 
     /// Handles one ready fd; `Some` ends the container.
-    fn dispatch(
-        &mut self,
-        slot: Slot,
-        boot: &mut S::Conn,
-    ) -> Result<Option<Outcome>, SessionError> {
+    fn dispatch(&mut self, slot: Slot, boot: &mut S::Conn) -> Result<Option<Outcome>, ConnError> {
         match slot {
             Slot::Boot => return self.boot_input(boot),
             Slot::Listener => self.accept(),
-            Slot::Conn(i) => self.session_input(i),
+            Slot::ExecConn(i) => self.exec_conn_input(i),
             Slot::Init(pipe) => {
                 if let Some(init) = &mut self.init {
                     init.ready(pipe, boot)?;
                 }
             }
-            Slot::Proc(i, pipe) => {
-                let s = &mut self.sessions[i];
+            Slot::ExecProc(i, pipe) => {
+                let s = &mut self.exec_conns[i];
                 if let Phase::Running(p) = &mut s.phase {
                     if p.ready(pipe, &mut s.conn).is_err() {
                         p.kill();
@@ -229,10 +241,10 @@ impl<S: System> Mux<'_, S> {
         Ok(None)
     }
 
-    fn boot_input(&mut self, boot: &mut S::Conn) -> Result<Option<Outcome>, SessionError> {
+    fn boot_input(&mut self, boot: &mut S::Conn) -> Result<Option<Outcome>, ConnError> {
         let msgs = match read_messages(boot, &mut self.boot_decoder)? {
             Some(msgs) => msgs,
-            None => return Err(SessionError::HostClosed),
+            None => return Err(ConnError::HostClosed),
         };
         for msg in msgs {
             let msg = match &mut self.init {
@@ -273,9 +285,14 @@ impl<S: System> Mux<'_, S> {
     }
 
     /// Resolves the user and spawns `req`, in the container (`join` = the
-    /// init's namespace for exec sessions, `None` for the init itself).
+    /// init's namespace for exec sessions, `None` for the init itself),
+    /// with the host's quirk variables added to its environment.
     fn start(&self, req: &ExecRequest, join: Option<RawFd>) -> Result<Proc, (ErrorCode, String)> {
         spec::check_exec(req).map_err(|e| (ErrorCode::BadRequest, e.0))?;
+        let req = ExecRequest {
+            env: quirks::merge_env(&req.env, &self.quirk_env),
+            ..req.clone()
+        };
         let db = |path| {
             let resolved = spec::resolve_in_root(&self.root.root, path);
             resolved.map(|p| users::read_db(&p)).unwrap_or_default()
@@ -291,7 +308,7 @@ impl<S: System> Mux<'_, S> {
             (true, None) => Entry::Pivot(&self.root.root),
         };
         let spawned =
-            exec::spawn(req, &creds, entry, &self.root.ptmx).map_err(|e| (e.code, e.detail))?;
+            spawn::spawn(&req, &creds, entry, &self.root.ptmx).map_err(|e| (e.code, e.detail))?;
         Ok(Proc::new(spawned))
     }
 
@@ -312,17 +329,13 @@ impl<S: System> Mux<'_, S> {
         let Some(listener) = &self.listener else {
             return;
         };
-        let (addr, len) = (std::ptr::null_mut(), std::ptr::null_mut());
-        // SAFETY: accept4 with null address pointers is allowed.
-        let fd = unsafe { libc::accept4(listener.as_raw_fd(), addr, len, libc::SOCK_CLOEXEC) };
-        if fd < 0 {
+        let Ok(fd) = rustix::net::accept_with(listener, SocketFlags::CLOEXEC) else {
             return; // EAGAIN, ECONNABORTED...: nothing to serve
-        }
-        // SAFETY: accept4 returned a new fd that nothing else owns.
-        let mut conn = S::Conn::from(unsafe { OwnedFd::from_raw_fd(fd) });
-        if self.sessions.len() >= MAX_SESSIONS {
+        };
+        let mut conn = S::Conn::from(fd);
+        if self.exec_conns.len() >= MAX_EXEC_CONNS {
             let code = ErrorCode::Internal;
-            let detail = format!("more than {MAX_SESSIONS} exec sessions");
+            let detail = format!("more than {MAX_EXEC_CONNS} exec sessions");
             let _ = write_message(&mut conn, &Message::Error { code, detail });
             return;
         }
@@ -330,7 +343,7 @@ impl<S: System> Mux<'_, S> {
             version: PROTOCOL_VERSION,
         };
         if write_message(&mut conn, &hello).is_ok() {
-            self.sessions.push(Session {
+            self.exec_conns.push(ExecConn {
                 conn,
                 decoder: FrameDecoder::new(),
                 phase: Phase::Hello,
@@ -338,8 +351,8 @@ impl<S: System> Mux<'_, S> {
         }
     }
 
-    fn session_input(&mut self, i: usize) {
-        let s = &mut self.sessions[i];
+    fn exec_conn_input(&mut self, i: usize) {
+        let s = &mut self.exec_conns[i];
         let msgs = match read_messages(&mut s.conn, &mut s.decoder) {
             Ok(Some(msgs)) => msgs,
             Ok(None) | Err(_) => {
@@ -353,12 +366,12 @@ impl<S: System> Mux<'_, S> {
             }
         };
         for msg in msgs {
-            if matches!(self.sessions[i].phase, Phase::Closed) {
+            if matches!(self.exec_conns[i].phase, Phase::Closed) {
                 return;
             }
-            if let Err(e) = self.session_message(i, msg) {
+            if let Err(e) = self.exec_conn_message(i, msg) {
                 log::error(&format!("exec session: {e}"));
-                let s = &mut self.sessions[i];
+                let s = &mut self.exec_conns[i];
                 if let Phase::Running(p) = &s.phase {
                     p.kill();
                     self.abandoned.push(p.pid);
@@ -368,8 +381,8 @@ impl<S: System> Mux<'_, S> {
         }
     }
 
-    fn session_message(&mut self, i: usize, msg: Message) -> Result<(), SessionError> {
-        let phase = std::mem::replace(&mut self.sessions[i].phase, Phase::Closed);
+    fn exec_conn_message(&mut self, i: usize, msg: Message) -> Result<(), ConnError> {
+        let phase = std::mem::replace(&mut self.exec_conns[i].phase, Phase::Closed);
         let (next, reply) = match (phase, msg) {
             (Phase::Running(mut p), msg) => match p.input(msg) {
                 None => (Phase::Running(p), None),
@@ -400,7 +413,7 @@ impl<S: System> Mux<'_, S> {
                 (Phase::Closed, Some(error(ErrorCode::BadRequest, detail)))
             }
         };
-        let s = &mut self.sessions[i];
+        let s = &mut self.exec_conns[i];
         s.phase = next;
         if let Some(reply) = reply {
             write_message(&mut s.conn, &reply)?;
@@ -430,8 +443,7 @@ impl<S: System> Mux<'_, S> {
         }
         match self.init.as_ref().filter(|p| p.status.is_none()) {
             Some(init) => {
-                // SAFETY: kill has no memory-safety preconditions.
-                unsafe { libc::kill(init.pid, signal) };
+                proc::send_signal(init.pid, signal);
                 Message::Ok
             }
             None => error(
@@ -443,8 +455,8 @@ impl<S: System> Mux<'_, S> {
 
     /// Reports the exit of every exec'd process that ended, and closes its
     /// session.
-    fn finish_sessions(&mut self) {
-        for s in &mut self.sessions {
+    fn finish_exec_conns(&mut self) {
+        for s in &mut self.exec_conns {
             let Phase::Running(p) = &mut s.phase else {
                 continue;
             };
@@ -459,20 +471,15 @@ impl<S: System> Mux<'_, S> {
             }
             s.phase = Phase::Closed;
         }
-        self.sessions.retain(|s| !matches!(s.phase, Phase::Closed));
+        self.exec_conns
+            .retain(|s| !matches!(s.phase, Phase::Closed));
     }
 
     /// Collects exit statuses (as PID 1, of every process).
     fn reap(&mut self) {
         if self.sys.reaps_orphans() {
-            loop {
-                let mut status = 0;
-                // SAFETY: waitpid with a valid status pointer.
-                let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
-                if pid <= 0 {
-                    break;
-                }
-                self.record(pid, status);
+            while let Ok(Some((pid, status))) = waitpid(None, WaitOptions::NOHANG) {
+                self.record(pid.as_raw_nonzero().get(), status.as_raw());
             }
             self.abandoned.clear();
             return;
@@ -484,10 +491,11 @@ impl<S: System> Mux<'_, S> {
             .collect();
         pids.extend(&self.abandoned);
         for pid in pids {
-            let mut status = 0;
-            // SAFETY: waitpid with a valid status pointer.
-            if unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } == pid {
-                self.record(pid, status);
+            let Some(child) = Pid::from_raw(pid) else {
+                continue;
+            };
+            if let Ok(Some((_, status))) = waitpid(Some(child), WaitOptions::NOHANG) {
+                self.record(pid, status.as_raw());
                 self.abandoned.retain(|p| *p != pid);
             }
         }
@@ -496,7 +504,7 @@ impl<S: System> Mux<'_, S> {
     fn procs(&self) -> impl Iterator<Item = &Proc> {
         self.init
             .iter()
-            .chain(self.sessions.iter().filter_map(|s| match &s.phase {
+            .chain(self.exec_conns.iter().filter_map(|s| match &s.phase {
                 Phase::Running(p) => Some(p),
                 _ => None,
             }))
@@ -504,12 +512,15 @@ impl<S: System> Mux<'_, S> {
 
     fn record(&mut self, pid: libc::pid_t, status: i32) {
         let init = self.init.iter_mut();
-        let sessions = self.sessions.iter_mut().filter_map(|s| match &mut s.phase {
-            Phase::Running(p) => Some(p),
-            _ => None,
-        });
+        let conns = self
+            .exec_conns
+            .iter_mut()
+            .filter_map(|s| match &mut s.phase {
+                Phase::Running(p) => Some(p),
+                _ => None,
+            });
         if let Some(p) = init
-            .chain(sessions)
+            .chain(conns)
             .find(|p| p.pid == pid && p.status.is_none())
         {
             p.status = Some(status);
@@ -524,7 +535,7 @@ impl<S: System> Mux<'_, S> {
             init.kill();
         }
         self.sys.kill_all();
-        for s in &self.sessions {
+        for s in &self.exec_conns {
             if let Phase::Running(p) = &s.phase {
                 p.kill();
             }
@@ -538,8 +549,8 @@ impl<S: System> Mux<'_, S> {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        self.finish_sessions();
-        self.sessions.clear();
+        self.finish_exec_conns();
+        self.exec_conns.clear();
         self.init_ns = None;
     }
 }

@@ -5,19 +5,27 @@
 use std::os::fd::OwnedFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use husk_protocol::{read_message, write_message, ContainerSpec, ErrorCode, ExecRequest, Message};
+use husk_protocol::{
+    read_message, write_message, ContainerSpec, ErrorCode, ExecRequest, Message, RootDisk, RootFs,
+};
 
 use super::*;
-use crate::session::{Outcome, SessionError};
+use crate::boot::{ConnError, Outcome};
 use crate::system::{run_agent, AgentError, SysError, System};
 
+/// A test environment: the boot connection is one end of a socket pair,
+/// exec connections come from a Unix listener, nothing is mounted, and
+/// only the agent's own children are reaped.
 struct FakeSystem {
     conn: Option<UnixStream>,
     root: PathBuf,
     sock: PathBuf,
+    shut_down: Arc<AtomicBool>,
 }
 
 impl System for FakeSystem {
@@ -31,13 +39,13 @@ impl System for FakeSystem {
         Ok(self.conn.take().expect("connect called once"))
     }
 
-    fn mount_root(&mut self, disk: &husk_protocol::RootDisk) -> Result<PathBuf, SysError> {
-        Err(SysError::DiskNotFound(disk.serial.clone()))
-    }
-
     fn create_container(&mut self, spec: &ContainerSpec) -> Result<ContainerRoot, SysError> {
-        if spec.layers[0] == "missing" {
-            return Err(SysError::DiskNotFound("missing".into()));
+        let serial = match &spec.root {
+            RootFs::Layers { layers, .. } => &layers[0],
+            RootFs::Disk(disk) => &disk.serial,
+        };
+        if serial.starts_with("missing") {
+            return Err(SysError::DiskNotFound(serial.clone()));
         }
         Ok(ContainerRoot {
             root: self.root.clone(),
@@ -53,22 +61,39 @@ impl System for FakeSystem {
         Ok(OwnedFd::from(l))
     }
 
+    fn host_quirk_env(&self) -> Vec<(String, String)> {
+        QUIRKS
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
     fn kill_all(&mut self) {}
 
     fn reaps_orphans(&self) -> bool {
         false
     }
 
-    fn shutdown(&mut self) {}
+    fn shutdown(&mut self) {
+        self.shut_down.store(true, Ordering::SeqCst);
+    }
 }
+
+/// The host quirk variables this fake agent "booted" with.
+const QUIRKS: [(&str, &str); 2] = [
+    ("GLIBC_TUNABLES", "glibc.cpu.hwcaps=-AVX2_Usable"),
+    ("GODEBUG", "cpu.avx2=off"),
+];
 
 const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\nalice:x:1000:1000::/home/alice:/bin/sh\n";
 const GROUP: &str = "root:x:0:\nalice:x:1000:\nstaff:x:50:alice\n";
 
 fn spec() -> ContainerSpec {
     ContainerSpec {
-        layers: vec!["layer0".into()],
-        writable: "rw".into(),
+        root: RootFs::Layers {
+            layers: vec!["layer0".into()],
+            writable: "rw".into(),
+        },
         volumes: vec![],
         hostname: "box".into(),
         hosts: vec![],
@@ -99,14 +124,18 @@ impl Host {
         conn.set_read_timeout(Some(Duration::from_secs(20)))
             .unwrap();
         let mut h = Host { conn };
-        match h.recv() {
+        h.handshake();
+        h
+    }
+
+    fn handshake(&mut self) {
+        match self.recv() {
             Message::Hello { version } => assert_eq!(version, PROTOCOL_VERSION),
             other => panic!("expected Hello, got {other:?}"),
         }
-        h.send(Message::Hello {
+        self.send(Message::Hello {
             version: PROTOCOL_VERSION,
         });
-        h
     }
 
     fn session(sock: &PathBuf) -> Host {
@@ -160,6 +189,15 @@ fn with_container<F>(host: F) -> Result<Outcome, AgentError>
 where
     F: FnOnce(Host, PathBuf) + Send + 'static,
 {
+    with_raw_host(|conn, sock, _| host(Host::new(conn), sock))
+}
+
+/// Runs the agent against `host`, which gets the raw boot connection, the
+/// exec socket path and the flag set by the agent's teardown.
+fn with_raw_host<F>(host: F) -> Result<Outcome, AgentError>
+where
+    F: FnOnce(UnixStream, PathBuf, Arc<AtomicBool>) + Send + 'static,
+{
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
     std::fs::create_dir_all(root.join("etc")).unwrap();
@@ -167,14 +205,20 @@ where
     std::fs::write(root.join("etc/group"), GROUP).unwrap();
     let sock = dir.path().join("exec.sock");
     let (agent_end, host_end) = UnixStream::pair().unwrap();
-    let sock2 = sock.clone();
-    let t = thread::spawn(move || host(Host::new(host_end), sock2));
+    host_end
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let shut_down = Arc::new(AtomicBool::new(false));
+    let (sock2, flag) = (sock.clone(), shut_down.clone());
+    let t = thread::spawn(move || host(host_end, sock2, flag));
     let mut sys = FakeSystem {
         conn: Some(agent_end),
         root,
         sock,
+        shut_down,
     };
     let outcome = run_agent(&mut sys);
+    drop(sys);
     t.join().unwrap();
     outcome
 }
@@ -295,14 +339,22 @@ fn failures_are_typed() {
     // A container that cannot be created, and an Exec without one.
     let outcome = with_container(|mut boot, _| {
         let mut bad = spec();
-        bad.layers = vec!["missing".into()];
+        bad.root = RootFs::Disk(RootDisk {
+            serial: "missing9".into(),
+            fs_type: "ext4".into(),
+            read_only: false,
+        });
         boot.send(Message::CreateContainer(bad));
-        boot.expect_error(ErrorCode::MountFailed);
+        let detail = boot.expect_error(ErrorCode::MountFailed);
+        assert!(detail.contains("missing9"), "{detail}");
     });
     assert_eq!(outcome.unwrap(), Outcome::Refused(ErrorCode::MountFailed));
     let outcome = with_container(|mut boot, _| {
         boot.send(Message::CreateContainer(ContainerSpec {
-            layers: vec![],
+            root: RootFs::Layers {
+                layers: vec![],
+                writable: String::new(),
+            },
             ..spec()
         }));
         boot.expect_error(ErrorCode::BadRequest);
@@ -413,10 +465,166 @@ fn host_disconnects_kill_processes() {
     });
     assert!(matches!(
         outcome,
-        Err(AgentError::Session(SessionError::HostClosed))
+        Err(AgentError::Conn(ConnError::HostClosed))
     ));
     let pid = rx.recv().unwrap() as libc::pid_t;
     // SAFETY: kill with signal 0 only checks for existence.
     assert_eq!(unsafe { libc::kill(pid, 0) }, -1, "init killed and reaped");
     assert!(start.elapsed() < Duration::from_secs(15));
+}
+
+/// Stdin sent right behind the `Exec` (before `Started` came back), then
+/// its end, is delivered in full: to the init and to exec'd processes.
+#[test]
+fn stdin_sent_with_the_exec_request_is_delivered() {
+    let outcome = with_container(|mut boot, sock| {
+        create(&mut boot);
+        let mut req = exec(&["sh", "-c", "tr a-z A-Z; echo done"]);
+        req.stdin = true;
+        let mut init = exec(&["sh", "-c", "tr a-z A-Z; echo done; exec sleep 100"]);
+        init.stdin = true;
+        boot.send(Message::Exec(init));
+        boot.send(Message::Stdin(b"to init\n".to_vec()));
+        boot.send(Message::StdinEof);
+        assert!(matches!(boot.recv(), Message::Started { .. }));
+        let mut out = Vec::new();
+        while out.len() < "TO INIT\ndone\n".len() {
+            match boot.recv() {
+                Message::Stdout(b) => out.extend(b),
+                other => panic!("{other:?} after {out:?}"),
+            }
+        }
+        assert_eq!(String::from_utf8_lossy(&out), "TO INIT\ndone\n");
+        for round in 0..20 {
+            let mut s = Host::session(&sock);
+            let input = format!("piped input {round}\n");
+            s.send(Message::Exec(req.clone()));
+            s.send(Message::Stdin(input.clone().into_bytes()));
+            s.send(Message::StdinEof);
+            assert!(matches!(s.recv(), Message::Started { .. }));
+            let (out, err, end) = s.finish();
+            assert_eq!(out, format!("{}done\n", input.to_uppercase()), "{err}");
+            assert_eq!(end, Message::Exited { code: 0 });
+        }
+        boot.send(Message::Signal(9));
+        assert_eq!(boot.finish().2, Message::Signaled { signal: 9 });
+    });
+    assert!(outcome.is_ok());
+}
+
+#[test]
+fn init_output_and_exit_then_teardown_before_the_connection_closes() {
+    let outcome = with_raw_host(|conn, _, shut_down| {
+        let mut boot = Host::new(conn);
+        create(&mut boot);
+        boot.start(exec(&["sh", "-c", "echo out; echo err >&2; exit 3"]));
+        assert_eq!(
+            boot.finish(),
+            ("out\n".into(), "err\n".into(), Message::Exited { code: 3 })
+        );
+        // The agent closes the connection only after its teardown.
+        assert!(read_message(&mut boot.conn).unwrap().is_none());
+        assert!(shut_down.load(Ordering::SeqCst), "closed before teardown");
+    });
+    assert_eq!(
+        outcome.unwrap(),
+        Outcome::Finished(Message::Exited { code: 3 })
+    );
+}
+
+#[test]
+fn init_output_is_streamed_and_signals_are_reported() {
+    let outcome = with_container(|mut boot, _| {
+        create(&mut boot);
+        let mut init = exec(&["sh", "-c", "echo first; read x; echo second; kill -9 $$"]);
+        init.stdin = true;
+        boot.start(init);
+        // "first" arrives while the process still waits for its input.
+        assert_eq!(boot.recv(), Message::Stdout(b"first\n".to_vec()));
+        boot.send(Message::Stdin(b"go\n".to_vec()));
+        assert_eq!(
+            boot.finish(),
+            (
+                "second\n".into(),
+                "".into(),
+                Message::Signaled { signal: 9 }
+            )
+        );
+    });
+    assert_eq!(
+        outcome.unwrap(),
+        Outcome::Finished(Message::Signaled { signal: 9 })
+    );
+}
+
+#[test]
+fn an_init_that_cannot_start_is_a_typed_refusal() {
+    let outcome = with_container(|mut boot, _| {
+        create(&mut boot);
+        boot.send(Message::Exec(exec(&["husk-no-such-command"])));
+        let detail = boot.expect_error(ErrorCode::NotFound);
+        assert!(detail.contains("husk-no-such-command"), "{detail}");
+    });
+    assert_eq!(outcome.unwrap(), Outcome::Refused(ErrorCode::NotFound));
+}
+
+#[test]
+fn garbage_from_the_host_ends_the_container() {
+    let start = Instant::now();
+    let outcome = with_container(|mut boot, _| {
+        create(&mut boot);
+        boot.start(exec(&["sleep", "100"]));
+        use std::io::Write;
+        boot.conn.write_all(&[255, 255, 255, 255, 1, 2, 3]).unwrap();
+        assert!(read_message(&mut boot.conn).unwrap().is_none());
+    });
+    assert!(matches!(outcome, Err(AgentError::Conn(ConnError::Read(_)))));
+    assert!(start.elapsed() < Duration::from_secs(15));
+}
+
+#[test]
+fn handshake_and_request_refusals_are_typed() {
+    let outcome = with_raw_host(|mut conn, _, _| {
+        assert!(matches!(
+            read_message(&mut conn).unwrap(),
+            Some(Message::Hello { .. })
+        ));
+        write_message(&mut conn, &Message::Hello { version: 999 }).unwrap();
+        let mut host = Host { conn };
+        let detail = host.expect_error(ErrorCode::VersionMismatch);
+        assert!(detail.contains("999"), "{detail}");
+    });
+    assert_eq!(
+        outcome.unwrap(),
+        Outcome::Refused(ErrorCode::VersionMismatch)
+    );
+    let outcome = with_container(|mut boot, _| {
+        boot.send(Message::StdinEof);
+        let detail = boot.expect_error(ErrorCode::BadRequest);
+        assert!(detail.contains("StdinEof"), "{detail}");
+    });
+    assert_eq!(outcome.unwrap(), Outcome::Refused(ErrorCode::BadRequest));
+}
+
+/// Every process the agent starts, init and exec'd alike, carries the
+/// host's quirk variables, merged with the container's own.
+#[test]
+fn host_quirk_variables_reach_every_process() {
+    let show = "echo \"$GLIBC_TUNABLES|$GODEBUG\"";
+    let outcome = with_container(move |mut boot, sock| {
+        create(&mut boot);
+        let mut init = exec(&["sh", "-c", &format!("{show}; exec sleep 100")]);
+        init.env.push("GODEBUG=http2client=0".into());
+        boot.start(init);
+        assert_eq!(
+            boot.recv(),
+            Message::Stdout(b"glibc.cpu.hwcaps=-AVX2_Usable|http2client=0,cpu.avx2=off\n".to_vec())
+        );
+        let mut s = Host::session(&sock);
+        s.start(exec(&["sh", "-c", show]));
+        assert_eq!(s.finish().0, "glibc.cpu.hwcaps=-AVX2_Usable|cpu.avx2=off\n");
+        boot.send(Message::Signal(9));
+        boot.finish();
+    });
+    assert!(outcome.is_ok());
 }

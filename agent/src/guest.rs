@@ -4,17 +4,17 @@
 use std::ffi::CString;
 use std::fs::File;
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use husk_protocol::RootDisk;
+use rustix::mount::{MountFlags, UnmountFlags};
+use rustix::net::{AddressFamily, SocketFlags, SocketType};
+use rustix::process::{waitpid, WaitOptions};
+use rustix::system::RebootCommand;
 
 use crate::system::SysError;
-
-/// Where the command's root is mounted (on the agent disk; `/mnt` when the
-/// disk lacks the `root` subdirectory).
-const ROOT_MOUNT: &str = "/mnt/root";
 
 /// How long to keep retrying the vsock connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -22,13 +22,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long to wait for a disk with the requested serial to appear.
 const DISK_TIMEOUT: Duration = Duration::from_secs(5);
 
-fn cstr(s: &str) -> CString {
-    // Only called with our own constants and sysfs names, which hold no NUL.
-    CString::new(s).unwrap_or_default()
-}
-
 /// mount(2) with no data.
-fn mount(what: &str, target: &str, fstype: &str, flags: libc::c_ulong) -> Result<(), SysError> {
+fn mount(what: &str, target: &str, fstype: &str, flags: MountFlags) -> Result<(), SysError> {
     mount_data(what, target, fstype, flags, None)
 }
 
@@ -37,24 +32,19 @@ pub fn mount_data(
     what: &str,
     target: &str,
     fstype: &str,
-    flags: libc::c_ulong,
+    flags: MountFlags,
     data: Option<&str>,
 ) -> Result<(), SysError> {
-    let (src, dst, ty) = (cstr(what), cstr(target), cstr(fstype));
-    let data = data.map(cstr);
-    let data_ptr = data
-        .as_ref()
-        .map_or(std::ptr::null(), |d| d.as_ptr().cast::<libc::c_void>());
-    // SAFETY: valid NUL-terminated strings; data is null or a C string.
-    let rc = unsafe { libc::mount(src.as_ptr(), dst.as_ptr(), ty.as_ptr(), flags, data_ptr) };
-    if rc == 0 {
-        return Ok(());
-    }
-    Err(SysError::Mount {
+    let err = |source: io::Error| SysError::Mount {
         what: what.to_string(),
         target: target.to_string(),
-        source: io::Error::last_os_error(),
-    })
+        source,
+    };
+    let data = data
+        .map(CString::new)
+        .transpose()
+        .map_err(|_| err(io::ErrorKind::InvalidInput.into()))?;
+    rustix::mount::mount(what, target, fstype, flags, data.as_deref()).map_err(|e| err(e.into()))
 }
 
 fn ok_if_busy(r: Result<(), SysError>) -> Result<(), SysError> {
@@ -70,8 +60,8 @@ fn ok_if_busy(r: Result<(), SysError>) -> Result<(), SysError> {
 /// 0-2 are open (the kernel opens /dev/console for init only if it exists
 /// on the root, and ours has an empty /dev).
 pub fn mount_early() -> Result<(), SysError> {
-    let nosuid = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
-    ok_if_busy(mount("devtmpfs", "/dev", "devtmpfs", libc::MS_NOSUID))?;
+    let nosuid = MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC;
+    ok_if_busy(mount("devtmpfs", "/dev", "devtmpfs", MountFlags::NOSUID))?;
     ensure_stdio();
     ok_if_busy(mount("proc", "/proc", "proc", nosuid))?;
     ok_if_busy(mount("sysfs", "/sys", "sysfs", nosuid))?;
@@ -79,39 +69,34 @@ pub fn mount_early() -> Result<(), SysError> {
         "tmpfs",
         "/run",
         "tmpfs",
-        libc::MS_NOSUID | libc::MS_NODEV,
+        MountFlags::NOSUID | MountFlags::NODEV,
     ))?;
     ok_if_busy(mount(
         "tmpfs",
         "/tmp",
         "tmpfs",
-        libc::MS_NOSUID | libc::MS_NODEV,
+        MountFlags::NOSUID | MountFlags::NODEV,
     ))?;
     Ok(())
 }
 
 /// Opens the console (or /dev/null) on any of fds 0-2 that is closed, so
-/// later fds never land there.
+/// later fds never land there. open(2) returns the lowest free fd, so an
+/// fd above 2 means 0-2 are all open.
 pub fn ensure_stdio() {
-    for fd in 0..=2 {
-        // SAFETY: F_GETFD only queries the fd.
-        if unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0 {
-            continue;
-        }
-        for path in [c"/dev/console", c"/dev/null"] {
-            // SAFETY: valid C string; the returned fd is checked.
-            let got = unsafe { libc::open(path.as_ptr(), libc::O_RDWR | libc::O_NOCTTY) };
-            if got == fd {
-                break;
-            }
-            if got >= 0 {
-                // SAFETY: got is a valid fd we just opened.
-                unsafe {
-                    libc::dup2(got, fd);
-                    libc::close(got);
-                }
-                break;
-            }
+    for _ in 0..=2 {
+        let opened = ["/dev/console", "/dev/null"].iter().find_map(|path| {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .custom_flags(libc::O_NOCTTY)
+                .open(path)
+                .ok()
+        });
+        match opened {
+            // Keep it open for good: it is now one of fds 0-2.
+            Some(file) if file.as_raw_fd() <= 2 => drop(file.into_raw_fd()),
+            _ => return,
         }
     }
 }
@@ -132,51 +117,51 @@ pub fn connect_host(port: u32) -> Result<File, SysError> {
 }
 
 fn vsock_connect(cid: u32, port: u32) -> io::Result<File> {
-    // SAFETY: plain socket(2) call.
-    let fd = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd is a new socket owned by nobody else.
-    let file = unsafe { File::from_raw_fd(fd) };
-    // SAFETY: sockaddr_vm is plain data; all-zero is a valid value.
-    let mut addr: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
-    addr.svm_family = libc::AF_VSOCK as libc::sa_family_t;
-    addr.svm_cid = cid;
-    addr.svm_port = port;
-    let len = std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t;
-    // SAFETY: addr is a valid sockaddr_vm of `len` bytes.
-    let rc = unsafe { libc::connect(fd, (&addr as *const libc::sockaddr_vm).cast(), len) };
+    let sock = vsock_socket(SocketFlags::CLOEXEC)?;
+    let (addr, len) = vsock_addr(cid, port);
+    // SAFETY: addr is a valid sockaddr_vm of `len` bytes (rustix has no
+    // vsock address type).
+    let rc = unsafe { libc::connect(sock.as_raw_fd(), (&raw const addr).cast(), len) };
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(file)
+    Ok(File::from(sock))
 }
 
 /// Opens a non-blocking vsock listener on `port` (any local CID).
 pub fn vsock_listen(port: u32) -> Result<OwnedFd, SysError> {
     let err = |source| SysError::Listen { port, source };
-    let flags = libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK;
-    // SAFETY: plain socket(2) call.
-    let fd = unsafe { libc::socket(libc::AF_VSOCK, flags, 0) };
-    if fd < 0 {
+    let sock = vsock_socket(SocketFlags::CLOEXEC | SocketFlags::NONBLOCK).map_err(err)?;
+    let (addr, len) = vsock_addr(libc::VMADDR_CID_ANY, port);
+    // SAFETY: addr is a valid sockaddr_vm of `len` bytes (rustix has no
+    // vsock address type).
+    let rc = unsafe { libc::bind(sock.as_raw_fd(), (&raw const addr).cast(), len) };
+    if rc != 0 {
         return Err(err(io::Error::last_os_error()));
     }
-    // SAFETY: fd is a new socket owned by nobody else.
-    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: sockaddr_vm is plain data; all-zero is a valid value.
-    let mut addr: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
-    addr.svm_family = libc::AF_VSOCK as libc::sa_family_t;
-    addr.svm_cid = libc::VMADDR_CID_ANY;
-    addr.svm_port = port;
-    let len = std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t;
-    // SAFETY: addr is a valid sockaddr_vm of `len` bytes.
-    let rc = unsafe { libc::bind(fd, (&addr as *const libc::sockaddr_vm).cast(), len) };
-    // SAFETY: listen on our socket.
-    if rc != 0 || unsafe { libc::listen(fd, 16) } != 0 {
-        return Err(err(io::Error::last_os_error()));
-    }
+    rustix::net::listen(&sock, 16).map_err(|e| err(e.into()))?;
     Ok(sock)
+}
+
+fn vsock_socket(flags: SocketFlags) -> io::Result<OwnedFd> {
+    Ok(rustix::net::socket_with(
+        AddressFamily::VSOCK,
+        SocketType::STREAM,
+        flags,
+        None,
+    )?)
+}
+
+fn vsock_addr(cid: u32, port: u32) -> (libc::sockaddr_vm, libc::socklen_t) {
+    let addr = libc::sockaddr_vm {
+        svm_family: libc::AF_VSOCK as libc::sa_family_t,
+        svm_reserved1: 0,
+        svm_port: port,
+        svm_cid: cid,
+        svm_zero: [0; 4],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t;
+    (addr, len)
 }
 
 /// Finds the virtio-blk disk whose serial is `serial`, e.g. `/dev/vdb`.
@@ -212,80 +197,41 @@ fn scan_disks(serial: &str) -> Option<PathBuf> {
     None
 }
 
-/// Mounts the root disk and, where the directories exist in it, proc, sys
-/// and dev. Records each mount point in `mounts`.
-pub fn mount_root(disk: &RootDisk, mounts: &mut Vec<PathBuf>) -> Result<PathBuf, SysError> {
-    let dev = find_disk(&disk.serial)?;
-    let target = if Path::new(ROOT_MOUNT).is_dir() {
-        ROOT_MOUNT
-    } else {
-        "/mnt"
-    };
-    let mut flags = 0;
-    if disk.read_only {
-        flags |= libc::MS_RDONLY;
-    }
-    mount(&dev.to_string_lossy(), target, &disk.fs_type, flags)?;
-    mounts.push(PathBuf::from(target));
-    let nosuid = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
-    for (fs, dir, flags) in [
-        ("proc", "proc", nosuid),
-        ("sysfs", "sys", nosuid),
-        ("devtmpfs", "dev", libc::MS_NOSUID),
-    ] {
-        let sub = format!("{target}/{dir}");
-        if Path::new(&sub).is_dir() {
-            mount(fs, &sub, fs, flags)?;
-            mounts.push(PathBuf::from(sub));
-        }
-    }
-    Ok(PathBuf::from(target))
-}
-
 /// Unmounts `target`, lazily if it is busy.
 pub fn unmount(target: &Path) -> io::Result<()> {
-    let path = CString::new(target.as_os_str().as_encoded_bytes())
-        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    // SAFETY: valid C string.
-    if unsafe { libc::umount2(path.as_ptr(), 0) } == 0 {
+    if rustix::mount::unmount(target, UnmountFlags::empty()).is_ok() {
         return Ok(());
     }
-    // SAFETY: valid C string.
-    if unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) } == 0 {
-        return Ok(());
-    }
-    Err(io::Error::last_os_error())
+    Ok(rustix::mount::unmount(target, UnmountFlags::DETACH)?)
+}
+
+/// Sends SIGKILL to every process but PID 1 (without reaping).
+pub fn kill_everyone() {
+    // rustix has no call for kill(-1): "every process we may signal".
+    // SAFETY: kill takes two integers and touches no memory of ours.
+    unsafe { libc::kill(-1, libc::SIGKILL) };
 }
 
 /// Kills every other process and reaps them (bounded wait).
 pub fn kill_all() {
-    // SAFETY: kill(-1) from PID 1 signals every other process.
-    unsafe { libc::kill(-1, libc::SIGKILL) };
+    kill_everyone();
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
-        let mut status = 0;
-        // SAFETY: valid status pointer.
-        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
-        if pid < 0 {
-            return; // ECHILD: nothing left
-        }
-        if pid == 0 {
-            std::thread::sleep(Duration::from_millis(10));
+        match waitpid(None, WaitOptions::NOHANG) {
+            Err(_) => return, // ECHILD: nothing left
+            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+            Ok(Some(_)) => {}
         }
     }
 }
 
 /// Powers the VM off. Never returns.
 pub fn power_off() -> ! {
-    // SAFETY: sync and reboot have no memory-safety preconditions.
-    unsafe {
-        libc::sync();
-        libc::reboot(libc::RB_POWER_OFF);
-    }
+    rustix::fs::sync();
+    let _ = rustix::system::reboot(RebootCommand::PowerOff);
     // reboot failed (should not happen for PID 1): idle instead of exiting,
     // which would panic the kernel.
     loop {
-        // SAFETY: pause has no preconditions.
-        unsafe { libc::pause() };
+        std::thread::sleep(Duration::from_secs(3600));
     }
 }

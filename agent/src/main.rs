@@ -1,31 +1,32 @@
 //! husk-agent: PID 1 inside the guest.
 //!
 //! Boots from the read-only agent disk, connects to the host over vsock,
-//! runs the requested command in the root disk and streams its output back,
-//! then powers the VM off. It must never panic or exit: a dying PID 1
+//! assembles the container the host describes (image layers or one plain
+//! disk as its root), runs its init process and exec'd processes, streams
+//! their stdio, then powers the VM off when the init process ends. It must never panic or exit: a dying PID 1
 //! panics the kernel, so every path ends in [`guest::power_off`].
 
+mod boot;
 mod container;
-mod exec;
 mod guest;
 mod log;
 mod net;
 mod proc;
+mod quirks;
 mod rootfs;
-mod session;
 mod spawn;
 mod spec;
+mod stdio;
 mod system;
 mod users;
 
 use std::error::Error;
 
-use session::Outcome;
+use boot::Outcome;
 use system::GuestSystem;
 
 fn main() {
-    // SAFETY: getpid has no preconditions.
-    if unsafe { libc::getpid() } != 1 {
+    if !rustix::process::getpid().is_init() {
         eprintln!("husk-agent: must run as PID 1 inside a husk VM");
         std::process::exit(1);
     }
@@ -34,7 +35,7 @@ fn main() {
         guest::power_off();
     }));
     match system::run_agent(&mut GuestSystem::new()) {
-        Ok(Outcome::Finished(msg)) => log::info(&format!("command finished: {msg:?}")),
+        Ok(Outcome::Finished(msg)) => log::info(&format!("init finished: {msg:?}")),
         Ok(Outcome::Refused(code)) => log::info(&format!("request refused: {code:?}")),
         Err(e) => log::error(&chain(&e)),
     }

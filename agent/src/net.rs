@@ -9,9 +9,10 @@
 use std::ffi::CStr;
 use std::io;
 use std::net::Ipv4Addr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 
 use husk_protocol::NetworkSpec;
+use rustix::net::{AddressFamily, SocketFlags, SocketType};
 
 /// Why configuring the network failed.
 #[derive(Debug, thiserror::Error)]
@@ -179,13 +180,13 @@ struct Socket(OwnedFd);
 
 impl Socket {
     fn new() -> io::Result<Self> {
-        // SAFETY: socket(2) with constant arguments.
-        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: fd was just created and is owned by nobody else.
-        Ok(Socket(unsafe { OwnedFd::from_raw_fd(fd) }))
+        let fd = rustix::net::socket_with(
+            AddressFamily::INET,
+            SocketType::DGRAM,
+            SocketFlags::CLOEXEC,
+            None,
+        )?;
+        Ok(Socket(fd))
     }
 
     /// Runs one ifreq ioctl on `iface`.

@@ -1,15 +1,23 @@
-//! One running container process and its stdio, as seen by the agent's
-//! poll loop: forwarding output to a connection, buffering stdin, signals,
-//! terminal resizes, and its exit status.
+//! One running container process — the init process or an exec'd one, the
+//! agent treats both alike — and its stdio pump, as seen by the agent's
+//! poll loop: forwarding output to the host connection, buffering stdin,
+//! signals, terminal resizes, and its exit status.
 
 use std::fs::File;
-use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
-use husk_protocol::{Message, WriteError};
+use rustix::event::PollFlags;
+use rustix::process::{Pid, PidfdFlags, Signal};
 
-use crate::exec::{self, Spawned};
-use crate::session::{forward, is_transient, pidfd_open, DRAIN_LIMIT};
+use husk_protocol::{write_message, Message, WriteError, MAX_CHUNK};
+
+use crate::spawn::Spawned;
+use crate::stdio;
+
+/// Most reads of one pipe after the process exited (bounds the drain when
+/// a grandchild keeps writing).
+const DRAIN_LIMIT: usize = 64;
 
 /// Most stdin bytes buffered for a process before the agent stops reading
 /// its connection (back-pressure on the host).
@@ -28,7 +36,7 @@ pub enum Pipe {
     Pid,
 }
 
-/// A process started by `Exec`.
+/// A process started by `Exec` (on the boot connection: the init).
 #[derive(Debug)]
 pub struct Proc {
     /// Its pid (and process group).
@@ -51,12 +59,12 @@ impl Proc {
             pid: s.pid,
             status: None,
             pidfd: pidfd_open(s.pid),
-            stdout: Some(s.stdout),
-            stderr: s.stderr,
-            stdin: s.stdin,
+            stdout: Some(s.io.stdout),
+            stderr: s.io.stderr,
+            stdin: s.io.stdin,
             stdin_buf: Vec::new(),
             stdin_eof: false,
-            pty: s.pty,
+            pty: s.io.pty,
         }
     }
 
@@ -71,18 +79,18 @@ impl Proc {
     }
 
     /// The fds to poll, with what each is.
-    pub fn poll_fds(&self, out: &mut Vec<(RawFd, libc::c_short, Pipe)>) {
+    pub fn poll_fds<'a>(&'a self, out: &mut Vec<(BorrowedFd<'a>, PollFlags, Pipe)>) {
         if let Some(f) = &self.stdout {
-            out.push((f.as_raw_fd(), libc::POLLIN, Pipe::Out));
+            out.push((f.as_fd(), PollFlags::IN, Pipe::Out));
         }
         if let Some(f) = &self.stderr {
-            out.push((f.as_raw_fd(), libc::POLLIN, Pipe::Err));
+            out.push((f.as_fd(), PollFlags::IN, Pipe::Err));
         }
         if let Some(f) = self.stdin.as_ref().filter(|_| !self.stdin_buf.is_empty()) {
-            out.push((f.as_raw_fd(), libc::POLLOUT, Pipe::In));
+            out.push((f.as_fd(), PollFlags::OUT, Pipe::In));
         }
         if let Some(fd) = self.pidfd.as_ref().filter(|_| self.status.is_none()) {
-            out.push((fd.as_raw_fd(), libc::POLLIN, Pipe::Pid));
+            out.push((fd.as_fd(), PollFlags::IN, Pipe::Pid));
         }
     }
 
@@ -121,7 +129,7 @@ impl Proc {
             Message::Resize { rows, cols } => {
                 if let Some(pty) = &self.pty {
                     // A failed resize is not worth ending the session.
-                    let _ = exec::resize(pty, rows, cols);
+                    let _ = stdio::resize(pty, rows, cols);
                 }
             }
             other => return Some(other),
@@ -138,19 +146,18 @@ impl Proc {
         let target = self
             .pty
             .as_ref()
-            .and_then(exec::foreground_group)
+            .and_then(stdio::foreground_group)
             .map_or(self.pid, |pgrp| -pgrp);
-        // SAFETY: kill has no memory-safety preconditions.
-        unsafe { libc::kill(target, sig) };
+        send_signal(target, sig);
     }
 
     /// SIGKILLs the process and its process group.
     pub fn kill(&self) {
         if self.status.is_none() {
-            // SAFETY: kill has no memory-safety preconditions.
-            unsafe {
-                libc::kill(-self.pid, libc::SIGKILL);
-                libc::kill(self.pid, libc::SIGKILL);
+            if let Some(pid) = Pid::from_raw(self.pid) {
+                // Errors: the process or its group is already gone.
+                let _ = rustix::process::kill_process_group(pid, Signal::KILL);
+                let _ = rustix::process::kill_process(pid, Signal::KILL);
             }
         }
     }
@@ -244,4 +251,53 @@ pub fn read_messages<C: Read>(
         msgs.push(msg);
     }
     Ok(Some(msgs))
+}
+
+/// Reads one chunk from `pipe` and sends it wrapped by `wrap`; false when
+/// nothing was read (EOF, which also closes the pipe, or nothing ready).
+fn forward<C: Write>(
+    pipe: &mut Option<File>,
+    conn: &mut C,
+    wrap: fn(Vec<u8>) -> Message,
+) -> Result<bool, WriteError> {
+    let Some(file) = pipe else {
+        return Ok(false);
+    };
+    let mut buf = vec![0u8; MAX_CHUNK];
+    match file.read(&mut buf) {
+        Ok(0) => {
+            *pipe = None;
+            Ok(false)
+        }
+        Ok(n) => {
+            buf.truncate(n);
+            write_message(conn, &wrap(buf))?;
+            Ok(true)
+        }
+        Err(e) if is_transient(&e) => Ok(false),
+        Err(_) => {
+            *pipe = None;
+            Ok(false)
+        }
+    }
+}
+
+fn is_transient(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+    )
+}
+
+fn pidfd_open(pid: libc::pid_t) -> Option<OwnedFd> {
+    rustix::process::pidfd_open(Pid::from_raw(pid)?, PidfdFlags::empty()).ok()
+}
+
+/// Sends signal number `sig` (1-64, as the host asked) to `target` (a
+/// pid, or minus a process group id). Errors mean the target is gone.
+pub fn send_signal(target: libc::pid_t, sig: i32) {
+    // rustix only names the standard signals, and the host may forward
+    // any (real-time ones included), so this stays a raw kill(2).
+    // SAFETY: kill takes two integers and touches no memory of ours.
+    unsafe { libc::kill(target, sig) };
 }

@@ -1,15 +1,17 @@
 //! Assembling a container's root filesystem in the guest (`CreateContainer`):
-//! EROFS layers + a writable disk stacked with overlayfs, the API
-//! filesystems, volumes, /etc files, hostname and network.
+//! EROFS layers + a writable disk stacked with overlayfs, or one plain disk
+//! as it is (`husk vm run`); the API filesystems, volumes, /etc files (image
+//! roots only), hostname and network.
 //!
 //! Only used when the agent runs as PID 1 in the VM. The spec has been
 //! validated ([`crate::spec::check_container`]) before this runs.
 
-use std::ffi::CString;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use husk_protocol::ContainerSpec;
+use husk_protocol::{ContainerSpec, RootFs};
+use rustix::fs::{FileType, Mode, CWD};
+use rustix::mount::MountFlags;
 
 use crate::container::ContainerRoot;
 use crate::guest::{find_disk, mount_data};
@@ -23,8 +25,10 @@ const RW_DIR: &str = "/run/husk/rw";
 /// The container's root (the overlay).
 const ROOT_DIR: &str = "/run/husk/root";
 
-const NOSUID: libc::c_ulong = libc::MS_NOSUID;
-const LOCKED: libc::c_ulong = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+const NOSUID: MountFlags = MountFlags::NOSUID;
+const LOCKED: MountFlags = MountFlags::NOSUID
+    .union(MountFlags::NODEV)
+    .union(MountFlags::NOEXEC);
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> SysError {
     let what = what.into();
@@ -40,7 +44,7 @@ fn mount_at(
     what: &str,
     target: &Path,
     fstype: &str,
-    flags: libc::c_ulong,
+    flags: MountFlags,
     data: Option<&str>,
     mounts: &mut Vec<PathBuf>,
 ) -> Result<(), SysError> {
@@ -49,50 +53,51 @@ fn mount_at(
     Ok(())
 }
 
+/// Whether missing mount points may be created in the root.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum MountPoints {
+    /// An image root (the overlay's upper layer takes the new directories).
+    Create,
+    /// A plain disk root: the agent writes nothing into it, so a mount
+    /// point it lacks is skipped (and on a read-only disk it could not be
+    /// made anyway).
+    Existing,
+}
+
 /// Assembles the container described by `spec`; records every mount point
 /// in `mounts`, in mount order.
 pub fn create(spec: &ContainerSpec, mounts: &mut Vec<PathBuf>) -> Result<ContainerRoot, SysError> {
-    let mut lowers = Vec::new();
-    for (i, serial) in spec.layers.iter().enumerate() {
-        let dev = find_disk(serial)?;
-        let dir = PathBuf::from(format!("{LAYERS_DIR}/{i}"));
-        mkdir_p(&dir)?;
-        let dev = dev.to_string_lossy();
-        mount_at(&dev, &dir, "erofs", libc::MS_RDONLY, None, mounts)?;
-        lowers.push(dir.to_string_lossy().into_owned());
-    }
-    let rw = Path::new(RW_DIR);
-    mkdir_p(rw)?;
-    if spec.writable.is_empty() {
-        mount_at(
-            "tmpfs",
-            rw,
-            "tmpfs",
-            libc::MS_NODEV,
-            Some("mode=755"),
-            mounts,
-        )?;
-    } else {
-        let dev = find_disk(&spec.writable)?;
-        mount_at(&dev.to_string_lossy(), rw, "ext4", 0, None, mounts)?;
-    }
-    for sub in ["upper", "work"] {
-        mkdir_p(&rw.join(sub))?;
-    }
-    lowers.reverse();
-    let options = format!(
-        "lowerdir={},upperdir={RW_DIR}/upper,workdir={RW_DIR}/work",
-        lowers.join(":")
-    );
     let root = Path::new(ROOT_DIR);
     mkdir_p(root)?;
-    mount_at("overlay", root, "overlay", 0, Some(&options), mounts)?;
-    mount_api(root, mounts)?;
+    let points = match &spec.root {
+        RootFs::Layers { layers, writable } => {
+            mount_layers(layers, writable, root, mounts)?;
+            MountPoints::Create
+        }
+        RootFs::Disk(disk) => {
+            let dev = find_disk(&disk.serial)?;
+            let flags = if disk.read_only {
+                MountFlags::RDONLY
+            } else {
+                MountFlags::empty()
+            };
+            let dev = dev.to_string_lossy();
+            mount_at(&dev, root, &disk.fs_type, flags, None, mounts)?;
+            MountPoints::Existing
+        }
+    };
+    mount_api(root, points, mounts)?;
     for vol in &spec.volumes {
         let dev = find_disk(&vol.serial)?;
         let target = in_root(root, &vol.target)?;
-        mkdir_p(&target)?;
-        let flags = if vol.read_only { libc::MS_RDONLY } else { 0 };
+        if points == MountPoints::Create {
+            mkdir_p(&target)?;
+        }
+        let flags = if vol.read_only {
+            MountFlags::RDONLY
+        } else {
+            MountFlags::empty()
+        };
         mount_at(
             &dev.to_string_lossy(),
             &target,
@@ -102,7 +107,10 @@ pub fn create(spec: &ContainerSpec, mounts: &mut Vec<PathBuf>) -> Result<Contain
             mounts,
         )?;
     }
-    write_etc(root, spec)?;
+    set_hostname(&spec.hostname)?;
+    if points == MountPoints::Create {
+        write_etc(root, spec)?;
+    }
     crate::net::configure(spec.network.as_ref()).map_err(|e| SysError::Network(e.to_string()))?;
     Ok(ContainerRoot {
         root: root.to_path_buf(),
@@ -111,29 +119,97 @@ pub fn create(spec: &ContainerSpec, mounts: &mut Vec<PathBuf>) -> Result<Contain
     })
 }
 
+/// The image's EROFS layers stacked with overlayfs on `root`, under the
+/// writable disk's (or a tmpfs's) upper and work directories.
+fn mount_layers(
+    layers: &[String],
+    writable: &str,
+    root: &Path,
+    mounts: &mut Vec<PathBuf>,
+) -> Result<(), SysError> {
+    let mut lowers = Vec::new();
+    for (i, serial) in layers.iter().enumerate() {
+        let dev = find_disk(serial)?;
+        let dir = PathBuf::from(format!("{LAYERS_DIR}/{i}"));
+        mkdir_p(&dir)?;
+        let dev = dev.to_string_lossy();
+        mount_at(&dev, &dir, "erofs", MountFlags::RDONLY, None, mounts)?;
+        lowers.push(dir.to_string_lossy().into_owned());
+    }
+    let rw = Path::new(RW_DIR);
+    mkdir_p(rw)?;
+    if writable.is_empty() {
+        mount_at(
+            "tmpfs",
+            rw,
+            "tmpfs",
+            MountFlags::NODEV,
+            Some("mode=755"),
+            mounts,
+        )?;
+    } else {
+        let dev = find_disk(writable)?;
+        mount_at(
+            &dev.to_string_lossy(),
+            rw,
+            "ext4",
+            MountFlags::empty(),
+            None,
+            mounts,
+        )?;
+    }
+    for sub in ["upper", "work"] {
+        mkdir_p(&rw.join(sub))?;
+    }
+    lowers.reverse();
+    let options = format!(
+        "lowerdir={},upperdir={RW_DIR}/upper,workdir={RW_DIR}/work",
+        lowers.join(":")
+    );
+    mount_at(
+        "overlay",
+        root,
+        "overlay",
+        MountFlags::empty(),
+        Some(&options),
+        mounts,
+    )
+}
+
 fn in_root(root: &Path, path: &str) -> Result<PathBuf, SysError> {
     resolve_in_root(root, path).map_err(|e| SysError::Invalid(e.0))
 }
 
-/// /proc, /sys (read-only), a minimal /dev with its own devpts and shm.
-fn mount_api(root: &Path, mounts: &mut Vec<PathBuf>) -> Result<(), SysError> {
-    let proc_dir = in_root(root, "/proc")?;
-    mkdir_p(&proc_dir)?;
-    mount_at("proc", &proc_dir, "proc", LOCKED, None, mounts)?;
-    let sys_dir = in_root(root, "/sys")?;
-    mkdir_p(&sys_dir)?;
-    mount_at(
-        "sysfs",
-        &sys_dir,
-        "sysfs",
-        LOCKED | libc::MS_RDONLY,
-        None,
-        mounts,
-    )?;
-    let dev = in_root(root, "/dev")?;
-    mkdir_p(&dev)?;
+/// The mount point `path` in `root`, created when `points` allows;
+/// `None` when it is missing and may not be created.
+fn mount_point(root: &Path, path: &str, points: MountPoints) -> Result<Option<PathBuf>, SysError> {
+    let dir = in_root(root, path)?;
+    match points {
+        MountPoints::Create => mkdir_p(&dir).map(|()| Some(dir)),
+        MountPoints::Existing => Ok(dir.is_dir().then_some(dir)),
+    }
+}
+
+/// /proc, /sys (read-only), a minimal /dev with its own devpts and shm
+/// (each where it has a mount point, see [`MountPoints`]).
+fn mount_api(root: &Path, points: MountPoints, mounts: &mut Vec<PathBuf>) -> Result<(), SysError> {
+    if let Some(proc_dir) = mount_point(root, "/proc", points)? {
+        mount_at("proc", &proc_dir, "proc", LOCKED, None, mounts)?;
+    }
+    if let Some(sys_dir) = mount_point(root, "/sys", points)? {
+        let flags = LOCKED | MountFlags::RDONLY;
+        mount_at("sysfs", &sys_dir, "sysfs", flags, None, mounts)?;
+    }
+    match mount_point(root, "/dev", points)? {
+        Some(dev) => mount_dev(&dev, mounts),
+        None => Ok(()),
+    }
+}
+
+/// A tmpfs /dev with the usual nodes and links, devpts and shm.
+fn mount_dev(dev: &Path, mounts: &mut Vec<PathBuf>) -> Result<(), SysError> {
     let opts = Some("mode=755,size=65536k");
-    mount_at("tmpfs", &dev, "tmpfs", NOSUID, opts, mounts)?;
+    mount_at("tmpfs", dev, "tmpfs", NOSUID, opts, mounts)?;
     for (name, major, minor, mode) in [
         ("null", 1, 3, 0o666),
         ("zero", 1, 5, 0o666),
@@ -163,7 +239,7 @@ fn mount_api(root: &Path, mounts: &mut Vec<PathBuf>) -> Result<(), SysError> {
         "devpts",
         &pts,
         "devpts",
-        NOSUID | libc::MS_NOEXEC,
+        NOSUID | MountFlags::NOEXEC,
         opts,
         mounts,
     )?;
@@ -173,38 +249,30 @@ fn mount_api(root: &Path, mounts: &mut Vec<PathBuf>) -> Result<(), SysError> {
     mount_at("shm", &shm, "tmpfs", LOCKED, opts, mounts)
 }
 
-fn mknod(path: &Path, major: u32, minor: u32, mode: libc::mode_t) -> Result<(), SysError> {
-    let c = CString::new(path.as_os_str().as_encoded_bytes())
-        .map_err(|_| SysError::Invalid(format!("{} contains NUL", path.display())))?;
-    // SAFETY: valid C string; mknod/chmod take no other pointers.
-    let ok = unsafe {
-        libc::mknod(
-            c.as_ptr(),
-            libc::S_IFCHR | mode,
-            libc::makedev(major, minor),
-        ) == 0
-            && libc::chmod(c.as_ptr(), mode) == 0
-    };
-    if ok {
-        Ok(())
-    } else {
-        Err(io_err(format!("creating {}", path.display()))(
-            io::Error::last_os_error(),
-        ))
-    }
+fn mknod(path: &Path, major: u32, minor: u32, mode: u32) -> Result<(), SysError> {
+    let mode = Mode::from_raw_mode(mode);
+    let dev = rustix::fs::makedev(major, minor);
+    rustix::fs::mknodat(CWD, path, FileType::CharacterDevice, mode, dev)
+        // The umask must not narrow the node's mode.
+        .and_then(|()| rustix::fs::chmod(path, mode))
+        .map_err(|e| io_err(format!("creating {}", path.display()))(e.into()))
 }
 
-/// /etc/hostname, /etc/hosts, /etc/resolv.conf and the kernel's hostname.
+/// The kernel's (UTS) hostname, when one is given.
+fn set_hostname(name: &str) -> Result<(), SysError> {
+    if name.is_empty() {
+        return Ok(());
+    }
+    rustix::system::sethostname(name.as_bytes())
+        .map_err(|e| io_err("setting the hostname")(e.into()))
+}
+
+/// /etc/hostname, /etc/hosts and /etc/resolv.conf (image roots only).
 fn write_etc(root: &Path, spec: &ContainerSpec) -> Result<(), SysError> {
     let etc = in_root(root, "/etc")?;
     mkdir_p(&etc)?;
     if !spec.hostname.is_empty() {
         replace_file(&etc.join("hostname"), &format!("{}\n", spec.hostname))?;
-        // SAFETY: the pointer and length describe the hostname's bytes.
-        let rc = unsafe { libc::sethostname(spec.hostname.as_ptr().cast(), spec.hostname.len()) };
-        if rc != 0 {
-            return Err(io_err("setting the hostname")(io::Error::last_os_error()));
-        }
     }
     replace_file(&etc.join("hosts"), &hosts_file(spec))?;
     if let Some(conf) = &spec.resolv_conf {

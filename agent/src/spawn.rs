@@ -1,4 +1,6 @@
-//! Starting the requested command: fork, enter the root, exec.
+//! Starting a process in the container — the init process and exec'd
+//! ones alike: credentials, working directory, stdio (pipes or a
+//! pseudo-terminal), and entering the container's mount namespace.
 //!
 //! Everything the child needs is prepared before `fork`, so the child only
 //! makes async-signal-safe system calls (this also keeps it correct when the
@@ -9,10 +11,14 @@
 use std::ffi::{CString, NulError};
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
-use husk_protocol::{ErrorCode, RunRequest, User};
+use husk_protocol::{ErrorCode, ExecRequest};
+use rustix::process::{waitpid, Pid, Signal, WaitOptions};
+
+use crate::stdio::{self, ProcIo, Stdio};
+use crate::users::Creds;
 
 /// `PATH` used for the lookup when the request's environment has none.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -28,35 +34,22 @@ pub struct SpawnError {
 }
 
 impl SpawnError {
-    pub(crate) fn new(code: ErrorCode, detail: impl Into<String>) -> Self {
+    fn new(code: ErrorCode, detail: impl Into<String>) -> Self {
         Self {
             code,
             detail: detail.into(),
         }
     }
 
-    pub(crate) fn internal(what: &str, err: io::Error) -> Self {
+    fn internal(what: &str, err: io::Error) -> Self {
         Self::new(ErrorCode::Internal, format!("{what}: {err}"))
     }
-}
-
-/// A started command: its pid and the parent's ends of its stdio pipes.
-#[derive(Debug)]
-pub struct Child {
-    /// Process id (also its process group id: the child calls `setsid`).
-    pub pid: libc::pid_t,
-    /// Write end of the child's stdin pipe, when stdin was requested.
-    pub stdin: Option<File>,
-    /// Read end of the child's stdout (non-blocking).
-    pub stdout: File,
-    /// Read end of the child's stderr (non-blocking).
-    pub stderr: File,
 }
 
 /// Stages at which the child can fail, reported through the error pipe.
 #[derive(Clone, Copy)]
 #[repr(u8)]
-pub(crate) enum Stage {
+enum Stage {
     Stdio = 1,
     Chroot = 2,
     Chdir = 3,
@@ -68,41 +61,67 @@ pub(crate) enum Stage {
     Tty = 7,
 }
 
-/// Everything prepared for the child before forking.
+/// How the new process enters the container.
+#[derive(Debug)]
+pub enum Entry<'a> {
+    /// Stay in the agent's own root (unit tests without root).
+    Host,
+    /// Unshare the mount namespace and `pivot_root` into this directory
+    /// (the init process; its namespace becomes the container's).
+    Pivot(&'a Path),
+    /// Join the mount namespace behind this fd (`/proc/<init>/ns/mnt`).
+    Join(RawFd),
+}
+
+/// A started process and the agent's ends of its stdio.
+#[derive(Debug)]
+pub struct Spawned {
+    /// Process id (also its session and process group id).
+    pub pid: libc::pid_t,
+    /// The agent's ends of its stdio (non-blocking).
+    pub io: ProcIo,
+}
+
+/// Everything the child needs, prepared before forking.
 struct Prepared {
     candidates: Vec<CString>,
     argv: Vec<CString>,
     env: Vec<CString>,
     cwd: CString,
-    root: Option<CString>,
-    user: Option<User>,
+    /// `cwd`'s ancestors and itself, to create when missing.
+    cwd_parts: Vec<CString>,
+    pivot: Option<CString>,
+    creds: Option<(libc::uid_t, libc::gid_t, Vec<libc::gid_t>)>,
 }
 
-/// Starts `req` inside `root` (or the agent's own root when `None`).
-pub fn spawn(req: &RunRequest, root: Option<&Path>) -> Result<Child, SpawnError> {
-    let prep = prepare(req, root)
+/// Starts `req` as `creds` in the container reached through `entry`; a
+/// terminal comes from the devpts multiplexer `ptmx`.
+pub fn spawn(
+    req: &ExecRequest,
+    creds: &Creds,
+    entry: Entry<'_>,
+    ptmx: &Path,
+) -> Result<Spawned, SpawnError> {
+    let prep = prepare(req, creds, &entry)
         .map_err(|_| SpawnError::new(ErrorCode::BadRequest, "request contains a NUL byte"))?;
     if prep.argv.is_empty() {
         return Err(SpawnError::new(ErrorCode::BadRequest, "empty command"));
     }
-    let (stdin_child, stdin_parent) = if req.stdin {
-        let (r, w) = pipe().map_err(|e| SpawnError::internal("pipe", e))?;
-        (r, Some(File::from(w)))
+    let io = if req.tty {
+        Stdio::pty(ptmx, req.size, req.stdin)
     } else {
-        let null = File::open("/dev/null").map_err(|e| SpawnError::internal("/dev/null", e))?;
-        (OwnedFd::from(null), None)
+        Stdio::pipes(req.stdin)
+    }
+    .map_err(|e| SpawnError::internal("allocating stdio", e))?;
+    let (report_r, report_w) = stdio::pipe().map_err(|e| SpawnError::internal("pipe", e))?;
+    let argv = null_terminated(&prep.argv);
+    let env = null_terminated(&prep.env);
+    let join = match entry {
+        Entry::Join(fd) => Some(fd),
+        _ => None,
     };
-    let (out_r, out_w) = pipe().map_err(|e| SpawnError::internal("pipe", e))?;
-    let (err_r, err_w) = pipe().map_err(|e| SpawnError::internal("pipe", e))?;
-    let (report_r, report_w) = pipe().map_err(|e| SpawnError::internal("pipe", e))?;
-    let argv_ptrs = null_terminated(&prep.argv);
-    let env_ptrs = null_terminated(&prep.env);
-    let fds = [
-        stdin_child.as_raw_fd(),
-        out_w.as_raw_fd(),
-        err_w.as_raw_fd(),
-    ];
-
+    let ctty = io.is_tty();
+    let fds = io.child_fds();
     // SAFETY: fork has no memory-safety preconditions; the child branch only
     // makes async-signal-safe calls on data prepared above and never returns.
     let pid = unsafe { libc::fork() };
@@ -110,61 +129,69 @@ pub fn spawn(req: &RunRequest, root: Option<&Path>) -> Result<Child, SpawnError>
         return Err(SpawnError::internal("fork", io::Error::last_os_error()));
     }
     if pid == 0 {
-        child(&prep, &argv_ptrs, &env_ptrs, fds, report_w.as_raw_fd());
+        child(&prep, &argv, &env, fds, ctty, join, report_w.as_raw_fd());
     }
-    drop((stdin_child, out_w, err_w, report_w));
-    if let Some(err) = read_report(report_r, &prep.cwd.to_string_lossy(), &req.argv[0]) {
+    drop(report_w);
+    let cwd = prep.cwd.to_string_lossy().into_owned();
+    let io = io.into_parent();
+    if let Some(err) = read_report(report_r, &cwd, &req.argv[0]) {
         reap(pid);
         return Err(err);
     }
-    set_nonblocking(&out_r).map_err(|e| SpawnError::internal("fcntl", e))?;
-    set_nonblocking(&err_r).map_err(|e| SpawnError::internal("fcntl", e))?;
-    if let Some(w) = &stdin_parent {
-        set_nonblocking(w).map_err(|e| SpawnError::internal("fcntl", e))?;
+    match io {
+        Ok(io) => Ok(Spawned { pid, io }),
+        Err(e) => {
+            if let Some(child) = Pid::from_raw(pid) {
+                let _ = rustix::process::kill_process(child, Signal::KILL);
+            }
+            reap(pid);
+            Err(SpawnError::internal("fcntl", e))
+        }
     }
-    Ok(Child {
-        pid,
-        stdin: stdin_parent,
-        stdout: File::from(out_r),
-        stderr: File::from(err_r),
-    })
 }
 
-fn prepare(req: &RunRequest, root: Option<&Path>) -> Result<Prepared, NulError> {
-    let argv = req
-        .argv
-        .iter()
-        .map(|a| CString::new(a.as_str()))
-        .collect::<Result<Vec<_>, _>>()?;
-    let env = req
-        .env
-        .iter()
-        .map(|e| CString::new(e.as_str()))
-        .collect::<Result<Vec<_>, _>>()?;
-    let path = req
-        .env
+fn cstrings(v: &[String]) -> Result<Vec<CString>, NulError> {
+    v.iter().map(|s| CString::new(s.as_str())).collect()
+}
+
+fn prepare(req: &ExecRequest, creds: &Creds, entry: &Entry<'_>) -> Result<Prepared, NulError> {
+    let mut env = req.env.clone();
+    if !env.iter().any(|e| e.starts_with("HOME=")) {
+        env.push(format!("HOME={}", creds.home));
+    }
+    if req.tty && !env.iter().any(|e| e.starts_with("TERM=")) {
+        env.push("TERM=xterm".into());
+    }
+    let path = env
         .iter()
         .find_map(|e| e.strip_prefix("PATH="))
         .unwrap_or(DEFAULT_PATH);
     let candidates = match req.argv.first() {
-        Some(cmd) => lookup_candidates(cmd, path)
-            .into_iter()
-            .map(CString::new)
-            .collect::<Result<Vec<_>, _>>()?,
+        Some(cmd) => cstrings(&lookup_candidates(cmd, path))?,
         None => Vec::new(),
     };
     let cwd = if req.cwd.is_empty() { "/" } else { &req.cwd };
-    let root = match root {
-        Some(r) => Some(CString::new(r.as_os_str().as_encoded_bytes())?),
-        None => None,
+    let mut cwd_parts = Vec::new();
+    let mut prefix = String::new();
+    for part in cwd.split('/').filter(|p| !p.is_empty()) {
+        prefix.push('/');
+        prefix.push_str(part);
+        cwd_parts.push(CString::new(prefix.as_str())?);
+    }
+    let pivot = match entry {
+        Entry::Pivot(root) => Some(CString::new(root.as_os_str().as_encoded_bytes())?),
+        _ => None,
     };
+    let privileged = rustix::process::getuid().is_root();
     Ok(Prepared {
         candidates,
-        argv,
-        env,
+        argv: cstrings(&req.argv)?,
+        env: cstrings(&env)?,
         cwd: CString::new(cwd)?,
-        root,
-        user: req.user,
+        cwd_parts,
+        pivot,
+        // Without root (unit tests) the credentials cannot change.
+        creds: privileged.then(|| (creds.uid, creds.gid, creds.groups.clone())),
     })
 }
 
@@ -185,7 +212,7 @@ pub fn lookup_candidates(cmd: &str, path: &str) -> Vec<String> {
         .collect()
 }
 
-pub(crate) fn null_terminated(strings: &[CString]) -> Vec<*const libc::c_char> {
+fn null_terminated(strings: &[CString]) -> Vec<*const libc::c_char> {
     strings
         .iter()
         .map(|s| s.as_ptr())
@@ -193,42 +220,16 @@ pub(crate) fn null_terminated(strings: &[CString]) -> Vec<*const libc::c_char> {
         .collect()
 }
 
-pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: `fds` is a valid array of two ints for pipe2 to fill.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: pipe2 succeeded, so both fds are open and owned by nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
-}
-
-/// Sets `O_NONBLOCK` on `fd`.
-pub fn set_nonblocking(fd: &impl AsRawFd) -> io::Result<()> {
-    let fd = fd.as_raw_fd();
-    // SAFETY: F_GETFL/F_SETFL on an fd we own; no pointers involved.
-    let ok = unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFL);
-        flags >= 0 && libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) == 0
-    };
-    if ok {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
 /// Waits for `pid`, retrying on EINTR.
-pub(crate) fn reap(pid: libc::pid_t) {
-    let mut status = 0;
-    // SAFETY: waitpid with a valid pointer to an int.
-    while unsafe { libc::waitpid(pid, &mut status, 0) } < 0
-        && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted
-    {}
+fn reap(pid: libc::pid_t) {
+    let Some(pid) = Pid::from_raw(pid) else {
+        return;
+    };
+    while let Err(rustix::io::Errno::INTR) = waitpid(Some(pid), WaitOptions::empty()) {}
 }
 
 /// Reads the child's failure report; `None` means execve succeeded.
-pub(crate) fn read_report(report: OwnedFd, cwd: &str, cmd: &str) -> Option<SpawnError> {
+fn read_report(report: OwnedFd, cwd: &str, cmd: &str) -> Option<SpawnError> {
     let mut buf = Vec::with_capacity(5);
     let mut file = File::from(report);
     if let Err(e) = file.read_to_end(&mut buf) {
@@ -294,6 +295,8 @@ fn child(
     argv: &[*const libc::c_char],
     env: &[*const libc::c_char],
     fds: [RawFd; 3],
+    ctty: bool,
+    join: Option<RawFd>,
     report: RawFd,
 ) -> ! {
     // SAFETY: all calls below are async-signal-safe system calls on fds and
@@ -303,23 +306,24 @@ fn child(
         let mut empty: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut empty);
         libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-        // Rust ignores SIGPIPE; ignored signals survive execve.
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        if ctty && libc::ioctl(fds[0], libc::TIOCSCTTY, 0) != 0 {
+            fail(report, Stage::Tty, errno());
+        }
         if !setup_stdio(fds) {
             fail(report, Stage::Stdio, errno());
         }
-        if let Some(root) = &prep.root {
-            if libc::chdir(root.as_ptr()) != 0 || libc::chroot(c".".as_ptr()) != 0 {
-                fail(report, Stage::Chroot, errno());
-            }
+        if !enter(prep, join) {
+            fail(report, Stage::Namespace, errno());
         }
+        make_cwd(prep);
         if libc::chdir(prep.cwd.as_ptr()) != 0 {
             fail(report, Stage::Chdir, errno());
         }
-        if let Some(user) = prep.user {
-            if libc::setgroups(0, std::ptr::null()) != 0
-                || libc::setgid(user.gid) != 0
-                || libc::setuid(user.uid) != 0
+        if let Some((uid, gid, groups)) = &prep.creds {
+            if libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                || libc::setgid(*gid) != 0
+                || libc::setuid(*uid) != 0
             {
                 fail(report, Stage::Credentials, errno());
             }
@@ -329,11 +333,60 @@ fn child(
     }
 }
 
+/// Enters the container: a new mount namespace rooted at the pivot
+/// directory, or the existing one behind `join`.
+///
+/// # Safety
+/// Child-after-fork only.
+unsafe fn enter(prep: &Prepared, join: Option<RawFd>) -> bool {
+    // SAFETY: plain system calls with valid C strings (caller contract).
+    unsafe {
+        if let Some(ns) = join {
+            // setns also moves root and cwd to the namespace's root.
+            return libc::setns(ns, libc::CLONE_NEWNS) == 0;
+        }
+        let Some(root) = &prep.pivot else {
+            return true;
+        };
+        let null = std::ptr::null::<libc::c_char>();
+        libc::unshare(libc::CLONE_NEWNS) == 0
+            && libc::mount(
+                null,
+                c"/".as_ptr(),
+                null,
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            ) == 0
+            && libc::chdir(root.as_ptr()) == 0
+            && libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) == 0
+            && libc::umount2(c".".as_ptr(), libc::MNT_DETACH) == 0
+            && libc::chdir(c"/".as_ptr()) == 0
+    }
+}
+
+/// Creates the missing directories of the working directory, owned by the
+/// process's user (errors surface at `chdir`).
+///
+/// # Safety
+/// Child-after-fork only.
+unsafe fn make_cwd(prep: &Prepared) {
+    for dir in &prep.cwd_parts {
+        // SAFETY: valid C string; mkdir/chown have no other preconditions.
+        unsafe {
+            if libc::mkdir(dir.as_ptr(), 0o755) == 0 {
+                if let Some((uid, gid, _)) = &prep.creds {
+                    libc::chown(dir.as_ptr(), *uid, *gid);
+                }
+            }
+        }
+    }
+}
+
 /// Moves the three stdio fds into place (clearing close-on-exec).
 ///
 /// # Safety
 /// Child-after-fork only: raw fd manipulation.
-pub(crate) unsafe fn setup_stdio(fds: [RawFd; 3]) -> bool {
+unsafe fn setup_stdio(fds: [RawFd; 3]) -> bool {
     // First move any source fd that sits at 0..=2 out of the way, so one
     // dup2 cannot clobber a source needed by the next.
     let mut fds = fds;
@@ -361,7 +414,7 @@ pub(crate) unsafe fn setup_stdio(fds: [RawFd; 3]) -> bool {
 ///
 /// # Safety
 /// Child-after-fork only; `argv`/`env` are NULL-terminated pointer arrays.
-pub(crate) unsafe fn exec_candidates(
+unsafe fn exec_candidates(
     candidates: &[CString],
     argv: &[*const libc::c_char],
     env: &[*const libc::c_char],
@@ -385,12 +438,12 @@ pub(crate) unsafe fn exec_candidates(
     }
 }
 
-pub(crate) fn errno() -> i32 {
+fn errno() -> i32 {
     // SAFETY: __errno_location returns this thread's errno slot.
     unsafe { *libc::__errno_location() }
 }
 
-pub(crate) fn fail(report: RawFd, stage: Stage, errno: i32) -> ! {
+fn fail(report: RawFd, stage: Stage, errno: i32) -> ! {
     let e = errno.to_ne_bytes();
     let msg = [stage as u8, e[0], e[1], e[2], e[3]];
     // SAFETY: write from a stack buffer, then _exit; both async-signal-safe.

@@ -1,16 +1,29 @@
 use super::*;
-use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 
-fn req(argv: &[&str]) -> RunRequest {
-    RunRequest {
+fn req(argv: &[&str]) -> ExecRequest {
+    ExecRequest {
         argv: argv.iter().map(|s| s.to_string()).collect(),
         env: vec![format!("PATH={DEFAULT_PATH}")],
         cwd: "/".into(),
-        root: None,
-        user: None,
+        user: String::new(),
+        tty: false,
         stdin: false,
+        size: None,
     }
+}
+
+fn root_creds() -> Creds {
+    Creds {
+        uid: 0,
+        gid: 0,
+        groups: vec![],
+        home: "/root".into(),
+    }
+}
+
+fn start(r: &ExecRequest) -> Result<Spawned, SpawnError> {
+    spawn(r, &root_creds(), Entry::Host, Path::new("/dev/ptmx"))
 }
 
 fn wait(pid: libc::pid_t) -> i32 {
@@ -50,23 +63,23 @@ fn candidates_follow_execvp() {
 
 #[test]
 fn runs_with_env_cwd_and_path_lookup() {
-    let mut r = req(&["sh", "-c", "echo \"$FOO $(pwd)\"; echo err >&2"]);
+    let mut r = req(&["sh", "-c", "echo \"$FOO $(pwd) $HOME\"; echo err >&2"]);
     r.env.push("FOO=bar".into());
     r.cwd = "/tmp".into();
-    let child = spawn(&r, None).unwrap();
-    assert!(child.stdin.is_none());
+    let child = start(&r).unwrap();
+    assert!(child.io.stdin.is_none());
     let status = wait(child.pid);
     assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
-    assert_eq!(read_blocking(child.stdout), "bar /tmp\n");
-    assert_eq!(read_blocking(child.stderr), "err\n");
+    assert_eq!(read_blocking(child.io.stdout), "bar /tmp /root\n");
+    assert_eq!(read_blocking(child.io.stderr.unwrap()), "err\n");
 }
 
 #[test]
 fn missing_command_is_not_found() {
-    let err = spawn(&req(&["no-such-command-husk"]), None).unwrap_err();
+    let err = start(&req(&["no-such-command-husk"])).unwrap_err();
     assert_eq!(err.code, ErrorCode::NotFound);
     assert!(err.detail.contains("not found in $PATH"), "{}", err.detail);
-    let err = spawn(&req(&["/no/such/file"]), None).unwrap_err();
+    let err = start(&req(&["/no/such/file"])).unwrap_err();
     assert_eq!(err.code, ErrorCode::NotFound);
 }
 
@@ -75,30 +88,27 @@ fn non_executable_files_are_reported() {
     let dir = tempfile::tempdir().unwrap();
     let plain = dir.path().join("plain");
     std::fs::write(&plain, "echo hi\n").unwrap();
-    let err = spawn(&req(&[plain.to_str().unwrap()]), None).unwrap_err();
+    let err = start(&req(&[plain.to_str().unwrap()])).unwrap_err();
     assert_eq!(err.code, ErrorCode::PermissionDenied);
     let garbage = dir.path().join("garbage");
     std::fs::write(&garbage, [0u8, 1, 2, 3, 4, 5, 6, 7]).unwrap();
     std::fs::set_permissions(&garbage, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let err = spawn(&req(&[garbage.to_str().unwrap()]), None).unwrap_err();
+    let err = start(&req(&[garbage.to_str().unwrap()])).unwrap_err();
     assert_eq!(err.code, ErrorCode::NotExecutable);
-    let err = spawn(&req(&[dir.path().to_str().unwrap()]), None).unwrap_err();
+    let err = start(&req(&[dir.path().to_str().unwrap()])).unwrap_err();
     assert_eq!(err.code, ErrorCode::PermissionDenied, "a directory");
 }
 
 #[test]
 fn bad_requests_are_rejected() {
+    assert_eq!(start(&req(&[])).unwrap_err().code, ErrorCode::BadRequest);
     assert_eq!(
-        spawn(&req(&[]), None).unwrap_err().code,
-        ErrorCode::BadRequest
-    );
-    assert_eq!(
-        spawn(&req(&["a\0b"]), None).unwrap_err().code,
+        start(&req(&["a\0b"])).unwrap_err().code,
         ErrorCode::BadRequest
     );
     let mut r = req(&["true"]);
-    r.cwd = "/no/such/dir".into();
-    let err = spawn(&r, None).unwrap_err();
+    r.cwd = "/proc/no/such/dir".into();
+    let err = start(&r).unwrap_err();
     assert_eq!(err.code, ErrorCode::BadRequest);
-    assert!(err.detail.contains("/no/such/dir"), "{}", err.detail);
+    assert!(err.detail.contains("/proc/no/such/dir"), "{}", err.detail);
 }

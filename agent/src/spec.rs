@@ -3,7 +3,7 @@
 
 use std::path::{Component, Path, PathBuf};
 
-use husk_protocol::{ContainerSpec, ExecRequest};
+use husk_protocol::{ContainerSpec, ExecRequest, RootFs};
 
 /// Most layer disks a container may stack.
 pub const MAX_LAYERS: usize = 128;
@@ -17,6 +17,8 @@ const MAX_LINE: usize = 4096;
 const MAX_RESOLV: usize = 64 * 1024;
 /// Filesystems a volume may have.
 const VOLUME_FS: [&str; 3] = ["ext4", "ext2", "erofs"];
+/// Filesystems a plain root disk may have.
+const ROOT_FS: [&str; 3] = VOLUME_FS;
 /// Most symlinks followed while resolving one path (like the kernel's 40).
 const MAX_SYMLINKS: usize = 40;
 
@@ -68,18 +70,7 @@ fn check_hostname(name: &str) -> Result<(), Invalid> {
 
 /// Checks a `CreateContainer` request before anything is mounted.
 pub fn check_container(spec: &ContainerSpec) -> Result<(), Invalid> {
-    if spec.layers.is_empty() {
-        return Err(bad("the container has no layers"));
-    }
-    if spec.layers.len() > MAX_LAYERS {
-        return Err(bad(format!("more than {MAX_LAYERS} layers")));
-    }
-    for serial in &spec.layers {
-        check_serial(serial)?;
-    }
-    if !spec.writable.is_empty() {
-        check_serial(&spec.writable)?;
-    }
+    check_root(&spec.root)?;
     if spec.volumes.len() > MAX_VOLUMES {
         return Err(bad(format!("more than {MAX_VOLUMES} volumes")));
     }
@@ -110,6 +101,35 @@ pub fn check_container(spec: &ContainerSpec) -> Result<(), Invalid> {
     if let Some(conf) = &spec.resolv_conf {
         if conf.len() > MAX_RESOLV || conf.contains('\0') {
             return Err(bad("invalid resolv.conf content"));
+        }
+    }
+    Ok(())
+}
+
+fn check_root(root: &RootFs) -> Result<(), Invalid> {
+    match root {
+        RootFs::Layers { layers, writable } => {
+            if layers.is_empty() {
+                return Err(bad("the container has no layers"));
+            }
+            if layers.len() > MAX_LAYERS {
+                return Err(bad(format!("more than {MAX_LAYERS} layers")));
+            }
+            for serial in layers {
+                check_serial(serial)?;
+            }
+            if !writable.is_empty() {
+                check_serial(writable)?;
+            }
+        }
+        RootFs::Disk(disk) => {
+            check_serial(&disk.serial)?;
+            if !ROOT_FS.contains(&disk.fs_type.as_str()) {
+                return Err(bad(format!(
+                    "unsupported root filesystem {:?}",
+                    disk.fs_type
+                )));
+            }
         }
     }
     Ok(())

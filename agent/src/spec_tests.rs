@@ -1,11 +1,13 @@
 use super::*;
-use husk_protocol::VolumeMount;
+use husk_protocol::{RootDisk, VolumeMount};
 use std::os::unix::fs::symlink;
 
 fn spec() -> ContainerSpec {
     ContainerSpec {
-        layers: vec!["layer0".into(), "layer1".into()],
-        writable: "rw".into(),
+        root: RootFs::Layers {
+            layers: vec!["layer0".into(), "layer1".into()],
+            writable: "rw".into(),
+        },
         volumes: vec![VolumeMount {
             serial: "vol0".into(),
             fs_type: "ext4".into(),
@@ -19,22 +21,44 @@ fn spec() -> ContainerSpec {
     }
 }
 
+fn layers(s: &mut ContainerSpec) -> (&mut Vec<String>, &mut String) {
+    match &mut s.root {
+        RootFs::Layers { layers, writable } => (layers, writable),
+        RootFs::Disk(_) => panic!("a layered spec"),
+    }
+}
+
+fn disk(serial: &str, fs_type: &str) -> RootFs {
+    RootFs::Disk(RootDisk {
+        serial: serial.into(),
+        fs_type: fs_type.into(),
+        read_only: true,
+    })
+}
+
 #[test]
 fn a_normal_spec_passes() {
     check_container(&spec()).unwrap();
     let mut s = spec();
-    s.writable.clear();
-    s.layers.truncate(1);
+    let (l, w) = layers(&mut s);
+    w.clear();
+    l.truncate(1);
     check_container(&s).unwrap();
+    for fs in ["ext4", "erofs"] {
+        s.root = disk("husk-agent", fs);
+        check_container(&s).unwrap();
+    }
 }
 
 #[test]
 fn bad_specs_are_refused() {
     type Mutate = Box<dyn Fn(&mut ContainerSpec)>;
     let cases: Vec<(&str, Mutate)> = vec![
-        ("no layers", Box::new(|s| s.layers.clear())),
-        ("serial", Box::new(|s| s.layers[0] = "../x".into())),
-        ("long serial", Box::new(|s| s.writable = "a".repeat(21))),
+        ("no layers", Box::new(|s| layers(s).0.clear())),
+        ("serial", Box::new(|s| layers(s).0[0] = "../x".into())),
+        ("long serial", Box::new(|s| *layers(s).1 = "a".repeat(21))),
+        ("disk serial", Box::new(|s| s.root = disk("a/b", "ext4"))),
+        ("disk fs", Box::new(|s| s.root = disk("disk0", "nfs"))),
         (
             "relative",
             Box::new(|s| s.volumes[0].target = "data".into()),
@@ -54,7 +78,7 @@ fn bad_specs_are_refused() {
         ("resolv", Box::new(|s| s.resolv_conf = Some("a\0".into()))),
         (
             "many layers",
-            Box::new(|s| s.layers = vec!["l".into(); MAX_LAYERS + 1]),
+            Box::new(|s| *layers(s).0 = vec!["l".into(); MAX_LAYERS + 1]),
         ),
     ];
     for (name, mutate) in cases {

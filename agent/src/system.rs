@@ -4,14 +4,14 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 
-use husk_protocol::{ContainerSpec, ErrorCode, NetworkSpec, RootDisk};
+use husk_protocol::{ContainerSpec, ErrorCode};
 
+use crate::boot::{self, ConnError, Outcome};
 use crate::container::ContainerRoot;
 use crate::log;
-use crate::session::{self, Outcome, SessionError};
 
 /// Why a system operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -75,28 +75,19 @@ impl SysError {
 /// The privileged operations the agent needs from its environment.
 pub trait System {
     /// The connection to the host.
-    type Conn: Read + Write + AsRawFd + From<OwnedFd>;
+    type Conn: Read + Write + AsFd + From<OwnedFd>;
 
     /// Prepares the agent's own environment (proc, sys, dev, ...).
     fn mount_early(&mut self) -> Result<(), SysError>;
     /// Connects to the host.
     fn connect(&mut self) -> Result<Self::Conn, SysError>;
-    /// Mounts `disk` and what the command needs inside it; returns the
-    /// directory to chroot into.
-    fn mount_root(&mut self, disk: &RootDisk) -> Result<PathBuf, SysError>;
     /// Assembles a container's root filesystem and environment.
     fn create_container(&mut self, spec: &ContainerSpec) -> Result<ContainerRoot, SysError>;
     /// Opens the non-blocking listener for exec connections.
     fn listen_exec(&mut self) -> Result<OwnedFd, SysError>;
-    /// Brings up loopback and the interface `spec` describes (`husk vm
-    /// run`'s `ConfigureNetwork`). The default refuses: test systems have
-    /// no guest network to configure.
-    fn configure_network(&mut self, spec: &NetworkSpec) -> Result<(), SysError> {
-        Err(SysError::Network(format!(
-            "no guest network for {}",
-            spec.mac
-        )))
-    }
+    /// The host's quirk variables to pass on to every process
+    /// ([`crate::quirks`]).
+    fn host_quirk_env(&self) -> Vec<(String, String)>;
     /// Sends SIGKILL to every process but the agent (without reaping).
     fn kill_all(&mut self);
     /// Whether the agent is PID 1 and must reap every process.
@@ -111,12 +102,12 @@ pub enum AgentError {
     /// Setting up the environment failed.
     #[error(transparent)]
     Sys(#[from] SysError),
-    /// The session with the host failed.
+    /// The connection with the host failed.
     #[error(transparent)]
-    Session(#[from] SessionError),
+    Conn(#[from] ConnError),
 }
 
-/// The agent's whole life: set up, connect, serve one session, tear down.
+/// The agent's whole life: set up, connect, serve the container, tear down.
 /// The connection is closed only after teardown (disks synced and
 /// unmounted), which tells the host it may stop the VM. The caller powers
 /// off afterwards in every case.
@@ -129,7 +120,7 @@ pub fn run_agent<S: System>(sys: &mut S) -> Result<Outcome, AgentError> {
             return Err(e.into());
         }
     };
-    let result = session::serve(&mut conn, sys);
+    let result = boot::serve(&mut conn, sys);
     sys.shutdown();
     drop(conn);
     Ok(result?)
@@ -138,7 +129,7 @@ pub fn run_agent<S: System>(sys: &mut S) -> Result<Outcome, AgentError> {
 /// The real guest: PID 1 on the agent disk.
 #[derive(Debug, Default)]
 pub struct GuestSystem {
-    /// Mount points made for the command, in mount order.
+    /// Mount points made for the container, in mount order.
     mounts: Vec<PathBuf>,
 }
 
@@ -160,10 +151,6 @@ impl System for GuestSystem {
         crate::guest::connect_host(husk_protocol::AGENT_PORT)
     }
 
-    fn mount_root(&mut self, disk: &RootDisk) -> Result<PathBuf, SysError> {
-        crate::guest::mount_root(disk, &mut self.mounts)
-    }
-
     fn create_container(&mut self, spec: &ContainerSpec) -> Result<ContainerRoot, SysError> {
         crate::rootfs::create(spec, &mut self.mounts)
     }
@@ -172,13 +159,12 @@ impl System for GuestSystem {
         crate::guest::vsock_listen(husk_protocol::EXEC_PORT)
     }
 
-    fn configure_network(&mut self, spec: &NetworkSpec) -> Result<(), SysError> {
-        crate::net::configure(Some(spec)).map_err(|e| SysError::Network(crate::chain(&e)))
+    fn host_quirk_env(&self) -> Vec<(String, String)> {
+        crate::quirks::from_agent_env()
     }
 
     fn kill_all(&mut self) {
-        // SAFETY: kill(-1) from PID 1 signals every other process.
-        unsafe { libc::kill(-1, libc::SIGKILL) };
+        crate::guest::kill_everyone();
     }
 
     fn reaps_orphans(&self) -> bool {
@@ -187,8 +173,7 @@ impl System for GuestSystem {
 
     fn shutdown(&mut self) {
         crate::guest::kill_all();
-        // SAFETY: sync has no preconditions.
-        unsafe { libc::sync() };
+        rustix::fs::sync();
         while let Some(target) = self.mounts.pop() {
             if let Err(e) = crate::guest::unmount(&target) {
                 log::error(&format!("unmounting {}: {e}", target.display()));

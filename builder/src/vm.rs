@@ -1,24 +1,18 @@
 //! RUN in a microVM: the image's layer disks plus a fresh writable ext4
-//! disk, the agent's container path (`CreateContainer` + `Exec` on the boot
-//! connection), the command's output streamed to the build's output. The
-//! changes stay on the writable disk's `upper/` directory for the caller
-//! to turn into a layer.
+//! disk, booted through the sandbox layer; the agent's container path
+//! (`CreateContainer` + `Exec` on the boot connection), the command's
+//! output streamed to the build's output. The changes stay on the writable
+//! disk's `upper/` directory for the caller to turn into a layer.
 
-use std::io::{self, Read, Write};
-use std::os::fd::AsRawFd;
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use husk_protocol::{
-    write_message, ContainerSpec, ExecRequest, FrameDecoder, Message, RootFs, AGENT_PORT,
+use husk_protocol::{ContainerSpec, ExecRequest, RootFs};
+use husk_sandbox::{
+    AgentConnection, AgentError, Disk, DiskRole, Event, RunDir, Sandbox, SandboxConfig,
+    SandboxError, Signals,
 };
-use husk_runtime::monitor::boot::{
-    self, layer_serial, AGENT_SERIAL, CMDLINE, GUEST_CID, RW_SERIAL,
-};
-use husk_runtime::signals::Signals;
-use husk_runtime::vmthread::VmThread;
 
 /// How long the agent may take to tear down and power off after the
 /// command ended.
@@ -66,12 +60,12 @@ pub enum VmError {
     /// The network could not be set up.
     #[error("RUN network (use --network none to build without)")]
     Network(#[from] husk_net::NetError),
-    /// The VM could not be created.
-    #[error("creating the VM")]
-    Vm(#[from] vmm::VmError),
-    /// `mkfs.ext4` failed.
-    #[error("mkfs.ext4 failed: {0}")]
-    Mkfs(String),
+    /// The writable disk could not be made.
+    #[error(transparent)]
+    Disk(#[from] husk_sandbox::ext4::Ext4Error),
+    /// The VM's socket directory could not be made.
+    #[error(transparent)]
+    RunDir(#[from] husk_sandbox::rundir::RunDirError),
     /// The VM or the agent failed (with the console log kept).
     #[error("{why} (console log: {console})")]
     Failed {
@@ -96,28 +90,9 @@ pub enum VmError {
     Interrupted(i32),
 }
 
-fn io_ctx(context: impl Into<String>) -> impl FnOnce(io::Error) -> VmError {
-    let context = context.into();
-    move |source| VmError::Io { context, source }
-}
-
 /// Creates a sparse ext4 disk of [`DISK_SIZE`] at `path`.
 pub fn make_disk(path: &Path) -> Result<(), VmError> {
-    let f = std::fs::File::create(path).map_err(io_ctx(format!("creating {}", path.display())))?;
-    f.set_len(DISK_SIZE)
-        .map_err(io_ctx(format!("sizing {}", path.display())))?;
-    drop(f);
-    let out = Command::new("mkfs.ext4")
-        .args(["-q", "-F"])
-        .arg(path)
-        .output()
-        .map_err(io_ctx("running mkfs.ext4 (install e2fsprogs)"))?;
-    if !out.status.success() {
-        return Err(VmError::Mkfs(
-            String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        ));
-    }
-    Ok(())
+    Ok(husk_sandbox::ext4::make_sparse_ext4(path, DISK_SIZE)?)
 }
 
 /// One RUN step's VM inputs.
@@ -147,52 +122,41 @@ pub fn run(
         return Err(VmError::Interrupted(sig));
     }
     let (kernel, agent_disk) = settings.assets.clone().map_err(VmError::Assets)?;
-    std::fs::create_dir_all(&settings.run_dir)
-        .map_err(io_ctx(format!("creating {}", settings.run_dir.display())))?;
-    let sockets = tempfile::Builder::new()
-        .prefix("build-")
-        .tempdir_in(&settings.run_dir)
-        .map_err(io_ctx("creating a socket directory"))?;
-    let vsock = sockets.path().join("v.sock");
-    let listener = UnixListener::bind(format!("{}_{AGENT_PORT}", vsock.display()))
-        .map_err(io_ctx("listening for the agent"))?;
-    listener
-        .set_nonblocking(true)
-        .map_err(io_ctx("listening for the agent"))?;
+    let sockets = RunDir::create_in(&settings.run_dir, "build-")?;
     let net = match settings.network {
         true => Some(husk_net::Network::start(
             husk_net::NetworkOptions::default(),
         )?),
         false => None,
     };
-    let disk = |path: &Path, read_only: bool, serial: String| vmm::DiskConfig {
-        path: path.to_path_buf(),
-        read_only,
-        serial,
-    };
-    let mut disks = vec![disk(&agent_disk, true, AGENT_SERIAL.into())];
-    for (i, l) in step.layers.iter().enumerate() {
-        disks.push(disk(l, true, layer_serial(i)));
-    }
-    disks.push(disk(step.disk, false, RW_SERIAL.into()));
-    let config = vmm::VmConfig {
+    let mut disks: Vec<Disk> = (step.layers.iter().enumerate())
+        .map(|(i, l)| Disk {
+            path: l.clone(),
+            role: DiskRole::Layer(i),
+            read_only: true,
+        })
+        .collect();
+    disks.push(Disk {
+        path: step.disk.to_path_buf(),
+        role: DiskRole::Writable,
+        read_only: false,
+    });
+    let config = SandboxConfig {
         kernel,
-        initrd: None,
-        cmdline_extra: CMDLINE.to_string(),
-        vcpus: settings.cpus,
-        mem_mib: settings.memory_mib,
+        agent_disk,
         disks,
-        vsock: Some(vmm::VsockConfig {
-            guest_cid: GUEST_CID,
-            uds_path: vsock.clone(),
-        }),
+        vcpus: settings.cpus,
+        memory_mib: settings.memory_mib,
         net: net.as_ref().and_then(|n| n.net_config()),
-        console: vmm::ConsoleOutput::File(step.console.to_path_buf()),
+        console: step.console.to_path_buf(),
+        vsock: sockets.path().join("v.sock"),
     };
     let spec = ContainerSpec {
         root: RootFs::Layers {
-            layers: (0..step.layers.len()).map(layer_serial).collect(),
-            writable: RW_SERIAL.into(),
+            layers: (0..step.layers.len())
+                .map(|i| DiskRole::Layer(i).serial())
+                .collect(),
+            writable: DiskRole::Writable.serial(),
         },
         volumes: Vec::new(),
         hosts: net
@@ -203,274 +167,124 @@ pub fn run(
         resolv_conf: net.as_ref().and_then(|n| n.resolv_conf()),
         network: net.as_ref().and_then(|n| n.spec()),
     };
-    let vm = vmm::Vm::new(config)?;
-    let mut vm = VmThread::start(vm).map_err(io_ctx("starting the VM thread"))?;
-    let mut session = Session {
-        signals,
-        vm: &vm,
-        console: step.console,
+    let failed = |why: String| VmError::Failed {
+        why,
+        console: step.console.display().to_string(),
     };
-    let result = session.drive(&listener, spec, step.request, settings.boot_timeout, out);
-    if let Ok(code) = result {
-        // The agent tore down (disks synced and unmounted): the guest
-        // powers off by itself; only then is the writable disk complete.
-        let deadline = Instant::now() + POWEROFF;
-        while !vm.wait_done(Some(signals), deadline) && Instant::now() < deadline {
+    let mut sandbox = Sandbox::boot(&config).map_err(|e| match e {
+        SandboxError::Vm(e) => failed(format!(
+            "creating the VM: {}",
+            husk_sandbox::explain::error_chain(&e)
+        )),
+        other => failed(husk_sandbox::explain::error_chain(&other)),
+    })?;
+    let result = drive(
+        &sandbox,
+        signals,
+        spec,
+        step.request,
+        settings.boot_timeout,
+        out,
+    );
+    match result {
+        Ok(code) => {
+            // The agent tore down (disks synced and unmounted): the guest
+            // powers off by itself; only then is the writable disk
+            // complete.
+            let off = sandbox.wait_power_off(Some(signals), Instant::now() + POWEROFF);
             if let Some(sig) = signals.received() {
-                vm.stop();
                 return Err(VmError::Interrupted(sig));
             }
+            match sandbox.stop() {
+                Some(Ok(vmm::ExitReason::PowerOff)) if off => Ok(code),
+                _ => Err(failed(
+                    sandbox.explain_end("the guest did not power off after the command"),
+                )),
+            }
         }
-        return match vm.stop() {
-            Some(Ok(vmm::ExitReason::PowerOff)) => Ok(code),
-            other => Err(VmError::Failed {
-                why: boot::early_end(
-                    other,
-                    step.console,
-                    "the guest did not power off after the command",
-                ),
-                console: step.console.display().to_string(),
-            }),
-        };
-    }
-    let vm_result = vm.stop();
-    match result {
-        Err(VmError::Failed { why, console }) => {
-            let why = boot::early_end(vm_result, step.console, &why);
-            Err(VmError::Failed { why, console })
-        }
-        other => other,
+        Err(Step::Interrupted(sig)) => Err(VmError::Interrupted(sig)),
+        Err(Step::Refused { code, detail }) => Err(VmError::Refused { code, detail }),
+        Err(Step::Failed(why)) => Err(failed(sandbox.explain_end(&why))),
     }
 }
 
-/// The agent session of one RUN step.
-struct Session<'a> {
-    signals: &'a Signals,
-    vm: &'a VmThread,
-    console: &'a Path,
+/// How a step's session with the agent failed.
+enum Step {
+    Interrupted(i32),
+    Refused { code: i32, detail: String },
+    Failed(String),
 }
 
-enum Wake {
-    Ready,
-    Signal(i32),
-    VmDone,
-    Timeout,
-}
-
-impl Session<'_> {
-    fn failed(&self, why: impl Into<String>) -> VmError {
-        VmError::Failed {
-            why: why.into(),
-            console: self.console.display().to_string(),
-        }
-    }
-
-    fn wait(&self, fd: i32, deadline: Instant) -> Result<Wake, VmError> {
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Ok(Wake::Timeout);
+impl From<AgentError> for Step {
+    fn from(e: AgentError) -> Step {
+        match e {
+            AgentError::Interrupted(sig) => Step::Interrupted(sig),
+            AgentError::VmEnded => Step::Failed("the VM ended unexpectedly".into()),
+            AgentError::Closed => {
+                Step::Failed("the agent closed the connection before the command ended".into())
             }
-            let mut fds = [fd, self.signals.fd(), self.vm.done_fd()].map(|fd| libc::pollfd {
-                fd,
-                events: libc::POLLIN,
-                revents: 0,
-            });
-            let ms = left.as_millis().min(60_000) as i32 + 1;
-            // SAFETY: a valid array of three pollfd.
-            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(io_ctx("waiting for the agent")(e));
-            }
-            if fds[1].revents != 0 {
-                if let Some(sig) = self.signals.received() {
-                    return Ok(Wake::Signal(sig));
-                }
-            }
-            if fds[0].revents != 0 {
-                return Ok(Wake::Ready);
-            }
-            if fds[2].revents != 0 {
-                return Ok(Wake::VmDone);
-            }
-        }
-    }
-
-    fn accept(&self, listener: &UnixListener, timeout: Duration) -> Result<UnixStream, VmError> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            match listener.accept() {
-                Ok((s, _)) => return Ok(s),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(io_ctx("accepting the agent's connection")(e)),
-            }
-            match self.wait(listener.as_raw_fd(), deadline)? {
-                Wake::Ready => {}
-                Wake::Signal(sig) => return Err(VmError::Interrupted(sig)),
-                Wake::VmDone => return Err(self.failed("the VM ended before the agent connected")),
-                Wake::Timeout => {
-                    return Err(self.failed(format!(
-                        "the agent did not connect within {} s",
-                        timeout.as_secs()
-                    )))
-                }
-            }
-        }
-    }
-
-    fn drive(
-        &mut self,
-        listener: &UnixListener,
-        spec: ContainerSpec,
-        request: ExecRequest,
-        boot_timeout: Duration,
-        out: &mut dyn Write,
-    ) -> Result<i32, VmError> {
-        let mut conn = self.accept(listener, boot_timeout)?;
-        conn.set_nonblocking(false)
-            .map_err(io_ctx("agent connection"))?;
-        conn.set_read_timeout(Some(boot_timeout))
-            .and_then(|()| conn.set_write_timeout(Some(boot_timeout)))
-            .map_err(io_ctx("agent connection"))?;
-        husk_runtime::vsock::greet(&mut conn).map_err(|e| self.failed(e.to_string()))?;
-        let send = |conn: &mut UnixStream, m: &Message| {
-            write_message(conn, m).map_err(|e| VmError::Failed {
-                why: format!("sending to the agent: {e}"),
-                console: self.console.display().to_string(),
-            })
-        };
-        send(&mut conn, &Message::CreateContainer(spec))?;
-        let mut reader = Reader::new();
-        let deadline = Instant::now() + boot_timeout;
-        match self.next(&mut conn, &mut reader, deadline)? {
-            Some(Message::Ok) => {}
-            Some(Message::Error { detail, .. }) => {
-                return Err(self.failed(format!(
-                    "the agent could not create the build container: {detail}"
-                )))
-            }
-            other => return Err(self.failed(format!("unexpected agent message {other:?}"))),
-        }
-        send(&mut conn, &Message::Exec(request))?;
-        let far = Instant::now() + Duration::from_secs(365 * 24 * 3600);
-        let code = loop {
-            match self.next(&mut conn, &mut reader, far)? {
-                Some(Message::Started { .. }) => {}
-                Some(Message::Stdout(b)) | Some(Message::Stderr(b)) => {
-                    // The build output going away must not stop the step.
-                    let _ = out.write_all(&b).and_then(|()| out.flush());
-                }
-                Some(Message::Exited { code }) => break code,
-                Some(Message::Signaled { signal }) => {
-                    break husk_protocol::signal_exit_code(signal)
-                }
-                Some(Message::Error { code, detail }) => {
-                    return Err(VmError::Refused {
-                        code: code.exit_code(),
-                        detail,
-                    })
-                }
-                Some(other) => {
-                    return Err(self.failed(format!("unexpected agent message {other:?}")))
-                }
-                None => {
-                    return Err(
-                        self.failed("the agent closed the connection before the command ended")
-                    )
-                }
-            }
-        };
-        // Teardown: the agent syncs, unmounts and closes the connection
-        // (the caller checks that the guest then powered off).
-        let deadline = Instant::now() + TEARDOWN;
-        loop {
-            match self.next(&mut conn, &mut reader, deadline) {
-                Ok(Some(_)) => {}
-                Ok(None) | Err(VmError::Failed { .. }) => return Ok(code),
-                Err(e) => return Err(e),
-            }
-        }
-    }
-
-    /// The next message (`None`: the agent closed the connection).
-    fn next(
-        &self,
-        conn: &mut UnixStream,
-        reader: &mut Reader,
-        deadline: Instant,
-    ) -> Result<Option<Message>, VmError> {
-        loop {
-            if let Some(m) = reader
-                .decoder
-                .next_message()
-                .map_err(|e| self.failed(format!("bad message from the agent: {e}")))?
-            {
-                return Ok(Some(m));
-            }
-            if reader.eof {
-                return Ok(None);
-            }
-            match self.wait(conn.as_raw_fd(), deadline)? {
-                Wake::Ready => reader
-                    .fill(conn)
-                    .map_err(|e| self.failed(format!("reading from the agent: {e}")))?,
-                Wake::Signal(sig) => return Err(VmError::Interrupted(sig)),
-                Wake::VmDone => {
-                    // Read what is left before reporting the VM's end.
-                    conn.set_nonblocking(true)
-                        .map_err(io_ctx("agent connection"))?;
-                    match reader.fill(conn) {
-                        Ok(()) if reader.progress => {}
-                        _ => return Err(self.failed("the VM ended unexpectedly")),
-                    }
-                }
-                Wake::Timeout => return Err(self.failed("the agent did not answer in time")),
-            }
+            other => Step::Failed(husk_sandbox::explain::error_chain(&other)),
         }
     }
 }
 
-/// Buffered frames from the agent.
-struct Reader {
-    decoder: FrameDecoder,
-    buf: Vec<u8>,
-    eof: bool,
-    progress: bool,
-}
-
-impl Reader {
-    fn new() -> Reader {
-        Reader {
-            decoder: FrameDecoder::new(),
-            buf: vec![0; 128 << 10],
-            eof: false,
-            progress: false,
+/// The agent session of one RUN step: create, start, relay, teardown.
+fn drive(
+    sandbox: &Sandbox,
+    signals: &Signals,
+    spec: ContainerSpec,
+    request: ExecRequest,
+    boot_timeout: Duration,
+    out: &mut dyn Write,
+) -> Result<i32, Step> {
+    let mut conn: AgentConnection = match sandbox.accept_agent(Some(signals), boot_timeout) {
+        Ok(conn) => conn,
+        Err(SandboxError::Interrupted(sig)) => return Err(Step::Interrupted(sig)),
+        Err(SandboxError::EndedEarly) => {
+            return Err(Step::Failed(
+                "the VM ended before the agent connected".into(),
+            ))
         }
+        Err(SandboxError::BootTimeout(s)) => {
+            return Err(Step::Failed(format!(
+                "the agent did not connect within {s} s"
+            )))
+        }
+        Err(e) => return Err(Step::Failed(husk_sandbox::explain::error_chain(&e))),
+    };
+    let watch = sandbox.watch(Some(signals));
+    let deadline = Some(Instant::now() + boot_timeout);
+    match conn.create_container(spec, &watch, deadline) {
+        Ok(()) => {}
+        Err(AgentError::Refused { detail, .. }) => {
+            return Err(Step::Failed(format!(
+                "the agent could not create the build container: {detail}"
+            )))
+        }
+        Err(e) => return Err(e.into()),
     }
-
-    fn fill(&mut self, conn: &mut UnixStream) -> io::Result<()> {
-        self.progress = false;
-        match conn.read(&mut self.buf) {
-            Ok(0) => {
-                self.eof = true;
-                self.progress = true;
+    let refused = |e: AgentError| match e {
+        AgentError::Refused { code, detail } => Step::Refused {
+            code: code.exit_code(),
+            detail,
+        },
+        other => other.into(),
+    };
+    conn.start(request, &watch, None).map_err(refused)?;
+    let code = loop {
+        match conn.next_event(&watch, None).map_err(refused)? {
+            // The build output going away must not stop the step.
+            Event::Stdout(b) | Event::Stderr(b) => {
+                let _ = out.write_all(&b).and_then(|()| out.flush());
             }
-            Ok(n) => {
-                self.decoder.push(&self.buf[..n]);
-                self.progress = true;
-            }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                ) => {}
-            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => self.eof = true,
-            Err(e) => return Err(e),
+            Event::Exited(code) => break code,
+            Event::Signaled(sig) => break husk_protocol::signal_exit_code(sig),
         }
-        Ok(())
+    };
+    // Teardown: the agent syncs, unmounts and closes the connection (the
+    // caller checks that the guest then powered off).
+    match conn.wait_closed(&watch, Instant::now() + TEARDOWN) {
+        Err(AgentError::Interrupted(sig)) => Err(Step::Interrupted(sig)),
+        _ => Ok(code),
     }
 }

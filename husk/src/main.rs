@@ -1,8 +1,6 @@
 //! `husk`: the command-line interface.
 
-mod assets;
 mod cmd;
-mod microvm;
 
 use clap::Parser;
 

@@ -27,13 +27,17 @@ pub mod logs;
 pub mod monitor;
 pub mod ports;
 pub mod relay;
-pub mod signals;
 pub mod spec;
 pub mod state;
 pub mod time;
-pub mod vmthread;
 pub mod volume;
-pub mod vsock;
+
+/// Signals as a pollable fd and Docker's signal names (from the sandbox
+/// layer).
+pub use husk_sandbox::signals;
+/// Connections to the guest over the VMM's vsock socket (from the sandbox
+/// layer).
+pub use husk_sandbox::vsock;
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -143,17 +147,7 @@ pub(crate) fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> Er
     move |source| Error::Io { context, source }
 }
 
-/// `err: source: source...` on one line.
-pub fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut s = err.to_string();
-    let mut source = err.source();
-    while let Some(e) = source {
-        s.push_str(": ");
-        s.push_str(&e.to_string());
-        source = e.source();
-    }
-    s
-}
+pub use husk_sandbox::explain::error_chain;
 
 /// The lifecycle operations on one store root.
 #[derive(Clone, Debug)]

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::exec::agent_session;
 use crate::id::ContainerId;
 use crate::layout::{ContainerPaths, Lock};
+use crate::monitor::ready;
 use crate::state::{self, State, Status};
 use crate::{io_err, Error, Runtime};
 
@@ -95,18 +96,6 @@ impl MonitorCommand {
             args: vec!["container-monitor".into()],
         }
     }
-}
-
-/// Lines the monitor writes to the starter on its stdout.
-pub(crate) mod ready {
-    /// The monitor recorded itself in the state.
-    pub const REGISTERED: &str = "registered";
-    /// Attach socket listening (Attach) or process started (others).
-    pub const READY: &str = "ready";
-    /// The container already ended; see its state.
-    pub const EXITED: &str = "exited";
-    /// Prefix of a failure line.
-    pub const ERROR: &str = "error ";
 }
 
 /// Extra time `start` allows beyond the boot timeout.

@@ -6,7 +6,6 @@
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use serde::{Deserialize, Serialize};
 
@@ -219,30 +218,20 @@ impl Volumes {
     }
 }
 
-/// Creates a sparse ext4 image of `size` bytes at `path` (fast: mke2fs
-/// discards the file instead of writing zeroes, and the inode tables are
-/// marked initialised so the guest kernel does not zero them either).
+/// Creates a sparse ext4 image of `size` bytes at `path` (see
+/// [`husk_sandbox::ext4::make_sparse_ext4`]).
 pub fn make_ext4(path: &Path, size: u64) -> Result<(), VolumeError> {
-    let file = fs::File::create(path).map_err(io_ctx(format!("creating {}", path.display())))?;
-    file.set_len(size)
-        .map_err(io_ctx(format!("sizing {}", path.display())))?;
-    drop(file);
-    let out = Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-m", "0", "-J", "size=4", "-E"])
-        .arg("lazy_itable_init=0,lazy_journal_init=0")
-        .arg(path)
-        .output()
-        .map_err(io_ctx("running mkfs.ext4 (install e2fsprogs)"))?;
-    if !out.status.success() {
-        let _ = fs::remove_file(path);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        return Err(VolumeError::Mkfs(format!(
-            "{} {}",
-            out.status,
-            stderr.lines().last().unwrap_or("").trim()
-        )));
-    }
-    Ok(())
+    husk_sandbox::ext4::make_sparse_ext4(path, size).map_err(|e| match e {
+        husk_sandbox::ext4::Ext4Error::Mkfs(why) => VolumeError::Mkfs(why),
+        husk_sandbox::ext4::Ext4Error::File { path, source } => VolumeError::Io {
+            context: format!("creating {}", path.display()),
+            source,
+        },
+        husk_sandbox::ext4::Ext4Error::Spawn(source) => VolumeError::Io {
+            context: "running mkfs.ext4 (install e2fsprogs)".into(),
+            source,
+        },
+    })
 }
 
 #[cfg(test)]

@@ -146,7 +146,7 @@ impl Builder<'_> {
             }
             Instruction::StopSignal(s) => {
                 let s = self.expand(state, s)?;
-                if husk_runtime::signals::parse_signal(&s).is_none() {
+                if husk_sandbox::signals::parse_signal(&s).is_none() {
                     return Err(StepError::Invalid(format!("invalid STOPSIGNAL {s:?}")));
                 }
                 state.config.set("StopSignal", json!(s));

@@ -18,7 +18,7 @@ use crate::config::Config;
 use crate::dockerfile::{self, words, Dockerfile, Instruction, Stage, Step};
 use crate::ignore::Ignore;
 use crate::vm::VmSettings;
-use husk_runtime::signals::Signals;
+use husk_sandbox::signals::Signals;
 
 /// What to build.
 #[derive(Debug, Clone)]

@@ -10,7 +10,7 @@ use husk_build::{BuildOptions, VmSettings};
 use images::Reference;
 
 use super::image::RootArgs;
-use crate::assets;
+use husk_sandbox::assets;
 
 /// `husk build` flags.
 #[derive(Args, Debug)]

@@ -1,16 +1,42 @@
 //! `husk vm ...`: boot a microVM and run one command in it.
+//!
+//! The VM is a container like any other (through the sandbox layer) whose
+//! root is a plain disk: the first `--disk`, or the agent disk itself.
+//! Every path stops the VM and removes the per-run directory (sockets,
+//! default console log), except that on a VM/agent failure the console log
+//! is kept and named in the error.
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Subcommand};
-use husk_protocol::{RootDisk, RunRequest};
+use husk_protocol::{ContainerSpec, ExecRequest, RootDisk, RootFs};
+use husk_sandbox::contract::AGENT_SERIAL;
+use husk_sandbox::{
+    assets, AgentError, DiskRole, Event, RunDir, Sandbox, SandboxConfig, SandboxError, Signals,
+};
 
-use crate::assets;
-use crate::microvm::{self, Disk, Launch, Signals};
+/// How long the agent may take to sync and unmount after the command.
+const TEARDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long the guest may take to power off after the agent finished its
+/// teardown (disks synced and unmounted) before husk stops the VM itself.
+const POWEROFF_GRACE: Duration = Duration::from_secs(5);
+
+/// The guest's hostname.
+const HOSTNAME: &str = "husk";
+
+/// A user disk.
+#[derive(Debug, Clone)]
+struct Disk {
+    /// Image file (or block device).
+    path: PathBuf,
+    /// Attach read-only.
+    read_only: bool,
+}
 
 #[derive(Subcommand)]
 pub enum VmCommand {
@@ -81,39 +107,194 @@ fn run_vm(args: RunArgs) -> Result<i32> {
         .map(|d| parse_disk(d))
         .collect::<Result<Vec<_>>>()?;
     let root = match disks.first() {
-        Some(d) => Some(root_disk(d)?),
-        None => None,
+        Some(d) => root_disk(d)?,
+        // The agent disk itself: EROFS, read-only.
+        None => RootDisk {
+            serial: AGENT_SERIAL.into(),
+            fs_type: "erofs".into(),
+            read_only: true,
+        },
     };
     check_kvm()?;
     let mut network = start_network(args.network.as_deref(), &args.publish)?;
-    let net = network
-        .as_ref()
-        .and_then(|n| Some((n.net_config()?, n.spec()?)));
     let agent = assets::agent()?;
     let agent_disk = assets::agent_disk(&agent, &assets::cache_dir())?;
-    let launch = Launch {
+    let rundir = RunDir::create("vm-")?;
+    let console = args
+        .console
+        .clone()
+        .unwrap_or_else(|| rundir.path().join("console.log"));
+    let config = SandboxConfig {
         kernel,
         agent_disk,
-        disks,
-        cpus: args.cpus,
-        mem_mib: args.memory,
-        console: args.console,
-        boot_timeout: Duration::from_secs(args.boot_timeout),
-        request: RunRequest {
-            argv: args.command,
-            env: environment(&args.env),
-            cwd: args.workdir,
-            root,
-            user: None,
-            stdin: false,
-        },
-        net,
+        disks: disks
+            .iter()
+            .enumerate()
+            .map(|(i, d)| husk_sandbox::Disk {
+                path: d.path.clone(),
+                role: DiskRole::User(i),
+                read_only: d.read_only,
+            })
+            .collect(),
+        vcpus: args.cpus,
+        memory_mib: args.memory,
+        net: network.as_ref().and_then(|n| n.net_config()),
+        console: console.clone(),
+        vsock: rundir.path().join("vsock.sock"),
     };
-    let result = microvm::run(&launch, &signals);
+    let spec = ContainerSpec {
+        root: RootFs::Disk(root),
+        volumes: Vec::new(),
+        hostname: HOSTNAME.into(),
+        hosts: Vec::new(),
+        resolv_conf: None,
+        network: network.as_ref().and_then(|n| n.spec()),
+    };
+    let request = ExecRequest {
+        argv: args.command,
+        env: environment(&args.env),
+        cwd: args.workdir,
+        user: String::new(),
+        tty: false,
+        stdin: false,
+        size: None,
+    };
+    let boot_timeout = Duration::from_secs(args.boot_timeout);
+    let result = Sandbox::boot(&config)
+        .map_err(|e| Ending::Failed(anyhow::Error::new(e)))
+        .and_then(|mut sandbox| {
+            let ending = drive(&sandbox, &signals, spec, request, boot_timeout);
+            finish(&mut sandbox, &signals, ending)
+        });
     if let Some(n) = network.as_mut() {
         n.stop();
     }
-    result
+    match result {
+        Ok(code) => Ok(code),
+        Err(Ending::Interrupted(sig)) => Ok(128 + sig),
+        Err(Ending::Failed(err)) => {
+            let kept = match &args.console {
+                Some(path) => path.clone(),
+                None => rundir.keep(&console),
+            };
+            Err(anyhow!("{err:#} (console log: {})", kept.display()))
+        }
+    }
+}
+
+/// How a run ended other than with the command's exit code.
+enum Ending {
+    /// husk received this signal.
+    Interrupted(i32),
+    /// The VM or the agent failed; the console log may tell why.
+    Failed(anyhow::Error),
+}
+
+impl From<AgentError> for Ending {
+    fn from(e: AgentError) -> Ending {
+        match e {
+            AgentError::Interrupted(sig) => Ending::Interrupted(sig),
+            AgentError::VmEnded => {
+                Ending::Failed(anyhow!("the VM stopped before the command finished"))
+            }
+            AgentError::Closed => Ending::Failed(anyhow!(
+                "the agent closed the connection before the command finished"
+            )),
+            other => Ending::Failed(other.into()),
+        }
+    }
+}
+
+/// Creates the container, runs the command with its output relayed and
+/// waits for the agent's teardown; the command's exit code, or the
+/// agent's refusal as 125/126/127.
+fn drive(
+    sandbox: &Sandbox,
+    signals: &Signals,
+    spec: ContainerSpec,
+    request: ExecRequest,
+    boot_timeout: Duration,
+) -> Result<i32, Ending> {
+    let mut conn = match sandbox.accept_agent(Some(signals), boot_timeout) {
+        Ok(conn) => conn,
+        Err(SandboxError::Interrupted(sig)) => return Err(Ending::Interrupted(sig)),
+        Err(SandboxError::BootTimeout(s)) => {
+            return Err(Ending::Failed(anyhow!(
+                "guest never reached the agent within {s} s"
+            )))
+        }
+        Err(e) => return Err(Ending::Failed(e.into())),
+    };
+    let watch = sandbox.watch(Some(signals));
+    let deadline = Some(Instant::now() + boot_timeout);
+    let mut broken = [false; 2];
+    let run = || -> Result<i32, AgentError> {
+        conn.create_container(spec, &watch, deadline)?;
+        conn.start(request, &watch, None)?;
+        loop {
+            match conn.next_event(&watch, None)? {
+                Event::Stdout(b) => relay(&mut std::io::stdout(), &b, &mut broken[0]),
+                Event::Stderr(b) => relay(&mut std::io::stderr(), &b, &mut broken[1]),
+                Event::Exited(code) => return Ok(code),
+                Event::Signaled(sig) => return Ok(husk_protocol::signal_exit_code(sig)),
+            }
+        }
+    };
+    let code = match run() {
+        Ok(code) => code,
+        Err(AgentError::Refused { code, detail }) => {
+            eprintln!("husk: {detail}");
+            code.exit_code()
+        }
+        Err(e) => return Err(e.into()),
+    };
+    // The agent syncs and unmounts the disks, then closes the connection.
+    match conn.wait_closed(&watch, Instant::now() + TEARDOWN_TIMEOUT) {
+        Err(AgentError::Interrupted(sig)) => Err(Ending::Interrupted(sig)),
+        _ => Ok(code),
+    }
+}
+
+/// After the command: gives the guest a moment to power off by itself,
+/// then makes sure the VM is gone; on a failure, says why the VM ended.
+fn finish(
+    sandbox: &mut Sandbox,
+    signals: &Signals,
+    ending: Result<i32, Ending>,
+) -> Result<i32, Ending> {
+    match ending {
+        Ok(code) => {
+            let off = sandbox.wait_power_off(Some(signals), Instant::now() + POWEROFF_GRACE);
+            let reason = sandbox.stop();
+            if std::env::var_os("HUSK_DEBUG").is_some() {
+                eprintln!("husk: debug: VM ended: {reason:?}");
+            }
+            match signals.received() {
+                Some(sig) if !off => Ok(128 + sig),
+                _ => Ok(code),
+            }
+        }
+        Err(Ending::Failed(err)) => {
+            let why = sandbox.explain_end("");
+            Err(Ending::Failed(if why.is_empty() {
+                err
+            } else {
+                err.context(why)
+            }))
+        }
+        Err(other) => Err(other),
+    }
+}
+
+/// Writes command output through; after the first failure (e.g. a closed
+/// pipe) the rest of that stream is discarded.
+fn relay(out: &mut dyn Write, bytes: &[u8], broken: &mut bool) {
+    if *broken {
+        return;
+    }
+    if out.write_all(bytes).and_then(|()| out.flush()).is_err() {
+        *broken = true;
+    }
 }
 
 /// Starts the network `--network`/`-p` ask for: none by default, passt

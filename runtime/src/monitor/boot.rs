@@ -1,71 +1,54 @@
-//! The container's VM: its configuration (disk order and serials per the
-//! shared decisions), the container spec for the agent, and how an early
-//! end of the VM is explained.
+//! The container's VM as the sandbox layer describes it (disks by role),
+//! the container spec for the agent and the init process request.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use husk_protocol::{ContainerSpec, ExecRequest, RootFs, VolumeMount};
+use husk_sandbox::{Disk, DiskRole, SandboxConfig};
 
 use crate::config::ContainerConfig;
 use crate::layout::ContainerPaths;
-use crate::logs;
-use crate::vmthread::VmResult;
 
-/// The serial of the agent disk.
-pub const AGENT_SERIAL: &str = "husk-agent";
-/// The serial of the writable disk.
-pub const RW_SERIAL: &str = "rw";
-/// The guest's vsock context id.
-pub const GUEST_CID: u64 = 3;
-/// Kernel command line added to the VMM's own (`panic=-1`: a panic
-/// reboots at once, which the monitor reports).
-pub const CMDLINE: &str = "root=/dev/vda ro rootfstype=erofs init=/husk-agent quiet panic=-1";
 /// Exit code of a container whose VM or agent failed.
 pub const FAILED_CODE: i32 = 255;
 
-/// Serial of layer disk `i`.
-pub fn layer_serial(i: usize) -> String {
-    format!("layer{i}")
-}
-
-/// Serial of volume disk `i`.
-pub fn volume_serial(i: usize) -> String {
-    format!("vol{i}")
-}
-
-/// The VM for `cfg`: agent disk, layers, writable disk, volumes, vsock.
-pub fn vm_config(
+/// The VM for `cfg`: agent disk, layers, writable disk, volumes, vsock at
+/// `vsock`, network backend `net`.
+pub fn sandbox_config(
     cfg: &ContainerConfig,
     paths: &ContainerPaths,
-    volume_disks: &[std::path::PathBuf],
+    volume_disks: &[PathBuf],
     vsock: &Path,
-) -> vmm::VmConfig {
-    let disk = |path: &Path, read_only: bool, serial: String| vmm::DiskConfig {
-        path: path.to_path_buf(),
-        read_only,
-        serial,
-    };
-    let mut disks = vec![disk(&cfg.agent_disk, true, AGENT_SERIAL.into())];
-    for (i, l) in cfg.layers.iter().enumerate() {
-        disks.push(disk(l, true, layer_serial(i)));
-    }
-    disks.push(disk(&paths.rw_disk(), false, RW_SERIAL.into()));
+    net: Option<vmm::NetConfig>,
+) -> SandboxConfig {
+    let mut disks: Vec<Disk> = (cfg.layers.iter().enumerate())
+        .map(|(i, l)| Disk {
+            path: l.clone(),
+            role: DiskRole::Layer(i),
+            read_only: true,
+        })
+        .collect();
+    disks.push(Disk {
+        path: paths.rw_disk(),
+        role: DiskRole::Writable,
+        read_only: false,
+    });
     for (i, (m, path)) in cfg.mounts.iter().zip(volume_disks).enumerate() {
-        disks.push(disk(path, m.read_only, volume_serial(i)));
+        disks.push(Disk {
+            path: path.clone(),
+            role: DiskRole::Volume(i),
+            read_only: m.read_only,
+        });
     }
-    vmm::VmConfig {
+    SandboxConfig {
         kernel: cfg.kernel.clone(),
-        initrd: None,
-        cmdline_extra: CMDLINE.to_string(),
-        vcpus: cfg.cpus,
-        mem_mib: cfg.memory_mib,
+        agent_disk: cfg.agent_disk.clone(),
         disks,
-        vsock: Some(vmm::VsockConfig {
-            guest_cid: GUEST_CID,
-            uds_path: vsock.to_path_buf(),
-        }),
-        net: None,
-        console: vmm::ConsoleOutput::File(paths.console()),
+        vcpus: cfg.cpus,
+        memory_mib: cfg.memory_mib,
+        net,
+        console: paths.console(),
+        vsock: vsock.to_path_buf(),
     }
 }
 
@@ -95,15 +78,17 @@ impl GuestNet {
 pub fn container_spec(cfg: &ContainerConfig, net: &GuestNet) -> ContainerSpec {
     ContainerSpec {
         root: RootFs::Layers {
-            layers: (0..cfg.layers.len()).map(layer_serial).collect(),
-            writable: RW_SERIAL.into(),
+            layers: (0..cfg.layers.len())
+                .map(|i| DiskRole::Layer(i).serial())
+                .collect(),
+            writable: DiskRole::Writable.serial(),
         },
         volumes: cfg
             .mounts
             .iter()
             .enumerate()
             .map(|(i, m)| VolumeMount {
-                serial: volume_serial(i),
+                serial: DiskRole::Volume(i).serial(),
                 fs_type: "ext4".into(),
                 target: m.target.clone(),
                 read_only: m.read_only,
@@ -127,58 +112,5 @@ pub fn init_request(cfg: &ContainerConfig, size: Option<(u16, u16)>) -> ExecRequ
         tty: p.tty,
         stdin: p.stdin,
         size: p.tty.then(|| size.unwrap_or((24, 80))),
-    }
-}
-
-/// The panic line in the console log, if the guest kernel panicked.
-pub fn kernel_panic(console: &Path) -> Option<String> {
-    let text = logs::tail_text(console, 256 << 10);
-    text.lines().find(|l| l.contains("Kernel panic")).map(|l| {
-        let l = l.trim();
-        // Drop the "[    1.234567] " timestamp.
-        let l = match l.split_once("] ") {
-            Some((ts, rest)) if ts.starts_with('[') => rest,
-            _ => l,
-        };
-        l.chars().take(300).collect()
-    })
-}
-
-/// Why the VM ended before the container's process did.
-pub fn early_end(result: Option<&VmResult>, console: &Path, fallback: &str) -> String {
-    if let Some(line) = kernel_panic(console) {
-        return format!("guest kernel panic: {line}");
-    }
-    match result {
-        Some(Err(e)) => format!("the VM failed: {}", crate::error_chain(e)),
-        Some(Ok(vmm::ExitReason::Reboot)) => "the guest rebooted unexpectedly".into(),
-        Some(Ok(vmm::ExitReason::PowerOff)) => {
-            "the guest powered off before the container's process ended".into()
-        }
-        _ => fallback.to_string(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn panics_are_found_in_the_console() {
-        let dir = tempfile::tempdir().unwrap();
-        let c = dir.path().join("console.log");
-        std::fs::write(&c, "[    0.1] booting\n[    2.5] Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000009\n").unwrap();
-        assert_eq!(
-            kernel_panic(&c).unwrap(),
-            "Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000009"
-        );
-        let why = early_end(Some(&Ok(vmm::ExitReason::Reboot)), &c, "x");
-        assert!(why.starts_with("guest kernel panic: Kernel panic"), "{why}");
-        std::fs::write(&c, "fine\n").unwrap();
-        assert_eq!(
-            early_end(Some(&Ok(vmm::ExitReason::Reboot)), &c, "x"),
-            "the guest rebooted unexpectedly"
-        );
-        assert_eq!(early_end(None, &c, "fallback"), "fallback");
     }
 }

@@ -1,7 +1,7 @@
 //! The monitor's attach clients (see [`crate::attach`] for the protocol).
 
 use std::io::{self, Read};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::Duration;
 
@@ -63,9 +63,9 @@ impl Clients {
     }
 
     /// The fds to poll: the listener, then each client.
-    pub fn fds(&self) -> Vec<RawFd> {
-        std::iter::once(self.listener.as_raw_fd())
-            .chain(self.clients.iter().map(|c| c.conn.as_raw_fd()))
+    pub fn fds(&self) -> Vec<BorrowedFd<'_>> {
+        std::iter::once(self.listener.as_fd())
+            .chain(self.clients.iter().map(|c| c.conn.as_fd()))
             .collect()
     }
 

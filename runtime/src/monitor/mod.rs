@@ -11,13 +11,30 @@
 //! relays stdio to attach clients, and records the exit. With `--rm` it
 //! removes the container itself.
 //!
+//! The VM is booted and the agent spoken to through the sandbox layer
+//! ([`husk_sandbox`]); the monitor adds the container's side: state, logs,
+//! attach clients, local stdio.
+//!
 //! It reports progress to the starter on its stdout, one line each (see
-//! [`crate::lifecycle`]): `registered`, then `ready` or `exited`, or
+//! `ready` below): `registered`, then `ready` or `exited`, or
 //! `error <message>` if it fails before the container runs.
 
 pub mod boot;
 mod clients;
 mod session;
+
+/// The monitor's launch progress protocol: lines it writes to the starter
+/// (`Runtime::start`) on its stdout.
+pub(crate) mod ready {
+    /// The monitor recorded itself in the state.
+    pub const REGISTERED: &str = "registered";
+    /// Attach socket listening (Attach) or process started (others).
+    pub const READY: &str = "ready";
+    /// The container already ended; see its state.
+    pub const EXITED: &str = "exited";
+    /// Prefix of a failure line.
+    pub const ERROR: &str = "error ";
+}
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -27,16 +44,13 @@ use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use husk_protocol::AGENT_PORT;
+use husk_sandbox::{Sandbox, Signals};
 
 use crate::config::ContainerConfig;
 use crate::id::ContainerId;
 use crate::layout::{self, ContainerPaths, Lock, ShortPath};
-use crate::lifecycle::ready;
 pub use crate::lifecycle::StdioMode;
-use crate::signals::Signals;
 use crate::state::{MonitorProcess, State, Status};
-use crate::vmthread::VmThread;
 use crate::{error_chain, io_err, Error, Runtime};
 use session::{End, LocalStdio, Session};
 
@@ -187,11 +201,6 @@ fn run(root: &Path, id: &str, mode: &str) -> Result<(), Error> {
     let attach = ShortPath::new(&paths.dir, ContainerPaths::ATTACH)?;
     let attach_listener = bind(attach.path())?;
     let vsock = ShortPath::new(&paths.dir, ContainerPaths::VSOCK)?;
-    let agent_path = format!("{}_{AGENT_PORT}", vsock.path().display());
-    let agent_listener = bind(Path::new(&agent_path))?;
-    agent_listener
-        .set_nonblocking(true)
-        .map_err(io_err("configuring the agent socket"))?;
     let clients =
         clients::Clients::new(attach_listener).map_err(io_err("configuring the attach socket"))?;
 
@@ -219,20 +228,21 @@ fn run(root: &Path, id: &str, mode: &str) -> Result<(), Error> {
         report_last(ready::READY);
     }
 
-    let mut vm_config = boot::vm_config(&cfg, &paths, &volume_disks, vsock.path());
-    vm_config.net = network.net_config();
+    let config = boot::sandbox_config(
+        &cfg,
+        &paths,
+        &volume_disks,
+        vsock.path(),
+        network.net_config(),
+    );
     let guest_net = boot::GuestNet::of(&network, &cfg.hostname);
-    let (end, mut clients) = match vmm::Vm::new(vm_config)
-        .map_err(|e| format!("creating the VM: {}", error_chain(&e)))
-        .and_then(|vm| VmThread::start(vm).map_err(|e| format!("starting the VM thread: {e}")))
-    {
-        Ok(mut vm) => {
+    let (end, mut clients) = match Sandbox::boot(&config) {
+        Ok(mut sandbox) => {
             let mut session = Session::new(
                 &cfg,
                 &paths,
                 &signals,
-                &mut vm,
-                agent_listener,
+                &mut sandbox,
                 clients,
                 local,
                 attach_mode,
@@ -241,22 +251,16 @@ fn run(root: &Path, id: &str, mode: &str) -> Result<(), Error> {
             session.guest_net = guest_net;
             session.run()
         }
-        Err(why) => {
+        Err(e) => {
             let end = End {
                 code: 125,
-                error: Some((husk_protocol::ErrorCode::Internal, why)),
+                error: Some((husk_protocol::ErrorCode::Internal, error_chain(&e))),
             };
             recorder.ended(&end);
             (end, clients)
         }
     };
-    for p in [
-        attach.path().to_path_buf(),
-        agent_path.into(),
-        vsock.path().to_path_buf(),
-    ] {
-        let _ = std::fs::remove_file(p);
-    }
+    let _ = std::fs::remove_file(attach.path());
     // The VM is gone: its volumes and ports are free for others.
     network.stop();
     drop(claims);

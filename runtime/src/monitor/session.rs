@@ -4,11 +4,12 @@
 
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::time::{Duration, Instant};
 
-use husk_protocol::{write_message, ErrorCode, FrameDecoder, Message, MAX_CHUNK, PROTOCOL_VERSION};
+use husk_protocol::{ErrorCode, Message, MAX_CHUNK};
+use husk_sandbox::wait::poll_readable;
+use husk_sandbox::{AgentConnection, AgentError, Sandbox, Signals};
 
 use super::boot;
 use super::clients::{ClientEvent, Clients, EndNotice};
@@ -17,8 +18,6 @@ use crate::config::ContainerConfig;
 use crate::layout::ContainerPaths;
 use crate::logs::LogWriter;
 use crate::relay::write_out;
-use crate::signals::Signals;
-use crate::vmthread::VmThread;
 
 /// How long the agent may take to answer CreateContainer or Exec.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(120);
@@ -69,12 +68,6 @@ enum Phase {
     Ending,
 }
 
-struct Agent {
-    conn: UnixStream,
-    decoder: FrameDecoder,
-    greeted: bool,
-}
-
 /// The local ends of stdio (FIFOs or inherited fds), if any.
 #[derive(Default)]
 pub struct LocalStdio {
@@ -92,8 +85,7 @@ pub struct Session<'a> {
     pub(super) cfg: &'a ContainerConfig,
     pub(super) paths: &'a ContainerPaths,
     pub(super) signals: &'a Signals,
-    pub(super) vm: &'a mut VmThread,
-    pub(super) listener: UnixListener,
+    pub(super) sandbox: &'a mut Sandbox,
     pub(super) clients: Clients,
     pub(super) local: LocalStdio,
     pub(super) logs: Option<LogWriter>,
@@ -101,7 +93,7 @@ pub struct Session<'a> {
     pub(super) recorder: &'a mut Recorder,
     /// The guest's network (set after [`Session::new`]).
     pub(super) guest_net: boot::GuestNet,
-    agent: Option<Agent>,
+    agent: Option<AgentConnection>,
     phase: Phase,
     deadline: Option<Instant>,
     size: Option<(u16, u16)>,
@@ -117,8 +109,7 @@ impl<'a> Session<'a> {
         cfg: &'a ContainerConfig,
         paths: &'a ContainerPaths,
         signals: &'a Signals,
-        vm: &'a mut VmThread,
-        listener: UnixListener,
+        sandbox: &'a mut Sandbox,
         clients: Clients,
         local: LocalStdio,
         wait_attach: bool,
@@ -131,8 +122,7 @@ impl<'a> Session<'a> {
             cfg,
             paths,
             signals,
-            vm,
-            listener,
+            sandbox,
             clients,
             local,
             logs,
@@ -162,11 +152,13 @@ impl<'a> Session<'a> {
                 }
             }
         }
-        let result = self.vm.stop();
         let end = match self.end.take() {
-            Some(end) => end,
+            Some(end) => {
+                self.sandbox.stop();
+                end
+            }
             None => {
-                let why = boot::early_end(result, &self.paths.console(), "the VM ended");
+                let why = self.sandbox.explain_end("the VM ended");
                 let end = End::failed(why);
                 self.recorder.ended(&end);
                 if !self.cfg.auto_remove {
@@ -180,26 +172,39 @@ impl<'a> Session<'a> {
 
     /// One poll round; true when the loop is over.
     fn step(&mut self) -> io::Result<bool> {
-        let mut fds = vec![self.signals.fd(), self.vm.done_fd()];
-        let client_fds = self.clients.fds();
-        let clients_at = fds.len();
-        fds.extend(&client_fds);
         let booting = self.phase == Phase::Booting;
-        if booting {
-            fds.push(self.listener.as_raw_fd());
-        }
-        let agent_at = self.agent.as_ref().map(|a| {
-            fds.push(a.conn.as_raw_fd());
-            fds.len() - 1
-        });
-        let stdin_at = match (&self.local.stdin, self.phase) {
-            (Some(f), Phase::Running) => {
-                fds.push(f.as_raw_fd());
-                Some(fds.len() - 1)
+        let stdin_open = self.phase == Phase::Running;
+        let (ready, clients_at, clients_len, listener_at, agent_at, stdin_at) = {
+            let mut fds: Vec<BorrowedFd<'_>> =
+                vec![self.signals.as_fd(), self.sandbox.vm().done_fd()];
+            let clients_at = fds.len();
+            fds.extend(self.clients.fds());
+            let clients_len = fds.len() - clients_at;
+            let mut listener_at = None;
+            if booting {
+                fds.push(self.sandbox.listener_fd());
+                listener_at = Some(fds.len() - 1);
             }
-            _ => None,
+            let mut agent_at = None;
+            if let Some(a) = &self.agent {
+                fds.push(a.fd());
+                agent_at = Some(fds.len() - 1);
+            }
+            let mut stdin_at = None;
+            if let (Some(f), true) = (&self.local.stdin, stdin_open) {
+                fds.push(f.as_fd());
+                stdin_at = Some(fds.len() - 1);
+            }
+            let ready = poll_readable(&fds, self.deadline)?;
+            (
+                ready,
+                clients_at,
+                clients_len,
+                listener_at,
+                agent_at,
+                stdin_at,
+            )
         };
-        let ready = poll(&fds, self.deadline)?;
         if ready.is_empty() {
             return Ok(self.on_timeout());
         }
@@ -213,14 +218,14 @@ impl<'a> Session<'a> {
                         code: 137,
                         error: None,
                     });
-                    self.vm.request_stop();
+                    self.sandbox.request_stop();
                 }
             }
         }
         if is(clients_at) {
             self.clients.accept();
         }
-        for (k, _) in client_fds.iter().enumerate().skip(1) {
+        for k in 1..clients_len {
             if is(clients_at + k) {
                 for ev in self.clients.read(k - 1) {
                     self.on_client(ev);
@@ -228,7 +233,7 @@ impl<'a> Session<'a> {
             }
         }
         self.clients.reap();
-        if booting && is(clients_at + client_fds.len()) {
+        if listener_at.is_some_and(is) {
             self.accept_agent();
         }
         if agent_at.is_some_and(is) {
@@ -239,8 +244,7 @@ impl<'a> Session<'a> {
         }
         if is(1) {
             if self.end.is_none() {
-                let result = self.vm.stop();
-                let why = boot::early_end(result, &self.paths.console(), "the VM stopped");
+                let why = self.sandbox.explain_end("the VM stopped");
                 self.finish(End::failed(why));
             }
             return Ok(true);
@@ -258,7 +262,7 @@ impl<'a> Session<'a> {
             Phase::Creating | Phase::Starting => self.fail("the agent did not answer".into()),
             Phase::WaitAttach => self.send_exec(),
             Phase::Lost => {
-                let why = boot::early_end(
+                let why = husk_sandbox::explain::early_end(
                     None,
                     &self.paths.console(),
                     "the agent closed its connection unexpectedly",
@@ -276,7 +280,7 @@ impl<'a> Session<'a> {
         if self.end.is_none() {
             self.finish(End::failed(detail));
         }
-        self.vm.request_stop();
+        self.sandbox.request_stop();
     }
 
     /// Records the end (state, clients) and waits for the teardown.
@@ -291,36 +295,29 @@ impl<'a> Session<'a> {
     }
 
     fn accept_agent(&mut self) {
-        let Ok((conn, _)) = self.listener.accept() else {
-            return;
+        let conn = match self.sandbox.try_accept() {
+            Ok(Some(conn)) => conn,
+            Ok(None) => return,
+            Err(e) => {
+                eprintln!(
+                    "husk monitor: the agent's connection: {}",
+                    crate::error_chain(&e)
+                );
+                return;
+            }
         };
-        let configured = conn
-            .set_nonblocking(false)
-            .and_then(|()| conn.set_write_timeout(Some(Duration::from_secs(10))));
-        if configured.is_err() {
-            return;
-        }
-        self.agent = Some(Agent {
-            conn,
-            decoder: FrameDecoder::new(),
-            greeted: false,
-        });
+        self.agent = Some(conn);
         self.phase = Phase::Creating;
         self.deadline = Some(Instant::now() + REPLY_TIMEOUT);
-        let hello = Message::Hello {
-            version: PROTOCOL_VERSION,
-        };
         let spec = Message::CreateContainer(boot::container_spec(self.cfg, &self.guest_net));
-        for msg in [hello, spec] {
-            self.send_agent(&msg);
-        }
+        self.send_agent(&spec);
     }
 
     fn send_agent(&mut self, msg: &Message) {
         let Some(agent) = &mut self.agent else {
             return;
         };
-        if write_message(&mut agent.conn, msg).is_err() {
+        if agent.send(msg).is_err() {
             self.agent_lost();
         }
     }
@@ -340,23 +337,16 @@ impl<'a> Session<'a> {
     }
 
     fn read_agent(&mut self) {
-        let Some(agent) = &mut self.agent else {
-            return;
-        };
-        let mut buf = vec![0u8; MAX_CHUNK + 64];
-        match agent.conn.read(&mut buf) {
-            Ok(0) | Err(_) => return self.agent_lost(),
-            Ok(n) => agent.decoder.push(&buf[..n]),
-        }
         loop {
             let Some(agent) = &mut self.agent else {
                 return;
             };
-            match agent.decoder.next_message() {
+            match agent.try_next() {
                 Ok(Some(msg)) => self.on_agent(msg),
                 Ok(None) => return,
+                Err(AgentError::Closed | AgentError::Io { .. }) => return self.agent_lost(),
                 Err(e) => {
-                    self.fail(format!("invalid message from the agent: {e}"));
+                    self.fail(e.to_string());
                     self.agent = None;
                     return;
                 }
@@ -365,20 +355,6 @@ impl<'a> Session<'a> {
     }
 
     fn on_agent(&mut self, msg: Message) {
-        let greeted = self.agent.as_ref().is_some_and(|a| a.greeted);
-        if !greeted {
-            return match msg {
-                Message::Hello { version } if version == PROTOCOL_VERSION => {
-                    if let Some(a) = &mut self.agent {
-                        a.greeted = true;
-                    }
-                }
-                Message::Hello { version } => self.fail(format!(
-                    "the agent speaks protocol version {version}, husk {PROTOCOL_VERSION} (rebuild the agent)"
-                )),
-                other => self.fail(format!("the agent did not say hello: {other:?}")),
-            };
-        }
         match (self.phase, msg) {
             (Phase::Creating, Message::Ok) => self.after_create(),
             (Phase::Creating, Message::Error { code, detail }) => self.finish(End {
@@ -506,48 +482,5 @@ impl<'a> Session<'a> {
                 self.input(Message::Stdin(buf));
             }
         }
-    }
-}
-
-/// Polls `fds` for input until `deadline`; returns the indexes that are
-/// ready (empty on timeout).
-fn poll(fds: &[RawFd], deadline: Option<Instant>) -> io::Result<Vec<usize>> {
-    let mut pfds: Vec<libc::pollfd> = fds
-        .iter()
-        .map(|&fd| libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        })
-        .collect();
-    loop {
-        let timeout = match deadline {
-            None => -1,
-            Some(d) => {
-                let left = d.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return Ok(Vec::new());
-                }
-                left.as_millis().min(60_000) as i32 + 1
-            }
-        };
-        // SAFETY: a valid array of pollfd of the given length.
-        let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, timeout) };
-        if n < 0 {
-            let err = io::Error::last_os_error();
-            if err.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(err);
-        }
-        if n == 0 {
-            continue;
-        }
-        return Ok(pfds
-            .iter()
-            .enumerate()
-            .filter(|(_, p)| p.revents != 0)
-            .map(|(i, _)| i)
-            .collect());
     }
 }

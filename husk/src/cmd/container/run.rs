@@ -9,7 +9,7 @@ use husk_runtime::{CreateOptions, Runtime, StdioSpec};
 
 use super::session::{self, Attached};
 use super::RootArgs;
-use crate::assets;
+use husk_sandbox::assets;
 
 /// Flags shared by `create` and `run`.
 #[derive(Args, Debug)]

@@ -1,12 +1,13 @@
 //! A [`vmm::Vm`] running on its own thread, with a pollable "done" fd.
 
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::signals::{self, Signals};
+use crate::wait::{Wake, Watch};
 
 /// How long to wait for the VM thread after asking it to stop.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -47,8 +48,20 @@ impl VmThread {
     }
 
     /// Readable (EOF) once the VM thread has ended.
-    pub fn done_fd(&self) -> RawFd {
+    pub fn done_fd(&self) -> BorrowedFd<'_> {
+        self.done.as_fd()
+    }
+
+    /// [`VmThread::done_fd`] as a raw number (for callers' own poll sets).
+    pub fn done_raw_fd(&self) -> RawFd {
         self.done.as_raw_fd()
+    }
+
+    /// Whether the VM thread has ended.
+    pub fn is_done(&self) -> bool {
+        self.result.is_some()
+            || crate::wait::poll_readable(&[self.done_fd()], Some(Instant::now()))
+                .is_ok_and(|r| !r.is_empty())
     }
 
     /// Asks the VM to stop (returns at once).
@@ -59,23 +72,11 @@ impl VmThread {
     /// Waits until the VM thread ends (true), a signal arrives or the
     /// deadline passes (false).
     pub fn wait_done(&self, signals: Option<&Signals>, deadline: Instant) -> bool {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let mut fds = vec![libc::pollfd {
-            fd: self.done.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        }];
-        if let Some(s) = signals {
-            fds.push(libc::pollfd {
-                fd: s.fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            });
-        }
-        let timeout = left.as_millis().min(i32::MAX as u128) as i32;
-        // SAFETY: a valid array of pollfd of the given length.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
-        n > 0 && fds[0].revents != 0
+        let watch = Watch {
+            signals,
+            vm_done: None,
+        };
+        matches!(watch.wait(self.done_fd(), Some(deadline)), Ok(Wake::Ready))
     }
 
     /// Stops the VM (if still running) and collects its result, waiting at

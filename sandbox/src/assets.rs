@@ -1,13 +1,60 @@
-//! Runtime assets: the guest kernel, the agent binary and the agent disk
-//! built from it (see the BRIEF's conventions for the search order).
+//! Runtime assets: the guest kernel, the agent binary and the EROFS agent
+//! disk built from it (cached by content).
 
 use std::fs;
-use std::io::Read;
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{anyhow, bail, Context, Result};
 use sha2::{Digest, Sha256};
+
+/// Why an asset is not available.
+#[derive(Debug, thiserror::Error)]
+pub enum AssetError {
+    /// None of the places searched has it.
+    #[error("no {what} found (tried {tried})")]
+    NotFound {
+        /// What was looked for.
+        what: &'static str,
+        /// The paths tried, comma-separated.
+        tried: String,
+    },
+    /// The kernel is not usable.
+    #[error("kernel {path} {why}")]
+    BadKernel {
+        /// The kernel.
+        path: PathBuf,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+    /// `$HUSK_AGENT` names a missing file.
+    #[error("agent {0} (from $HUSK_AGENT) does not exist")]
+    NoAgent(PathBuf),
+    /// A file operation failed.
+    #[error("{context}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// `mkfs.erofs` failed.
+    #[error("mkfs.erofs failed ({status}): {stderr}")]
+    Mkfs {
+        /// Its exit status.
+        status: std::process::ExitStatus,
+        /// The last line of its stderr.
+        stderr: String,
+    },
+}
+
+type Result<T> = std::result::Result<T, AssetError>;
+
+fn io_ctx(context: impl Into<String>) -> impl FnOnce(io::Error) -> AssetError {
+    let context = context.into();
+    move |source| AssetError::Io { context, source }
+}
 
 /// Bumped whenever the agent disk's layout changes, so cached disks with
 /// the old layout are not reused.
@@ -26,12 +73,15 @@ fn exe_lib_dir() -> Option<PathBuf> {
 }
 
 /// Picks the first existing candidate; the error names them all.
-fn pick(what: &str, candidates: Vec<PathBuf>) -> Result<PathBuf> {
+fn pick(what: &'static str, candidates: Vec<PathBuf>) -> Result<PathBuf> {
     if let Some(found) = candidates.iter().find(|p| p.is_file()) {
         return Ok(found.clone());
     }
     let tried: Vec<String> = candidates.iter().map(|p| p.display().to_string()).collect();
-    bail!("no {what} found (tried {})", tried.join(", "))
+    Err(AssetError::NotFound {
+        what,
+        tried: tried.join(", "),
+    })
 }
 
 /// The guest kernel: `flag` > `$HUSK_KERNEL` > `<exe>/../lib/husk/vmlinux` >
@@ -59,16 +109,19 @@ pub fn kernel(flag: Option<&Path>) -> Result<PathBuf> {
 /// Fails unless `path` is a readable file starting with the ELF magic.
 fn check_elf(path: &Path) -> Result<()> {
     let mut magic = [0u8; 4];
-    let mut file = fs::File::open(path).with_context(|| format!("kernel {}", path.display()))?;
+    let bad = |why| AssetError::BadKernel {
+        path: path.to_path_buf(),
+        why,
+    };
+    let mut file = fs::File::open(path).map_err(io_ctx(format!("kernel {}", path.display())))?;
     if !file.metadata().map(|m| m.is_file()).unwrap_or(false) {
-        bail!("kernel {} is not a regular file", path.display());
+        return Err(bad("is not a regular file"));
     }
     let n = file.read(&mut magic).unwrap_or(0);
     if n < 4 || magic != *b"\x7fELF" {
-        bail!(
-            "kernel {} is not an ELF file (an uncompressed vmlinux is required)",
-            path.display()
-        );
+        return Err(bad(
+            "is not an ELF file (an uncompressed vmlinux is required)",
+        ));
     }
     Ok(())
 }
@@ -79,7 +132,7 @@ pub fn agent() -> Result<PathBuf> {
     if let Some(p) = std::env::var_os("HUSK_AGENT") {
         let p = PathBuf::from(p);
         if !p.is_file() {
-            bail!("agent {} (from $HUSK_AGENT) does not exist", p.display());
+            return Err(AssetError::NoAgent(p));
         }
         return Ok(p);
     }
@@ -102,7 +155,7 @@ pub fn cache_dir() -> PathBuf {
 /// `<cache>/agent-<sha256>.erofs`. Safe against concurrent husk processes:
 /// each builds under a unique temporary name and renames into place.
 pub fn agent_disk(agent: &Path, cache: &Path) -> Result<PathBuf> {
-    let bytes = fs::read(agent).with_context(|| format!("reading agent {}", agent.display()))?;
+    let bytes = fs::read(agent).map_err(io_ctx(format!("reading agent {}", agent.display())))?;
     let mut hash = Sha256::new();
     hash.update(AGENT_DISK_LAYOUT.as_bytes());
     hash.update(&bytes);
@@ -111,31 +164,35 @@ pub fn agent_disk(agent: &Path, cache: &Path) -> Result<PathBuf> {
     if disk.is_file() {
         return Ok(disk);
     }
-    fs::create_dir_all(cache).with_context(|| format!("creating {}", cache.display()))?;
+    fs::create_dir_all(cache).map_err(io_ctx(format!("creating {}", cache.display())))?;
     let staging = tempfile::Builder::new()
         .prefix(".agent-staging-")
         .tempdir_in(cache)
-        .with_context(|| format!("creating a staging directory in {}", cache.display()))?;
+        .map_err(io_ctx(format!(
+            "creating a staging directory in {}",
+            cache.display()
+        )))?;
     stage_agent(staging.path(), &bytes)?;
     let tmp = tempfile::Builder::new()
         .prefix(".agent-")
         .suffix(".erofs.tmp")
         .tempfile_in(cache)
-        .context("creating the agent disk")?
+        .map_err(io_ctx("creating the agent disk"))?
         .into_temp_path();
     mkfs_erofs(&tmp, staging.path())?;
     tmp.persist(&disk)
-        .map_err(|e| anyhow!("installing {}: {}", disk.display(), e.error))?;
+        .map_err(|e| io_ctx(format!("installing {}", disk.display()))(e.error))?;
     Ok(disk)
 }
 
 fn stage_agent(dir: &Path, agent: &[u8]) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let bin = dir.join("husk-agent");
-    fs::write(&bin, agent).context("staging the agent")?;
-    fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).context("staging the agent")?;
+    fs::write(&bin, agent).map_err(io_ctx("staging the agent"))?;
+    fs::set_permissions(&bin, fs::Permissions::from_mode(0o755))
+        .map_err(io_ctx("staging the agent"))?;
     for sub in AGENT_DISK_DIRS {
-        fs::create_dir(dir.join(sub)).context("staging the agent disk")?;
+        fs::create_dir(dir.join(sub)).map_err(io_ctx("staging the agent disk"))?;
     }
     Ok(())
 }
@@ -146,14 +203,13 @@ fn mkfs_erofs(image: &Path, dir: &Path) -> Result<()> {
         .arg(image)
         .arg(dir)
         .output()
-        .context("running mkfs.erofs (install erofs-utils)")?;
+        .map_err(io_ctx("running mkfs.erofs (install erofs-utils)"))?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
-        bail!(
-            "mkfs.erofs failed ({}): {}",
-            out.status,
-            stderr.lines().last().unwrap_or("").trim()
-        );
+        return Err(AssetError::Mkfs {
+            status: out.status,
+            stderr: stderr.lines().last().unwrap_or("").trim().to_string(),
+        });
     }
     Ok(())
 }
@@ -169,8 +225,11 @@ mod tests {
         fs::write(&bogus, b"MZ not an elf").unwrap();
         let err = kernel(Some(&bogus)).unwrap_err().to_string();
         assert!(err.contains("not an ELF"), "{err}");
-        let err = format!("{:#}", kernel(Some(&dir.path().join("nope"))).unwrap_err());
-        assert!(err.contains("No such file"), "{err}");
+        let err = kernel(Some(&dir.path().join("nope"))).unwrap_err();
+        let AssetError::Io { source, .. } = &err else {
+            panic!("{err}")
+        };
+        assert_eq!(source.kind(), io::ErrorKind::NotFound);
         let err = kernel(Some(dir.path())).unwrap_err().to_string();
         assert!(err.contains("not a regular file"), "{err}");
     }

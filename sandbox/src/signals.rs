@@ -1,13 +1,16 @@
 //! Signals as a pollable fd (the self-pipe trick), so event loops can
 //! forward them, stop VMs and clean up instead of dying mid-way.
 //!
-//! One [`Signals`] is installed per process at a time. The handler writes
+//! One [`Signals`] is installed per process at a time (tests that
+//! install one must not run beside each other in one process). The handler writes
 //! each signal's number into a pipe; [`Signals::take`] reads them back in
 //! order, [`Signals::received`] reports the last one.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+
+use rustix::pipe::{pipe_with, PipeFlags};
 
 /// Write end of the pipe, for the handler (-1: not installed).
 static PIPE_WRITE: AtomicI32 = AtomicI32::new(-1);
@@ -23,14 +26,12 @@ extern "C" fn on_signal(sig: libc::c_int) {
     RECEIVED.store(sig, Ordering::SeqCst);
     let fd = PIPE_WRITE.load(Ordering::SeqCst);
     if fd >= 0 {
-        // SAFETY: errno is saved and restored around write(2), which is
-        // async-signal-safe; the buffer is a local byte.
-        unsafe {
-            let errno = *libc::__errno_location();
-            let byte = sig as u8;
-            libc::write(fd, (&byte as *const u8).cast(), 1);
-            *libc::__errno_location() = errno;
-        }
+        // SAFETY: `fd` is the write end of the pipe owned by the installed
+        // `Signals`, which unpublishes it (stores -1) before closing it.
+        let pipe = unsafe { BorrowedFd::borrow_raw(fd) };
+        // rustix issues write(2) directly (async-signal-safe) and does not
+        // touch errno; a full pipe just drops the byte.
+        let _ = rustix::io::write(pipe, &[sig as u8]);
     }
 }
 
@@ -49,13 +50,7 @@ impl Signals {
 
     /// Installs handlers for `sigs` (1..=63).
     pub fn install_for(sigs: &[libc::c_int]) -> io::Result<Self> {
-        let mut fds = [0; 2];
-        // SAFETY: `fds` is a valid array of two ints.
-        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: pipe2 returned two new fds that nothing else owns.
-        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let (read, write) = pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
         PIPE_WRITE.store(write.as_raw_fd(), Ordering::SeqCst);
         RECEIVED.store(0, Ordering::SeqCst);
         let mut mask = 0u64;
@@ -74,7 +69,8 @@ impl Signals {
         })
     }
 
-    /// The fd that becomes readable when a signal arrives.
+    /// The fd that becomes readable when a signal arrives (also through
+    /// [`AsFd`]).
     pub fn fd(&self) -> RawFd {
         self.read.as_raw_fd()
     }
@@ -93,14 +89,8 @@ impl Signals {
     pub fn take(&self) -> Vec<i32> {
         let mut out = Vec::new();
         let mut buf = [0u8; 64];
-        loop {
-            // SAFETY: reading into a valid local buffer from our own pipe.
-            let n =
-                unsafe { libc::read(self.read.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-            if n <= 0 {
-                break;
-            }
-            out.extend(buf[..n as usize].iter().map(|&b| i32::from(b)));
+        while let Ok(n @ 1..) = rustix::io::read(&self.read, &mut buf) {
+            out.extend(buf[..n].iter().map(|&b| i32::from(b)));
         }
         out
     }
@@ -114,6 +104,20 @@ impl Drop for Signals {
         INSTALLED.store(0, Ordering::SeqCst);
         PIPE_WRITE.store(-1, Ordering::SeqCst);
     }
+}
+
+impl AsFd for Signals {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.read.as_fd()
+    }
+}
+
+/// Sends `sig` to this process (as `kill -SIG $$` would).
+pub fn raise(sig: i32) -> io::Result<()> {
+    let sig = rustix::process::Signal::from_named_raw(sig)
+        .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+    rustix::process::kill_process(rustix::process::getpid(), sig)?;
+    Ok(())
 }
 
 fn set_handler(sig: libc::c_int, handler: libc::sighandler_t) -> io::Result<()> {
@@ -231,5 +235,17 @@ mod tests {
         assert_eq!(parse_signal("0"), None);
         assert_eq!(parse_signal("65"), None);
         assert_eq!(parse_signal("NOPE"), None);
+    }
+
+    #[test]
+    fn signals_arrive_on_the_fd_in_order() {
+        let signals = Signals::install_for(&[libc::SIGUSR1, libc::SIGUSR2]).unwrap();
+        raise(libc::SIGUSR2).unwrap();
+        raise(libc::SIGUSR1).unwrap();
+        let ready = crate::wait::poll_readable(&[signals.as_fd()], None).unwrap();
+        assert_eq!(ready, vec![0]);
+        assert_eq!(signals.take(), vec![libc::SIGUSR2, libc::SIGUSR1]);
+        raise(libc::SIGUSR1).unwrap();
+        assert_eq!(signals.received(), Some(libc::SIGUSR1));
     }
 }

@@ -1,0 +1,366 @@
+//! A typed connection to the guest agent: the boot connection (the agent
+//! connects to [`crate::contract::AGENT_PORT`] when it starts)
+//! or an exec connection (the host connects to
+//! [`crate::contract::EXEC_PORT`]).
+//!
+//! Two ways to use it: blocking calls that wait on a [`Watch`] (signals,
+//! the VM's end, a deadline) for simple drivers (`husk build`,
+//! `husk vm run`), or [`AgentConnection::fd`] + [`AgentConnection::try_next`]
+//! for event loops that multiplex the agent with other fds (the container
+//! monitor). Everything read is from the guest and is validated: a
+//! malformed frame is an error, never a panic.
+
+use std::io::{self, Read};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use husk_protocol::{
+    write_message, ContainerSpec, ErrorCode, ExecRequest, FrameDecoder, Message, MAX_CHUNK,
+    PROTOCOL_VERSION,
+};
+
+use crate::contract::EXEC_PORT;
+use crate::vsock;
+use crate::wait::{Wake, Watch};
+
+/// How long a write to the agent may block.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Errors talking to the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// Reading, writing or waiting failed on the host.
+    #[error("{context}")]
+    Io {
+        /// What was being done.
+        context: &'static str,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The agent sent something that is not a valid frame.
+    #[error("invalid message from the agent: {0}")]
+    Decode(#[from] husk_protocol::DecodeError),
+    /// The agent speaks another protocol version.
+    #[error("the agent speaks protocol version {0}, husk {PROTOCOL_VERSION} (rebuild the agent)")]
+    Version(u32),
+    /// The agent's first message was not `Hello`.
+    #[error("the agent did not say hello: {0}")]
+    NoHello(String),
+    /// A message that has no place at this point of the conversation.
+    #[error("unexpected message from the agent: {0}")]
+    Unexpected(String),
+    /// The agent refused a request (or the process did not start).
+    #[error("{detail}")]
+    Refused {
+        /// What kind of failure.
+        code: ErrorCode,
+        /// The agent's description.
+        detail: String,
+    },
+    /// The agent closed the connection.
+    #[error("the agent closed the connection")]
+    Closed,
+    /// The VM ended (and nothing more was to be read).
+    #[error("the VM ended")]
+    VmEnded,
+    /// The deadline passed.
+    #[error("the agent did not answer in time")]
+    Timeout,
+    /// A handled signal arrived.
+    #[error("interrupted by signal {0}")]
+    Interrupted(i32),
+    /// Connecting to the exec port failed.
+    #[error(transparent)]
+    Connect(#[from] vsock::ConnectError),
+}
+
+impl AgentError {
+    fn io(context: &'static str) -> impl FnOnce(io::Error) -> AgentError {
+        move |source| AgentError::Io { context, source }
+    }
+}
+
+/// What the container's process (of this connection) reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// Bytes written to stdout (or the terminal).
+    Stdout(Vec<u8>),
+    /// Bytes written to stderr.
+    Stderr(Vec<u8>),
+    /// The process exited with this status.
+    Exited(i32),
+    /// The process was killed by this signal.
+    Signaled(i32),
+}
+
+impl Event {
+    /// The exit code (128+N for signal N) if this is the process's end.
+    pub fn exit_code(&self) -> Option<i32> {
+        match self {
+            Event::Exited(code) => Some(*code),
+            Event::Signaled(sig) => Some(husk_protocol::signal_exit_code(*sig)),
+            _ => None,
+        }
+    }
+}
+
+/// One connection to the agent; `Hello` has been sent, the agent's is
+/// checked by the first read.
+pub struct AgentConnection {
+    stream: UnixStream,
+    decoder: FrameDecoder,
+    greeted: bool,
+    closed: bool,
+    buf: Vec<u8>,
+}
+
+impl AgentConnection {
+    /// Takes over an accepted (or connected) stream to the agent and sends
+    /// `Hello`. The stream is made non-blocking for reads; writes block
+    /// for at most a few seconds.
+    pub fn new(stream: UnixStream) -> Result<AgentConnection, AgentError> {
+        // Blocking writes with a timeout, reads only after poll says so.
+        stream
+            .set_nonblocking(false)
+            .and_then(|()| stream.set_write_timeout(Some(WRITE_TIMEOUT)))
+            .and_then(|()| stream.set_read_timeout(Some(Duration::from_millis(1))))
+            .map_err(AgentError::io("configuring the agent connection"))?;
+        let mut conn = AgentConnection {
+            stream,
+            decoder: FrameDecoder::new(),
+            greeted: false,
+            closed: false,
+            buf: vec![0; MAX_CHUNK + 64],
+        };
+        conn.send(&Message::Hello {
+            version: PROTOCOL_VERSION,
+        })?;
+        Ok(conn)
+    }
+
+    /// Connects to the agent's exec port through the VMM socket `vsock`
+    /// (each step within `timeout`), greets and waits for its `Hello`.
+    pub fn connect_exec(vsock: &Path, timeout: Duration) -> Result<AgentConnection, AgentError> {
+        let stream = vsock::connect(vsock, EXEC_PORT, timeout)?;
+        let mut conn = AgentConnection::new(stream)?;
+        conn.await_hello(Instant::now() + timeout)?;
+        Ok(conn)
+    }
+
+    /// The fd to poll for [`AgentConnection::try_next`].
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.stream.as_fd()
+    }
+
+    /// Sends one message.
+    pub fn send(&mut self, msg: &Message) -> Result<(), AgentError> {
+        write_message(&mut self.stream, msg).map_err(|e| match e {
+            husk_protocol::WriteError::Io(source) => AgentError::Io {
+                context: "sending to the agent",
+                source,
+            },
+            other => AgentError::Io {
+                context: "sending to the agent",
+                source: io::Error::other(other.to_string()),
+            },
+        })
+    }
+
+    /// The next complete message, without blocking: `Ok(None)` when no
+    /// full message has arrived yet (poll [`AgentConnection::fd`]),
+    /// [`AgentError::Closed`] once the agent closed the connection and
+    /// everything it sent has been returned.
+    pub fn try_next(&mut self) -> Result<Option<Message>, AgentError> {
+        loop {
+            if let Some(msg) = self.decoded()? {
+                return Ok(Some(msg));
+            }
+            if self.closed {
+                return Err(AgentError::Closed);
+            }
+            if !self.read_some()? {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// A decoded message other than the agent's `Hello` (which is checked
+    /// and swallowed).
+    fn decoded(&mut self) -> Result<Option<Message>, AgentError> {
+        while let Some(msg) = self.decoder.next_message()? {
+            if self.greeted {
+                return Ok(Some(msg));
+            }
+            self.check_hello(msg)?;
+        }
+        Ok(None)
+    }
+
+    /// One read without waiting; false if nothing was there.
+    fn read_some(&mut self) -> Result<bool, AgentError> {
+        let ready = crate::wait::poll_readable(&[self.stream.as_fd()], Some(Instant::now()))
+            .map_err(AgentError::io("waiting for the agent"))?;
+        if ready.is_empty() {
+            return Ok(false);
+        }
+        match self.stream.read(&mut self.buf) {
+            Ok(0) => self.closed = true,
+            Ok(n) => self.decoder.push(&self.buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::Interrupted
+                        | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Ok(false)
+            }
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => self.closed = true,
+            Err(e) => return Err(AgentError::io("reading from the agent")(e)),
+        }
+        Ok(true)
+    }
+
+    /// Waits for the agent's `Hello` (nothing else is read).
+    fn await_hello(&mut self, deadline: Instant) -> Result<(), AgentError> {
+        while !self.greeted {
+            if let Some(msg) = self.decoder.next_message()? {
+                self.check_hello(msg)?;
+                continue;
+            }
+            if self.closed {
+                return Err(AgentError::Closed);
+            }
+            self.wait_readable(&Watch::none(), Some(deadline))?;
+            self.read_some()?;
+        }
+        Ok(())
+    }
+
+    fn check_hello(&mut self, msg: Message) -> Result<(), AgentError> {
+        match msg {
+            Message::Hello { version } if version == PROTOCOL_VERSION => {
+                self.greeted = true;
+                Ok(())
+            }
+            Message::Hello { version } => Err(AgentError::Version(version)),
+            Message::Error { code, detail } => Err(AgentError::Refused { code, detail }),
+            other => Err(AgentError::NoHello(format!("{other:?}"))),
+        }
+    }
+
+    fn wait_readable(&self, watch: &Watch, deadline: Option<Instant>) -> Result<(), AgentError> {
+        match watch
+            .wait(self.stream.as_fd(), deadline)
+            .map_err(AgentError::io("waiting for the agent"))?
+        {
+            Wake::Ready => Ok(()),
+            Wake::Signal(sig) => Err(AgentError::Interrupted(sig)),
+            Wake::VmDone => Err(AgentError::VmEnded),
+            Wake::Timeout => Err(AgentError::Timeout),
+        }
+    }
+
+    /// The next message, waiting for it on `watch` until `deadline`.
+    pub fn next(
+        &mut self,
+        watch: &Watch,
+        deadline: Option<Instant>,
+    ) -> Result<Message, AgentError> {
+        loop {
+            if let Some(msg) = self.try_next()? {
+                return Ok(msg);
+            }
+            self.wait_readable(watch, deadline)?;
+        }
+    }
+
+    /// `CreateContainer(spec)`, answered `Ok` (or the agent's refusal).
+    pub fn create_container(
+        &mut self,
+        spec: ContainerSpec,
+        watch: &Watch,
+        deadline: Option<Instant>,
+    ) -> Result<(), AgentError> {
+        self.send(&Message::CreateContainer(spec))?;
+        match self.next(watch, deadline)? {
+            Message::Ok => Ok(()),
+            Message::Error { code, detail } => Err(AgentError::Refused { code, detail }),
+            other => Err(AgentError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// `Exec(request)`, answered `Started` with the guest pid (or the
+    /// agent's refusal: the process did not start).
+    pub fn start(
+        &mut self,
+        request: ExecRequest,
+        watch: &Watch,
+        deadline: Option<Instant>,
+    ) -> Result<u32, AgentError> {
+        self.send(&Message::Exec(request))?;
+        match self.next(watch, deadline)? {
+            Message::Started { pid } => Ok(pid),
+            Message::Error { code, detail } => Err(AgentError::Refused { code, detail }),
+            other => Err(AgentError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// The process's next output or its end. After the end, the boot
+    /// connection's agent tears down; see [`AgentConnection::wait_closed`].
+    pub fn next_event(
+        &mut self,
+        watch: &Watch,
+        deadline: Option<Instant>,
+    ) -> Result<Event, AgentError> {
+        event(self.next(watch, deadline)?)
+    }
+
+    /// `KillInit(signal)` on an exec connection, answered `Ok`.
+    pub fn kill_init(&mut self, signal: i32, deadline: Instant) -> Result<(), AgentError> {
+        self.send(&Message::KillInit { signal })?;
+        match self.next(&Watch::none(), Some(deadline))? {
+            Message::Ok => Ok(()),
+            Message::Error { code, detail } => Err(AgentError::Refused { code, detail }),
+            other => Err(AgentError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Waits until the agent closes the connection (it does after syncing
+    /// and unmounting the container's disks), discarding what it sends.
+    pub fn wait_closed(&mut self, watch: &Watch, deadline: Instant) -> Result<(), AgentError> {
+        loop {
+            match self.next(watch, Some(deadline)) {
+                Ok(_) => {}
+                Err(AgentError::Closed) => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The underlying stream (e.g. to hand an exec session to a relay).
+    pub fn into_stream(self) -> UnixStream {
+        self.stream
+    }
+}
+
+/// A process event from a message; anything else is unexpected (an
+/// `Error` after `Started` is the agent's refusal).
+pub fn event(msg: Message) -> Result<Event, AgentError> {
+    match msg {
+        Message::Stdout(b) => Ok(Event::Stdout(b)),
+        Message::Stderr(b) => Ok(Event::Stderr(b)),
+        Message::Exited { code } => Ok(Event::Exited(code)),
+        Message::Signaled { signal } => Ok(Event::Signaled(signal)),
+        Message::Error { code, detail } => Err(AgentError::Refused { code, detail }),
+        other => Err(AgentError::Unexpected(format!("{other:?}"))),
+    }
+}
+
+#[cfg(test)]
+#[path = "agent_tests.rs"]
+mod tests;

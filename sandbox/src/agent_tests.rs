@@ -1,0 +1,270 @@
+//! The agent connection against a scripted fake agent on a socket pair (no
+//! VM): normal sessions, refusals, and hostile or broken agents.
+
+use std::io::Write;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use husk_protocol::{read_message, write_message, ErrorCode, Message, RootFs, PROTOCOL_VERSION};
+
+use super::*;
+
+fn spec() -> ContainerSpec {
+    ContainerSpec {
+        root: RootFs::Layers {
+            layers: vec!["layer0".into()],
+            writable: "rw".into(),
+        },
+        volumes: vec![],
+        hostname: "h".into(),
+        hosts: vec![],
+        resolv_conf: None,
+        network: None,
+    }
+}
+
+fn request() -> ExecRequest {
+    ExecRequest {
+        argv: vec!["true".into()],
+        env: vec![],
+        cwd: "/".into(),
+        user: String::new(),
+        tty: false,
+        stdin: false,
+        size: None,
+    }
+}
+
+/// A connection whose agent end runs `agent` on a thread.
+fn with_agent<T: Send + 'static>(
+    agent: impl FnOnce(UnixStream) -> T + Send + 'static,
+) -> (AgentConnection, thread::JoinHandle<T>) {
+    let (host, guest) = UnixStream::pair().unwrap();
+    // The host's Hello is sent (buffered) before the agent may hang up.
+    let conn = AgentConnection::new(host).unwrap();
+    (conn, thread::spawn(move || agent(guest)))
+}
+
+fn send(conn: &mut UnixStream, msg: Message) {
+    write_message(conn, &msg).unwrap();
+}
+
+fn hello() -> Message {
+    Message::Hello {
+        version: PROTOCOL_VERSION,
+    }
+}
+
+fn soon() -> Option<Instant> {
+    Some(Instant::now() + Duration::from_secs(10))
+}
+
+#[test]
+fn a_whole_session_create_start_output_exit_teardown() {
+    let (mut conn, agent) = with_agent(|mut c| {
+        send(&mut c, hello());
+        let got: Vec<Message> = (0..2)
+            .map(|_| read_message(&mut c).unwrap().unwrap())
+            .collect();
+        send(&mut c, Message::Ok);
+        let exec = read_message(&mut c).unwrap().unwrap();
+        send(&mut c, Message::Started { pid: 7 });
+        send(&mut c, Message::Stdout(b"out".to_vec()));
+        send(&mut c, Message::Stderr(b"err".to_vec()));
+        send(&mut c, Message::Exited { code: 3 });
+        (got, exec)
+    });
+    let w = Watch::none();
+    conn.create_container(spec(), &w, soon()).unwrap();
+    assert_eq!(conn.start(request(), &w, soon()).unwrap(), 7);
+    let mut events = Vec::new();
+    loop {
+        let ev = conn.next_event(&w, soon()).unwrap();
+        let end = ev.exit_code();
+        events.push(ev);
+        if end.is_some() {
+            break;
+        }
+    }
+    assert_eq!(
+        events,
+        [
+            Event::Stdout(b"out".to_vec()),
+            Event::Stderr(b"err".to_vec()),
+            Event::Exited(3)
+        ]
+    );
+    // The agent thread ends: its end of the connection closes.
+    let (got, exec) = agent.join().unwrap();
+    conn.wait_closed(&w, Instant::now() + Duration::from_secs(10))
+        .unwrap();
+    assert_eq!(got, [hello(), Message::CreateContainer(spec())]);
+    assert_eq!(exec, Message::Exec(request()));
+}
+
+#[test]
+fn signals_and_refusals_map_to_docker_codes() {
+    assert_eq!(Event::Signaled(9).exit_code(), Some(137));
+    assert_eq!(Event::Signaled(1000).exit_code(), Some(255));
+    assert_eq!(Event::Stdout(vec![]).exit_code(), None);
+    for (code, want) in [
+        (ErrorCode::NotFound, 127),
+        (ErrorCode::PermissionDenied, 126),
+        (ErrorCode::MountFailed, 125),
+    ] {
+        let (mut conn, agent) = with_agent(move |mut c| {
+            send(&mut c, hello());
+            let _ = read_message(&mut c);
+            let _ = read_message(&mut c);
+            let detail = "exec: \"x\": executable file not found in $PATH".into();
+            send(&mut c, Message::Error { code, detail });
+        });
+        match conn.start(request(), &Watch::none(), soon()) {
+            Err(AgentError::Refused { code, detail }) => {
+                assert_eq!(code.exit_code(), want);
+                assert!(detail.contains("not found"));
+            }
+            other => panic!("{:?}", other.map_err(|e| e.to_string())),
+        }
+        agent.join().unwrap();
+    }
+    let (mut conn, agent) = with_agent(|mut c| {
+        send(&mut c, hello());
+        let _ = read_message(&mut c);
+        let _ = read_message(&mut c);
+        let detail = "no layer0".into();
+        send(
+            &mut c,
+            Message::Error {
+                code: ErrorCode::MountFailed,
+                detail,
+            },
+        );
+    });
+    let err = conn
+        .create_container(spec(), &Watch::none(), soon())
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            AgentError::Refused {
+                code: ErrorCode::MountFailed,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    agent.join().unwrap();
+}
+
+/// What the host's next read gets from an agent that runs `agent`.
+fn first_error(agent: impl FnOnce(UnixStream) + Send + 'static, wait: Duration) -> AgentError {
+    let (mut conn, agent) = with_agent(agent);
+    let err = conn
+        .next(&Watch::none(), Some(Instant::now() + wait))
+        .unwrap_err();
+    agent.join().unwrap();
+    err
+}
+
+#[test]
+fn hostile_or_broken_agents_fail_cleanly() {
+    let long = Duration::from_secs(10);
+    let oversize = first_error(
+        |mut c| {
+            send(&mut c, hello());
+            c.write_all(&u32::MAX.to_le_bytes()).unwrap();
+        },
+        long,
+    );
+    assert!(matches!(oversize, AgentError::Decode(_)), "{oversize}");
+    let garbage = first_error(
+        |mut c| {
+            send(&mut c, hello());
+            c.write_all(&[3, 0, 0, 0, 250, 1, 2]).unwrap();
+        },
+        long,
+    );
+    assert!(garbage.to_string().contains("invalid message"), "{garbage}");
+    let version = first_error(|mut c| send(&mut c, Message::Hello { version: 99 }), long);
+    assert!(
+        version.to_string().contains("protocol version 99"),
+        "{version}"
+    );
+    let rude = first_error(|mut c| send(&mut c, Message::Ok), long);
+    assert!(matches!(rude, AgentError::NoHello(_)), "{rude}");
+    let hung_up = first_error(|mut c| send(&mut c, hello()), long);
+    assert!(matches!(hung_up, AgentError::Closed), "{hung_up}");
+    let (host, _silent_agent) = UnixStream::pair().unwrap();
+    let mut conn = AgentConnection::new(host).unwrap();
+    let silent = conn
+        .next(
+            &Watch::none(),
+            Some(Instant::now() + Duration::from_millis(200)),
+        )
+        .unwrap_err();
+    assert!(matches!(silent, AgentError::Timeout), "{silent}");
+}
+
+#[test]
+fn the_vm_end_is_reported_after_pending_data() {
+    let (vm_done, vm_running) = UnixStream::pair().unwrap();
+    let watch = Watch {
+        signals: None,
+        vm_done: Some(vm_done.as_fd()),
+    };
+    let (mut conn, agent) = with_agent(|mut c| {
+        send(&mut c, hello());
+        send(&mut c, Message::Stdout(b"last words".to_vec()));
+        c
+    });
+    let _guest = agent.join().unwrap();
+    drop(vm_running);
+    assert_eq!(
+        conn.next_event(&watch, soon()).unwrap(),
+        Event::Stdout(b"last words".to_vec())
+    );
+    let err = conn.next(&watch, soon()).unwrap_err();
+    assert!(matches!(err, AgentError::VmEnded), "{err}");
+}
+
+#[test]
+fn try_next_never_blocks_and_joins_split_frames() {
+    let (host, mut guest) = UnixStream::pair().unwrap();
+    let mut conn = AgentConnection::new(host).unwrap();
+    assert!(conn.try_next().unwrap().is_none());
+    send(&mut guest, hello());
+    let frame = husk_protocol::encode(&Message::Exited { code: 5 }).unwrap();
+    guest.write_all(&frame[..3]).unwrap();
+    assert!(conn.try_next().unwrap().is_none());
+    guest.write_all(&frame[3..]).unwrap();
+    assert_eq!(conn.try_next().unwrap(), Some(Message::Exited { code: 5 }));
+    assert!(conn.try_next().unwrap().is_none());
+    drop(guest);
+    assert!(matches!(conn.try_next(), Err(AgentError::Closed)));
+}
+
+#[test]
+fn exec_connections_go_through_the_vmm_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let vsock = dir.path().join("v.sock");
+    let listener = UnixListener::bind(&vsock).unwrap();
+    let vmm = thread::spawn(move || {
+        let (mut c, _) = listener.accept().unwrap();
+        let mut line = [0u8; 13];
+        std::io::Read::read_exact(&mut c, &mut line).unwrap();
+        c.write_all(b"OK 1073741824\n").unwrap();
+        send(&mut c, hello());
+        assert_eq!(read_message(&mut c).unwrap(), Some(hello()));
+        let kill = read_message(&mut c).unwrap();
+        send(&mut c, Message::Ok);
+        (String::from_utf8_lossy(&line).into_owned(), kill)
+    });
+    let mut conn = AgentConnection::connect_exec(&vsock, Duration::from_secs(10)).unwrap();
+    conn.kill_init(15, Instant::now() + Duration::from_secs(10))
+        .unwrap();
+    let (line, kill) = vmm.join().unwrap();
+    assert_eq!(line, "CONNECT 1025\n");
+    assert_eq!(kill, Some(Message::KillInit { signal: 15 }));
+}

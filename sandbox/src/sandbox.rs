@@ -1,0 +1,257 @@
+//! One call that starts a VM with the agent from a typed description and
+//! hands back the agent's connection.
+//!
+//! The description ([`SandboxConfig`]) is data: disks by role, vCPUs,
+//! memory, an optional network backend, where the console and the vsock
+//! socket go. [`Sandbox::boot`] boots a fresh guest from it; the
+//! [`AgentConnection`] that [`Sandbox::accept_agent`] or
+//! [`Sandbox::try_accept`] return does not depend on how the VM started,
+//! so a restore from a snapshot can later take the boot's place here.
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::agent::{AgentConnection, AgentError};
+use crate::contract::{self, DiskRole, AGENT_PORT, AGENT_SERIAL, CMDLINE, GUEST_CID};
+use crate::explain;
+use crate::signals::Signals;
+use crate::vmthread::{VmResult, VmThread};
+use crate::wait::{Wake, Watch};
+
+/// A disk of the VM besides the agent disk.
+#[derive(Clone, Debug)]
+pub struct Disk {
+    /// Image file (or block device).
+    pub path: PathBuf,
+    /// What it is to the guest (its serial).
+    pub role: DiskRole,
+    /// Attach read-only.
+    pub read_only: bool,
+}
+
+/// Everything a VM with the agent is made of.
+#[derive(Clone, Debug)]
+pub struct SandboxConfig {
+    /// Guest kernel (vmlinux).
+    pub kernel: PathBuf,
+    /// The EROFS agent disk (see [`crate::assets::agent_disk`]).
+    pub agent_disk: PathBuf,
+    /// The other disks, in the order they are attached.
+    pub disks: Vec<Disk>,
+    /// vCPUs.
+    pub vcpus: u8,
+    /// Guest memory in MiB.
+    pub memory_mib: u32,
+    /// The network interface's backend, if any.
+    pub net: Option<vmm::NetConfig>,
+    /// Where the guest console goes.
+    pub console: PathBuf,
+    /// The VMM's vsock socket (short enough for a Unix socket address);
+    /// the agent's connection arrives on `<vsock>_1024`.
+    pub vsock: PathBuf,
+}
+
+impl SandboxConfig {
+    /// The VMM's configuration.
+    pub fn vm_config(&self) -> vmm::VmConfig {
+        let mut disks = vec![vmm::DiskConfig {
+            path: self.agent_disk.clone(),
+            read_only: true,
+            serial: AGENT_SERIAL.into(),
+        }];
+        disks.extend(self.disks.iter().map(|d| vmm::DiskConfig {
+            path: d.path.clone(),
+            read_only: d.read_only,
+            serial: d.role.serial(),
+        }));
+        vmm::VmConfig {
+            kernel: self.kernel.clone(),
+            initrd: None,
+            cmdline_extra: CMDLINE.to_string(),
+            vcpus: self.vcpus,
+            mem_mib: self.memory_mib,
+            disks,
+            vsock: Some(vmm::VsockConfig {
+                guest_cid: GUEST_CID,
+                uds_path: self.vsock.clone(),
+            }),
+            net: self.net.clone(),
+            console: vmm::ConsoleOutput::File(self.console.clone()),
+        }
+    }
+}
+
+/// Errors starting a VM or reaching its agent.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// Listening for the agent failed.
+    #[error("listening on {path}")]
+    Listen {
+        /// The socket.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The VMM refused the configuration.
+    #[error("creating the VM")]
+    Vm(#[from] vmm::VmError),
+    /// The VM thread could not be started.
+    #[error("starting the VM thread")]
+    Thread(#[source] io::Error),
+    /// Waiting for or accepting the agent's connection failed.
+    #[error("accepting the agent's connection")]
+    Accept(#[source] io::Error),
+    /// The VM ended before the agent connected.
+    #[error("the VM stopped before the agent connected")]
+    EndedEarly,
+    /// The agent did not connect in time.
+    #[error("the guest did not reach the agent within {0} s")]
+    BootTimeout(u64),
+    /// A handled signal arrived.
+    #[error("interrupted by signal {0}")]
+    Interrupted(i32),
+    /// The agent's connection failed at once.
+    #[error(transparent)]
+    Agent(#[from] AgentError),
+}
+
+/// A running VM whose agent connects (or has connected) to the host.
+/// Dropping it stops the VM and removes its sockets.
+pub struct Sandbox {
+    vm: VmThread,
+    listener: UnixListener,
+    agent_socket: PathBuf,
+    vsock: PathBuf,
+    console: PathBuf,
+}
+
+impl Sandbox {
+    /// Boots a VM from `config`: listens for the agent, creates the VM and
+    /// runs it on its own thread (with the installed signals blocked).
+    pub fn boot(config: &SandboxConfig) -> Result<Sandbox, SandboxError> {
+        let agent_socket = contract::host_port_socket(&config.vsock, AGENT_PORT);
+        let _ = std::fs::remove_file(&agent_socket);
+        let listen_err = |source| SandboxError::Listen {
+            path: agent_socket.clone(),
+            source,
+        };
+        let listener = UnixListener::bind(&agent_socket).map_err(listen_err)?;
+        listener.set_nonblocking(true).map_err(listen_err)?;
+        let vm = vmm::Vm::new(config.vm_config())?;
+        let vm = VmThread::start(vm).map_err(SandboxError::Thread)?;
+        Ok(Sandbox {
+            vm,
+            listener,
+            agent_socket,
+            vsock: config.vsock.clone(),
+            console: config.console.clone(),
+        })
+    }
+
+    /// Readable when the agent's boot connection is there (see
+    /// [`Sandbox::try_accept`]).
+    pub fn listener_fd(&self) -> BorrowedFd<'_> {
+        self.listener.as_fd()
+    }
+
+    /// Accepts the agent's boot connection if it is there (and greets it).
+    pub fn try_accept(&self) -> Result<Option<AgentConnection>, SandboxError> {
+        match self.listener.accept() {
+            Ok((stream, _)) => Ok(Some(AgentConnection::new(stream)?)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) => Err(SandboxError::Accept(e)),
+        }
+    }
+
+    /// Waits until the agent connects (or a signal, the VM's end or
+    /// `timeout`) and returns its connection (`Hello` sent).
+    pub fn accept_agent(
+        &self,
+        signals: Option<&Signals>,
+        timeout: Duration,
+    ) -> Result<AgentConnection, SandboxError> {
+        let deadline = Instant::now() + timeout;
+        let watch = self.watch(signals);
+        loop {
+            if let Some(conn) = self.try_accept()? {
+                return Ok(conn);
+            }
+            match watch
+                .wait(self.listener.as_fd(), Some(deadline))
+                .map_err(SandboxError::Accept)?
+            {
+                Wake::Ready => {}
+                Wake::Signal(sig) => return Err(SandboxError::Interrupted(sig)),
+                Wake::VmDone => return Err(SandboxError::EndedEarly),
+                Wake::Timeout => return Err(SandboxError::BootTimeout(timeout.as_secs())),
+            }
+        }
+    }
+
+    /// What blocking agent calls should watch: `signals` and this VM.
+    pub fn watch<'a>(&'a self, signals: Option<&'a Signals>) -> Watch<'a> {
+        Watch {
+            signals,
+            vm_done: Some(self.vm.done_fd()),
+        }
+    }
+
+    /// The VM's thread (its done fd, stop requests).
+    pub fn vm(&self) -> &VmThread {
+        &self.vm
+    }
+
+    /// The VMM's vsock socket (for exec connections).
+    pub fn vsock(&self) -> &Path {
+        &self.vsock
+    }
+
+    /// The console log.
+    pub fn console(&self) -> &Path {
+        &self.console
+    }
+
+    /// Asks the VM to stop (returns at once).
+    pub fn request_stop(&self) {
+        self.vm.request_stop();
+    }
+
+    /// Waits until the guest powers off by itself (true), or `deadline`
+    /// or a signal comes first (false: see [`Signals::received`]).
+    pub fn wait_power_off(&self, signals: Option<&Signals>, deadline: Instant) -> bool {
+        while Instant::now() < deadline {
+            if self.vm.wait_done(signals, deadline) {
+                return true;
+            }
+            if signals.is_some_and(|s| s.received().is_some()) {
+                return false;
+            }
+        }
+        self.vm.is_done()
+    }
+
+    /// Stops the VM if it still runs and returns how it ended (`None` if
+    /// its thread did not end in time).
+    pub fn stop(&mut self) -> Option<&VmResult> {
+        self.vm.stop()
+    }
+
+    /// Stops the VM and explains why it ended before the work in it did
+    /// (kernel panic, VMM error, reboot...), or `fallback`.
+    pub fn explain_end(&mut self, fallback: &str) -> String {
+        let console = self.console.clone();
+        explain::early_end(self.vm.stop(), &console, fallback)
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        self.vm.stop();
+        let _ = std::fs::remove_file(&self.agent_socket);
+        let _ = std::fs::remove_file(&self.vsock);
+    }
+}
