@@ -1,8 +1,11 @@
 //! `config.json`: everything a container is created with. Written once by
 //! [`crate::Runtime::create`]; the monitor boots every run from it.
 
+use std::fmt;
 use std::path::PathBuf;
+use std::str::FromStr;
 
+use husk_net::{NetworkMode, PortMapping};
 use serde::{Deserialize, Serialize};
 
 /// A container's configuration.
@@ -21,7 +24,7 @@ pub struct ContainerConfig {
     /// The image's layer disks, bottom first (read-only EROFS).
     pub layers: Vec<PathBuf>,
     /// The init process.
-    pub process: ProcessSpec,
+    pub process: ProcessConfig,
     /// The container's hostname.
     pub hostname: String,
     /// Extra /etc/hosts lines.
@@ -37,20 +40,19 @@ pub struct ContainerConfig {
     /// Volumes, in disk order (`vol0`, `vol1`, ...).
     #[serde(default)]
     pub mounts: Vec<Mount>,
-    /// Signal `stop` sends first (number).
-    pub stop_signal: i32,
+    /// Signal `stop` sends first.
+    pub stop_signal: Signal,
     /// Seconds `stop` waits before SIGKILL.
     pub stop_timeout: u64,
     /// Remove the container when it exits (`--rm`).
     pub auto_remove: bool,
     /// Published ports: the `-p` values, then (`-P`) the image's exposed
-    /// ports; each is a [`husk_net::parse_port_spec`] specification.
+    /// ports; a host port of 0 is chosen when the network starts.
     #[serde(default)]
-    pub ports: Vec<String>,
-    /// `--network` ([`husk_net::NetworkMode`] syntax); empty: the default
-    /// (passt).
+    pub ports: Vec<PortMapping>,
+    /// `--network`.
     #[serde(default)]
-    pub network: String,
+    pub network: NetworkMode,
     /// The guest kernel.
     pub kernel: PathBuf,
     /// The agent disk.
@@ -61,7 +63,7 @@ pub struct ContainerConfig {
 
 /// The container's init process (also the defaults of `exec`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ProcessSpec {
+pub struct ProcessConfig {
     /// Entrypoint + command.
     pub argv: Vec<String>,
     /// `KEY=VALUE` environment.
@@ -93,5 +95,153 @@ impl ContainerConfig {
     /// `"/bin/sh -c 'x'"`-style command line (arguments joined by spaces).
     pub fn command_line(&self) -> String {
         self.process.argv.join(" ")
+    }
+}
+
+/// A signal (1 to 64), stored by number; parsed from Docker's spellings
+/// (`KILL`, `SIGKILL`, `9`, `SIGRTMIN+3`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "i32", into = "i32")]
+pub struct Signal(i32);
+
+impl Signal {
+    /// SIGKILL.
+    pub const KILL: Signal = Signal(libc::SIGKILL);
+    /// SIGTERM.
+    pub const TERM: Signal = Signal(libc::SIGTERM);
+
+    /// The signal numbered `n`, if it is one.
+    pub fn from_raw(n: i32) -> Option<Signal> {
+        (1..=64).contains(&n).then_some(Signal(n))
+    }
+
+    /// Its number.
+    pub fn as_raw(self) -> i32 {
+        self.0
+    }
+}
+
+/// A string that names no signal.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid signal {0:?}")]
+pub struct InvalidSignal(pub String);
+
+impl FromStr for Signal {
+    type Err = InvalidSignal;
+
+    fn from_str(s: &str) -> Result<Signal, InvalidSignal> {
+        parse_signal(s).ok_or_else(|| InvalidSignal(s.to_string()))
+    }
+}
+
+impl TryFrom<i32> for Signal {
+    type Error = InvalidSignal;
+
+    fn try_from(n: i32) -> Result<Signal, InvalidSignal> {
+        Signal::from_raw(n).ok_or_else(|| InvalidSignal(n.to_string()))
+    }
+}
+
+impl From<Signal> for i32 {
+    fn from(s: Signal) -> i32 {
+        s.0
+    }
+}
+
+impl fmt::Display for Signal {
+    /// `SIGTERM`, or the number for signals without a name here.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match SIGNAL_NAMES.iter().find(|&&(_, n)| n == self.0) {
+            Some((name, _)) => write!(f, "SIG{name}"),
+            None => write!(f, "{}", self.0),
+        }
+    }
+}
+
+fn parse_signal(s: &str) -> Option<Signal> {
+    if let Ok(n) = s.parse::<i32>() {
+        return Signal::from_raw(n);
+    }
+    let upper = s.to_ascii_uppercase();
+    let name = upper.strip_prefix("SIG").unwrap_or(&upper);
+    if let Some(rest) = name.strip_prefix("RTMIN") {
+        let off: i32 = if rest.is_empty() {
+            0
+        } else {
+            rest.strip_prefix('+')?.parse().ok()?
+        };
+        let n = libc::SIGRTMIN().checked_add(off)?;
+        return (off >= 0 && n <= libc::SIGRTMAX()).then_some(Signal(n));
+    }
+    SIGNAL_NAMES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|&(_, v)| Signal(v))
+}
+
+const SIGNAL_NAMES: &[(&str, i32)] = &[
+    ("HUP", libc::SIGHUP),
+    ("INT", libc::SIGINT),
+    ("QUIT", libc::SIGQUIT),
+    ("ILL", libc::SIGILL),
+    ("TRAP", libc::SIGTRAP),
+    ("ABRT", libc::SIGABRT),
+    ("IOT", libc::SIGIOT),
+    ("BUS", libc::SIGBUS),
+    ("FPE", libc::SIGFPE),
+    ("KILL", libc::SIGKILL),
+    ("USR1", libc::SIGUSR1),
+    ("SEGV", libc::SIGSEGV),
+    ("USR2", libc::SIGUSR2),
+    ("PIPE", libc::SIGPIPE),
+    ("ALRM", libc::SIGALRM),
+    ("TERM", libc::SIGTERM),
+    ("STKFLT", libc::SIGSTKFLT),
+    ("CHLD", libc::SIGCHLD),
+    ("CONT", libc::SIGCONT),
+    ("STOP", libc::SIGSTOP),
+    ("TSTP", libc::SIGTSTP),
+    ("TTIN", libc::SIGTTIN),
+    ("TTOU", libc::SIGTTOU),
+    ("URG", libc::SIGURG),
+    ("XCPU", libc::SIGXCPU),
+    ("XFSZ", libc::SIGXFSZ),
+    ("VTALRM", libc::SIGVTALRM),
+    ("PROF", libc::SIGPROF),
+    ("WINCH", libc::SIGWINCH),
+    ("IO", libc::SIGIO),
+    ("PWR", libc::SIGPWR),
+    ("SYS", libc::SIGSYS),
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sig(s: &str) -> Option<i32> {
+        s.parse::<Signal>().ok().map(Signal::as_raw)
+    }
+
+    #[test]
+    fn signal_names_and_numbers() {
+        assert_eq!(sig("KILL"), Some(9));
+        assert_eq!(sig("sigterm"), Some(15));
+        assert_eq!(sig("SIGUSR1"), Some(10));
+        assert_eq!(sig("3"), Some(3));
+        assert_eq!(sig("SIGRTMIN+2"), Some(libc::SIGRTMIN() + 2));
+        assert_eq!(sig("0"), None);
+        assert_eq!(sig("65"), None);
+        assert_eq!(sig("NOPE"), None);
+        assert_eq!(Signal::TERM.to_string(), "SIGTERM");
+        let err = "NOPE".parse::<Signal>().unwrap_err();
+        assert_eq!(err.to_string(), "invalid signal \"NOPE\"");
+    }
+
+    #[test]
+    fn signals_are_stored_as_numbers() {
+        assert_eq!(serde_json::to_string(&Signal::KILL).unwrap(), "9");
+        assert_eq!(serde_json::from_str::<Signal>("15").unwrap(), Signal::TERM);
+        assert!(serde_json::from_str::<Signal>("0").is_err());
+        assert!(serde_json::from_str::<Signal>("99").is_err());
     }
 }

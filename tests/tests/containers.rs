@@ -429,7 +429,7 @@ fn library_starts_a_created_container_with_fds() {
     let Some(env) = Env::new("library_starts_a_created_container_with_fds") else {
         return;
     };
-    use husk_runtime::{MonitorCommand, Runtime, StdioSpec};
+    use husk_runtime::{MonitorCommand, Runtime, StdioWiring};
     use std::io::Read;
     // `husk create` resolves the assets; the library does the rest, the
     // way a shim would: start with its own descriptors, wait, delete.
@@ -455,7 +455,7 @@ fn library_starts_a_created_container_with_fds() {
     let (mut err_r, err_w) = pipe();
     rt.start(
         "lib",
-        StdioSpec::Fds {
+        StdioWiring::Fds {
             stdin: None,
             stdout: Some(out_w),
             stderr: Some(err_w),
