@@ -79,6 +79,11 @@ impl Signals {
         self.read.as_raw_fd()
     }
 
+    /// [`Signals::fd`], borrowed.
+    pub fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self.read)
+    }
+
     /// The last signal received since installation, if any (drains the
     /// pipe).
     pub fn received(&self) -> Option<i32> {

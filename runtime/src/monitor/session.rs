@@ -442,7 +442,7 @@ impl<'a> Session<'a> {
             (&self.local.stderr, &mut self.local.broken[1])
         };
         if let Some(f) = file {
-            write_out(f.as_raw_fd(), &bytes, broken);
+            write_out(std::os::fd::AsFd::as_fd(f), &bytes, broken);
         }
         let msg = if stream == "stdout" {
             Message::Stdout(bytes)

@@ -11,6 +11,7 @@ use clap::Args;
 use husk_runtime::relay::{self, ClientIo, Outcome};
 use husk_runtime::signals::Signals;
 use husk_runtime::{ExecOptions, Runtime, StdioWiring};
+use rustix::process::Signal;
 use rustix::termios::{tcgetattr, tcsetattr, OptionalActions, Termios};
 
 use super::RootArgs;
@@ -50,18 +51,19 @@ pub fn stdin_is_terminal() -> bool {
 /// Signals watched while attached: SIGWINCH for resizes, and those
 /// forwarded.
 const ATTACHED_SIGNALS: [i32; 7] = [
-    libc::SIGINT,
-    libc::SIGTERM,
-    libc::SIGHUP,
-    libc::SIGQUIT,
-    libc::SIGUSR1,
-    libc::SIGUSR2,
-    libc::SIGWINCH,
+    Signal::INT.as_raw(),
+    Signal::TERM.as_raw(),
+    Signal::HUP.as_raw(),
+    Signal::QUIT.as_raw(),
+    Signal::USR1.as_raw(),
+    Signal::USR2.as_raw(),
+    Signal::WINCH.as_raw(),
 ];
 
 /// The local terminal's size, if it is one.
 fn local_size() -> Option<(u16, u16)> {
-    relay::terminal_size(0).or_else(|| relay::terminal_size(1))
+    relay::terminal_size(rustix::stdio::stdin())
+        .or_else(|| relay::terminal_size(rustix::stdio::stdout()))
 }
 
 /// Starts container `id` with its process waiting for us, attaches, and
@@ -96,14 +98,19 @@ fn relay_local(mut conn: UnixStream, how: &LocalStdio, signals: &Signals) -> Res
     } else {
         None
     };
+    let (stdin, stdout) = (rustix::stdio::stdin(), rustix::stdio::stdout());
     let io = ClientIo {
-        stdin: how.stdin.then_some(0),
-        stdout: 1,
-        stderr: 2,
+        stdin: how.stdin.then_some(stdin),
+        stdout,
+        stderr: rustix::stdio::stderr(),
         signals: Some(signals),
-        tty: how
-            .tty
-            .then(|| if std::io::stdin().is_terminal() { 0 } else { 1 }),
+        tty: how.tty.then(|| {
+            if std::io::stdin().is_terminal() {
+                stdin
+            } else {
+                stdout
+            }
+        }),
         forward_signals: !how.tty && how.sig_proxy,
     };
     Ok(relay::relay(&mut conn, &io)?)
