@@ -222,11 +222,10 @@ impl Passt {
             return;
         }
         // The pid is our unreaped child, so it cannot have been reused.
-        if let Ok(pid) = libc::pid_t::try_from(child.id()) {
-            // SAFETY: kill(2) with a valid pid and signal has no memory
-            // effects.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
-        }
+        let _ = rustix::process::kill_process(
+            rustix::process::Pid::from_child(&child),
+            rustix::process::Signal::TERM,
+        );
         let deadline = Instant::now() + STOP_TIMEOUT;
         while Instant::now() < deadline {
             match child.try_wait() {
