@@ -83,7 +83,7 @@ impl Status {
 pub struct MonitorProcess {
     /// Host pid.
     pub pid: i32,
-    /// Its start time (field 22 of /proc/<pid>/stat), so a recycled pid is
+    /// Its start time (field 22 of `/proc/<pid>/stat`), so a recycled pid is
     /// never mistaken for it.
     pub start_time: u64,
 }

@@ -172,7 +172,11 @@ fn port_map(ports: &[husk_net::PortMapping], bound: bool) -> serde_json::Value {
             (true, _, _) => (p.host_addr().ip().to_string(), p.host_port.to_string()),
             (false, ip, port) => (
                 ip.map(|ip| ip.to_string()).unwrap_or_default(),
-                (port != 0).then(|| port.to_string()).unwrap_or_default(),
+                if port == 0 {
+                    String::new()
+                } else {
+                    port.to_string()
+                },
             ),
         };
         let entry = serde_json::json!({ "HostIp": ip, "HostPort": port });
