@@ -48,7 +48,7 @@ pub struct ContainerConfig {
     pub auto_remove: bool,
     /// Published ports: the `-p` values, then (`-P`) the image's exposed
     /// ports; a host port of 0 is chosen when the network starts.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "stored_ports")]
     pub ports: Vec<PortMapping>,
     /// `--network`.
     #[serde(default)]
@@ -96,6 +96,27 @@ impl ContainerConfig {
     pub fn command_line(&self) -> String {
         self.process.argv.join(" ")
     }
+}
+
+/// Reads `ports` as stored now (objects), or as `-p` strings, the form
+/// configs had before the mappings were typed.
+fn stored_ports<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<PortMapping>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Stored {
+        Mapping(PortMapping),
+        Flag(String),
+    }
+    let mut out = Vec::new();
+    for p in Vec::<Stored>::deserialize(d)? {
+        match p {
+            Stored::Mapping(m) => out.push(m),
+            Stored::Flag(s) => {
+                out.extend(husk_net::parse_port_spec(&s).map_err(serde::de::Error::custom)?)
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// A signal (1 to 64), stored by number; parsed from Docker's spellings
@@ -235,6 +256,24 @@ mod tests {
         assert_eq!(Signal::TERM.to_string(), "SIGTERM");
         let err = "NOPE".parse::<Signal>().unwrap_err();
         assert_eq!(err.to_string(), "invalid signal \"NOPE\"");
+    }
+
+    #[test]
+    fn ports_read_typed_or_as_flags() {
+        #[derive(Deserialize)]
+        struct Ports {
+            #[serde(deserialize_with = "stored_ports")]
+            ports: Vec<PortMapping>,
+        }
+        let typed = husk_net::parse_port_spec("127.0.0.1:8080:80").unwrap();
+        let json = serde_json::json!({ "ports": typed }).to_string();
+        let read: Ports = serde_json::from_str(&json).unwrap();
+        assert_eq!(read.ports, typed);
+        let old: Ports =
+            serde_json::from_str(r#"{"ports": ["127.0.0.1:8080:80", "53/udp"]}"#).unwrap();
+        assert_eq!(old.ports[0], typed[0]);
+        assert_eq!(old.ports[1].container_port, 53);
+        assert!(serde_json::from_str::<Ports>(r#"{"ports": ["80:x"]}"#).is_err());
     }
 
     #[test]

@@ -158,9 +158,28 @@ pub struct State {
     #[serde(default)]
     pub start_count: u32,
     /// Published ports of the current (or last) run with their actual host
-    /// ports.
-    #[serde(default)]
+    /// ports (entries in the untyped form of older states are dropped).
+    #[serde(default, deserialize_with = "bound_ports")]
     pub ports: Vec<PortMapping>,
+}
+
+/// The typed entries of `ports`; strings (`80/tcp -> 0.0.0.0:8080`, from
+/// states written before ports were typed) describe a past run and are
+/// dropped.
+fn bound_ports<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<PortMapping>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Stored {
+        Mapping(PortMapping),
+        Legacy(serde::de::IgnoredAny),
+    }
+    Ok(Vec::<Stored>::deserialize(d)?
+        .into_iter()
+        .filter_map(|p| match p {
+            Stored::Mapping(m) => Some(m),
+            Stored::Legacy(_) => None,
+        })
+        .collect())
 }
 
 impl State {
@@ -266,6 +285,14 @@ mod tests {
             assert_eq!(s.can_wait(), wait, "{s:?} wait");
             assert_eq!(s.can_exec(), exec, "{s:?} exec");
         }
+    }
+
+    #[test]
+    fn states_with_untyped_ports_still_load() {
+        let mut s = serde_json::to_value(State::created()).unwrap();
+        s["ports"] = serde_json::json!(["80/tcp -> 0.0.0.0:8080"]);
+        let read: State = serde_json::from_value(s).unwrap();
+        assert!(read.ports.is_empty());
     }
 
     #[test]
