@@ -72,7 +72,7 @@ pub struct CreateOptions {
     pub boot_timeout: u64,
 }
 
-/// One `-v` flag.
+/// A volume to mount (the CLI's `-v`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum VolumeRequest {
     /// `name:/path[:ro]`: a named volume, created if missing.
@@ -99,44 +99,6 @@ pub enum VolumeRequest {
 }
 
 impl VolumeRequest {
-    /// Parses Docker's `-v` syntax.
-    pub fn parse(spec: &str) -> Result<VolumeRequest, Error> {
-        let bad =
-            |why: &str| Error::Invalid(format!("invalid volume specification '{spec}': {why}"));
-        let parts: Vec<&str> = spec.split(':').collect();
-        let (source, target, opts) = match parts.as_slice() {
-            [t] => (None, *t, None),
-            [s, t] => (Some(*s), *t, None),
-            [s, t, o] => (Some(*s), *t, Some(*o)),
-            _ => return Err(bad("too many colons")),
-        };
-        check_target(target).map_err(|e| bad(&e))?;
-        let read_only = match opts {
-            None | Some("rw") => false,
-            Some("ro") => true,
-            Some(o) => return Err(bad(&format!("unknown option {o:?} (ro, rw)"))),
-        };
-        let Some(source) = source else {
-            return Ok(VolumeRequest::Anonymous {
-                target: target.to_string(),
-            });
-        };
-        if source.starts_with('/') || source.starts_with('.') || source.starts_with('~') {
-            return Ok(VolumeRequest::Bind {
-                source: source.to_string(),
-                target: target.to_string(),
-            });
-        }
-        if !crate::id::valid_name(source) {
-            return Err(bad("volume names are [a-zA-Z0-9][a-zA-Z0-9_.-]+"));
-        }
-        Ok(VolumeRequest::Named {
-            name: source.to_string(),
-            target: target.to_string(),
-            read_only,
-        })
-    }
-
     /// The path inside the container.
     pub fn target(&self) -> &str {
         match self {
@@ -147,7 +109,8 @@ impl VolumeRequest {
     }
 }
 
-fn check_target(t: &str) -> Result<(), String> {
+/// Checks a mount point: absolute, clean, not `/`; the error says why.
+pub fn check_mount_target(t: &str) -> Result<(), String> {
     if !t.starts_with('/') {
         return Err(format!("{t:?} is not an absolute path"));
     }

@@ -377,6 +377,8 @@ fn volume_requests(
         if matches!(r, VolumeRequest::Bind { .. }) {
             return Err(Error::Invalid(BIND_UNSUPPORTED.to_string()));
         }
+        options::check_mount_target(r.target())
+            .map_err(|why| Error::Invalid(format!("invalid mount point: {why}")))?;
         if out.iter().any(|o| o.target() == r.target()) {
             return Err(Error::Invalid(format!(
                 "duplicate mount point: {}",
@@ -431,7 +433,15 @@ mod tests {
 
     #[test]
     fn image_volumes_become_anonymous_unless_covered() {
-        let flags = vec![VolumeRequest::parse("data:/data").unwrap()];
+        let named = |name: &str, target: &str| VolumeRequest::Named {
+            name: name.into(),
+            target: target.into(),
+            read_only: false,
+        };
+        let anonymous = |target: &str| VolumeRequest::Anonymous {
+            target: target.into(),
+        };
+        let flags = vec![named("data", "/data")];
         let r = volume_requests(&flags, &["/data".into(), "/cache/".into()]).unwrap();
         assert_eq!(r.len(), 2);
         assert_eq!(
@@ -440,12 +450,18 @@ mod tests {
                 target: "/cache".into()
             }
         );
-        let err = volume_requests(&[VolumeRequest::parse("/h:/c").unwrap()], &[]).unwrap_err();
+        let bind = VolumeRequest::Bind {
+            source: "/h".into(),
+            target: "/c".into(),
+        };
+        let err = volume_requests(&[bind], &[]).unwrap_err();
         assert!(err.to_string().contains("virtio-fs"), "{err}");
-        let dup = vec![
-            VolumeRequest::parse("aa:/x").unwrap(),
-            VolumeRequest::parse("/x").unwrap(),
-        ];
+        let dup = vec![named("aa", "/x"), anonymous("/x")];
         assert!(volume_requests(&dup, &[]).is_err());
+        let unclean = volume_requests(&[anonymous("/a/../b")], &[]).unwrap_err();
+        assert!(
+            unclean.to_string().contains("not a clean path"),
+            "{unclean}"
+        );
     }
 }

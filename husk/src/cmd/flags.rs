@@ -1,8 +1,47 @@
 //! Parsers of flag values shared by several commands (`--env-file`, `-e`,
-//! `-m`, `--cpus`); the library takes the typed results.
+//! `-m`, `--cpus`, `-v`); the library takes the typed results.
 
 use anyhow::{bail, Context, Result};
-use husk_runtime::options::MIN_MEMORY_MIB;
+use husk_runtime::options::{check_mount_target, MIN_MEMORY_MIB};
+use husk_runtime::VolumeRequest;
+
+/// Parses Docker's `-v` syntax: `NAME:/path[:ro|rw]`, `/path`
+/// (anonymous), `/host/path:/path` (bind).
+pub fn parse_volume(spec: &str) -> Result<VolumeRequest> {
+    let bad = |why: &str| anyhow::anyhow!("invalid volume specification '{spec}': {why}");
+    let parts: Vec<&str> = spec.split(':').collect();
+    let (source, target, opts) = match parts.as_slice() {
+        [t] => (None, *t, None),
+        [s, t] => (Some(*s), *t, None),
+        [s, t, o] => (Some(*s), *t, Some(*o)),
+        _ => return Err(bad("too many colons")),
+    };
+    check_mount_target(target).map_err(|e| bad(&e))?;
+    let read_only = match opts {
+        None | Some("rw") => false,
+        Some("ro") => true,
+        Some(o) => return Err(bad(&format!("unknown option {o:?} (ro, rw)"))),
+    };
+    let Some(source) = source else {
+        return Ok(VolumeRequest::Anonymous {
+            target: target.to_string(),
+        });
+    };
+    if source.starts_with('/') || source.starts_with('.') || source.starts_with('~') {
+        return Ok(VolumeRequest::Bind {
+            source: source.to_string(),
+            target: target.to_string(),
+        });
+    }
+    if !husk_runtime::id::valid_name(source) {
+        return Err(bad("volume names are [a-zA-Z0-9][a-zA-Z0-9_.-]+"));
+    }
+    Ok(VolumeRequest::Named {
+        name: source.to_string(),
+        target: target.to_string(),
+        read_only,
+    })
+}
 
 /// `-e` values: `KEY=VALUE` as is; `KEY` alone takes husk's own value
 /// (skipped when unset), as Docker does.
@@ -118,6 +157,46 @@ mod tests {
         let flags = strings(&["A=1", "HOME", "NOPE"]);
         let env = env_flags_from(&flags, |k| (k == "HOME").then(|| "/h".to_string()));
         assert_eq!(env, strings(&["A=1", "HOME=/h"]));
+    }
+
+    #[test]
+    fn volume_flags() {
+        assert_eq!(
+            parse_volume("data:/data").unwrap(),
+            VolumeRequest::Named {
+                name: "data".into(),
+                target: "/data".into(),
+                read_only: false
+            }
+        );
+        assert_eq!(
+            parse_volume("data:/d:ro").unwrap(),
+            VolumeRequest::Named {
+                name: "data".into(),
+                target: "/d".into(),
+                read_only: true
+            }
+        );
+        assert_eq!(
+            parse_volume("/cache").unwrap(),
+            VolumeRequest::Anonymous {
+                target: "/cache".into()
+            }
+        );
+        assert!(matches!(
+            parse_volume("/host:/ctr").unwrap(),
+            VolumeRequest::Bind { .. }
+        ));
+        for bad in [
+            "data:rel",
+            "a:/b:zz",
+            "a:/b:ro:x",
+            "x y:/a",
+            "/",
+            "v:/a/../b",
+        ] {
+            assert!(parse_volume(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

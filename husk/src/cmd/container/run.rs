@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use clap::Args;
-use husk_runtime::{CreateOptions, Runtime, StdioWiring, VolumeRequest};
+use husk_runtime::{CreateOptions, Runtime, StdioWiring};
 
 use super::interactive::{self, LocalStdio};
 use super::RootArgs;
@@ -114,7 +114,7 @@ fn options(a: &CreateArgs) -> Result<CreateOptions> {
     let volumes = a
         .volumes
         .iter()
-        .map(|v| VolumeRequest::parse(v))
+        .map(|v| flags::parse_volume(v))
         .collect::<Result<Vec<_>, _>>()?;
     let network: NetworkMode = a.network.as_deref().unwrap_or_default().parse()?;
     let mut ports = Vec::new();
