@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use husk_net::{NetworkMode, PortMapping};
+use rustix::process::Signal as Sig;
 use serde::{Deserialize, Serialize};
 
 /// A container's configuration.
@@ -127,9 +128,9 @@ pub struct Signal(i32);
 
 impl Signal {
     /// SIGKILL.
-    pub const KILL: Signal = Signal(libc::SIGKILL);
+    pub const KILL: Signal = Signal(Sig::KILL.as_raw());
     /// SIGTERM.
-    pub const TERM: Signal = Signal(libc::SIGTERM);
+    pub const TERM: Signal = Signal(Sig::TERM.as_raw());
 
     /// The signal numbered `n`, if it is one.
     pub fn from_raw(n: i32) -> Option<Signal> {
@@ -201,38 +202,38 @@ fn parse_signal(s: &str) -> Option<Signal> {
 }
 
 const SIGNAL_NAMES: &[(&str, i32)] = &[
-    ("HUP", libc::SIGHUP),
-    ("INT", libc::SIGINT),
-    ("QUIT", libc::SIGQUIT),
-    ("ILL", libc::SIGILL),
-    ("TRAP", libc::SIGTRAP),
-    ("ABRT", libc::SIGABRT),
-    ("IOT", libc::SIGIOT),
-    ("BUS", libc::SIGBUS),
-    ("FPE", libc::SIGFPE),
-    ("KILL", libc::SIGKILL),
-    ("USR1", libc::SIGUSR1),
-    ("SEGV", libc::SIGSEGV),
-    ("USR2", libc::SIGUSR2),
-    ("PIPE", libc::SIGPIPE),
-    ("ALRM", libc::SIGALRM),
-    ("TERM", libc::SIGTERM),
-    ("STKFLT", libc::SIGSTKFLT),
-    ("CHLD", libc::SIGCHLD),
-    ("CONT", libc::SIGCONT),
-    ("STOP", libc::SIGSTOP),
-    ("TSTP", libc::SIGTSTP),
-    ("TTIN", libc::SIGTTIN),
-    ("TTOU", libc::SIGTTOU),
-    ("URG", libc::SIGURG),
-    ("XCPU", libc::SIGXCPU),
-    ("XFSZ", libc::SIGXFSZ),
-    ("VTALRM", libc::SIGVTALRM),
-    ("PROF", libc::SIGPROF),
-    ("WINCH", libc::SIGWINCH),
-    ("IO", libc::SIGIO),
-    ("PWR", libc::SIGPWR),
-    ("SYS", libc::SIGSYS),
+    ("HUP", Sig::HUP.as_raw()),
+    ("INT", Sig::INT.as_raw()),
+    ("QUIT", Sig::QUIT.as_raw()),
+    ("ILL", Sig::ILL.as_raw()),
+    ("TRAP", Sig::TRAP.as_raw()),
+    ("ABRT", Sig::ABORT.as_raw()),
+    ("IOT", Sig::ABORT.as_raw()),
+    ("BUS", Sig::BUS.as_raw()),
+    ("FPE", Sig::FPE.as_raw()),
+    ("KILL", Sig::KILL.as_raw()),
+    ("USR1", Sig::USR1.as_raw()),
+    ("SEGV", Sig::SEGV.as_raw()),
+    ("USR2", Sig::USR2.as_raw()),
+    ("PIPE", Sig::PIPE.as_raw()),
+    ("ALRM", Sig::ALARM.as_raw()),
+    ("TERM", Sig::TERM.as_raw()),
+    ("STKFLT", Sig::STKFLT.as_raw()),
+    ("CHLD", Sig::CHILD.as_raw()),
+    ("CONT", Sig::CONT.as_raw()),
+    ("STOP", Sig::STOP.as_raw()),
+    ("TSTP", Sig::TSTP.as_raw()),
+    ("TTIN", Sig::TTIN.as_raw()),
+    ("TTOU", Sig::TTOU.as_raw()),
+    ("URG", Sig::URG.as_raw()),
+    ("XCPU", Sig::XCPU.as_raw()),
+    ("XFSZ", Sig::XFSZ.as_raw()),
+    ("VTALRM", Sig::VTALARM.as_raw()),
+    ("PROF", Sig::PROF.as_raw()),
+    ("WINCH", Sig::WINCH.as_raw()),
+    ("IO", Sig::IO.as_raw()),
+    ("PWR", Sig::POWER.as_raw()),
+    ("SYS", Sig::SYS.as_raw()),
 ];
 
 #[cfg(test)]
