@@ -158,7 +158,7 @@ impl<W: Write> Walk<'_, W> {
                 .file(rel, &meta, &xattrs, m.len(), io::BufReader::new(f))
                 .map_err(io_at(rel));
         }
-        let dev = (libc::major(m.rdev()), libc::minor(m.rdev()));
+        let dev = (rustix::fs::major(m.rdev()), rustix::fs::minor(m.rdev()));
         let kind = if ft.is_char_device() {
             tar::EntryType::Char
         } else if ft.is_block_device() {
@@ -179,22 +179,22 @@ mod tests {
     use std::io::Read;
 
     fn is_root() -> bool {
-        // SAFETY: geteuid has no preconditions.
-        unsafe { libc::geteuid() == 0 }
+        rustix::process::geteuid().is_root()
     }
 
     fn mknod_whiteout(p: &Path) {
-        let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
-        // SAFETY: valid path; a 0:0 character device.
-        assert_eq!(unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR, 0) }, 0);
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            p,
+            rustix::fs::FileType::CharacterDevice,
+            rustix::fs::Mode::empty(),
+            rustix::fs::makedev(0, 0),
+        )
+        .unwrap();
     }
 
     fn set_xattr(p: &Path, k: &str, v: &[u8]) {
-        let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
-        let k = std::ffi::CString::new(k).unwrap();
-        // SAFETY: valid strings and buffer.
-        let rc = unsafe { libc::lsetxattr(c.as_ptr(), k.as_ptr(), v.as_ptr().cast(), v.len(), 0) };
-        assert_eq!(rc, 0, "{}", io::Error::last_os_error());
+        rustix::fs::lsetxattr(p, k, v, rustix::fs::XattrFlags::empty()).unwrap();
     }
 
     #[test]

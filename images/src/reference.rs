@@ -23,7 +23,7 @@ pub enum ReferenceError {
 /// A normalised image reference.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Reference {
-    /// Registry host[:port], e.g. `docker.io` or `127.0.0.1:5000`.
+    /// Registry `host[:port]`, e.g. `docker.io` or `127.0.0.1:5000`.
     pub registry: String,
     /// Repository path, e.g. `library/busybox`.
     pub repository: String,

@@ -10,8 +10,7 @@ use images::layer::MAX_LAYER_DISKS;
 use images::{Reference, RuntimeConfig, Store};
 
 fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
+    rustix::process::geteuid().is_root()
 }
 
 fn layer(entries: &[(&str, Option<&[u8]>)]) -> Vec<u8> {

@@ -34,7 +34,7 @@ use std::path::PathBuf;
 use husk_protocol::NetworkSpec;
 
 pub use passt::{Passt, PasstError, DNS_IP, GATEWAY_IP, GUEST_IP};
-pub use ports::{parse_port_spec, publish_all, PortError, PortSpec, Proto};
+pub use ports::{parse_port_spec, publish_all, PortError, PortMapping, Proto};
 pub use tap::{Tap, TapError};
 
 /// The interface MTU in TAP mode.
@@ -60,8 +60,10 @@ pub enum NetError {
     Address(String),
 }
 
-/// Which network a container gets.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// Which network a container gets. Stored (serde) as its `--network`
+/// spelling.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub enum NetworkMode {
     /// passt: outbound access and published ports, no privileges.
     #[default]
@@ -92,13 +94,39 @@ impl std::str::FromStr for NetworkMode {
     }
 }
 
+impl std::fmt::Display for NetworkMode {
+    /// The canonical `--network` value.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NetworkMode::User => f.write_str("passt"),
+            NetworkMode::None => f.write_str("none"),
+            NetworkMode::Tap(None) => f.write_str("tap"),
+            NetworkMode::Tap(Some(name)) => write!(f, "tap:{name}"),
+        }
+    }
+}
+
+impl TryFrom<String> for NetworkMode {
+    type Error = NetError;
+
+    fn try_from(s: String) -> Result<Self, NetError> {
+        s.parse()
+    }
+}
+
+impl From<NetworkMode> for String {
+    fn from(mode: NetworkMode) -> String {
+        mode.to_string()
+    }
+}
+
 /// What [`Network::start`] sets up.
 #[derive(Debug, Clone, Default)]
 pub struct NetworkOptions {
     /// The backend.
     pub mode: NetworkMode,
     /// Published ports (`-p`, `-P`); only with [`NetworkMode::User`].
-    pub ports: Vec<PortSpec>,
+    pub ports: Vec<PortMapping>,
     /// The guest's MAC address; default: a random locally administered one.
     pub mac: Option<[u8; 6]>,
     /// TAP mode: the guest's address and prefix (`192.168.1.10/24`) and
@@ -119,7 +147,7 @@ enum Backend {
 pub struct Network {
     backend: Backend,
     mac: [u8; 6],
-    ports: Vec<PortSpec>,
+    ports: Vec<PortMapping>,
     spec: Option<NetworkSpec>,
 }
 
@@ -223,7 +251,7 @@ impl Network {
     }
 
     /// The published ports with their actual host ports (`husk port`).
-    pub fn ports(&self) -> &[PortSpec] {
+    pub fn ports(&self) -> &[PortMapping] {
         &self.ports
     }
 

@@ -19,7 +19,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::ports::{port_is_bound, PortSpec, Proto};
+use crate::ports::{port_is_bound, PortMapping, Proto};
 
 /// The guest's address.
 pub const GUEST_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 15);
@@ -75,7 +75,7 @@ pub fn find_passt() -> Result<PathBuf, PasstError> {
 }
 
 /// passt's command line, after `-F FD`.
-pub fn passt_args(ports: &[PortSpec]) -> Vec<OsString> {
+pub fn passt_args(ports: &[PortMapping]) -> Vec<OsString> {
     let mut args: Vec<String> = vec![
         "-f".into(),
         "-q".into(),
@@ -115,7 +115,7 @@ pub fn passt_args(ports: &[PortSpec]) -> Vec<OsString> {
 impl Passt {
     /// Starts passt with `ports` (host ports already resolved) and waits
     /// until it listens on all of them.
-    pub fn start(binary: &Path, ports: &[PortSpec]) -> Result<Self, PasstError> {
+    pub fn start(binary: &Path, ports: &[PortMapping]) -> Result<Self, PasstError> {
         let (ours, theirs) = UnixStream::pair().map_err(PasstError::Io)?;
         let log = tempfile::tempfile().map_err(PasstError::Io)?;
         let theirs: OwnedFd = theirs.into();
@@ -168,9 +168,9 @@ impl Passt {
         self.child.as_ref().map(Child::id)
     }
 
-    fn wait_ready(&mut self, ports: &[PortSpec]) -> Result<(), PasstError> {
+    fn wait_ready(&mut self, ports: &[PortMapping]) -> Result<(), PasstError> {
         let deadline = Instant::now() + READY_TIMEOUT;
-        let mut pending: Vec<&PortSpec> = ports.iter().collect();
+        let mut pending: Vec<&PortMapping> = ports.iter().collect();
         loop {
             pending.retain(|p| !port_is_bound(p.host_port, p.proto));
             if let Some(child) = self.child.as_mut() {
@@ -222,11 +222,10 @@ impl Passt {
             return;
         }
         // The pid is our unreaped child, so it cannot have been reused.
-        if let Ok(pid) = libc::pid_t::try_from(child.id()) {
-            // SAFETY: kill(2) with a valid pid and signal has no memory
-            // effects.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
-        }
+        let _ = rustix::process::kill_process(
+            rustix::process::Pid::from_child(&child),
+            rustix::process::Signal::TERM,
+        );
         let deadline = Instant::now() + STOP_TIMEOUT;
         while Instant::now() < deadline {
             match child.try_wait() {

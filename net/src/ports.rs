@@ -5,8 +5,11 @@ use std::fmt;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, UdpSocket};
 
+use serde::{Deserialize, Serialize};
+
 /// A transport protocol of a published port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Proto {
     /// TCP.
     Tcp,
@@ -25,8 +28,8 @@ impl fmt::Display for Proto {
 
 /// One published port: host `host_ip:host_port` forwards to the guest's
 /// `container_port`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct PortSpec {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct PortMapping {
     /// The host address to listen on; `None`: all addresses (0.0.0.0).
     pub host_ip: Option<Ipv4Addr>,
     /// The host port; 0: any free port, chosen when the network starts.
@@ -37,7 +40,7 @@ pub struct PortSpec {
     pub proto: Proto,
 }
 
-impl PortSpec {
+impl PortMapping {
     /// The host address the port listens on.
     pub fn host_addr(&self) -> SocketAddrV4 {
         SocketAddrV4::new(
@@ -47,7 +50,26 @@ impl PortSpec {
     }
 }
 
-impl fmt::Display for PortSpec {
+impl PortMapping {
+    /// As `ps` shows it: `0.0.0.0:8080->80/tcp`.
+    pub fn ps_form(&self) -> String {
+        format!(
+            "{}->{}/{}",
+            self.host_addr(),
+            self.container_port,
+            self.proto
+        )
+    }
+
+    /// Whether this port matches `husk port`'s filter
+    /// `PRIVATE_PORT[/PROTO]` (the protocol defaults to tcp).
+    pub fn matches(&self, filter: &str) -> bool {
+        let (port, proto) = filter.split_once('/').unwrap_or((filter, "tcp"));
+        port.parse() == Ok(self.container_port) && proto == self.proto.to_string()
+    }
+}
+
+impl fmt::Display for PortMapping {
     /// Docker's `husk port` format: `80/tcp -> 0.0.0.0:8080`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
@@ -134,8 +156,8 @@ fn parse_range(spec: &str, s: &str) -> Result<(u16, u16), PortError> {
 /// Parses one `-p` value: `[ip:][hostPort:]containerPort[/tcp|udp]`, where
 /// ports may be ranges (`8000-8010:80-90`, or a host range for one
 /// container port... of equal length). A missing host port means any free
-/// port. Returns one [`PortSpec`] per port.
-pub fn parse_port_spec(spec: &str) -> Result<Vec<PortSpec>, PortError> {
+/// port. Returns one [`PortMapping`] per port.
+pub fn parse_port_spec(spec: &str) -> Result<Vec<PortMapping>, PortError> {
     let (rest, proto) = match spec.rsplit_once('/') {
         Some((r, "tcp")) => (r, Proto::Tcp),
         Some((r, "udp")) => (r, Proto::Udp),
@@ -179,7 +201,7 @@ pub fn parse_port_spec(spec: &str) -> Result<Vec<PortSpec>, PortError> {
     };
     Ok((c_lo..=c_hi)
         .zip(host_ports)
-        .map(|(container_port, host_port)| PortSpec {
+        .map(|(container_port, host_port)| PortMapping {
             host_ip,
             host_port,
             container_port,
@@ -190,7 +212,7 @@ pub fn parse_port_spec(spec: &str) -> Result<Vec<PortSpec>, PortError> {
 
 /// `-P`: every exposed port of the image (`"80/tcp"`, `"53/udp"`, `"8080"`,
 /// ranges allowed) published on a free host port.
-pub fn publish_all<S: AsRef<str>>(exposed: &[S]) -> Result<Vec<PortSpec>, PortError> {
+pub fn publish_all<S: AsRef<str>>(exposed: &[S]) -> Result<Vec<PortMapping>, PortError> {
     let mut out = Vec::new();
     for e in exposed {
         let e = e.as_ref();
@@ -209,8 +231,8 @@ pub fn publish_all<S: AsRef<str>>(exposed: &[S]) -> Result<Vec<PortSpec>, PortEr
 /// Checks that every fixed host port can be bound now and is not
 /// published twice; ports of 0 get a free port of the kernel's choosing.
 /// Returns the specs with every host port set.
-pub fn resolve_host_ports(specs: &[PortSpec]) -> Result<Vec<PortSpec>, PortError> {
-    let mut out: Vec<PortSpec> = Vec::with_capacity(specs.len());
+pub fn resolve_host_ports(specs: &[PortMapping]) -> Result<Vec<PortMapping>, PortError> {
+    let mut out: Vec<PortMapping> = Vec::with_capacity(specs.len());
     for spec in specs {
         let mut spec = *spec;
         spec.host_port = probe(spec.host_addr(), spec.proto)?;
@@ -281,7 +303,7 @@ fn proc_net_has(text: &str, port: u16, state: &str) -> bool {
 mod tests {
     use super::*;
 
-    fn one(spec: &str) -> PortSpec {
+    fn one(spec: &str) -> PortMapping {
         let v = parse_port_spec(spec).unwrap();
         assert_eq!(v.len(), 1, "{spec}");
         v[0]
@@ -373,6 +395,23 @@ mod tests {
         assert_ne!(r[0].host_port, r[1].host_port);
         let twice = resolve_host_ports(&[one("127.0.0.1:1:80"), one("127.0.0.1:1:81")]);
         assert!(twice.is_err());
+    }
+
+    #[test]
+    fn ps_form_filters_and_serde() {
+        let p = PortMapping {
+            host_port: 8080,
+            ..one("80")
+        };
+        assert_eq!(p.to_string(), "80/tcp -> 0.0.0.0:8080");
+        assert_eq!(p.ps_form(), "0.0.0.0:8080->80/tcp");
+        assert!(p.matches("80"));
+        assert!(p.matches("80/tcp"));
+        assert!(!p.matches("80/udp"));
+        assert!(!p.matches("8080"));
+        let json = serde_json::to_string(&p).unwrap();
+        assert!(json.contains(r#""proto":"tcp""#), "{json}");
+        assert_eq!(serde_json::from_str::<PortMapping>(&json).unwrap(), p);
     }
 
     #[test]

@@ -4,7 +4,6 @@
 
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::OpenOptionsExt;
 
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;
@@ -63,7 +62,7 @@ pub fn valid_name(name: &str) -> bool {
 }
 
 fn io_err(name: &str, op: &'static str, source: io::Error) -> TapError {
-    if source.raw_os_error() == Some(libc::EPERM) || source.raw_os_error() == Some(libc::EACCES) {
+    if source.kind() == io::ErrorKind::PermissionDenied {
         return TapError::Permission(name.to_string());
     }
     TapError::Io {
@@ -81,7 +80,6 @@ fn set_persist(name: &str, persist: bool) -> Result<(), TapError> {
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
-        .custom_flags(libc::O_CLOEXEC)
         .open("/dev/net/tun")
         .map_err(|e| io_err(name, "open /dev/net/tun", e))?;
     let mut req = IfReq::new(name, IFF_TAP | IFF_NO_PI);
@@ -105,13 +103,13 @@ fn set_persist(name: &str, persist: bool) -> Result<(), TapError> {
 }
 
 fn inet_socket() -> io::Result<std::os::fd::OwnedFd> {
-    // SAFETY: socket(2) with constant arguments.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd was just created and is owned by nobody else.
-    Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+    use rustix::net::{AddressFamily, SocketFlags, SocketType};
+    Ok(rustix::net::socket_with(
+        AddressFamily::INET,
+        SocketType::DGRAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )?)
 }
 
 /// The flags of interface `name` (ENODEV if there is none).
@@ -213,7 +211,10 @@ mod tests {
             assert!(flags & libc::IFF_UP as libc::c_short != 0, "IFF_UP set");
             tap.delete().unwrap();
             let gone = interface_flags(name).unwrap_err();
-            assert_eq!(gone.raw_os_error(), Some(libc::ENODEV));
+            assert_eq!(
+                gone.raw_os_error(),
+                Some(rustix::io::Errno::NODEV.raw_os_error())
+            );
         })
         .join()
         .unwrap();

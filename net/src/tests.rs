@@ -176,6 +176,22 @@ fn none_mode_and_options() {
     );
     assert!("tap:a/b".parse::<NetworkMode>().is_err());
     assert!("host".parse::<NetworkMode>().is_err());
+    for mode in [
+        NetworkMode::User,
+        NetworkMode::None,
+        NetworkMode::Tap(None),
+        NetworkMode::Tap(Some("t0".into())),
+    ] {
+        let json = serde_json::to_string(&mode).unwrap();
+        assert_eq!(json, format!("\"{mode}\""));
+        assert_eq!(serde_json::from_str::<NetworkMode>(&json).unwrap(), mode);
+    }
+    // Configs written before the mode was typed hold "" for the default.
+    assert_eq!(
+        serde_json::from_str::<NetworkMode>("\"\"").unwrap(),
+        NetworkMode::User
+    );
+    assert!(serde_json::from_str::<NetworkMode>("\"host\"").is_err());
     let m = random_mac();
     assert_eq!(m[0], 0x02);
 }

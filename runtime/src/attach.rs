@@ -28,7 +28,7 @@ impl Runtime {
     pub fn attach(&self, name: &str, size: Option<(u16, u16)>) -> Result<UnixStream, Error> {
         let c = self.container(name)?;
         let not_running = || Error::NotRunning(c.id.short().to_string());
-        if !c.state.is_running() {
+        if !c.state.status.can_exec() {
             return Err(not_running());
         }
         let path = ShortPath::new(&c.paths.dir, ContainerPaths::ATTACH)?;

@@ -3,7 +3,10 @@
 
 use std::path::PathBuf;
 
+use husk_net::{NetworkMode, PortMapping};
 use serde::{Deserialize, Serialize};
+
+pub use husk_sandbox::signals::{InvalidSignal, Signal};
 
 /// A container's configuration.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -21,7 +24,7 @@ pub struct ContainerConfig {
     /// The image's layer disks, bottom first (read-only EROFS).
     pub layers: Vec<PathBuf>,
     /// The init process.
-    pub process: ProcessSpec,
+    pub process: ProcessConfig,
     /// The container's hostname.
     pub hostname: String,
     /// Extra /etc/hosts lines.
@@ -37,20 +40,19 @@ pub struct ContainerConfig {
     /// Volumes, in disk order (`vol0`, `vol1`, ...).
     #[serde(default)]
     pub mounts: Vec<Mount>,
-    /// Signal `stop` sends first (number).
-    pub stop_signal: i32,
+    /// Signal `stop` sends first.
+    pub stop_signal: Signal,
     /// Seconds `stop` waits before SIGKILL.
     pub stop_timeout: u64,
     /// Remove the container when it exits (`--rm`).
     pub auto_remove: bool,
     /// Published ports: the `-p` values, then (`-P`) the image's exposed
-    /// ports; each is a [`husk_net::parse_port_spec`] specification.
+    /// ports; a host port of 0 is chosen when the network starts.
+    #[serde(default, deserialize_with = "stored_ports")]
+    pub ports: Vec<PortMapping>,
+    /// `--network`.
     #[serde(default)]
-    pub ports: Vec<String>,
-    /// `--network` ([`husk_net::NetworkMode`] syntax); empty: the default
-    /// (passt).
-    #[serde(default)]
-    pub network: String,
+    pub network: NetworkMode,
     /// The guest kernel.
     pub kernel: PathBuf,
     /// The agent disk.
@@ -61,7 +63,7 @@ pub struct ContainerConfig {
 
 /// The container's init process (also the defaults of `exec`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ProcessSpec {
+pub struct ProcessConfig {
     /// Entrypoint + command.
     pub argv: Vec<String>,
     /// `KEY=VALUE` environment.
@@ -93,5 +95,49 @@ impl ContainerConfig {
     /// `"/bin/sh -c 'x'"`-style command line (arguments joined by spaces).
     pub fn command_line(&self) -> String {
         self.process.argv.join(" ")
+    }
+}
+
+/// Reads `ports` as stored now (objects), or as `-p` strings, the form
+/// configs had before the mappings were typed.
+fn stored_ports<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<PortMapping>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Stored {
+        Mapping(PortMapping),
+        Flag(String),
+    }
+    let mut out = Vec::new();
+    for p in Vec::<Stored>::deserialize(d)? {
+        match p {
+            Stored::Mapping(m) => out.push(m),
+            Stored::Flag(s) => {
+                out.extend(husk_net::parse_port_spec(&s).map_err(serde::de::Error::custom)?)
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_read_typed_or_as_flags() {
+        #[derive(Deserialize)]
+        struct Ports {
+            #[serde(deserialize_with = "stored_ports")]
+            ports: Vec<PortMapping>,
+        }
+        let typed = husk_net::parse_port_spec("127.0.0.1:8080:80").unwrap();
+        let json = serde_json::json!({ "ports": typed }).to_string();
+        let read: Ports = serde_json::from_str(&json).unwrap();
+        assert_eq!(read.ports, typed);
+        let old: Ports =
+            serde_json::from_str(r#"{"ports": ["127.0.0.1:8080:80", "53/udp"]}"#).unwrap();
+        assert_eq!(old.ports[0], typed[0]);
+        assert_eq!(old.ports[1].container_port, 53);
+        assert!(serde_json::from_str::<Ports>(r#"{"ports": ["80:x"]}"#).is_err());
     }
 }

@@ -9,8 +9,8 @@ use husk_protocol::{write_message, ExecRequest, Message, EXEC_PORT};
 use crate::config::ContainerConfig;
 use crate::layout::{ContainerPaths, ShortPath};
 use crate::relay::{self, ClientIo, Outcome};
-use crate::state::{State, Status};
-use crate::{spec, vsock, Error, Runtime};
+use crate::state::State;
+use crate::{options, vsock, Error, Runtime};
 
 /// Timeout of each step of connecting to the agent.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -45,7 +45,7 @@ impl ExecOptions {
             if !e.contains('=') || e.starts_with('=') {
                 return Err(Error::Invalid(format!("invalid environment entry {e:?}")));
             }
-            spec::set_env(&mut env, e.clone());
+            options::set_env(&mut env, e.clone());
         }
         if self.tty && !env.iter().any(|e| e.starts_with("TERM=")) {
             env.push("TERM=xterm".into());
@@ -68,11 +68,11 @@ impl ExecOptions {
     }
 }
 
-/// Opens a session on the agent's exec port of the running container in
+/// Connects to the agent's exec port of the running container in
 /// `paths`, greeted and ready for one request.
-pub fn agent_session(paths: &ContainerPaths, short_id: &str) -> Result<UnixStream, Error> {
+pub fn connect_agent(paths: &ContainerPaths, short_id: &str) -> Result<UnixStream, Error> {
     let state = State::load(paths)?;
-    if state.status != Status::Running {
+    if !state.status.can_exec() {
         return Err(Error::NotRunning(short_id.to_string()));
     }
     let sock = ShortPath::new(&paths.dir, ContainerPaths::VSOCK)?;
@@ -94,7 +94,7 @@ impl Runtime {
     pub fn exec_start(&self, name: &str, opts: &ExecOptions) -> Result<UnixStream, Error> {
         let c = self.container(name)?;
         let req = opts.request(&c.config)?;
-        let mut conn = agent_session(&c.paths, c.id.short())?;
+        let mut conn = connect_agent(&c.paths, c.id.short())?;
         write_message(&mut conn, &Message::Exec(req)).map_err(|e| Error::Agent(e.to_string()))?;
         conn.set_read_timeout(None)
             .and_then(|()| conn.set_write_timeout(None))

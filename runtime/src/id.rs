@@ -39,9 +39,8 @@ impl fmt::Display for ContainerId {
 /// and pid if it fails, which only matters for uniqueness, not secrecy).
 pub fn random_bytes<const N: usize>() -> [u8; N] {
     let mut buf = [0u8; N];
-    // SAFETY: getrandom writes at most N bytes into our buffer.
-    let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), N, 0) };
-    if n != N as isize {
+    let filled = rustix::rand::getrandom(&mut buf, rustix::rand::GetRandomFlags::empty());
+    if filled.ok() != Some(N) {
         let seed = crate::time::now_nanos() as u128 ^ (u128::from(std::process::id()) << 64);
         for (i, b) in buf.iter_mut().enumerate() {
             *b = (seed.rotate_left(i as u32 * 7) as u8) ^ (i as u8);

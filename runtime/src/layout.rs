@@ -18,11 +18,12 @@
 //! <root>/volumes/<name>/{volume.ext4,meta.json,lock}
 //! ```
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::fs::{self, File};
+use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
+pub use images::store::FileLock;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -151,13 +152,12 @@ impl ShortPath {
                 path: direct,
             });
         }
-        use std::os::unix::fs::OpenOptionsExt;
-        let file = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
-            .open(dir)
-            .map_err(io_err(format!("opening {}", dir.display())))?;
-        let fd = OwnedFd::from(file);
+        let fd = rustix::fs::open(
+            dir,
+            rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .map_err(|e| io_err(format!("opening {}", dir.display()))(e.into()))?;
         let path = PathBuf::from(format!("/proc/self/fd/{}/{name}", fd.as_raw_fd()));
         Ok(ShortPath {
             _dir: Some(fd),
@@ -223,86 +223,20 @@ pub fn sync_dir(dir: &Path) {
     }
 }
 
-/// A held flock, released on drop (or when the process dies).
-#[derive(Debug)]
-pub struct Lock {
-    _file: File,
+/// Locks `path` (created if missing) exclusively, blocking until it is
+/// free.
+pub fn lock(path: &Path) -> Result<FileLock, Error> {
+    FileLock::exclusive(path).map_err(io_err(format!("locking {}", path.display())))
 }
 
-impl Lock {
-    /// Blocks until `path` (created if missing) is locked exclusively.
-    pub fn exclusive(path: &Path) -> Result<Lock, Error> {
-        Lock::acquire(path, libc::LOCK_EX)
-            .and_then(|l| l.ok_or_else(|| io::Error::from(io::ErrorKind::WouldBlock)))
-            .map_err(io_err(format!("locking {}", path.display())))
-    }
-
-    /// Locks `path` exclusively if nobody holds it.
-    pub fn try_exclusive(path: &Path) -> Result<Option<Lock>, Error> {
-        Lock::acquire(path, libc::LOCK_EX | libc::LOCK_NB)
-            .map_err(io_err(format!("locking {}", path.display())))
-    }
-
-    fn acquire(path: &Path, op: libc::c_int) -> io::Result<Option<Lock>> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_CLOEXEC)
-            .open(path)?;
-        loop {
-            // SAFETY: flock on a descriptor we own; no memory involved.
-            if unsafe { libc::flock(file.as_raw_fd(), op) } == 0 {
-                return Ok(Some(Lock { _file: file }));
-            }
-            let err = io::Error::last_os_error();
-            match err.raw_os_error() {
-                Some(libc::EINTR) => continue,
-                Some(libc::EWOULDBLOCK) => return Ok(None),
-                _ => return Err(err),
-            }
-        }
-    }
-}
-
-/// Whether some process holds an exclusive flock on `path` (false if the
-/// file does not exist).
-pub fn is_locked(path: &Path) -> bool {
-    let Ok(file) = File::open(path) else {
-        return false;
-    };
-    loop {
-        // SAFETY: flock on a descriptor we own.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
-        if rc == 0 {
-            return false; // closing the file releases it
-        }
-        match io::Error::last_os_error().raw_os_error() {
-            Some(libc::EINTR) => continue,
-            Some(libc::EWOULDBLOCK) => return true,
-            _ => return false,
-        }
-    }
+/// Locks `path` (created if missing) exclusively if nobody holds it.
+pub fn try_lock(path: &Path) -> Result<Option<FileLock>, Error> {
+    FileLock::try_exclusive(path).map_err(io_err(format!("locking {}", path.display())))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn locks_are_seen_and_released() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("l");
-        assert!(!is_locked(&p));
-        let l = Lock::exclusive(&p).unwrap();
-        assert!(is_locked(&p));
-        assert!(Lock::try_exclusive(&p).unwrap().is_none());
-        drop(l);
-        assert!(!is_locked(&p));
-        assert!(Lock::try_exclusive(&p).unwrap().is_some());
-    }
 
     #[test]
     fn json_is_replaced_atomically() {

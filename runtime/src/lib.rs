@@ -18,17 +18,17 @@
 
 pub mod attach;
 pub mod config;
-mod create;
 pub mod exec;
 pub mod id;
 pub mod layout;
 mod lifecycle;
 pub mod logs;
 pub mod monitor;
+pub mod options;
 pub mod ports;
 pub mod relay;
-pub mod spec;
 pub mod state;
+mod store;
 pub mod time;
 pub mod volume;
 
@@ -42,14 +42,14 @@ pub use husk_sandbox::vsock;
 use std::io;
 use std::path::{Path, PathBuf};
 
-pub use config::{ContainerConfig, Mount, ProcessSpec};
-pub use create::{Container, DeleteOptions};
+pub use config::{ContainerConfig, Mount, ProcessConfig, Signal};
 pub use exec::ExecOptions;
 pub use id::ContainerId;
 pub use layout::Layout;
-pub use lifecycle::{MonitorCommand, StdioSpec};
-pub use spec::{CreateOptions, VolumeRequest};
+pub use lifecycle::{MonitorCommand, StdioWiring};
+pub use options::{CreateOptions, VolumeRequest};
 pub use state::{State, Status};
+pub use store::{Container, DeleteOptions};
 pub use volume::{Volume, VolumeError};
 
 /// Errors of the lifecycle operations.

@@ -3,25 +3,27 @@
 
 use std::fs::OpenOptions;
 use std::io::{BufRead, BufReader};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use husk_protocol::{read_message, write_message, Message};
+use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use serde::{Deserialize, Serialize};
 
-use crate::exec::agent_session;
+use crate::config::Signal;
+use crate::exec::connect_agent;
 use crate::id::ContainerId;
-use crate::layout::{ContainerPaths, Lock};
+use crate::layout::{self, ContainerPaths};
 use crate::monitor::ready;
-use crate::state::{self, State, Status};
+use crate::state::{self, State};
 use crate::{io_err, Error, Runtime};
 
 /// How the container's stdio is wired when it starts.
 #[derive(Debug)]
-pub enum StdioSpec {
+pub enum StdioWiring {
     /// Output goes to the log only; clients may attach any time.
     Detached,
     /// Like `Detached`, but the process starts only once a first client
@@ -53,11 +55,11 @@ pub enum StdioSpec {
 /// What the monitor is told about stdio (serialised on its command line).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StdioMode {
-    /// See [`StdioSpec::Detached`].
+    /// See [`StdioWiring::Detached`].
     Detached,
-    /// See [`StdioSpec::Attach`].
+    /// See [`StdioWiring::Attach`].
     Attach,
-    /// See [`StdioSpec::Fifos`].
+    /// See [`StdioWiring::Fifos`].
     Fifos {
         /// stdin path.
         stdin: Option<PathBuf>,
@@ -66,7 +68,7 @@ pub enum StdioMode {
         /// stderr path.
         stderr: Option<PathBuf>,
     },
-    /// See [`StdioSpec::Fds`]: which of fds 3 (stdin), 4 (stdout), 5
+    /// See [`StdioWiring::Fds`]: which of fds 3 (stdin), 4 (stdout), 5
     /// (stderr) are set.
     Fds {
         /// fd 3 is stdin.
@@ -110,12 +112,12 @@ const POLL: Duration = Duration::from_millis(50);
 impl Runtime {
     /// Starts a created or exited container: launches its monitor, which
     /// boots the VM. Returns when the process has started (or, for
-    /// [`StdioSpec::Attach`], when a client can attach).
-    pub fn start(&self, name: &str, stdio: StdioSpec) -> Result<(), Error> {
+    /// [`StdioWiring::Attach`], when a client can attach).
+    pub fn start(&self, name: &str, stdio: StdioWiring) -> Result<(), Error> {
         let c = self.container(name)?;
-        let busy = Lock::exclusive(&c.paths.lock())?;
+        let busy = layout::lock(&c.paths.lock())?;
         let state = State::load(&c.paths)?;
-        if state.is_running() {
+        if !state.status.can_start() {
             return Err(Error::AlreadyRunning(c.id.short().to_string()));
         }
         wait_until(OLD_MONITOR_WAIT, || !state::monitor_alive(&c.paths))
@@ -204,13 +206,13 @@ impl Runtime {
     /// Sends `signal` to the container's init process (through the agent;
     /// if the agent cannot be reached, e.g. while the VM boots, the monitor
     /// is told to stop the VM).
-    pub fn kill(&self, name: &str, signal: i32) -> Result<(), Error> {
+    pub fn kill(&self, name: &str, signal: Signal) -> Result<(), Error> {
         let c = self.container(name)?;
-        if !c.state.is_running() {
+        if !c.state.status.can_kill() {
             return Err(Error::NotRunning(c.id.short().to_string()));
         }
         if kill_init(&c.paths, c.id.short(), signal).is_err() {
-            self.kill_monitor(&c.paths, libc::SIGTERM, Duration::from_secs(20))?;
+            self.kill_monitor(&c.paths, Signal::TERM, Duration::from_secs(20))?;
         }
         Ok(())
     }
@@ -223,20 +225,20 @@ impl Runtime {
         let timeout = timeout.unwrap_or(Duration::from_secs(c.config.stop_timeout));
         let exited = || {
             State::load(&c.paths)
-                .map(|s| !s.is_running())
+                .map(|s| !s.status.can_kill())
                 .unwrap_or(true)
         };
         if !exited() {
             let sent = kill_init(&c.paths, c.id.short(), c.config.stop_signal).is_ok();
             if !sent || wait_until(timeout, exited).is_err() {
-                let killed = kill_init(&c.paths, c.id.short(), libc::SIGKILL).is_ok();
+                let killed = kill_init(&c.paths, c.id.short(), Signal::KILL).is_ok();
                 if !killed || wait_until(KILL_GRACE, exited).is_err() {
-                    self.kill_monitor(&c.paths, libc::SIGTERM, Duration::from_secs(20))?;
+                    self.kill_monitor(&c.paths, Signal::TERM, Duration::from_secs(20))?;
                 }
             }
         }
         if wait_until(OLD_MONITOR_WAIT, || !state::monitor_alive(&c.paths)).is_err() {
-            self.kill_monitor(&c.paths, libc::SIGKILL, Duration::from_secs(10))?;
+            self.kill_monitor(&c.paths, Signal::KILL, Duration::from_secs(10))?;
         }
         Ok(())
     }
@@ -254,7 +256,7 @@ impl Runtime {
                 }
                 Err(e) => return Err(e),
             };
-            if s.status != Status::Running {
+            if s.status.can_wait() {
                 return Ok(s.exit_code);
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
@@ -272,7 +274,7 @@ impl Runtime {
     pub(crate) fn kill_monitor(
         &self,
         paths: &ContainerPaths,
-        signal: i32,
+        signal: Signal,
         timeout: Duration,
     ) -> Result<(), Error> {
         let mut sig = signal;
@@ -282,12 +284,12 @@ impl Runtime {
                 m.signal(sig);
             }
             if Instant::now() >= deadline {
-                if sig == libc::SIGKILL {
+                if sig == Signal::KILL {
                     return Err(Error::Timeout(
                         "waiting for the container monitor to die".into(),
                     ));
                 }
-                sig = libc::SIGKILL;
+                sig = Signal::KILL;
                 deadline = Instant::now() + Duration::from_secs(10);
             }
             std::thread::sleep(POLL);
@@ -297,8 +299,9 @@ impl Runtime {
 }
 
 /// Asks the agent to signal the init process.
-fn kill_init(paths: &ContainerPaths, short_id: &str, signal: i32) -> Result<(), Error> {
-    let mut conn = agent_session(paths, short_id)?;
+fn kill_init(paths: &ContainerPaths, short_id: &str, signal: Signal) -> Result<(), Error> {
+    let mut conn = connect_agent(paths, short_id)?;
+    let signal = signal.as_raw();
     write_message(&mut conn, &Message::KillInit { signal })
         .map_err(|e| Error::Agent(e.to_string()))?;
     match read_message(&mut conn) {
@@ -329,15 +332,13 @@ fn read_line(
 ) -> Result<Option<String>, Error> {
     if r.buffer().is_empty() {
         let left = deadline.saturating_duration_since(Instant::now());
-        let mut p = libc::pollfd {
-            fd: r.get_ref().as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let ms = left.as_millis().min(i32::MAX as u128) as i32;
-        // SAFETY: one valid pollfd.
-        if unsafe { libc::poll(&mut p, 1, ms) } == 0 {
-            return Err(Error::Timeout("waiting for the container to start".into()));
+        let mut p = [PollFd::new(r.get_ref(), PollFlags::IN)];
+        // Too far to represent: no timeout.
+        let timeout = Timespec::try_from(left).ok();
+        match poll(&mut p, timeout.as_ref()) {
+            Ok(0) => return Err(Error::Timeout("waiting for the container to start".into())),
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(io_err("waiting for the monitor")(e.into())),
         }
     }
     let mut line = String::new();
@@ -364,11 +365,11 @@ pub(crate) fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> R
 
 /// The mode for the monitor and the fds it inherits (duplicated above 9,
 /// close-on-exec, so `pre_exec` can place them at 3, 4, 5 safely).
-fn split_stdio(stdio: StdioSpec) -> Result<(StdioMode, [Option<OwnedFd>; 3]), Error> {
+fn split_stdio(stdio: StdioWiring) -> Result<(StdioMode, [Option<OwnedFd>; 3]), Error> {
     Ok(match stdio {
-        StdioSpec::Detached => (StdioMode::Detached, [None, None, None]),
-        StdioSpec::Attach => (StdioMode::Attach, [None, None, None]),
-        StdioSpec::Fifos {
+        StdioWiring::Detached => (StdioMode::Detached, [None, None, None]),
+        StdioWiring::Attach => (StdioMode::Attach, [None, None, None]),
+        StdioWiring::Fifos {
             stdin,
             stdout,
             stderr,
@@ -380,7 +381,7 @@ fn split_stdio(stdio: StdioSpec) -> Result<(StdioMode, [Option<OwnedFd>; 3]), Er
             },
             [None, None, None],
         ),
-        StdioSpec::Fds {
+        StdioWiring::Fds {
             stdin,
             stdout,
             stderr,
@@ -392,15 +393,9 @@ fn split_stdio(stdio: StdioSpec) -> Result<(StdioMode, [Option<OwnedFd>; 3]), Er
             };
             let high = |f: Option<OwnedFd>| -> Result<Option<OwnedFd>, Error> {
                 let Some(f) = f else { return Ok(None) };
-                // SAFETY: F_DUPFD_CLOEXEC on a descriptor we own.
-                let fd = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 10) };
-                if fd < 0 {
-                    return Err(io_err("duplicating a stdio descriptor")(
-                        std::io::Error::last_os_error(),
-                    ));
-                }
-                // SAFETY: fcntl returned a new descriptor nobody else owns.
-                Ok(Some(unsafe { OwnedFd::from_raw_fd(fd) }))
+                let high = rustix::io::fcntl_dupfd_cloexec(f.as_fd(), 10)
+                    .map_err(|e| io_err("duplicating a stdio descriptor")(e.into()))?;
+                Ok(Some(high))
             };
             (mode, [high(stdin)?, high(stdout)?, high(stderr)?])
         }

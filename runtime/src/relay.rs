@@ -4,10 +4,12 @@
 //! `Resize`, other signals → `Signal`, until the process's exit arrives.
 
 use std::io::{self, Read};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 
 use husk_protocol::{write_message, ErrorCode, FrameDecoder, Message, MAX_CHUNK};
+use rustix::event::{poll, PollFd, PollFlags, Timespec};
+use rustix::io::Errno;
 
 use crate::signals::Signals;
 
@@ -25,15 +27,15 @@ pub enum RelayError {
 /// The local ends of a session.
 pub struct ClientIo<'a> {
     /// Forwarded as the process's stdin (`None`: nothing is sent).
-    pub stdin: Option<RawFd>,
+    pub stdin: Option<BorrowedFd<'a>>,
     /// Where `Stdout` goes.
-    pub stdout: RawFd,
+    pub stdout: BorrowedFd<'a>,
     /// Where `Stderr` goes.
-    pub stderr: RawFd,
+    pub stderr: BorrowedFd<'a>,
     /// Installed signal handlers to watch (SIGWINCH and those to forward).
     pub signals: Option<&'a Signals>,
     /// The terminal whose size is sent on SIGWINCH.
-    pub tty: Option<RawFd>,
+    pub tty: Option<BorrowedFd<'a>>,
     /// Forward signals other than SIGWINCH to the process.
     pub forward_signals: bool,
 }
@@ -69,12 +71,9 @@ impl Outcome {
 }
 
 /// The size of terminal `fd` as (rows, cols).
-pub fn terminal_size(fd: RawFd) -> Option<(u16, u16)> {
-    // SAFETY: TIOCGWINSZ writes a winsize into our local.
-    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
-    // SAFETY: ioctl with a valid pointer to a winsize.
-    let rc = unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut ws) };
-    (rc == 0 && ws.ws_row > 0 && ws.ws_col > 0).then_some((ws.ws_row, ws.ws_col))
+pub fn terminal_size(fd: impl AsFd) -> Option<(u16, u16)> {
+    let ws = rustix::termios::tcgetwinsize(fd).ok()?;
+    (ws.ws_row > 0 && ws.ws_col > 0).then_some((ws.ws_row, ws.ws_col))
 }
 
 /// Relays until the process ends. Errors reported before the exit (e.g.
@@ -87,35 +86,36 @@ pub fn relay(conn: &mut UnixStream, io: &ClientIo) -> Result<Outcome, RelayError
     let mut broken = [false, false];
     let mut failure: Option<Outcome> = None;
     loop {
-        let mut fds = vec![pollfd(conn.as_raw_fd())];
-        if let Some(fd) = stdin {
-            fds.push(pollfd(fd));
-        }
-        if let Some(s) = io.signals {
-            fds.push(pollfd(s.fd()));
-        }
-        // SAFETY: a valid array of pollfd of the given length.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
-        if n < 0 {
-            let err = io::Error::last_os_error();
-            if err.kind() == io::ErrorKind::Interrupted {
-                continue;
+        let (conn_ready, stdin_ready, signal_ready) = {
+            let mut fds = vec![PollFd::new(&*conn, PollFlags::IN)];
+            if let Some(fd) = stdin {
+                fds.push(PollFd::from_borrowed_fd(fd, PollFlags::IN));
             }
-            return Err(err.into());
-        }
-        if let Some(s) = io.signals {
-            if fds.last().is_some_and(|p| p.revents != 0) {
-                on_signals(conn, io, s.take())?;
+            if let Some(s) = io.signals {
+                fds.push(PollFd::from_borrowed_fd(s.as_fd(), PollFlags::IN));
             }
+            match poll(&mut fds, None) {
+                Ok(_) => {}
+                Err(Errno::INTR) => continue,
+                Err(e) => return Err(io::Error::from(e).into()),
+            }
+            let ready = |p: &PollFd| !p.revents().is_empty();
+            (
+                ready(&fds[0]),
+                stdin.is_some() && ready(&fds[1]),
+                io.signals.is_some() && fds.last().is_some_and(ready),
+            )
+        };
+        if let (Some(s), true) = (io.signals, signal_ready) {
+            on_signals(conn, io, s.take())?;
         }
-        if stdin.is_some() && fds[1].revents != 0 {
-            let fd = fds[1].fd;
+        if let (Some(fd), true) = (stdin, stdin_ready) {
             if !forward_stdin(conn, fd, &mut buf)? {
                 write_message(conn, &Message::StdinEof).map_err(to_io)?;
                 stdin = None;
             }
         }
-        if fds[0].revents == 0 {
+        if !conn_ready {
             continue;
         }
         let n = match conn.read(&mut buf) {
@@ -149,14 +149,6 @@ pub fn relay(conn: &mut UnixStream, io: &ClientIo) -> Result<Outcome, RelayError
     }
 }
 
-fn pollfd(fd: RawFd) -> libc::pollfd {
-    libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    }
-}
-
 fn to_io(e: husk_protocol::WriteError) -> RelayError {
     match e {
         husk_protocol::WriteError::Io(e) => RelayError::Io(e),
@@ -166,7 +158,7 @@ fn to_io(e: husk_protocol::WriteError) -> RelayError {
 
 fn on_signals(conn: &mut UnixStream, io: &ClientIo, sigs: Vec<i32>) -> Result<(), RelayError> {
     for sig in sigs {
-        if sig == libc::SIGWINCH {
+        if sig == rustix::process::Signal::WINCH.as_raw() {
             if let Some((rows, cols)) = io.tty.and_then(terminal_size) {
                 write_message(conn, &Message::Resize { rows, cols }).map_err(to_io)?;
             }
@@ -178,47 +170,39 @@ fn on_signals(conn: &mut UnixStream, io: &ClientIo, sigs: Vec<i32>) -> Result<()
 }
 
 /// Reads one chunk of stdin and sends it; false at end of input.
-fn forward_stdin(conn: &mut UnixStream, fd: RawFd, buf: &mut [u8]) -> Result<bool, RelayError> {
-    // SAFETY: reading into a valid buffer of the given length.
-    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
-    if n < 0 {
-        let err = io::Error::last_os_error();
-        return match err.kind() {
-            io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock => Ok(true),
-            // EIO: the terminal hung up.
-            _ => Ok(false),
-        };
-    }
-    if n == 0 {
-        return Ok(false);
-    }
-    write_message(conn, &Message::Stdin(buf[..n as usize].to_vec())).map_err(to_io)?;
+fn forward_stdin(
+    conn: &mut UnixStream,
+    fd: BorrowedFd<'_>,
+    buf: &mut [u8],
+) -> Result<bool, RelayError> {
+    let n = match rustix::io::read(fd, &mut *buf) {
+        Ok(0) => return Ok(false),
+        Ok(n) => n,
+        Err(Errno::INTR | Errno::AGAIN) => return Ok(true),
+        // EIO: the terminal hung up.
+        Err(_) => return Ok(false),
+    };
+    write_message(conn, &Message::Stdin(buf[..n].to_vec())).map_err(to_io)?;
     Ok(true)
 }
 
 /// Writes all of `bytes` to `fd` (waiting out a non-blocking fd); after
 /// the first failure (e.g. a closed pipe) the stream is discarded.
-pub fn write_out(fd: RawFd, mut bytes: &[u8], broken: &mut bool) {
+pub fn write_out(fd: BorrowedFd<'_>, mut bytes: &[u8], broken: &mut bool) {
     while !*broken && !bytes.is_empty() {
-        // SAFETY: writing from a valid buffer of the given length.
-        let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
-        if n > 0 {
-            bytes = &bytes[n as usize..];
-            continue;
-        }
-        let err = io::Error::last_os_error();
-        match err.kind() {
-            io::ErrorKind::Interrupted => {}
-            io::ErrorKind::WouldBlock => {
-                let mut p = libc::pollfd {
-                    fd,
-                    events: libc::POLLOUT,
-                    revents: 0,
+        match rustix::io::write(fd, bytes) {
+            Ok(0) => *broken = true,
+            Ok(n) => bytes = &bytes[n..],
+            Err(Errno::INTR) => {}
+            Err(Errno::AGAIN) => {
+                let mut p = [PollFd::from_borrowed_fd(fd, PollFlags::OUT)];
+                let second = Timespec {
+                    tv_sec: 1,
+                    tv_nsec: 0,
                 };
-                // SAFETY: one valid pollfd.
-                unsafe { libc::poll(&mut p, 1, 1000) };
+                let _ = poll(&mut p, Some(&second));
             }
-            _ => *broken = true,
+            Err(_) => *broken = true,
         }
     }
 }

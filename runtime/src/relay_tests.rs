@@ -2,7 +2,7 @@
 //! real pipes for the local stdio.
 
 use std::io::Write;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::thread;
 
 use husk_protocol::read_message;
@@ -10,11 +10,7 @@ use husk_protocol::read_message;
 use super::*;
 
 fn pipe() -> (OwnedFd, OwnedFd) {
-    let mut fds = [0; 2];
-    // SAFETY: valid array of two ints.
-    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
-    // SAFETY: fresh fds owned by nobody else.
-    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+    rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap()
 }
 
 fn read_all(fd: OwnedFd) -> String {
@@ -48,9 +44,9 @@ fn output_stdin_and_exit() {
     w.write_all(b"typed").unwrap();
     drop(w);
     let io = ClientIo {
-        stdin: Some(in_r.as_raw_fd()),
-        stdout: out_w.as_raw_fd(),
-        stderr: err_w.as_raw_fd(),
+        stdin: Some(in_r.as_fd()),
+        stdout: out_w.as_fd(),
+        stderr: err_w.as_fd(),
         signals: None,
         tty: None,
         forward_signals: false,
@@ -80,16 +76,14 @@ fn errors_closed_and_garbage() {
     drop(peer);
     let io = ClientIo {
         stdin: None,
-        stdout: err_w.as_raw_fd(),
-        stderr: err_w.as_raw_fd(),
+        stdout: err_w.as_fd(),
+        stderr: err_w.as_fd(),
         signals: None,
         tty: None,
         forward_signals: false,
     };
     let outcome = relay(&mut client, &io).unwrap();
     assert_eq!(outcome.exit_code(), Some(127));
-    drop(err_w);
-    assert_eq!(read_all(err_r), "husk: nosuch: not found\n");
     // Nothing at all: closed.
     let (mut client, peer) = UnixStream::pair().unwrap();
     drop(peer);
@@ -101,5 +95,8 @@ fn errors_closed_and_garbage() {
         relay(&mut client, &io),
         Err(RelayError::Decode(_))
     ));
+    // Only the error was written.
+    drop(err_w);
+    assert_eq!(read_all(err_r), "husk: nosuch: not found\n");
     assert_eq!(Outcome::Signaled(9).exit_code(), Some(137));
 }

@@ -5,8 +5,10 @@
 //! whose lock is free belongs to a monitor that died (killed, crashed), and
 //! is reported as an exit.
 
+use husk_net::PortMapping;
 use serde::{Deserialize, Serialize};
 
+use crate::config::Signal;
 use crate::layout::{self, ContainerPaths};
 use crate::Error;
 
@@ -29,6 +31,43 @@ pub enum Status {
 }
 
 impl Status {
+    /// Whether `start` may launch a monitor for it.
+    pub fn can_start(self) -> bool {
+        match self {
+            Status::Created | Status::Exited => true,
+            Status::Running => false,
+        }
+    }
+
+    /// Whether its process can be signalled (`kill`, `stop`'s signal).
+    pub fn can_kill(self) -> bool {
+        match self {
+            Status::Running => true,
+            Status::Created | Status::Exited => false,
+        }
+    }
+
+    /// Whether `delete` may remove it without forcing.
+    pub fn can_remove(self) -> bool {
+        match self {
+            Status::Created | Status::Exited => true,
+            Status::Running => false,
+        }
+    }
+
+    /// Whether `wait` has an answer (the container is not running).
+    pub fn can_wait(self) -> bool {
+        match self {
+            Status::Created | Status::Exited => true,
+            Status::Running => false,
+        }
+    }
+
+    /// Whether `exec` and `attach` can reach its process.
+    pub fn can_exec(self) -> bool {
+        self.can_kill()
+    }
+
     /// Docker's word.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -44,7 +83,7 @@ impl Status {
 pub struct MonitorProcess {
     /// Host pid.
     pub pid: i32,
-    /// Its start time (field 22 of /proc/<pid>/stat), so a recycled pid is
+    /// Its start time (field 22 of `/proc/<pid>/stat`), so a recycled pid is
     /// never mistaken for it.
     pub start_time: u64,
 }
@@ -64,15 +103,19 @@ impl MonitorProcess {
         process_start_time(self.pid) == Some(self.start_time)
     }
 
-    /// Sends `sig` if the process is still this one.
-    pub fn signal(&self, sig: i32) -> bool {
+    /// Sends `sig` if the process is still this one (a recycled pid is
+    /// hit only in the microseconds between the check and the call).
+    pub fn signal(&self, sig: Signal) -> bool {
         if !self.alive() {
             return false;
         }
-        // SAFETY: kill(2) has no memory effects; the pid was just checked
-        // to be our monitor (start time), so a recycled pid is not hit
-        // except in the microseconds between the check and the call.
-        unsafe { libc::kill(self.pid, sig) == 0 }
+        let (Some(pid), Some(sig)) = (
+            rustix::process::Pid::from_raw(self.pid),
+            rustix::process::Signal::from_named_raw(sig.as_raw()),
+        ) else {
+            return false;
+        };
+        rustix::process::kill_process(pid, sig).is_ok()
     }
 }
 
@@ -115,9 +158,28 @@ pub struct State {
     #[serde(default)]
     pub start_count: u32,
     /// Published ports of the current (or last) run with their actual host
-    /// ports, as `husk port` prints them (`80/tcp -> 0.0.0.0:8080`).
-    #[serde(default)]
-    pub ports: Vec<String>,
+    /// ports (entries in the untyped form of older states are dropped).
+    #[serde(default, deserialize_with = "bound_ports")]
+    pub ports: Vec<PortMapping>,
+}
+
+/// The typed entries of `ports`; strings (`80/tcp -> 0.0.0.0:8080`, from
+/// states written before ports were typed) describe a past run and are
+/// dropped.
+fn bound_ports<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<PortMapping>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Stored {
+        Mapping(PortMapping),
+        Legacy(serde::de::IgnoredAny),
+    }
+    Ok(Vec::<Stored>::deserialize(d)?
+        .into_iter()
+        .filter_map(|p| match p {
+            Stored::Mapping(m) => Some(m),
+            Stored::Legacy(_) => None,
+        })
+        .collect())
 }
 
 impl State {
@@ -181,13 +243,12 @@ impl State {
 
 /// Whether the container's monitor is alive (holds its lock).
 pub fn monitor_alive(paths: &ContainerPaths) -> bool {
-    layout::is_locked(&paths.monitor_lock())
+    layout::FileLock::is_held(&paths.monitor_lock())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layout::Lock;
 
     #[test]
     fn dead_monitor_means_exited() {
@@ -199,7 +260,7 @@ mod tests {
         s.status = Status::Running;
         s.monitor = MonitorProcess::current();
         s.write(&paths).unwrap();
-        let held = Lock::exclusive(&paths.monitor_lock()).unwrap();
+        let held = layout::lock(&paths.monitor_lock()).unwrap();
         assert_eq!(State::load(&paths).unwrap().status, Status::Running);
         drop(held);
         let s = State::load(&paths).unwrap();
@@ -207,6 +268,31 @@ mod tests {
         assert_eq!(s.exit_code, Some(MONITOR_DIED_CODE));
         assert!(s.error.unwrap().contains("monitor died"));
         assert!(s.finished_at.is_some());
+    }
+
+    #[test]
+    fn lifecycle_rules_for_every_status() {
+        // (status, start, kill, remove, wait, exec)
+        let rules = [
+            (Status::Created, true, false, true, true, false),
+            (Status::Running, false, true, false, false, true),
+            (Status::Exited, true, false, true, true, false),
+        ];
+        for (s, start, kill, remove, wait, exec) in rules {
+            assert_eq!(s.can_start(), start, "{s:?} start");
+            assert_eq!(s.can_kill(), kill, "{s:?} kill");
+            assert_eq!(s.can_remove(), remove, "{s:?} remove");
+            assert_eq!(s.can_wait(), wait, "{s:?} wait");
+            assert_eq!(s.can_exec(), exec, "{s:?} exec");
+        }
+    }
+
+    #[test]
+    fn states_with_untyped_ports_still_load() {
+        let mut s = serde_json::to_value(State::created()).unwrap();
+        s["ports"] = serde_json::json!(["80/tcp -> 0.0.0.0:8080"]);
+        let read: State = serde_json::from_value(s).unwrap();
+        assert!(read.ports.is_empty());
     }
 
     #[test]

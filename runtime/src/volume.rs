@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::id;
-use crate::layout::{self, Lock};
+use crate::layout;
 
 /// Size of a new volume (sparse: only what is written takes space).
 pub const DEFAULT_VOLUME_SIZE: u64 = 8 << 30;
@@ -132,7 +132,11 @@ impl Volumes {
                 layout::sync_dir(&self.dir);
             }
             // Created concurrently by someone else: theirs wins.
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTEMPTY | libc::EEXIST)) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::DirectoryNotEmpty | io::ErrorKind::AlreadyExists
+                ) => {}
             Err(e) => return Err(io_ctx(format!("creating volume {name}"))(e)),
         }
         self.get(&name)
@@ -197,7 +201,7 @@ impl Volumes {
     pub fn remove(&self, name: &str) -> Result<(), VolumeError> {
         self.get(name)?;
         let dir = self.vol_dir(name);
-        let Some(_lock) = Lock::try_exclusive(&self.lock_path(name))
+        let Some(_lock) = layout::try_lock(&self.lock_path(name))
             .map_err(|_| VolumeError::Busy(name.to_string()))?
         else {
             return Err(VolumeError::Busy(name.to_string()));
@@ -210,8 +214,8 @@ impl Volumes {
     }
 
     /// Takes the lock that gives one VM the volume's disk.
-    pub fn claim(&self, name: &str) -> Result<Lock, VolumeError> {
-        match Lock::try_exclusive(&self.lock_path(name)) {
+    pub fn claim(&self, name: &str) -> Result<layout::FileLock, VolumeError> {
+        match layout::try_lock(&self.lock_path(name)) {
             Ok(Some(l)) => Ok(l),
             _ => Err(VolumeError::Busy(name.to_string())),
         }

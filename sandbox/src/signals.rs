@@ -6,11 +6,15 @@
 //! each signal's number into a pipe; [`Signals::take`] reads them back in
 //! order, [`Signals::received`] reports the last one.
 
+use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::str::FromStr;
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 
 use rustix::pipe::{pipe_with, PipeFlags};
+use rustix::process::Signal as Sig;
+use serde::{Deserialize, Serialize};
 
 /// Write end of the pipe, for the handler (-1: not installed).
 static PIPE_WRITE: AtomicI32 = AtomicI32::new(-1);
@@ -73,6 +77,11 @@ impl Signals {
     /// [`AsFd`]).
     pub fn fd(&self) -> RawFd {
         self.read.as_raw_fd()
+    }
+
+    /// [`Signals::fd`], borrowed.
+    pub fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self.read)
     }
 
     /// The last signal received since installation, if any (drains the
@@ -164,10 +173,69 @@ pub fn blocked_in_new_threads<T>(f: impl FnOnce() -> T) -> T {
     result
 }
 
-/// Signal names Docker accepts (`KILL`, `SIGKILL`, `9`, `SIGRTMIN+3`).
-pub fn parse_signal(s: &str) -> Option<i32> {
+/// A signal (1 to 64), stored by number; parsed from Docker's spellings
+/// (`KILL`, `SIGKILL`, `9`, `SIGRTMIN+3`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "i32", into = "i32")]
+pub struct Signal(i32);
+
+impl Signal {
+    /// SIGKILL.
+    pub const KILL: Signal = Signal(Sig::KILL.as_raw());
+    /// SIGTERM.
+    pub const TERM: Signal = Signal(Sig::TERM.as_raw());
+
+    /// The signal numbered `n`, if it is one.
+    pub fn from_raw(n: i32) -> Option<Signal> {
+        (1..=64).contains(&n).then_some(Signal(n))
+    }
+
+    /// Its number.
+    pub fn as_raw(self) -> i32 {
+        self.0
+    }
+}
+
+/// A string that names no signal.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid signal {0:?}")]
+pub struct InvalidSignal(pub String);
+
+impl FromStr for Signal {
+    type Err = InvalidSignal;
+
+    fn from_str(s: &str) -> Result<Signal, InvalidSignal> {
+        parse_signal(s).ok_or_else(|| InvalidSignal(s.to_string()))
+    }
+}
+
+impl TryFrom<i32> for Signal {
+    type Error = InvalidSignal;
+
+    fn try_from(n: i32) -> Result<Signal, InvalidSignal> {
+        Signal::from_raw(n).ok_or_else(|| InvalidSignal(n.to_string()))
+    }
+}
+
+impl From<Signal> for i32 {
+    fn from(s: Signal) -> i32 {
+        s.0
+    }
+}
+
+impl fmt::Display for Signal {
+    /// `SIGTERM`, or the number for signals without a name here.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match SIGNAL_NAMES.iter().find(|&&(_, n)| n == self.0) {
+            Some((name, _)) => write!(f, "SIG{name}"),
+            None => write!(f, "{}", self.0),
+        }
+    }
+}
+
+fn parse_signal(s: &str) -> Option<Signal> {
     if let Ok(n) = s.parse::<i32>() {
-        return (1..=64).contains(&n).then_some(n);
+        return Signal::from_raw(n);
     }
     let upper = s.to_ascii_uppercase();
     let name = upper.strip_prefix("SIG").unwrap_or(&upper);
@@ -177,66 +245,80 @@ pub fn parse_signal(s: &str) -> Option<i32> {
         } else {
             rest.strip_prefix('+')?.parse().ok()?
         };
-        let n = libc::SIGRTMIN() + off;
-        return (off >= 0 && n <= libc::SIGRTMAX()).then_some(n);
+        let n = libc::SIGRTMIN().checked_add(off)?;
+        return (off >= 0 && n <= libc::SIGRTMAX()).then_some(Signal(n));
     }
     SIGNAL_NAMES
         .iter()
         .find(|(n, _)| *n == name)
-        .map(|&(_, v)| v)
+        .map(|&(_, v)| Signal(v))
 }
 
 const SIGNAL_NAMES: &[(&str, i32)] = &[
-    ("HUP", libc::SIGHUP),
-    ("INT", libc::SIGINT),
-    ("QUIT", libc::SIGQUIT),
-    ("ILL", libc::SIGILL),
-    ("TRAP", libc::SIGTRAP),
-    ("ABRT", libc::SIGABRT),
-    ("IOT", libc::SIGIOT),
-    ("BUS", libc::SIGBUS),
-    ("FPE", libc::SIGFPE),
-    ("KILL", libc::SIGKILL),
-    ("USR1", libc::SIGUSR1),
-    ("SEGV", libc::SIGSEGV),
-    ("USR2", libc::SIGUSR2),
-    ("PIPE", libc::SIGPIPE),
-    ("ALRM", libc::SIGALRM),
-    ("TERM", libc::SIGTERM),
-    ("STKFLT", libc::SIGSTKFLT),
-    ("CHLD", libc::SIGCHLD),
-    ("CONT", libc::SIGCONT),
-    ("STOP", libc::SIGSTOP),
-    ("TSTP", libc::SIGTSTP),
-    ("TTIN", libc::SIGTTIN),
-    ("TTOU", libc::SIGTTOU),
-    ("URG", libc::SIGURG),
-    ("XCPU", libc::SIGXCPU),
-    ("XFSZ", libc::SIGXFSZ),
-    ("VTALRM", libc::SIGVTALRM),
-    ("PROF", libc::SIGPROF),
-    ("WINCH", libc::SIGWINCH),
-    ("IO", libc::SIGIO),
-    ("PWR", libc::SIGPWR),
-    ("SYS", libc::SIGSYS),
+    ("HUP", Sig::HUP.as_raw()),
+    ("INT", Sig::INT.as_raw()),
+    ("QUIT", Sig::QUIT.as_raw()),
+    ("ILL", Sig::ILL.as_raw()),
+    ("TRAP", Sig::TRAP.as_raw()),
+    ("ABRT", Sig::ABORT.as_raw()),
+    ("IOT", Sig::ABORT.as_raw()),
+    ("BUS", Sig::BUS.as_raw()),
+    ("FPE", Sig::FPE.as_raw()),
+    ("KILL", Sig::KILL.as_raw()),
+    ("USR1", Sig::USR1.as_raw()),
+    ("SEGV", Sig::SEGV.as_raw()),
+    ("USR2", Sig::USR2.as_raw()),
+    ("PIPE", Sig::PIPE.as_raw()),
+    ("ALRM", Sig::ALARM.as_raw()),
+    ("TERM", Sig::TERM.as_raw()),
+    ("STKFLT", Sig::STKFLT.as_raw()),
+    ("CHLD", Sig::CHILD.as_raw()),
+    ("CONT", Sig::CONT.as_raw()),
+    ("STOP", Sig::STOP.as_raw()),
+    ("TSTP", Sig::TSTP.as_raw()),
+    ("TTIN", Sig::TTIN.as_raw()),
+    ("TTOU", Sig::TTOU.as_raw()),
+    ("URG", Sig::URG.as_raw()),
+    ("XCPU", Sig::XCPU.as_raw()),
+    ("XFSZ", Sig::XFSZ.as_raw()),
+    ("VTALRM", Sig::VTALARM.as_raw()),
+    ("PROF", Sig::PROF.as_raw()),
+    ("WINCH", Sig::WINCH.as_raw()),
+    ("IO", Sig::IO.as_raw()),
+    ("PWR", Sig::POWER.as_raw()),
+    ("SYS", Sig::SYS.as_raw()),
 ];
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn names_and_numbers() {
-        assert_eq!(parse_signal("KILL"), Some(9));
-        assert_eq!(parse_signal("sigterm"), Some(15));
-        assert_eq!(parse_signal("SIGUSR1"), Some(10));
-        assert_eq!(parse_signal("3"), Some(3));
-        assert_eq!(parse_signal("SIGRTMIN+2"), Some(libc::SIGRTMIN() + 2));
-        assert_eq!(parse_signal("0"), None);
-        assert_eq!(parse_signal("65"), None);
-        assert_eq!(parse_signal("NOPE"), None);
+    fn sig(s: &str) -> Option<i32> {
+        s.parse::<Signal>().ok().map(Signal::as_raw)
     }
 
+    #[test]
+    fn signal_names_and_numbers() {
+        assert_eq!(sig("KILL"), Some(9));
+        assert_eq!(sig("sigterm"), Some(15));
+        assert_eq!(sig("SIGUSR1"), Some(10));
+        assert_eq!(sig("3"), Some(3));
+        assert_eq!(sig("SIGRTMIN+2"), Some(libc::SIGRTMIN() + 2));
+        assert_eq!(sig("0"), None);
+        assert_eq!(sig("65"), None);
+        assert_eq!(sig("NOPE"), None);
+        assert_eq!(Signal::TERM.to_string(), "SIGTERM");
+        let err = "NOPE".parse::<Signal>().unwrap_err();
+        assert_eq!(err.to_string(), "invalid signal \"NOPE\"");
+    }
+
+    #[test]
+    fn signals_are_stored_as_numbers() {
+        assert_eq!(serde_json::to_string(&Signal::KILL).unwrap(), "9");
+        assert_eq!(serde_json::from_str::<Signal>("15").unwrap(), Signal::TERM);
+        assert!(serde_json::from_str::<Signal>("0").is_err());
+        assert!(serde_json::from_str::<Signal>("99").is_err());
+    }
     #[test]
     fn signals_arrive_on_the_fd_in_order() {
         let signals = Signals::install_for(&[libc::SIGUSR1, libc::SIGUSR2]).unwrap();

@@ -185,23 +185,22 @@ impl Running {
     }
 
     /// Sends `sig` to husk.
-    pub fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.child.id() as i32, sig) };
+    pub fn signal(&self, sig: rustix::process::Signal) {
+        let _ = rustix::process::kill_process(rustix::process::Pid::from_child(&self.child), sig);
     }
 
     /// Waits for husk to exit; on timeout kills its process group and
     /// fails.
     pub fn finish(mut self, timeout: Duration) -> Result<Finished> {
         let pid = self.child.id();
+        let group = rustix::process::Pid::from_child(&self.child);
         let deadline = Instant::now() + timeout;
         let status = loop {
             if let Some(status) = self.child.try_wait()? {
                 break status;
             }
             if Instant::now() >= deadline {
-                // SAFETY: kill(2) on our child's process group.
-                unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
+                let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
                 let _ = self.child.wait();
                 bail!("husk did not exit within {timeout:?}");
             }

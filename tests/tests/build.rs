@@ -20,8 +20,7 @@ mod support;
 use support::{build_image, write_docker_save, Comp, Env, LayerTar, Tree};
 
 fn skip(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !rustix::process::geteuid().is_root() {
         eprintln!("SKIPPED {test}: needs root (loop and overlay mounts, whiteouts)");
         return true;
     }

@@ -9,6 +9,7 @@
 use std::time::Duration;
 
 use husk_tests::Running;
+use rustix::process::Signal;
 
 #[allow(dead_code)]
 #[path = "images/support.rs"]
@@ -96,7 +97,7 @@ fn run_exit_codes_for_missing_and_failing_commands() {
     let script = "trap 'echo got INT; exit 9' INT; echo ready; while true; do sleep 1; done";
     let mut cli = Running::start(env.cmd(&["run", "--rm", IMAGE, "sh", "-c", script])).unwrap();
     cli.wait_for_line("ready", VM_TIMEOUT).unwrap();
-    cli.signal(libc::SIGINT);
+    cli.signal(Signal::INT);
     let done = cli.finish(Duration::from_secs(60)).unwrap();
     assert_eq!(done.code(), 9, "{}", done.stderr);
     assert_eq!(done.stdout, "ready\ngot INT\n");
@@ -315,7 +316,7 @@ fn killed_monitor_and_killed_cli_leave_truthful_state() {
         .parse()
         .unwrap();
     assert_eq!(env.monitors(), [pid]);
-    kill(pid, libc::SIGKILL);
+    kill(pid, Signal::KILL);
     env.eventually("the monitor to die", Duration::from_secs(20), || {
         env.monitors().is_empty()
     });
@@ -340,7 +341,7 @@ fn killed_monitor_and_killed_cli_leave_truthful_state() {
     let cli =
         Running::start(env.cmd(&["run", "--name", "orphan", IMAGE, "sleep", "1000"])).unwrap();
     std::thread::sleep(Duration::from_secs(3));
-    cli.signal(libc::SIGKILL);
+    cli.signal(Signal::KILL);
     let done = cli.finish(Duration::from_secs(10)).unwrap();
     assert_eq!(done.status.code(), None, "killed");
     env.eventually("the orphan's process to run", VM_TIMEOUT, || {
@@ -429,7 +430,7 @@ fn library_starts_a_created_container_with_fds() {
     let Some(env) = Env::new("library_starts_a_created_container_with_fds") else {
         return;
     };
-    use husk_runtime::{MonitorCommand, Runtime, StdioSpec};
+    use husk_runtime::{MonitorCommand, Runtime, StdioWiring};
     use std::io::Read;
     // `husk create` resolves the assets; the library does the rest, the
     // way a shim would: start with its own descriptors, wait, delete.
@@ -455,7 +456,7 @@ fn library_starts_a_created_container_with_fds() {
     let (mut err_r, err_w) = pipe();
     rt.start(
         "lib",
-        StdioSpec::Fds {
+        StdioWiring::Fds {
             stdin: None,
             stdout: Some(out_w),
             stderr: Some(err_w),
@@ -480,15 +481,6 @@ fn library_starts_a_created_container_with_fds() {
 
 /// A pipe: (read end as a File, write end).
 fn pipe() -> (std::fs::File, std::os::fd::OwnedFd) {
-    use std::os::fd::FromRawFd;
-    let mut fds = [0; 2];
-    // SAFETY: a valid array of two ints.
-    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
-    // SAFETY: pipe2 returned two fresh descriptors owned by nobody else.
-    unsafe {
-        (
-            std::fs::File::from_raw_fd(fds[0]),
-            std::os::fd::OwnedFd::from_raw_fd(fds[1]),
-        )
-    }
+    let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
+    (std::fs::File::from(r), w)
 }

@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use rustix::process::Signal;
+
 use husk_tests::net::{free_port, http_get, one_shot_server, passt_or_skip, wait_for_http};
 use husk_tests::{
     busybox_rootfs, husk, kernel_or_skip, leftovers, mkfs_ext4, processes_in_group, run, vm_lock,
@@ -257,8 +259,8 @@ fn published_tcp_and_udp_ports_two_vms_at_once() {
     }
     let listening_a = passt_listening(a.pid());
     let listening_b = passt_listening(b.pid());
-    a.signal(libc::SIGTERM);
-    b.signal(libc::SIGTERM);
+    a.signal(Signal::TERM);
+    b.signal(Signal::TERM);
     let done_a = a.finish(VM_TIMEOUT).unwrap();
     let done_b = b.finish(VM_TIMEOUT).unwrap();
     eprintln!(
@@ -277,7 +279,7 @@ fn published_tcp_and_udp_ports_two_vms_at_once() {
     }
     // Only the published port is reachable: nothing listens for port 81.
     assert_eq!(listening_b, vec![("tcp", tcp_b)]);
-    assert_eq!(done_a.code(), 128 + libc::SIGTERM);
+    assert_eq!(done_a.code(), 128 + Signal::TERM.as_raw());
     assert_clean(&done_a, &run_a);
     assert_clean(&done_b, &run_b);
     assert!(http_get(tcp_a).is_none(), "port closed after the VM ended");

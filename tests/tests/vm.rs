@@ -197,7 +197,7 @@ fn sigterm_stops_the_vm_and_cleans_up() {
     ]);
     let mut running = Running::start(cmd).unwrap();
     running.wait_for_line("ready", VM_TIMEOUT).unwrap();
-    running.signal(libc::SIGTERM);
+    running.signal(rustix::process::Signal::TERM);
     let done = running.finish(Duration::from_secs(20)).unwrap();
     assert_eq!(done.code(), 143, "{done:?}");
     env.assert_clean(&done);

@@ -146,7 +146,7 @@ impl Builder<'_> {
             }
             Instruction::StopSignal(s) => {
                 let s = self.expand(state, s)?;
-                if husk_sandbox::signals::parse_signal(&s).is_none() {
+                if s.parse::<husk_sandbox::signals::Signal>().is_err() {
                     return Err(StepError::Invalid(format!("invalid STOPSIGNAL {s:?}")));
                 }
                 state.config.set("StopSignal", json!(s));

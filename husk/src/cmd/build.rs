@@ -121,8 +121,8 @@ pub fn run(a: BuildArgs) -> Result<i32> {
         "none" => false,
         other => bail!("--network {other:?}: must be default or none"),
     };
-    let memory_mib = husk_runtime::spec::parse_memory(&a.memory)?;
-    let cpus = husk_runtime::spec::parse_cpus(&a.cpus)?;
+    let memory_mib = crate::cmd::flags::parse_memory(&a.memory)?;
+    let cpus = crate::cmd::flags::parse_cpus(&a.cpus)?;
     // Needed only by RUN steps: a missing kernel or agent fails those.
     let vm_assets = assets::kernel(a.kernel.as_deref())
         .and_then(|k| {

@@ -4,11 +4,11 @@
 
 mod control;
 mod inspect;
+mod interactive;
 mod logs;
 mod port;
 mod ps;
 mod run;
-mod session;
 
 use std::path::PathBuf;
 
@@ -18,8 +18,8 @@ use husk_runtime::Runtime;
 
 use super::image::RootArgs;
 
+pub use interactive::ExitWith;
 pub use run::{CreateArgs, RunArgs};
-pub use session::ExitWith;
 
 /// Top-level container commands.
 #[derive(Subcommand, Debug)]
@@ -47,7 +47,7 @@ pub enum ContainerCommand {
     /// Fetch the logs of a container.
     Logs(logs::LogsArgs),
     /// Run a command in a running container.
-    Exec(session::ExecArgs),
+    Exec(interactive::ExecArgs),
     /// List a container's published ports.
     Port(port::PortArgs),
     /// Show details of containers as JSON.
@@ -82,7 +82,7 @@ pub fn run(command: ContainerCommand) -> anyhow::Result<i32> {
         ContainerCommand::Attach(a) => control::attach(a),
         ContainerCommand::Ps(a) => ps::ps(a),
         ContainerCommand::Logs(a) => logs::logs(a),
-        ContainerCommand::Exec(a) => session::exec(a),
+        ContainerCommand::Exec(a) => interactive::exec(a),
         ContainerCommand::Port(a) => port::port(a),
         ContainerCommand::Inspect(a) => inspect::inspect(a),
         ContainerCommand::Monitor(a) => Ok(husk_runtime::monitor::main(&a.root, &a.id, &a.mode)),

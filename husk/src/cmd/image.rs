@@ -215,8 +215,7 @@ fn parse_ref(name: &str) -> anyhow::Result<Reference> {
 
 /// Whether this process may build layer disks.
 fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
+    rustix::process::geteuid().is_root()
 }
 
 fn load(a: LoadArgs) -> anyhow::Result<i32> {

@@ -3,6 +3,7 @@
 
 pub mod build;
 pub mod container;
+mod flags;
 pub mod image;
 pub mod vm;
 pub mod volume;

@@ -71,7 +71,7 @@ fn create(a: CreateArgs) -> Result<i32> {
     let mut size = husk_runtime::volume::DEFAULT_VOLUME_SIZE;
     for o in &a.opts {
         match o.split_once('=') {
-            Some(("size", v)) => size = u64::from(husk_runtime::spec::parse_memory(v)?) << 20,
+            Some(("size", v)) => size = u64::from(crate::cmd::flags::parse_memory(v)?) << 20,
             _ => bail!("unsupported volume option {o:?} (supported: size=SIZE)"),
         }
     }

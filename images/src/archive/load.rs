@@ -86,13 +86,26 @@ impl Source {
         let mut ar = tar::Archive::new(plain);
         let mut files = HashMap::new();
         let mut links = HashMap::new();
-        let bad_tar = |e| ArchiveError::Io {
-            context: format!("reading tar {}", path.display()),
-            source: e,
+        // The tar parser's messages quote the header's bytes (for a text
+        // file: its content), so a malformed header is reported in one line.
+        let bad_tar = |e: io::Error, entries: usize| match e.kind() {
+            io::ErrorKind::Other | io::ErrorKind::InvalidData if entries == 0 => {
+                ArchiveError::NotATar
+            }
+            io::ErrorKind::Other | io::ErrorKind::InvalidData => {
+                ArchiveError::Unsupported(format!("corrupt tar archive after {entries} entries"))
+            }
+            _ => ArchiveError::Io {
+                context: format!("reading tar {}", path.display()),
+                source: e,
+            },
         };
-        for entry in ar.entries().map_err(bad_tar)? {
-            let mut e = entry.map_err(bad_tar)?;
-            let name = normalize("", &e.path().map_err(bad_tar)?.to_string_lossy())?;
+        for (entries, entry) in ar.entries().map_err(|e| bad_tar(e, 0))?.enumerate() {
+            let mut e = entry.map_err(|e| bad_tar(e, entries))?;
+            let name = normalize(
+                "",
+                &e.path().map_err(|e| bad_tar(e, entries))?.to_string_lossy(),
+            )?;
             match e.header().entry_type() {
                 tar::EntryType::Regular | tar::EntryType::Continuous => {
                     let expected = digest_from_path(&name);
@@ -112,7 +125,7 @@ impl Source {
                 tar::EntryType::Symlink | tar::EntryType::Link => {
                     let target = e
                         .link_name()
-                        .map_err(bad_tar)?
+                        .map_err(|e| bad_tar(e, entries))?
                         .map(|t| t.to_string_lossy().into_owned())
                         .unwrap_or_default();
                     let base = if e.header().entry_type() == tar::EntryType::Symlink {
@@ -394,4 +407,21 @@ fn synthesize_manifest(
         store.put_blob_bytes(&bytes)?,
         image::OCI_MANIFEST.to_string(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_text_file_is_not_a_tar_in_one_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        let text = dir.path().join("passwd");
+        let line = "root:x:0:0:root:/root:/bin/bash\n";
+        std::fs::write(&text, line.repeat(40)).unwrap();
+        let err = load(&store, &text).unwrap_err();
+        assert!(matches!(err, ArchiveError::NotATar), "{err:?}");
+        assert_eq!(err.to_string(), "not a tar archive (or OCI layout)");
+    }
 }

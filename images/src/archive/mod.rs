@@ -27,6 +27,9 @@ pub enum ArchiveError {
     /// The archive is neither an OCI layout nor a docker-save tarball.
     #[error("not an image archive: no index.json or manifest.json found")]
     NotAnArchive,
+    /// The file is not a (possibly compressed) tar archive.
+    #[error("not a tar archive (or OCI layout)")]
+    NotATar,
     /// The archive refers to a file it does not contain.
     #[error("archive refers to missing file {0:?}")]
     MissingFile(String),

@@ -7,7 +7,7 @@
 //! process, so only the archive itself changes the tree while we work.
 
 use std::collections::HashSet;
-use std::ffi::{CString, OsStr, OsString};
+use std::ffi::{OsStr, OsString};
 use std::fs::{self, OpenOptions};
 use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
@@ -142,56 +142,42 @@ fn io_at(rel: &[OsString]) -> impl FnOnce(io::Error) -> ExtractError + '_ {
     }
 }
 
-fn cstr(p: &Path) -> io::Result<CString> {
-    CString::new(p.as_os_str().as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
-}
-
-fn check(rc: libc::c_int) -> io::Result<()> {
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
 /// `lsetxattr` without following symlinks.
 pub(crate) fn set_xattr(path: &Path, name: &str, value: &[u8]) -> io::Result<()> {
-    let p = cstr(path)?;
-    let n = CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    // SAFETY: valid NUL-terminated strings and a valid buffer with its length.
-    check(unsafe {
-        libc::lsetxattr(
-            p.as_ptr(),
-            n.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    })
+    Ok(rustix::fs::lsetxattr(
+        path,
+        name,
+        value,
+        rustix::fs::XattrFlags::empty(),
+    )?)
 }
 
 fn set_mtime(path: &Path, mtime: i64) -> io::Result<()> {
-    let p = cstr(path)?;
-    let ts = libc::timespec {
+    let ts = rustix::fs::Timespec {
         tv_sec: mtime,
         tv_nsec: 0,
     };
-    let times = [ts, ts];
-    // SAFETY: valid path string and a two-element timespec array.
-    check(unsafe {
-        libc::utimensat(
-            libc::AT_FDCWD,
-            p.as_ptr(),
-            times.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    })
+    let times = rustix::fs::Timestamps {
+        last_access: ts,
+        last_modification: ts,
+    };
+    Ok(rustix::fs::utimensat(
+        rustix::fs::CWD,
+        path,
+        &times,
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+    )?)
 }
 
-fn mknod(path: &Path, mode: libc::mode_t) -> io::Result<()> {
-    let p = cstr(path)?;
-    // SAFETY: valid path string; dev 0:0.
-    check(unsafe { libc::mknod(p.as_ptr(), mode, libc::makedev(0, 0)) })
+/// Makes a special file of `kind` (device 0:0).
+fn mknod(path: &Path, kind: rustix::fs::FileType, mode: u32) -> io::Result<()> {
+    Ok(rustix::fs::mknodat(
+        rustix::fs::CWD,
+        path,
+        kind,
+        rustix::fs::Mode::from_raw_mode(mode),
+        rustix::fs::makedev(0, 0),
+    )?)
 }
 
 /// Removes whatever is at `path` (not following symlinks).
@@ -257,7 +243,7 @@ impl Extractor {
             T::Link => self.hard_link(e, &dest, &rel),
             T::Fifo => {
                 remove_any(&dest).map_err(io_at(&rel))?;
-                mknod(&dest, libc::S_IFIFO | 0o600).map_err(io_at(&rel))?;
+                mknod(&dest, rustix::fs::FileType::Fifo, 0o600).map_err(io_at(&rel))?;
                 self.metadata(e, &dest, &rel, true)
             }
             T::Char | T::Block => {
@@ -301,7 +287,7 @@ impl Extractor {
         rel.push(OsStr::from_bytes(target).to_os_string());
         remove_any(&dest).map_err(io_at(&rel))?;
         if self.mode == Mode::Overlay {
-            mknod(&dest, libc::S_IFCHR).map_err(io_at(&rel))?;
+            mknod(&dest, rustix::fs::FileType::CharacterDevice, 0).map_err(io_at(&rel))?;
         }
         Ok(())
     }
@@ -350,7 +336,7 @@ impl Extractor {
             .write(true)
             .create_new(true)
             .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
             .open(dest)
             .map_err(io_at(rel))?;
         let want = e.size();
@@ -463,7 +449,10 @@ impl Extractor {
             if name.starts_with("user.") || name.starts_with("security.") {
                 match set_xattr(dest, &name, &value) {
                     Ok(()) => {}
-                    Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+                    Err(e)
+                        if e.raw_os_error()
+                            == Some(rustix::io::Errno::OPNOTSUPP.raw_os_error()) =>
+                    {
                         self.report.warnings.push(format!(
                             "xattr {name} on {} not supported by the store's filesystem",
                             display(rel)
@@ -513,7 +502,11 @@ impl Extractor {
             };
             let p = parent.join(&d.rel[d.rel.len() - 1]);
             match fs::symlink_metadata(&p) {
-                Ok(m) if m.is_dir() && m.mode() & 0o170000 == libc::S_IFDIR => {
+                Ok(m)
+                    if m.is_dir()
+                        && rustix::fs::FileType::from_raw_mode(m.mode())
+                            == rustix::fs::FileType::Directory =>
+                {
                     fs::set_permissions(&p, fs::Permissions::from_mode(d.mode & 0o7777))
                         .map_err(io_at(&d.rel))?;
                     set_mtime(&p, d.mtime).map_err(io_at(&d.rel))?;

@@ -134,8 +134,7 @@ impl Store {
         if dest.is_file() {
             return Ok(dest);
         }
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
+        if !rustix::process::geteuid().is_root() {
             return Err(LayerError::NotRoot);
         }
         let _lock = FileLock::exclusive(&self.layers_dir().join(format!("{name}.lock")))

@@ -15,7 +15,7 @@ use crate::reference::{Reference, DOCKER_HUB};
 pub struct Options {
     /// Use plain HTTP (always done for localhost / 127.0.0.0/8 / ::1).
     pub insecure: bool,
-    /// Credentials; `None` = look them up ([`Credentials::lookup`]).
+    /// Credentials; `None` = look them up (`Credentials::lookup`).
     pub credentials: Option<Credentials>,
 }
 

@@ -48,7 +48,7 @@ use husk_sandbox::{Sandbox, Signals};
 
 use crate::config::ContainerConfig;
 use crate::id::ContainerId;
-use crate::layout::{self, ContainerPaths, Lock, ShortPath};
+use crate::layout::{self, ContainerPaths, ShortPath};
 pub use crate::lifecycle::StdioMode;
 use crate::state::{MonitorProcess, State, Status};
 use crate::{error_chain, io_err, Error, Runtime};
@@ -182,7 +182,7 @@ fn run(root: &Path, id: &str, mode: &str) -> Result<(), Error> {
     let cfg: ContainerConfig = layout::read_json(&paths.config())?;
     let mode: StdioMode =
         serde_json::from_str(mode).map_err(|e| Error::Monitor(format!("bad stdio mode: {e}")))?;
-    let Some(_alive) = Lock::try_exclusive(&paths.monitor_lock())? else {
+    let Some(_alive) = layout::try_lock(&paths.monitor_lock())? else {
         return Err(Error::AlreadyRunning(id.short().to_string()));
     };
     let vols = rt.volumes();
@@ -214,7 +214,7 @@ fn run(root: &Path, id: &str, mode: &str) -> Result<(), Error> {
         started_at: Some(crate::time::now()),
         finished_at: None,
         start_count: previous.start_count + 1,
-        ports: network.ports().iter().map(|p| p.to_string()).collect(),
+        ports: network.ports().to_vec(),
     };
     state.write(&paths)?;
     let attach_mode = mode == StdioMode::Attach;

@@ -4,7 +4,7 @@
 
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Duration, Instant};
 
 use husk_protocol::{ErrorCode, Message, MAX_CHUNK};
@@ -418,7 +418,7 @@ impl<'a> Session<'a> {
             (&self.local.stderr, &mut self.local.broken[1])
         };
         if let Some(f) = file {
-            write_out(f.as_raw_fd(), &bytes, broken);
+            write_out(std::os::fd::AsFd::as_fd(f), &bytes, broken);
         }
         let msg = if stream == "stdout" {
             Message::Stdout(bytes)

@@ -2,7 +2,7 @@
 //! test images loaded, husk runs against it, leak checks, a pseudo-terminal.
 
 use std::io::Read;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -35,8 +35,7 @@ pub fn can_run(test: &str) -> bool {
     if kernel_or_skip(test).is_none() {
         return false;
     }
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !rustix::process::geteuid().is_root() {
         eprintln!("SKIPPED {test}: needs root (layer disks, KVM)");
         return false;
     }
@@ -190,7 +189,7 @@ impl Drop for Env {
             }
         }
         for pid in self.monitors() {
-            kill(pid, libc::SIGKILL);
+            kill(pid, rustix::process::Signal::KILL);
         }
     }
 }
@@ -311,15 +310,13 @@ impl PtyProcess {
 
     /// Changes the terminal size (the kernel sends SIGWINCH to husk).
     pub fn resize(&self, rows: u16, cols: u16) {
-        let ws = libc::winsize {
+        let ws = rustix::termios::Winsize {
             ws_row: rows,
             ws_col: cols,
             ws_xpixel: 0,
             ws_ypixel: 0,
         };
-        // SAFETY: TIOCSWINSZ reads a winsize from a valid pointer.
-        let rc = unsafe { libc::ioctl(self.master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
-        assert_eq!(rc, 0);
+        rustix::termios::tcsetwinsize(&self.master, ws).expect("TIOCSWINSZ");
     }
 
     /// Reads until the output (since the last match) contains `want`.
@@ -335,13 +332,10 @@ impl PtyProcess {
             }
             let left = deadline.saturating_duration_since(Instant::now());
             assert!(!left.is_zero(), "no {want:?} on the terminal; got {text:?}");
-            let mut p = libc::pollfd {
-                fd: self.master.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd.
-            if unsafe { libc::poll(&mut p, 1, left.as_millis().min(1000) as i32) } > 0 {
+            use rustix::event::{poll, PollFd, PollFlags, Timespec};
+            let mut p = [PollFd::new(&self.master, PollFlags::IN)];
+            let wait = Timespec::try_from(left.min(Duration::from_secs(1))).ok();
+            if poll(&mut p, wait.as_ref()).unwrap_or(0) > 0 {
                 let mut buf = [0u8; 4096];
                 match f.read(&mut buf) {
                     Ok(n) if n > 0 => self.output.extend_from_slice(&buf[..n]),
@@ -377,9 +371,13 @@ impl Drop for PtyProcess {
 }
 
 /// Sends `sig` to `pid`.
-pub fn kill(pid: u32, sig: i32) {
-    // SAFETY: kill(2) has no memory effects.
-    unsafe { libc::kill(pid as i32, sig) };
+pub fn kill(pid: u32, sig: rustix::process::Signal) {
+    if let Some(pid) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    {
+        let _ = rustix::process::kill_process(pid, sig);
+    }
 }
 
 /// The path of a file in a test directory, as &str.

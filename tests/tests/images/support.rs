@@ -14,8 +14,7 @@ use sha2::{Digest as _, Sha256};
 // ---------------------------------------------------------------- helpers
 
 pub fn skip(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !rustix::process::geteuid().is_root() {
         eprintln!("SKIPPED {test}: needs root (mknod whiteouts, trusted xattrs, loop mounts)");
         return true;
     }
@@ -378,12 +377,9 @@ pub fn walk(root: &Path) -> Tree {
 }
 
 pub fn xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
-    let p = std::ffi::CString::new(path.to_str()?).ok()?;
-    let n = std::ffi::CString::new(name).ok()?;
     let mut buf = vec![0u8; 256];
-    // SAFETY: valid strings and buffer.
-    let r = unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    (r >= 0).then(|| buf[..r as usize].to_vec())
+    let n = rustix::fs::lgetxattr(path, name, &mut buf[..]).ok()?;
+    Some(buf[..n].to_vec())
 }
 
 // ------------------------------------------------------------- test images

@@ -2,12 +2,11 @@
 
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{bail, Result};
 use clap::Args;
-use husk_runtime::signals::parse_signal;
-use husk_runtime::{DeleteOptions, StdioSpec};
+use husk_runtime::{DeleteOptions, Signal, StdioWiring};
 
-use super::session::{self, Attached};
+use super::interactive::{self, LocalStdio};
 use super::{each, RootArgs};
 
 /// Container names or IDs.
@@ -92,18 +91,18 @@ pub fn start(a: StartArgs) -> Result<i32> {
             bail!("you cannot start and attach multiple containers at once");
         };
         let c = rt.container(name)?;
-        if c.state.is_running() {
+        if !c.state.status.can_start() {
             bail!("container {} is already running", c.id.short());
         }
-        let how = Attached {
+        let how = LocalStdio {
             stdin: a.interactive && c.config.process.stdin,
             tty: c.config.process.tty,
             sig_proxy: true,
         };
-        return session::start_attached(&rt, c.id.as_str(), &how);
+        return interactive::start_attached(&rt, c.id.as_str(), &how);
     }
     Ok(each(&a.names.containers, |n| {
-        match super::run::start_or_report(&rt, n, StdioSpec::Detached) {
+        match super::run::start_or_report(&rt, n, StdioWiring::Detached) {
             Ok(()) => {}
             Err(e)
                 if matches!(
@@ -120,21 +119,17 @@ pub fn start(a: StartArgs) -> Result<i32> {
 /// `husk stop`, or `husk restart` when `restart`.
 pub fn stop(a: StopArgs, restart: bool) -> Result<i32> {
     let rt = super::runtime(&a.names.root)?;
-    let signal = a
-        .signal
-        .as_deref()
-        .map(|s| parse_signal(s).ok_or_else(|| anyhow!("invalid signal: {s}")))
-        .transpose()?;
+    let signal = a.signal.as_deref().map(str::parse::<Signal>).transpose()?;
     Ok(each(&a.names.containers, |n| {
         if let Some(sig) = signal {
             let c = rt.container(n)?;
-            if c.state.is_running() {
+            if c.state.status.can_kill() {
                 rt.kill(n, sig)?;
             }
         }
         rt.stop(n, a.time.map(Duration::from_secs))?;
         if restart {
-            super::run::start_or_report(&rt, n, StdioSpec::Detached)?;
+            super::run::start_or_report(&rt, n, StdioWiring::Detached)?;
         }
         println!("{n}");
         Ok(())
@@ -144,7 +139,7 @@ pub fn stop(a: StopArgs, restart: bool) -> Result<i32> {
 /// `husk kill`.
 pub fn kill(a: KillArgs) -> Result<i32> {
     let rt = super::runtime(&a.names.root)?;
-    let sig = parse_signal(&a.signal).ok_or_else(|| anyhow!("invalid signal: {}", a.signal))?;
+    let sig: Signal = a.signal.parse()?;
     Ok(each(&a.names.containers, |n| {
         rt.kill(n, sig)?;
         println!("{n}");
@@ -180,10 +175,10 @@ pub fn wait(a: NamesArgs) -> Result<i32> {
 pub fn attach(a: AttachArgs) -> Result<i32> {
     let rt = super::runtime(&a.root)?;
     let c = rt.container(&a.container)?;
-    let how = Attached {
+    let how = LocalStdio {
         stdin: !a.no_stdin && c.config.process.stdin,
         tty: c.config.process.tty,
         sig_proxy: a.sig_proxy,
     };
-    session::attach_running(&rt, c.id.as_str(), &how)
+    interactive::attach_running(&rt, c.id.as_str(), &how)
 }

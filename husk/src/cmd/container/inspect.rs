@@ -98,14 +98,14 @@ fn document(c: &Container) -> Value {
             "Image": cfg.image,
             "Volumes": volumes,
             "WorkingDir": cfg.process.cwd,
-            "StopSignal": cfg.stop_signal,
+            "StopSignal": cfg.stop_signal.to_string(),
             "StopTimeout": cfg.stop_timeout,
         },
         "HostConfig": {
             "Memory": u64::from(cfg.memory_mib) << 20,
             "NanoCpus": u64::from(cfg.cpus) * 1_000_000_000,
             "AutoRemove": cfg.auto_remove,
-            "PortBindings": cfg.ports,
+            "PortBindings": port_map(&cfg.ports, false),
             "Runtime": "husk",
         },
         "NetworkSettings": { "Ports": published(c) },
@@ -156,21 +156,35 @@ fn render(format: &str, doc: &Value) -> String {
 /// Docker's `NetworkSettings.Ports` of a running container:
 /// `{"80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "8080"}]}`.
 fn published(c: &husk_runtime::Container) -> serde_json::Value {
+    if c.state.status.can_exec() {
+        port_map(&c.state.ports, true)
+    } else {
+        serde_json::json!({})
+    }
+}
+
+/// Docker's port map: the requested `PortBindings` (an unset address or
+/// port is `""`), or the `bound` `NetworkSettings.Ports` (`0.0.0.0`).
+fn port_map(ports: &[husk_net::PortMapping], bound: bool) -> serde_json::Value {
     let mut out = serde_json::Map::new();
-    if c.state.is_running() {
-        for p in &c.state.ports {
-            let Some((container, host)) = p.split_once(" -> ") else {
-                continue;
-            };
-            let (ip, port) = host.rsplit_once(':').unwrap_or(("", host));
-            let entry = serde_json::json!({ "HostIp": ip, "HostPort": port });
-            match out
-                .entry(container.to_string())
-                .or_insert_with(|| serde_json::Value::Array(Vec::new()))
-            {
-                serde_json::Value::Array(list) => list.push(entry),
-                _ => unreachable!("only arrays are inserted"),
-            }
+    for p in ports {
+        let (ip, port) = match (bound, p.host_ip, p.host_port) {
+            (true, _, _) => (p.host_addr().ip().to_string(), p.host_port.to_string()),
+            (false, ip, port) => (
+                ip.map(|ip| ip.to_string()).unwrap_or_default(),
+                if port == 0 {
+                    String::new()
+                } else {
+                    port.to_string()
+                },
+            ),
+        };
+        let entry = serde_json::json!({ "HostIp": ip, "HostPort": port });
+        if let serde_json::Value::Array(list) = out
+            .entry(format!("{}/{}", p.container_port, p.proto))
+            .or_insert_with(|| serde_json::Value::Array(Vec::new()))
+        {
+            list.push(entry);
         }
     }
     serde_json::Value::Object(out)

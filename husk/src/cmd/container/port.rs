@@ -2,7 +2,6 @@
 
 use anyhow::Result;
 use clap::Args;
-use husk_runtime::ports;
 
 use super::RootArgs;
 
@@ -23,7 +22,7 @@ pub struct PortArgs {
 pub fn port(a: PortArgs) -> Result<i32> {
     let rt = super::runtime(&a.root)?;
     let c = rt.container(&a.container)?;
-    if !c.state.is_running() {
+    if !c.state.status.can_exec() {
         return Ok(0);
     }
     let Some(filter) = &a.port else {
@@ -32,12 +31,7 @@ pub fn port(a: PortArgs) -> Result<i32> {
         }
         return Ok(0);
     };
-    let found: Vec<&String> = c
-        .state
-        .ports
-        .iter()
-        .filter(|p| ports::matches(p, filter))
-        .collect();
+    let found: Vec<_> = c.state.ports.iter().filter(|p| p.matches(filter)).collect();
     if found.is_empty() {
         // Docker's exit code for this one is 1.
         eprintln!(
@@ -47,7 +41,7 @@ pub fn port(a: PortArgs) -> Result<i32> {
         return Ok(1);
     }
     for p in found {
-        println!("{}", p.split(" -> ").nth(1).unwrap_or(p));
+        println!("{}", p.host_addr());
     }
     Ok(0)
 }

@@ -4,7 +4,7 @@
 use anyhow::{bail, Result};
 use clap::Args;
 use husk_runtime::time::secs_since;
-use husk_runtime::{ports, Container, Status};
+use husk_runtime::{Container, Status};
 
 use super::RootArgs;
 use crate::cmd::image::output::{human_age, print_table};
@@ -92,8 +92,8 @@ impl Row {
             running_for: human_age(secs_since(&c.config.created)),
             status: status_text(c),
             state: c.state.status.as_str().to_string(),
-            ports: if c.state.is_running() {
-                let p: Vec<String> = c.state.ports.iter().map(|p| ports::ps_form(p)).collect();
+            ports: if c.state.status.can_exec() {
+                let p: Vec<String> = c.state.ports.iter().map(|p| p.ps_form()).collect();
                 p.join(", ")
             } else {
                 String::new()

@@ -2,13 +2,14 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::Args;
-use husk_runtime::spec::{self, VolumeRequest};
-use husk_runtime::{CreateOptions, Runtime, StdioSpec};
+use husk_runtime::{CreateOptions, Runtime, StdioWiring};
 
-use super::session::{self, Attached};
+use super::interactive::{self, LocalStdio};
 use super::RootArgs;
+use crate::cmd::flags;
+use husk_net::NetworkMode;
 use husk_sandbox::assets;
 
 /// Flags shared by `create` and `run`.
@@ -58,8 +59,8 @@ pub struct CreateArgs {
     publish_all: bool,
     /// Network: passt (default: outbound access and published ports),
     /// none (loopback only), tap or tap:NAME (root).
-    #[arg(long, value_name = "MODE", default_value = "")]
-    network: String,
+    #[arg(long, value_name = "MODE")]
+    network: Option<String>,
     /// Signal to stop the container (default: the image's, else SIGTERM).
     #[arg(long)]
     stop_signal: Option<String>,
@@ -108,27 +109,19 @@ pub struct RunArgs {
 
 /// The library's options from the flags (assets resolved here).
 fn options(a: &CreateArgs) -> Result<CreateOptions> {
-    let mut env = Vec::new();
-    for file in &a.env_file {
-        let text = std::fs::read_to_string(file)
-            .with_context(|| format!("reading env file {}", file.display()))?;
-        env.extend(spec::parse_env_file(&text, |k| std::env::var(k).ok())?);
-    }
-    for e in &a.env {
-        match e.split_once('=') {
-            Some(_) => env.push(e.clone()),
-            None => {
-                if let Ok(v) = std::env::var(e) {
-                    env.push(format!("{e}={v}"));
-                }
-            }
-        }
-    }
+    let mut env = flags::env_files(&a.env_file)?;
+    env.extend(flags::env_flags(&a.env));
     let volumes = a
         .volumes
         .iter()
-        .map(|v| VolumeRequest::parse(v))
+        .map(|v| flags::parse_volume(v))
         .collect::<Result<Vec<_>, _>>()?;
+    let network: NetworkMode = a.network.as_deref().unwrap_or_default().parse()?;
+    let mut ports = Vec::new();
+    for p in &a.publish {
+        ports.extend(husk_net::parse_port_spec(p)?);
+    }
+    let stop_signal = a.stop_signal.as_deref().map(str::parse).transpose()?;
     let kernel = assets::kernel(a.kernel.as_deref())?;
     let agent = assets::agent()?;
     let agent_disk = assets::agent_disk(&agent, &assets::cache_dir())?;
@@ -149,15 +142,15 @@ fn options(a: &CreateArgs) -> Result<CreateOptions> {
         hostname: a.hostname.clone(),
         tty: a.tty,
         stdin: a.interactive,
-        cpus: a.cpus.as_deref().map(spec::parse_cpus).transpose()?,
-        memory_mib: a.memory.as_deref().map(spec::parse_memory).transpose()?,
+        cpus: a.cpus.as_deref().map(flags::parse_cpus).transpose()?,
+        memory_mib: a.memory.as_deref().map(flags::parse_memory).transpose()?,
         volumes,
-        stop_signal: a.stop_signal.clone(),
+        stop_signal,
         stop_timeout: a.stop_timeout,
         auto_remove: a.rm,
-        ports: a.publish.clone(),
+        ports,
         publish_all: a.publish_all,
-        network: a.network.clone(),
+        network,
         kernel,
         agent_disk,
         boot_timeout: a.boot_timeout,
@@ -182,23 +175,23 @@ pub fn create(a: CreateArgs) -> Result<i32> {
 /// `husk run`.
 pub fn run(a: RunArgs) -> Result<i32> {
     let c = &a.create;
-    if c.interactive && c.tty && !session::stdin_is_terminal() {
+    if c.interactive && c.tty && !interactive::stdin_is_terminal() {
         bail!("the input device is not a TTY");
     }
     let rt = super::runtime(&c.root)?;
     let id = create_container(&rt, c)?;
     let started = if a.detach {
-        start_or_report(&rt, id.as_str(), StdioSpec::Detached).map(|()| {
+        start_or_report(&rt, id.as_str(), StdioWiring::Detached).map(|()| {
             println!("{id}");
             0
         })
     } else {
-        let attached = Attached {
+        let attached = LocalStdio {
             stdin: c.interactive,
             tty: c.tty,
             sig_proxy: a.sig_proxy,
         };
-        session::start_attached(&rt, id.as_str(), &attached)
+        interactive::start_attached(&rt, id.as_str(), &attached)
     };
     if started.is_err() && c.rm {
         // A container that never ran (a host port in use...) is removed
@@ -210,11 +203,11 @@ pub fn run(a: RunArgs) -> Result<i32> {
 
 /// Starts a container; a process that could not start is reported with
 /// Docker's exit code (126, 127...) as the error.
-pub fn start_or_report(rt: &Runtime, id: &str, stdio: StdioSpec) -> Result<()> {
+pub fn start_or_report(rt: &Runtime, id: &str, stdio: StdioWiring) -> Result<()> {
     match rt.start(id, stdio) {
         Ok(()) => Ok(()),
         Err(husk_runtime::Error::Exec { code, detail }) => {
-            Err(session::ExitWith { code, detail }.into())
+            Err(interactive::ExitWith { code, detail }.into())
         }
         Err(e) => Err(e.into()),
     }

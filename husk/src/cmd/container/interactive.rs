@@ -1,15 +1,18 @@
-//! Interactive sessions: `run`/`start -a`/`attach` (through the monitor)
-//! and `exec` (through the agent), with a raw terminal for `-t`, window
-//! resizes and signal forwarding.
+//! husk's own stdio wired to a container's process: `run`/`start -a`/
+//! `attach` (through the monitor) and `exec` (through the agent), with a
+//! raw terminal for `-t`, window resizes and signal forwarding.
 
 use std::io::IsTerminal;
+use std::os::fd::BorrowedFd;
 use std::os::unix::net::UnixStream;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use husk_runtime::relay::{self, ClientIo, Outcome};
 use husk_runtime::signals::Signals;
-use husk_runtime::{ExecOptions, Runtime, StdioSpec};
+use husk_runtime::{ExecOptions, Runtime, StdioWiring};
+use rustix::process::Signal;
+use rustix::termios::{tcgetattr, tcsetattr, OptionalActions, Termios};
 
 use super::RootArgs;
 
@@ -30,8 +33,8 @@ impl std::fmt::Display for ExitWith {
 
 impl std::error::Error for ExitWith {}
 
-/// How the local terminal takes part in a session.
-pub struct Attached {
+/// How husk's stdio takes part in an attached run, attach or exec.
+pub struct LocalStdio {
     /// Forward stdin.
     pub stdin: bool,
     /// The process has a TTY.
@@ -45,27 +48,29 @@ pub fn stdin_is_terminal() -> bool {
     std::io::stdin().is_terminal()
 }
 
-/// Signals a session watches: SIGWINCH for resizes, and those forwarded.
-const SESSION_SIGNALS: [i32; 7] = [
-    libc::SIGINT,
-    libc::SIGTERM,
-    libc::SIGHUP,
-    libc::SIGQUIT,
-    libc::SIGUSR1,
-    libc::SIGUSR2,
-    libc::SIGWINCH,
+/// Signals watched while attached: SIGWINCH for resizes, and those
+/// forwarded.
+const ATTACHED_SIGNALS: [i32; 7] = [
+    Signal::INT.as_raw(),
+    Signal::TERM.as_raw(),
+    Signal::HUP.as_raw(),
+    Signal::QUIT.as_raw(),
+    Signal::USR1.as_raw(),
+    Signal::USR2.as_raw(),
+    Signal::WINCH.as_raw(),
 ];
 
 /// The local terminal's size, if it is one.
 fn local_size() -> Option<(u16, u16)> {
-    relay::terminal_size(0).or_else(|| relay::terminal_size(1))
+    relay::terminal_size(rustix::stdio::stdin())
+        .or_else(|| relay::terminal_size(rustix::stdio::stdout()))
 }
 
 /// Starts container `id` with its process waiting for us, attaches, and
 /// relays until it ends; returns its exit code.
-pub fn start_attached(rt: &Runtime, id: &str, how: &Attached) -> Result<i32> {
-    let signals = Signals::install_for(&SESSION_SIGNALS)?;
-    super::run::start_or_report(rt, id, StdioSpec::Attach)?;
+pub fn start_attached(rt: &Runtime, id: &str, how: &LocalStdio) -> Result<i32> {
+    let signals = Signals::install_for(&ATTACHED_SIGNALS)?;
+    super::run::start_or_report(rt, id, StdioWiring::Attach)?;
     let conn = rt.attach(
         id,
         if how.tty {
@@ -79,28 +84,33 @@ pub fn start_attached(rt: &Runtime, id: &str, how: &Attached) -> Result<i32> {
 }
 
 /// Attaches to a running container.
-pub fn attach_running(rt: &Runtime, id: &str, how: &Attached) -> Result<i32> {
-    let signals = Signals::install_for(&SESSION_SIGNALS)?;
+pub fn attach_running(rt: &Runtime, id: &str, how: &LocalStdio) -> Result<i32> {
+    let signals = Signals::install_for(&ATTACHED_SIGNALS)?;
     let conn = rt.attach(id, if how.tty { local_size() } else { None })?;
     let outcome = relay_local(conn, how, &signals)?;
     finish(rt, id, outcome)
 }
 
 /// Relays a session with husk's own stdio, the terminal raw for `-t`.
-fn relay_local(mut conn: UnixStream, how: &Attached, signals: &Signals) -> Result<Outcome> {
+fn relay_local(mut conn: UnixStream, how: &LocalStdio, signals: &Signals) -> Result<Outcome> {
     let _raw = if how.tty && how.stdin && stdin_is_terminal() {
-        Some(RawTerminal::enable(0)?)
+        Some(RawTerminal::enable()?)
     } else {
         None
     };
+    let (stdin, stdout) = (rustix::stdio::stdin(), rustix::stdio::stdout());
     let io = ClientIo {
-        stdin: how.stdin.then_some(0),
-        stdout: 1,
-        stderr: 2,
+        stdin: how.stdin.then_some(stdin),
+        stdout,
+        stderr: rustix::stdio::stderr(),
         signals: Some(signals),
-        tty: how
-            .tty
-            .then(|| if std::io::stdin().is_terminal() { 0 } else { 1 }),
+        tty: how.tty.then(|| {
+            if std::io::stdin().is_terminal() {
+                stdin
+            } else {
+                stdout
+            }
+        }),
         forward_signals: !how.tty && how.sig_proxy,
     };
     Ok(relay::relay(&mut conn, &io)?)
@@ -161,14 +171,7 @@ pub fn exec(a: ExecArgs) -> Result<i32> {
         bail!("the input device is not a TTY");
     }
     let rt = super::runtime(&a.root)?;
-    let env = a
-        .env
-        .iter()
-        .filter_map(|e| match e.split_once('=') {
-            Some(_) => Some(e.clone()),
-            None => std::env::var(e).ok().map(|v| format!("{e}={v}")),
-        })
-        .collect();
+    let env = crate::cmd::flags::env_flags(&a.env);
     let opts = ExecOptions {
         argv: a.command.clone(),
         env,
@@ -178,9 +181,9 @@ pub fn exec(a: ExecArgs) -> Result<i32> {
         stdin: a.interactive,
         size: if a.tty { local_size() } else { None },
     };
-    let signals = Signals::install_for(&SESSION_SIGNALS)?;
+    let signals = Signals::install_for(&ATTACHED_SIGNALS)?;
     let conn = rt.exec_start(&a.container, &opts)?;
-    let how = Attached {
+    let how = LocalStdio {
         stdin: a.interactive,
         tty: a.tty,
         sig_proxy: true,
@@ -193,38 +196,24 @@ pub fn exec(a: ExecArgs) -> Result<i32> {
 
 /// The terminal in raw mode, restored on drop.
 struct RawTerminal {
-    fd: i32,
-    saved: libc::termios,
+    fd: BorrowedFd<'static>,
+    saved: Termios,
 }
 
 impl RawTerminal {
-    fn enable(fd: i32) -> Result<RawTerminal> {
-        // SAFETY: termios is plain data; tcgetattr fills it.
-        let mut saved: libc::termios = unsafe { std::mem::zeroed() };
-        // SAFETY: a valid fd and pointer.
-        if unsafe { libc::tcgetattr(fd, &mut saved) } != 0 {
-            bail!(
-                "reading the terminal mode: {}",
-                std::io::Error::last_os_error()
-            );
-        }
-        let mut raw = saved;
-        // SAFETY: cfmakeraw edits our local copy.
-        unsafe { libc::cfmakeraw(&mut raw) };
-        // SAFETY: a valid fd and pointer.
-        if unsafe { libc::tcsetattr(fd, libc::TCSANOW, &raw) } != 0 {
-            bail!(
-                "setting the terminal to raw mode: {}",
-                std::io::Error::last_os_error()
-            );
-        }
+    /// Puts husk's stdin (a terminal) in raw mode.
+    fn enable() -> Result<RawTerminal> {
+        let fd = rustix::stdio::stdin();
+        let saved = tcgetattr(fd).context("reading the terminal mode")?;
+        let mut raw = saved.clone();
+        raw.make_raw();
+        tcsetattr(fd, OptionalActions::Now, &raw).context("setting the terminal to raw mode")?;
         Ok(RawTerminal { fd, saved })
     }
 }
 
 impl Drop for RawTerminal {
     fn drop(&mut self) {
-        // SAFETY: restoring the mode saved from the same fd.
-        unsafe { libc::tcsetattr(self.fd, libc::TCSANOW, &self.saved) };
+        let _ = tcsetattr(self.fd, OptionalActions::Now, &self.saved);
     }
 }

@@ -1,11 +1,14 @@
 //! What a container is created from ([`CreateOptions`]) and how it merges
-//! with the image's config, with Docker's precedence rules.
+//! with the image's config, with Docker's precedence rules. Flags are
+//! parsed by the caller (the CLI); this module takes typed values.
 
 use std::path::PathBuf;
 
 use images::RuntimeConfig;
 
-use crate::config::ProcessSpec;
+use husk_net::{NetworkMode, PortMapping};
+
+use crate::config::{ProcessConfig, Signal};
 use crate::Error;
 
 /// The default `PATH` when the image sets none.
@@ -50,17 +53,17 @@ pub struct CreateOptions {
     /// `-v` requests.
     pub volumes: Vec<VolumeRequest>,
     /// `--stop-signal`; default: the image's StopSignal, then SIGTERM.
-    pub stop_signal: Option<String>,
+    pub stop_signal: Option<Signal>,
     /// `--stop-timeout` seconds.
     pub stop_timeout: Option<u64>,
     /// `--rm`.
     pub auto_remove: bool,
     /// `-p` values.
-    pub ports: Vec<String>,
+    pub ports: Vec<PortMapping>,
     /// `-P`: also publish the image's exposed ports on free host ports.
     pub publish_all: bool,
-    /// `--network`; empty: the default (passt).
-    pub network: String,
+    /// `--network`.
+    pub network: NetworkMode,
     /// The guest kernel.
     pub kernel: PathBuf,
     /// The agent disk.
@@ -69,7 +72,7 @@ pub struct CreateOptions {
     pub boot_timeout: u64,
 }
 
-/// One `-v` flag.
+/// A volume to mount (the CLI's `-v`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum VolumeRequest {
     /// `name:/path[:ro]`: a named volume, created if missing.
@@ -96,44 +99,6 @@ pub enum VolumeRequest {
 }
 
 impl VolumeRequest {
-    /// Parses Docker's `-v` syntax.
-    pub fn parse(spec: &str) -> Result<VolumeRequest, Error> {
-        let bad =
-            |why: &str| Error::Invalid(format!("invalid volume specification '{spec}': {why}"));
-        let parts: Vec<&str> = spec.split(':').collect();
-        let (source, target, opts) = match parts.as_slice() {
-            [t] => (None, *t, None),
-            [s, t] => (Some(*s), *t, None),
-            [s, t, o] => (Some(*s), *t, Some(*o)),
-            _ => return Err(bad("too many colons")),
-        };
-        check_target(target).map_err(|e| bad(&e))?;
-        let read_only = match opts {
-            None | Some("rw") => false,
-            Some("ro") => true,
-            Some(o) => return Err(bad(&format!("unknown option {o:?} (ro, rw)"))),
-        };
-        let Some(source) = source else {
-            return Ok(VolumeRequest::Anonymous {
-                target: target.to_string(),
-            });
-        };
-        if source.starts_with('/') || source.starts_with('.') || source.starts_with('~') {
-            return Ok(VolumeRequest::Bind {
-                source: source.to_string(),
-                target: target.to_string(),
-            });
-        }
-        if !crate::id::valid_name(source) {
-            return Err(bad("volume names are [a-zA-Z0-9][a-zA-Z0-9_.-]+"));
-        }
-        Ok(VolumeRequest::Named {
-            name: source.to_string(),
-            target: target.to_string(),
-            read_only,
-        })
-    }
-
     /// The path inside the container.
     pub fn target(&self) -> &str {
         match self {
@@ -144,7 +109,8 @@ impl VolumeRequest {
     }
 }
 
-fn check_target(t: &str) -> Result<(), String> {
+/// Checks a mount point: absolute, clean, not `/`; the error says why.
+pub fn check_mount_target(t: &str) -> Result<(), String> {
     if !t.starts_with('/') {
         return Err(format!("{t:?} is not an absolute path"));
     }
@@ -162,7 +128,7 @@ pub fn process(
     image: &RuntimeConfig,
     opts: &CreateOptions,
     hostname: &str,
-) -> Result<ProcessSpec, Error> {
+) -> Result<ProcessConfig, Error> {
     let entrypoint = match &opts.entrypoint {
         Some(e) => e.clone(),
         None => image.entrypoint.clone().unwrap_or_default(),
@@ -193,7 +159,7 @@ pub fn process(
         .clone()
         .or_else(|| image.user.clone())
         .unwrap_or_default();
-    Ok(ProcessSpec {
+    Ok(ProcessConfig {
         argv,
         env: environment(&image.env, &opts.env, hostname, opts.tty)?,
         cwd,
@@ -255,85 +221,6 @@ pub fn set_env(env: &mut Vec<String>, entry: String) {
     }
 }
 
-/// Parses `--env-file` content: `KEY=VALUE` lines; `KEY` alone takes the
-/// value from `lookup` (skipped when unset); blank lines and `#` comments
-/// are ignored.
-pub fn parse_env_file(
-    text: &str,
-    lookup: impl Fn(&str) -> Option<String>,
-) -> Result<Vec<String>, Error> {
-    let mut out = Vec::new();
-    for (n, line) in text.lines().enumerate() {
-        let line = line.trim_start();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        match line.split_once('=') {
-            Some(("", _)) => {
-                return Err(Error::Invalid(format!(
-                    "env file line {}: no variable name",
-                    n + 1
-                )))
-            }
-            Some(_) => out.push(line.to_string()),
-            None => {
-                let key = line.trim_end();
-                if key.contains(char::is_whitespace) {
-                    return Err(Error::Invalid(format!(
-                        "env file line {}: variable {key:?} contains whitespaces",
-                        n + 1
-                    )));
-                }
-                if let Some(v) = lookup(key) {
-                    out.push(format!("{key}={v}"));
-                }
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// Parses Docker's memory sizes (`512m`, `1g`, `268435456`) to MiB.
-pub fn parse_memory(s: &str) -> Result<u32, Error> {
-    let bad = || Error::Invalid(format!("invalid memory size {s:?} (e.g. 512m, 1g)"));
-    let lower = s.trim().to_ascii_lowercase();
-    let lower = lower.strip_suffix('b').unwrap_or(&lower);
-    let (num, unit) = match lower.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
-        Some((i, _)) => lower.split_at(i),
-        None => (lower, ""),
-    };
-    let n: u64 = num.parse().map_err(|_| bad())?;
-    let bytes = match unit {
-        "" => Some(n),
-        "k" => n.checked_mul(1 << 10),
-        "m" => n.checked_mul(1 << 20),
-        "g" => n.checked_mul(1 << 30),
-        _ => None,
-    }
-    .ok_or_else(bad)?;
-    let mib = bytes >> 20;
-    if mib < u64::from(MIN_MEMORY_MIB) {
-        return Err(Error::Invalid(format!(
-            "minimum memory is {MIN_MEMORY_MIB} MiB (a VM needs room for its kernel), got {s}"
-        )));
-    }
-    u32::try_from(mib).map_err(|_| bad())
-}
-
-/// Parses `--cpus` (a decimal number of CPUs) to whole vCPUs, rounding up.
-pub fn parse_cpus(s: &str) -> Result<u8, Error> {
-    let v: f64 = s
-        .trim()
-        .parse()
-        .map_err(|_| Error::Invalid(format!("invalid --cpus value {s:?}")))?;
-    if !(v > 0.0 && v <= 32.0) {
-        return Err(Error::Invalid(format!(
-            "--cpus must be in (0, 32], got {s}"
-        )));
-    }
-    Ok(v.ceil() as u8)
-}
-
 /// /etc/resolv.conf for a container: the host's without loopback
 /// nameservers (unreachable from the guest), or public resolvers when none
 /// remain, as Docker does.
@@ -359,5 +246,5 @@ pub fn resolv_conf(host: &str) -> String {
 }
 
 #[cfg(test)]
-#[path = "spec_tests.rs"]
+#[path = "options_tests.rs"]
 mod tests;

@@ -5,13 +5,13 @@ use std::io;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::config::{ContainerConfig, Mount};
+use crate::config::{ContainerConfig, Mount, Signal};
 use crate::id::{self, ContainerId};
-use crate::layout::{self, ContainerPaths, Lock};
-use crate::spec::{self, CreateOptions, VolumeRequest};
+use crate::layout::{self, ContainerPaths};
+use crate::options::{self, CreateOptions, VolumeRequest};
 use crate::state::State;
 use crate::volume::{self, Volumes};
-use crate::{io_err, signals, Error, Runtime};
+use crate::{io_err, Error, Runtime};
 
 /// Size of a container's writable disk (sparse).
 pub const RW_DISK_SIZE: u64 = 8 << 30;
@@ -133,14 +133,14 @@ impl Runtime {
             .hostname
             .clone()
             .unwrap_or_else(|| id.short().to_string());
-        let process = spec::process(&rc, &opts, &hostname)?;
-        let stop_name = opts
-            .stop_signal
-            .clone()
-            .or(rc.stop_signal.clone())
-            .unwrap_or_else(|| "SIGTERM".into());
-        let stop_signal = signals::parse_signal(&stop_name)
-            .ok_or_else(|| Error::Invalid(format!("invalid stop signal {stop_name:?}")))?;
+        let process = options::process(&rc, &opts, &hostname)?;
+        let stop_signal = match (opts.stop_signal, &rc.stop_signal) {
+            (Some(s), _) => s,
+            (None, Some(name)) => name.parse().map_err(|_| {
+                Error::Invalid(format!("invalid stop signal {name:?} in the image"))
+            })?,
+            (None, None) => Signal::TERM,
+        };
         let requests = volume_requests(&opts.volumes, &rc.volumes)?;
         let ports = crate::ports::published(
             &opts.ports,
@@ -153,7 +153,7 @@ impl Runtime {
         let paths = ContainerPaths { dir: tmp.clone() };
         let mut anonymous = Vec::new();
         let created = (|| {
-            let _busy = Lock::exclusive(&paths.lock())?;
+            let _busy = layout::lock(&paths.lock())?;
             volume::make_ext4(&paths.rw_disk(), RW_DISK_SIZE)?;
             let mounts = self.attach_volumes(&requests, &mut anonymous)?;
             let config = ContainerConfig {
@@ -166,14 +166,14 @@ impl Runtime {
                 process,
                 hostname,
                 hosts: Vec::new(),
-                resolv_conf: Some(spec::resolv_conf(
+                resolv_conf: Some(options::resolv_conf(
                     &fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
                 )),
-                cpus: opts.cpus.unwrap_or(spec::DEFAULT_CPUS),
-                memory_mib: opts.memory_mib.unwrap_or(spec::DEFAULT_MEMORY_MIB),
+                cpus: opts.cpus.unwrap_or(options::DEFAULT_CPUS),
+                memory_mib: opts.memory_mib.unwrap_or(options::DEFAULT_MEMORY_MIB),
                 mounts,
                 stop_signal,
-                stop_timeout: opts.stop_timeout.unwrap_or(spec::DEFAULT_STOP_TIMEOUT),
+                stop_timeout: opts.stop_timeout.unwrap_or(options::DEFAULT_STOP_TIMEOUT),
                 auto_remove: opts.auto_remove,
                 ports,
                 network: opts.network.clone(),
@@ -246,7 +246,7 @@ impl Runtime {
         name: Option<&str>,
         tmp: &Path,
     ) -> Result<(), Error> {
-        let _names = Lock::exclusive(&self.layout.names_lock())?;
+        let _names = layout::lock(&self.layout.names_lock())?;
         let taken: Vec<(String, String)> = self
             .list()?
             .into_iter()
@@ -288,9 +288,9 @@ impl Runtime {
     /// its monitor, and with it the VM, is killed first).
     pub fn delete(&self, name: &str, opts: DeleteOptions) -> Result<ContainerId, Error> {
         let c = self.container(name)?;
-        let _busy = Lock::exclusive(&c.paths.lock())?;
+        let _busy = layout::lock(&c.paths.lock())?;
         let state = State::load(&c.paths)?;
-        if state.is_running() && !opts.force {
+        if !state.status.can_remove() && !opts.force {
             return Err(Error::Running {
                 action: "remove",
                 id: c.id.short().to_string(),
@@ -299,7 +299,7 @@ impl Runtime {
         // Running (forced), or exited with the VM still tearing down: the
         // disks are about to go, so the VM may as well go now.
         if crate::state::monitor_alive(&c.paths) {
-            self.kill_monitor(&c.paths, libc::SIGKILL, Duration::from_secs(15))?;
+            self.kill_monitor(&c.paths, Signal::KILL, Duration::from_secs(15))?;
         }
         self.remove_files(&c.id, &c.config, opts.volumes)?;
         Ok(c.id)
@@ -316,7 +316,7 @@ impl Runtime {
         let dir = self.layout.container(id.as_str()).dir;
         let doomed = self.layout.containers().join(format!(".rm-{id}"));
         {
-            let _names = Lock::exclusive(&self.layout.names_lock())?;
+            let _names = layout::lock(&self.layout.names_lock())?;
             match fs::rename(&dir, &doomed) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
@@ -377,6 +377,8 @@ fn volume_requests(
         if matches!(r, VolumeRequest::Bind { .. }) {
             return Err(Error::Invalid(BIND_UNSUPPORTED.to_string()));
         }
+        options::check_mount_target(r.target())
+            .map_err(|why| Error::Invalid(format!("invalid mount point: {why}")))?;
         if out.iter().any(|o| o.target() == r.target()) {
             return Err(Error::Invalid(format!(
                 "duplicate mount point: {}",
@@ -420,7 +422,7 @@ fn clean_leftover(path: &Path, removing: bool) {
         dir: path.to_path_buf(),
     }
     .lock();
-    if old && matches!(Lock::try_exclusive(&lock), Ok(Some(_))) {
+    if old && matches!(layout::try_lock(&lock), Ok(Some(_))) {
         let _ = fs::remove_dir_all(path);
     }
 }
@@ -431,7 +433,15 @@ mod tests {
 
     #[test]
     fn image_volumes_become_anonymous_unless_covered() {
-        let flags = vec![VolumeRequest::parse("data:/data").unwrap()];
+        let named = |name: &str, target: &str| VolumeRequest::Named {
+            name: name.into(),
+            target: target.into(),
+            read_only: false,
+        };
+        let anonymous = |target: &str| VolumeRequest::Anonymous {
+            target: target.into(),
+        };
+        let flags = vec![named("data", "/data")];
         let r = volume_requests(&flags, &["/data".into(), "/cache/".into()]).unwrap();
         assert_eq!(r.len(), 2);
         assert_eq!(
@@ -440,12 +450,18 @@ mod tests {
                 target: "/cache".into()
             }
         );
-        let err = volume_requests(&[VolumeRequest::parse("/h:/c").unwrap()], &[]).unwrap_err();
+        let bind = VolumeRequest::Bind {
+            source: "/h".into(),
+            target: "/c".into(),
+        };
+        let err = volume_requests(&[bind], &[]).unwrap_err();
         assert!(err.to_string().contains("virtio-fs"), "{err}");
-        let dup = vec![
-            VolumeRequest::parse("aa:/x").unwrap(),
-            VolumeRequest::parse("/x").unwrap(),
-        ];
+        let dup = vec![named("aa", "/x"), anonymous("/x")];
         assert!(volume_requests(&dup, &[]).is_err());
+        let unclean = volume_requests(&[anonymous("/a/../b")], &[]).unwrap_err();
+        assert!(
+            unclean.to_string().contains("not a clean path"),
+            "{unclean}"
+        );
     }
 }
