@@ -221,6 +221,12 @@ impl Running {
         })
     }
 
+    /// The write end of husk's stdin, if `cmd` had `Stdio::piped()` there
+    /// (once; dropping it closes husk's stdin).
+    pub fn take_stdin(&mut self) -> Option<std::process::ChildStdin> {
+        self.child.stdin.take()
+    }
+
     /// Process id.
     pub fn pid(&self) -> u32 {
         self.child.id()

@@ -15,8 +15,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use husk_protocol::{
-    read_message, write_message, ContainerSpec, ErrorCode, ExecRequest, Message, AGENT_PORT,
-    EXEC_PORT, PROTOCOL_VERSION,
+    read_message, write_message, ContainerSpec, ErrorCode, ExecRequest, Message, RootFs,
+    AGENT_PORT, EXEC_PORT, PROTOCOL_VERSION,
 };
 use husk_tests::{agent_or_skip, kernel_or_skip, mkfs_ext4, vm_lock};
 
@@ -270,8 +270,10 @@ fn container_in_a_real_vm() {
 
     let mut boot = Conn::new(accept(&listener));
     boot.send(Message::CreateContainer(ContainerSpec {
-        layers: vec!["layer0".into(), "layer1".into()],
-        writable: "rw".into(),
+        root: RootFs::Layers {
+            layers: vec!["layer0".into(), "layer1".into()],
+            writable: "rw".into(),
+        },
         volumes: vec![],
         hostname: "testbox".into(),
         hosts: vec!["10.1.2.3 db".into()],

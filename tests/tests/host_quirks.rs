@@ -64,10 +64,21 @@ fn guest_processes_keep_off_avx_on_pvm_hosts() {
         "{} > /init.env; echo ready; exec sleep 1000",
         environ_of("$$")
     );
-    env.ok(&["run", "-d", "--name", "quirks", GLIBC_IMAGE, "sh", "-c", &init]);
-    env.eventually("the init process to record its environment", VM_TIMEOUT, || {
-        env.ok(&["logs", "quirks"]) == "ready\n"
-    });
+    env.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "quirks",
+        GLIBC_IMAGE,
+        "sh",
+        "-c",
+        &init,
+    ]);
+    env.eventually(
+        "the init process to record its environment",
+        VM_TIMEOUT,
+        || env.ok(&["logs", "quirks"]) == "ready\n",
+    );
     let init_env = parse_env(&env.ok(&["exec", "quirks", "cat", "/init.env"]));
     let exec_env = parse_env(&env.ok(&["exec", "quirks", "sh", "-c", &environ_of("$$")]));
     let pid1 = env.ok(&[
@@ -159,7 +170,10 @@ fn assert_quirk_env(who: &str, vars: &BTreeMap<String, String>, pvm: bool) {
         return;
     }
     let hwcaps: Vec<&str> = glibc
-        .and_then(|t| t.split(':').find_map(|t| t.strip_prefix("glibc.cpu.hwcaps=")))
+        .and_then(|t| {
+            t.split(':')
+                .find_map(|t| t.strip_prefix("glibc.cpu.hwcaps="))
+        })
         .map(|list| list.split(',').collect())
         .unwrap_or_default();
     for feature in ["-AVX", "-AVX2"] {
@@ -215,9 +229,7 @@ impl CpuFeatures {
                 .lines()
                 .find_map(|l| keys.iter().find_map(|k| l.strip_prefix(k.as_str())))
                 .and_then(|v| u32::from_str_radix(v.trim_start_matches("0x"), 16).ok())
-                .unwrap_or_else(|| {
-                    panic!("no {} in the diagnostics:\n{diagnostics}", keys[0])
-                })
+                .unwrap_or_else(|| panic!("no {} in the diagnostics:\n{diagnostics}", keys[0]))
         };
         // glibc's feature words: index 0 is CPUID leaf 1, index 1 leaf 7;
         // registers eax, ebx, ecx, edx. AVX is leaf 1 ECX bit 28, AVX2 is
