@@ -33,10 +33,22 @@ const LOADER: &str = "/lib64/ld-linux-x86-64.so.2";
 /// The host's libc, copied into the image at the same path.
 const LIBC: &str = "/lib/x86_64-linux-gnu/libc.so.6";
 
+/// The last line of every environment listing, so that a listing cut
+/// short (lost output) fails as such, not as a missing variable.
+const END: &str = "--end--";
+
 /// Prints a process's initial environment (`/proc/<pid>/environ`), one
-/// variable per line.
+/// variable per line, then [`END`].
 fn environ_of(pid: &str) -> String {
-    format!("tr '\\0' '\\n' < /proc/{pid}/environ")
+    format!("tr '\\0' '\\n' < /proc/{pid}/environ; echo {END}")
+}
+
+/// The variables of an environment listing that ends with [`END`].
+fn complete_listing(what: &str, listing: &str) -> BTreeMap<String, String> {
+    let Some(vars) = listing.strip_suffix(&format!("{END}\n")) else {
+        panic!("{what}: the listing did not arrive complete: {listing:?}");
+    };
+    parse_env(vars)
 }
 
 #[test]
@@ -61,7 +73,7 @@ fn guest_processes_keep_off_avx_on_pvm_hosts() {
     // One VM: the init process records its own environment, then an
     // exec'd process reports its own, the agent's and glibc's view.
     let init = format!(
-        "{} > /init.env; echo ready; exec sleep 1000",
+        "{{ {}; }} > /init.env; echo ready; exec sleep 1000",
         environ_of("$$")
     );
     env.ok(&[
@@ -79,8 +91,14 @@ fn guest_processes_keep_off_avx_on_pvm_hosts() {
         VM_TIMEOUT,
         || env.ok(&["logs", "quirks"]) == "ready\n",
     );
-    let init_env = parse_env(&env.ok(&["exec", "quirks", "cat", "/init.env"]));
-    let exec_env = parse_env(&env.ok(&["exec", "quirks", "sh", "-c", &environ_of("$$")]));
+    let init_env = complete_listing(
+        "the init process's environment",
+        &env.ok(&["exec", "quirks", "cat", "/init.env"]),
+    );
+    let exec_env = complete_listing(
+        "an exec'd process's environment",
+        &env.ok(&["exec", "quirks", "sh", "-c", &environ_of("$$")]),
+    );
     let pid1 = env.ok(&[
         "exec",
         "quirks",
@@ -99,7 +117,8 @@ fn guest_processes_keep_off_avx_on_pvm_hosts() {
     // PID 1. Should containers get one, this part has nothing to look at.
     let (comm, agent_env) = pid1.split_once('\n').unwrap_or((pid1.as_str(), ""));
     if comm == "husk-agent" {
-        assert_quirk_env("the agent (PID 1)", &parse_env(agent_env), pvm);
+        let agent_env = complete_listing("the agent's environment", agent_env);
+        assert_quirk_env("the agent (PID 1)", &agent_env, pvm);
     } else {
         eprintln!("{test}: PID 1 in the container is {comm:?}, not the agent (a PID namespace of its own?): the agent's environment is not checked");
     }
