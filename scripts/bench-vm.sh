@@ -163,9 +163,11 @@ def child_setup():
 
 
 def qemu_argv(cmdline):
+    # Plain `-cpu host` aborts on some PVM hosts ("failed to set MSR 0x10a",
+    # IA32_ARCH_CAPABILITIES); without that MSR QEMU runs everywhere.
     return ["qemu-system-x86_64",
             "-M", "microvm,x-option-roms=off,rtc=off,acpi=off",
-            "-enable-kvm", "-cpu", "host", "-smp", "1", "-m", str(MEM_MIB),
+            "-enable-kvm", "-cpu", "host,-arch-capabilities", "-smp", "1", "-m", str(MEM_MIB),
             "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
             "-serial", "stdio",
             "-device", "isa-debug-exit,iobase=0xf4,iosize=1",

@@ -34,6 +34,18 @@ install_packages() {
     fi
 }
 
+# rustfmt and clippy, for scripts/check.sh; added with rustup when missing.
+install_rust_components() {
+    local missing=()
+    cargo fmt --version >/dev/null 2>&1 || missing+=(rustfmt)
+    cargo clippy --version >/dev/null 2>&1 || missing+=(clippy)
+    if [ ${#missing[@]} -gt 0 ]; then
+        command -v rustup >/dev/null || { echo "cargo lacks ${missing[*]} and rustup is not installed" >&2; return 1; }
+        log "rustup component add ${missing[*]}"
+        rustup component add "${missing[@]}"
+    fi
+}
+
 check_kvm() {
     [ -e /dev/kvm ] || { echo "husk needs /dev/kvm (KVM enabled in the host kernel)" >&2; return 1; }
 }

@@ -30,15 +30,75 @@ pub fn husk_bin() -> PathBuf {
     profile_dir.join("husk")
 }
 
-/// The guest kernel from `$HUSK_KERNEL`, or `None` after printing why the
-/// test is skipped (plain `cargo test` without scripts/test.sh).
+/// The variable scripts/test.sh sets so that a test that cannot run here
+/// fails instead of skipping.
+pub const STRICT_ENV: &str = "HUSK_TEST_STRICT";
+
+/// Whether skips are failures: [`STRICT_ENV`] is set to anything but
+/// empty or `0`.
+pub fn strict() -> bool {
+    std::env::var_os(STRICT_ENV).is_some_and(|v| !v.is_empty() && v != "0")
+}
+
+/// `test` cannot run here because of `reason`: under scripts/test.sh
+/// ([`strict`]) the test fails with the reason; under a plain `cargo test`
+/// it prints that it is skipped and the caller returns.
+pub fn skip(test: &str, reason: &str) {
+    if strict() {
+        panic!("{test} cannot run: {reason} ({STRICT_ENV} is set: skipping is a failure)");
+    }
+    eprintln!("SKIPPED {test}: {reason}");
+}
+
+/// The guest kernel from `$HUSK_KERNEL`, or `None` after [`skip`]ping
+/// (plain `cargo test` without scripts/test.sh).
 pub fn kernel_or_skip(test: &str) -> Option<PathBuf> {
     match std::env::var_os("HUSK_KERNEL") {
         Some(k) => Some(PathBuf::from(k)),
         None => {
-            eprintln!("SKIPPED {test}: HUSK_KERNEL is not set (run scripts/test.sh to boot VMs)");
+            skip(
+                test,
+                "HUSK_KERNEL is not set (run scripts/test.sh to boot VMs)",
+            );
             None
         }
+    }
+}
+
+/// The static agent from `$HUSK_AGENT`, or `None` after [`skip`]ping.
+pub fn agent_or_skip(test: &str) -> Option<PathBuf> {
+    match std::env::var_os("HUSK_AGENT") {
+        Some(a) => Some(PathBuf::from(a)),
+        None => {
+            skip(
+                test,
+                "HUSK_AGENT is not set (run scripts/test.sh to build the static agent)",
+            );
+            None
+        }
+    }
+}
+
+/// Whether the test runs as root; [`skip`]s with `needs` (what root is
+/// needed for) if not.
+pub fn root_or_skip(test: &str, needs: &str) -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        skip(test, &format!("needs root ({needs})"));
+    }
+    root
+}
+
+/// Whether every program in `tools` (absolute paths) exists; [`skip`]s
+/// naming the first missing one and `install` (how to get it) if not.
+pub fn tools_or_skip(test: &str, tools: &[&str], install: &str) -> bool {
+    match tools.iter().find(|t| !Path::new(t).exists()) {
+        Some(missing) => {
+            skip(test, &format!("{missing} is missing ({install})"));
+            false
+        }
+        None => true,
     }
 }
 
@@ -159,6 +219,12 @@ impl Running {
             stdout: Vec::new(),
             stderr,
         })
+    }
+
+    /// The write end of husk's stdin, if `cmd` had `Stdio::piped()` there
+    /// (once; dropping it closes husk's stdin).
+    pub fn take_stdin(&mut self) -> Option<std::process::ChildStdin> {
+        self.child.stdin.take()
     }
 
     /// Process id.

@@ -9,13 +9,15 @@ use std::path::Path;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// Whether Debian's passt is installed; prints why `test` is skipped if not.
+use crate::skip;
+
+/// Whether Debian's passt is installed; [`skip`]s `test` if not.
 pub fn passt_or_skip(test: &str) -> bool {
     let found = ["/usr/bin/passt", "/usr/sbin/passt"]
         .iter()
         .any(|p| Path::new(p).exists());
     if !found {
-        eprintln!("SKIPPED {test}: passt is not installed (apt-get install passt)");
+        skip(test, "passt is not installed (apt-get install passt)");
     }
     found
 }

@@ -18,7 +18,7 @@ use husk_protocol::{
     read_message, write_message, ContainerSpec, ErrorCode, ExecRequest, Message, RootFs,
     AGENT_PORT, EXEC_PORT, PROTOCOL_VERSION,
 };
-use husk_tests::{kernel_or_skip, mkfs_ext4, vm_lock};
+use husk_tests::{agent_or_skip, kernel_or_skip, mkfs_ext4, vm_lock};
 
 /// Generous: a boot takes 15-30 s on the nested-KVM CI hosts, each guest
 /// fork+exec about half a second.
@@ -217,8 +217,7 @@ fn container_in_a_real_vm() {
     let Some(kernel) = kernel_or_skip("container_in_a_real_vm") else {
         return;
     };
-    let Some(agent) = std::env::var_os("HUSK_AGENT").map(PathBuf::from) else {
-        eprintln!("SKIPPED container_in_a_real_vm: HUSK_AGENT is not set");
+    let Some(agent) = agent_or_skip("container_in_a_real_vm") else {
         return;
     };
     let _lock = vm_lock();

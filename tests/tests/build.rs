@@ -11,7 +11,7 @@
 
 use std::path::{Path, PathBuf};
 
-use husk_tests::{kernel_or_skip, leftovers, vm_lock};
+use husk_tests::{agent_or_skip, kernel_or_skip, leftovers, root_or_skip, tools_or_skip, vm_lock};
 
 #[allow(dead_code)]
 #[path = "images/support.rs"]
@@ -19,16 +19,11 @@ mod support;
 
 use support::{build_image, write_docker_save, Comp, Env, LayerTar, Tree};
 
+/// Whether `test` cannot run here (not root, mkfs.erofs missing); then it
+/// has been [`husk_tests::skip`]ped.
 fn skip(test: &str) -> bool {
-    if !rustix::process::geteuid().is_root() {
-        eprintln!("SKIPPED {test}: needs root (loop and overlay mounts, whiteouts)");
-        return true;
-    }
-    if !Path::new("/usr/bin/mkfs.erofs").exists() {
-        eprintln!("SKIPPED {test}: mkfs.erofs missing (apt install erofs-utils)");
-        return true;
-    }
-    false
+    !(root_or_skip(test, "loop and overlay mounts, whiteouts")
+        && tools_or_skip(test, &["/usr/bin/mkfs.erofs"], "apt install erofs-utils"))
 }
 
 /// Writes `files` (path, content) under `dir`.
@@ -444,8 +439,7 @@ fn run_in_a_vm_deletions_and_cache() {
     if kernel_or_skip("run_in_a_vm_deletions_and_cache").is_none() {
         return;
     }
-    if std::env::var_os("HUSK_AGENT").is_none() {
-        eprintln!("SKIPPED run_in_a_vm_deletions_and_cache: HUSK_AGENT is not set");
+    if agent_or_skip("run_in_a_vm_deletions_and_cache").is_none() {
         return;
     }
     let _lock = vm_lock();

@@ -194,16 +194,23 @@ fn detached_container_lifecycle() {
         "echo $X $IMG $(pwd) $(id -u)",
     ]);
     assert_eq!(out, "1 image /tmp/new 1000\n");
+    // Piped stdin, written and closed before the process has started: it
+    // must be delivered, never dropped.
     let mut cmd = env.cmd(&["exec", "-i", "web", "sh", "-c", "tr a-z A-Z; echo done"]);
     cmd.stdin(std::process::Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
+    let mut piped = Running::start(cmd).unwrap();
     {
         use std::io::Write;
-        let mut stdin = child.stdin.take().unwrap();
+        let mut stdin = piped.take_stdin().expect("piped stdin");
         stdin.write_all(b"piped input\n").unwrap();
     }
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "PIPED INPUT\ndone\n");
+    let done = piped.finish(VM_TIMEOUT).unwrap();
+    assert_eq!(
+        (done.code(), done.stdout.as_str()),
+        (0, "PIPED INPUT\ndone\n"),
+        "exec -i lost its piped input: {}",
+        done.stderr
+    );
     env.ok(&["exec", "web", "sh", "-c", "echo persisted > /data.txt"]);
 
     // rm refuses a running container; stop sends TERM (trapped, ignored)

@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::sync::MutexGuard;
 use std::time::{Duration, Instant};
 
-use husk_tests::{husk, kernel_or_skip, run, vm_lock, Finished};
+use husk_tests::{husk, kernel_or_skip, root_or_skip, run, vm_lock, Finished};
 
 use crate::support::{write_docker_save, LayerTar, TestImage};
 
@@ -30,16 +30,9 @@ pub struct Env {
     pub dir: tempfile::TempDir,
 }
 
-/// Whether the test can run here; prints why not.
+/// Whether the test can run here; [`husk_tests::skip`]s if not.
 pub fn can_run(test: &str) -> bool {
-    if kernel_or_skip(test).is_none() {
-        return false;
-    }
-    if !rustix::process::geteuid().is_root() {
-        eprintln!("SKIPPED {test}: needs root (layer disks, KVM)");
-        return false;
-    }
-    true
+    kernel_or_skip(test).is_some() && root_or_skip(test, "layer disks, KVM")
 }
 
 impl Env {

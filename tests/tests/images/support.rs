@@ -8,29 +8,24 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use husk_tests::{husk, run, Finished};
+use husk_tests::{husk, root_or_skip, run, tools_or_skip, Finished};
 use sha2::{Digest as _, Sha256};
 
 // ---------------------------------------------------------------- helpers
 
+/// Whether `test` cannot run here (not root, a tool missing); then it has
+/// been [`husk_tests::skip`]ped.
 pub fn skip(test: &str) -> bool {
-    if !rustix::process::geteuid().is_root() {
-        eprintln!("SKIPPED {test}: needs root (mknod whiteouts, trusted xattrs, loop mounts)");
-        return true;
-    }
-    for tool in [
-        "/usr/bin/mkfs.erofs",
-        "/usr/bin/docker-registry",
-        "/usr/bin/skopeo",
-    ] {
-        if !Path::new(tool).exists() {
-            eprintln!(
-                "SKIPPED {test}: {tool} missing (apt install erofs-utils docker-registry skopeo)"
-            );
-            return true;
-        }
-    }
-    false
+    !(root_or_skip(test, "mknod whiteouts, trusted xattrs, loop mounts")
+        && tools_or_skip(
+            test,
+            &[
+                "/usr/bin/mkfs.erofs",
+                "/usr/bin/docker-registry",
+                "/usr/bin/skopeo",
+            ],
+            "apt install erofs-utils docker-registry skopeo",
+        ))
 }
 
 /// A private store and helpers to run husk against it.
