@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::net::SocketFlags;
-use rustix::process::{waitpid, Pid, WaitOptions};
+use rustix::process::{wait, waitpid, Pid, WaitOptions};
 
 use husk_protocol::{
     write_message, ErrorCode, ExecRequest, FrameDecoder, Message, PROTOCOL_VERSION,
@@ -478,7 +478,10 @@ impl<S: System> Container<'_, S> {
     /// Collects exit statuses (as PID 1, of every process).
     fn reap(&mut self) {
         if self.sys.reaps_orphans() {
-            while let Ok(Some((pid, status))) = waitpid(None, WaitOptions::NOHANG) {
+            // `wait` is waitpid(-1): any child; rustix's `waitpid(None)` is pid 0, the
+            // caller's process group only, which misses every container process
+            // (they run in sessions of their own).
+            while let Ok(Some((pid, status))) = wait(WaitOptions::NOHANG) {
                 self.record(pid.as_raw_nonzero().get(), status.as_raw());
             }
             self.abandoned.clear();

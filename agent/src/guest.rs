@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use rustix::mount::{MountFlags, UnmountFlags};
 use rustix::net::{AddressFamily, SocketFlags, SocketType};
-use rustix::process::{waitpid, WaitOptions};
+use rustix::process::{wait, WaitOptions};
 use rustix::system::RebootCommand;
 
 use crate::system::SysError;
@@ -217,7 +217,7 @@ pub fn kill_all() {
     kill_everyone();
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
-        match waitpid(None, WaitOptions::NOHANG) {
+        match wait(WaitOptions::NOHANG) {
             Err(_) => return, // ECHILD: nothing left
             Ok(None) => std::thread::sleep(Duration::from_millis(10)),
             Ok(Some(_)) => {}
