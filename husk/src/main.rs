@@ -1,5 +1,9 @@
 //! `husk`: the command-line interface.
 
+// Flag doc comments are clap's help texts, written in the usual usage
+// syntax (`[IP:][HOST_PORT:]PORT`, `NAME[:tag]`), not intra-doc links.
+#![allow(rustdoc::broken_intra_doc_links)]
+
 mod cmd;
 
 use clap::Parser;
