@@ -6,13 +6,11 @@
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use husk_protocol::{ContainerSpec, ExecRequest, RootFs};
-use husk_sandbox::{
-    AgentConnection, AgentError, Disk, DiskRole, Event, RunDir, Sandbox, SandboxConfig,
-    SandboxError, Signals,
-};
+use husk_protocol::{ContainerSpec, ExecRequest};
+use husk_sandbox::oneshot::{Completion, Exit, OneShot, OneShotError, Stream};
+use husk_sandbox::{contract, Disk, RunDir, Sandbox, SandboxConfig, SandboxError, Signals};
 
 /// How long the agent may take to tear down and power off after the
 /// command ended.
@@ -129,18 +127,7 @@ pub fn run(
         )?),
         false => None,
     };
-    let mut disks: Vec<Disk> = (step.layers.iter().enumerate())
-        .map(|(i, l)| Disk {
-            path: l.clone(),
-            role: DiskRole::Layer(i),
-            read_only: true,
-        })
-        .collect();
-    disks.push(Disk {
-        path: step.disk.to_path_buf(),
-        role: DiskRole::Writable,
-        read_only: false,
-    });
+    let disks = Disk::image_disks(step.layers, step.disk);
     let config = SandboxConfig {
         kernel,
         agent_disk,
@@ -152,12 +139,7 @@ pub fn run(
         vsock: sockets.path().join("v.sock"),
     };
     let spec = ContainerSpec {
-        root: RootFs::Layers {
-            layers: (0..step.layers.len())
-                .map(|i| DiskRole::Layer(i).serial())
-                .collect(),
-            writable: DiskRole::Writable.serial(),
-        },
+        root: contract::image_root(step.layers.len()),
         volumes: Vec::new(),
         hosts: net
             .as_ref()
@@ -178,113 +160,39 @@ pub fn run(
         )),
         other => failed(husk_sandbox::explain::error_chain(&other)),
     })?;
-    let result = drive(
-        &sandbox,
-        signals,
+    let job = OneShot {
         spec,
-        step.request,
-        settings.boot_timeout,
-        out,
-    );
-    match result {
-        Ok(code) => {
-            // The agent tore down (disks synced and unmounted): the guest
-            // powers off by itself; only then is the writable disk
-            // complete.
-            let off = sandbox.wait_power_off(Some(signals), Instant::now() + POWEROFF);
-            if let Some(sig) = signals.received() {
-                return Err(VmError::Interrupted(sig));
-            }
-            match sandbox.stop() {
-                Some(Ok(vmm::ExitReason::PowerOff)) if off => Ok(code),
-                _ => Err(failed(
-                    sandbox.explain_end("the guest did not power off after the command"),
-                )),
-            }
-        }
-        Err(Step::Interrupted(sig)) => Err(VmError::Interrupted(sig)),
-        Err(Step::Refused { code, detail }) => Err(VmError::Refused { code, detail }),
-        Err(Step::Failed(why)) => Err(failed(sandbox.explain_end(&why))),
-    }
-}
-
-/// How a step's session with the agent failed.
-enum Step {
-    Interrupted(i32),
-    Refused { code: i32, detail: String },
-    Failed(String),
-}
-
-impl From<AgentError> for Step {
-    fn from(e: AgentError) -> Step {
-        match e {
-            AgentError::Interrupted(sig) => Step::Interrupted(sig),
-            AgentError::VmEnded => Step::Failed("the VM ended unexpectedly".into()),
-            AgentError::Closed => {
-                Step::Failed("the agent closed the connection before the command ended".into())
-            }
-            other => Step::Failed(husk_sandbox::explain::error_chain(&other)),
-        }
-    }
-}
-
-/// The agent session of one RUN step: create, start, relay, teardown.
-fn drive(
-    sandbox: &Sandbox,
-    signals: &Signals,
-    spec: ContainerSpec,
-    request: ExecRequest,
-    boot_timeout: Duration,
-    out: &mut dyn Write,
-) -> Result<i32, Step> {
-    let mut conn: AgentConnection = match sandbox.accept_agent(Some(signals), boot_timeout) {
-        Ok(conn) => conn,
-        Err(SandboxError::Interrupted(sig)) => return Err(Step::Interrupted(sig)),
-        Err(SandboxError::EndedEarly) => {
-            return Err(Step::Failed(
-                "the VM ended before the agent connected".into(),
-            ))
-        }
-        Err(SandboxError::BootTimeout(s)) => {
-            return Err(Step::Failed(format!(
-                "the agent did not connect within {s} s"
-            )))
-        }
-        Err(e) => return Err(Step::Failed(husk_sandbox::explain::error_chain(&e))),
+        request: step.request,
+        boot_timeout: settings.boot_timeout,
+        teardown_timeout: TEARDOWN,
+        poweroff_timeout: POWEROFF,
     };
-    let watch = sandbox.watch(Some(signals));
-    let deadline = Some(Instant::now() + boot_timeout);
-    match conn.create_container(spec, &watch, deadline) {
-        Ok(()) => {}
-        Err(AgentError::Refused { detail, .. }) => {
-            return Err(Step::Failed(format!(
+    // The build output going away must not stop the step.
+    let mut relay = |_: Stream, b: &[u8]| {
+        let _ = out.write_all(b).and_then(|()| out.flush());
+    };
+    let done = sandbox
+        .run_to_completion(signals, job, &mut relay)
+        .map_err(|e| match e {
+            OneShotError::Interrupted(sig) => VmError::Interrupted(sig),
+            OneShotError::NotCreated(detail) => failed(format!(
                 "the agent could not create the build container: {detail}"
-            )))
-        }
-        Err(e) => return Err(e.into()),
-    }
-    let refused = |e: AgentError| match e {
-        AgentError::Refused { code, detail } => Step::Refused {
-            code: code.exit_code(),
-            detail,
-        },
-        other => other.into(),
-    };
-    conn.start(request, &watch, None).map_err(refused)?;
-    let code = loop {
-        match conn.next_event(&watch, None).map_err(refused)? {
-            // The build output going away must not stop the step.
-            Event::Stdout(b) | Event::Stderr(b) => {
-                let _ = out.write_all(&b).and_then(|()| out.flush());
-            }
-            Event::Exited(code) => break code,
-            Event::Signaled(sig) => break husk_protocol::signal_exit_code(sig),
-        }
-    };
-    // Teardown: the agent syncs, unmounts and closes the connection (the
-    // caller checks that the guest then powered off).
-    match conn.wait_closed(&watch, Instant::now() + TEARDOWN) {
-        Err(AgentError::Interrupted(sig)) => Err(Step::Interrupted(sig)),
-        _ => Ok(code),
+            )),
+            OneShotError::Failed(why) => failed(why),
+        })?;
+    match done {
+        Completion {
+            exit: Exit::Refused { code, detail },
+            ..
+        } => Err(VmError::Refused { code, detail }),
+        // Only once the guest powered off (disks synced and unmounted by
+        // the agent) is the writable disk complete.
+        Completion {
+            exit: Exit::Code(code),
+            powered_off: true,
+        } => Ok(code),
+        Completion { .. } => Err(failed(
+            sandbox.explain_end("the guest did not power off after the command"),
+        )),
     }
 }

@@ -2,7 +2,7 @@
 //! `{"log":"text\n","stream":"stdout","time":"2024-...Z"}`.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufRead, BufReader, Seek, SeekFrom, Write};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -103,18 +103,6 @@ pub fn read_all(path: &Path) -> io::Result<Vec<LogEntry>> {
     }
 }
 
-/// Reads the last `max` bytes of a text file (e.g. the console log).
-pub fn tail_text(path: &Path, max: u64) -> String {
-    let Ok(mut f) = File::open(path) else {
-        return String::new();
-    };
-    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-    let _ = f.seek(SeekFrom::Start(len.saturating_sub(max)));
-    let mut buf = Vec::new();
-    let _ = f.take(max).read_to_end(&mut buf);
-    String::from_utf8_lossy(&buf).into_owned()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -151,6 +139,6 @@ mod tests {
         assert_eq!(r.read_new().unwrap()[0].log, "x\n");
         assert_eq!(read_all(&p).unwrap().len(), 5);
         assert!(read_all(&dir.path().join("none")).unwrap().is_empty());
-        assert!(tail_text(&p, 10).ends_with("Z\"}\n"));
+        assert!(husk_sandbox::explain::tail_text(&p, 10).ends_with("Z\"}\n"));
     }
 }

@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
+use husk_protocol::RootFs;
 pub use husk_protocol::{AGENT_PORT, EXEC_PORT};
 
 /// The serial of the agent disk (EROFS, read-only, always the first disk,
@@ -41,6 +42,16 @@ impl DiskRole {
             DiskRole::Volume(i) => format!("vol{i}"),
             DiskRole::User(i) => format!("disk{i}"),
         }
+    }
+}
+
+/// The root of a container made from an image with `layers` layers: the
+/// layer disks stacked under the writable disk (the disks of
+/// [`crate::Disk::image_disks`]).
+pub fn image_root(layers: usize) -> RootFs {
+    RootFs::Layers {
+        layers: (0..layers).map(|i| DiskRole::Layer(i).serial()).collect(),
+        writable: DiskRole::Writable.serial(),
     }
 }
 

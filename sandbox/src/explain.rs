@@ -54,7 +54,7 @@ pub fn error_chain(err: &dyn std::error::Error) -> String {
 }
 
 /// The last `max` bytes of the file at `path` as text ("" if unreadable).
-fn tail_text(path: &Path, max: u64) -> String {
+pub fn tail_text(path: &Path, max: u64) -> String {
     let Ok(mut f) = File::open(path) else {
         return String::new();
     };

@@ -12,6 +12,8 @@
 //!   opens further sessions on the exec port.
 //! - [`vmthread`], [`signals`] and [`wait`]: the VM on its own thread,
 //!   signals as an fd, and the one readiness waiter over both.
+//! - [`oneshot`]: one command in a fresh VM to completion (`husk vm run`,
+//!   build steps).
 //! - [`ext4`] makes the writable disks, [`explain`] says why a VM ended
 //!   early.
 
@@ -20,6 +22,7 @@ pub mod assets;
 pub mod contract;
 pub mod explain;
 pub mod ext4;
+pub mod oneshot;
 pub mod rundir;
 mod sandbox;
 pub mod signals;

@@ -32,6 +32,26 @@ pub struct Disk {
     pub read_only: bool,
 }
 
+impl Disk {
+    /// An image's disks: its read-only layer disks, bottom first, then the
+    /// container's writable disk (see [`contract::image_root`]).
+    pub fn image_disks(layers: &[PathBuf], writable: &Path) -> Vec<Disk> {
+        let mut disks: Vec<Disk> = (layers.iter().enumerate())
+            .map(|(i, l)| Disk {
+                path: l.clone(),
+                role: DiskRole::Layer(i),
+                read_only: true,
+            })
+            .collect();
+        disks.push(Disk {
+            path: writable.to_path_buf(),
+            role: DiskRole::Writable,
+            read_only: false,
+        });
+        disks
+    }
+}
+
 /// Everything a VM with the agent is made of.
 #[derive(Clone, Debug)]
 pub struct SandboxConfig {

@@ -222,7 +222,7 @@ fn boot_timeout_names_the_kept_console_log() {
     let line = done.stderr.trim_end();
     assert_eq!(done.stderr.lines().count(), 1, "{}", done.stderr);
     assert!(
-        line.starts_with("husk: guest never reached the agent within 1 s (console log: "),
+        line.starts_with("husk: the guest did not reach the agent within 1 s (console log: "),
         "{line}"
     );
     let console = line

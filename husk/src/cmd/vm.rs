@@ -9,15 +9,14 @@
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Subcommand};
 use husk_protocol::{ContainerSpec, ExecRequest, RootDisk, RootFs};
 use husk_sandbox::contract::AGENT_SERIAL;
-use husk_sandbox::{
-    assets, AgentError, DiskRole, Event, RunDir, Sandbox, SandboxConfig, SandboxError, Signals,
-};
+use husk_sandbox::oneshot::{Completion, Exit, OneShot, OneShotError, Stream};
+use husk_sandbox::{assets, DiskRole, RunDir, Sandbox, SandboxConfig, Signals};
 
 /// How long the agent may take to sync and unmount after the command.
 const TEARDOWN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -159,130 +158,45 @@ fn run_vm(args: RunArgs) -> Result<i32> {
         stdin: false,
         size: None,
     };
-    let boot_timeout = Duration::from_secs(args.boot_timeout);
+    let job = OneShot {
+        spec,
+        request,
+        boot_timeout: Duration::from_secs(args.boot_timeout),
+        teardown_timeout: TEARDOWN_TIMEOUT,
+        poweroff_timeout: POWEROFF_GRACE,
+    };
+    let mut broken = [false; 2];
+    let mut relay_output = |stream: Stream, bytes: &[u8]| match stream {
+        Stream::Stdout => relay(&mut std::io::stdout(), bytes, &mut broken[0]),
+        Stream::Stderr => relay(&mut std::io::stderr(), bytes, &mut broken[1]),
+    };
     let result = Sandbox::boot(&config)
-        .map_err(|e| Ending::Failed(anyhow::Error::new(e)))
-        .and_then(|mut sandbox| {
-            let ending = drive(&sandbox, &signals, spec, request, boot_timeout);
-            finish(&mut sandbox, &signals, ending)
-        });
+        .map_err(OneShotError::from)
+        .and_then(|mut sandbox| sandbox.run_to_completion(&signals, job, &mut relay_output));
     if let Some(n) = network.as_mut() {
         n.stop();
     }
     match result {
-        Ok(code) => Ok(code),
-        Err(Ending::Interrupted(sig)) => Ok(128 + sig),
-        Err(Ending::Failed(err)) => {
+        Ok(Completion { exit, powered_off }) => {
+            if std::env::var_os("HUSK_DEBUG").is_some() {
+                eprintln!("husk: debug: the guest powered off: {powered_off}");
+            }
+            match exit {
+                Exit::Code(code) => Ok(code),
+                Exit::Refused { code, detail } => {
+                    eprintln!("husk: {detail}");
+                    Ok(code)
+                }
+            }
+        }
+        Err(OneShotError::Interrupted(sig)) => Ok(128 + sig),
+        Err(err) => {
             let kept = match &args.console {
                 Some(path) => path.clone(),
                 None => rundir.keep(&console),
             };
-            Err(anyhow!("{err:#} (console log: {})", kept.display()))
+            Err(anyhow!("{err} (console log: {})", kept.display()))
         }
-    }
-}
-
-/// How a run ended other than with the command's exit code.
-enum Ending {
-    /// husk received this signal.
-    Interrupted(i32),
-    /// The VM or the agent failed; the console log may tell why.
-    Failed(anyhow::Error),
-}
-
-impl From<AgentError> for Ending {
-    fn from(e: AgentError) -> Ending {
-        match e {
-            AgentError::Interrupted(sig) => Ending::Interrupted(sig),
-            AgentError::VmEnded => {
-                Ending::Failed(anyhow!("the VM stopped before the command finished"))
-            }
-            AgentError::Closed => Ending::Failed(anyhow!(
-                "the agent closed the connection before the command finished"
-            )),
-            other => Ending::Failed(other.into()),
-        }
-    }
-}
-
-/// Creates the container, runs the command with its output relayed and
-/// waits for the agent's teardown; the command's exit code, or the
-/// agent's refusal as 125/126/127.
-fn drive(
-    sandbox: &Sandbox,
-    signals: &Signals,
-    spec: ContainerSpec,
-    request: ExecRequest,
-    boot_timeout: Duration,
-) -> Result<i32, Ending> {
-    let mut conn = match sandbox.accept_agent(Some(signals), boot_timeout) {
-        Ok(conn) => conn,
-        Err(SandboxError::Interrupted(sig)) => return Err(Ending::Interrupted(sig)),
-        Err(SandboxError::BootTimeout(s)) => {
-            return Err(Ending::Failed(anyhow!(
-                "guest never reached the agent within {s} s"
-            )))
-        }
-        Err(e) => return Err(Ending::Failed(e.into())),
-    };
-    let watch = sandbox.watch(Some(signals));
-    let deadline = Some(Instant::now() + boot_timeout);
-    let mut broken = [false; 2];
-    let run = || -> Result<i32, AgentError> {
-        conn.create_container(spec, &watch, deadline)?;
-        conn.start(request, &watch, None)?;
-        loop {
-            match conn.next_event(&watch, None)? {
-                Event::Stdout(b) => relay(&mut std::io::stdout(), &b, &mut broken[0]),
-                Event::Stderr(b) => relay(&mut std::io::stderr(), &b, &mut broken[1]),
-                Event::Exited(code) => return Ok(code),
-                Event::Signaled(sig) => return Ok(husk_protocol::signal_exit_code(sig)),
-            }
-        }
-    };
-    let code = match run() {
-        Ok(code) => code,
-        Err(AgentError::Refused { code, detail }) => {
-            eprintln!("husk: {detail}");
-            code.exit_code()
-        }
-        Err(e) => return Err(e.into()),
-    };
-    // The agent syncs and unmounts the disks, then closes the connection.
-    match conn.wait_closed(&watch, Instant::now() + TEARDOWN_TIMEOUT) {
-        Err(AgentError::Interrupted(sig)) => Err(Ending::Interrupted(sig)),
-        _ => Ok(code),
-    }
-}
-
-/// After the command: gives the guest a moment to power off by itself,
-/// then makes sure the VM is gone; on a failure, says why the VM ended.
-fn finish(
-    sandbox: &mut Sandbox,
-    signals: &Signals,
-    ending: Result<i32, Ending>,
-) -> Result<i32, Ending> {
-    match ending {
-        Ok(code) => {
-            let off = sandbox.wait_power_off(Some(signals), Instant::now() + POWEROFF_GRACE);
-            let reason = sandbox.stop();
-            if std::env::var_os("HUSK_DEBUG").is_some() {
-                eprintln!("husk: debug: VM ended: {reason:?}");
-            }
-            match signals.received() {
-                Some(sig) if !off => Ok(128 + sig),
-                _ => Ok(code),
-            }
-        }
-        Err(Ending::Failed(err)) => {
-            let why = sandbox.explain_end("");
-            Err(Ending::Failed(if why.is_empty() {
-                err
-            } else {
-                err.context(why)
-            }))
-        }
-        Err(other) => Err(other),
     }
 }
 

@@ -3,8 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use husk_protocol::{ContainerSpec, ExecRequest, RootFs, VolumeMount};
-use husk_sandbox::{Disk, DiskRole, SandboxConfig};
+use husk_protocol::{ContainerSpec, ExecRequest, VolumeMount};
+use husk_sandbox::{contract, Disk, DiskRole, SandboxConfig};
 
 use crate::config::ContainerConfig;
 use crate::layout::ContainerPaths;
@@ -21,18 +21,7 @@ pub fn sandbox_config(
     vsock: &Path,
     net: Option<vmm::NetConfig>,
 ) -> SandboxConfig {
-    let mut disks: Vec<Disk> = (cfg.layers.iter().enumerate())
-        .map(|(i, l)| Disk {
-            path: l.clone(),
-            role: DiskRole::Layer(i),
-            read_only: true,
-        })
-        .collect();
-    disks.push(Disk {
-        path: paths.rw_disk(),
-        role: DiskRole::Writable,
-        read_only: false,
-    });
+    let mut disks = Disk::image_disks(&cfg.layers, &paths.rw_disk());
     for (i, (m, path)) in cfg.mounts.iter().zip(volume_disks).enumerate() {
         disks.push(Disk {
             path: path.clone(),
@@ -77,12 +66,7 @@ impl GuestNet {
 /// What the agent assembles.
 pub fn container_spec(cfg: &ContainerConfig, net: &GuestNet) -> ContainerSpec {
     ContainerSpec {
-        root: RootFs::Layers {
-            layers: (0..cfg.layers.len())
-                .map(|i| DiskRole::Layer(i).serial())
-                .collect(),
-            writable: DiskRole::Writable.serial(),
-        },
+        root: contract::image_root(cfg.layers.len()),
         volumes: cfg
             .mounts
             .iter()

@@ -1,0 +1,174 @@
+//! One command in a fresh VM, run to completion: what `husk vm run` and
+//! `husk build`'s RUN steps do. (A container lives longer and is driven by
+//! the runtime's monitor through the same [`AgentConnection`].)
+//!
+//! The sequence is the agent protocol's: accept the agent, create the
+//! container, start the command, relay its output until it ends, wait for
+//! the agent's teardown (disks synced and unmounted, connection closed),
+//! then for the guest to power off by itself.
+
+use std::time::{Duration, Instant};
+
+use husk_protocol::{ContainerSpec, ExecRequest};
+
+use crate::agent::{AgentConnection, AgentError, Event};
+use crate::sandbox::{Sandbox, SandboxError};
+use crate::signals::Signals;
+
+/// Which stream a chunk of the command's output came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+/// What to run and how long each phase may take.
+#[derive(Clone, Debug)]
+pub struct OneShot {
+    /// The container the command runs in.
+    pub spec: ContainerSpec,
+    /// The command.
+    pub request: ExecRequest,
+    /// How long the guest may take to reach the agent (and to create the
+    /// container).
+    pub boot_timeout: Duration,
+    /// How long the agent may take to tear down after the command ended.
+    pub teardown_timeout: Duration,
+    /// How long the guest may take to power off after the teardown.
+    pub poweroff_timeout: Duration,
+}
+
+/// How the command ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// It ran: its exit code (128+N when killed by signal N).
+    Code(i32),
+    /// The agent refused to start it (not found, not executable, no such
+    /// user...): Docker's exit code for that (125/126/127) and why.
+    Refused {
+        /// 125, 126 or 127.
+        code: i32,
+        /// The agent's message.
+        detail: String,
+    },
+}
+
+/// A command that ran to its end.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Completion {
+    /// How it ended.
+    pub exit: Exit,
+    /// Whether the guest then powered off by itself (only then are its
+    /// writable disks complete).
+    pub powered_off: bool,
+}
+
+/// Why a one-shot run did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum OneShotError {
+    /// A handled signal arrived; the VM is stopped.
+    #[error("interrupted by signal {0}")]
+    Interrupted(i32),
+    /// The agent could not create the container (a missing or bad disk...).
+    #[error("the agent could not create the container: {0}")]
+    NotCreated(String),
+    /// The VM or the agent failed; the text includes what the console
+    /// says about it (a kernel panic, a VM error) when it says anything.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl From<SandboxError> for OneShotError {
+    fn from(e: SandboxError) -> OneShotError {
+        match e {
+            SandboxError::Interrupted(sig) => OneShotError::Interrupted(sig),
+            other => OneShotError::Failed(crate::explain::error_chain(&other)),
+        }
+    }
+}
+
+impl From<AgentError> for OneShotError {
+    fn from(e: AgentError) -> OneShotError {
+        match e {
+            AgentError::Interrupted(sig) => OneShotError::Interrupted(sig),
+            AgentError::VmEnded => {
+                OneShotError::Failed("the VM stopped before the command finished".into())
+            }
+            AgentError::Closed => OneShotError::Failed(
+                "the agent closed the connection before the command finished".into(),
+            ),
+            other => OneShotError::Failed(crate::explain::error_chain(&other)),
+        }
+    }
+}
+
+impl Sandbox {
+    /// Runs `job` in this freshly started VM, handing its output to `out`
+    /// as it arrives, and waits for the teardown and power-off. The VM is
+    /// stopped on return, whatever happened.
+    pub fn run_to_completion(
+        &mut self,
+        signals: &Signals,
+        job: OneShot,
+        out: &mut dyn FnMut(Stream, &[u8]),
+    ) -> Result<Completion, OneShotError> {
+        let result = self.drive(signals, job.clone(), out);
+        let exit = match result {
+            Ok(exit) => exit,
+            Err(OneShotError::Failed(why)) => {
+                return Err(OneShotError::Failed(self.explain_end(&why)));
+            }
+            Err(e) => {
+                self.stop();
+                return Err(e);
+            }
+        };
+        let off = self.wait_power_off(Some(signals), Instant::now() + job.poweroff_timeout);
+        if let (false, Some(sig)) = (off, signals.received()) {
+            self.stop();
+            return Err(OneShotError::Interrupted(sig));
+        }
+        let powered_off = off && matches!(self.stop(), Some(Ok(vmm::ExitReason::PowerOff)));
+        Ok(Completion { exit, powered_off })
+    }
+
+    /// The agent session: create, start, relay, teardown.
+    fn drive(
+        &self,
+        signals: &Signals,
+        job: OneShot,
+        out: &mut dyn FnMut(Stream, &[u8]),
+    ) -> Result<Exit, OneShotError> {
+        let mut conn: AgentConnection = self.accept_agent(Some(signals), job.boot_timeout)?;
+        let watch = self.watch(Some(signals));
+        let deadline = Some(Instant::now() + job.boot_timeout);
+        match conn.create_container(job.spec, &watch, deadline) {
+            Ok(()) => {}
+            Err(AgentError::Refused { detail, .. }) => {
+                return Err(OneShotError::NotCreated(detail))
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let exit = match conn.start(job.request, &watch, None) {
+            Ok(_pid) => loop {
+                match conn.next_event(&watch, None)? {
+                    Event::Stdout(b) => out(Stream::Stdout, &b),
+                    Event::Stderr(b) => out(Stream::Stderr, &b),
+                    Event::Exited(code) => break Exit::Code(code),
+                    Event::Signaled(sig) => break Exit::Code(husk_protocol::signal_exit_code(sig)),
+                }
+            },
+            Err(AgentError::Refused { code, detail }) => Exit::Refused {
+                code: code.exit_code(),
+                detail,
+            },
+            Err(e) => return Err(e.into()),
+        };
+        match conn.wait_closed(&watch, Instant::now() + job.teardown_timeout) {
+            Err(AgentError::Interrupted(sig)) => Err(OneShotError::Interrupted(sig)),
+            _ => Ok(exit),
+        }
+    }
+}
