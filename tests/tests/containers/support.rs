@@ -17,6 +17,12 @@ use crate::support::{write_docker_save, LayerTar, TestImage};
 /// several VMs boot at once.
 pub const VM_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// How long a container's guest may take to reach its agent in these tests
+/// (`HUSK_BOOT_TIMEOUT`): they run beside each other, ten VMs at once in
+/// one of them, and guest kernel code is emulated on our hosts, so a boot
+/// can take minutes; still well within [`VM_TIMEOUT`].
+pub const BOOT_TIMEOUT: &str = "240";
+
 /// The test image: busybox with its applets, users `root` and `app`
 /// (1000), a non-executable /bin/notexec; Env IMG/OVR, WorkingDir
 /// /srv/app (missing from the image: created at start).
@@ -70,7 +76,8 @@ impl Env {
     /// A husk command against this store.
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut cmd = husk(&self.dir.path().join("run"), args);
-        cmd.env("HUSK_ROOT", self.root());
+        cmd.env("HUSK_ROOT", self.root())
+            .env("HUSK_BOOT_TIMEOUT", BOOT_TIMEOUT);
         cmd
     }
 
@@ -80,6 +87,7 @@ impl Env {
         let mut cmd = Command::new(husk_tests::husk_bin());
         cmd.args(args)
             .env("HUSK_ROOT", self.root())
+            .env("HUSK_BOOT_TIMEOUT", BOOT_TIMEOUT)
             .env("HUSK_RUN_DIR", self.dir.path().join("run"));
         cmd
     }
