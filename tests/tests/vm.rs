@@ -173,7 +173,8 @@ fn missing_command_exits_127_and_the_guest_powers_off() {
     assert!(done.stderr.contains("husk-no-such-cmd") && done.stderr.contains("not found"));
     // The guest powered itself off (rather than husk stopping the VM).
     assert!(
-        done.stderr.contains("VM ended: Some(Ok(PowerOff))"),
+        done.stderr
+            .contains("husk: debug: the guest powered off: true"),
         "{}",
         done.stderr
     );
