@@ -117,6 +117,7 @@ fn paused_guest_continues_in_a_restored_vm() {
         du_kib(&files.memory),
     );
     drop(vm);
+    report_msrs(&files.state);
     let last = *ticks(&text1).last().unwrap();
     assert!(last >= TICKS_BEFORE, "console:\n{text1}");
 
@@ -134,9 +135,16 @@ fn paused_guest_continues_in_a_restored_vm() {
     let first_output = Arc::new(std::sync::Mutex::new(None));
     let first = first_output.clone();
     let running = Instant::now();
+    let arrivals = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = arrivals.clone();
     let ready = move |t: &str| {
         if !t.is_empty() {
             first.lock().unwrap().get_or_insert(running.elapsed());
+        }
+        let n = ticks(t).len();
+        let mut seen = seen.lock().unwrap();
+        while seen.len() < n {
+            seen.push(running.elapsed());
         }
         ticks(t).last().is_some_and(|&n| n >= target)
     };
@@ -156,8 +164,10 @@ fn paused_guest_continues_in_a_restored_vm() {
     );
     assert_eq!(reason, ExitReason::Stopped);
     eprintln!(
-        "restore (files to a runnable VM): {restore_time:?}; first guest output after {:?}",
-        first_output.lock().unwrap().unwrap()
+        "restore (files to a runnable VM): {restore_time:?}; first guest output after {:?}; \
+         ticks seen at {:?}",
+        first_output.lock().unwrap().unwrap(),
+        arrivals.lock().unwrap()
     );
 
     // The guest did not boot again: no banner, and the ticks of both
@@ -169,6 +179,20 @@ fn paused_guest_continues_in_a_restored_vm() {
     assert!(
         ticks(&text2).first().is_some_and(|&n| n <= last + 1),
         "{text2}"
+    );
+}
+
+/// Prints which MSRs of KVM's list the snapshot holds (diagnostics: the
+/// others could not be read or set back on this host).
+fn report_msrs(state: &Path) {
+    let state = vmm::snapshot::format::read_file(state).unwrap();
+    let kvm = kvm_ioctls::Kvm::new().unwrap();
+    let listed = vmm::snapshot::state::msr_index_list(&kvm).unwrap();
+    let saved: Vec<u32> = state.vcpus[0].msrs.iter().map(|m| m.index).collect();
+    let skipped: Vec<u32> = listed.into_iter().filter(|i| !saved.contains(i)).collect();
+    eprintln!(
+        "{} MSRs saved per vCPU; skipped (not readable or not settable): {skipped:x?}",
+        saved.len()
     );
 }
 

@@ -53,7 +53,7 @@ pub fn write_memory_file(path: &Path, mem: &GuestMemoryMmap) -> Result<(), Memor
             let n = BLOCK.min(len - off);
             let slice = region
                 .get_slice(MemoryRegionAddress(off as u64), n)
-                .map_err(|e| MemoryFileError::Guest(e.into()))?;
+                .map_err(MemoryFileError::Guest)?;
             slice.copy_to(&mut zero[..n]);
             if zero[..n].iter().all(|&b| b == 0) {
                 file.seek(SeekFrom::Current(n as i64))

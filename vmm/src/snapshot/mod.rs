@@ -1,14 +1,14 @@
 //! VM snapshots: save a paused VM to two files and build a new VM from
 //! them.
 //!
-//! - The **state file** ([`format`]): a header (magic `HUSKSNAP`, format
+//! - The **state file** ([`mod@format`]): a header (magic `HUSKSNAP`, format
 //!   version, body length, SHA-256 of the body) and the postcard-encoded
 //!   [`VmState`]: every vCPU (CPUID, registers, special registers, XSAVE,
 //!   XCRs, debug registers, LAPIC, MSRs, MP state, pending events), the
 //!   in-kernel PIC, IOAPIC, PIT and kvmclock, and the serial port and i8042.
 //!   A file of another format version, a foreign or damaged file is refused
 //!   with a typed [`FormatError`].
-//! - The **memory file** ([`memory`]): guest RAM, written after the state is
+//! - The **memory file** ([`mod@memory`]): guest RAM, written after the state is
 //!   captured; a restore maps it copy-on-write, so VMs restored from one
 //!   file share its pages until they write them.
 //!
