@@ -39,27 +39,42 @@ fn ticks(text: &str) -> Vec<u32> {
         .collect()
 }
 
+/// What a console watcher saw: whether its condition was met, and when
+/// (since the watcher started) each `tick` line appeared.
+struct Watched {
+    ready: bool,
+    tick_times: Vec<Duration>,
+}
+
 /// Calls `action` once `console` satisfies `ready`, or gives up after
-/// TIMEOUT (then stops the VM). Returns whether `ready` was met.
+/// TIMEOUT (then stops the VM).
 fn watch(
     console: PathBuf,
     handle: StopHandle,
     done: Arc<AtomicBool>,
     ready: impl Fn(&str) -> bool + Send + 'static,
     action: impl FnOnce(&StopHandle) + Send + 'static,
-) -> std::thread::JoinHandle<bool> {
+) -> std::thread::JoinHandle<Watched> {
     std::thread::spawn(move || {
         let start = Instant::now();
+        let mut tick_times = Vec::new();
         while !done.load(Ordering::SeqCst) && start.elapsed() < TIMEOUT {
             let text = std::fs::read_to_string(&console).unwrap_or_default();
+            tick_times.resize(ticks(&text).len().max(tick_times.len()), start.elapsed());
             if ready(&text) {
                 action(&handle);
-                return true;
+                return Watched {
+                    ready: true,
+                    tick_times,
+                };
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         handle.stop();
-        false
+        Watched {
+            ready: false,
+            tick_times,
+        }
     })
 }
 
@@ -104,7 +119,9 @@ fn paused_guest_continues_in_a_restored_vm() {
     let reason = vm.run_until_paused().unwrap();
     done.store(true, Ordering::SeqCst);
     let text1 = std::fs::read_to_string(&console1).unwrap();
-    assert!(w.join().unwrap(), "no ticks in time; console:\n{text1}");
+    let watched = w.join().unwrap();
+    assert!(watched.ready, "no ticks in time; console:\n{text1}");
+    eprintln!("ticks before the pause at {:?}", watched.tick_times);
     assert_eq!(reason, ExitReason::Paused, "console:\n{text1}");
     eprintln!("booted and paused after {:?}", start.elapsed());
     let saving = Instant::now();
@@ -135,16 +152,9 @@ fn paused_guest_continues_in_a_restored_vm() {
     let first_output = Arc::new(std::sync::Mutex::new(None));
     let first = first_output.clone();
     let running = Instant::now();
-    let arrivals = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let seen = arrivals.clone();
     let ready = move |t: &str| {
         if !t.is_empty() {
             first.lock().unwrap().get_or_insert(running.elapsed());
-        }
-        let n = ticks(t).len();
-        let mut seen = seen.lock().unwrap();
-        while seen.len() < n {
-            seen.push(running.elapsed());
         }
         ticks(t).last().is_some_and(|&n| n >= target)
     };
@@ -158,8 +168,9 @@ fn paused_guest_continues_in_a_restored_vm() {
     let reason = vm.run().unwrap();
     done.store(true, Ordering::SeqCst);
     let text2 = std::fs::read_to_string(&console2).unwrap();
+    let watched = w.join().unwrap();
     assert!(
-        w.join().unwrap(),
+        watched.ready,
         "restored guest did not reach tick {target}; console after restore:\n{text2}"
     );
     assert_eq!(reason, ExitReason::Stopped);
@@ -167,7 +178,7 @@ fn paused_guest_continues_in_a_restored_vm() {
         "restore (files to a runnable VM): {restore_time:?}; first guest output after {:?}; \
          ticks seen at {:?}",
         first_output.lock().unwrap().unwrap(),
-        arrivals.lock().unwrap()
+        watched.tick_times
     );
 
     // The guest did not boot again: no banner, and the ticks of both
