@@ -90,7 +90,8 @@ impl StopHandle {
     /// plus `immediate_exit`), finishes the exit it was handling and hands
     /// its vCPU back; [`Vm::run_until_paused`] then returns
     /// [`ExitReason::Paused`]. Like [`stop`](Self::stop), an earlier exit
-    /// request wins.
+    /// request wins; a stop requested after the pause but before
+    /// `run_until_paused` returned is forgotten with it.
     pub fn pause(&self) {
         self.exit.request(ExitReason::Paused);
     }

@@ -12,7 +12,7 @@ mod common;
 use vmm::snapshot::FormatError;
 use vmm::{
     ConsoleOutput, DiskConfig, ExitReason, RestoreConfig, SnapshotError, SnapshotFiles, StopHandle,
-    Vm, VmConfig,
+    Vm, VmConfig, VmError,
 };
 
 /// Upper bound for a boot or a resumed run; a watchdog stops the VM after it.
@@ -133,6 +133,21 @@ fn paused_guest_continues_in_a_restored_vm() {
         std::fs::metadata(&files.memory).unwrap().len() >> 20,
         du_kib(&files.memory),
     );
+    // Saving leaves the source VM intact: it resumes and ticks on.
+    let source_last = *ticks(&text1).last().unwrap();
+    let done = Arc::new(AtomicBool::new(false));
+    let ready = move |t: &str| ticks(t).last().is_some_and(|&n| n > source_last);
+    let w = watch(
+        console1.clone(),
+        vm.stop_handle(),
+        done.clone(),
+        ready,
+        |h| h.stop(),
+    );
+    assert_eq!(vm.run_until_paused().unwrap(), ExitReason::Stopped);
+    done.store(true, Ordering::SeqCst);
+    assert!(w.join().unwrap().ready, "the source VM did not resume");
+    assert!(matches!(vm.run_until_paused(), Err(VmError::Ended)));
     drop(vm);
     report_msrs(&files.state);
     let last = *ticks(&text1).last().unwrap();
