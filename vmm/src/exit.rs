@@ -17,6 +17,10 @@ pub enum ExitReason {
     Reboot,
     /// The host asked the VM to stop through a [`crate::StopHandle`].
     Stopped,
+    /// The host paused the VM through [`crate::StopHandle::pause`]: every
+    /// vCPU is out of KVM_RUN. [`crate::Vm::run_until_paused`] keeps the VM
+    /// (to save or resume); [`crate::Vm::run`] drops it.
+    Paused,
 }
 
 /// The first exit request wins; everything after it is ignored.
@@ -58,6 +62,13 @@ impl ExitSignal {
         if let Err(e) = self.evt.write(1) {
             log::error!("cannot signal the VM exit event: {e}");
         }
+    }
+
+    /// Forgets a handled pause so the VM can run again.
+    pub(crate) fn reset(&self) {
+        *self.outcome.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.stopping.store(false, Ordering::SeqCst);
+        let _ = self.evt.read();
     }
 
     /// True once any exit was requested.

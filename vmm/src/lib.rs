@@ -10,6 +10,7 @@
 //!   registers.
 //! - [`memory`], [`cmdline`], [`host`] (PVM host detection and quirks),
 //!   [`config`], [`exit`].
+//! - [`snapshot`]: saving a paused VM to files and restoring it.
 //! - [`bus`]: MMIO and port-I/O dispatch from vCPU exits to devices.
 //! - [`devices`]: serial port, legacy ports and the virtio devices.
 
@@ -22,10 +23,12 @@ pub mod exit;
 pub mod host;
 pub mod memory;
 pub mod setup;
+pub mod snapshot;
 pub mod vcpu;
 pub mod vm;
 
 pub use config::{ConsoleOutput, DiskConfig, NetBackend, NetConfig, VmConfig, VsockConfig};
 pub use exit::ExitReason;
 pub use host::HostKind;
+pub use snapshot::{RestoreConfig, SnapshotError, SnapshotFiles};
 pub use vm::{StopHandle, Vm, VmError};

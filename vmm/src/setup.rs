@@ -24,6 +24,7 @@ use crate::devices::serial::{
 use crate::devices::virtio::mmio::{MmioError, MmioTransport};
 use crate::devices::virtio::{GuestMemory, VirtioDevice, VirtioInterrupt};
 use crate::exit::ExitSignal;
+use crate::snapshot::LegacyState;
 
 /// Offset of the QueueNotify register in a virtio-mmio window.
 const VIRTIO_MMIO_QUEUE_NOTIFY: u64 = 0x50;
@@ -58,6 +59,9 @@ pub enum SetupError {
     /// A device range clashes on a bus.
     #[error("cannot map a device")]
     Bus(#[from] BusError),
+    /// A snapshot's serial port state is invalid.
+    #[error("the snapshot's serial port state is invalid")]
+    SerialState,
     /// The virtio-mmio transport cannot be created.
     #[error("cannot create the virtio-mmio transport of device {0}")]
     Mmio(usize, #[source] MmioError),
@@ -113,13 +117,23 @@ pub fn create_vm(kvm: &Kvm) -> Result<VmFd, SetupError> {
     Ok(vm)
 }
 
-/// Adds the serial port, the i8042 and the poweroff port to `pio`.
+/// The legacy devices whose state a snapshot holds.
+pub struct LegacyDevices {
+    /// COM1.
+    pub serial: Arc<Mutex<SerialDevice>>,
+    /// The keyboard controller.
+    pub i8042: Arc<Mutex<I8042>>,
+}
+
+/// Adds the serial port, the i8042 and the poweroff port to `pio`, fresh
+/// or in a saved `state`.
 pub fn attach_legacy(
     vm: &VmFd,
     pio: &mut Bus,
     console: &ConsoleOutput,
     exit: &Arc<ExitSignal>,
-) -> Result<(), SetupError> {
+    state: Option<&LegacyState>,
+) -> Result<LegacyDevices, SetupError> {
     let out = match console {
         ConsoleOutput::Stdout => console_writer(None, true),
         ConsoleOutput::File(p) => console_writer(Some(p), false),
@@ -132,23 +146,26 @@ pub fn attach_legacy(
     let irq = EventFd::new(EFD_NONBLOCK).map_err(SetupError::EventFd)?;
     vm.register_irqfd(&irq, SERIAL_IRQ)
         .map_err(|e| SetupError::Kvm("KVM_IRQFD (serial)", e))?;
-    let serial = SerialDevice::new(EventFdTrigger::new(irq), out);
-    pio.insert(
-        Arc::new(Mutex::new(serial)),
-        SERIAL_PORT_BASE,
-        SERIAL_PORT_SIZE,
-    )?;
-    pio.insert(
-        Arc::new(Mutex::new(I8042::new(exit.clone()))),
-        I8042_BASE,
-        I8042_SIZE,
-    )?;
+    let trigger = EventFdTrigger::new(irq);
+    let (serial, i8042) = match state {
+        None => (SerialDevice::new(trigger, out), I8042::new(exit.clone())),
+        Some(s) => (
+            SerialDevice::from_state(&s.serial, trigger, out).ok_or(SetupError::SerialState)?,
+            I8042::from_state(exit.clone(), &s.i8042),
+        ),
+    };
+    let devices = LegacyDevices {
+        serial: Arc::new(Mutex::new(serial)),
+        i8042: Arc::new(Mutex::new(i8042)),
+    };
+    pio.insert(devices.serial.clone(), SERIAL_PORT_BASE, SERIAL_PORT_SIZE)?;
+    pio.insert(devices.i8042.clone(), I8042_BASE, I8042_SIZE)?;
     pio.insert(
         Arc::new(Mutex::new(PowerOffPort::new(exit.clone()))),
         POWEROFF_PORT,
         1,
     )?;
-    Ok(())
+    Ok(devices)
 }
 
 /// The virtio-mmio window and GSI of the `index`-th virtio device.

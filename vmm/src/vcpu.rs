@@ -99,13 +99,27 @@ impl Vcpu {
         Ok(Self { id, fd })
     }
 
-    /// Starts the thread `vcpu<id>` running this vCPU until `exit` is raised.
+    /// Creates vCPU `id` with nothing set (a snapshot restore sets it all).
+    pub(crate) fn create(vm: &VmFd, id: u8) -> Result<Self, VcpuError> {
+        let fd = vm
+            .create_vcpu(u64::from(id))
+            .map_err(|e| VcpuError::Create(id, e))?;
+        Ok(Self { id, fd })
+    }
+
+    /// The KVM vCPU (for reading and writing its state while not running).
+    pub(crate) fn fd(&self) -> &VcpuFd {
+        &self.fd
+    }
+
+    /// Starts the thread `vcpu<id>` running this vCPU until `exit` is
+    /// raised; the thread hands the vCPU back when it ends.
     pub fn spawn(
         self,
         pio: Arc<Bus>,
         mmio: Arc<Bus>,
         exit: Arc<ExitSignal>,
-    ) -> Result<JoinHandle<()>, VcpuError> {
+    ) -> Result<JoinHandle<Vcpu>, VcpuError> {
         let id = self.id;
         std::thread::Builder::new()
             .name(format!("vcpu{id}"))
@@ -113,7 +127,7 @@ impl Vcpu {
             .map_err(|e| VcpuError::Spawn(id, e))
     }
 
-    fn run(mut self, pio: &Bus, mmio: &Bus, exit: &ExitSignal) {
+    fn run(mut self, pio: &Bus, mmio: &Bus, exit: &ExitSignal) -> Vcpu {
         let run_ptr: *mut kvm_run = self.fd.get_kvm_run();
         let _ = KVM_RUN.try_with(|p| p.set(run_ptr));
         while !exit.is_stopping() {
@@ -124,10 +138,26 @@ impl Vcpu {
             }
         }
         let _ = KVM_RUN.try_with(|p| p.set(ptr::null_mut()));
+        self.complete_pending_io();
         match self.fd.get_regs() {
             Ok(r) => log::debug!("vcpu{} stopped at RIP {:#x}", self.id, r.rip),
             Err(_) => log::debug!("vcpu{} stopped", self.id),
         }
+        self
+    }
+
+    /// An I/O or MMIO exit is finished inside KVM on the next KVM_RUN (the
+    /// read value lands in the register, RIP moves on). Entering KVM_RUN
+    /// with `immediate_exit` set does exactly that and returns at once, so
+    /// the state read afterwards (a snapshot) is consistent.
+    fn complete_pending_io(&mut self) {
+        self.fd.set_kvm_immediate_exit(1);
+        match self.fd.run() {
+            Err(e) if e.errno() == libc::EINTR => {}
+            Err(e) => log::debug!("vcpu{}: completing pending I/O: {e}", self.id),
+            Ok(exit) => log::debug!("vcpu{}: unexpected exit {exit:?}", self.id),
+        }
+        self.fd.set_kvm_immediate_exit(0);
     }
 
     /// Runs the guest until one exit; returns the VM exit it asks for.
@@ -253,7 +283,7 @@ pub fn register_kick_handler() -> Result<(), VcpuError> {
 }
 
 /// Interrupts KVM_RUN on the thread behind `handle`.
-pub fn kick(handle: &JoinHandle<()>) {
+pub fn kick<T>(handle: &JoinHandle<T>) {
     if handle.is_finished() {
         return;
     }

@@ -22,7 +22,7 @@ use crate::devices::virtio::vsock::{self as vsock_dev, Vsock, VsockError};
 use crate::exit::{ExitReason, ExitSignal};
 use crate::host::HostKind;
 use crate::memory::{self, MemoryError};
-use crate::setup::{self, SetupError};
+use crate::setup::{self, LegacyDevices, SetupError};
 use crate::vcpu::{self, Vcpu, VcpuBootInfo, VcpuError};
 
 /// Everything that can go wrong creating or running a VM. Each message is
@@ -65,6 +65,12 @@ pub enum VmError {
     /// Creating the exit eventfd failed.
     #[error("cannot create an eventfd")]
     EventFd(#[source] std::io::Error),
+    /// The VM already ended (only a paused VM runs again).
+    #[error("the VM has ended and cannot run again")]
+    Ended,
+    /// A vCPU thread panicked while the VM was being paused.
+    #[error("a vCPU thread panicked")]
+    VcpuPanicked,
 }
 
 /// Asks a running (or about to run) VM to stop. Cheap to clone and send.
@@ -79,22 +85,35 @@ impl StopHandle {
     pub fn stop(&self) {
         self.exit.request(ExitReason::Stopped);
     }
+
+    /// Pauses the VM: every vCPU thread is kicked out of KVM_RUN (signal
+    /// plus `immediate_exit`), finishes the exit it was handling and hands
+    /// its vCPU back; [`Vm::run_until_paused`] then returns
+    /// [`ExitReason::Paused`]. Like [`stop`](Self::stop), an earlier exit
+    /// request wins; a stop requested after the pause but before
+    /// `run_until_paused` returned is forgotten with it.
+    pub fn pause(&self) {
+        self.exit.request(ExitReason::Paused);
+    }
 }
 
 type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
 
 /// A fully assembled VM, ready to [`run`](Vm::run).
 pub struct Vm {
-    vcpus: Vec<Vcpu>,
-    pio: Bus,
-    mmio: Bus,
-    subscribers: Vec<Subscriber>,
-    exit: Arc<ExitSignal>,
+    /// The vCPUs while they are not running (empty once the VM ended).
+    pub(crate) vcpus: Vec<Vcpu>,
+    pub(crate) pio: Arc<Bus>,
+    pub(crate) mmio: Arc<Bus>,
+    pub(crate) legacy: LegacyDevices,
+    pub(crate) subscribers: Vec<Subscriber>,
+    pub(crate) exit: Arc<ExitSignal>,
+    pub(crate) mem_mib: u32,
     // Dropped last, after the vCPU threads are joined: the VM (whose irqfds
     // and ioeventfds reference the devices' eventfds) and its memory.
-    _vm: VmFd,
-    _kvm: Kvm,
-    _memory: GuestMemoryMmap,
+    pub(crate) vm: VmFd,
+    pub(crate) kvm: Kvm,
+    pub(crate) memory: GuestMemoryMmap,
 }
 
 impl Vm {
@@ -123,7 +142,7 @@ impl Vm {
         let exit = Arc::new(ExitSignal::new().map_err(VmError::EventFd)?);
         let mut pio = Bus::new();
         let mut mmio = Bus::new();
-        setup::attach_legacy(&vm, &mut pio, &config.console, &exit)?;
+        let legacy = setup::attach_legacy(&vm, &mut pio, &config.console, &exit, None)?;
 
         let mut subscribers = Vec::new();
         let mut slots = Vec::new();
@@ -172,13 +191,15 @@ impl Vm {
 
         Ok(Vm {
             vcpus,
-            pio,
-            mmio,
+            pio: Arc::new(pio),
+            mmio: Arc::new(mmio),
+            legacy,
             subscribers,
             exit,
-            _vm: vm,
-            _kvm: kvm,
-            _memory: mem,
+            mem_mib: config.mem_mib,
+            vm,
+            kvm,
+            memory: mem,
         })
     }
 
@@ -190,9 +211,23 @@ impl Vm {
     }
 
     /// Boots the guest and runs the device event loop on the calling thread
-    /// until the guest powers off or reboots, a [`StopHandle`] stops it, or
-    /// a vCPU fails. All vCPU threads are joined before it returns.
-    pub fn run(self) -> Result<ExitReason, VmError> {
+    /// until the guest powers off or reboots, a [`StopHandle`] stops (or
+    /// pauses) it, or a vCPU fails. All vCPU threads are joined before it
+    /// returns.
+    pub fn run(mut self) -> Result<ExitReason, VmError> {
+        self.run_until_paused()
+    }
+
+    /// Like [`run`](Vm::run), but keeps the VM: after
+    /// [`ExitReason::Paused`] its vCPUs are out of KVM_RUN with their state
+    /// consistent, ready for [`save_snapshot`](Vm::save_snapshot) or for
+    /// another call that resumes the guest. After any other exit the VM
+    /// has ended and a further call fails with [`VmError::Ended`].
+    pub fn run_until_paused(&mut self) -> Result<ExitReason, VmError> {
+        if self.vcpus.is_empty() {
+            return Err(VmError::Ended);
+        }
+        let count = self.vcpus.len();
         vcpu::register_kick_handler()?;
         let mut em: EventManager<Subscriber> = EventManager::new().map_err(VmError::EventLoop)?;
         em.add_subscriber(Arc::new(Mutex::new(ExitEvents(self.exit.clone()))));
@@ -200,12 +235,10 @@ impl Vm {
             em.add_subscriber(s.clone());
         }
 
-        let pio = Arc::new(self.pio);
-        let mmio = Arc::new(self.mmio);
-        let mut threads = Vec::with_capacity(self.vcpus.len());
+        let mut threads = Vec::with_capacity(count);
         let mut spawn_error = None;
-        for v in self.vcpus {
-            match v.spawn(pio.clone(), mmio.clone(), self.exit.clone()) {
+        for v in self.vcpus.drain(..) {
+            match v.spawn(self.pio.clone(), self.mmio.clone(), self.exit.clone()) {
                 Ok(t) => threads.push(t),
                 Err(e) => {
                     spawn_error = Some(e);
@@ -224,7 +257,7 @@ impl Vm {
             }
         }
         self.exit.request(ExitReason::Stopped);
-        join_vcpus(threads);
+        let vcpus = join_vcpus(threads);
 
         if let Some(e) = spawn_error {
             return Err(e.into());
@@ -233,6 +266,14 @@ impl Vm {
             return Err(VmError::EventLoop(e));
         }
         match self.exit.take_outcome() {
+            Some(Ok(ExitReason::Paused)) => {
+                if vcpus.len() != count {
+                    return Err(VmError::VcpuPanicked);
+                }
+                self.vcpus = vcpus;
+                self.exit.reset();
+                Ok(ExitReason::Paused)
+            }
             Some(Ok(reason)) => Ok(reason),
             Some(Err(e)) => Err(e.into()),
             None => Ok(ExitReason::Stopped),
@@ -241,8 +282,8 @@ impl Vm {
 }
 
 /// Kicks vCPU threads out of KVM_RUN until all of them have exited, then
-/// joins them.
-fn join_vcpus(threads: Vec<JoinHandle<()>>) {
+/// joins them and returns the vCPUs they hand back.
+fn join_vcpus(threads: Vec<JoinHandle<Vcpu>>) -> Vec<Vcpu> {
     let start = Instant::now();
     let mut warned = false;
     while threads.iter().any(|t| !t.is_finished()) {
@@ -253,11 +294,14 @@ fn join_vcpus(threads: Vec<JoinHandle<()>>) {
             warned = true;
         }
     }
+    let mut vcpus = Vec::with_capacity(threads.len());
     for t in threads {
-        if t.join().is_err() {
-            log::error!("a vCPU thread panicked");
+        match t.join() {
+            Ok(v) => vcpus.push(v),
+            Err(_) => log::error!("a vCPU thread panicked"),
         }
     }
+    vcpus
 }
 
 /// Drains the exit eventfd so the event loop wakes up and sees the request.

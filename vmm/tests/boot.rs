@@ -10,6 +10,7 @@ use std::io::Read;
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 
+mod common;
 use vmm::{
     ConsoleOutput, DiskConfig, ExitReason, HostKind, NetBackend, NetConfig, Vm, VmConfig,
     VsockConfig,
@@ -35,77 +36,8 @@ fn kernel() -> Option<PathBuf> {
     }
 }
 
-/// A newc cpio archive writer (the initramfs format).
-struct Cpio {
-    out: Vec<u8>,
-    ino: u32,
-}
-
-impl Cpio {
-    fn new() -> Self {
-        Self {
-            out: Vec::new(),
-            ino: 1,
-        }
-    }
-
-    fn pad(&mut self) {
-        while !self.out.len().is_multiple_of(4) {
-            self.out.push(0);
-        }
-    }
-
-    fn entry(&mut self, name: &str, mode: u32, rdev: (u32, u32), data: &[u8]) {
-        let fields = [
-            self.ino,
-            mode,
-            0,
-            0,
-            1,
-            0,
-            data.len() as u32,
-            0,
-            0,
-            rdev.0,
-            rdev.1,
-            name.len() as u32 + 1,
-            0,
-        ];
-        self.ino += 1;
-        self.out.extend_from_slice(b"070701");
-        for f in fields {
-            self.out.extend_from_slice(format!("{f:08x}").as_bytes());
-        }
-        self.out.extend_from_slice(name.as_bytes());
-        self.out.push(0);
-        self.pad();
-        self.out.extend_from_slice(data);
-        self.pad();
-    }
-
-    fn dir(&mut self, name: &str) {
-        self.entry(name, 0o040755, (0, 0), &[]);
-    }
-
-    fn file(&mut self, name: &str, data: &[u8]) {
-        self.entry(name, 0o100755, (0, 0), data);
-    }
-
-    fn finish(mut self) -> Vec<u8> {
-        self.entry("TRAILER!!!", 0, (0, 0), &[]);
-        self.out
-    }
-}
-
 /// An initramfs with busybox and an /init running `script` after mounting /proc.
 fn initramfs(dir: &Path, script: &str) -> PathBuf {
-    let busybox = std::fs::read("/bin/busybox").expect("/bin/busybox (Debian busybox-static)");
-    let mut c = Cpio::new();
-    for d in ["bin", "dev", "proc", "sys"] {
-        c.dir(d);
-    }
-    c.entry("dev/console", 0o020600, (5, 1), &[]);
-    c.file("bin/busybox", &busybox);
     let env: String = ENV_NAMES
         .iter()
         .map(|name| format!("echo \"env {name}=${name}.\"\n"))
@@ -114,10 +46,7 @@ fn initramfs(dir: &Path, script: &str) -> PathBuf {
         "#!/bin/busybox sh\n/bin/busybox mount -t proc proc /proc\n\
          echo {MARKER}\necho \"nproc=$(/bin/busybox nproc)\"\n{env}{script}\n"
     );
-    c.file("init", init.as_bytes());
-    let path = dir.join("initramfs.cpio");
-    std::fs::write(&path, c.finish()).unwrap();
-    path
+    common::busybox_initramfs(dir, &init)
 }
 
 fn config(kernel: PathBuf, initrd: PathBuf, console: PathBuf, vcpus: u8) -> VmConfig {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use crate::bus::BusDevice;
 use crate::exit::{ExitReason, ExitSignal};
+use crate::snapshot::I8042State;
 
 /// First port of the i8042 range (data port); the command/status port is +4.
 pub const I8042_BASE: u64 = 0x60;
@@ -42,6 +43,25 @@ impl I8042 {
             ctr: 0,
             output: VecDeque::new(),
             pending_ctr_write: false,
+        }
+    }
+
+    /// The controller's state, for a snapshot.
+    pub fn state(&self) -> I8042State {
+        I8042State {
+            ctr: self.ctr,
+            output: self.output.iter().copied().collect(),
+            pending_ctr_write: self.pending_ctr_write,
+        }
+    }
+
+    /// A controller in a saved `state` (at most 16 pending bytes are kept).
+    pub fn from_state(exit: Arc<ExitSignal>, state: &I8042State) -> Self {
+        Self {
+            exit,
+            ctr: state.ctr,
+            output: state.output.iter().copied().take(16).collect(),
+            pending_ctr_write: state.pending_ctr_write,
         }
     }
 
@@ -156,6 +176,21 @@ mod tests {
         k.read(DATA, &mut w);
         assert_eq!(w, [0, 0]);
         assert!(!s.is_stopping());
+    }
+
+    #[test]
+    fn i8042_state_round_trip() {
+        let mut k = I8042::new(signal());
+        k.write(COMMAND, &[CMD_WRITE_CTR]);
+        k.write(DATA, &[0x61]);
+        k.write(COMMAND, &[CMD_READ_CTR]);
+        k.write(COMMAND, &[CMD_SELF_TEST]);
+        let mut copy = I8042::from_state(signal(), &k.state());
+        let mut b = [0u8];
+        copy.read(DATA, &mut b);
+        assert_eq!(b[0], 0x61);
+        copy.read(DATA, &mut b);
+        assert_eq!(b[0], 0x55);
     }
 
     #[test]

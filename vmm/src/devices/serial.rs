@@ -9,6 +9,7 @@ use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::BusDevice;
+use crate::snapshot::SerialState;
 
 /// I/O port base of COM1.
 pub const SERIAL_PORT_BASE: u64 = 0x3f8;
@@ -61,6 +62,23 @@ impl SerialDevice {
         Self {
             serial: Serial::new(trigger, out),
         }
+    }
+
+    /// A UART in a saved `state`; `None` if the state is invalid (an input
+    /// buffer larger than the FIFO).
+    pub fn from_state(
+        state: &SerialState,
+        trigger: EventFdTrigger,
+        out: ConsoleWriter,
+    ) -> Option<Self> {
+        let state = vm_superio::serial::SerialState::from(state);
+        let serial = Serial::from_state(&state, trigger, NoEvents, out).ok()?;
+        Some(Self { serial })
+    }
+
+    /// The UART's registers and input buffer, for a snapshot.
+    pub fn state(&self) -> SerialState {
+        self.serial.state().into()
     }
 
     /// The interrupt trigger (its eventfd is the irqfd to register).
@@ -127,5 +145,26 @@ mod tests {
         assert_eq!(wide, [0xff; 4]);
         dev.write(300, &[1]);
         dev.write(0, &[]);
+    }
+
+    #[test]
+    fn state_round_trip() {
+        let evt =
+            || EventFdTrigger::new(EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).unwrap());
+        let mut dev = SerialDevice::new(evt(), Box::new(std::io::sink()));
+        dev.write(3, &[0x03]); // LCR: 8N1
+        dev.write(7, &[0x5a]); // scratch
+        let state = dev.state();
+        let mut copy = SerialDevice::from_state(&state, evt(), Box::new(std::io::sink())).unwrap();
+        let mut b = [0u8];
+        copy.read(7, &mut b);
+        assert_eq!(b[0], 0x5a);
+        copy.read(3, &mut b);
+        assert_eq!(b[0], 0x03);
+        let bad = SerialState {
+            in_buffer: vec![0; 1000],
+            ..state
+        };
+        assert!(SerialDevice::from_state(&bad, evt(), Box::new(std::io::sink())).is_none());
     }
 }
