@@ -38,6 +38,8 @@ pub struct VmSettings {
     pub network: bool,
     /// Where the VMs' sockets go (`/run/husk` or `$HUSK_RUN_DIR`).
     pub run_dir: PathBuf,
+    /// Restore RUN steps' VMs from a template or boot them.
+    pub start: husk_sandbox::StartMode,
 }
 
 /// Errors running a step in a VM.
@@ -137,6 +139,7 @@ pub fn run(
         net: net.as_ref().and_then(|n| n.net_config()),
         console: step.console.to_path_buf(),
         vsock: sockets.path().join("v.sock"),
+        start: settings.start,
     };
     let spec = ContainerSpec {
         root: contract::image_root(step.layers.len()),
@@ -153,7 +156,7 @@ pub fn run(
         why,
         console: step.console.display().to_string(),
     };
-    let mut sandbox = Sandbox::boot(&config).map_err(|e| match e {
+    let mut sandbox = Sandbox::start(&config, Some(signals)).map_err(|e| match e {
         SandboxError::Vm(e) => failed(format!(
             "creating the VM: {}",
             husk_sandbox::explain::error_chain(&e)

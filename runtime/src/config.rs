@@ -59,6 +59,9 @@ pub struct ContainerConfig {
     pub agent_disk: PathBuf,
     /// Seconds the guest may take to boot and reach the agent.
     pub boot_timeout: u64,
+    /// Warm start (restore from a template) or cold boot.
+    #[serde(default)]
+    pub start: husk_sandbox::StartMode,
 }
 
 /// The container's init process (also the defaults of `exec`).

@@ -70,6 +70,8 @@ pub struct CreateOptions {
     pub agent_disk: PathBuf,
     /// Seconds the guest may take to boot.
     pub boot_timeout: u64,
+    /// Warm start (restore from a template) or cold boot (`--cold`).
+    pub start: husk_sandbox::StartMode,
 }
 
 /// A volume to mount (the CLI's `-v`).

@@ -180,6 +180,7 @@ impl Runtime {
                 kernel: opts.kernel.clone(),
                 agent_disk: opts.agent_disk.clone(),
                 boot_timeout: opts.boot_timeout,
+                start: opts.start,
             };
             State::created().write(&paths)?;
             self.publish(&id, config, opts.name.as_deref(), &tmp)

@@ -45,6 +45,12 @@ impl DiskRole {
     }
 }
 
+/// The serial of an empty disk slot (of a template, or of a VM restored
+/// from one with fewer disks than slots): `empty<i>`.
+pub fn empty_slot_serial(index: usize) -> String {
+    format!("empty{index}")
+}
+
 /// The root of a container made from an image with `layers` layers: the
 /// layer disks stacked under the writable disk (the disks of
 /// [`crate::Disk::image_disks`]).

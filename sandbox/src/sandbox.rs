@@ -17,8 +17,10 @@ use std::time::{Duration, Instant};
 use crate::agent::{AgentConnection, AgentError};
 use crate::contract::{self, DiskRole, AGENT_PORT, AGENT_SERIAL, CMDLINE, GUEST_CID};
 use crate::explain;
+use crate::rundir::RunDirError;
+use crate::template::{StartMode, TemplateError};
 use crate::signals::Signals;
-use crate::vmthread::{VmResult, VmThread};
+use crate::vmthread::{PauseError, VmResult, VmThread};
 use crate::wait::{Wake, Watch};
 
 /// A disk of the VM besides the agent disk.
@@ -72,21 +74,14 @@ pub struct SandboxConfig {
     /// The VMM's vsock socket (short enough for a Unix socket address);
     /// the agent's connection arrives on `<vsock>_1024`.
     pub vsock: PathBuf,
+    /// Restore from a template (the default) or boot from the kernel.
+    pub start: StartMode,
 }
 
 impl SandboxConfig {
-    /// The VMM's configuration.
+    /// The VMM's configuration for a cold boot.
     pub fn vm_config(&self) -> vmm::VmConfig {
-        let mut disks = vec![vmm::DiskConfig {
-            path: self.agent_disk.clone(),
-            read_only: true,
-            serial: AGENT_SERIAL.into(),
-        }];
-        disks.extend(self.disks.iter().map(|d| vmm::DiskConfig {
-            path: d.path.clone(),
-            read_only: d.read_only,
-            serial: d.role.serial(),
-        }));
+        let disks = self.vm_disks(self.disks.len());
         vmm::VmConfig {
             kernel: self.kernel.clone(),
             initrd: None,
@@ -101,6 +96,27 @@ impl SandboxConfig {
             net: self.net.clone(),
             console: vmm::ConsoleOutput::File(self.console.clone()),
         }
+    }
+
+    /// The VM's disks: the agent disk, [`SandboxConfig::disks`], then
+    /// empty slots up to `slots` disks besides the agent disk.
+    pub(crate) fn vm_disks(&self, slots: usize) -> Vec<vmm::DiskConfig> {
+        let mut disks = vec![vmm::DiskConfig {
+            path: Some(self.agent_disk.clone()),
+            read_only: true,
+            serial: AGENT_SERIAL.into(),
+        }];
+        disks.extend(self.disks.iter().map(|d| vmm::DiskConfig {
+            path: Some(d.path.clone()),
+            read_only: d.read_only,
+            serial: d.role.serial(),
+        }));
+        disks.extend((self.disks.len()..slots).map(|i| vmm::DiskConfig {
+            path: None,
+            read_only: false,
+            serial: contract::empty_slot_serial(i),
+        }));
+        disks
     }
 }
 
@@ -137,6 +153,18 @@ pub enum SandboxError {
     /// The agent's connection failed at once.
     #[error(transparent)]
     Agent(#[from] AgentError),
+    /// Finding or publishing the warm-start template failed.
+    #[error("warm-start template")]
+    Template(#[from] TemplateError),
+    /// Saving or restoring a snapshot failed.
+    #[error("restoring the VM from its template")]
+    Snapshot(#[from] vmm::SnapshotError),
+    /// The template VM did not pause.
+    #[error("pausing the template VM")]
+    Pause(#[from] PauseError),
+    /// A run directory could not be made.
+    #[error(transparent)]
+    RunDir(#[from] RunDirError),
 }
 
 /// A running VM whose agent connects (or has connected) to the host.
@@ -147,28 +175,57 @@ pub struct Sandbox {
     agent_socket: PathBuf,
     vsock: PathBuf,
     console: PathBuf,
+    /// Whether the agent's boot connection gets [`AgentConnection::seed`]
+    /// (every sandbox but a template being made).
+    pub(crate) seed: bool,
+}
+
+/// The Unix socket the agent's boot connection arrives on.
+pub(crate) struct AgentListener {
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+impl AgentListener {
+    /// Listens (non-blocking) where the VM with vsock socket `vsock`
+    /// forwards the agent's port.
+    pub(crate) fn bind(vsock: &Path) -> Result<AgentListener, SandboxError> {
+        let path = contract::host_port_socket(vsock, AGENT_PORT);
+        let _ = std::fs::remove_file(&path);
+        let listen_err = |source| SandboxError::Listen {
+            path: path.clone(),
+            source,
+        };
+        let listener = UnixListener::bind(&path).map_err(listen_err)?;
+        listener.set_nonblocking(true).map_err(listen_err)?;
+        Ok(AgentListener { listener, path })
+    }
 }
 
 impl Sandbox {
-    /// Boots a VM from `config`: listens for the agent, creates the VM and
-    /// runs it on its own thread (with the installed signals blocked).
-    pub fn boot(config: &SandboxConfig) -> Result<Sandbox, SandboxError> {
-        let agent_socket = contract::host_port_socket(&config.vsock, AGENT_PORT);
-        let _ = std::fs::remove_file(&agent_socket);
-        let listen_err = |source| SandboxError::Listen {
-            path: agent_socket.clone(),
-            source,
-        };
-        let listener = UnixListener::bind(&agent_socket).map_err(listen_err)?;
-        listener.set_nonblocking(true).map_err(listen_err)?;
+    /// Boots a VM from `config` from the kernel: listens for the agent,
+    /// creates the VM and runs it on its own thread (with the installed
+    /// signals blocked). [`Sandbox::start`] restores instead when it can.
+    pub fn boot_cold(config: &SandboxConfig) -> Result<Sandbox, SandboxError> {
+        let listener = AgentListener::bind(&config.vsock)?;
         let vm = vmm::Vm::new(config.vm_config())?;
+        Sandbox::running(vm, listener, config)
+    }
+
+    /// The sandbox around `vm`, started on its own thread.
+    pub(crate) fn running(
+        vm: vmm::Vm,
+        listener: AgentListener,
+        config: &SandboxConfig,
+    ) -> Result<Sandbox, SandboxError> {
         let vm = VmThread::start(vm).map_err(SandboxError::Thread)?;
         Ok(Sandbox {
             vm,
-            listener,
-            agent_socket,
+            listener: listener.listener,
+            agent_socket: listener.path,
             vsock: config.vsock.clone(),
             console: config.console.clone(),
+            seed: true,
         })
     }
 
@@ -181,7 +238,13 @@ impl Sandbox {
     /// Accepts the agent's boot connection if it is there (and greets it).
     pub fn try_accept(&self) -> Result<Option<AgentConnection>, SandboxError> {
         match self.listener.accept() {
-            Ok((stream, _)) => Ok(Some(AgentConnection::new(stream)?)),
+            Ok((stream, _)) => {
+                let mut conn = AgentConnection::new(stream)?;
+                if self.seed {
+                    conn.seed()?;
+                }
+                Ok(Some(conn))
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
             Err(e) => Err(SandboxError::Accept(e)),
         }
@@ -233,6 +296,11 @@ impl Sandbox {
     /// The console log.
     pub fn console(&self) -> &Path {
         &self.console
+    }
+
+    /// Pauses the VM and takes it back (see [`VmThread::pause`]).
+    pub(crate) fn pause(&mut self, timeout: Duration) -> Result<vmm::Vm, PauseError> {
+        self.vm.pause(timeout)
     }
 
     /// Asks the VM to stop (returns at once).

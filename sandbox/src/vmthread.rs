@@ -12,8 +12,23 @@ use crate::wait::{Wake, Watch};
 /// How long to wait for the VM thread after asking it to stop.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// What the VM thread returns.
+/// How the VM thread's run ended.
 pub type VmResult = Result<vmm::ExitReason, vmm::VmError>;
+
+/// What the VM thread hands back: how the run ended, and the VM itself
+/// if it was paused (see [`VmThread::pause`]).
+type ThreadResult = (VmResult, Option<vmm::Vm>);
+
+/// Errors pausing the VM.
+#[derive(Debug, thiserror::Error)]
+pub enum PauseError {
+    /// The VM thread did not hand the VM back in time.
+    #[error("the VM did not pause within {0} s")]
+    Timeout(u64),
+    /// The VM ended (or failed) instead of pausing.
+    #[error("the VM ended instead of pausing ({0})")]
+    Ended(String),
+}
 
 /// The VM running on its own thread (started with the handled signals
 /// blocked, so they reach the caller's thread).
@@ -21,7 +36,7 @@ pub struct VmThread {
     stop: vmm::StopHandle,
     /// EOF once the thread has ended.
     done: UnixStream,
-    handle: Option<JoinHandle<VmResult>>,
+    handle: Option<JoinHandle<ThreadResult>>,
     result: Option<VmResult>,
 }
 
@@ -34,9 +49,11 @@ impl VmThread {
             std::thread::Builder::new()
                 .name("vm".into())
                 .spawn(move || {
-                    let result = vm.run();
+                    let mut vm = vm;
+                    let result = vm.run_until_paused();
                     drop(notify);
-                    result
+                    let paused = matches!(result, Ok(vmm::ExitReason::Paused));
+                    (result, paused.then_some(vm))
                 })
         })?;
         Ok(Self {
@@ -87,11 +104,41 @@ impl VmThread {
             let deadline = Instant::now() + STOP_TIMEOUT;
             while Instant::now() < deadline {
                 if self.wait_done(None, deadline) {
-                    self.result = self.handle.take()?.join().ok();
+                    self.result = self.handle.take()?.join().ok().map(|(r, _)| r);
                     break;
                 }
             }
         }
         self.result.as_ref()
+    }
+
+    /// Pauses the VM and takes it back (vCPUs out of KVM_RUN, devices
+    /// idle), ready to be saved, within `timeout`.
+    pub fn pause(&mut self, timeout: Duration) -> Result<vmm::Vm, PauseError> {
+        let ended = |r: &VmResult| PauseError::Ended(format!("{r:?}"));
+        if let Some(r) = &self.result {
+            return Err(ended(r));
+        }
+        self.stop.pause();
+        let deadline = Instant::now() + timeout;
+        while !self.wait_done(None, deadline) {
+            if Instant::now() >= deadline {
+                return Err(PauseError::Timeout(timeout.as_secs()));
+            }
+        }
+        let Some(handle) = self.handle.take() else {
+            return Err(PauseError::Ended("no VM thread".into()));
+        };
+        let (result, vm) = handle
+            .join()
+            .map_err(|_| PauseError::Ended("the VM thread panicked".into()))?;
+        match vm {
+            Some(vm) => Ok(vm),
+            None => {
+                let err = ended(&result);
+                self.result = Some(result);
+                Err(err)
+            }
+        }
     }
 }

@@ -53,6 +53,10 @@ pub struct BuildArgs {
         env = "HUSK_BOOT_TIMEOUT"
     )]
     boot_timeout: u64,
+    /// Boot the VM from the kernel instead of restoring it from a
+    /// warm-start template (also: `HUSK_COLD=1`).
+    #[arg(long)]
+    cold: bool,
     #[command(flatten)]
     root: RootArgs,
     /// The build context directory.
@@ -146,6 +150,7 @@ pub fn run(a: BuildArgs) -> Result<i32> {
             boot_timeout: Duration::from_secs(a.boot_timeout),
             network,
             run_dir: run_dir(),
+            start: husk_sandbox::StartMode::choose(a.cold),
         },
     };
     let store = images::Store::open(&a.root.root)

@@ -5,6 +5,7 @@ pub mod build;
 pub mod container;
 mod flags;
 pub mod image;
+pub mod system;
 pub mod vm;
 pub mod volume;
 
@@ -24,6 +25,9 @@ pub enum Command {
     /// Manage volumes.
     #[command(subcommand)]
     Volume(volume::VolumeCommand),
+    /// Manage husk itself (warm-start templates).
+    #[command(subcommand)]
+    System(system::SystemCommand),
 }
 
 /// Runs a subcommand and returns the exit code.
@@ -34,5 +38,6 @@ pub fn run(command: Command) -> anyhow::Result<i32> {
         Command::Container(c) => container::run(c),
         Command::Volume(c) => volume::run(c),
         Command::Build(a) => build::run(a),
+        Command::System(c) => system::run(c),
     }
 }

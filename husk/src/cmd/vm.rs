@@ -16,7 +16,7 @@ use clap::{Args, Subcommand};
 use husk_protocol::{ContainerSpec, ExecRequest, RootDisk, RootFs};
 use husk_sandbox::contract::AGENT_SERIAL;
 use husk_sandbox::oneshot::{Completion, Exit, OneShot, OneShotError, Stream};
-use husk_sandbox::{assets, DiskRole, RunDir, Sandbox, SandboxConfig, Signals};
+use husk_sandbox::{assets, DiskRole, RunDir, Sandbox, SandboxConfig, Signals, StartMode};
 
 /// How long the agent may take to sync and unmount after the command.
 const TEARDOWN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -86,6 +86,10 @@ pub struct RunArgs {
         env = "HUSK_BOOT_TIMEOUT"
     )]
     boot_timeout: u64,
+    /// Boot the VM from the kernel instead of restoring it from a
+    /// warm-start template (also: `HUSK_COLD=1`).
+    #[arg(long)]
+    cold: bool,
     /// The command and its arguments.
     #[arg(last = true, required = true, value_name = "CMD")]
     command: Vec<String>,
@@ -140,6 +144,7 @@ fn run_vm(args: RunArgs) -> Result<i32> {
         net: network.as_ref().and_then(|n| n.net_config()),
         console: console.clone(),
         vsock: rundir.path().join("vsock.sock"),
+        start: StartMode::choose(args.cold),
     };
     let spec = ContainerSpec {
         root: RootFs::Disk(root),
@@ -170,7 +175,7 @@ fn run_vm(args: RunArgs) -> Result<i32> {
         Stream::Stdout => relay(&mut std::io::stdout(), bytes, &mut broken[0]),
         Stream::Stderr => relay(&mut std::io::stderr(), bytes, &mut broken[1]),
     };
-    let result = Sandbox::boot(&config)
+    let result = Sandbox::start(&config, Some(&signals))
         .map_err(OneShotError::from)
         .and_then(|mut sandbox| sandbox.run_to_completion(&signals, job, &mut relay_output));
     if let Some(n) = network.as_mut() {

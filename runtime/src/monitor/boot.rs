@@ -38,6 +38,7 @@ pub fn sandbox_config(
         net,
         console: paths.console(),
         vsock: vsock.to_path_buf(),
+        start: cfg.start,
     }
 }
 

@@ -236,7 +236,7 @@ fn run(root: &Path, id: &str, mode: &str) -> Result<(), Error> {
         network.net_config(),
     );
     let guest_net = boot::GuestNet::of(&network, &cfg.hostname);
-    let (end, mut clients) = match Sandbox::boot(&config) {
+    let (end, mut clients) = match Sandbox::start(&config, Some(&signals)) {
         Ok(mut sandbox) => {
             let mut session = Session::new(
                 &cfg,

@@ -10,7 +10,7 @@ use super::interactive::{self, LocalStdio};
 use super::RootArgs;
 use crate::cmd::flags;
 use husk_net::NetworkMode;
-use husk_sandbox::assets;
+use husk_sandbox::{assets, StartMode};
 
 /// Flags shared by `create` and `run`.
 #[derive(Args, Debug)]
@@ -81,6 +81,10 @@ pub struct CreateArgs {
         env = "HUSK_BOOT_TIMEOUT"
     )]
     boot_timeout: u64,
+    /// Boot the VM from the kernel instead of restoring it from a
+    /// warm-start template (also: `HUSK_COLD=1`).
+    #[arg(long)]
+    cold: bool,
     #[command(flatten)]
     root: RootArgs,
     /// The image.
@@ -154,6 +158,7 @@ fn options(a: &CreateArgs) -> Result<CreateOptions> {
         kernel,
         agent_disk,
         boot_timeout: a.boot_timeout,
+        start: StartMode::choose(a.cold),
     })
 }
 

@@ -1,0 +1,206 @@
+//! Warm start: [`Sandbox::start`] restores the VM from a template (see
+//! [`crate::template`]) instead of booting it, and boots cold when it
+//! cannot.
+//!
+//! A template is a VM with this sandbox's kernel, agent disk, vCPUs,
+//! memory and device layout (the agent disk, [`SandboxConfig::disks`]
+//! rounded up to a [`SLOT_BUCKETS`](crate::template::SLOT_BUCKETS) count
+//! of empty disk slots, vsock, and a network interface if the sandbox has
+//! one) booted until its agent has connected to the host, then paused and
+//! saved. A restore gives each slot the container's disk (the guest sees
+//! the new capacity through a config-change interrupt), vsock the
+//! container's socket (the guest's connections are reset and the agent
+//! reconnects) and the interface its backend; the agent's reconnection is
+//! then seeded ([`AgentConnection::seed`](crate::AgentConnection::seed))
+//! like a cold boot's, so clones differ in entropy and clock.
+
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::contract::{CMDLINE, GUEST_CID};
+use crate::explain;
+use crate::rundir::RunDir;
+use crate::sandbox::{AgentListener, Sandbox, SandboxConfig, SandboxError};
+use crate::signals::Signals;
+use crate::template::{
+    kernel_digest, slot_bucket, StartMode, Template, TemplateError, TemplateInputs, TemplateStore,
+};
+
+/// How long a template's boot may take, unless `$HUSK_BOOT_TIMEOUT` says.
+const TEMPLATE_BOOT_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// How long pausing a template VM may take.
+const PAUSE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The MAC address of a template's interface (each restored VM's agent
+/// sets its own).
+const TEMPLATE_MAC: [u8; 6] = [0x02, 0x68, 0x75, 0x73, 0x6b, 0x00];
+
+impl Sandbox {
+    /// Starts the VM `config` describes: restored from its template when
+    /// [`SandboxConfig::start`] is [`StartMode::Warm`] and the layout fits
+    /// a template (the template is built first if there is none), booted
+    /// from the kernel otherwise or when the restore fails (with a
+    /// one-line warning on stderr). `signals` interrupt a template build.
+    pub fn start(
+        config: &SandboxConfig,
+        signals: Option<&Signals>,
+    ) -> Result<Sandbox, SandboxError> {
+        if config.start == StartMode::Warm {
+            match Sandbox::restore(config, signals) {
+                Ok(Some(sandbox)) => return Ok(sandbox),
+                Ok(None) => {}
+                Err(SandboxError::Interrupted(sig)) => return Err(SandboxError::Interrupted(sig)),
+                Err(e) => eprintln!(
+                    "husk: warning: warm start failed, booting cold: {}",
+                    explain::error_chain(&e)
+                ),
+            }
+        }
+        Sandbox::boot_cold(config)
+    }
+
+    /// Like [`Sandbox::start`] without signals.
+    pub fn boot(config: &SandboxConfig) -> Result<Sandbox, SandboxError> {
+        Sandbox::start(config, None)
+    }
+
+    /// Restores `config`'s VM from its template; `None` if no template
+    /// fits its layout.
+    fn restore(
+        config: &SandboxConfig,
+        signals: Option<&Signals>,
+    ) -> Result<Option<Sandbox>, SandboxError> {
+        let store = TemplateStore::default_store();
+        let Some(inputs) = template_inputs(config, &store)? else {
+            return Ok(None);
+        };
+        let build = |staging: &Path| build_template(config, &inputs, staging, signals);
+        let template = store.ensure(&inputs, build)?;
+        let listener = AgentListener::bind(&config.vsock)?;
+        let vm = match vmm::Vm::restore(restore_config(config, &template)) {
+            Ok(vm) => vm,
+            Err(e) if is_damaged(&e) => {
+                eprintln!(
+                    "husk: warning: template {} is damaged ({}); rebuilding it",
+                    template.key,
+                    explain::error_chain(&e)
+                );
+                store.discard(&template)?;
+                let build = |staging: &Path| build_template(config, &inputs, staging, signals);
+                let template = store.ensure(&inputs, build)?;
+                vmm::Vm::restore(restore_config(config, &template))?
+            }
+            Err(e) => return Err(e.into()),
+        };
+        Sandbox::running(vm, listener, config).map(Some)
+    }
+}
+
+/// The template inputs of `config`; `None` if it has more disks than any
+/// template has slots.
+fn template_inputs(
+    config: &SandboxConfig,
+    store: &TemplateStore,
+) -> Result<Option<TemplateInputs>, TemplateError> {
+    let Some(slots) = slot_bucket(config.disks.len()) else {
+        return Ok(None);
+    };
+    Ok(Some(TemplateInputs {
+        format: TemplateInputs::current_format(),
+        kernel: config.kernel.clone(),
+        kernel_sha256: kernel_digest(store, &config.kernel)?,
+        agent_disk: config.agent_disk.clone(),
+        vcpus: config.vcpus,
+        memory_mib: config.memory_mib,
+        slots,
+        net_mtu: config.net.as_ref().map(|n| n.mtu),
+        host: format!("{:?}", vmm::HostKind::detect()),
+        cmdline: CMDLINE.to_string(),
+    }))
+}
+
+/// What the VMM restores: the template's files with `config`'s own
+/// backends in the template's slots.
+fn restore_config(config: &SandboxConfig, template: &Template) -> vmm::RestoreConfig {
+    vmm::RestoreConfig {
+        files: template.files(),
+        console: vmm::ConsoleOutput::File(config.console.clone()),
+        disks: config.vm_disks(template.inputs.slots),
+        vsock: Some(vmm::VsockConfig {
+            guest_cid: GUEST_CID,
+            uds_path: config.vsock.clone(),
+        }),
+        net: config.net.clone(),
+    }
+}
+
+/// Whether a restore failed because of the template's files (rebuild it)
+/// rather than the host.
+fn is_damaged(e: &vmm::SnapshotError) -> bool {
+    use vmm::SnapshotError as E;
+    matches!(
+        e,
+        E::Format(_) | E::MemoryFile(_) | E::VcpuCount(_) | E::MissingKvmState
+    )
+}
+
+/// Boots the template VM for `inputs` from `config`'s kernel and agent
+/// disk with empty slots, waits for its agent, pauses it and saves it into
+/// `staging`.
+fn build_template(
+    config: &SandboxConfig,
+    inputs: &TemplateInputs,
+    staging: &Path,
+    signals: Option<&Signals>,
+) -> Result<(), SandboxError> {
+    let rundir = RunDir::create("template-")?;
+    // The interface's peer: nothing is sent before a container configures
+    // it; the socket only has to exist while the template boots.
+    let (net_peer, net_end) = match inputs.net_mtu {
+        Some(_) => {
+            let (a, b) = UnixStream::pair().map_err(SandboxError::Thread)?;
+            (Some(a), Some(b))
+        }
+        None => (None, None),
+    };
+    let template_config = SandboxConfig {
+        kernel: config.kernel.clone(),
+        agent_disk: config.agent_disk.clone(),
+        disks: Vec::new(),
+        vcpus: config.vcpus,
+        memory_mib: config.memory_mib,
+        net: inputs.net_mtu.zip(net_end).map(|(mtu, end)| vmm::NetConfig {
+            mac: TEMPLATE_MAC,
+            mtu,
+            backend: vmm::NetBackend::Stream(Arc::new(end)),
+        }),
+        console: staging.join("console.log"),
+        vsock: rundir.path().join("v.sock"),
+        start: StartMode::Cold,
+    };
+    let mut vm_config = template_config.vm_config();
+    vm_config.disks = template_config.vm_disks(inputs.slots);
+    let listener = AgentListener::bind(&template_config.vsock)?;
+    let mut sandbox = Sandbox::running(vmm::Vm::new(vm_config)?, listener, &template_config)?;
+    sandbox.seed = false;
+    let agent = sandbox.accept_agent(signals, template_boot_timeout())?;
+    let vm = sandbox.pause(PAUSE_TIMEOUT)?;
+    vm.save_snapshot(&vmm::SnapshotFiles {
+        state: staging.join("state"),
+        memory: staging.join("memory"),
+    })?;
+    drop(agent);
+    drop(net_peer);
+    Ok(())
+}
+
+fn template_boot_timeout() -> Duration {
+    std::env::var("HUSK_BOOT_TIMEOUT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_secs)
+        .unwrap_or(TEMPLATE_BOOT_TIMEOUT)
+}
