@@ -161,6 +161,10 @@ pub struct State {
     /// ports (entries in the untyped form of older states are dropped).
     #[serde(default, deserialize_with = "bound_ports")]
     pub ports: Vec<PortMapping>,
+    /// The warm-start template the current (or last) run's VM was
+    /// restored from; `None`: booted from the kernel.
+    #[serde(default)]
+    pub template: Option<String>,
 }
 
 /// The typed entries of `ports`; strings (`80/tcp -> 0.0.0.0:8080`, from
@@ -195,6 +199,7 @@ impl State {
             finished_at: None,
             start_count: 0,
             ports: Vec::new(),
+            template: None,
         }
     }
 

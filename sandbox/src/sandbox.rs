@@ -178,6 +178,8 @@ pub struct Sandbox {
     /// Whether the agent's boot connection gets [`AgentConnection::seed`]
     /// (every sandbox but a template being made).
     pub(crate) seed: bool,
+    /// The key of the template the VM was restored from (`None`: booted).
+    pub(crate) template: Option<String>,
 }
 
 /// The Unix socket the agent's boot connection arrives on.
@@ -226,6 +228,7 @@ impl Sandbox {
             vsock: config.vsock.clone(),
             console: config.console.clone(),
             seed: true,
+            template: None,
         })
     }
 
@@ -281,6 +284,12 @@ impl Sandbox {
             signals,
             vm_done: Some(self.vm.done_fd()),
         }
+    }
+
+    /// The key of the warm-start template the VM was restored from;
+    /// `None` if it was booted from the kernel.
+    pub fn template(&self) -> Option<&str> {
+        self.template.as_deref()
     }
 
     /// The VM's thread (its done fd, stop requests).

@@ -95,7 +95,9 @@ impl Sandbox {
             }
             Err(e) => return Err(e.into()),
         };
-        Sandbox::running(vm, listener, config).map(Some)
+        let mut sandbox = Sandbox::running(vm, listener, config)?;
+        sandbox.template = Some(template.key);
+        Ok(Some(sandbox))
     }
 }
 

@@ -175,15 +175,24 @@ fn run_vm(args: RunArgs) -> Result<i32> {
         Stream::Stdout => relay(&mut std::io::stdout(), bytes, &mut broken[0]),
         Stream::Stderr => relay(&mut std::io::stderr(), bytes, &mut broken[1]),
     };
+    let debug = std::env::var_os("HUSK_DEBUG").is_some();
     let result = Sandbox::start(&config, Some(&signals))
         .map_err(OneShotError::from)
-        .and_then(|mut sandbox| sandbox.run_to_completion(&signals, job, &mut relay_output));
+        .and_then(|mut sandbox| {
+            if debug {
+                match sandbox.template() {
+                    Some(key) => eprintln!("husk: debug: restored from template {key}"),
+                    None => eprintln!("husk: debug: booted from the kernel"),
+                }
+            }
+            sandbox.run_to_completion(&signals, job, &mut relay_output)
+        });
     if let Some(n) = network.as_mut() {
         n.stop();
     }
     match result {
         Ok(Completion { exit, powered_off }) => {
-            if std::env::var_os("HUSK_DEBUG").is_some() {
+            if debug {
                 eprintln!("husk: debug: the guest powered off: {powered_off}");
             }
             match exit {

@@ -238,6 +238,7 @@ fn run(root: &Path, id: &str, mode: &str) -> Result<(), Error> {
     let guest_net = boot::GuestNet::of(&network, &cfg.hostname);
     let (end, mut clients) = match Sandbox::start(&config, Some(&signals)) {
         Ok(mut sandbox) => {
+            recorder.state.template = sandbox.template().map(String::from);
             let mut session = Session::new(
                 &cfg,
                 &paths,

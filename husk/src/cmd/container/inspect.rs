@@ -82,6 +82,7 @@ fn document(c: &Container) -> Value {
             "Error": s.error.clone().unwrap_or_default(),
             "StartedAt": s.started_at.as_deref().unwrap_or(zero),
             "FinishedAt": s.finished_at.as_deref().unwrap_or(zero),
+            "Template": s.template.clone().unwrap_or_default(),
         },
         "Image": cfg.image_id,
         "Name": format!("/{}", cfg.name),
