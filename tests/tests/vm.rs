@@ -209,9 +209,11 @@ fn boot_timeout_names_the_kept_console_log() {
     let Some(env) = Env::new("boot_timeout_names_the_kept_console_log") else {
         return;
     };
+    // Cold: a restore could reach the agent within the second.
     let done = env.run(&[
         "vm",
         "run",
+        "--cold",
         "--boot-timeout",
         "1",
         "--disk",
