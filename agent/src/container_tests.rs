@@ -6,7 +6,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -22,7 +22,10 @@ use crate::system::{run_agent, AgentError, SysError, System};
 /// exec connections come from a Unix listener, nothing is mounted, and
 /// only the agent's own children are reaped.
 struct FakeSystem {
-    conn: Option<UnixStream>,
+    /// The boot connections `connect` and `reconnect` hand out, in order.
+    conns: Vec<UnixStream>,
+    /// The seeds applied.
+    seeds: Arc<Mutex<Vec<(Vec<u8>, u64)>>>,
     root: PathBuf,
     sock: PathBuf,
     shut_down: Arc<AtomicBool>,
@@ -36,7 +39,29 @@ impl System for FakeSystem {
     }
 
     fn connect(&mut self) -> Result<UnixStream, SysError> {
-        Ok(self.conn.take().expect("connect called once"))
+        if self.conns.is_empty() {
+            let source = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+            return Err(SysError::Connect { port: 1024, source });
+        }
+        Ok(self.conns.remove(0))
+    }
+
+    fn reconnect(&mut self, _deadline: Instant) -> Result<UnixStream, SysError> {
+        self.connect()
+    }
+
+    fn seed(&mut self, entropy: &[u8], unix_time_ns: u64) -> Result<(), SysError> {
+        if entropy.starts_with(b"fail") {
+            return Err(SysError::Seed {
+                what: "adding entropy (RNDADDENTROPY)",
+                source: std::io::Error::from_raw_os_error(libc::EPERM),
+            });
+        }
+        self.seeds
+            .lock()
+            .unwrap()
+            .push((entropy.to_vec(), unix_time_ns));
+        Ok(())
     }
 
     fn create_container(&mut self, spec: &ContainerSpec) -> Result<ContainerRoot, SysError> {
@@ -212,7 +237,8 @@ where
     let (sock2, flag) = (sock.clone(), shut_down.clone());
     let t = thread::spawn(move || host(host_end, sock2, flag));
     let mut sys = FakeSystem {
-        conn: Some(agent_end),
+        conns: vec![agent_end],
+        seeds: Arc::default(),
         root,
         sock,
         shut_down,
