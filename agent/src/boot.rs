@@ -195,3 +195,41 @@ pub fn variant(msg: &Message) -> &'static str {
         Message::Seed { .. } => "Seed",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+    use std::time::Duration;
+
+    use husk_protocol::DecodeError;
+
+    use super::*;
+
+    #[test]
+    fn only_broken_connections_within_the_window_are_reconnected() {
+        let now = Instant::now();
+        let later = now + Duration::from_secs(60);
+        let reset = || io::Error::from_raw_os_error(libc::ECONNRESET);
+        let broken = [
+            ConnError::HostClosed,
+            ConnError::Read(ReadError::Io(reset())),
+            ConnError::Read(ReadError::Truncated),
+            ConnError::Write(WriteError::Io(reset())),
+        ];
+        for err in &broken {
+            assert!(may_reconnect(err, now, later), "{err:?}");
+            assert!(
+                !may_reconnect(err, later, later),
+                "{err:?} after the window"
+            );
+        }
+        let violations = [
+            ConnError::Read(ReadError::Decode(DecodeError::TooLarge(u32::MAX))),
+            ConnError::Protocol("expected Hello, got Ok".into()),
+            ConnError::Poll(reset()),
+        ];
+        for err in &violations {
+            assert!(!may_reconnect(err, now, later), "{err:?}");
+        }
+    }
+}
