@@ -52,8 +52,9 @@ pub enum Outcome {
 pub enum Opening {
     /// The host asked for a container.
     Create(Box<ContainerSpec>),
-    /// The request was refused (the refusal was sent); the agent is done.
-    Done(Outcome),
+    /// The request was refused with this error (also sent to the host);
+    /// the agent is done.
+    Refused(ErrorCode),
 }
 
 /// Opens the boot connection: handshake, any number of `Seed`s, then the
@@ -71,7 +72,7 @@ pub fn open<S: System>(conn: &mut S::Conn, sys: &mut S) -> Result<Opening, ConnE
         Some(Message::Hello { version }) if version == PROTOCOL_VERSION => {}
         Some(Message::Hello { version }) => {
             let detail = format!("host speaks protocol {version}, agent {PROTOCOL_VERSION}");
-            return done(refuse(conn, ErrorCode::VersionMismatch, detail));
+            return refused(conn, ErrorCode::VersionMismatch, detail);
         }
         Some(other) => {
             return Err(ConnError::Protocol(format!(
@@ -90,19 +91,21 @@ pub fn open<S: System>(conn: &mut S::Conn, sys: &mut S) -> Result<Opening, ConnE
             Some(Message::CreateContainer(spec)) => return Ok(Opening::Create(Box::new(spec))),
             Some(Message::Exec(_)) => {
                 let detail = "Exec needs a container (send CreateContainer first)".to_string();
-                return done(refuse(conn, ErrorCode::NoContainer, detail));
+                return refused(conn, ErrorCode::NoContainer, detail);
             }
             Some(other) => {
                 let detail = format!("expected a request, got {}", variant(&other));
-                return done(refuse(conn, ErrorCode::BadRequest, detail));
+                return refused(conn, ErrorCode::BadRequest, detail);
             }
             None => return Err(ConnError::HostClosed),
         }
     }
 }
 
-fn done(refused: Result<Outcome, ConnError>) -> Result<Opening, ConnError> {
-    refused.map(Opening::Done)
+/// Sends the refusal of the boot request.
+fn refused<C: Write>(conn: &mut C, code: ErrorCode, detail: String) -> Result<Opening, ConnError> {
+    write_message(conn, &Message::Error { code, detail })?;
+    Ok(Opening::Refused(code))
 }
 
 /// Answers a `Seed`: `Ok` once applied, or an `Error` (the connection

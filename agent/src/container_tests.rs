@@ -25,7 +25,7 @@ struct FakeSystem {
     /// The boot connections `connect` and `reconnect` hand out, in order.
     conns: Vec<UnixStream>,
     /// The seeds applied.
-    seeds: Arc<Mutex<Vec<(Vec<u8>, u64)>>>,
+    seeds: Arc<Mutex<Seeds>>,
     root: PathBuf,
     sock: PathBuf,
     shut_down: Arc<AtomicBool>,

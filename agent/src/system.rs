@@ -156,7 +156,7 @@ pub fn run_agent<S: System>(sys: &mut S) -> Result<Outcome, AgentError> {
             Ok(Opening::Create(spec)) => {
                 break boot::create_container(&mut conn, sys, &spec).map_err(AgentError::from)
             }
-            Ok(Opening::Done(outcome)) => break Ok(outcome),
+            Ok(Opening::Refused(code)) => break Ok(Outcome::Refused(code)),
             Err(e) => e,
         };
         let deadline = *window.get_or_insert_with(|| Instant::now() + RECONNECT_WINDOW);
