@@ -1,9 +1,13 @@
 //! The boot connection, the same for every VM (container, build step,
-//! `husk vm run`): handshake, `CreateContainer`, then [`crate::container`]
-//! serves the container (its init process arrives as `Exec` on this
-//! connection) until the init process ends.
+//! `husk vm run`): handshake, `Seed`, `CreateContainer`, then
+//! [`crate::container`] serves the container (its init process arrives as
+//! `Exec` on this connection) until the init process ends. Until
+//! `CreateContainer` arrives, a broken connection is reconnected (a VM
+//! restored from a snapshot finds its vsock transport reset); see
+//! [`crate::system::run_agent`].
 
 use std::io::{self, Write};
+use std::time::Instant;
 
 use husk_protocol::{
     read_message, write_message, ContainerSpec, ErrorCode, Message, ReadError, WriteError,
@@ -43,9 +47,21 @@ pub enum Outcome {
     Refused(ErrorCode),
 }
 
-/// Serves the boot connection: handshake, `CreateContainer`, then the
-/// container until its init process ends.
-pub fn serve<S: System>(conn: &mut S::Conn, sys: &mut S) -> Result<Outcome, ConnError> {
+/// How the opening of the boot connection ended.
+#[derive(Debug)]
+pub enum Opening {
+    /// The host asked for a container.
+    Create(Box<ContainerSpec>),
+    /// The request was refused with this error (also sent to the host);
+    /// the agent is done.
+    Refused(ErrorCode),
+}
+
+/// Opens the boot connection: handshake, any number of `Seed`s, then the
+/// request that decides the VM's life (only `CreateContainer` is
+/// accepted). An `Err` here means no container was created, so the agent
+/// may reconnect (see [`may_reconnect`]).
+pub fn open<S: System>(conn: &mut S::Conn, sys: &mut S) -> Result<Opening, ConnError> {
     write_message(
         conn,
         &Message::Hello {
@@ -56,7 +72,7 @@ pub fn serve<S: System>(conn: &mut S::Conn, sys: &mut S) -> Result<Outcome, Conn
         Some(Message::Hello { version }) if version == PROTOCOL_VERSION => {}
         Some(Message::Hello { version }) => {
             let detail = format!("host speaks protocol {version}, agent {PROTOCOL_VERSION}");
-            return refuse(conn, ErrorCode::VersionMismatch, detail);
+            return refused(conn, ErrorCode::VersionMismatch, detail);
         }
         Some(other) => {
             return Err(ConnError::Protocol(format!(
@@ -66,23 +82,77 @@ pub fn serve<S: System>(conn: &mut S::Conn, sys: &mut S) -> Result<Outcome, Conn
         }
         None => return Err(ConnError::HostClosed),
     }
-    match read_message(conn)? {
-        Some(Message::CreateContainer(spec)) => create_container(conn, sys, &spec),
-        Some(Message::Exec(_)) => {
-            let detail = "Exec needs a container (send CreateContainer first)".to_string();
-            refuse(conn, ErrorCode::NoContainer, detail)
+    loop {
+        match read_message(conn)? {
+            Some(Message::Seed {
+                entropy,
+                unix_time_ns,
+            }) => seed(conn, sys, &entropy, unix_time_ns)?,
+            Some(Message::CreateContainer(spec)) => return Ok(Opening::Create(Box::new(spec))),
+            Some(Message::Exec(_)) => {
+                let detail = "Exec needs a container (send CreateContainer first)".to_string();
+                return refused(conn, ErrorCode::NoContainer, detail);
+            }
+            Some(other) => {
+                let detail = format!("expected a request, got {}", variant(&other));
+                return refused(conn, ErrorCode::BadRequest, detail);
+            }
+            None => return Err(ConnError::HostClosed),
         }
-        Some(other) => {
-            let detail = format!("expected a request, got {}", variant(&other));
-            refuse(conn, ErrorCode::BadRequest, detail)
-        }
-        None => Err(ConnError::HostClosed),
     }
+}
+
+/// Sends the refusal of the boot request.
+fn refused<C: Write>(conn: &mut C, code: ErrorCode, detail: String) -> Result<Opening, ConnError> {
+    write_message(conn, &Message::Error { code, detail })?;
+    Ok(Opening::Refused(code))
+}
+
+/// Answers a `Seed`: `Ok` once applied, or an `Error` (the connection
+/// stays open; the host decides what a failed seed means).
+fn seed<S: System>(
+    conn: &mut S::Conn,
+    sys: &mut S,
+    entropy: &[u8],
+    unix_time_ns: u64,
+) -> Result<(), ConnError> {
+    let reply = match crate::seed::check(entropy) {
+        Err(detail) => Message::Error {
+            code: ErrorCode::BadRequest,
+            detail,
+        },
+        Ok(()) => match sys.seed(entropy, unix_time_ns) {
+            Ok(()) => Message::Ok,
+            Err(e) => Message::Error {
+                code: e.code(),
+                detail: crate::chain(&e),
+            },
+        },
+    };
+    Ok(write_message(conn, &reply)?)
+}
+
+/// Whether the agent reconnects after the boot connection failed with
+/// `err` while [`open`]ing it (no container exists yet) at `now`, given
+/// the reconnection `deadline`: only when the connection itself broke
+/// (a reset, EOF, an I/O error; what a restored snapshot's vsock
+/// transport reset looks like), not when the host broke the protocol.
+pub fn may_reconnect(err: &ConnError, now: Instant, deadline: Instant) -> bool {
+    let broken = match err {
+        ConnError::HostClosed
+        | ConnError::Read(ReadError::Io(_) | ReadError::Truncated)
+        | ConnError::Write(WriteError::Io(_)) => true,
+        ConnError::Read(ReadError::Decode(_))
+        | ConnError::Write(WriteError::Encode(_))
+        | ConnError::Protocol(_)
+        | ConnError::Poll(_) => false,
+    };
+    broken && now < deadline
 }
 
 /// Validates and assembles the container, answers `Ok`, then serves it
 /// until its init process ends.
-fn create_container<S: System>(
+pub fn create_container<S: System>(
     conn: &mut S::Conn,
     sys: &mut S,
     spec: &ContainerSpec,
@@ -125,5 +195,44 @@ pub fn variant(msg: &Message) -> &'static str {
         Message::Started { .. } => "Started",
         Message::Resize { .. } => "Resize",
         Message::KillInit { .. } => "KillInit",
+        Message::Seed { .. } => "Seed",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+    use std::time::Duration;
+
+    use husk_protocol::DecodeError;
+
+    use super::*;
+
+    #[test]
+    fn only_broken_connections_within_the_window_are_reconnected() {
+        let now = Instant::now();
+        let later = now + Duration::from_secs(60);
+        let reset = || io::Error::from_raw_os_error(libc::ECONNRESET);
+        let broken = [
+            ConnError::HostClosed,
+            ConnError::Read(ReadError::Io(reset())),
+            ConnError::Read(ReadError::Truncated),
+            ConnError::Write(WriteError::Io(reset())),
+        ];
+        for err in &broken {
+            assert!(may_reconnect(err, now, later), "{err:?}");
+            assert!(
+                !may_reconnect(err, later, later),
+                "{err:?} after the window"
+            );
+        }
+        let violations = [
+            ConnError::Read(ReadError::Decode(DecodeError::TooLarge(u32::MAX))),
+            ConnError::Protocol("expected Hello, got Ok".into()),
+            ConnError::Poll(reset()),
+        ];
+        for err in &violations {
+            assert!(!may_reconnect(err, now, later), "{err:?}");
+        }
     }
 }

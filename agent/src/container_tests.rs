@@ -6,7 +6,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -22,7 +22,10 @@ use crate::system::{run_agent, AgentError, SysError, System};
 /// exec connections come from a Unix listener, nothing is mounted, and
 /// only the agent's own children are reaped.
 struct FakeSystem {
-    conn: Option<UnixStream>,
+    /// The boot connections `connect` and `reconnect` hand out, in order.
+    conns: Vec<UnixStream>,
+    /// The seeds applied.
+    seeds: Arc<Mutex<Seeds>>,
     root: PathBuf,
     sock: PathBuf,
     shut_down: Arc<AtomicBool>,
@@ -36,7 +39,29 @@ impl System for FakeSystem {
     }
 
     fn connect(&mut self) -> Result<UnixStream, SysError> {
-        Ok(self.conn.take().expect("connect called once"))
+        if self.conns.is_empty() {
+            let source = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+            return Err(SysError::Connect { port: 1024, source });
+        }
+        Ok(self.conns.remove(0))
+    }
+
+    fn reconnect(&mut self, _deadline: Instant) -> Result<UnixStream, SysError> {
+        self.connect()
+    }
+
+    fn seed(&mut self, entropy: &[u8], unix_time_ns: u64) -> Result<(), SysError> {
+        if entropy.starts_with(b"fail") {
+            return Err(SysError::Seed {
+                what: "adding entropy (RNDADDENTROPY)",
+                source: std::io::Error::from_raw_os_error(libc::EPERM),
+            });
+        }
+        self.seeds
+            .lock()
+            .unwrap()
+            .push((entropy.to_vec(), unix_time_ns));
+        Ok(())
     }
 
     fn create_container(&mut self, spec: &ContainerSpec) -> Result<ContainerRoot, SysError> {
@@ -198,21 +223,41 @@ fn with_raw_host<F>(host: F) -> Result<Outcome, AgentError>
 where
     F: FnOnce(UnixStream, PathBuf, Arc<AtomicBool>) + Send + 'static,
 {
+    with_boot_conns(1, |mut conns, sock, flag| host(conns.remove(0), sock, flag)).0
+}
+
+/// The seeds the fake system applied.
+type Seeds = Vec<(Vec<u8>, u64)>;
+
+/// Runs the agent against `host`, which gets `n` raw boot connections (the
+/// agent's `connect`, then each `reconnect`, takes the next one), the
+/// exec socket path and the teardown flag; also returns the seeds applied.
+fn with_boot_conns<F>(n: usize, host: F) -> (Result<Outcome, AgentError>, Seeds)
+where
+    F: FnOnce(Vec<UnixStream>, PathBuf, Arc<AtomicBool>) + Send + 'static,
+{
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
     std::fs::create_dir_all(root.join("etc")).unwrap();
     std::fs::write(root.join("etc/passwd"), PASSWD).unwrap();
     std::fs::write(root.join("etc/group"), GROUP).unwrap();
     let sock = dir.path().join("exec.sock");
-    let (agent_end, host_end) = UnixStream::pair().unwrap();
-    host_end
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
+    let (mut agent_ends, mut host_ends) = (Vec::new(), Vec::new());
+    for _ in 0..n {
+        let (agent_end, host_end) = UnixStream::pair().unwrap();
+        host_end
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        agent_ends.push(agent_end);
+        host_ends.push(host_end);
+    }
     let shut_down = Arc::new(AtomicBool::new(false));
     let (sock2, flag) = (sock.clone(), shut_down.clone());
-    let t = thread::spawn(move || host(host_end, sock2, flag));
+    let t = thread::spawn(move || host(host_ends, sock2, flag));
+    let seeds = Arc::new(Mutex::new(Vec::new()));
     let mut sys = FakeSystem {
-        conn: Some(agent_end),
+        conns: agent_ends,
+        seeds: seeds.clone(),
         root,
         sock,
         shut_down,
@@ -220,7 +265,8 @@ where
     let outcome = run_agent(&mut sys);
     drop(sys);
     t.join().unwrap();
-    outcome
+    let seeds = std::mem::take(&mut *seeds.lock().unwrap());
+    (outcome, seeds)
 }
 
 fn create(boot: &mut Host) {
@@ -627,4 +673,105 @@ fn host_quirk_variables_reach_every_process() {
         boot.finish();
     });
     assert!(outcome.is_ok());
+}
+
+/// A `Seed` from the host.
+fn seed_msg(entropy: &[u8], unix_time_ns: u64) -> Message {
+    Message::Seed {
+        entropy: entropy.to_vec(),
+        unix_time_ns,
+    }
+}
+
+/// Seeds before `CreateContainer` are applied and answered `Ok`; bad ones
+/// are refused with a typed error and the connection goes on.
+#[test]
+fn seeds_are_applied_checked_and_answered() {
+    let (outcome, seeds) = with_boot_conns(1, |mut conns, _, _| {
+        let mut boot = Host::new(conns.remove(0));
+        boot.send(seed_msg(&[7; 64], 1_700_000_000_000_000_001));
+        assert_eq!(boot.recv(), Message::Ok);
+        for n in [0, 15, 513] {
+            boot.send(seed_msg(&vec![1; n], 5));
+            let detail = boot.expect_error(ErrorCode::BadRequest);
+            assert!(detail.contains(&format!("{n} bytes")), "{detail}");
+        }
+        boot.send(seed_msg(b"fail: not privileged", 5));
+        let detail = boot.expect_error(ErrorCode::Internal);
+        assert!(detail.contains("RNDADDENTROPY"), "{detail}");
+        create(&mut boot);
+        boot.start(exec(&["true"]));
+        assert_eq!(boot.finish().2, Message::Exited { code: 0 });
+    });
+    assert_eq!(
+        outcome.unwrap(),
+        Outcome::Finished(Message::Exited { code: 0 })
+    );
+    assert_eq!(seeds, [(vec![7; 64], 1_700_000_000_000_000_001)]);
+}
+
+/// A boot connection that breaks before `CreateContainer` (EOF after the
+/// handshake, then a reset before it) is reconnected; the handshake and
+/// the seed happen again on the new connection, which becomes the boot
+/// connection.
+#[test]
+fn a_boot_connection_lost_before_create_is_reconnected() {
+    let (outcome, seeds) = with_boot_conns(3, |mut conns, _, _| {
+        let mut first = Host::new(conns.remove(0));
+        first.send(seed_msg(&[1; 16], 1));
+        assert_eq!(first.recv(), Message::Ok);
+        drop(first); // EOF (the template's host end going away)
+                     // Closed with the agent's Hello unread: the agent's read fails
+                     // with ECONNRESET, as after a vsock transport reset.
+        let second = conns.remove(0);
+        let mut byte = [0u8; 1];
+        rustix::net::recv(&second, &mut byte, rustix::net::RecvFlags::PEEK).unwrap();
+        drop(second);
+        let mut third = Host::new(conns.remove(0));
+        third.send(seed_msg(&[3; 32], 3));
+        assert_eq!(third.recv(), Message::Ok);
+        create(&mut third);
+        third.start(exec(&["sh", "-c", "exit 4"]));
+        assert_eq!(third.finish().2, Message::Exited { code: 4 });
+    });
+    assert_eq!(
+        outcome.unwrap(),
+        Outcome::Finished(Message::Exited { code: 4 })
+    );
+    assert_eq!(seeds, [(vec![1; 16], 1), (vec![3; 32], 3)]);
+}
+
+/// Once a container exists, a lost boot connection ends it as before (no
+/// reconnection); before that, a protocol violation is not reconnected
+/// either, and a reconnection that fails ends the agent.
+#[test]
+fn reconnection_only_before_create_and_only_for_broken_connections() {
+    let (outcome, _) = with_boot_conns(2, |mut conns, _, _| {
+        let mut boot = Host::new(conns.remove(0));
+        create(&mut boot);
+        drop(boot);
+        // The agent never opened the spare connection.
+        let mut spare = conns.remove(0);
+        assert!(read_message(&mut spare).unwrap().is_none());
+    });
+    assert!(matches!(
+        outcome,
+        Err(AgentError::Conn(ConnError::HostClosed))
+    ));
+    let (outcome, _) = with_boot_conns(2, |mut conns, _, _| {
+        let mut rude = conns.remove(0);
+        read_message(&mut rude).unwrap();
+        write_message(&mut rude, &Message::Ok).unwrap();
+        let mut spare = conns.remove(0);
+        assert!(read_message(&mut spare).unwrap().is_none());
+    });
+    assert!(matches!(
+        outcome,
+        Err(AgentError::Conn(ConnError::Protocol(_)))
+    ));
+    let (outcome, _) = with_boot_conns(1, |conns, _, _| drop(conns));
+    assert!(matches!(
+        outcome,
+        Err(AgentError::Sys(SysError::Connect { .. }))
+    ));
 }

@@ -104,7 +104,12 @@ pub fn ensure_stdio() {
 /// Connects to the host (CID 2) on `port`, retrying while the host side is
 /// not ready.
 pub fn connect_host(port: u32) -> Result<File, SysError> {
-    let deadline = Instant::now() + CONNECT_TIMEOUT;
+    connect_host_until(port, Instant::now() + CONNECT_TIMEOUT)
+}
+
+/// Connects to the host (CID 2) on `port`, retrying every 100 ms until
+/// `deadline`.
+pub fn connect_host_until(port: u32, deadline: Instant) -> Result<File, SysError> {
     loop {
         match vsock_connect(libc::VMADDR_CID_HOST, port) {
             Ok(f) => return Ok(f),
@@ -164,22 +169,44 @@ fn vsock_addr(cid: u32, port: u32) -> (libc::sockaddr_vm, libc::socklen_t) {
     (addr, len)
 }
 
-/// Finds the virtio-blk disk whose serial is `serial`, e.g. `/dev/vdb`.
+/// Finds the virtio-blk disk whose serial is `serial`, e.g. `/dev/vdb`,
+/// once it has a size: after a restore from a snapshot the disk's
+/// capacity arrives asynchronously (a config-change interrupt), so a disk
+/// of size 0 is waited for like a missing one, within [`DISK_TIMEOUT`].
 pub fn find_disk(serial: &str) -> Result<PathBuf, SysError> {
     let deadline = Instant::now() + DISK_TIMEOUT;
     loop {
-        if let Some(dev) = scan_disks(serial) {
-            return Ok(dev);
+        let scan = scan_disks(Path::new("/sys/block"), serial);
+        if let Scan::Ready(name) = scan {
+            return Ok(PathBuf::from(format!("/dev/{name}")));
         }
         if Instant::now() >= deadline {
-            return Err(SysError::DiskNotFound(serial.to_string()));
+            return Err(match scan {
+                Scan::Empty(_) => SysError::DiskEmpty(serial.to_string()),
+                _ => SysError::DiskNotFound(serial.to_string()),
+            });
         }
         std::thread::sleep(Duration::from_millis(50));
     }
 }
 
-fn scan_disks(serial: &str) -> Option<PathBuf> {
-    let entries = std::fs::read_dir("/sys/block").ok()?;
+/// What a look for a disk found.
+#[derive(Debug, PartialEq, Eq)]
+enum Scan {
+    /// No disk has the serial.
+    Missing,
+    /// This disk (`vdX`) has the serial but a size of 0 (or none readable).
+    Empty(String),
+    /// This disk (`vdX`) has the serial and a size.
+    Ready(String),
+}
+
+/// Looks for the virtio-blk disk with `serial` in `sys_block` (the
+/// `/sys/block` directory: `vdX/serial`, `vdX/size` in 512-byte sectors).
+fn scan_disks(sys_block: &Path, serial: &str) -> Scan {
+    let Ok(entries) = std::fs::read_dir(sys_block) else {
+        return Scan::Missing;
+    };
     for entry in entries.flatten() {
         let name = entry.file_name();
         let name = name.to_string_lossy();
@@ -190,11 +217,20 @@ fn scan_disks(serial: &str) -> Option<PathBuf> {
             continue;
         };
         let found = String::from_utf8_lossy(&found);
-        if found.trim_matches(|c: char| c.is_whitespace() || c == '\0') == serial {
-            return Some(PathBuf::from(format!("/dev/{name}")));
+        if found.trim_matches(|c: char| c.is_whitespace() || c == '\0') != serial {
+            continue;
         }
+        let sectors = std::fs::read_to_string(entry.path().join("size"))
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        return if sectors > 0 {
+            Scan::Ready(name.into_owned())
+        } else {
+            Scan::Empty(name.into_owned())
+        };
     }
-    None
+    Scan::Missing
 }
 
 /// Unmounts `target`, lazily if it is busy.
@@ -233,5 +269,39 @@ pub fn power_off() -> ! {
     // which would panic the kernel.
     loop {
         std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn disk(sys_block: &Path, name: &str, serial: &str, size: Option<&str>) {
+        let dir = sys_block.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("serial"), serial).unwrap();
+        if let Some(size) = size {
+            std::fs::write(dir.join("size"), size).unwrap();
+        }
+    }
+
+    #[test]
+    fn disks_are_found_by_serial_once_they_have_a_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let sys = dir.path();
+        disk(sys, "vda", "husk-agent", Some("2048\n"));
+        disk(sys, "vdb", "rw\0\0", Some("0\n"));
+        disk(sys, "vdc", "layer0\n", Some("16384\n"));
+        disk(sys, "vdd", "vol0", None);
+        disk(sys, "sda", "layer1", Some("8\n"));
+        assert_eq!(scan_disks(sys, "layer0"), Scan::Ready("vdc".into()));
+        assert_eq!(scan_disks(sys, "rw"), Scan::Empty("vdb".into()));
+        assert_eq!(scan_disks(sys, "vol0"), Scan::Empty("vdd".into()));
+        assert_eq!(scan_disks(sys, "layer1"), Scan::Missing, "not virtio-blk");
+        assert_eq!(scan_disks(sys, "nope"), Scan::Missing);
+        assert_eq!(scan_disks(&sys.join("absent"), "rw"), Scan::Missing);
+        // The capacity update arrives: the same disk is now ready.
+        std::fs::write(sys.join("vdb/size"), "16777216\n").unwrap();
+        assert_eq!(scan_disks(sys, "rw"), Scan::Ready("vdb".into()));
     }
 }

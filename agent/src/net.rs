@@ -3,8 +3,10 @@
 //! ioctls on an AF_INET socket, no netlink and no tools in the guest.
 //!
 //! The interface is found by its MAC address (names depend on probe
-//! order). Loopback comes up in every case; the kernel gives it 127.0.0.1
-//! and ::1 itself.
+//! order); when none has it, the only Ethernet interface is taken and gets
+//! that address before it comes up (a VM restored from a snapshot still
+//! has the snapshot's). Loopback comes up in every case; the kernel gives
+//! it 127.0.0.1 and ::1 itself.
 
 use std::ffi::CStr;
 use std::io;
@@ -114,9 +116,12 @@ pub fn configure(spec: Option<&NetworkSpec>) -> Result<(), NetError> {
         return Ok(());
     };
     let mac_str = spec.map(|s| s.mac.clone()).unwrap_or_default();
-    let iface = sock
-        .find_by_mac(&plan.mac)?
-        .ok_or(NetError::NoInterface(mac_str))?;
+    let links = sock.links();
+    let (iface, change_mac) = choose(&links, &plan.mac).ok_or(NetError::NoInterface(mac_str))?;
+    let iface = iface.to_string();
+    if change_mac {
+        sock.set_mac(&iface, &plan.mac)?;
+    }
     sock.set_mtu(&iface, plan.mtu)?;
     if let Some((ip, mask, _)) = plan.ipv4 {
         sock.set_addr(&iface, libc::SIOCSIFADDR, "SIOCSIFADDR", ip)?;
@@ -127,6 +132,33 @@ pub fn configure(spec: Option<&NetworkSpec>) -> Result<(), NetError> {
         sock.add_default_route(&iface, gw)?;
     }
     Ok(())
+}
+
+/// A network interface as `SIOCGIFHWADDR` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Link {
+    /// The interface name.
+    name: String,
+    /// The hardware type (`ARPHRD_*`).
+    hw_type: u16,
+    /// The hardware address's first six bytes.
+    mac: [u8; 6],
+}
+
+/// The interface the spec's `mac` names, and whether its address must be
+/// changed to `mac`: the interface that has it, otherwise the only
+/// Ethernet interface (a VM restored from a snapshot still carries the
+/// snapshot's MAC address and gets its own here). `None` when neither
+/// exists.
+fn choose<'a>(links: &'a [Link], mac: &[u8; 6]) -> Option<(&'a str, bool)> {
+    if let Some(link) = links.iter().find(|l| &l.mac == mac) {
+        return Some((&link.name, false));
+    }
+    let mut ether = links.iter().filter(|l| l.hw_type == libc::ARPHRD_ETHER);
+    match (ether.next(), ether.next()) {
+        (Some(link), None) => Some((&link.name, true)),
+        _ => None,
+    }
 }
 
 /// `struct ifreq`: a name and a 24-byte union.
@@ -236,19 +268,33 @@ impl Socket {
         self.ioctl(iface, req, op, &mut ifr)
     }
 
-    fn mac_of(&self, iface: &str) -> Option<[u8; 6]> {
+    /// The interface's hardware type and address.
+    fn link(&self, iface: &str) -> Option<Link> {
         let mut ifr = IfReq::new(iface);
         self.ioctl(iface, libc::SIOCGIFHWADDR, "SIOCGIFHWADDR", &mut ifr)
             .ok()?;
-        // struct sockaddr: family (2 bytes), then the address bytes.
-        ifr.data[2..8].try_into().ok()
+        // struct sockaddr: family (the ARPHRD_ type), then the address.
+        Some(Link {
+            name: iface.to_string(),
+            hw_type: u16::from_ne_bytes([ifr.data[0], ifr.data[1]]),
+            mac: ifr.data[2..8].try_into().ok()?,
+        })
     }
 
-    /// The name of the interface with MAC `mac`.
-    fn find_by_mac(&self, mac: &[u8; 6]) -> Result<Option<String>, NetError> {
-        Ok(interface_names()
-            .into_iter()
-            .find(|name| self.mac_of(name).as_ref() == Some(mac)))
+    /// Every interface with its hardware type and address.
+    fn links(&self) -> Vec<Link> {
+        interface_names()
+            .iter()
+            .filter_map(|name| self.link(name))
+            .collect()
+    }
+
+    /// Sets an Ethernet interface's MAC address (while it is down).
+    fn set_mac(&self, iface: &str, mac: &[u8; 6]) -> Result<(), NetError> {
+        let mut ifr = IfReq::new(iface);
+        ifr.data[0..2].copy_from_slice(&libc::ARPHRD_ETHER.to_ne_bytes());
+        ifr.data[2..8].copy_from_slice(mac);
+        self.ioctl(iface, libc::SIOCSIFHWADDR, "SIOCSIFHWADDR", &mut ifr)
     }
 
     fn add_default_route(&self, iface: &str, gw: Ipv4Addr) -> Result<(), NetError> {
@@ -362,6 +408,37 @@ mod tests {
     }
 
     #[test]
+    fn the_interface_is_found_by_mac_or_is_the_only_ethernet_one() {
+        let link = |name: &str, hw_type: u16, last: u8| Link {
+            name: name.into(),
+            hw_type,
+            mac: [2, 0, 0, 0, 0, last],
+        };
+        let lo = Link {
+            name: "lo".into(),
+            hw_type: libc::ARPHRD_LOOPBACK,
+            mac: [0; 6],
+        };
+        let wanted = [2, 0, 0, 0, 0, 9];
+        let has_it = [lo.clone(), link("eth0", libc::ARPHRD_ETHER, 9)];
+        assert_eq!(choose(&has_it, &wanted), Some(("eth0", false)));
+        // Restored from a snapshot: eth0 has the template's address.
+        let template = [lo.clone(), link("eth0", libc::ARPHRD_ETHER, 1)];
+        assert_eq!(choose(&template, &wanted), Some(("eth0", true)));
+        let two = [
+            lo.clone(),
+            link("eth0", libc::ARPHRD_ETHER, 1),
+            link("eth1", libc::ARPHRD_ETHER, 2),
+        ];
+        assert_eq!(choose(&two, &wanted), None, "ambiguous");
+        let two_one_right = [two[1].clone(), link("eth1", libc::ARPHRD_ETHER, 9)];
+        assert_eq!(choose(&two_one_right, &wanted), Some(("eth1", false)));
+        assert_eq!(choose(&[lo], &wanted), None, "loopback only");
+        let sit = [link("sit0", libc::ARPHRD_SIT, 1)];
+        assert_eq!(choose(&sit, &wanted), None, "not Ethernet");
+    }
+
+    #[test]
     fn layouts() {
         assert_eq!(std::mem::size_of::<IfReq>(), 40);
         assert_eq!(std::mem::size_of::<RtEntry>(), 120);
@@ -416,7 +493,7 @@ mod tests {
             let rc = unsafe { libc::ioctl(tun.as_raw_fd(), 0x4004_54ca, &mut ifr) };
             assert_eq!(rc, 0, "{}", io::Error::last_os_error());
             let sock = Socket::new().unwrap();
-            let mac = sock.mac_of("hsktest").unwrap();
+            let mac = sock.link("hsktest").unwrap().mac;
             let mut s = spec("10.0.2.15/24", "10.0.2.2", 9000);
             s.mac = mac
                 .iter()
@@ -442,6 +519,14 @@ mod tests {
             );
             // Again (an agent restart): still fine.
             configure(Some(&s)).unwrap();
+            // Another MAC (a clone restored from a snapshot): the only
+            // Ethernet interface takes it.
+            s.mac = "02:aa:bb:cc:dd:ee".into();
+            configure(Some(&s)).unwrap();
+            assert_eq!(
+                sock.link("hsktest").unwrap().mac,
+                [2, 0xaa, 0xbb, 0xcc, 0xdd, 0xee]
+            );
         })
         .join()
         .unwrap();

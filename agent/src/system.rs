@@ -6,10 +6,11 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use husk_protocol::{ContainerSpec, ErrorCode};
 
-use crate::boot::{self, ConnError, Outcome};
+use crate::boot::{self, ConnError, Opening, Outcome};
 use crate::container::ContainerRoot;
 use crate::log;
 
@@ -59,13 +60,26 @@ pub enum SysError {
     /// Configuring the network failed.
     #[error("configuring the network: {0}")]
     Network(String),
+    /// A disk with the requested serial is there but has no capacity (yet).
+    #[error("the disk with serial {0:?} is empty (size 0)")]
+    DiskEmpty(String),
+    /// Applying the host's `Seed` failed.
+    #[error("{what}")]
+    Seed {
+        /// What was being done.
+        what: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
 }
 
 impl SysError {
     /// The protocol error code reported for this failure.
     pub fn code(&self) -> ErrorCode {
         match self {
-            SysError::Mount { .. } | SysError::DiskNotFound(_) => ErrorCode::MountFailed,
+            SysError::Mount { .. } | SysError::DiskNotFound(_) | SysError::DiskEmpty(_) => {
+                ErrorCode::MountFailed
+            }
             SysError::Invalid(_) => ErrorCode::BadRequest,
             _ => ErrorCode::Internal,
         }
@@ -81,6 +95,13 @@ pub trait System {
     fn mount_early(&mut self) -> Result<(), SysError>;
     /// Connects to the host.
     fn connect(&mut self) -> Result<Self::Conn, SysError>;
+    /// Connects to the host again after the boot connection failed (a
+    /// restored snapshot's vsock transport was reset): a short pause, then
+    /// attempts until `deadline`.
+    fn reconnect(&mut self, deadline: Instant) -> Result<Self::Conn, SysError>;
+    /// Applies the host's `Seed` (entropy credited to the kernel's pool,
+    /// the wall clock); `entropy` has been checked.
+    fn seed(&mut self, entropy: &[u8], unix_time_ns: u64) -> Result<(), SysError>;
     /// Assembles a container's root filesystem and environment.
     fn create_container(&mut self, spec: &ContainerSpec) -> Result<ContainerRoot, SysError>;
     /// Opens the non-blocking listener for exec connections.
@@ -107,10 +128,19 @@ pub enum AgentError {
     Conn(#[from] ConnError),
 }
 
+/// How long the agent keeps reconnecting after its boot connection broke
+/// before a container was created (from the first failure on).
+pub const RECONNECT_WINDOW: Duration = Duration::from_secs(60);
+
+/// The pause before each reconnection.
+const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
+
 /// The agent's whole life: set up, connect, serve the container, tear down.
-/// The connection is closed only after teardown (disks synced and
-/// unmounted), which tells the host it may stop the VM. The caller powers
-/// off afterwards in every case.
+/// A boot connection that breaks before `CreateContainer` (a restored
+/// snapshot's vsock transport reset) is reconnected and opened again, for
+/// [`RECONNECT_WINDOW`] at most. The connection is closed only after
+/// teardown (disks synced and unmounted), which tells the host it may stop
+/// the VM. The caller powers off afterwards in every case.
 pub fn run_agent<S: System>(sys: &mut S) -> Result<Outcome, AgentError> {
     sys.mount_early()?;
     let mut conn = match sys.connect() {
@@ -120,10 +150,31 @@ pub fn run_agent<S: System>(sys: &mut S) -> Result<Outcome, AgentError> {
             return Err(e.into());
         }
     };
-    let result = boot::serve(&mut conn, sys);
+    let mut window = None;
+    let result = loop {
+        let err = match boot::open(&mut conn, sys) {
+            Ok(Opening::Create(spec)) => {
+                break boot::create_container(&mut conn, sys, &spec).map_err(AgentError::from)
+            }
+            Ok(Opening::Refused(code)) => break Ok(Outcome::Refused(code)),
+            Err(e) => e,
+        };
+        let deadline = *window.get_or_insert_with(|| Instant::now() + RECONNECT_WINDOW);
+        if !boot::may_reconnect(&err, Instant::now(), deadline) {
+            break Err(err.into());
+        }
+        log::info(&format!(
+            "boot connection lost before a container was created ({}); reconnecting",
+            crate::chain(&err)
+        ));
+        match sys.reconnect(deadline) {
+            Ok(c) => conn = c,
+            Err(e) => break Err(e.into()),
+        }
+    };
     sys.shutdown();
     drop(conn);
-    Ok(result?)
+    result
 }
 
 /// The real guest: PID 1 on the agent disk.
@@ -149,6 +200,15 @@ impl System for GuestSystem {
 
     fn connect(&mut self) -> Result<File, SysError> {
         crate::guest::connect_host(husk_protocol::AGENT_PORT)
+    }
+
+    fn reconnect(&mut self, deadline: Instant) -> Result<File, SysError> {
+        std::thread::sleep(RECONNECT_PAUSE);
+        crate::guest::connect_host_until(husk_protocol::AGENT_PORT, deadline)
+    }
+
+    fn seed(&mut self, entropy: &[u8], unix_time_ns: u64) -> Result<(), SysError> {
+        crate::seed::apply(entropy, unix_time_ns)
     }
 
     fn create_container(&mut self, spec: &ContainerSpec) -> Result<ContainerRoot, SysError> {

@@ -38,6 +38,10 @@ fn samples() -> Vec<Message> {
             code: ErrorCode::NotFound,
             detail: "no such file".into(),
         },
+        Message::Seed {
+            entropy: (0..64).collect(),
+            unix_time_ns: 1_700_000_000_123_456_789,
+        },
     ]
 }
 

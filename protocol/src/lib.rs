@@ -27,7 +27,13 @@ pub use message::{
 };
 
 /// The protocol version this build speaks; sent in [`Message::Hello`].
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
+
+/// The fewest entropy bytes a [`Message::Seed`] may carry.
+pub const SEED_MIN_ENTROPY: usize = 16;
+
+/// The most entropy bytes a [`Message::Seed`] may carry.
+pub const SEED_MAX_ENTROPY: usize = 512;
 
 /// The vsock port the agent connects to on the host (CID 2) at boot.
 pub const AGENT_PORT: u32 = 1024;

@@ -42,7 +42,8 @@ pub enum Message {
     /// container's root filesystem and environment. The agent answers
     /// [`Message::Ok`] or [`Message::Error`].
     CreateContainer(ContainerSpec),
-    /// Agent -> host: the request succeeded (`CreateContainer`, `KillInit`).
+    /// Agent -> host: the request succeeded (`CreateContainer`, `KillInit`,
+    /// `Seed`).
     Ok,
     /// Host -> agent: start a process inside the container. On the boot
     /// connection (after `CreateContainer`) this is the container's init
@@ -71,6 +72,22 @@ pub enum Message {
     KillInit {
         /// The signal number (1-64).
         signal: i32,
+    },
+    /// Host -> agent, on the boot connection right after `Hello`, on every
+    /// start (cold boot and restore from a snapshot alike): fresh entropy
+    /// and the wall-clock time, which is what makes VMs restored from one
+    /// snapshot differ. The agent adds `entropy` to the kernel's random
+    /// pool, credited (between [`SEED_MIN_ENTROPY`] and
+    /// [`SEED_MAX_ENTROPY`] bytes, otherwise `Error{BadRequest}`), sets
+    /// the clock and answers [`Message::Ok`].
+    ///
+    /// [`SEED_MIN_ENTROPY`]: crate::SEED_MIN_ENTROPY
+    /// [`SEED_MAX_ENTROPY`]: crate::SEED_MAX_ENTROPY
+    Seed {
+        /// Random bytes from the host's `getrandom`.
+        entropy: Vec<u8>,
+        /// The host's wall-clock time, nanoseconds since the Unix epoch.
+        unix_time_ns: u64,
     },
 }
 

@@ -14,7 +14,7 @@ use std::io::{self, Read};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use husk_protocol::{
     write_message, ContainerSpec, ErrorCode, ExecRequest, FrameDecoder, Message, MAX_CHUNK,
@@ -27,6 +27,12 @@ use crate::wait::{Wake, Watch};
 
 /// How long a write to the agent may block.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How many random bytes [`AgentConnection::seed`] sends.
+pub const SEED_BYTES: usize = 64;
+
+/// How long [`AgentConnection::seed`] waits for the agent's answer.
+const SEED_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Errors talking to the agent.
 #[derive(Debug, thiserror::Error)]
@@ -294,6 +300,26 @@ impl AgentConnection {
         }
     }
 
+    /// `Seed` on the boot connection, right after the handshake, on every
+    /// start (cold or restored from a snapshot): [`SEED_BYTES`] bytes from
+    /// the host's `getrandom` and the host's wall-clock time, which the
+    /// agent credits to the guest kernel's random pool and sets as the
+    /// guest's clock; answered `Ok` (or the agent's refusal), within a
+    /// few seconds.
+    pub fn seed(&mut self) -> Result<(), AgentError> {
+        let entropy = host_entropy()?;
+        let unix_time_ns = host_time_ns()?;
+        self.send(&Message::Seed {
+            entropy,
+            unix_time_ns,
+        })?;
+        match self.next(&Watch::none(), Some(Instant::now() + SEED_TIMEOUT))? {
+            Message::Ok => Ok(()),
+            Message::Error { code, detail } => Err(AgentError::Refused { code, detail }),
+            other => Err(AgentError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
     /// `Exec(request)`, answered `Started` with the guest pid (or the
     /// agent's refusal: the process did not start).
     pub fn start(
@@ -346,6 +372,29 @@ impl AgentConnection {
     pub fn into_stream(self) -> UnixStream {
         self.stream
     }
+}
+
+/// [`SEED_BYTES`] bytes from the host's `getrandom`.
+fn host_entropy() -> Result<Vec<u8>, AgentError> {
+    let mut buf = vec![0u8; SEED_BYTES];
+    let mut filled = 0;
+    while filled < buf.len() {
+        match rustix::rand::getrandom(&mut buf[filled..], rustix::rand::GetRandomFlags::empty()) {
+            Ok(n) => filled += n,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(AgentError::io("drawing random bytes (getrandom)")(e.into())),
+        }
+    }
+    Ok(buf)
+}
+
+/// The host's wall-clock time in nanoseconds since the Unix epoch.
+fn host_time_ns() -> Result<u64, AgentError> {
+    let bad = |what: String| AgentError::io("reading the host's clock")(io::Error::other(what));
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_err(|e| bad(e.to_string()))?;
+    u64::try_from(since.as_nanos()).map_err(|_| bad(format!("{since:?} since 1970")))
 }
 
 /// A process event from a message; anything else is unexpected (an

@@ -268,3 +268,64 @@ fn exec_connections_go_through_the_vmm_socket() {
     assert_eq!(line, "CONNECT 1025\n");
     assert_eq!(kill, Some(Message::KillInit { signal: 15 }));
 }
+
+/// What a fake agent that answers a `Seed` with `reply` received.
+fn seed_against(reply: Message) -> (Result<(), AgentError>, Message) {
+    let (mut conn, agent) = with_agent(move |mut c| {
+        send(&mut c, hello());
+        assert_eq!(read_message(&mut c).unwrap(), Some(hello()));
+        let seed = read_message(&mut c).unwrap().unwrap();
+        send(&mut c, reply);
+        seed
+    });
+    let result = conn.seed();
+    (result, agent.join().unwrap())
+}
+
+#[test]
+fn seeds_carry_fresh_entropy_and_the_wall_clock() {
+    let now = || {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64
+    };
+    let before = now();
+    let (result, first) = seed_against(Message::Ok);
+    let after = now();
+    result.unwrap();
+    let (result, second) = seed_against(Message::Ok);
+    result.unwrap();
+    let (
+        Message::Seed {
+            entropy: a,
+            unix_time_ns,
+        },
+        Message::Seed { entropy: b, .. },
+    ) = (first, second)
+    else {
+        panic!("expected two seeds");
+    };
+    assert_eq!(a.len(), SEED_BYTES);
+    assert_eq!(b.len(), SEED_BYTES);
+    assert_ne!(a, b, "fresh bytes every time");
+    assert!((before..=after).contains(&unix_time_ns));
+}
+
+#[test]
+fn seed_refusals_and_odd_answers_are_errors() {
+    let detail = "Seed carries 3 bytes".to_string();
+    let (result, _) = seed_against(Message::Error {
+        code: ErrorCode::BadRequest,
+        detail,
+    });
+    match result {
+        Err(AgentError::Refused {
+            code: ErrorCode::BadRequest,
+            detail,
+        }) => assert!(detail.contains("3 bytes")),
+        other => panic!("{:?}", other.map_err(|e| e.to_string())),
+    }
+    let (result, _) = seed_against(Message::Started { pid: 1 });
+    assert!(matches!(result, Err(AgentError::Unexpected(_))));
+}
