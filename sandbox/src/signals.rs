@@ -338,4 +338,4 @@ mod tests {
         assert_eq!(ready, vec![0]);
         assert_eq!(signals.received(), Some(libc::SIGUSR2));
     }
-}}
+}
