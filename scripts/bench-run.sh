@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Container benchmark (docs, not a timed test): `husk run --rm IMAGE true`
-# next to `crun run` (Debian's crun) of the same busybox root filesystem,
-# alternately in the same run.
+# warm (restored from a template, the default) and cold (`--cold`) next to
+# `crun run` (Debian's crun) of the same busybox root filesystem,
+# alternately in the same run; host memory of MEM_CONTAINERS idle
+# containers warm and cold; `husk build` of a 3-RUN Dockerfile warm and
+# cold.
 #
 # Measures, per runtime:
 #   wall:   `husk run --rm bb:bench true` (create + VM boot + agent +
@@ -23,6 +26,7 @@
 # Environment:
 #   RUNS=5            measured runs per runtime
 #   SETTLE=5          seconds a long-running container runs before sampling
+#   MEM_CONTAINERS=10 idle containers whose memory is summed (warm, cold)
 #   BENCH_DOCS=1      0: leave docs/BENCHMARKS.md alone
 #   HUSK_BIN, HUSK_AGENT, HUSK_KERNEL: use these instead of building them
 #   CARGO_TARGET_DIR  where to build husk and the agent
@@ -58,7 +62,7 @@ export HUSK_BIN HUSK_AGENT
 
 WORK=$(mktemp -d /var/tmp/husk-bench-run.XXXXXX)
 export WORK REPO RUNS
-export SETTLE=${SETTLE:-5} BENCH_DOCS=${BENCH_DOCS:-1}
+export SETTLE=${SETTLE:-5} BENCH_DOCS=${BENCH_DOCS:-1} MEM_CONTAINERS=${MEM_CONTAINERS:-10}
 export HUSK_ROOT=$WORK/store HUSK_RUN_DIR=$WORK/run
 cleanup() {
     "$HUSK_BIN" rm -f bench-long >/dev/null 2>&1 || true
@@ -90,6 +94,7 @@ import datetime, hashlib, io, json, os, platform, statistics, subprocess, sys, t
 
 E = os.environ
 WORK, REPO, RUNS, SETTLE = E["WORK"], E["REPO"], int(E["RUNS"]), float(E["SETTLE"])
+MEM_CONTAINERS = int(E["MEM_CONTAINERS"])
 HUSK = E["HUSK_BIN"]
 BUNDLE = f"{WORK}/bundle"
 CRUN_ROOT = f"{WORK}/crun"
@@ -169,8 +174,20 @@ def timed(argv):
     return dt
 
 
-def run_husk():
-    return timed([HUSK, "run", "--rm", "bb:bench", "true"])
+def cold_flag(cold):
+    return ["--cold"] if cold else []
+
+
+def run_husk(cold=False):
+    return timed([HUSK, "run", "--rm", *cold_flag(cold), "bb:bench", "true"])
+
+
+def build_husk(cold):
+    ctx = f"{WORK}/ctx"
+    os.makedirs(ctx, exist_ok=True)
+    with open(f"{ctx}/Dockerfile", "w") as f:
+        f.write("FROM bb:bench\nRUN echo one > /one\nRUN echo two > /two\nRUN cat /one /two > /three\n")
+    return timed([HUSK, "build", "--no-cache", *cold_flag(cold), "-t", "bb:built", ctx])
 
 
 def run_crun(i):
@@ -188,13 +205,20 @@ def rollup(pid):
     return rss, pss
 
 
-def husk_memory():
-    sh([HUSK, "run", "-d", "--name", "bench-long", "bb:bench", "sleep", "1000"])
+def husk_memory(n=1, cold=False):
+    """RSS and PSS summed over the monitors of `n` idle containers."""
+    names = [f"bench-long-{i}" for i in range(n)]
+    for name in names:
+        sh([HUSK, "run", "-d", *cold_flag(cold), "--name", name, "bb:bench", "sleep", "1000"])
     time.sleep(SETTLE)
-    pid = int(sh([HUSK, "inspect", "-f", "{{.State.MonitorPid}}", "bench-long"]).strip())
-    mem = rollup(pid)
-    sh([HUSK, "rm", "-f", "bench-long"])
-    return mem
+    total = [0, 0]
+    for name in names:
+        pid = int(sh([HUSK, "inspect", "-f", "{{.State.MonitorPid}}", name]).strip())
+        rss, pss = rollup(pid)
+        total[0] += rss
+        total[1] += pss
+    sh([HUSK, "rm", "-f", *names])
+    return tuple(total)
 
 
 def crun_memory():
@@ -223,17 +247,27 @@ def med(values):
 def main():
     load_image()
     crun_config(["true"])
-    log("warm-up runs")
+    log("warm-up runs (the first warm run builds the template)")
     run_husk()
+    run_husk(cold=True)
     run_crun("warm")
-    times = {"husk": [], "crun": []}
+    kinds = ["husk", "husk-cold", "crun"]
+    times = {k: [] for k in kinds}
     for i in range(RUNS):
-        for kind in (["husk", "crun"] if i % 2 == 0 else ["crun", "husk"]):
-            dt = run_husk() if kind == "husk" else run_crun(i)
+        for kind in (kinds if i % 2 == 0 else kinds[::-1]):
+            if kind == "crun":
+                dt = run_crun(i)
+            else:
+                dt = run_husk(cold=kind == "husk-cold")
             times[kind].append(dt)
             log(f"run {i + 1}/{RUNS} {kind}: {dt:.2f} s")
     log("memory of one long-running container each")
     hm, cm = husk_memory(), crun_memory()
+    log(f"memory of {MEM_CONTAINERS} idle containers, warm then cold")
+    many = {cold: husk_memory(MEM_CONTAINERS, cold) for cold in (False, True)}
+    log("husk build of 3 RUN steps, warm then cold")
+    build_husk(False)  # the build VMs' template (512 MiB) is made here
+    builds = {cold: build_husk(cold) for cold in (False, True)}
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
     pvm = os.path.exists("/sys/module/kvm_pvm")
     crun_v = sh(["crun", "--version"]).splitlines()[0]
@@ -244,10 +278,25 @@ def main():
             f"Host: {'PVM-based nested KVM (guest kernel code is emulated: boots take seconds, not milliseconds)' if pvm else 'hardware KVM'}; "
             f"{cpu}, {os.cpu_count()} CPUs; host kernel {platform.release()}; "
             f"load average {open('/proc/loadavg').read().split()[0]} at the end.\n")
+    cold_s, warm_s = statistics.median(times["husk-cold"]), statistics.median(times["husk"])
     rows = ["| runtime | `run --rm IMAGE true` wall (s) | host memory per container: RSS (MiB) | PSS (MiB) |",
             "|---|---|---|---|",
-            f"| husk (microVM) | {med(times['husk'])} | {mib(hm[0])} | {mib(hm[1])} |",
-            f"| crun (namespaces) | {med(times['crun'])} | {mib(cm[0])} | {mib(cm[1])} |"]
+            f"| husk, warm (restored from a template) | {med(times['husk'])} | {mib(hm[0])} | {mib(hm[1])} |",
+            f"| husk, cold (`--cold`) | {med(times['husk-cold'])} | | |",
+            f"| crun (namespaces) | {med(times['crun'])} | {mib(cm[0])} | {mib(cm[1])} |",
+            "",
+            f"Warm vs cold `run --rm`: {cold_s / warm_s:.1f}x faster.",
+            "",
+            f"| {MEM_CONTAINERS} idle containers (`sleep 1000`) | RSS total (MiB) | PSS total (MiB) | PSS per container (MiB) |",
+            "|---|---|---|---|"]
+    for cold in (False, True):
+        rss, pss = many[cold]
+        rows.append(f"| husk, {'cold' if cold else 'warm'} | {mib(rss)} | {mib(pss)} | {mib(pss / MEM_CONTAINERS)} |")
+    rows += ["",
+             "| `husk build --no-cache` of a 3-RUN Dockerfile | wall (s) |",
+             "|---|---|",
+             f"| warm | {builds[False]:.2f} |",
+             f"| cold (`--cold`) | {builds[True]:.2f} |"]
     table = head + "\n" + "\n".join(rows) + "\n"
     print(table)
     if E["BENCH_DOCS"] == "1":
