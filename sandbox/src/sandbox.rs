@@ -78,12 +78,12 @@ impl SandboxConfig {
     /// The VMM's configuration.
     pub fn vm_config(&self) -> vmm::VmConfig {
         let mut disks = vec![vmm::DiskConfig {
-            path: self.agent_disk.clone(),
+            path: Some(self.agent_disk.clone()),
             read_only: true,
             serial: AGENT_SERIAL.into(),
         }];
         disks.extend(self.disks.iter().map(|d| vmm::DiskConfig {
-            path: d.path.clone(),
+            path: Some(d.path.clone()),
             read_only: d.read_only,
             serial: d.role.serial(),
         }));

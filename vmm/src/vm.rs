@@ -147,11 +147,7 @@ impl Vm {
         let mut subscribers = Vec::new();
         let mut slots = Vec::new();
         for (index, disk) in config.disks.iter().enumerate() {
-            let block = Block::new(BlockConfig {
-                path: disk.path.clone(),
-                read_only: disk.read_only,
-                serial: disk.serial.clone(),
-            })?;
+            let block = Block::new(BlockConfig::from(disk))?;
             subscribers.push(setup::attach_virtio(&vm, &mut mmio, &mem, index, block)?);
             slots.push(setup::virtio_slot(index));
         }

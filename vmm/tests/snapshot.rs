@@ -236,7 +236,7 @@ fn snapshots_are_refused_clearly() {
     std::fs::write(&disk, vec![0u8; 4096]).unwrap();
     let mut config = boot_config(kernel, dir.path(), dir.path().join("c.log"));
     config.disks.push(DiskConfig {
-        path: disk,
+        path: Some(disk),
         read_only: true,
         serial: "d".into(),
     });

@@ -34,6 +34,7 @@ pub mod block;
 pub mod common;
 pub mod mmio;
 pub mod net;
+pub mod persist;
 pub mod queue_loop;
 pub mod vsock;
 
@@ -84,6 +85,13 @@ impl VirtioInterrupt {
     /// The current interrupt status (the `InterruptStatus` register).
     pub fn status(&self) -> u32 {
         self.status.load(Ordering::SeqCst)
+    }
+
+    /// Sets the interrupt status without raising the interrupt (snapshot
+    /// restore: whether it was delivered is in the saved interrupt
+    /// controller state).
+    pub fn restore_status(&self, bits: u32) {
+        self.status.store(bits, Ordering::SeqCst);
     }
 
     /// Clears `bits` (the guest's `InterruptACK` write).
