@@ -34,7 +34,9 @@ pub struct BlockConfig {
 
 /// Opens the backing `config` names (or none, for an empty slot) and
 /// returns it with its size in bytes.
-pub(super) fn open_backing(config: &BlockConfig) -> Result<(Box<dyn DiskBackend>, u64), BlockError> {
+pub(super) fn open_backing(
+    config: &BlockConfig,
+) -> Result<(Box<dyn DiskBackend>, u64), BlockError> {
     let Some(path) = &config.path else {
         return Ok((Box::new(EmptySlot), 0));
     };
@@ -166,7 +168,11 @@ impl Block {
 
     /// The GET_ID serial.
     pub fn serial(&self) -> String {
-        let end = self.serial.iter().position(|&b| b == 0).unwrap_or(SERIAL_LEN);
+        let end = self
+            .serial
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(SERIAL_LEN);
         String::from_utf8_lossy(&self.serial[..end]).into_owned()
     }
 

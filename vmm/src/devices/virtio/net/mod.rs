@@ -26,8 +26,8 @@ use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 
 pub use backend::{Backend, StreamBackend, TapBackend, MAX_FRAME_LEN, MIN_FRAME_LEN};
-pub use persist::NetState;
 pub use device::{format_mac, Net, NetDeviceConfig, NetError, Stats, MIN_MTU, NET_DEVICE_ID};
+pub use persist::NetState;
 
 use crate::config::{NetBackend, NetConfig};
 
