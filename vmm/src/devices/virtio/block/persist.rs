@@ -41,3 +41,7 @@ impl From<&DiskConfig> for BlockConfig {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "persist_tests.rs"]
+mod tests;
