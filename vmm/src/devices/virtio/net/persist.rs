@@ -25,3 +25,33 @@ impl Net {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::net::UnixStream;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::devices::virtio::net::{NetDeviceConfig, StreamBackend};
+    use crate::devices::virtio::VirtioDevice;
+
+    #[test]
+    fn state_round_trips_and_the_mac_is_in_the_config_space() {
+        let (ours, _peer) = UnixStream::pair().unwrap();
+        let backend = StreamBackend::new(Arc::new(ours)).unwrap();
+        let mac = [0x52, 0x54, 0, 1, 2, 3];
+        let config = NetDeviceConfig {
+            mac,
+            mtu: 65520,
+            trusted_checksums: true,
+        };
+        let net = Net::new(config, Box::new(backend)).unwrap();
+        let state = net.save_state();
+        assert_eq!(state, NetState { mac, mtu: 65520 });
+        let bytes = postcard::to_stdvec(&state).unwrap();
+        assert_eq!(postcard::from_bytes::<NetState>(&bytes).unwrap(), state);
+        let mut cfg = [0u8; 6];
+        net.read_config(0, &mut cfg);
+        assert_eq!(cfg, mac);
+    }
+}

@@ -22,3 +22,7 @@ impl Vsock {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "persist_tests.rs"]
+mod tests;
