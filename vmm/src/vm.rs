@@ -16,9 +16,6 @@ use crate::arch::x86_64::regs::write_boot_tables;
 use crate::bus::Bus;
 use crate::cmdline::{build_cmdline, CmdlineError};
 use crate::config::{ConfigError, VmConfig};
-use crate::devices::virtio::block::BlockError;
-use crate::devices::virtio::net::NetError;
-use crate::devices::virtio::vsock::VsockError;
 use crate::exit::{ExitReason, ExitSignal};
 use crate::host::HostKind;
 use crate::memory::{self, MemoryError};
@@ -32,7 +29,7 @@ pub enum VmError {
     /// Invalid configuration.
     #[error(transparent)]
     Config(#[from] ConfigError),
-    /// KVM, VM creation or device wiring.
+    /// KVM, VM creation, device creation (disks, vsock, net) or wiring.
     #[error(transparent)]
     Setup(#[from] SetupError),
     /// Guest memory.
@@ -50,15 +47,6 @@ pub enum VmError {
     /// vCPU setup or a vCPU that stopped the VM.
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
-    /// A disk.
-    #[error(transparent)]
-    Block(#[from] BlockError),
-    /// The vsock device.
-    #[error(transparent)]
-    Vsock(#[from] VsockError),
-    /// The network device.
-    #[error(transparent)]
-    Net(#[from] NetError),
     /// The event loop failed.
     #[error("event loop failure")]
     EventLoop(#[source] event_manager::Error),

@@ -12,7 +12,7 @@ use kvm_ioctls::VmFd;
 
 use super::{RestoreConfig, SnapshotError};
 use crate::bus::Bus;
-use crate::config::DiskConfig;
+use crate::config::{DiskConfig, MAX_VIRTIO_DEVICES};
 use crate::devices::virtio::persist::{DeviceKindState, VirtioDeviceState};
 use crate::devices::virtio::GuestMemory;
 use crate::setup::{self, AttachedDevice, VirtioKind};
@@ -54,6 +54,16 @@ fn describe(disks: usize, vsock: bool, net: bool) -> String {
 
 /// Checks that `config` brings one backend per saved device, in order.
 fn check_layout(saved: &[VirtioDeviceState], config: &RestoreConfig) -> Result<(), SnapshotError> {
+    if saved.len() > MAX_VIRTIO_DEVICES {
+        return Err(SnapshotError::Layout {
+            saved: format!("{} devices, more than {MAX_VIRTIO_DEVICES}", saved.len()),
+            given: describe(
+                config.disks.len(),
+                config.vsock.is_some(),
+                config.net.is_some(),
+            ),
+        });
+    }
     let kinds: Vec<&str> = saved.iter().map(|d| d.device.kind()).collect();
     let disks = kinds.iter().take_while(|&&k| k == "block").count();
     let rest = &kinds[disks..];

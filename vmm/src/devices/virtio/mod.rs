@@ -10,7 +10,12 @@
 //! - `queue.rs` (or a name for what it processes): pure processing of
 //!   descriptor chains against guest memory, unit-tested with
 //!   virtio-queue's mock queues;
-//! - `event.rs`: the epoll glue (`event_manager::MutEventSubscriber`).
+//! - `event.rs`: the epoll glue (`event_manager::MutEventSubscriber`);
+//! - `persist.rs`: the device's own state in a snapshot (serde), and
+//!   `save_state`. What devices share in a snapshot (transport registers,
+//!   queues, features, config space) is saved and restored in one place,
+//!   [`persist`] with [`mmio::MmioTransport::save`] and
+//!   [`mmio::MmioTransport::restore`].
 //!
 //! A new device:
 //! 1. embeds a [`VirtioCommon`] made with its name, device ID, queue sizes

@@ -147,18 +147,6 @@ fn restore_with_a_bigger_disk_raises_a_config_change() {
     let mem = guest_memory(0x20_0000);
     let mut drv = Driver::new(&mem, 0, 256);
     let saved = save_template(&mem, &mut drv);
-    let generation = rd(
-        &mut slot(
-            &mem,
-            BlockConfig {
-                path: None,
-                read_only: false,
-                serial: String::new(),
-            },
-        )
-        .mmio,
-        REG_CONFIG_GENERATION,
-    );
 
     let image = disk(64);
     let mut new = slot(
@@ -178,7 +166,6 @@ fn restore_with_a_bigger_disk_raises_a_config_change() {
         rd(&mut new.mmio, REG_CONFIG_GENERATION),
         saved.transport.regs.config_generation.wrapping_add(1)
     );
-    assert_eq!(generation, saved.transport.regs.config_generation);
     assert_eq!(rd(&mut new.mmio, 0x100), 64, "capacity in sectors");
 
     // The queue goes on where it was, on the new backing.
