@@ -49,6 +49,13 @@ fn watchdog(handle: StopHandle, done: Arc<AtomicBool>) -> JoinHandle<()> {
     })
 }
 
+/// What the host saw of one guest connection, and the connection.
+struct Seen {
+    hello: String,
+    report: String,
+    reader: BufReader<UnixStream>,
+}
+
 /// The host side of one guest connection: accepts it on `listener`, reads
 /// the hello, asks for a report with `sectors`, then runs `then` on the VM.
 fn host_side(
@@ -56,24 +63,34 @@ fn host_side(
     sectors: u64,
     handle: StopHandle,
     then: fn(&StopHandle),
-) -> JoinHandle<Result<(String, String), String>> {
+) -> JoinHandle<Result<Seen, String>> {
     std::thread::spawn(move || {
         let result = (|| {
             let (stream, _) = listener.accept().map_err(|e| e.to_string())?;
             stream
                 .set_read_timeout(Some(TIMEOUT))
                 .map_err(|e| e.to_string())?;
-            let mut reader = BufReader::new(stream.try_clone().map_err(|e| e.to_string())?);
+            let mut reader = BufReader::new(stream);
             let hello = read_line(&mut reader)?;
-            (&stream)
-                .write_all(format!("report {sectors}\n").as_bytes())
-                .map_err(|e| e.to_string())?;
-            let report = read_line(&mut reader)?;
-            Ok((hello, report))
+            let report = ask_report(&mut reader, sectors)?;
+            Ok(Seen {
+                hello,
+                report,
+                reader,
+            })
         })();
         then(&handle);
         result
     })
+}
+
+/// Sends `report <sectors>` and reads the answer.
+fn ask_report(reader: &mut BufReader<UnixStream>, sectors: u64) -> Result<String, String> {
+    reader
+        .get_mut()
+        .write_all(format!("report {sectors}\n").as_bytes())
+        .map_err(|e| e.to_string())?;
+    read_line(reader)
 }
 
 fn read_line(reader: &mut BufReader<UnixStream>) -> Result<String, String> {
@@ -159,15 +176,27 @@ fn restored_template_sees_its_new_disk_and_reconnects() {
     let start = Instant::now();
     let reason = vm.run_until_paused().unwrap();
     let console = std::fs::read_to_string(dir.path().join("template.log")).unwrap();
-    let (hello, report) = host
+    let mut seen = host
         .join()
         .unwrap()
         .unwrap_or_else(|e| panic!("template: {e}; console:\n{console}"));
     assert_eq!(reason, ExitReason::Paused, "console:\n{console}");
     eprintln!("template connected and paused after {:?}", start.elapsed());
-    assert_eq!(hello, "hello conn=1");
-    assert_eq!(report, "report size=0 serial=empty-slot head=");
+    assert_eq!(seen.hello, "hello conn=1");
+    assert_eq!(seen.report, "report size=0 serial=empty-slot head=");
     vm.save_snapshot(&files).unwrap();
+
+    // Saving leaves the template intact: it resumes with its devices and
+    // its vsock connection.
+    let handle = vm.stop_handle();
+    let again = std::thread::spawn(move || {
+        let report = ask_report(&mut seen.reader, 0);
+        handle.stop();
+        report
+    });
+    assert_eq!(vm.run_until_paused().unwrap(), ExitReason::Stopped);
+    let report = again.join().unwrap().expect("template after resume");
+    assert_eq!(report, "report size=0 serial=empty-slot head=");
     done.store(true, Ordering::SeqCst);
     dog.thread().unpark();
     dog.join().unwrap();
@@ -208,7 +237,7 @@ fn restored_template_sees_its_new_disk_and_reconnects() {
     dog.thread().unpark();
     dog.join().unwrap();
     let text = std::fs::read_to_string(&console).unwrap_or_default();
-    let (hello, report) = host
+    let Seen { hello, report, .. } = host
         .join()
         .unwrap()
         .unwrap_or_else(|e| panic!("restored: {e}; console:\n{text}"));

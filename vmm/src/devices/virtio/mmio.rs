@@ -171,8 +171,10 @@ impl MmioTransport {
     /// registers, queues, features and, if the driver ran the device, its
     /// activation with the saved queues. If the device's config space now
     /// reads differently (new backends), the config generation changes
-    /// and a running driver gets a configuration-change interrupt. Call it
-    /// after the interrupt controllers are restored.
+    /// and a running driver gets a configuration-change interrupt. An
+    /// activated device is notified on every queue, so that it serves
+    /// what the driver made available before the snapshot. Call it after
+    /// the interrupt controllers are restored.
     pub fn restore(
         &mut self,
         transport: &TransportState,
@@ -209,6 +211,14 @@ impl MmioTransport {
             };
             dev.activate(ctx)
                 .map_err(|e| PersistError::Activate(name, e.to_string()))?;
+            // A notification the saved VM's event loop had not read yet is
+            // lost with its eventfds, and with EVENT_IDX the driver would
+            // not notify again: have the device look at every queue once.
+            for evt in &self.queue_evts {
+                if let Err(e) = evt.write(1) {
+                    log::error!("{name}: queue notification: {e}");
+                }
+            }
         }
         let mut config_space = vec![0u8; CONFIG_SPACE_LEN];
         dev.read_config(0, &mut config_space);

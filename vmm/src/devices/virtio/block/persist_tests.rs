@@ -167,6 +167,8 @@ fn restore_with_a_bigger_disk_raises_a_config_change() {
         saved.transport.regs.config_generation.wrapping_add(1)
     );
     assert_eq!(rd(&mut new.mmio, 0x100), 64, "capacity in sectors");
+    // The device is told to look at its queue once.
+    assert_eq!(new.mmio.queue_evts()[0].read().unwrap(), 1);
 
     // The queue goes on where it was, on the new backing.
     let status = request(&mem, &mut drv, &new.dev, VIRTIO_BLK_T_IN, 512);
