@@ -233,7 +233,7 @@ fn container_in_a_real_vm() {
     listener.set_nonblocking(true).unwrap();
     let console = Console(work.join("console.log"));
     let disk = |path: &Path, ro: bool, serial: &str| vmm::DiskConfig {
-        path: path.to_path_buf(),
+        path: Some(path.to_path_buf()),
         read_only: ro,
         serial: serial.into(),
     };

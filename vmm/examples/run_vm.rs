@@ -61,7 +61,7 @@ fn main() {
                 };
                 let serial = format!("disk{}", config.disks.len());
                 config.disks.push(DiskConfig {
-                    path: path.into(),
+                    path: Some(path.into()),
                     read_only: ro,
                     serial,
                 });

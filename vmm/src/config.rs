@@ -34,8 +34,9 @@ pub struct VmConfig {
 /// A virtio-blk disk.
 #[derive(Debug, Clone)]
 pub struct DiskConfig {
-    /// Image file or block device.
-    pub path: PathBuf,
+    /// Image file or block device; `None` is an empty slot (capacity 0,
+    /// every read and write fails) that a snapshot restore may fill.
+    pub path: Option<PathBuf>,
     /// Expose the disk read-only.
     pub read_only: bool,
     /// virtio-blk serial (GET_ID), at most 20 bytes.
@@ -250,7 +251,7 @@ mod tests {
         .validate()
         .is_err());
         let disk = DiskConfig {
-            path: "/d".into(),
+            path: Some("/d".into()),
             read_only: true,
             serial: "s".into(),
         };

@@ -16,12 +16,15 @@ use crate::arch::x86_64::layout::{
 };
 use crate::bus::{Bus, BusError};
 use crate::cmdline::VirtioMmioSlot;
-use crate::config::ConsoleOutput;
+use crate::config::{ConsoleOutput, DiskConfig, NetConfig, VsockConfig};
 use crate::devices::legacy::{PowerOffPort, I8042, I8042_BASE, I8042_SIZE, POWEROFF_PORT};
 use crate::devices::serial::{
     console_writer, EventFdTrigger, SerialDevice, SERIAL_PORT_BASE, SERIAL_PORT_SIZE,
 };
+use crate::devices::virtio::block::{Block, BlockConfig, BlockError};
 use crate::devices::virtio::mmio::{MmioError, MmioTransport};
+use crate::devices::virtio::net::{Net, NetError};
+use crate::devices::virtio::vsock::{self as vsock_dev, Vsock, VsockError};
 use crate::devices::virtio::{GuestMemory, VirtioDevice, VirtioInterrupt};
 use crate::exit::ExitSignal;
 use crate::snapshot::LegacyState;
@@ -65,6 +68,15 @@ pub enum SetupError {
     /// The virtio-mmio transport cannot be created.
     #[error("cannot create the virtio-mmio transport of device {0}")]
     Mmio(usize, #[source] MmioError),
+    /// A disk cannot be opened.
+    #[error(transparent)]
+    Block(#[from] BlockError),
+    /// The vsock device cannot be created.
+    #[error(transparent)]
+    Vsock(#[from] VsockError),
+    /// The network device cannot be created.
+    #[error(transparent)]
+    Net(#[from] NetError),
 }
 
 /// Opens /dev/kvm and checks the API version and the capabilities husk uses.
@@ -181,18 +193,86 @@ pub fn virtio_slot(index: usize) -> VirtioMmioSlot {
 pub trait VirtioBackend: VirtioDevice + MutEventSubscriber + Send {}
 impl<T: VirtioDevice + MutEventSubscriber + Send> VirtioBackend for T {}
 
+/// An event-loop subscriber.
+pub type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
+
+/// A virtio device of the VM, by kind.
+#[derive(Clone)]
+pub enum VirtioKind {
+    /// A disk slot.
+    Block(Arc<Mutex<Block>>),
+    /// The vsock device.
+    Vsock(Arc<Mutex<Vsock>>),
+    /// The network interface.
+    Net(Arc<Mutex<Net>>),
+}
+
+/// A virtio device attached to the VM: the device and its transport.
+pub struct AttachedDevice {
+    /// The device.
+    pub kind: VirtioKind,
+    /// Its virtio-mmio transport (also on the MMIO bus).
+    pub transport: Arc<Mutex<MmioTransport>>,
+}
+
+impl AttachedDevice {
+    /// The device as an event-loop subscriber.
+    pub fn subscriber(&self) -> Subscriber {
+        match &self.kind {
+            VirtioKind::Block(d) => d.clone(),
+            VirtioKind::Vsock(d) => d.clone(),
+            VirtioKind::Net(d) => d.clone(),
+        }
+    }
+}
+
+/// Creates the virtio devices in slot order (disks, then vsock, then net)
+/// and attaches each; returns them with their slots (for the command line).
+pub fn attach_virtio_devices(
+    vm: &VmFd,
+    mmio: &mut Bus,
+    mem: &GuestMemory,
+    disks: &[DiskConfig],
+    vsock: Option<&VsockConfig>,
+    net: Option<&NetConfig>,
+) -> Result<(Vec<AttachedDevice>, Vec<VirtioMmioSlot>), SetupError> {
+    let mut devices = Vec::new();
+    for disk in disks {
+        let block = Arc::new(Mutex::new(Block::new(BlockConfig::from(disk))?));
+        let transport = attach_virtio(vm, mmio, mem, devices.len(), block.clone())?;
+        let kind = VirtioKind::Block(block);
+        devices.push(AttachedDevice { kind, transport });
+    }
+    if let Some(vsock) = vsock {
+        let device = Arc::new(Mutex::new(Vsock::new(vsock_dev::VsockConfig {
+            guest_cid: vsock.guest_cid,
+            uds_path: vsock.uds_path.clone(),
+        })?));
+        let transport = attach_virtio(vm, mmio, mem, devices.len(), device.clone())?;
+        let kind = VirtioKind::Vsock(device);
+        devices.push(AttachedDevice { kind, transport });
+    }
+    if let Some(net) = net {
+        let device = Arc::new(Mutex::new(Net::from_config(net)?));
+        let transport = attach_virtio(vm, mmio, mem, devices.len(), device.clone())?;
+        let kind = VirtioKind::Net(device);
+        devices.push(AttachedDevice { kind, transport });
+    }
+    let slots = (0..devices.len()).map(virtio_slot).collect();
+    Ok((devices, slots))
+}
+
 /// Puts `device` behind a virtio-mmio transport in slot `index`: maps the
 /// window, wires its irqfd and queue-notify ioeventfds, and returns the
-/// device as an event-loop subscriber.
+/// transport.
 pub fn attach_virtio<D: VirtioBackend + 'static>(
     vm: &VmFd,
     mmio: &mut Bus,
     mem: &GuestMemory,
     index: usize,
-    device: D,
-) -> Result<Arc<Mutex<dyn MutEventSubscriber + Send>>, SetupError> {
+    device: Arc<Mutex<D>>,
+) -> Result<Arc<Mutex<MmioTransport>>, SetupError> {
     let slot = virtio_slot(index);
-    let device = Arc::new(Mutex::new(device));
     let irq = EventFd::new(EFD_NONBLOCK).map_err(SetupError::EventFd)?;
     vm.register_irqfd(&irq, slot.irq)
         .map_err(|e| SetupError::Kvm("KVM_IRQFD (virtio)", e))?;
@@ -205,8 +285,9 @@ pub fn attach_virtio<D: VirtioBackend + 'static>(
         vm.register_ioevent(evt, &notify, queue as u32)
             .map_err(|e| SetupError::Kvm("KVM_IOEVENTFD", e))?;
     }
-    mmio.insert(Arc::new(Mutex::new(transport)), slot.base, slot.size)?;
-    Ok(device)
+    let transport = Arc::new(Mutex::new(transport));
+    mmio.insert(transport.clone(), slot.base, slot.size)?;
+    Ok(transport)
 }
 
 #[cfg(test)]

@@ -16,13 +16,10 @@ use crate::arch::x86_64::regs::write_boot_tables;
 use crate::bus::Bus;
 use crate::cmdline::{build_cmdline, CmdlineError};
 use crate::config::{ConfigError, VmConfig};
-use crate::devices::virtio::block::{Block, BlockConfig, BlockError};
-use crate::devices::virtio::net::{Net, NetError};
-use crate::devices::virtio::vsock::{self as vsock_dev, Vsock, VsockError};
 use crate::exit::{ExitReason, ExitSignal};
 use crate::host::HostKind;
 use crate::memory::{self, MemoryError};
-use crate::setup::{self, LegacyDevices, SetupError};
+use crate::setup::{self, AttachedDevice, LegacyDevices, SetupError, Subscriber};
 use crate::vcpu::{self, Vcpu, VcpuBootInfo, VcpuError};
 
 /// Everything that can go wrong creating or running a VM. Each message is
@@ -32,7 +29,7 @@ pub enum VmError {
     /// Invalid configuration.
     #[error(transparent)]
     Config(#[from] ConfigError),
-    /// KVM, VM creation or device wiring.
+    /// KVM, VM creation, device creation (disks, vsock, net) or wiring.
     #[error(transparent)]
     Setup(#[from] SetupError),
     /// Guest memory.
@@ -50,15 +47,6 @@ pub enum VmError {
     /// vCPU setup or a vCPU that stopped the VM.
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
-    /// A disk.
-    #[error(transparent)]
-    Block(#[from] BlockError),
-    /// The vsock device.
-    #[error(transparent)]
-    Vsock(#[from] VsockError),
-    /// The network device.
-    #[error(transparent)]
-    Net(#[from] NetError),
     /// The event loop failed.
     #[error("event loop failure")]
     EventLoop(#[source] event_manager::Error),
@@ -97,8 +85,6 @@ impl StopHandle {
     }
 }
 
-type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
-
 /// A fully assembled VM, ready to [`run`](Vm::run).
 pub struct Vm {
     /// The vCPUs while they are not running (empty once the VM ended).
@@ -106,7 +92,12 @@ pub struct Vm {
     pub(crate) pio: Arc<Bus>,
     pub(crate) mmio: Arc<Bus>,
     pub(crate) legacy: LegacyDevices,
-    pub(crate) subscribers: Vec<Subscriber>,
+    /// The virtio devices, in slot order.
+    pub(crate) devices: Vec<AttachedDevice>,
+    /// The device event loop, kept across pauses so that every
+    /// registration (queue eventfds, sockets) stays valid when the VM runs
+    /// again.
+    pub(crate) event_manager: Option<EventManager<Subscriber>>,
     pub(crate) exit: Arc<ExitSignal>,
     pub(crate) mem_mib: u32,
     // Dropped last, after the vCPU threads are joined: the VM (whose irqfds
@@ -144,32 +135,14 @@ impl Vm {
         let mut mmio = Bus::new();
         let legacy = setup::attach_legacy(&vm, &mut pio, &config.console, &exit, None)?;
 
-        let mut subscribers = Vec::new();
-        let mut slots = Vec::new();
-        for (index, disk) in config.disks.iter().enumerate() {
-            let block = Block::new(BlockConfig {
-                path: disk.path.clone(),
-                read_only: disk.read_only,
-                serial: disk.serial.clone(),
-            })?;
-            subscribers.push(setup::attach_virtio(&vm, &mut mmio, &mem, index, block)?);
-            slots.push(setup::virtio_slot(index));
-        }
-        if let Some(vsock) = &config.vsock {
-            let index = config.disks.len();
-            let device = Vsock::new(vsock_dev::VsockConfig {
-                guest_cid: vsock.guest_cid,
-                uds_path: vsock.uds_path.clone(),
-            })?;
-            subscribers.push(setup::attach_virtio(&vm, &mut mmio, &mem, index, device)?);
-            slots.push(setup::virtio_slot(index));
-        }
-        if let Some(net) = &config.net {
-            let index = slots.len();
-            let device = Net::from_config(net)?;
-            subscribers.push(setup::attach_virtio(&vm, &mut mmio, &mem, index, device)?);
-            slots.push(setup::virtio_slot(index));
-        }
+        let (devices, slots) = setup::attach_virtio_devices(
+            &vm,
+            &mut mmio,
+            &mem,
+            &config.disks,
+            config.vsock.as_ref(),
+            config.net.as_ref(),
+        )?;
 
         let host = HostKind::detect();
         let cmdline = build_cmdline(host, &slots, &config.cmdline_extra)?;
@@ -194,7 +167,8 @@ impl Vm {
             pio: Arc::new(pio),
             mmio: Arc::new(mmio),
             legacy,
-            subscribers,
+            devices,
+            event_manager: None,
             exit,
             mem_mib: config.mem_mib,
             vm,
@@ -229,11 +203,18 @@ impl Vm {
         }
         let count = self.vcpus.len();
         vcpu::register_kick_handler()?;
-        let mut em: EventManager<Subscriber> = EventManager::new().map_err(VmError::EventLoop)?;
-        em.add_subscriber(Arc::new(Mutex::new(ExitEvents(self.exit.clone()))));
-        for s in &self.subscribers {
-            em.add_subscriber(s.clone());
-        }
+        let mut em = match self.event_manager.take() {
+            Some(em) => em,
+            None => {
+                let mut em: EventManager<Subscriber> =
+                    EventManager::new().map_err(VmError::EventLoop)?;
+                em.add_subscriber(Arc::new(Mutex::new(ExitEvents(self.exit.clone()))));
+                for d in &self.devices {
+                    em.add_subscriber(d.subscriber());
+                }
+                em
+            }
+        };
 
         let mut threads = Vec::with_capacity(count);
         let mut spawn_error = None;
@@ -271,6 +252,7 @@ impl Vm {
                     return Err(VmError::VcpuPanicked);
                 }
                 self.vcpus = vcpus;
+                self.event_manager = Some(em);
                 self.exit.reset();
                 Ok(ExitReason::Paused)
             }

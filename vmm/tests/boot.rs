@@ -202,7 +202,7 @@ fn virtio_devices_come_up_and_move_data() {
     let (ours, mut peer) = UnixStream::pair().unwrap();
     let devices = move |dir: &Path, config: &mut VmConfig| {
         config.disks.push(DiskConfig {
-            path: disk,
+            path: Some(disk),
             read_only: false,
             serial: "boot-test-disk".into(),
         });

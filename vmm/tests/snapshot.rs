@@ -159,6 +159,9 @@ fn paused_guest_continues_in_a_restored_vm() {
     let vm = Vm::restore(RestoreConfig {
         files: files.clone(),
         console: ConsoleOutput::File(console2.clone()),
+        disks: vec![],
+        vsock: None,
+        net: None,
     })
     .unwrap();
     let restore_time = restoring.elapsed();
@@ -236,7 +239,7 @@ fn snapshots_are_refused_clearly() {
     std::fs::write(&disk, vec![0u8; 4096]).unwrap();
     let mut config = boot_config(kernel, dir.path(), dir.path().join("c.log"));
     config.disks.push(DiskConfig {
-        path: disk,
+        path: Some(disk),
         read_only: true,
         serial: "d".into(),
     });
@@ -244,10 +247,25 @@ fn snapshots_are_refused_clearly() {
         state: dir.path().join("vm.state"),
         memory: dir.path().join("vm.mem"),
     };
-    let vm = Vm::new(config.clone()).unwrap();
-    let err = vm.save_snapshot(&files).unwrap_err();
-    assert!(matches!(err, SnapshotError::VirtioDevices(1)), "{err}");
-    drop(vm);
+    // A VM with a disk slot is restored only with a backend for it.
+    Vm::new(config.clone())
+        .unwrap()
+        .save_snapshot(&files)
+        .unwrap();
+    let err = Vm::restore(RestoreConfig {
+        files: files.clone(),
+        console: ConsoleOutput::Sink,
+        disks: vec![],
+        vsock: None,
+        net: None,
+    })
+    .err()
+    .unwrap();
+    assert!(matches!(err, SnapshotError::Layout { .. }), "{err}");
+    assert_eq!(
+        err.to_string(),
+        "the snapshot's virtio devices (1 disk slot) do not match the restore's (0 disk slots)"
+    );
 
     // A VM not yet started can be saved; damaged files are refused.
     config.disks.clear();
@@ -256,6 +274,9 @@ fn snapshots_are_refused_clearly() {
         Vm::restore(RestoreConfig {
             files: files.clone(),
             console: ConsoleOutput::Sink,
+            disks: vec![],
+            vsock: None,
+            net: None,
         })
     };
     let state = std::fs::read(&files.state).unwrap();

@@ -215,6 +215,7 @@ fn run(root: &Path, id: &str, mode: &str) -> Result<(), Error> {
         finished_at: None,
         start_count: previous.start_count + 1,
         ports: network.ports().to_vec(),
+        template: None,
     };
     state.write(&paths)?;
     let attach_mode = mode == StdioMode::Attach;

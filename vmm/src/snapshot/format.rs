@@ -13,7 +13,7 @@ use super::state::VmState;
 pub const MAGIC: [u8; 8] = *b"HUSKSNAP";
 /// The format this build writes and the only one it reads. Bump it on any
 /// change to [`VmState`] or to the header.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// Header length: magic, version (u32 LE), body length (u64 LE), SHA-256.
 pub const HEADER_LEN: usize = 8 + 4 + 8 + 32;
 /// Largest body accepted (a few vCPUs take a few tens of KiB).
@@ -135,6 +135,7 @@ mod tests {
                     pending_ctr_write: true,
                 },
             },
+            virtio: Vec::new(),
         }
     }
 

@@ -5,7 +5,10 @@
 //!   version, body length, SHA-256 of the body) and the postcard-encoded
 //!   [`VmState`]: every vCPU (CPUID, registers, special registers, XSAVE,
 //!   XCRs, debug registers, LAPIC, MSRs, MP state, pending events), the
-//!   in-kernel PIC, IOAPIC, PIT and kvmclock, and the serial port and i8042.
+//!   in-kernel PIC, IOAPIC, PIT and kvmclock, the serial port and i8042,
+//!   and every virtio device ([`mod@virtio`]): its transport registers and
+//!   queues, features, and its own state (no backend: disks, sockets and
+//!   network backends are given anew to each restore).
 //!   A file of another format version, a foreign or damaged file is refused
 //!   with a typed [`FormatError`].
 //! - The **memory file** ([`mod@memory`]): guest RAM, written after the state is
@@ -17,13 +20,18 @@
 //! with the VM intact; [`Vm::save_snapshot`] writes the files; then
 //! [`Vm::restore`] builds a new VM, which [`Vm::run`] resumes.
 //!
-//! Limit of this version: virtio devices carry no state yet, so a VM with
-//! any virtio device is refused ([`SnapshotError::VirtioDevices`]) and a
-//! restored VM has none.
+//! Warm start: a template VM booted with its disk slots (some empty),
+//! vsock and net is saved once; each restore brings its own backends
+//! ([`RestoreConfig::disks`], [`RestoreConfig::vsock`],
+//! [`RestoreConfig::net`]). A disk whose capacity differs from the saved
+//! one raises a configuration-change interrupt; the vsock device starts
+//! with no connection and posts a TRANSPORT_RESET event, after which the
+//! guest reconnects.
 
 pub mod format;
 pub mod memory;
 pub mod state;
+pub mod virtio;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -36,7 +44,8 @@ pub use state::{I8042State, KvmVmState, LegacyState, SerialState, StateError, Vc
 
 use crate::arch::x86_64::mptable::MAX_CPUS;
 use crate::bus::Bus;
-use crate::config::ConsoleOutput;
+use crate::config::{ConsoleOutput, DiskConfig, NetConfig, VsockConfig};
+use crate::devices::virtio::persist::PersistError;
 use crate::exit::ExitSignal;
 use crate::memory::MemoryError;
 use crate::setup::{self, SetupError};
@@ -64,9 +73,17 @@ pub enum SnapshotError {
     /// Creating a vCPU failed.
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
-    /// The VM has virtio devices, whose state snapshots do not hold yet.
-    #[error("cannot snapshot a VM with virtio devices ({0} attached): not supported yet")]
-    VirtioDevices(usize),
+    /// The restore's backends do not match the snapshot's devices.
+    #[error("the snapshot's virtio devices ({saved}) do not match the restore's ({given})")]
+    Layout {
+        /// The snapshot's devices.
+        saved: String,
+        /// The backends the restore brings.
+        given: String,
+    },
+    /// A virtio device's saved state is invalid.
+    #[error(transparent)]
+    Device(#[from] PersistError),
     /// The VM is running or has ended: only a VM that is paused (or not yet
     /// started) can be saved.
     #[error("the VM is not paused")]
@@ -98,6 +115,17 @@ pub struct RestoreConfig {
     pub files: SnapshotFiles,
     /// Where the restored VM's serial console goes.
     pub console: ConsoleOutput,
+    /// One backend per saved disk slot, in order (same count as the
+    /// snapshot): a file, or `path: None` for an empty slot. The serial is
+    /// what GET_ID answers from now on; `read_only` is enforced by the
+    /// device even if the slot was writable in the snapshot.
+    pub disks: Vec<DiskConfig>,
+    /// The vsock device's new socket path (and CID): present iff the
+    /// snapshot has a vsock device.
+    pub vsock: Option<VsockConfig>,
+    /// The network interface's new backend and MAC: present iff the
+    /// snapshot has a network device.
+    pub net: Option<NetConfig>,
 }
 
 impl Vm {
@@ -113,9 +141,6 @@ impl Vm {
     /// Reads the whole VM state. Its vCPUs are owned by `self`, hence not
     /// in KVM_RUN.
     pub fn capture(&self) -> Result<VmState, SnapshotError> {
-        if !self.subscribers.is_empty() {
-            return Err(SnapshotError::VirtioDevices(self.subscribers.len()));
-        }
         if self.vcpus.is_empty() {
             return Err(SnapshotError::NotPaused);
         }
@@ -147,6 +172,7 @@ impl Vm {
             vcpus,
             kvm: Some(kvm),
             legacy,
+            virtio: virtio::save_devices(&self.devices),
         })
     }
 
@@ -178,13 +204,16 @@ impl Vm {
             vcpus.push(vcpu);
         }
         state::restore_vm(&vm, kvm_state)?;
+        let mut mmio = Bus::new();
+        let devices = virtio::restore_devices(&vm, &mut mmio, &mem, &state.virtio, &config)?;
 
         Ok(Vm {
             vcpus,
             pio: Arc::new(pio),
-            mmio: Arc::new(Bus::new()),
+            mmio: Arc::new(mmio),
             legacy,
-            subscribers: Vec::new(),
+            devices,
+            event_manager: None,
             exit,
             mem_mib: state.mem_mib,
             vm,

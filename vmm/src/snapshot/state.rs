@@ -19,6 +19,8 @@ use kvm_bindings::{
 use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
 use serde::{Deserialize, Serialize};
 
+use crate::devices::virtio::persist::VirtioDeviceState;
+
 /// Errors reading state from KVM or writing it back.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -48,6 +50,8 @@ pub struct VmState {
     pub kvm: Option<KvmVmState>,
     /// The serial port and the i8042.
     pub legacy: LegacyState,
+    /// The virtio devices, in slot order.
+    pub virtio: Vec<VirtioDeviceState>,
 }
 
 /// The state of one vCPU.

@@ -66,7 +66,15 @@ impl Cpio {
 
 /// Writes `dir/initramfs.cpio`: busybox (from the host's /bin/busybox,
 /// Debian busybox-static), /dev/console and `init` as /init.
+#[allow(dead_code)] // each test crate uses some of these helpers
 pub fn busybox_initramfs(dir: &Path, init: &str) -> PathBuf {
+    initramfs_with(dir, init, &[])
+}
+
+/// Like [`busybox_initramfs`], plus each host program of `programs` as
+/// `/bin/<file name>` with the shared libraries `ldd` lists for it, at
+/// their host paths.
+pub fn initramfs_with(dir: &Path, init: &str, programs: &[&Path]) -> PathBuf {
     let busybox = std::fs::read("/bin/busybox").expect("/bin/busybox (Debian busybox-static)");
     let mut c = Cpio::new();
     for d in ["bin", "dev", "proc", "sys"] {
@@ -74,8 +82,48 @@ pub fn busybox_initramfs(dir: &Path, init: &str) -> PathBuf {
     }
     c.entry("dev/console", 0o020600, (5, 1), &[]);
     c.file("bin/busybox", &busybox);
+    let mut dirs = vec![String::from("bin")];
+    for program in programs {
+        let name = program.file_name().unwrap().to_str().unwrap();
+        c.file(&format!("bin/{name}"), &std::fs::read(program).unwrap());
+        for lib in shared_libraries(program) {
+            let rel = lib.strip_prefix("/").unwrap();
+            let mut parent = PathBuf::new();
+            for part in rel.parent().unwrap().components() {
+                parent.push(part);
+                let p = parent.to_str().unwrap().to_string();
+                if !dirs.contains(&p) {
+                    c.dir(&p);
+                    dirs.push(p);
+                }
+            }
+            let data = std::fs::read(&lib).unwrap();
+            c.file(rel.to_str().unwrap(), &data);
+        }
+    }
     c.file("init", init.as_bytes());
     let path = dir.join("initramfs.cpio");
     std::fs::write(&path, c.finish()).unwrap();
     path
+}
+
+/// The shared libraries (and dynamic loader) `ldd` lists for `program`.
+fn shared_libraries(program: &Path) -> Vec<PathBuf> {
+    let out = std::process::Command::new("ldd")
+        .arg(program)
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut libs = Vec::new();
+    for line in text.lines() {
+        let path = match line.split_once("=>") {
+            Some((_, rest)) => rest.split_whitespace().next(),
+            None => line.split_whitespace().next(),
+        };
+        if let Some(p) = path.filter(|p| p.starts_with('/')) {
+            // The loader's path may be a symlink: copy the file it names.
+            libs.push(PathBuf::from(p));
+        }
+    }
+    libs
 }

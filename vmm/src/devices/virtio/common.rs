@@ -17,6 +17,7 @@ use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_queue::{DescriptorChain, Queue, QueueT};
 
 use super::activation::QueueEvents;
+use super::persist::{CommonState, SavedQueue};
 use super::queue_loop::{drain, ChainDone, GuestQueue};
 use super::{ActivateContext, ActivateError, GuestMemory, VirtioInterrupt, INT_VRING};
 
@@ -250,6 +251,23 @@ impl VirtioCommon {
             self.events.retire();
         }
         was_activated
+    }
+
+    /// The state a snapshot keeps: features and, if activated, the running
+    /// queues.
+    pub fn save(&self) -> CommonState {
+        CommonState {
+            features: self.features,
+            active_queues: self
+                .activated()
+                .map(|a| a.queues.iter().map(SavedQueue::save).collect()),
+        }
+    }
+
+    /// Restores the features of a snapshot (what the driver saw offered
+    /// and acked); the queues come back through [`Self::activate`].
+    pub fn restore_features(&mut self, features: Features) {
+        self.features = features;
     }
 
     /// Event thread, `MutEventSubscriber::init`: registers the control

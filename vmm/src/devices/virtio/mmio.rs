@@ -25,6 +25,9 @@ use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use super::persist::{
+    restore_queues, CommonState, PersistError, SavedQueue, TransportState, CONFIG_SPACE_LEN,
+};
 use super::{ActivateContext, GuestMemory, VirtioDevice, VirtioInterrupt, INT_CONFIG};
 use crate::bus::BusDevice;
 
@@ -147,6 +150,87 @@ impl MmioTransport {
     /// The transport's registers.
     pub fn registers(&self) -> &MmioRegisters {
         &self.regs
+    }
+
+    /// The transport's and the device's shared state, for a snapshot (the
+    /// VM is paused: nothing is in flight).
+    pub fn save(&self) -> (TransportState, CommonState) {
+        let dev = lock(&self.device);
+        let mut config_space = vec![0u8; CONFIG_SPACE_LEN];
+        dev.read_config(0, &mut config_space);
+        let transport = TransportState {
+            regs: self.regs,
+            interrupt_status: self.interrupt.status(),
+            queues: self.queues.iter().map(SavedQueue::save).collect(),
+            config_space,
+        };
+        (transport, dev.common().save())
+    }
+
+    /// Brings a freshly created transport and device to the saved state:
+    /// registers, queues, features and, if the driver ran the device, its
+    /// activation with the saved queues. If the device's config space now
+    /// reads differently (new backends), the config generation changes
+    /// and a running driver gets a configuration-change interrupt. An
+    /// activated device is notified on every queue, so that it serves
+    /// what the driver made available before the snapshot. Call it after
+    /// the interrupt controllers are restored.
+    pub fn restore(
+        &mut self,
+        transport: &TransportState,
+        common: &CommonState,
+    ) -> Result<(), PersistError> {
+        let mut dev = lock(&self.device);
+        let name = dev.common().name();
+        let sizes = dev.common().queue_sizes();
+        transport.check(name, &common.features)?;
+        let queues = restore_queues(name, &transport.queues, sizes, &self.mem, false)?;
+        let active = match &common.active_queues {
+            Some(_) if transport.regs.status & VIRTIO_CONFIG_S_DRIVER_OK == 0 => {
+                return Err(PersistError::Status(name));
+            }
+            Some(saved) => Some(restore_queues(name, saved, sizes, &self.mem, true)?),
+            None => None,
+        };
+        dev.common_mut().restore_features(common.features);
+        self.queues = queues;
+        self.regs = transport.regs;
+        self.interrupt.restore_status(transport.interrupt_status);
+        if let Some(queues) = active {
+            let queue_evts = self
+                .queue_evts
+                .iter()
+                .map(EventFd::try_clone)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| PersistError::Activate(name, e.to_string()))?;
+            let ctx = ActivateContext {
+                mem: self.mem.clone(),
+                queues,
+                queue_evts,
+                interrupt: self.interrupt.clone(),
+            };
+            dev.activate(ctx)
+                .map_err(|e| PersistError::Activate(name, e.to_string()))?;
+            // A notification the saved VM's event loop had not read yet is
+            // lost with its eventfds, and with EVENT_IDX the driver would
+            // not notify again: have the device look at every queue once.
+            for evt in &self.queue_evts {
+                if let Err(e) = evt.write(1) {
+                    log::error!("{name}: queue notification: {e}");
+                }
+            }
+        }
+        let mut config_space = vec![0u8; CONFIG_SPACE_LEN];
+        dev.read_config(0, &mut config_space);
+        if config_space != transport.config_space {
+            self.regs.config_generation = self.regs.config_generation.wrapping_add(1);
+            if transport.driver_ok() && dev.is_activated() {
+                if let Err(e) = self.interrupt.trigger(INT_CONFIG) {
+                    log::error!("{name}: config interrupt: {e}");
+                }
+            }
+        }
+        Ok(())
     }
 
     fn selected_queue(&mut self) -> Option<&mut Queue> {

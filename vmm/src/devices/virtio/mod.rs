@@ -10,7 +10,12 @@
 //! - `queue.rs` (or a name for what it processes): pure processing of
 //!   descriptor chains against guest memory, unit-tested with
 //!   virtio-queue's mock queues;
-//! - `event.rs`: the epoll glue (`event_manager::MutEventSubscriber`).
+//! - `event.rs`: the epoll glue (`event_manager::MutEventSubscriber`);
+//! - `persist.rs`: the device's own state in a snapshot (serde), and
+//!   `save_state`. What devices share in a snapshot (transport registers,
+//!   queues, features, config space) is saved and restored in one place,
+//!   [`persist`] with [`mmio::MmioTransport::save`] and
+//!   [`mmio::MmioTransport::restore`].
 //!
 //! A new device:
 //! 1. embeds a [`VirtioCommon`] made with its name, device ID, queue sizes
@@ -34,6 +39,7 @@ pub mod block;
 pub mod common;
 pub mod mmio;
 pub mod net;
+pub mod persist;
 pub mod queue_loop;
 pub mod vsock;
 
@@ -84,6 +90,13 @@ impl VirtioInterrupt {
     /// The current interrupt status (the `InterruptStatus` register).
     pub fn status(&self) -> u32 {
         self.status.load(Ordering::SeqCst)
+    }
+
+    /// Sets the interrupt status without raising the interrupt (snapshot
+    /// restore: whether it was delivered is in the saved interrupt
+    /// controller state).
+    pub fn restore_status(&self, bits: u32) {
+        self.status.store(bits, Ordering::SeqCst);
     }
 
     /// Clears `bits` (the guest's `InterruptACK` write).

@@ -23,12 +23,57 @@ const CONFIG_LEN: usize = 24;
 /// What [`Block::new`] opens.
 #[derive(Debug, Clone)]
 pub struct BlockConfig {
-    /// Disk image (a regular file or a block device).
-    pub path: PathBuf,
+    /// Disk image (a regular file or a block device); `None` is an empty
+    /// slot: capacity 0, reads and writes fail, GET_ID answers the serial.
+    pub path: Option<PathBuf>,
     /// The guest cannot write, whatever the file's permissions.
     pub read_only: bool,
     /// GET_ID answer (`/sys/block/vdX/serial` in the guest), at most 20 bytes.
     pub serial: String,
+}
+
+/// Opens the backing `config` names (or none, for an empty slot) and
+/// returns it with its size in bytes.
+pub(super) fn open_backing(
+    config: &BlockConfig,
+) -> Result<(Box<dyn DiskBackend>, u64), BlockError> {
+    let Some(path) = &config.path else {
+        return Ok((Box::new(EmptySlot), 0));
+    };
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(!config.read_only)
+        .open(path)
+        .map_err(|source| match source.kind() {
+            std::io::ErrorKind::NotFound => BlockError::NotFound(path.clone()),
+            _ => BlockError::Open {
+                path: path.clone(),
+                source,
+            },
+        })?;
+    let size = file
+        .seek(SeekFrom::End(0))
+        .map_err(|source| BlockError::Size {
+            path: path.clone(),
+            source,
+        })?;
+    Ok((Box::new(file), size))
+}
+
+/// The backing of an empty slot: capacity 0, so every read and write is
+/// refused before it gets here; flushing has nothing to do.
+struct EmptySlot;
+
+impl DiskBackend for EmptySlot {
+    fn read_at(&mut self, _buf: &mut [u8], _offset: u64) -> std::io::Result<()> {
+        Err(std::io::ErrorKind::NotFound.into())
+    }
+    fn write_at(&mut self, _buf: &[u8], _offset: u64) -> std::io::Result<()> {
+        Err(std::io::ErrorKind::NotFound.into())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Errors from [`Block::new`].
@@ -80,27 +125,11 @@ impl Block {
         if config.serial.len() > SERIAL_LEN {
             return Err(BlockError::Serial(config.serial));
         }
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(!config.read_only)
-            .open(&config.path)
-            .map_err(|source| match source.kind() {
-                std::io::ErrorKind::NotFound => BlockError::NotFound(config.path.clone()),
-                _ => BlockError::Open {
-                    path: config.path.clone(),
-                    source,
-                },
-            })?;
-        let size = file
-            .seek(SeekFrom::End(0))
-            .map_err(|source| BlockError::Size {
-                path: config.path.clone(),
-                source,
-            })?;
-        Self::with_backend(Box::new(file) as Box<dyn DiskBackend>, size, config)
+        let (disk, size) = open_backing(&config)?;
+        Self::with_backend(disk, size, config)
     }
 
-    fn with_backend(
+    pub(super) fn with_backend(
         disk: Box<dyn DiskBackend>,
         size: u64,
         config: BlockConfig,
@@ -132,7 +161,27 @@ impl Block {
         })
     }
 
-    /// Disk size in 512-byte sectors.
+    /// Disk size in bytes (a multiple of 512).
+    pub fn capacity_bytes(&self) -> u64 {
+        self.capacity
+    }
+
+    /// The GET_ID serial.
+    pub fn serial(&self) -> String {
+        let end = self
+            .serial
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(SERIAL_LEN);
+        String::from_utf8_lossy(&self.serial[..end]).into_owned()
+    }
+
+    /// Whether the device refuses writes.
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+
+    /// Capacity in 512-byte sectors.
     pub fn capacity_sectors(&self) -> u64 {
         self.capacity / SECTOR_SIZE
     }

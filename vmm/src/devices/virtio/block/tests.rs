@@ -27,7 +27,7 @@ fn image() -> NamedTempFile {
 
 fn block(f: &NamedTempFile, read_only: bool) -> Block {
     Block::new(BlockConfig {
-        path: f.path().to_path_buf(),
+        path: Some(f.path().to_path_buf()),
         read_only,
         serial: "disk0".into(),
     })
@@ -103,7 +103,7 @@ fn config_and_features() {
 #[test]
 fn new_reports_missing_file_and_long_serial() {
     let err = Block::new(BlockConfig {
-        path: "/nonexistent/husk.img".into(),
+        path: Some("/nonexistent/husk.img".into()),
         read_only: true,
         serial: String::new(),
     })
@@ -115,7 +115,7 @@ fn new_reports_missing_file_and_long_serial() {
     );
     let f = image();
     let err = Block::new(BlockConfig {
-        path: f.path().into(),
+        path: Some(f.path().into()),
         read_only: true,
         serial: "x".repeat(21),
     })

@@ -148,6 +148,18 @@ impl Net {
         self.common.is_activated()
     }
 
+    /// The MAC address in the config space.
+    pub fn mac(&self) -> [u8; 6] {
+        let mut mac = [0u8; 6];
+        mac.copy_from_slice(&self.config[0..6]);
+        mac
+    }
+
+    /// The MTU offered.
+    pub fn mtu(&self) -> u16 {
+        u16::from_le_bytes([self.config[10], self.config[11]])
+    }
+
     /// Frame counters so far.
     pub fn stats(&self) -> Stats {
         self.stats

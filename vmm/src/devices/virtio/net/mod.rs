@@ -6,6 +6,7 @@
 //! - `frame.rs`: pure processing of tx and rx chains (header, checksum
 //!   completion, mergeable rx buffers);
 //! - `backend.rs`: the [`Backend`]s;
+//! - `persist.rs`: [`NetState`], what a snapshot keeps (no backend);
 //! - `event.rs`: the epoll glue.
 //!
 //! Offloads: the device offers checksum offload both ways (it completes
@@ -19,12 +20,14 @@ mod backend;
 mod device;
 mod event;
 pub mod frame;
+mod persist;
 
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 
 pub use backend::{Backend, StreamBackend, TapBackend, MAX_FRAME_LEN, MIN_FRAME_LEN};
 pub use device::{format_mac, Net, NetDeviceConfig, NetError, Stats, MIN_MTU, NET_DEVICE_ID};
+pub use persist::NetState;
 
 use crate::config::{NetBackend, NetConfig};
 

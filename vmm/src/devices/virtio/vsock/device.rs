@@ -1,6 +1,7 @@
 //! The virtio-vsock device: config space and the processing of
 //! its rx and tx queues against the [`Muxer`].
 
+use std::io::Write;
 use std::path::PathBuf;
 
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
@@ -16,7 +17,11 @@ const QUEUE_SIZE: u16 = 256;
 const QUEUE_SIZES: [u16; 3] = [QUEUE_SIZE; 3];
 const RX: usize = 0;
 const TX: usize = 1;
-// Queue 2 is the event queue; the device never posts events to it.
+/// The event queue: the device posts one event, TRANSPORT_RESET, after a
+/// snapshot restore.
+const EVENT: usize = 2;
+/// `virtio_vsock_event_id` VIRTIO_VSOCK_EVENT_TRANSPORT_RESET.
+const EVENT_TRANSPORT_RESET: u32 = 0;
 
 /// What [`Vsock::new`] sets up.
 #[derive(Debug, Clone)]
@@ -57,6 +62,8 @@ pub struct Vsock {
     config: [u8; 8],
     pub(super) muxer: Muxer,
     pub(super) common: VirtioCommon,
+    /// A TRANSPORT_RESET event waits for an event-queue buffer.
+    reset_pending: bool,
 }
 
 impl Vsock {
@@ -74,6 +81,7 @@ impl Vsock {
             config: config.guest_cid.to_le_bytes(),
             muxer,
             common,
+            reset_pending: false,
         })
     }
 
@@ -92,14 +100,34 @@ impl Vsock {
         self.common.is_activated()
     }
 
-    /// Processes the tx queue, then fills rx buffers; raises the interrupt
-    /// when the guest needs it.
+    /// Tells the guest driver that every connection is gone (after a
+    /// snapshot restore, whose host side has none): queues a
+    /// VIRTIO_VSOCK_EVENT_TRANSPORT_RESET on the event queue, delivered
+    /// now if the driver has an event buffer there, else as soon as it
+    /// adds one. The driver then resets all its sockets and re-reads the
+    /// guest CID.
+    pub fn transport_reset(&mut self) {
+        self.reset_pending = true;
+        self.run_queues();
+    }
+
+    /// Whether a TRANSPORT_RESET event waits for an event buffer.
+    pub fn transport_reset_pending(&self) -> bool {
+        self.reset_pending
+    }
+
+    /// Processes the tx queue, then fills rx buffers, then the event
+    /// queue; raises the interrupt when the guest needs it.
     pub(super) fn run_queues(&mut self) {
         let name = self.common.name();
         let Some(active) = self.common.activated_mut() else {
             return;
         };
         let mut notify = false;
+        if self.reset_pending && post_reset_event(active) {
+            self.reset_pending = false;
+            notify |= active.needs_interrupt(EVENT);
+        }
         if process_tx(active, &mut self.muxer, self.guest_cid) {
             notify |= active.needs_interrupt(TX);
         }
@@ -110,6 +138,27 @@ impl Vsock {
             active.signal_used(name);
         }
     }
+}
+
+/// Writes a TRANSPORT_RESET event (`le32 id`) into the first event
+/// buffer; true if one was used.
+fn post_reset_event(active: &mut Activated) -> bool {
+    let mut posted = false;
+    active.drain(EVENT, |mem, chain| {
+        let id = EVENT_TRANSPORT_RESET.to_le_bytes();
+        match chain.writer(mem) {
+            Ok(mut writer) if writer.available_bytes() >= id.len() => {
+                if writer.write_all(&id).is_err() {
+                    return ChainDone::Used(0);
+                }
+                posted = true;
+                ChainDone::UsedThenStop(id.len() as u32)
+            }
+            // Too small or outside guest memory: hand it back empty.
+            _ => ChainDone::Used(0),
+        }
+    });
+    posted
 }
 
 /// Handles every guest packet on the tx queue; true if any was used.
@@ -163,5 +212,7 @@ impl VirtioDevice for Vsock {
 
     fn on_reset(&mut self) {
         self.muxer.reset();
+        // A fresh driver knows of no connection to reset.
+        self.reset_pending = false;
     }
 }

@@ -8,15 +8,19 @@
 //!
 //! Files: `packet.rs` (header parsing and validation), `connection.rs` (one
 //! connection), `muxer.rs` (the set of connections and the listener),
-//! `device.rs` ([`Vsock`] and queue processing), `event.rs` (epoll glue).
+//! `device.rs` ([`Vsock`] and queue processing, including the
+//! TRANSPORT_RESET event a restored device posts), `persist.rs`
+//! ([`VsockState`]), `event.rs` (epoll glue).
 
 mod connection;
 mod device;
 mod event;
 mod muxer;
 pub mod packet;
+mod persist;
 
 pub use device::{Vsock, VsockConfig, VsockError};
+pub use persist::VsockState;
 
 #[cfg(test)]
 mod tests;
