@@ -31,6 +31,10 @@ const PVM_QUIRKS: &[&str] = &[
     "mitigations=off",
     "husk.no_int3_selftest",
     "percpu_alloc=page",
+    // The guest reads the raw host TSC here (no TSC offset survives a
+    // restore), so a TSC clocksource would jump by the template's age on
+    // every warm start; kvm-clock is set back exactly by KVM_SET_CLOCK.
+    "clocksource=kvm-clock",
 ];
 
 /// Environment for every guest process on PVM hosts. These hosts do not
