@@ -24,6 +24,9 @@ const LAYERS_DIR: &str = "/run/husk/layers";
 const RW_DIR: &str = "/run/husk/rw";
 /// The container's root (the overlay).
 const ROOT_DIR: &str = "/run/husk/root";
+/// The container's /dev, built once at boot ([`prepare`]) and bound into
+/// the root per container.
+const DEV_DIR: &str = "/run/husk/dev";
 
 const NOSUID: MountFlags = MountFlags::NOSUID;
 const LOCKED: MountFlags = MountFlags::NOSUID
@@ -39,18 +42,48 @@ fn mkdir_p(path: &Path) -> Result<(), SysError> {
     std::fs::create_dir_all(path).map_err(io_err(format!("creating {}", path.display())))
 }
 
-/// Mounts and records the mount point in `mounts` (unmounted in reverse).
+/// Mounts, and when `teardown` says so records the mount point in
+/// `mounts` (unmounted in reverse at teardown).
 fn mount_at(
     what: &str,
     target: &Path,
     fstype: &str,
     flags: MountFlags,
     data: Option<&str>,
-    mounts: &mut Vec<PathBuf>,
+    teardown: Teardown<'_>,
 ) -> Result<(), SysError> {
     mount_data(what, &target.to_string_lossy(), fstype, flags, data)?;
-    mounts.push(target.to_path_buf());
+    if let Teardown::Unmount(mounts) = teardown {
+        mounts.push(target.to_path_buf());
+    }
     Ok(())
+}
+
+/// Whether a mount is undone at teardown.
+///
+/// Only mounts that hold data written in the guest are: a writable disk
+/// (the writable ext4 disk, a writable root disk, a writable volume) and a
+/// root stacked on one (the overlay, which keeps its upper disk busy).
+/// Unmounting leaves such a disk clean for its next use. Read-only disks
+/// (EROFS layers), memory filesystems and the API filesystems are left
+/// to the power-off: unmounting them saves nothing and costs seconds on
+/// hosts where guest kernel code is emulated (docs/BENCHMARKS.md). The
+/// mounts inside the root go with it: the root is detached as a tree
+/// ([`crate::guest::unmount`] falls back to a lazy unmount when busy).
+enum Teardown<'a> {
+    /// Record the mount point here.
+    Unmount(&'a mut Vec<PathBuf>),
+    /// Leave it mounted until the power-off.
+    Keep,
+}
+
+/// [`Teardown::Unmount`] when `writable`, else [`Teardown::Keep`].
+fn unmount_if(writable: bool, mounts: &mut Vec<PathBuf>) -> Teardown<'_> {
+    if writable {
+        Teardown::Unmount(mounts)
+    } else {
+        Teardown::Keep
+    }
 }
 
 /// Whether missing mount points may be created in the root.
@@ -64,8 +97,16 @@ enum MountPoints {
     Existing,
 }
 
-/// Assembles the container described by `spec`; records every mount point
-/// in `mounts`, in mount order.
+/// Work done once at boot, before any container: builds the container's
+/// /dev (see [`mount_api`]).
+pub fn prepare() -> Result<(), SysError> {
+    let dev = Path::new(DEV_DIR);
+    mkdir_p(dev)?;
+    mount_dev(dev)
+}
+
+/// Assembles the container described by `spec`; records the mount points
+/// to undo at teardown in `mounts`, in mount order (see [`Teardown`]).
 pub fn create(spec: &ContainerSpec, mounts: &mut Vec<PathBuf>) -> Result<ContainerRoot, SysError> {
     let root = Path::new(ROOT_DIR);
     mkdir_p(root)?;
@@ -82,11 +123,12 @@ pub fn create(spec: &ContainerSpec, mounts: &mut Vec<PathBuf>) -> Result<Contain
                 MountFlags::empty()
             };
             let dev = dev.to_string_lossy();
-            mount_at(&dev, root, &disk.fs_type, flags, None, mounts)?;
+            let teardown = unmount_if(!disk.read_only, mounts);
+            mount_at(&dev, root, &disk.fs_type, flags, None, teardown)?;
             MountPoints::Existing
         }
     };
-    mount_api(root, points, mounts)?;
+    mount_api(root, points)?;
     for vol in &spec.volumes {
         let dev = find_disk(&vol.serial)?;
         let target = in_root(root, &vol.target)?;
@@ -98,13 +140,14 @@ pub fn create(spec: &ContainerSpec, mounts: &mut Vec<PathBuf>) -> Result<Contain
         } else {
             MountFlags::empty()
         };
+        let teardown = unmount_if(!vol.read_only, mounts);
         mount_at(
             &dev.to_string_lossy(),
             &target,
             &vol.fs_type,
             flags,
             None,
-            mounts,
+            teardown,
         )?;
     }
     set_hostname(&spec.hostname)?;
@@ -133,7 +176,14 @@ fn mount_layers(
         let dir = PathBuf::from(format!("{LAYERS_DIR}/{i}"));
         mkdir_p(&dir)?;
         let dev = dev.to_string_lossy();
-        mount_at(&dev, &dir, "erofs", MountFlags::RDONLY, None, mounts)?;
+        mount_at(
+            &dev,
+            &dir,
+            "erofs",
+            MountFlags::RDONLY,
+            None,
+            Teardown::Keep,
+        )?;
         lowers.push(dir.to_string_lossy().into_owned());
     }
     let rw = Path::new(RW_DIR);
@@ -145,7 +195,7 @@ fn mount_layers(
             "tmpfs",
             MountFlags::NODEV,
             Some("mode=755"),
-            mounts,
+            Teardown::Keep,
         )?;
     } else {
         let dev = find_disk(writable)?;
@@ -155,7 +205,7 @@ fn mount_layers(
             "ext4",
             MountFlags::empty(),
             None,
-            mounts,
+            Teardown::Unmount(mounts),
         )?;
     }
     for sub in ["upper", "work"] {
@@ -166,13 +216,14 @@ fn mount_layers(
         "lowerdir={},upperdir={RW_DIR}/upper,workdir={RW_DIR}/work",
         lowers.join(":")
     );
+    let teardown = unmount_if(!writable.is_empty(), mounts);
     mount_at(
         "overlay",
         root,
         "overlay",
         MountFlags::empty(),
         Some(&options),
-        mounts,
+        teardown,
     )
 }
 
@@ -191,25 +242,28 @@ fn mount_point(root: &Path, path: &str, points: MountPoints) -> Result<Option<Pa
 }
 
 /// /proc, /sys (read-only), a minimal /dev with its own devpts and shm
-/// (each where it has a mount point, see [`MountPoints`]).
-fn mount_api(root: &Path, points: MountPoints, mounts: &mut Vec<PathBuf>) -> Result<(), SysError> {
+/// (each where it has a mount point, see [`MountPoints`]). The /dev was
+/// built at boot ([`prepare`]: one VM serves one container) and is bound
+/// here with its submounts, one mount(2) instead of some twenty calls.
+fn mount_api(root: &Path, points: MountPoints) -> Result<(), SysError> {
     if let Some(proc_dir) = mount_point(root, "/proc", points)? {
-        mount_at("proc", &proc_dir, "proc", LOCKED, None, mounts)?;
+        mount_at("proc", &proc_dir, "proc", LOCKED, None, Teardown::Keep)?;
     }
     if let Some(sys_dir) = mount_point(root, "/sys", points)? {
         let flags = LOCKED | MountFlags::RDONLY;
-        mount_at("sysfs", &sys_dir, "sysfs", flags, None, mounts)?;
+        mount_at("sysfs", &sys_dir, "sysfs", flags, None, Teardown::Keep)?;
     }
-    match mount_point(root, "/dev", points)? {
-        Some(dev) => mount_dev(&dev, mounts),
-        None => Ok(()),
+    if let Some(dev) = mount_point(root, "/dev", points)? {
+        let flags = MountFlags::BIND | MountFlags::REC;
+        mount_at(DEV_DIR, &dev, "", flags, None, Teardown::Keep)?;
     }
+    Ok(())
 }
 
 /// A tmpfs /dev with the usual nodes and links, devpts and shm.
-fn mount_dev(dev: &Path, mounts: &mut Vec<PathBuf>) -> Result<(), SysError> {
+fn mount_dev(dev: &Path) -> Result<(), SysError> {
     let opts = Some("mode=755,size=65536k");
-    mount_at("tmpfs", dev, "tmpfs", NOSUID, opts, mounts)?;
+    mount_at("tmpfs", dev, "tmpfs", NOSUID, opts, Teardown::Keep)?;
     for (name, major, minor, mode) in [
         ("null", 1, 3, 0o666),
         ("zero", 1, 5, 0o666),
@@ -241,12 +295,12 @@ fn mount_dev(dev: &Path, mounts: &mut Vec<PathBuf>) -> Result<(), SysError> {
         "devpts",
         NOSUID | MountFlags::NOEXEC,
         opts,
-        mounts,
+        Teardown::Keep,
     )?;
     let shm = dev.join("shm");
     mkdir_p(&shm)?;
     let opts = Some("mode=1777,size=65536k");
-    mount_at("shm", &shm, "tmpfs", LOCKED, opts, mounts)
+    mount_at("shm", &shm, "tmpfs", LOCKED, opts, Teardown::Keep)
 }
 
 fn mknod(path: &Path, major: u32, minor: u32, mode: u32) -> Result<(), SysError> {

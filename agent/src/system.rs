@@ -113,7 +113,8 @@ pub trait System {
     fn kill_all(&mut self);
     /// Whether the agent is PID 1 and must reap every process.
     fn reaps_orphans(&self) -> bool;
-    /// Kills leftover processes, syncs and unmounts.
+    /// Kills leftover processes and unmounts the writable disks (the
+    /// power-off syncs the rest).
     fn shutdown(&mut self);
 }
 
@@ -180,7 +181,8 @@ pub fn run_agent<S: System>(sys: &mut S) -> Result<Outcome, AgentError> {
 /// The real guest: PID 1 on the agent disk.
 #[derive(Debug, Default)]
 pub struct GuestSystem {
-    /// Mount points made for the container, in mount order.
+    /// Mount points to undo at teardown, in mount order (the writable
+    /// disks and what sits on them, see `rootfs::create`).
     mounts: Vec<PathBuf>,
 }
 
@@ -195,7 +197,8 @@ impl System for GuestSystem {
     type Conn = File;
 
     fn mount_early(&mut self) -> Result<(), SysError> {
-        crate::guest::mount_early()
+        crate::guest::mount_early()?;
+        crate::rootfs::prepare()
     }
 
     fn connect(&mut self) -> Result<File, SysError> {
@@ -233,7 +236,8 @@ impl System for GuestSystem {
 
     fn shutdown(&mut self) {
         crate::guest::kill_all();
-        rustix::fs::sync();
+        // No sync(2) first: unmounting a disk writes it back, and the
+        // power-off syncs whatever stayed mounted.
         while let Some(target) = self.mounts.pop() {
             if let Err(e) = crate::guest::unmount(&target) {
                 log::error(&format!("unmounting {}: {e}", target.display()));
