@@ -25,12 +25,12 @@ pub mod ext4;
 pub mod oneshot;
 pub mod rundir;
 mod sandbox;
-mod warm;
 pub mod signals;
 pub mod template;
 pub mod vmthread;
 pub mod vsock;
 pub mod wait;
+mod warm;
 
 pub use agent::{AgentConnection, AgentError, Event};
 pub use contract::DiskRole;

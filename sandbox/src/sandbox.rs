@@ -18,8 +18,8 @@ use crate::agent::{AgentConnection, AgentError};
 use crate::contract::{self, DiskRole, AGENT_PORT, AGENT_SERIAL, CMDLINE, GUEST_CID};
 use crate::explain;
 use crate::rundir::RunDirError;
-use crate::template::{StartMode, TemplateError};
 use crate::signals::Signals;
+use crate::template::{StartMode, TemplateError};
 use crate::vmthread::{PauseError, VmResult, VmThread};
 use crate::wait::{Wake, Watch};
 

@@ -70,7 +70,10 @@ fn built_once_then_found() {
     assert_eq!(again.dir, t.dir);
     assert_eq!(store.list().unwrap().len(), 1);
     // Only the template and its lock: no staging directory left.
-    assert_eq!(names(store.root()), vec![t.key.clone(), format!("{}.lock", t.key)]);
+    assert_eq!(
+        names(store.root()),
+        vec![t.key.clone(), format!("{}.lock", t.key)]
+    );
 }
 
 #[test]
@@ -95,7 +98,10 @@ fn failed_or_killed_builds_leave_no_template() {
     assert!(store.list().unwrap().is_empty());
     let t = store.ensure(&i, build_ok).unwrap();
     assert_eq!(fs::read(t.files().state).unwrap(), b"s");
-    assert_eq!(names(store.root()), vec![key.clone(), format!("{key}.lock")]);
+    assert_eq!(
+        names(store.root()),
+        vec![key.clone(), format!("{key}.lock")]
+    );
 }
 
 #[test]
@@ -106,7 +112,10 @@ fn discard_remove_and_prune() {
     let b = store.ensure(&inputs(512), build_ok).unwrap();
     store.discard(&a).unwrap();
     assert!(store.find(&inputs(256)).is_none());
-    assert!(matches!(store.remove("zz"), Err(TemplateError::NotFound(_))));
+    assert!(matches!(
+        store.remove("zz"),
+        Err(TemplateError::NotFound(_))
+    ));
     assert!(matches!(store.remove(""), Err(TemplateError::NotFound(_))));
     assert_eq!(store.remove(&b.key[..6]).unwrap().key, b.key);
     store.ensure(&inputs(256), build_ok).unwrap();
@@ -122,11 +131,7 @@ fn a_template_with_other_inputs_under_the_key_is_not_used() {
     let t = store.ensure(&i, build_ok).unwrap();
     let mut other = i.clone();
     other.vcpus = 2;
-    fs::write(
-        t.dir.join(INPUTS_FILE),
-        serde_json::to_vec(&other).unwrap(),
-    )
-    .unwrap();
+    fs::write(t.dir.join(INPUTS_FILE), serde_json::to_vec(&other).unwrap()).unwrap();
     assert!(store.find(&i).is_none());
 }
 

@@ -145,7 +145,12 @@ fn is_damaged(e: &vmm::SnapshotError) -> bool {
     use vmm::SnapshotError as E;
     matches!(
         e,
-        E::Format(_) | E::MemoryFile(_) | E::VcpuCount(_) | E::MissingKvmState
+        E::Format(_)
+            | E::MemoryFile(_)
+            | E::VcpuCount(_)
+            | E::MissingKvmState
+            | E::Layout { .. }
+            | E::Device(_)
     )
 }
 
@@ -174,11 +179,14 @@ fn build_template(
         disks: Vec::new(),
         vcpus: config.vcpus,
         memory_mib: config.memory_mib,
-        net: inputs.net_mtu.zip(net_end).map(|(mtu, end)| vmm::NetConfig {
-            mac: TEMPLATE_MAC,
-            mtu,
-            backend: vmm::NetBackend::Stream(Arc::new(end)),
-        }),
+        net: inputs
+            .net_mtu
+            .zip(net_end)
+            .map(|(mtu, end)| vmm::NetConfig {
+                mac: TEMPLATE_MAC,
+                mtu,
+                backend: vmm::NetBackend::Stream(Arc::new(end)),
+            }),
         console: staging.join("console.log"),
         vsock: rundir.path().join("v.sock"),
         start: StartMode::Cold,

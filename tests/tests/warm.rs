@@ -69,7 +69,12 @@ impl Cache {
         args.extend(flags);
         args.extend(["--", "/bin/echo", "hi"]);
         let done = self.run(env, &args);
-        assert_eq!((done.code(), done.stdout.as_str()), (0, "hi\n"), "{}", done.stderr);
+        assert_eq!(
+            (done.code(), done.stdout.as_str()),
+            (0, "hi\n"),
+            "{}",
+            done.stderr
+        );
         restored_from(&done.stderr)
     }
 
@@ -103,7 +108,14 @@ fn restored_containers_behave_and_differ() {
     let Some(env) = Env::new("restored_containers_behave_and_differ") else {
         return;
     };
-    let done = env.husk(&["run", "--rm", IMAGE, "sh", "-c", "echo out; echo err >&2; exit 3"]);
+    let done = env.husk(&[
+        "run",
+        "--rm",
+        IMAGE,
+        "sh",
+        "-c",
+        "echo out; echo err >&2; exit 3",
+    ]);
     assert_eq!(done.code(), 3, "{}", done.stderr);
     assert_eq!(done.stdout, "out\n");
     assert!(done.stderr.ends_with("err\n"), "{}", done.stderr);
@@ -113,8 +125,7 @@ fn restored_containers_behave_and_differ() {
     let starts: Vec<Running> = ["a", "b"]
         .iter()
         .map(|name| {
-            Running::start(env.cmd(&["run", "-d", "--name", name, IMAGE, "sleep", "1000"]))
-                .unwrap()
+            Running::start(env.cmd(&["run", "-d", "--name", name, IMAGE, "sleep", "1000"])).unwrap()
         })
         .collect();
     for r in starts {
@@ -132,7 +143,10 @@ fn restored_containers_behave_and_differ() {
     let b = env.ok(&["exec", "b", "sh", "-c", probe]);
     let (a, b): (Vec<&str>, Vec<&str>) = (a.lines().collect(), b.lines().collect());
     assert_eq!(a.len(), 6, "{a:?}");
-    for (i, what) in ["random bytes", "MAC address", "hostname"].iter().enumerate() {
+    for (i, what) in ["random bytes", "MAC address", "hostname"]
+        .iter()
+        .enumerate()
+    {
         assert_ne!(a[i], b[i], "clones share their {what}");
         assert!(!a[i].is_empty(), "{what}: {a:?}");
     }
@@ -173,7 +187,11 @@ fn templates_are_rebuilt_when_damaged_or_for_another_kernel() {
     let built = std::fs::metadata(state_file(&cache, &first)).unwrap();
     assert_eq!(cache.echo(&env, &flags), first);
     let reused = std::fs::metadata(state_file(&cache, &first)).unwrap();
-    assert_eq!(built.modified().unwrap(), reused.modified().unwrap(), "not rebuilt");
+    assert_eq!(
+        built.modified().unwrap(),
+        reused.modified().unwrap(),
+        "not rebuilt"
+    );
 
     // A truncated state file is detected and the template rebuilt.
     let state = state_file(&cache, &first);
@@ -187,9 +205,24 @@ fn templates_are_rebuilt_when_damaged_or_for_another_kernel() {
     let root = cache.rootfs.to_str().unwrap();
     let done = cache.run(
         &env,
-        &["vm", "run", "--kernel", flags[1], "--disk", root, "--", "/bin/echo", "hi"],
+        &[
+            "vm",
+            "run",
+            "--kernel",
+            flags[1],
+            "--disk",
+            root,
+            "--",
+            "/bin/echo",
+            "hi",
+        ],
     );
-    assert_eq!((done.code(), done.stdout.as_str()), (0, "hi\n"), "{}", done.stderr);
+    assert_eq!(
+        (done.code(), done.stdout.as_str()),
+        (0, "hi\n"),
+        "{}",
+        done.stderr
+    );
     assert!(done.stderr.contains("is damaged"), "{}", done.stderr);
     assert_eq!(restored_from(&done.stderr), first);
     assert_eq!(std::fs::metadata(&state).unwrap().len(), len);
@@ -225,13 +258,19 @@ fn a_killed_template_build_leaves_no_template() {
     // Kill it while the template VM boots: its console is being written.
     let deadline = Instant::now() + VM_TIMEOUT;
     while staging_console_len(&cache.templates()) == 0 {
-        assert!(Instant::now() < deadline, "the template build never started");
+        assert!(
+            Instant::now() < deadline,
+            "the template build never started"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     csupport::kill(running.pid(), rustix::process::Signal::KILL);
     let done = running.finish(VM_TIMEOUT).unwrap();
     assert_ne!(done.code(), 0);
-    assert!(cache.keys(&env).is_empty(), "a half-built template is listed");
+    assert!(
+        cache.keys(&env).is_empty(),
+        "a half-built template is listed"
+    );
     // The next run builds it, and removes the dead build's staging dir.
     let key = cache.echo(&env, &[]);
     assert_eq!(cache.keys(&env), [key.clone()]);
@@ -281,7 +320,10 @@ fn run_build_and_vm_run_start_warm_unless_cold() {
     let done = cache.run(&env, &["build", "--no-cache", "-t", "warm:1", ctx]);
     assert_eq!(done.code(), 0, "{}", done.stderr);
     assert_eq!(cache.keys(&env).len(), 1);
-    assert_eq!(env.ok(&["run", "--rm", "warm:1", "cat", "/built"]), "built\n");
+    assert_eq!(
+        env.ok(&["run", "--rm", "warm:1", "cat", "/built"]),
+        "built\n"
+    );
     env.ok(&["rmi", "cold:1", "warm:1"]);
     env.assert_clean();
 }

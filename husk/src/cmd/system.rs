@@ -84,7 +84,9 @@ fn list(store: &TemplateStore, quiet: bool) -> Result<i32> {
         }
         return Ok(0);
     }
-    let header = ["KEY", "VCPUS", "MEMORY", "SLOTS", "NETWORK", "SIZE", "CREATED"];
+    let header = [
+        "KEY", "VCPUS", "MEMORY", "SLOTS", "NETWORK", "SIZE", "CREATED",
+    ];
     let mut rows = vec![header.map(String::from).to_vec()];
     rows.extend(templates.iter().map(row));
     print_table(&rows);
