@@ -96,7 +96,7 @@ fn io_ctx(context: impl Into<String>) -> impl FnOnce(io::Error) -> TemplateError
 /// Everything that decides a template's content; its hash is the key.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TemplateInputs {
-    /// [`TEMPLATE_FORMAT`] and the VMM's snapshot format version.
+    /// This husk's template format and the VMM's snapshot format version.
     pub format: String,
     /// The kernel (for listings; its content decides via `kernel_sha256`).
     pub kernel: PathBuf,

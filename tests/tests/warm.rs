@@ -183,7 +183,7 @@ fn templates_are_rebuilt_when_damaged_or_for_another_kernel() {
 
     let first = cache.echo(&env, &flags);
     assert_eq!(first.len(), 16, "{first:?}");
-    assert_eq!(cache.keys(&env), [first.clone()]);
+    assert_eq!(cache.keys(&env), vec![first.clone()]);
     let built = std::fs::metadata(state_file(&cache, &first)).unwrap();
     assert_eq!(cache.echo(&env, &flags), first);
     let reused = std::fs::metadata(state_file(&cache, &first)).unwrap();
@@ -273,7 +273,7 @@ fn a_killed_template_build_leaves_no_template() {
     );
     // The next run builds it, and removes the dead build's staging dir.
     let key = cache.echo(&env, &[]);
-    assert_eq!(cache.keys(&env), [key.clone()]);
+    assert_eq!(cache.keys(&env), vec![key.clone()]);
     let left: Vec<String> = std::fs::read_dir(cache.templates())
         .unwrap()
         .flatten()
