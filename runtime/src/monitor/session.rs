@@ -291,7 +291,16 @@ impl<'a> Session<'a> {
         }
         self.end = Some(end);
         self.phase = Phase::Ending;
-        self.deadline = Some(Instant::now() + TEARDOWN_TIMEOUT);
+        // A disposable container (`--rm`, no volumes) has nothing the
+        // guest's teardown would save: its writable disk is deleted next,
+        // so the VM is stopped at once instead.
+        let disposable = self.cfg.auto_remove && self.cfg.mounts.is_empty();
+        let teardown = if disposable {
+            Duration::ZERO
+        } else {
+            TEARDOWN_TIMEOUT
+        };
+        self.deadline = Some(Instant::now() + teardown);
     }
 
     fn accept_agent(&mut self) {
