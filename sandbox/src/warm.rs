@@ -62,6 +62,23 @@ impl Sandbox {
         Sandbox::boot_cold(config)
     }
 
+    /// Builds the template [`Sandbox::start`] would restore `config`'s VM
+    /// from, if it is missing; nothing for a cold start or a layout no
+    /// template fits. Lets a caller pay for a first template (one cold
+    /// boot) before it promises anyone a quick start.
+    pub fn prepare(config: &SandboxConfig, signals: Option<&Signals>) -> Result<(), SandboxError> {
+        if config.start != StartMode::Warm {
+            return Ok(());
+        }
+        let store = TemplateStore::default_store();
+        if let Some(inputs) = template_inputs(config, &store)? {
+            store.ensure(&inputs, |staging| {
+                build_template(config, &inputs, staging, signals)
+            })?;
+        }
+        Ok(())
+    }
+
     /// Like [`Sandbox::start`] without signals.
     pub fn boot(config: &SandboxConfig) -> Result<Sandbox, SandboxError> {
         Sandbox::start(config, None)

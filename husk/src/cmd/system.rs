@@ -20,6 +20,9 @@ pub enum SystemCommand {
 /// `husk system templates`.
 #[derive(Args, Debug)]
 pub struct TemplatesArgs {
+    /// Only show keys (when listing).
+    #[arg(short = 'q', long)]
+    quiet: bool,
     #[command(subcommand)]
     action: Option<TemplatesAction>,
 }
@@ -50,7 +53,7 @@ pub fn run(command: SystemCommand) -> Result<i32> {
     let SystemCommand::Templates(args) = command;
     let store = TemplateStore::default_store();
     match args.action.unwrap_or(TemplatesAction::Ls { quiet: false }) {
-        TemplatesAction::Ls { quiet } => list(&store, quiet),
+        TemplatesAction::Ls { quiet } => list(&store, quiet || args.quiet),
         TemplatesAction::Rm { keys } => {
             let mut failed = false;
             for key in keys {

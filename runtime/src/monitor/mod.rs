@@ -224,11 +224,6 @@ fn run(root: &Path, id: &str, mode: &str) -> Result<(), Error> {
         state,
         attach_mode,
     };
-    report(ready::REGISTERED);
-    if attach_mode {
-        report_last(ready::READY);
-    }
-
     let config = boot::sandbox_config(
         &cfg,
         &paths,
@@ -236,6 +231,19 @@ fn run(root: &Path, id: &str, mode: &str) -> Result<(), Error> {
         vsock.path(),
         network.net_config(),
     );
+    // A first warm start builds its template (a cold boot) here, before
+    // the starter is told to attach: clients are served once the VM runs.
+    if let Err(e) = Sandbox::prepare(&config, Some(&signals)) {
+        eprintln!(
+            "husk monitor: preparing the warm-start template: {}",
+            error_chain(&e)
+        );
+    }
+    report(ready::REGISTERED);
+    if attach_mode {
+        report_last(ready::READY);
+    }
+
     let guest_net = boot::GuestNet::of(&network, &cfg.hostname);
     let (end, mut clients) = match Sandbox::start(&config, Some(&signals)) {
         Ok(mut sandbox) => {
