@@ -122,7 +122,7 @@ fn restored_containers_behave_and_differ() {
     assert!(!done.stderr.contains("warning"), "{}", done.stderr);
 
     // Two clones of one template at once.
-    let starts: Vec<Running> = ["a", "b"]
+    let starts: Vec<Running> = ["ca", "cb"]
         .iter()
         .map(|name| {
             Running::start(env.cmd(&["run", "-d", "--name", name, IMAGE, "sleep", "1000"])).unwrap()
@@ -132,15 +132,15 @@ fn restored_containers_behave_and_differ() {
         let done = r.finish(VM_TIMEOUT).unwrap();
         assert_eq!(done.code(), 0, "{}", done.stderr);
     }
-    let template = env.inspect("a", "{{.State.Template}}");
+    let template = env.inspect("ca", "{{.State.Template}}");
     assert_eq!(template.len(), 16, "restored from a template: {template:?}");
-    assert_eq!(env.inspect("b", "{{.State.Template}}"), template);
+    assert_eq!(env.inspect("cb", "{{.State.Template}}"), template);
     let probe = "head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo; \
                  cat /sys/class/net/eth0/address; hostname; \
                  cat /sys/block/vdb/serial; echo; cat /sys/block/vdb/size; \
                  test -x /bin/busybox && echo layer-ok";
-    let a = env.ok(&["exec", "a", "sh", "-c", probe]);
-    let b = env.ok(&["exec", "b", "sh", "-c", probe]);
+    let a = env.ok(&["exec", "ca", "sh", "-c", probe]);
+    let b = env.ok(&["exec", "cb", "sh", "-c", probe]);
     let (a, b): (Vec<&str>, Vec<&str>) = (a.lines().collect(), b.lines().collect());
     assert_eq!(a.len(), 6, "{a:?}");
     for (i, what) in ["random bytes", "MAC address", "hostname"]
@@ -151,7 +151,7 @@ fn restored_containers_behave_and_differ() {
         assert!(!a[i].is_empty(), "{what}: {a:?}");
     }
     // The first layer disk, attached at restore: its serial and its size.
-    let id = env.inspect("a", "{{.Id}}");
+    let id = env.inspect("ca", "{{.Id}}");
     let config: serde_json::Value = serde_json::from_slice(
         &std::fs::read(env.root().join("containers").join(&id).join("config.json")).unwrap(),
     )
@@ -161,13 +161,13 @@ fn restored_containers_behave_and_differ() {
     assert_eq!(a[3], "layer0");
     assert_eq!(a[4], sectors.to_string());
     assert_eq!(a[5], "layer-ok");
-    env.ok(&["rm", "-f", "a", "b"]);
+    env.ok(&["rm", "-f", "ca", "cb"]);
 
     // --cold boots from the kernel, with the same result.
-    let done = env.husk(&["run", "--cold", "--name", "c", IMAGE, "sh", "-c", "exit 4"]);
+    let done = env.husk(&["run", "--cold", "--name", "cc", IMAGE, "sh", "-c", "exit 4"]);
     assert_eq!(done.code(), 4, "{}", done.stderr);
-    assert_eq!(env.inspect("c", "{{.State.Template}}"), "");
-    env.ok(&["rm", "c"]);
+    assert_eq!(env.inspect("cc", "{{.State.Template}}"), "");
+    env.ok(&["rm", "cc"]);
     env.assert_clean();
 }
 

@@ -26,16 +26,6 @@ const MARKER: &str = "HUSK-BOOT-TEST-MARKER";
 const ENV_NAMES: [&str; 3] = ["GLIBC_TUNABLES", "OPENSSL_ia32cap", "GODEBUG"];
 static SERIAL: Mutex<()> = Mutex::new(());
 
-fn kernel() -> Option<PathBuf> {
-    match std::env::var_os("HUSK_KERNEL") {
-        Some(k) => Some(PathBuf::from(k)),
-        None => {
-            eprintln!("skipped: HUSK_KERNEL is not set (path of the husk guest vmlinux)");
-            None
-        }
-    }
-}
-
 /// An initramfs with busybox and an /init running `script` after mounting /proc.
 fn initramfs(dir: &Path, script: &str) -> PathBuf {
     let env: String = ENV_NAMES
@@ -123,7 +113,7 @@ fn boot_with(
     devices: impl FnOnce(&Path, &mut VmConfig),
     on_console: impl FnMut(&str) -> bool + Send + 'static,
 ) -> Option<(ExitReason, String)> {
-    let kernel = kernel()?;
+    let kernel = common::kernel()?;
     let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let initrd = initramfs(dir.path(), script);

@@ -21,16 +21,6 @@ const TIMEOUT: Duration = Duration::from_secs(600);
 const TICKS_BEFORE: u32 = 3;
 const TICKS_AFTER: u32 = 3;
 
-fn kernel() -> Option<PathBuf> {
-    match std::env::var_os("HUSK_KERNEL") {
-        Some(k) => Some(PathBuf::from(k)),
-        None => {
-            eprintln!("skipped: HUSK_KERNEL is not set (path of the husk guest vmlinux)");
-            None
-        }
-    }
-}
-
 /// The numbers of the complete `tick N` lines in `text`.
 fn ticks(text: &str) -> Vec<u32> {
     text.lines()
@@ -96,7 +86,7 @@ fn boot_config(kernel: PathBuf, dir: &Path, console: PathBuf) -> VmConfig {
 
 #[test]
 fn paused_guest_continues_in_a_restored_vm() {
-    let Some(kernel) = kernel() else { return };
+    let Some(kernel) = common::kernel() else { return };
     let dir = tempfile::tempdir().unwrap();
     let console1 = dir.path().join("console1.log");
     let files = SnapshotFiles {
@@ -233,7 +223,7 @@ fn du_kib(path: &Path) -> u64 {
 
 #[test]
 fn snapshots_are_refused_clearly() {
-    let Some(kernel) = kernel() else { return };
+    let Some(kernel) = common::kernel() else { return };
     let dir = tempfile::tempdir().unwrap();
     let disk = dir.path().join("disk.img");
     std::fs::write(&disk, vec![0u8; 4096]).unwrap();

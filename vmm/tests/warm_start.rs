@@ -28,16 +28,6 @@ const TIMEOUT: Duration = Duration::from_secs(600);
 const PORT: u32 = 5000;
 const PROBE: &str = env!("CARGO_BIN_EXE_husk-vsock-probe");
 
-fn kernel() -> Option<PathBuf> {
-    match std::env::var_os("HUSK_KERNEL") {
-        Some(k) => Some(PathBuf::from(k)),
-        None => {
-            eprintln!("skipped: HUSK_KERNEL is not set (path of the husk guest vmlinux)");
-            None
-        }
-    }
-}
-
 /// Stops the VM after TIMEOUT unless `done` is set first.
 fn watchdog(handle: StopHandle, done: Arc<AtomicBool>) -> JoinHandle<()> {
     std::thread::spawn(move || {
@@ -157,7 +147,7 @@ fn template_config(kernel: PathBuf, dir: &Path, net: NetConfig) -> VmConfig {
 
 #[test]
 fn restored_template_sees_its_new_disk_and_reconnects() {
-    let Some(kernel) = kernel() else { return };
+    let Some(kernel) = common::kernel() else { return };
     let dir = tempfile::tempdir().unwrap();
     let files = SnapshotFiles {
         state: dir.path().join("vm.state"),

@@ -127,3 +127,14 @@ fn shared_libraries(program: &Path) -> Vec<PathBuf> {
     }
     libs
 }
+
+/// The guest kernel (`$HUSK_KERNEL`), or `None` (the test is skipped).
+pub fn kernel() -> Option<PathBuf> {
+    match std::env::var_os("HUSK_KERNEL") {
+        Some(k) => Some(PathBuf::from(k)),
+        None => {
+            eprintln!("skipped: HUSK_KERNEL is not set (path of the husk guest vmlinux)");
+            None
+        }
+    }
+}
