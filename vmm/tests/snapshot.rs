@@ -86,7 +86,9 @@ fn boot_config(kernel: PathBuf, dir: &Path, console: PathBuf) -> VmConfig {
 
 #[test]
 fn paused_guest_continues_in_a_restored_vm() {
-    let Some(kernel) = common::kernel() else { return };
+    let Some(kernel) = common::kernel() else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let console1 = dir.path().join("console1.log");
     let files = SnapshotFiles {
@@ -223,7 +225,9 @@ fn du_kib(path: &Path) -> u64 {
 
 #[test]
 fn snapshots_are_refused_clearly() {
-    let Some(kernel) = common::kernel() else { return };
+    let Some(kernel) = common::kernel() else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let disk = dir.path().join("disk.img");
     std::fs::write(&disk, vec![0u8; 4096]).unwrap();

@@ -147,7 +147,9 @@ fn template_config(kernel: PathBuf, dir: &Path, net: NetConfig) -> VmConfig {
 
 #[test]
 fn restored_template_sees_its_new_disk_and_reconnects() {
-    let Some(kernel) = common::kernel() else { return };
+    let Some(kernel) = common::kernel() else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let files = SnapshotFiles {
         state: dir.path().join("vm.state"),
