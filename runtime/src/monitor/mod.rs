@@ -224,7 +224,7 @@ fn run(root: &Path, id: &str, mode: &str) -> Result<(), Error> {
         state,
         attach_mode,
     };
-    let config = boot::sandbox_config(
+    let mut config = boot::sandbox_config(
         &cfg,
         &paths,
         &volume_disks,
@@ -233,11 +233,14 @@ fn run(root: &Path, id: &str, mode: &str) -> Result<(), Error> {
     );
     // A first warm start builds its template (a cold boot) here, before
     // the starter is told to attach: clients are served once the VM runs.
+    // If that fails, the VM boots cold (whose failure, if it fails too,
+    // is the one reported).
     if let Err(e) = Sandbox::prepare(&config, Some(&signals)) {
         eprintln!(
-            "husk monitor: preparing the warm-start template: {}",
+            "husk: warning: warm start failed, booting cold: {}",
             error_chain(&e)
         );
+        config.start = husk_sandbox::StartMode::Cold;
     }
     report(ready::REGISTERED);
     if attach_mode {

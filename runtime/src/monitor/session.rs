@@ -317,7 +317,7 @@ impl<'a> Session<'a> {
         };
         self.agent = Some(conn);
         self.phase = Phase::Creating;
-        self.deadline = Some(Instant::now() + REPLY_TIMEOUT);
+        self.deadline = Some(Instant::now() + self.guest_work_timeout());
         let spec = Message::CreateContainer(boot::container_spec(self.cfg, &self.guest_net));
         self.send_agent(&spec);
     }
@@ -407,9 +407,16 @@ impl<'a> Session<'a> {
         }
     }
 
+    /// How long the agent may take to create the container or start its
+    /// init: guest kernel work like a boot (emulated on some hosts, and
+    /// slower with many guests at once), so at least the boot timeout.
+    fn guest_work_timeout(&self) -> Duration {
+        REPLY_TIMEOUT.max(Duration::from_secs(self.cfg.boot_timeout))
+    }
+
     fn send_exec(&mut self) {
         self.phase = Phase::Starting;
-        self.deadline = Some(Instant::now() + REPLY_TIMEOUT);
+        self.deadline = Some(Instant::now() + self.guest_work_timeout());
         let req = boot::init_request(self.cfg, self.size);
         self.send_agent(&Message::Exec(req));
     }
