@@ -1,4 +1,5 @@
 use super::*;
+use crate::devices::virtio::test_utils::{mmio_read as rd, mmio_write as wr};
 use crate::devices::virtio::{ActivateError, VirtioCommon};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_queue::mock::MockSplitQueue;
@@ -88,16 +89,6 @@ fn fixture() -> Fixture {
     let irq = Arc::new(VirtioInterrupt::new(EventFd::new(EFD_NONBLOCK).unwrap()));
     let mmio = MmioTransport::new(mem.clone(), dev.clone(), irq).unwrap();
     Fixture { mem, dev, mmio }
-}
-
-fn rd(m: &mut MmioTransport, off: u64) -> u32 {
-    let mut b = [0u8; 4];
-    m.read(off, &mut b);
-    u32::from_le_bytes(b)
-}
-
-fn wr(m: &mut MmioTransport, off: u64, v: u32) {
-    m.write(off, &v.to_le_bytes());
 }
 
 /// Programs queue `sel` with the layout of `vq`.

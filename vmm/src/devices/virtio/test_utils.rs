@@ -147,3 +147,17 @@ pub fn activate_context(
     };
     (ctx, evts)
 }
+
+/// Reads the 32-bit register at `off` of a virtio-mmio transport.
+pub fn mmio_read(m: &mut super::mmio::MmioTransport, off: u64) -> u32 {
+    use crate::bus::BusDevice;
+    let mut b = [0u8; 4];
+    m.read(off, &mut b);
+    u32::from_le_bytes(b)
+}
+
+/// Writes `v` to the 32-bit register at `off` of a virtio-mmio transport.
+pub fn mmio_write(m: &mut super::mmio::MmioTransport, off: u64, v: u32) {
+    use crate::bus::BusDevice;
+    m.write(off, &v.to_le_bytes());
+}

@@ -9,10 +9,10 @@ use virtio_bindings::virtio_blk::*;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::*;
-use crate::bus::BusDevice;
 use crate::devices::virtio::mmio::MmioTransport;
 use crate::devices::virtio::persist::{DeviceKindState, VirtioDeviceState};
 use crate::devices::virtio::test_utils::{guest_memory, read_mem, write_mem, Driver};
+use crate::devices::virtio::test_utils::{mmio_read as rd, mmio_write as wr};
 use crate::devices::virtio::{GuestMemory, VirtioDevice, VirtioInterrupt, INT_CONFIG};
 
 const HDR: u64 = 0x10_0000;
@@ -20,16 +20,6 @@ const DATA: u64 = 0x11_0000;
 const STATUS: u64 = 0x12_0000;
 const REG_STATUS: u64 = 0x70;
 const REG_CONFIG_GENERATION: u64 = 0xfc;
-
-fn rd(m: &mut MmioTransport, off: u64) -> u32 {
-    let mut b = [0u8; 4];
-    m.read(off, &mut b);
-    u32::from_le_bytes(b)
-}
-
-fn wr(m: &mut MmioTransport, off: u64, v: u32) {
-    m.write(off, &v.to_le_bytes());
-}
 
 struct Slot {
     dev: Arc<Mutex<Block>>,
