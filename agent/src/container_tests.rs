@@ -136,6 +136,7 @@ fn exec(argv: &[&str]) -> ExecRequest {
         tty: false,
         stdin: false,
         size: None,
+        security: Default::default(),
     }
 }
 

@@ -98,6 +98,7 @@ fn exec_requests_are_checked() {
         tty: false,
         stdin: false,
         size: None,
+        security: Default::default(),
     };
     check_exec(&req).unwrap();
     req.cwd = "rel".into();

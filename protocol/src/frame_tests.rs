@@ -26,6 +26,7 @@ fn samples() -> Vec<Message> {
             tty: false,
             stdin: false,
             size: None,
+            security: Default::default(),
         }),
         Message::Stdout(b"out\n".to_vec()),
         Message::Stderr(vec![0, 255, 10]),

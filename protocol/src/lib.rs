@@ -22,12 +22,12 @@ pub use frame::{
     HEADER_LEN, MAX_FRAME,
 };
 pub use message::{
-    signal_exit_code, ContainerSpec, ErrorCode, ExecRequest, Message, NetworkSpec, RootDisk,
-    RootFs, VolumeMount,
+    signal_exit_code, Capabilities, ContainerSpec, ErrorCode, ExecRequest, Message, NetworkSpec,
+    ProcessSecurity, Rlimit, RlimitResource, RootDisk, RootFs, VolumeMount,
 };
 
 /// The protocol version this build speaks; sent in [`Message::Hello`].
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// The fewest entropy bytes a [`Message::Seed`] may carry.
 pub const SEED_MIN_ENTROPY: usize = 16;

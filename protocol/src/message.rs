@@ -183,6 +183,93 @@ pub struct ExecRequest {
     pub stdin: bool,
     /// The initial terminal size when `tty` is set.
     pub size: Option<(u16, u16)>,
+    /// Supplementary groups, capabilities, resource limits and
+    /// `no_new_privs` of the process (Docker's `--group-add`, `--cap-*`,
+    /// `--ulimit`, `--security-opt no-new-privileges`; OCI `process`).
+    pub security: ProcessSecurity,
+}
+
+/// What the agent applies to a process after it has switched to the
+/// process's user and before it executes it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessSecurity {
+    /// Group IDs added to the user's supplementary groups.
+    pub additional_gids: Vec<u32>,
+    /// Resource limits set on the process; those not listed keep the
+    /// agent's defaults.
+    pub rlimits: Vec<Rlimit>,
+    /// The process's capability sets; `None`: Docker's default set
+    /// ([`Capabilities::docker_default`]) for a root process, none for
+    /// another user (as Docker does).
+    pub capabilities: Option<Capabilities>,
+    /// Set `no_new_privs`, so set-user-ID programs and file capabilities
+    /// grant nothing.
+    pub no_new_privileges: bool,
+}
+
+/// One resource limit (`setrlimit(2)`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rlimit {
+    /// Which resource.
+    pub resource: RlimitResource,
+    /// The soft limit (`u64::MAX`: unlimited).
+    pub soft: u64,
+    /// The hard limit (`u64::MAX`: unlimited).
+    pub hard: u64,
+}
+
+/// The resources of `setrlimit(2)`, by their Linux names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum RlimitResource {
+    /// `RLIMIT_AS`.
+    RlimitAs,
+    /// `RLIMIT_CORE`.
+    RlimitCore,
+    /// `RLIMIT_CPU`.
+    RlimitCpu,
+    /// `RLIMIT_DATA`.
+    RlimitData,
+    /// `RLIMIT_FSIZE`.
+    RlimitFsize,
+    /// `RLIMIT_LOCKS`.
+    RlimitLocks,
+    /// `RLIMIT_MEMLOCK`.
+    RlimitMemlock,
+    /// `RLIMIT_MSGQUEUE`.
+    RlimitMsgqueue,
+    /// `RLIMIT_NICE`.
+    RlimitNice,
+    /// `RLIMIT_NOFILE`.
+    RlimitNofile,
+    /// `RLIMIT_NPROC`.
+    RlimitNproc,
+    /// `RLIMIT_RSS`.
+    RlimitRss,
+    /// `RLIMIT_RTPRIO`.
+    RlimitRtprio,
+    /// `RLIMIT_RTTIME`.
+    RlimitRttime,
+    /// `RLIMIT_SIGPENDING`.
+    RlimitSigpending,
+    /// `RLIMIT_STACK`.
+    RlimitStack,
+}
+
+/// A process's capability sets, as bit masks (bit N = capability N of
+/// `linux/capability.h`, e.g. bit 0 `CAP_CHOWN`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capabilities {
+    /// The bounding set.
+    pub bounding: u64,
+    /// The effective set.
+    pub effective: u64,
+    /// The permitted set.
+    pub permitted: u64,
+    /// The inheritable set.
+    pub inheritable: u64,
+    /// The ambient set.
+    pub ambient: u64,
 }
 
 /// A block device mounted as a container's root filesystem.

@@ -79,6 +79,10 @@ pub struct ProcessConfig {
     pub tty: bool,
     /// Keep stdin open (`-i`).
     pub stdin: bool,
+    /// Supplementary groups, capabilities, resource limits and
+    /// `no_new_privs` (also the defaults of `exec`).
+    #[serde(default)]
+    pub security: husk_protocol::ProcessSecurity,
 }
 
 /// A volume attached to the container.

@@ -64,6 +64,7 @@ impl ExecOptions {
             tty: self.tty,
             stdin: self.stdin,
             size: self.tty.then(|| self.size.unwrap_or((24, 80))),
+            security: config.process.security.clone(),
         })
     }
 }

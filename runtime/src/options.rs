@@ -72,6 +72,9 @@ pub struct CreateOptions {
     pub boot_timeout: u64,
     /// Warm start (restore from a template) or cold boot (`--cold`).
     pub start: husk_sandbox::StartMode,
+    /// `--group-add`, `--cap-add`/`--cap-drop`/`--privileged`, `--ulimit`,
+    /// `--security-opt no-new-privileges`.
+    pub security: husk_protocol::ProcessSecurity,
 }
 
 /// A volume to mount (the CLI's `-v`).
@@ -168,6 +171,7 @@ pub fn process(
         user,
         tty: opts.tty,
         stdin: opts.stdin,
+        security: opts.security.clone(),
     })
 }
 

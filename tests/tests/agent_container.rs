@@ -169,6 +169,7 @@ fn exec(script: &str) -> ExecRequest {
         tty: false,
         stdin: false,
         size: None,
+        security: Default::default(),
     }
 }
 
@@ -310,6 +311,7 @@ fn container_in_a_real_vm() {
     tty.start(ExecRequest {
         tty: true,
         size: Some((24, 80)),
+        security: Default::default(),
         ..exec("stty size; tty")
     });
     let (out, end) = user.output("");

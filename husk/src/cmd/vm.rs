@@ -162,6 +162,7 @@ fn run_vm(args: RunArgs) -> Result<i32> {
         tty: false,
         stdin: false,
         size: None,
+        security: Default::default(),
     };
     let job = OneShot {
         spec,

@@ -97,5 +97,6 @@ pub fn init_request(cfg: &ContainerConfig, size: Option<(u16, u16)>) -> ExecRequ
         tty: p.tty,
         stdin: p.stdin,
         size: p.tty.then(|| size.unwrap_or((24, 80))),
+        security: p.security.clone(),
     }
 }

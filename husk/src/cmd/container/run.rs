@@ -159,6 +159,7 @@ fn options(a: &CreateArgs) -> Result<CreateOptions> {
         agent_disk,
         boot_timeout: a.boot_timeout,
         start: StartMode::choose(a.cold),
+        security: Default::default(),
     })
 }
 
