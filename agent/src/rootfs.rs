@@ -9,7 +9,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use husk_protocol::{ContainerSpec, RootFs};
+use husk_protocol::{ContainerSpec, FileSpec, RootFs};
 use rustix::fs::{FileType, Mode, CWD};
 use rustix::mount::MountFlags;
 
@@ -153,6 +153,7 @@ pub fn create(spec: &ContainerSpec, mounts: &mut Vec<PathBuf>) -> Result<Contain
     set_hostname(&spec.hostname)?;
     if points == MountPoints::Create {
         write_etc(root, spec)?;
+        write_files(root, &spec.files)?;
     }
     crate::net::configure(spec.network.as_ref()).map_err(|e| SysError::Network(e.to_string()))?;
     Ok(ContainerRoot {
@@ -326,9 +327,9 @@ fn write_etc(root: &Path, spec: &ContainerSpec) -> Result<(), SysError> {
     let etc = in_root(root, "/etc")?;
     mkdir_p(&etc)?;
     if !spec.hostname.is_empty() {
-        replace_file(&etc.join("hostname"), &format!("{}\n", spec.hostname))?;
+        replace_file(&etc.join("hostname"), format!("{}\n", spec.hostname))?;
     }
-    replace_file(&etc.join("hosts"), &hosts_file(spec))?;
+    replace_file(&etc.join("hosts"), hosts_file(spec))?;
     if let Some(conf) = &spec.resolv_conf {
         replace_file(&etc.join("resolv.conf"), conf)?;
     }
@@ -358,8 +359,24 @@ pub fn hosts_file(spec: &ContainerSpec) -> String {
     hosts
 }
 
+/// The spec's files (the bundle's file bind mounts, copied), each written
+/// afresh at its path resolved in the root, with its mode, owned by root.
+fn write_files(root: &Path, files: &[FileSpec]) -> Result<(), SysError> {
+    use std::os::unix::fs::PermissionsExt;
+    for f in files {
+        let path = in_root(root, &f.path)?;
+        if let Some(parent) = path.parent() {
+            mkdir_p(parent)?;
+        }
+        replace_file(&path, &f.content)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(f.mode))
+            .map_err(io_err(format!("chmod {}", path.display())))?;
+    }
+    Ok(())
+}
+
 /// Writes `path` afresh (a symlink there is replaced, never followed).
-fn replace_file(path: &Path, content: &str) -> Result<(), SysError> {
+fn replace_file(path: &Path, content: impl AsRef<[u8]>) -> Result<(), SysError> {
     if std::fs::symlink_metadata(path).is_ok_and(|m| !m.is_file()) {
         let _ = std::fs::remove_file(path);
     }

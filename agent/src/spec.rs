@@ -3,7 +3,9 @@
 
 use std::path::{Component, Path, PathBuf};
 
-use husk_protocol::{ContainerSpec, ExecRequest, RootFs};
+use husk_protocol::{
+    ContainerSpec, ExecRequest, FileSpec, RootFs, MAX_FILES, MAX_FILES_BYTES, MAX_FILE_BYTES,
+};
 
 /// Most layer disks a container may stack.
 pub const MAX_LAYERS: usize = 128;
@@ -102,6 +104,37 @@ pub fn check_container(spec: &ContainerSpec) -> Result<(), Invalid> {
         if conf.len() > MAX_RESOLV || conf.contains('\0') {
             return Err(bad("invalid resolv.conf content"));
         }
+    }
+    check_files(&spec.files)
+}
+
+/// The files to copy into the root: bounded in number and size, absolute
+/// clean paths below `/`, plain permission bits.
+fn check_files(files: &[FileSpec]) -> Result<(), Invalid> {
+    if files.len() > MAX_FILES {
+        return Err(bad(format!("more than {MAX_FILES} files")));
+    }
+    let mut total = 0usize;
+    for f in files {
+        check_abs_path("file", &f.path)?;
+        if Path::new(&f.path).components().count() < 2 {
+            return Err(bad(format!("file {:?} names no file", f.path)));
+        }
+        if f.content.len() > MAX_FILE_BYTES {
+            return Err(bad(format!(
+                "file {:?} is larger than {MAX_FILE_BYTES} bytes",
+                f.path
+            )));
+        }
+        total += f.content.len();
+        if f.mode > 0o7777 {
+            return Err(bad(format!("file {:?} has mode {:o}", f.path, f.mode)));
+        }
+    }
+    if total > MAX_FILES_BYTES {
+        return Err(bad(format!(
+            "the files are larger than {MAX_FILES_BYTES} bytes together"
+        )));
     }
     Ok(())
 }

@@ -18,6 +18,7 @@ fn spec() -> ContainerSpec {
         hosts: vec!["10.0.0.1 db".into()],
         resolv_conf: Some("nameserver 10.0.0.2\n".into()),
         network: None,
+        files: Vec::new(),
     }
 }
 
@@ -50,6 +51,24 @@ fn a_normal_spec_passes() {
     }
 }
 
+fn file(path: &str, len: usize) -> FileSpec {
+    FileSpec {
+        path: path.into(),
+        content: vec![b'x'; len],
+        mode: 0o644,
+    }
+}
+
+#[test]
+fn bounded_files_pass() {
+    let mut s = spec();
+    s.files = vec![
+        file("/etc/hosts", MAX_FILE_BYTES),
+        file("/etc/resolv.conf", 10),
+    ];
+    check_container(&s).unwrap();
+}
+
 #[test]
 fn bad_specs_are_refused() {
     type Mutate = Box<dyn Fn(&mut ContainerSpec)>;
@@ -79,6 +98,35 @@ fn bad_specs_are_refused() {
         (
             "many layers",
             Box::new(|s| *layers(s).0 = vec!["l".into(); MAX_LAYERS + 1]),
+        ),
+        (
+            "file relative",
+            Box::new(|s| s.files = vec![file("etc/x", 1)]),
+        ),
+        (
+            "file dotdot",
+            Box::new(|s| s.files = vec![file("/../x", 1)]),
+        ),
+        ("file root", Box::new(|s| s.files = vec![file("/", 1)])),
+        (
+            "file mode",
+            Box::new(|s| {
+                let mut f = file("/etc/x", 1);
+                f.mode = 0o10644;
+                s.files = vec![f]
+            }),
+        ),
+        (
+            "big file",
+            Box::new(|s| s.files = vec![file("/etc/x", MAX_FILE_BYTES + 1)]),
+        ),
+        (
+            "big files",
+            Box::new(|s| s.files = vec![file("/a", MAX_FILE_BYTES); 3]),
+        ),
+        (
+            "many files",
+            Box::new(|s| s.files = vec![file("/a", 1); MAX_FILES + 1]),
         ),
     ];
     for (name, mutate) in cases {

@@ -17,6 +17,7 @@ fn samples() -> Vec<Message> {
             hosts: Vec::new(),
             resolv_conf: None,
             network: None,
+            files: Vec::new(),
         }),
         Message::Exec(ExecRequest {
             argv: vec!["/bin/sh".into(), "-c".into(), "echo hi".into()],

@@ -22,12 +22,22 @@ pub use frame::{
     HEADER_LEN, MAX_FRAME,
 };
 pub use message::{
-    signal_exit_code, Capabilities, ContainerSpec, ErrorCode, ExecRequest, Message, NetworkSpec,
-    ProcessSecurity, Rlimit, RlimitResource, RootDisk, RootFs, VolumeMount,
+    signal_exit_code, Capabilities, ContainerSpec, ErrorCode, ExecRequest, FileSpec, Message,
+    NetworkSpec, ProcessSecurity, Rlimit, RlimitResource, RootDisk, RootFs, VolumeMount,
 };
 
 /// The protocol version this build speaks; sent in [`Message::Hello`].
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
+
+/// Most files a [`ContainerSpec`] may carry in [`ContainerSpec::files`].
+pub const MAX_FILES: usize = 32;
+
+/// Largest content of one file in [`ContainerSpec::files`].
+pub const MAX_FILE_BYTES: usize = 256 * 1024;
+
+/// Largest content of all files in [`ContainerSpec::files`] together; with
+/// the rest of the spec it must fit in one frame ([`MAX_FRAME`]).
+pub const MAX_FILES_BYTES: usize = 512 * 1024;
 
 /// The fewest entropy bytes a [`Message::Seed`] may carry.
 pub const SEED_MIN_ENTROPY: usize = 16;

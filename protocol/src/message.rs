@@ -108,6 +108,29 @@ pub struct ContainerSpec {
     pub resolv_conf: Option<String>,
     /// The network interface to configure; `None`: loopback only.
     pub network: Option<NetworkSpec>,
+    /// Files written into an image root ([`RootFs::Layers`]) after it is
+    /// assembled, after /etc/hostname, /etc/hosts and /etc/resolv.conf (so
+    /// they win over those): the OCI bundle's file bind mounts, copied.
+    /// At most [`MAX_FILES`] files, [`MAX_FILE_BYTES`] each and
+    /// [`MAX_FILES_BYTES`] together (the whole spec travels in one frame).
+    ///
+    /// [`MAX_FILES`]: crate::MAX_FILES
+    /// [`MAX_FILE_BYTES`]: crate::MAX_FILE_BYTES
+    /// [`MAX_FILES_BYTES`]: crate::MAX_FILES_BYTES
+    pub files: Vec<FileSpec>,
+}
+
+/// A regular file the agent writes into the container's root (see
+/// [`ContainerSpec::files`]); owned by root.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileSpec {
+    /// Absolute path inside the container, resolved within the root
+    /// (symlinks cannot lead out of it); missing parents are created.
+    pub path: String,
+    /// The file's content.
+    pub content: Vec<u8>,
+    /// Permission bits (`0o7777` at most).
+    pub mode: u32,
 }
 
 /// Where a container's root filesystem comes from.

@@ -21,6 +21,7 @@ fn spec() -> ContainerSpec {
         hosts: vec![],
         resolv_conf: None,
         network: None,
+        files: Vec::new(),
     }
 }
 

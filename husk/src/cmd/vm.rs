@@ -153,6 +153,7 @@ fn run_vm(args: RunArgs) -> Result<i32> {
         hosts: Vec::new(),
         resolv_conf: None,
         network: network.as_ref().and_then(|n| n.spec()),
+        files: Vec::new(),
     };
     let request = ExecRequest {
         argv: args.command,
