@@ -33,6 +33,10 @@ pub struct ContainerConfig {
     /// /etc/resolv.conf content; `None` keeps the image's.
     #[serde(default)]
     pub resolv_conf: Option<String>,
+    /// Files copied into the root after it is assembled (an OCI bundle's
+    /// file bind mounts).
+    #[serde(default)]
+    pub files: Vec<ContainerFile>,
     /// vCPUs of the VM.
     pub cpus: u8,
     /// Guest memory in MiB.
@@ -83,6 +87,35 @@ pub struct ProcessConfig {
     /// `no_new_privs` (also the defaults of `exec`).
     #[serde(default)]
     pub security: husk_protocol::ProcessSecurity,
+}
+
+/// A regular file copied into the container's root (owned by root).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerFile {
+    /// Absolute path inside the container.
+    pub path: String,
+    /// Content (base64 in `config.json`).
+    #[serde(with = "base64_bytes")]
+    pub content: Vec<u8>,
+    /// Permission bits.
+    pub mode: u32,
+}
+
+/// `Vec<u8>` as a base64 string.
+mod base64_bytes {
+    use base64::Engine as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map_err(serde::de::Error::custom)
+    }
 }
 
 /// A volume attached to the container.
@@ -146,5 +179,19 @@ mod tests {
         assert_eq!(old.ports[0], typed[0]);
         assert_eq!(old.ports[1].container_port, 53);
         assert!(serde_json::from_str::<Ports>(r#"{"ports": ["80:x"]}"#).is_err());
+    }
+
+    #[test]
+    fn file_content_is_base64() {
+        let f = ContainerFile {
+            path: "/etc/hosts".into(),
+            content: b"127.0.0.1 localhost\n\xff".to_vec(),
+            mode: 0o644,
+        };
+        let json = serde_json::to_string(&f).unwrap();
+        assert!(json.contains("MTI3"), "{json}");
+        assert_eq!(serde_json::from_str::<ContainerFile>(&json).unwrap(), f);
+        let bad = json.replace("MTI3", "!!!!");
+        assert!(serde_json::from_str::<ContainerFile>(&bad).is_err());
     }
 }

@@ -227,6 +227,11 @@ pub fn set_env(env: &mut Vec<String>, entry: String) {
     }
 }
 
+/// [`resolv_conf`] of the host's /etc/resolv.conf.
+pub fn host_resolv_conf() -> String {
+    resolv_conf(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default())
+}
+
 /// /etc/resolv.conf for a container: the host's without loopback
 /// nameservers (unreachable from the guest), or public resolvers when none
 /// remain, as Docker does.

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use husk_protocol::{ContainerSpec, ExecRequest, VolumeMount};
+use husk_protocol::{ContainerSpec, ExecRequest, FileSpec, VolumeMount};
 use husk_sandbox::{contract, Disk, DiskRole, SandboxConfig};
 
 use crate::config::ContainerConfig;
@@ -83,6 +83,15 @@ pub fn container_spec(cfg: &ContainerConfig, net: &GuestNet) -> ContainerSpec {
         hosts: cfg.hosts.iter().chain(&net.hosts).cloned().collect(),
         resolv_conf: net.resolv_conf.clone().or_else(|| cfg.resolv_conf.clone()),
         network: net.spec.clone(),
+        files: cfg
+            .files
+            .iter()
+            .map(|f| FileSpec {
+                path: f.path.clone(),
+                content: f.content.clone(),
+                mode: f.mode,
+            })
+            .collect(),
     }
 }
 
