@@ -9,7 +9,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use husk_protocol::{ContainerSpec, FileSpec, RootFs};
+use husk_protocol::{ContainerSpec, FileSpec, RootFs, TmpfsMount};
 use rustix::fs::{FileType, Mode, CWD};
 use rustix::mount::MountFlags;
 
@@ -149,6 +149,9 @@ pub fn create(spec: &ContainerSpec, mounts: &mut Vec<PathBuf>) -> Result<Contain
             None,
             teardown,
         )?;
+    }
+    for t in &spec.tmpfs {
+        mount_tmpfs(root, t, points)?;
     }
     set_hostname(&spec.hostname)?;
     if points == MountPoints::Create {
@@ -311,6 +314,34 @@ fn mknod(path: &Path, major: u32, minor: u32, mode: u32) -> Result<(), SysError>
         // The umask must not narrow the node's mode.
         .and_then(|()| rustix::fs::chmod(path, mode))
         .map_err(|e| io_err(format!("creating {}", path.display()))(e.into()))
+}
+
+/// A tmpfs at `t.target` in the root (where it has a mount point).
+fn mount_tmpfs(root: &Path, t: &TmpfsMount, points: MountPoints) -> Result<(), SysError> {
+    let Some(dir) = mount_point(root, &t.target, points)? else {
+        return Ok(());
+    };
+    let mut flags = MountFlags::empty();
+    for (on, flag) in [
+        (t.read_only, MountFlags::RDONLY),
+        (t.nosuid, MountFlags::NOSUID),
+        (t.nodev, MountFlags::NODEV),
+        (t.noexec, MountFlags::NOEXEC),
+    ] {
+        if on {
+            flags |= flag;
+        }
+    }
+    let mut data = Vec::new();
+    if let Some(mode) = t.mode {
+        data.push(format!("mode={mode:o}"));
+    }
+    if let Some(size) = &t.size {
+        data.push(format!("size={size}"));
+    }
+    let data = data.join(",");
+    let data = (!data.is_empty()).then_some(data.as_str());
+    mount_at("tmpfs", &dir, "tmpfs", flags, data, Teardown::Keep)
 }
 
 /// The kernel's (UTS) hostname, when one is given.

@@ -4,7 +4,8 @@
 use std::path::{Component, Path, PathBuf};
 
 use husk_protocol::{
-    ContainerSpec, ExecRequest, FileSpec, RootFs, MAX_FILES, MAX_FILES_BYTES, MAX_FILE_BYTES,
+    ContainerSpec, ExecRequest, FileSpec, RootFs, TmpfsMount, MAX_FILES, MAX_FILES_BYTES,
+    MAX_FILE_BYTES,
 };
 
 /// Most layer disks a container may stack.
@@ -105,7 +106,39 @@ pub fn check_container(spec: &ContainerSpec) -> Result<(), Invalid> {
             return Err(bad("invalid resolv.conf content"));
         }
     }
-    check_files(&spec.files)
+    check_files(&spec.files)?;
+    check_tmpfs(&spec.tmpfs)
+}
+
+/// Most tmpfs mounts a container may ask for.
+pub const MAX_TMPFS: usize = 16;
+
+/// tmpfs mounts: bounded, absolute clean targets below `/`, a `size=`
+/// of digits with an optional unit, plain permission bits.
+fn check_tmpfs(mounts: &[TmpfsMount]) -> Result<(), Invalid> {
+    if mounts.len() > MAX_TMPFS {
+        return Err(bad(format!("more than {MAX_TMPFS} tmpfs mounts")));
+    }
+    for m in mounts {
+        check_abs_path("tmpfs target", &m.target)?;
+        if Path::new(&m.target).components().count() < 2 {
+            return Err(bad("a tmpfs cannot be mounted on /"));
+        }
+        if let Some(size) = &m.size {
+            let digits = size.trim_end_matches(['k', 'K', 'm', 'M', 'g', 'G', '%']);
+            let ok = !digits.is_empty()
+                && digits.len() + 1 >= size.len()
+                && digits.len() <= 20
+                && digits.bytes().all(|b| b.is_ascii_digit());
+            if !ok {
+                return Err(bad(format!("invalid tmpfs size {size:?}")));
+            }
+        }
+        if m.mode.is_some_and(|mode| mode > 0o7777) {
+            return Err(bad(format!("invalid tmpfs mode for {:?}", m.target)));
+        }
+    }
+    Ok(())
 }
 
 /// The files to copy into the root: bounded in number and size, absolute

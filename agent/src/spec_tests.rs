@@ -19,6 +19,7 @@ fn spec() -> ContainerSpec {
         resolv_conf: Some("nameserver 10.0.0.2\n".into()),
         network: None,
         files: Vec::new(),
+        tmpfs: Vec::new(),
     }
 }
 
@@ -60,13 +61,30 @@ fn file(path: &str, len: usize) -> FileSpec {
 }
 
 #[test]
-fn bounded_files_pass() {
+fn bounded_files_and_tmpfs_pass() {
     let mut s = spec();
     s.files = vec![
         file("/etc/hosts", MAX_FILE_BYTES),
         file("/etc/resolv.conf", 10),
     ];
+    s.tmpfs = vec![
+        tmpfs("/run", Some("65536k")),
+        tmpfs("/tmp", Some("50%")),
+        tmpfs("/x", None),
+    ];
     check_container(&s).unwrap();
+}
+
+fn tmpfs(target: &str, size: Option<&str>) -> TmpfsMount {
+    TmpfsMount {
+        target: target.into(),
+        size: size.map(String::from),
+        mode: Some(0o755),
+        read_only: false,
+        nosuid: true,
+        nodev: true,
+        noexec: false,
+    }
 }
 
 #[test]
@@ -123,6 +141,27 @@ fn bad_specs_are_refused() {
         (
             "big files",
             Box::new(|s| s.files = vec![file("/a", MAX_FILE_BYTES); 3]),
+        ),
+        ("tmpfs root", Box::new(|s| s.tmpfs = vec![tmpfs("/", None)])),
+        (
+            "tmpfs relative",
+            Box::new(|s| s.tmpfs = vec![tmpfs("run", None)]),
+        ),
+        (
+            "tmpfs size",
+            Box::new(|s| s.tmpfs = vec![tmpfs("/run", Some("64m,uid=0"))]),
+        ),
+        (
+            "tmpfs unit only",
+            Box::new(|s| s.tmpfs = vec![tmpfs("/run", Some("m"))]),
+        ),
+        (
+            "tmpfs two units",
+            Box::new(|s| s.tmpfs = vec![tmpfs("/run", Some("1km"))]),
+        ),
+        (
+            "many tmpfs",
+            Box::new(|s| s.tmpfs = vec![tmpfs("/run", None); MAX_TMPFS + 1]),
         ),
         (
             "many files",

@@ -152,6 +152,7 @@ pub fn run(
         resolv_conf: net.as_ref().and_then(|n| n.resolv_conf()),
         network: net.as_ref().and_then(|n| n.spec()),
         files: Vec::new(),
+        tmpfs: Vec::new(),
     };
     let failed = |why: String| VmError::Failed {
         why,

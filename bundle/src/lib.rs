@@ -105,6 +105,8 @@ pub struct Translation {
     pub hostname: Option<String>,
     /// Files copied into the root (the file bind mounts).
     pub files: Vec<ContainerFile>,
+    /// tmpfs mounts.
+    pub tmpfs: Vec<husk_protocol::TmpfsMount>,
     /// vCPUs, memory and network of the VM.
     pub vm: VmShape,
 }
@@ -188,12 +190,13 @@ impl Bundle {
         let p = spec.process().as_ref().ok_or(BundleError::NoProcess)?;
         let process = process::translate(p)?;
         let vm = linux::translate(spec.linux().as_ref())?;
-        let files = mounts::translate(spec.mounts().as_deref().unwrap_or_default(), &self.dir)?;
+        let guest = mounts::translate(spec.mounts().as_deref().unwrap_or_default(), &self.dir)?;
         Ok(Translation {
             process,
             console_size: process::console_size(p),
             hostname,
-            files,
+            files: guest.files,
+            tmpfs: guest.tmpfs,
             vm,
         })
     }
@@ -222,6 +225,7 @@ impl Translation {
             plan.hostname = h;
         }
         plan.files = self.files;
+        plan.tmpfs = self.tmpfs;
         if let Some(c) = self.vm.cpus {
             plan.cpus = c;
         }

@@ -5,6 +5,10 @@
 //!   the pod's shm directory) at /dev/shm, `mqueue` at /dev/mqueue,
 //!   `cgroup`/`cgroup2` at /sys/fs/cgroup) are accepted: the agent sets up
 //!   the guest's own /proc, /sys and /dev in every container.
+//! - Other `tmpfs` mounts (containerd's default /run, a `--tmpfs`) are
+//!   mounted by the agent in the guest, with their `size=`, `mode=`, `ro`,
+//!   `nosuid`, `nodev`, `noexec` options (atime options are accepted and
+//!   have no effect; any other option fails).
 //! - A bind mount whose source is a regular file (/etc/hosts,
 //!   /etc/resolv.conf, /etc/hostname, a secret...) is **copied** into the
 //!   root when the container is created ([`ContainerFile`]): changes on
@@ -19,7 +23,7 @@ use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use husk_protocol::MAX_FILE_BYTES;
+use husk_protocol::{TmpfsMount, MAX_FILE_BYTES};
 use husk_runtime::ContainerFile;
 use oci_spec::runtime::Mount;
 
@@ -58,6 +62,14 @@ pub enum MountError {
         /// Container path.
         destination: String,
     },
+    /// A tmpfs option husk does not know.
+    #[error("tmpfs mount at {destination}: unsupported option {option:?}")]
+    TmpfsOption {
+        /// Container path.
+        destination: String,
+        /// The option.
+        option: String,
+    },
     /// The destination is not an absolute, clean path.
     #[error("mount destination {destination:?}: {why}")]
     Destination {
@@ -90,9 +102,18 @@ const STANDARD: [(&str, &[&str]); 7] = [
     ("/sys/fs/cgroup", &["cgroup", "cgroup2"]),
 ];
 
-/// The files to copy for `mounts`; `bundle` resolves relative sources.
-pub fn translate(mounts: &[Mount], bundle: &Path) -> Result<Vec<ContainerFile>, MountError> {
-    let mut files: Vec<ContainerFile> = Vec::new();
+/// What the mounts become in the guest.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GuestMounts {
+    /// Files copied into the root.
+    pub files: Vec<ContainerFile>,
+    /// tmpfs mounts.
+    pub tmpfs: Vec<TmpfsMount>,
+}
+
+/// The guest's side of `mounts`; `bundle` resolves relative sources.
+pub fn translate(mounts: &[Mount], bundle: &Path) -> Result<GuestMounts, MountError> {
+    let mut out = GuestMounts::default();
     for m in mounts {
         let destination = m.destination().to_string_lossy().into_owned();
         let options = m.options().as_deref().unwrap_or_default();
@@ -110,7 +131,7 @@ pub fn translate(mounts: &[Mount], bundle: &Path) -> Result<Vec<ContainerFile>, 
         if standard {
             continue;
         }
-        if !bind {
+        if !bind && kind != "tmpfs" {
             return Err(MountError::Unsupported { kind, destination });
         }
         husk_runtime::options::check_mount_target(&destination).map_err(|why| {
@@ -119,13 +140,72 @@ pub fn translate(mounts: &[Mount], bundle: &Path) -> Result<Vec<ContainerFile>, 
                 why,
             }
         })?;
+        if !bind {
+            let t = tmpfs(&destination, options)?;
+            out.tmpfs.retain(|o| o.target != t.target);
+            out.tmpfs.push(t);
+            continue;
+        }
         let source = m.source().clone().unwrap_or_default();
         let file = copy(&bundle.join(&source), &destination)?;
         // A later mount at the same place wins, as it would be on top.
-        files.retain(|f| f.path != file.path);
-        files.push(file);
+        out.files.retain(|f| f.path != file.path);
+        out.files.push(file);
     }
-    Ok(files)
+    Ok(out)
+}
+
+/// A tmpfs at `destination` with mount `options`.
+fn tmpfs(destination: &str, options: &[String]) -> Result<TmpfsMount, MountError> {
+    let mut t = TmpfsMount {
+        target: destination.trim_end_matches('/').to_string(),
+        size: None,
+        mode: None,
+        read_only: false,
+        nosuid: false,
+        nodev: false,
+        noexec: false,
+    };
+    let bad = |o: &str| MountError::TmpfsOption {
+        destination: destination.to_string(),
+        option: o.to_string(),
+    };
+    for o in options {
+        match o.as_str() {
+            "ro" => t.read_only = true,
+            "rw" => t.read_only = false,
+            "nosuid" => t.nosuid = true,
+            "suid" => t.nosuid = false,
+            "nodev" => t.nodev = true,
+            "dev" => t.nodev = false,
+            "noexec" => t.noexec = true,
+            "exec" => t.noexec = false,
+            "strictatime" | "relatime" | "norelatime" | "noatime" | "atime" | "nodiratime"
+            | "diratime" => {}
+            other => {
+                if let Some(mode) = other.strip_prefix("mode=") {
+                    let mode = u32::from_str_radix(mode, 8).map_err(|_| bad(other))?;
+                    if mode > 0o7777 {
+                        return Err(bad(other));
+                    }
+                    t.mode = Some(mode);
+                } else if let Some(size) = other.strip_prefix("size=") {
+                    let digits = size.trim_end_matches(['k', 'K', 'm', 'M', 'g', 'G', '%']);
+                    let ok = !digits.is_empty()
+                        && digits.len() + 1 >= size.len()
+                        && digits.len() <= 20
+                        && digits.bytes().all(|b| b.is_ascii_digit());
+                    if !ok {
+                        return Err(bad(other));
+                    }
+                    t.size = Some(size.to_string());
+                } else {
+                    return Err(bad(other));
+                }
+            }
+        }
+    }
+    Ok(t)
 }
 
 /// The copy of bind mount source `source` for `destination`.

@@ -37,7 +37,9 @@ fn ctr_spec() -> Value {
             {"destination": "/dev/shm", "type": "tmpfs", "source": "shm"},
             {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue"},
             {"destination": "/sys", "type": "sysfs", "source": "sysfs"},
-            {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup"}
+            {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup"},
+            {"destination": "/run", "type": "tmpfs", "source": "tmpfs",
+             "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}
         ],
         "linux": {
             "resources": {"devices": [{"allow": false, "access": "rwm"}]},
@@ -95,6 +97,14 @@ fn a_ctr_default_spec_translates() {
     assert_eq!(caps.bounding, 1 | 1 << 5);
     assert_eq!(caps.ambient, 0);
     assert!(t.files.is_empty());
+    assert_eq!(t.tmpfs.len(), 1);
+    let run = &t.tmpfs[0];
+    assert_eq!(run.target, "/run");
+    assert_eq!(
+        (run.mode, run.size.as_deref()),
+        (Some(0o755), Some("65536k"))
+    );
+    assert!(run.nosuid && !run.nodev && !run.noexec && !run.read_only);
     // A new network namespace: loopback only.
     assert_eq!(t.vm.network, NetworkMode::None);
     assert_eq!((t.vm.cpus, t.vm.memory_mib), (None, None));
@@ -168,8 +178,20 @@ fn file_bind_mounts_are_copied_and_directories_refused() {
         e.contains("directory bind mounts need") && e.contains("/data"),
         "{e}"
     );
-    let e = with(json!({"destination": "/tmp", "type": "tmpfs", "source": "tmpfs"}));
-    assert!(e.contains("type tmpfs at /tmp"), "{e}");
+    let e = with(json!({"destination": "/mnt", "type": "ext4", "source": "/dev/sda"}));
+    assert!(e.contains("type ext4 at /mnt"), "{e}");
+    let e = with(
+        json!({"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
+                        "options": ["uid=1000"]}),
+    );
+    assert!(
+        e.contains("tmpfs mount at /tmp: unsupported option \"uid=1000\""),
+        "{e}"
+    );
+    for bad in ["size=1km", "size=", "mode=9", "mode=17777"] {
+        let e = with(json!({"destination": "/tmp", "type": "tmpfs", "options": [bad]}));
+        assert!(e.contains(bad), "{e}");
+    }
     let e = with(json!({"destination": "/x", "type": "bind", "source": "/dev/null"}));
     assert!(e.contains("only regular files"), "{e}");
     let e = with(json!({"destination": "/x", "type": "bind", "source": "/nonexistent"}));

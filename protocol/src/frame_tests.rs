@@ -18,6 +18,7 @@ fn samples() -> Vec<Message> {
             resolv_conf: None,
             network: None,
             files: Vec::new(),
+            tmpfs: Vec::new(),
         }),
         Message::Exec(ExecRequest {
             argv: vec!["/bin/sh".into(), "-c".into(), "echo hi".into()],

@@ -23,7 +23,8 @@ pub use frame::{
 };
 pub use message::{
     signal_exit_code, Capabilities, ContainerSpec, ErrorCode, ExecRequest, FileSpec, Message,
-    NetworkSpec, ProcessSecurity, Rlimit, RlimitResource, RootDisk, RootFs, VolumeMount,
+    NetworkSpec, ProcessSecurity, Rlimit, RlimitResource, RootDisk, RootFs, TmpfsMount,
+    VolumeMount,
 };
 
 /// The protocol version this build speaks; sent in [`Message::Hello`].

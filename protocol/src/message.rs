@@ -118,6 +118,29 @@ pub struct ContainerSpec {
     /// [`MAX_FILE_BYTES`]: crate::MAX_FILE_BYTES
     /// [`MAX_FILES_BYTES`]: crate::MAX_FILES_BYTES
     pub files: Vec<FileSpec>,
+    /// tmpfs filesystems mounted in the root (after the volumes, before
+    /// the files), e.g. an OCI bundle's `/run`.
+    pub tmpfs: Vec<TmpfsMount>,
+}
+
+/// A tmpfs mounted into the container (see [`ContainerSpec::tmpfs`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TmpfsMount {
+    /// Absolute path inside the container (created if missing).
+    pub target: String,
+    /// tmpfs's `size=` value (`65536k`, `64m`, `50%`...); `None`: the
+    /// kernel's default (half the guest's memory).
+    pub size: Option<String>,
+    /// Permission bits of its root (`mode=`), e.g. `0o1777`.
+    pub mode: Option<u32>,
+    /// Mount flags.
+    pub read_only: bool,
+    /// `nosuid`.
+    pub nosuid: bool,
+    /// `nodev`.
+    pub nodev: bool,
+    /// `noexec`.
+    pub noexec: bool,
 }
 
 /// A regular file the agent writes into the container's root (see

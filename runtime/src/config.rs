@@ -37,6 +37,10 @@ pub struct ContainerConfig {
     /// file bind mounts).
     #[serde(default)]
     pub files: Vec<ContainerFile>,
+    /// tmpfs filesystems mounted in the root (an OCI bundle's tmpfs
+    /// mounts, e.g. /run).
+    #[serde(default)]
+    pub tmpfs: Vec<husk_protocol::TmpfsMount>,
     /// vCPUs of the VM.
     pub cpus: u8,
     /// Guest memory in MiB.

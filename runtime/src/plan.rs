@@ -53,6 +53,8 @@ pub struct ContainerPlan {
     pub resolv_conf: Option<String>,
     /// Files copied into the root after it is assembled.
     pub files: Vec<ContainerFile>,
+    /// tmpfs filesystems mounted in the root.
+    pub tmpfs: Vec<husk_protocol::TmpfsMount>,
     /// vCPUs.
     pub cpus: u8,
     /// Guest memory in MiB.
@@ -91,6 +93,7 @@ impl ContainerPlan {
             process,
             resolv_conf: Some(options::host_resolv_conf()),
             files: Vec::new(),
+            tmpfs: Vec::new(),
             cpus: options::DEFAULT_CPUS,
             memory_mib: options::DEFAULT_MEMORY_MIB,
             volumes: Vec::new(),
@@ -127,6 +130,10 @@ impl ContainerPlan {
                 self.memory_mib,
                 options::MIN_MEMORY_MIB
             )));
+        }
+        for t in &self.tmpfs {
+            options::check_mount_target(&t.target)
+                .map_err(|why| Error::Invalid(format!("invalid tmpfs mount point: {why}")))?;
         }
         check_files(&self.files)
     }

@@ -156,6 +156,7 @@ impl Runtime {
                 hosts: Vec::new(),
                 resolv_conf: plan.resolv_conf,
                 files: plan.files,
+                tmpfs: plan.tmpfs,
                 cpus: plan.cpus,
                 memory_mib: plan.memory_mib,
                 mounts,

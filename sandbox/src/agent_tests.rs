@@ -22,6 +22,7 @@ fn spec() -> ContainerSpec {
         resolv_conf: None,
         network: None,
         files: Vec::new(),
+        tmpfs: Vec::new(),
     }
 }
 

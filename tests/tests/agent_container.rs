@@ -281,6 +281,7 @@ fn container_in_a_real_vm() {
         resolv_conf: Some("nameserver 10.1.2.1\n".into()),
         network: None,
         files: Vec::new(),
+        tmpfs: Vec::new(),
     }));
     assert_eq!(boot.recv(), Message::Ok);
     let mut init = exec(INIT);

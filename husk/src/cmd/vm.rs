@@ -154,6 +154,7 @@ fn run_vm(args: RunArgs) -> Result<i32> {
         resolv_conf: None,
         network: network.as_ref().and_then(|n| n.spec()),
         files: Vec::new(),
+        tmpfs: Vec::new(),
     };
     let request = ExecRequest {
         argv: args.command,

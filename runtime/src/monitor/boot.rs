@@ -92,6 +92,7 @@ pub fn container_spec(cfg: &ContainerConfig, net: &GuestNet) -> ContainerSpec {
                 mode: f.mode,
             })
             .collect(),
+        tmpfs: cfg.tmpfs.clone(),
     }
 }
 
