@@ -30,6 +30,15 @@ pub fn husk_bin() -> PathBuf {
     profile_dir.join("husk")
 }
 
+/// The containerd shim binary: `$HUSK_SHIM`, else next to the test
+/// executable (`target/<profile>/containerd-shim-husk-v2`).
+pub fn shim_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("HUSK_SHIM") {
+        return PathBuf::from(p);
+    }
+    husk_bin().with_file_name("containerd-shim-husk-v2")
+}
+
 /// The variable scripts/test.sh sets so that a test that cannot run here
 /// fails instead of skipping.
 pub const STRICT_ENV: &str = "HUSK_TEST_STRICT";
