@@ -259,13 +259,20 @@ fn terminal_with_resize() {
     ]);
     let mut p = PtyProcess::spawn(cmd, 30, 100);
     p.expect("# ", VM_TIMEOUT);
-    p.write(b"stty size; tty\n");
-    p.expect("30 100\r\n/dev/pts/", SHORT);
+    // ctr sends the terminal's size after the start, and each change
+    // (SIGWINCH) as ResizePty; the guest's shell waits (bounded) for the
+    // size it expects and says what it has.
+    let wait_size = |want: &str| {
+        format!(
+            "for i in $(seq 300); do [ \"$(stty size)\" = '{want}' ] && break; sleep 0.1; done; \
+             echo size $(stty size) $(tty)\n"
+        )
+    };
+    p.write(wait_size("30 100").as_bytes());
+    p.expect("size 30 100 /dev/pts/", SHORT);
     p.resize(40, 120);
-    // ctr forwards SIGWINCH as ResizePty; the guest's shell waits for the
-    // new size (bounded) and says so.
-    p.write(b"for i in $(seq 300); do [ \"$(stty size)\" = '40 120' ] && break; sleep 0.1; done; echo size $(stty size)\n");
-    p.expect("size 40 120\r\n", SHORT);
+    p.write(wait_size("40 120").as_bytes());
+    p.expect("size 40 120 /dev/pts/", SHORT);
     p.write(b"exit 7\n");
     assert_eq!(p.wait(VM_TIMEOUT), 7);
     drop(p);
