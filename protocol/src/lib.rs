@@ -16,6 +16,7 @@
 
 mod frame;
 mod message;
+mod security;
 
 pub use frame::{
     decode, encode, read_message, write_message, DecodeError, FrameDecoder, ReadError, WriteError,
@@ -24,6 +25,9 @@ pub use frame::{
 pub use message::{
     signal_exit_code, Capabilities, ContainerSpec, ErrorCode, ExecRequest, Message, NetworkSpec,
     ProcessSecurity, Rlimit, RlimitResource, RootDisk, RootFs, VolumeMount,
+};
+pub use security::{
+    capability_mask, capability_names, Capability, SecurityParseError, CAPABILITY_NAMES,
 };
 
 /// The protocol version this build speaks; sent in [`Message::Hello`].
