@@ -181,6 +181,7 @@ impl Runtime {
                 agent_disk: opts.agent_disk.clone(),
                 boot_timeout: opts.boot_timeout,
                 start: opts.start,
+                security_flags: opts.security_flags.clone(),
             };
             State::created().write(&paths)?;
             self.publish(&id, config, opts.name.as_deref(), &tmp)

@@ -180,6 +180,7 @@ pub fn exec(a: ExecArgs) -> Result<i32> {
         tty: a.tty,
         stdin: a.interactive,
         size: if a.tty { local_size() } else { None },
+        privileged: false,
     };
     let signals = Signals::install_for(&ATTACHED_SIGNALS)?;
     let conn = rt.exec_start(&a.container, &opts)?;

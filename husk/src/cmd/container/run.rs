@@ -160,6 +160,7 @@ fn options(a: &CreateArgs) -> Result<CreateOptions> {
         boot_timeout: a.boot_timeout,
         start: StartMode::choose(a.cold),
         security: Default::default(),
+        security_flags: Default::default(),
     })
 }
 
