@@ -151,6 +151,10 @@ pub struct ExecArgs {
     /// User (name|uid[:group|gid]).
     #[arg(short = 'u', long = "user")]
     user: Option<String>,
+    /// Give the process every capability (otherwise it gets the
+    /// container's security settings).
+    #[arg(long)]
+    privileged: bool,
     #[command(flatten)]
     root: RootArgs,
     /// The container.
@@ -180,7 +184,7 @@ pub fn exec(a: ExecArgs) -> Result<i32> {
         tty: a.tty,
         stdin: a.interactive,
         size: if a.tty { local_size() } else { None },
-        privileged: false,
+        privileged: a.privileged,
     };
     let signals = Signals::install_for(&ATTACHED_SIGNALS)?;
     let conn = rt.exec_start(&a.container, &opts)?;
