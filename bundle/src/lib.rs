@@ -20,7 +20,6 @@
 //! `annotations` are ignored.
 
 pub mod cache;
-pub mod caps;
 pub mod linux;
 pub mod mountinfo;
 pub mod mounts;

@@ -15,8 +15,6 @@ use husk_protocol::{Capabilities, ProcessSecurity, Rlimit, RlimitResource};
 use husk_runtime::ProcessConfig;
 use oci_spec::runtime::{LinuxCapabilities, PosixRlimitType, Process};
 
-use crate::caps;
-
 /// Why a `process` cannot be run as asked.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ProcessError {
@@ -122,9 +120,10 @@ pub fn security(p: &Process) -> Result<ProcessSecurity, ProcessError> {
 
 fn capabilities(c: &LinuxCapabilities) -> Result<Capabilities, ProcessError> {
     let set = |s: &Option<oci_spec::runtime::Capabilities>| {
-        s.as_ref()
-            .map_or(Ok(0), caps::mask)
-            .map_err(ProcessError::Capability)
+        s.as_ref().map_or(Ok(0), |caps| {
+            husk_protocol::capability_mask(caps.iter().map(oci_name))
+                .map_err(|e| ProcessError::Capability(e.to_string()))
+        })
     };
     Ok(Capabilities {
         bounding: set(c.bounding())?,
@@ -133,6 +132,14 @@ fn capabilities(c: &LinuxCapabilities) -> Result<Capabilities, ProcessError> {
         inheritable: set(c.inheritable())?,
         ambient: set(c.ambient())?,
     })
+}
+
+/// The name oci-spec gives `cap` in config.json (`CAP_CHOWN`).
+fn oci_name(cap: &oci_spec::runtime::Capability) -> String {
+    serde_json::to_value(cap)
+        .ok()
+        .and_then(|v| v.as_str().map(String::from))
+        .unwrap_or_else(|| format!("{cap:?}"))
 }
 
 fn resource(t: PosixRlimitType) -> RlimitResource {

@@ -1,5 +1,8 @@
 use super::*;
-use crate::{ContainerSpec, ErrorCode, ExecRequest, RootDisk, RootFs, PROTOCOL_VERSION};
+use crate::{
+    Capabilities, ContainerSpec, ErrorCode, ExecRequest, ProcessSecurity, Rlimit, RlimitResource,
+    RootDisk, RootFs, PROTOCOL_VERSION,
+};
 
 fn samples() -> Vec<Message> {
     vec![
@@ -29,6 +32,29 @@ fn samples() -> Vec<Message> {
             stdin: false,
             size: None,
             security: Default::default(),
+        }),
+        Message::Exec(ExecRequest {
+            argv: vec!["id".into()],
+            env: Vec::new(),
+            cwd: String::new(),
+            user: String::new(),
+            tty: true,
+            stdin: true,
+            size: Some((24, 80)),
+            security: ProcessSecurity {
+                additional_gids: vec![4321, 0],
+                rlimits: vec![Rlimit {
+                    resource: RlimitResource::RlimitNofile,
+                    soft: 100,
+                    hard: u64::MAX,
+                }],
+                capabilities: Some(Capabilities {
+                    ambient: 1 << 10,
+                    inheritable: 1 << 10,
+                    ..Capabilities::docker_default()
+                }),
+                no_new_privileges: true,
+            },
         }),
         Message::Stdout(b"out\n".to_vec()),
         Message::Stderr(vec![0, 255, 10]),

@@ -16,6 +16,7 @@
 
 mod frame;
 mod message;
+mod security;
 
 pub use frame::{
     decode, encode, read_message, write_message, DecodeError, FrameDecoder, ReadError, WriteError,
@@ -25,6 +26,9 @@ pub use message::{
     signal_exit_code, Capabilities, ContainerSpec, ErrorCode, ExecRequest, FileSpec, Message,
     NetworkSpec, ProcessSecurity, Rlimit, RlimitResource, RootDisk, RootFs, TmpfsMount,
     VolumeMount,
+};
+pub use security::{
+    capability_mask, capability_names, Capability, SecurityParseError, CAPABILITY_NAMES,
 };
 
 /// The protocol version this build speaks; sent in [`Message::Hello`].

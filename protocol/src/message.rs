@@ -246,7 +246,8 @@ pub struct ProcessSecurity {
     pub rlimits: Vec<Rlimit>,
     /// The process's capability sets; `None`: Docker's default set
     /// ([`Capabilities::docker_default`]) for a root process, none for
-    /// another user (as Docker does).
+    /// another user (as Docker does: that set stays its bounding set
+    /// only). Bits past the guest kernel's last capability are ignored.
     pub capabilities: Option<Capabilities>,
     /// Set `no_new_privs`, so set-user-ID programs and file capabilities
     /// grant nothing.

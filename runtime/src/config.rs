@@ -70,6 +70,10 @@ pub struct ContainerConfig {
     /// Warm start (restore from a template) or cold boot.
     #[serde(default)]
     pub start: husk_sandbox::StartMode,
+    /// The security flags as given (for `inspect`; what the processes get
+    /// is [`ProcessConfig::security`]).
+    #[serde(default)]
+    pub security_flags: crate::security::SecurityFlags,
 }
 
 /// The container's init process (also the defaults of `exec`).

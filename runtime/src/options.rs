@@ -9,6 +9,7 @@ use images::RuntimeConfig;
 use husk_net::{NetworkMode, PortMapping};
 
 use crate::config::{ProcessConfig, Signal};
+use crate::security::SecurityFlags;
 use crate::Error;
 
 /// The default `PATH` when the image sets none.
@@ -72,9 +73,14 @@ pub struct CreateOptions {
     pub boot_timeout: u64,
     /// Warm start (restore from a template) or cold boot (`--cold`).
     pub start: husk_sandbox::StartMode,
-    /// `--group-add`, `--cap-add`/`--cap-drop`/`--privileged`, `--ulimit`,
-    /// `--security-opt no-new-privileges`.
+    /// What the container's processes get: supplementary groups,
+    /// capabilities, resource limits, `no_new_privs` (from
+    /// [`SecurityFlags::process_security`], or an OCI bundle's process).
     pub security: husk_protocol::ProcessSecurity,
+    /// The security flags as the user gave them (`--cap-add`,
+    /// `--cap-drop`, `--privileged`, `--ulimit`, `--security-opt`,
+    /// `--group-add`), kept for `inspect`.
+    pub security_flags: SecurityFlags,
 }
 
 /// A volume to mount (the CLI's `-v`).

@@ -73,6 +73,9 @@ pub struct ContainerPlan {
     pub network: NetworkMode,
     /// How the VM boots.
     pub boot: VmBoot,
+    /// The security flags as given (for `inspect`); the process carries
+    /// their effect.
+    pub security_flags: crate::security::SecurityFlags,
 }
 
 impl ContainerPlan {
@@ -103,6 +106,7 @@ impl ContainerPlan {
             ports: Vec::new(),
             network: NetworkMode::default(),
             boot,
+            security_flags: Default::default(),
         }
     }
 
@@ -219,6 +223,7 @@ impl Runtime {
             auto_remove: opts.auto_remove,
             ports,
             network: opts.network.clone(),
+            security_flags: opts.security_flags.clone(),
             ..ContainerPlan::new(process, layers, boot)
         })
     }

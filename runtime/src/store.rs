@@ -169,6 +169,7 @@ impl Runtime {
                 agent_disk: plan.boot.agent_disk,
                 boot_timeout: plan.boot.boot_timeout,
                 start: plan.boot.start,
+                security_flags: plan.security_flags,
             };
             State::created().write(&paths)?;
             self.publish(&id, config, plan.name.as_deref(), &tmp)

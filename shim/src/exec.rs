@@ -46,6 +46,8 @@ impl Inner {
             tty: req.terminal,
             stdin: !req.stdin.is_empty(),
             size: husk_bundle::process::console_size(&spec),
+            privileged: false,
+            security: Some(p.security),
         };
         let stdio = Stdio {
             stdin: req.stdin.clone(),
