@@ -98,9 +98,6 @@ fn run_rm_output_exit_codes_events_and_layer_cache() {
     );
     assert_eq!(c.ok(&["task", "ls", "-q"]), "");
     c.assert_clean();
-    for p in converted {
-        let _ = std::fs::remove_file(p);
-    }
 }
 
 #[test]

@@ -34,6 +34,9 @@ pub struct Containerd {
     _lock: MutexGuard<'static, ()>,
     pub dir: tempfile::TempDir,
     child: Child,
+    /// Snapshot layer disks cached before this containerd's snapshots
+    /// existed (those made for them are removed at the end).
+    cached: Vec<PathBuf>,
 }
 
 impl Containerd {
@@ -102,6 +105,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
             _lock: lock,
             dir,
             child,
+            cached: cached_layers(),
         };
         c.until("containerd serves its socket", SHORT, || {
             c.run(&["version"], SHORT).code() == 0
@@ -232,6 +236,12 @@ impl Drop for Containerd {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // This containerd's snapshots are gone with it: so are their disks.
+        for p in cached_layers() {
+            if !self.cached.contains(&p) {
+                let _ = std::fs::remove_file(p);
+            }
+        }
         let _ = Command::new("umount")
             .arg("-R")
             .arg(self.dir.path().join("root"))
