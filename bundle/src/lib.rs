@@ -17,7 +17,8 @@
 //! [`Bundle::translate`] with one line naming it; nothing is silently
 //! dropped. Top level: `hostname` is the VM's hostname (the container's
 //! short ID when absent); `root.readonly`, `hooks` and `domainname` fail;
-//! `annotations` are ignored.
+//! `annotations` are kept with the container (an OCI runtime reports them
+//! in its state) and have no other effect.
 
 pub mod cache;
 pub mod linux;
@@ -26,6 +27,7 @@ pub mod mounts;
 pub mod process;
 pub mod rootfs;
 
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -108,6 +110,8 @@ pub struct Translation {
     pub tmpfs: Vec<husk_protocol::TmpfsMount>,
     /// vCPUs, memory and network of the VM.
     pub vm: VmShape,
+    /// The spec's annotations.
+    pub annotations: BTreeMap<String, String>,
 }
 
 impl Bundle {
@@ -197,6 +201,12 @@ impl Bundle {
             files: guest.files,
             tmpfs: guest.tmpfs,
             vm,
+            annotations: spec
+                .annotations()
+                .iter()
+                .flatten()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
         })
     }
 }
@@ -232,6 +242,7 @@ impl Translation {
             plan.memory_mib = m;
         }
         plan.network = self.vm.network;
+        plan.annotations = self.annotations;
         plan
     }
 }

@@ -28,6 +28,7 @@ fn ctr_spec() -> Value {
             "noNewPrivileges": true
         },
         "root": {"path": "rootfs"},
+        "annotations": {"io.example.tier": "web"},
         "mounts": [
             {"destination": "/proc", "type": "proc", "source": "proc",
              "options": ["nosuid", "noexec", "nodev"]},
@@ -110,6 +111,7 @@ fn a_ctr_default_spec_translates() {
     assert_eq!((t.vm.cpus, t.vm.memory_mib), (None, None));
     let plan = t.into_plan(vec!["/l0".into()], boot());
     assert_eq!(plan.hostname, plan.id.short());
+    assert_eq!(plan.annotations["io.example.tier"], "web");
     assert_eq!(plan.cpus, husk_runtime::options::DEFAULT_CPUS);
     plan.check().unwrap();
 }

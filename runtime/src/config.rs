@@ -1,6 +1,7 @@
 //! `config.json`: everything a container is created with. Written once by
 //! [`crate::Runtime::create`]; the monitor boots every run from it.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use husk_net::{NetworkMode, PortMapping};
@@ -74,6 +75,9 @@ pub struct ContainerConfig {
     /// is [`ProcessConfig::security`]).
     #[serde(default)]
     pub security_flags: crate::security::SecurityFlags,
+    /// Annotations (an OCI bundle's, reported in the OCI state).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
 }
 
 /// The container's init process (also the defaults of `exec`).

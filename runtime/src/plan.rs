@@ -7,6 +7,7 @@
 //! - from an OCI bundle (the `husk-bundle` crate: a containerd shim or an
 //!   OCI runtime CLI), where the bundle's `config.json` says everything.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use husk_net::{NetworkMode, PortMapping};
@@ -76,6 +77,8 @@ pub struct ContainerPlan {
     /// The security flags as given (for `inspect`); the process carries
     /// their effect.
     pub security_flags: crate::security::SecurityFlags,
+    /// Annotations (an OCI bundle's).
+    pub annotations: BTreeMap<String, String>,
 }
 
 impl ContainerPlan {
@@ -107,6 +110,7 @@ impl ContainerPlan {
             network: NetworkMode::default(),
             boot,
             security_flags: Default::default(),
+            annotations: BTreeMap::new(),
         }
     }
 

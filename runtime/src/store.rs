@@ -170,6 +170,7 @@ impl Runtime {
                 boot_timeout: plan.boot.boot_timeout,
                 start: plan.boot.start,
                 security_flags: plan.security_flags,
+                annotations: plan.annotations,
             };
             State::created().write(&paths)?;
             self.publish(&id, config, plan.name.as_deref(), &tmp)
