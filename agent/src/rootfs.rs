@@ -1,7 +1,7 @@
 //! Assembling a container's root filesystem in the guest (`CreateContainer`):
 //! EROFS layers + a writable disk stacked with overlayfs, or one plain disk
 //! as it is (`husk vm run`); the API filesystems, volumes, /etc files (image
-//! roots only), hostname and network.
+//! roots only), hostname, network and kernel parameters (sysctls).
 //!
 //! Only used when the agent runs as PID 1 in the VM. The spec has been
 //! validated ([`crate::spec::check_container`]) before this runs.
@@ -9,7 +9,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use husk_protocol::{ContainerSpec, FileSpec, RootFs, TmpfsMount};
+use husk_protocol::{ContainerSpec, FileSpec, RootFs, Sysctl, TmpfsMount};
 use rustix::fs::{FileType, Mode, CWD};
 use rustix::mount::MountFlags;
 
@@ -159,6 +159,7 @@ pub fn create(spec: &ContainerSpec, mounts: &mut Vec<PathBuf>) -> Result<Contain
         write_files(root, &spec.files)?;
     }
     crate::net::configure(spec.network.as_ref()).map_err(|e| SysError::Network(e.to_string()))?;
+    set_sysctls(&spec.sysctls)?;
     Ok(ContainerRoot {
         root: root.to_path_buf(),
         ptmx: root.join("dev/pts/ptmx"),
@@ -351,6 +352,16 @@ fn set_hostname(name: &str) -> Result<(), SysError> {
     }
     rustix::system::sethostname(name.as_bytes())
         .map_err(|e| io_err("setting the hostname")(e.into()))
+}
+
+/// Writes each kernel parameter under /proc/sys (names checked by
+/// `spec::check_container`): the guest kernel is the container's own.
+fn set_sysctls(sysctls: &[Sysctl]) -> Result<(), SysError> {
+    for s in sysctls {
+        let path = Path::new("/proc/sys").join(s.proc_path());
+        std::fs::write(&path, &s.value).map_err(io_err(format!("setting sysctl {}", s.key)))?;
+    }
+    Ok(())
 }
 
 /// /etc/hostname, /etc/hosts and /etc/resolv.conf (image roots only).

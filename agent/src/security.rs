@@ -70,6 +70,9 @@ pub struct Plan {
     pub caps: Option<CapPlan>,
     /// Set `no_new_privs`.
     pub no_new_privs: bool,
+    /// The file mode creation mask, if the request sets one (checked by
+    /// `spec::check_exec`).
+    pub umask: Option<libc::mode_t>,
 }
 
 /// The capability sets, masked to the kernel's capabilities.
@@ -114,6 +117,7 @@ pub fn plan(sec: &ProcessSecurity, uid: u32, privileged: bool) -> Result<Plan, S
         rlimits,
         caps,
         no_new_privs: sec.no_new_privileges,
+        umask: sec.umask.map(|m| m & 0o777),
     })
 }
 

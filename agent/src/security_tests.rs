@@ -233,6 +233,7 @@ fn root_process_gets_what_it_asks_for() {
         return;
     }
     let req = probe(ProcessSecurity {
+        umask: None,
         additional_gids: vec![4321],
         rlimits: vec![nofile(100, 200)],
         capabilities: Some(Capabilities::from_mask(NET_BIND_SERVICE)),
@@ -243,6 +244,30 @@ fn root_process_gets_what_it_asks_for() {
         run_as(0, &req),
         status("0 4321", [0, bind, bind, bind, 0], 1, ("100", "200"))
     );
+}
+
+#[test]
+fn the_umask_is_the_requests_or_the_agents() {
+    let umask = |mask: Option<u32>| {
+        let mut req = probe(ProcessSecurity {
+            umask: mask,
+            ..ProcessSecurity::default()
+        });
+        req.argv = vec!["sh".into(), "-c".into(), "umask".into()];
+        // As the test's own user: no credentials to switch.
+        // SAFETY: geteuid has no preconditions.
+        run_as(unsafe { libc::geteuid() }, &req)
+    };
+    assert_eq!(umask(Some(0o027)), "0027\n");
+    assert_eq!(umask(Some(0)), "0000\n");
+    // Without a request: the agent's own (this process's).
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let own = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Umask:"))
+        .unwrap()
+        .trim();
+    assert_eq!(umask(None), format!("{own}\n"));
 }
 
 #[test]

@@ -454,6 +454,10 @@ unsafe fn apply_security(prep: &Prepared, report: RawFd) {
     if let Err(e) = unsafe { security::set_no_new_privs(plan) } {
         fail(report, Stage::NoNewPrivs, 0, e);
     }
+    if let Some(mask) = plan.umask {
+        // SAFETY: umask(2) cannot fail and touches no memory.
+        unsafe { libc::umask(mask) };
+    }
 }
 
 /// Enters the container: a new mount namespace rooted at the pivot

@@ -4,8 +4,8 @@
 use std::path::{Component, Path, PathBuf};
 
 use husk_protocol::{
-    ContainerSpec, ExecRequest, FileSpec, RootFs, TmpfsMount, MAX_FILES, MAX_FILES_BYTES,
-    MAX_FILE_BYTES,
+    ContainerSpec, ExecRequest, FileSpec, RootFs, Sysctl, TmpfsMount, MAX_FILES, MAX_FILES_BYTES,
+    MAX_FILE_BYTES, MAX_SYSCTLS,
 };
 
 /// Most layer disks a container may stack.
@@ -107,7 +107,24 @@ pub fn check_container(spec: &ContainerSpec) -> Result<(), Invalid> {
         }
     }
     check_files(&spec.files)?;
-    check_tmpfs(&spec.tmpfs)
+    check_tmpfs(&spec.tmpfs)?;
+    check_sysctls(&spec.sysctls)
+}
+
+/// Kernel parameters: bounded, dotted names, writable values.
+fn check_sysctls(sysctls: &[Sysctl]) -> Result<(), Invalid> {
+    if sysctls.len() > MAX_SYSCTLS {
+        return Err(bad(format!("more than {MAX_SYSCTLS} sysctls")));
+    }
+    for s in sysctls {
+        if !Sysctl::valid_key(&s.key) {
+            return Err(bad(format!("invalid sysctl name {:?}", s.key)));
+        }
+        if !Sysctl::valid_value(&s.value) {
+            return Err(bad(format!("invalid value for sysctl {}", s.key)));
+        }
+    }
+    Ok(())
 }
 
 /// Most tmpfs mounts a container may ask for.
@@ -213,6 +230,9 @@ pub fn check_exec(req: &ExecRequest) -> Result<(), Invalid> {
         if rows == 0 || cols == 0 {
             return Err(bad("terminal size must be non-zero"));
         }
+    }
+    if let Some(mask) = req.security.umask.filter(|&m| m > 0o777) {
+        return Err(bad(format!("invalid umask {mask:#o}")));
     }
     Ok(())
 }

@@ -20,6 +20,7 @@ fn spec() -> ContainerSpec {
         network: None,
         files: Vec::new(),
         tmpfs: Vec::new(),
+        sysctls: Vec::new(),
     }
 }
 
@@ -71,6 +72,23 @@ fn bounded_files_and_tmpfs_pass() {
         tmpfs("/run", Some("65536k")),
         tmpfs("/tmp", Some("50%")),
         tmpfs("/x", None),
+    ];
+    check_container(&s).unwrap();
+}
+
+fn sysctl(key: &str, value: &str) -> Sysctl {
+    Sysctl {
+        key: key.into(),
+        value: value.into(),
+    }
+}
+
+#[test]
+fn sysctls_pass() {
+    let mut s = spec();
+    s.sysctls = vec![
+        sysctl("net.ipv4.ping_group_range", "0 0"),
+        sysctl("kernel.shmmni", "8192"),
     ];
     check_container(&s).unwrap();
 }
@@ -167,6 +185,22 @@ fn bad_specs_are_refused() {
             "many files",
             Box::new(|s| s.files = vec![file("/a", 1); MAX_FILES + 1]),
         ),
+        (
+            "sysctl path",
+            Box::new(|s| s.sysctls = vec![sysctl("net/ipv4/ip_forward", "1")]),
+        ),
+        (
+            "sysctl dotdot",
+            Box::new(|s| s.sysctls = vec![sysctl("net..x", "1")]),
+        ),
+        (
+            "sysctl nul",
+            Box::new(|s| s.sysctls = vec![sysctl("net.ipv4.ip_forward", "1\0")]),
+        ),
+        (
+            "many sysctls",
+            Box::new(|s| s.sysctls = vec![sysctl("kernel.x", "1"); MAX_SYSCTLS + 1]),
+        ),
     ];
     for (name, mutate) in cases {
         let mut s = spec();
@@ -195,6 +229,11 @@ fn exec_requests_are_checked() {
     req.size = Some((0, 80));
     assert!(check_exec(&req).is_err());
     req.size = None;
+    req.security.umask = Some(0o077);
+    check_exec(&req).unwrap();
+    req.security.umask = Some(0o1022);
+    assert!(check_exec(&req).is_err());
+    req.security.umask = None;
     req.argv.clear();
     assert!(check_exec(&req).is_err());
 }

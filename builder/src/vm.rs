@@ -153,6 +153,7 @@ pub fn run(
         network: net.as_ref().and_then(|n| n.spec()),
         files: Vec::new(),
         tmpfs: Vec::new(),
+        sysctls: Vec::new(),
     };
     let failed = |why: String| VmError::Failed {
         why,

@@ -242,6 +242,7 @@ impl Translation {
             plan.memory_mib = m;
         }
         plan.network = self.vm.network;
+        plan.sysctls = self.vm.sysctls;
         plan.annotations = self.annotations;
         plan
     }

@@ -15,14 +15,21 @@
 //!   user-mode networking through the host (passt). Joining an existing
 //!   namespace (`path`) and user-namespace ID mappings cannot be honoured
 //!   and fail.
-//! - `devices` beyond the guest's default ones, `sysctl`, `intelRdt`,
+//! - `sysctl`: set by the agent in the guest kernel (the container's
+//!   own), after its network is configured; a name that is not a dotted
+//!   parameter name fails, and so does create if the guest kernel has no
+//!   such parameter.
+//! - `devices` beyond the guest's default ones, `intelRdt`,
 //!   `personality`, `timeOffsets` and `memoryPolicy` fail.
 //! - `seccomp`, `maskedPaths`, `readonlyPaths`, `mountLabel`,
 //!   `rootfsPropagation`, `cgroupsPath` concern the host kernel's view of
 //!   a host process and are accepted without effect: the guest kernel is
 //!   the container's own.
 
+use std::collections::HashMap;
+
 use husk_net::NetworkMode;
+use husk_protocol::{Sysctl, MAX_SYSCTLS};
 use oci_spec::runtime::{Linux, LinuxNamespaceType, LinuxResources};
 
 /// Why the `linux` section cannot be honoured.
@@ -49,6 +56,12 @@ pub enum LinuxError {
         "device {0} cannot be given to the container: only the default devices exist in its VM"
     )]
     Device(String),
+    /// A sysctl husk cannot set.
+    #[error("linux.sysctl {0:?}: not a kernel parameter name (dotted parts of letters, digits, _ and -), or a value that cannot be written")]
+    Sysctl(String),
+    /// Too many sysctls.
+    #[error("linux.sysctl: at most {MAX_SYSCTLS} parameters")]
+    TooManySysctls,
     /// Another field that cannot be honoured.
     #[error("{0} is not supported by husk")]
     Unsupported(&'static str),
@@ -63,6 +76,8 @@ pub struct VmShape {
     pub memory_mib: Option<u32>,
     /// The network.
     pub network: NetworkMode,
+    /// Kernel parameters of the guest, sorted by name.
+    pub sysctls: Vec<Sysctl>,
 }
 
 /// Devices every container VM has (see the agent's /dev).
@@ -107,9 +122,7 @@ pub fn translate(linux: Option<&Linux>) -> Result<VmShape, LinuxError> {
             return Err(LinuxError::Device(path));
         }
     }
-    if linux.sysctl().as_ref().is_some_and(|s| !s.is_empty()) {
-        return Err(LinuxError::Unsupported("linux.sysctl"));
-    }
+    let sysctls = sysctls(linux.sysctl().as_ref())?;
     if linux.intel_rdt().is_some() {
         return Err(LinuxError::Unsupported("linux.intelRdt"));
     }
@@ -130,7 +143,33 @@ pub fn translate(linux: Option<&Linux>) -> Result<VmShape, LinuxError> {
         cpus,
         memory_mib,
         network,
+        sysctls,
     })
+}
+
+/// The sysctls, checked, in name order.
+fn sysctls(map: Option<&HashMap<String, String>>) -> Result<Vec<Sysctl>, LinuxError> {
+    let Some(map) = map else {
+        return Ok(Vec::new());
+    };
+    if map.len() > MAX_SYSCTLS {
+        return Err(LinuxError::TooManySysctls);
+    }
+    let mut out: Vec<Sysctl> = map
+        .iter()
+        .map(|(key, value)| Sysctl {
+            key: key.clone(),
+            value: value.clone(),
+        })
+        .collect();
+    out.sort_by(|a, b| a.key.cmp(&b.key));
+    if let Some(bad) = out
+        .iter()
+        .find(|s| !Sysctl::valid_key(&s.key) || !Sysctl::valid_value(&s.value))
+    {
+        return Err(LinuxError::Sysctl(bad.key.clone()));
+    }
+    Ok(out)
 }
 
 /// vCPUs and memory from the CPU quota and the memory limit.

@@ -9,7 +9,8 @@
 //! `scheduler` and `execCPUAffinity` describe the host's treatment of a
 //! host process; a husk container's processes run in their own kernel,
 //! behind the VM boundary, so they are accepted and have no effect.
-//! `user.umask` cannot be applied yet and fails.
+//! `user.umask` is the process's file mode creation mask (applied by the
+//! agent).
 
 use husk_protocol::{Capabilities, ProcessSecurity, Rlimit, RlimitResource};
 use husk_runtime::ProcessConfig;
@@ -30,6 +31,9 @@ pub enum ProcessError {
     /// A field that cannot be honoured inside the VM yet.
     #[error("{0} is not supported by husk yet")]
     Unsupported(&'static str),
+    /// A umask with bits beyond the permissions.
+    #[error("process.user.umask {0:#o} is not a file mode creation mask (0 to 0o777)")]
+    Umask(u32),
     /// A capability name husk does not know.
     #[error("unknown capability {0} in process.capabilities")]
     Capability(String),
@@ -54,9 +58,6 @@ pub fn translate(p: &Process) -> Result<ProcessConfig, ProcessError> {
     let cwd = p.cwd().to_string_lossy().into_owned();
     if !cwd.starts_with('/') || cwd.contains('\0') {
         return Err(ProcessError::Cwd(cwd));
-    }
-    if p.user().umask().is_some() {
-        return Err(ProcessError::Unsupported("process.user.umask"));
     }
     Ok(ProcessConfig {
         argv,
@@ -115,6 +116,10 @@ pub fn security(p: &Process) -> Result<ProcessSecurity, ProcessError> {
         rlimits,
         capabilities: p.capabilities().as_ref().map(capabilities).transpose()?,
         no_new_privileges: p.no_new_privileges().unwrap_or(false),
+        umask: match p.user().umask() {
+            Some(m) if m > 0o777 => return Err(ProcessError::Umask(m)),
+            other => other,
+        },
     })
 }
 

@@ -220,7 +220,9 @@ fn what_cannot_be_honoured_fails_with_its_name() {
         ("not an absolute path", |s| {
             s["process"]["cwd"] = json!("work")
         }),
-        ("umask", |s| s["process"]["user"]["umask"] = json!(18)),
+        ("umask 0o1000", |s| {
+            s["process"]["user"]["umask"] = json!(0o1000)
+        }),
         ("NUL", |s| s["process"]["args"] = json!(["a\u{0}b"])),
         ("no process", |s| {
             s.as_object_mut().unwrap().remove("process");
@@ -245,8 +247,8 @@ fn what_cannot_be_honoured_fails_with_its_name() {
                     json!([{"path": "/dev/fuse", "type": "c", "major": 10, "minor": 229}])
             },
         ),
-        ("linux.sysctl", |s| {
-            s["linux"]["sysctl"] = json!({"net.ipv4.ip_forward": "1"})
+        ("linux.sysctl \"net/ipv4/ip_forward\"", |s| {
+            s["linux"]["sysctl"] = json!({"net/ipv4/ip_forward": "1"})
         }),
         (
             "type overlay at /",
@@ -400,4 +402,18 @@ fn snapshots_convert_once_and_upper_layers_only_when_used() {
     let plain = rootfs::from_dir(&l1, &dirs).unwrap();
     assert_eq!(plain.converted, 1);
     assert!(plain.disks[0].starts_with(&dirs.scratch));
+}
+
+#[test]
+fn podmans_umask_and_sysctl_are_honoured() {
+    let mut s = ctr_spec();
+    s["process"]["user"]["umask"] = json!(18);
+    s["linux"]["sysctl"] = json!({"net.ipv4.ping_group_range": "0 0", "kernel.shmmni": "8192"});
+    let t = translate(&s).unwrap();
+    assert_eq!(t.process.security.umask, Some(0o022));
+    let keys: Vec<&str> = t.vm.sysctls.iter().map(|s| s.key.as_str()).collect();
+    assert_eq!(keys, ["kernel.shmmni", "net.ipv4.ping_group_range"]);
+    let plan = t.into_plan(vec!["/l0".into()], boot());
+    assert_eq!(plan.sysctls[1].value, "0 0");
+    plan.check().unwrap();
 }

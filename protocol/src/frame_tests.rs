@@ -1,7 +1,7 @@
 use super::*;
 use crate::{
     Capabilities, ContainerSpec, ErrorCode, ExecRequest, ProcessSecurity, Rlimit, RlimitResource,
-    RootDisk, RootFs, PROTOCOL_VERSION,
+    RootDisk, RootFs, Sysctl, PROTOCOL_VERSION,
 };
 
 fn samples() -> Vec<Message> {
@@ -22,6 +22,10 @@ fn samples() -> Vec<Message> {
             network: None,
             files: Vec::new(),
             tmpfs: Vec::new(),
+            sysctls: vec![Sysctl {
+                key: "net.ipv4.ping_group_range".into(),
+                value: "0 0".into(),
+            }],
         }),
         Message::Exec(ExecRequest {
             argv: vec!["/bin/sh".into(), "-c".into(), "echo hi".into()],
@@ -54,6 +58,7 @@ fn samples() -> Vec<Message> {
                     ..Capabilities::docker_default()
                 }),
                 no_new_privileges: true,
+                umask: Some(0o027),
             },
         }),
         Message::Stdout(b"out\n".to_vec()),
@@ -207,4 +212,38 @@ fn exit_codes_follow_docker() {
     assert_eq!(ErrorCode::PermissionDenied.exit_code(), 126);
     assert_eq!(ErrorCode::MountFailed.exit_code(), 125);
     assert_eq!(ErrorCode::Internal.exit_code(), 125);
+}
+
+#[test]
+fn sysctl_names() {
+    for ok in [
+        "net.ipv4.ping_group_range",
+        "kernel.shm_rmid_forced",
+        "net.ipv4.conf.eth-0.rp_filter",
+    ] {
+        assert!(Sysctl::valid_key(ok), "{ok}");
+    }
+    for bad in [
+        "",
+        "kernel",
+        ".a.b",
+        "a..b",
+        "a.b.",
+        "net/ipv4/x",
+        "a.b c",
+        "a.../x",
+    ] {
+        assert!(!Sysctl::valid_key(bad), "{bad}");
+    }
+    assert!(!Sysctl::valid_key(&format!("a.{}", "b".repeat(300))));
+    assert!(Sysctl::valid_value("0 2147483647"));
+    assert!(!Sysctl::valid_value("a\0b"));
+    assert!(!Sysctl::valid_value(
+        &"1".repeat(crate::MAX_SYSCTL_VALUE + 1)
+    ));
+    let s = Sysctl {
+        key: "net.ipv4.ip_forward".into(),
+        value: "1".into(),
+    };
+    assert_eq!(s.proc_path(), "net/ipv4/ip_forward");
 }

@@ -24,7 +24,7 @@ pub use frame::{
 };
 pub use message::{
     signal_exit_code, Capabilities, ContainerSpec, ErrorCode, ExecRequest, FileSpec, Message,
-    NetworkSpec, ProcessSecurity, Rlimit, RlimitResource, RootDisk, RootFs, TmpfsMount,
+    NetworkSpec, ProcessSecurity, Rlimit, RlimitResource, RootDisk, RootFs, Sysctl, TmpfsMount,
     VolumeMount,
 };
 pub use security::{
@@ -32,7 +32,7 @@ pub use security::{
 };
 
 /// The protocol version this build speaks; sent in [`Message::Hello`].
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// Most files a [`ContainerSpec`] may carry in [`ContainerSpec::files`].
 pub const MAX_FILES: usize = 32;
@@ -43,6 +43,13 @@ pub const MAX_FILE_BYTES: usize = 256 * 1024;
 /// Largest content of all files in [`ContainerSpec::files`] together; with
 /// the rest of the spec it must fit in one frame ([`MAX_FRAME`]).
 pub const MAX_FILES_BYTES: usize = 512 * 1024;
+
+/// Most kernel parameters a [`ContainerSpec`] may carry in
+/// [`ContainerSpec::sysctls`].
+pub const MAX_SYSCTLS: usize = 64;
+
+/// Longest value of one of [`ContainerSpec::sysctls`].
+pub const MAX_SYSCTL_VALUE: usize = 4096;
 
 /// The fewest entropy bytes a [`Message::Seed`] may carry.
 pub const SEED_MIN_ENTROPY: usize = 16;

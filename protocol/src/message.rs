@@ -121,6 +121,46 @@ pub struct ContainerSpec {
     /// tmpfs filesystems mounted in the root (after the volumes, before
     /// the files), e.g. an OCI bundle's `/run`.
     pub tmpfs: Vec<TmpfsMount>,
+    /// Kernel parameters the agent sets (`/proc/sys`) once the network is
+    /// configured: the guest kernel is the container's own. At most
+    /// [`MAX_SYSCTLS`](crate::MAX_SYSCTLS).
+    pub sysctls: Vec<Sysctl>,
+}
+
+/// One kernel parameter (see [`ContainerSpec::sysctls`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sysctl {
+    /// Its dotted name (`net.ipv4.ping_group_range`): letters, digits,
+    /// `_` and `-` between dots.
+    pub key: String,
+    /// The value written.
+    pub value: String,
+}
+
+impl Sysctl {
+    /// Whether `key` is a dotted parameter name: at most 256 bytes, two
+    /// or more non-empty parts of ASCII letters, digits, `_` and `-`.
+    pub fn valid_key(key: &str) -> bool {
+        let parts: Vec<&str> = key.split('.').collect();
+        key.len() <= 256
+            && parts.len() >= 2
+            && parts.iter().all(|p| {
+                !p.is_empty()
+                    && p.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            })
+    }
+
+    /// Whether `value` can be written: at most
+    /// [`MAX_SYSCTL_VALUE`](crate::MAX_SYSCTL_VALUE) bytes, no NUL.
+    pub fn valid_value(value: &str) -> bool {
+        value.len() <= crate::MAX_SYSCTL_VALUE && !value.contains('\0')
+    }
+
+    /// The file under `/proc/sys` of a valid key (`net/ipv4/...`).
+    pub fn proc_path(&self) -> String {
+        self.key.replace('.', "/")
+    }
 }
 
 /// A tmpfs mounted into the container (see [`ContainerSpec::tmpfs`]).
@@ -252,6 +292,9 @@ pub struct ProcessSecurity {
     /// Set `no_new_privs`, so set-user-ID programs and file capabilities
     /// grant nothing.
     pub no_new_privileges: bool,
+    /// The file mode creation mask (0..=0o777); `None`: the agent's
+    /// (0o022).
+    pub umask: Option<u32>,
 }
 
 /// One resource limit (`setrlimit(2)`).

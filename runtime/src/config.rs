@@ -42,6 +42,10 @@ pub struct ContainerConfig {
     /// mounts, e.g. /run).
     #[serde(default)]
     pub tmpfs: Vec<husk_protocol::TmpfsMount>,
+    /// Kernel parameters set in the guest (an OCI bundle's
+    /// `linux.sysctl`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sysctls: Vec<husk_protocol::Sysctl>,
     /// vCPUs of the VM.
     pub cpus: u8,
     /// Guest memory in MiB.

@@ -56,6 +56,8 @@ pub struct ContainerPlan {
     pub files: Vec<ContainerFile>,
     /// tmpfs filesystems mounted in the root.
     pub tmpfs: Vec<husk_protocol::TmpfsMount>,
+    /// Kernel parameters set in the guest (its kernel is the container's).
+    pub sysctls: Vec<husk_protocol::Sysctl>,
     /// vCPUs.
     pub cpus: u8,
     /// Guest memory in MiB.
@@ -100,6 +102,7 @@ impl ContainerPlan {
             resolv_conf: Some(options::host_resolv_conf()),
             files: Vec::new(),
             tmpfs: Vec::new(),
+            sysctls: Vec::new(),
             cpus: options::DEFAULT_CPUS,
             memory_mib: options::DEFAULT_MEMORY_MIB,
             volumes: Vec::new(),
@@ -143,8 +146,31 @@ impl ContainerPlan {
             options::check_mount_target(&t.target)
                 .map_err(|why| Error::Invalid(format!("invalid tmpfs mount point: {why}")))?;
         }
+        check_sysctls(&self.sysctls)?;
         check_files(&self.files)
     }
+}
+
+/// The agent's rules for kernel parameters, checked on the host.
+fn check_sysctls(sysctls: &[husk_protocol::Sysctl]) -> Result<(), Error> {
+    if sysctls.len() > husk_protocol::MAX_SYSCTLS {
+        return Err(Error::Invalid(format!(
+            "at most {} sysctls can be set in a container",
+            husk_protocol::MAX_SYSCTLS
+        )));
+    }
+    for s in sysctls {
+        if !husk_protocol::Sysctl::valid_key(&s.key) {
+            return Err(Error::Invalid(format!("invalid sysctl name {:?}", s.key)));
+        }
+        if !husk_protocol::Sysctl::valid_value(&s.value) {
+            return Err(Error::Invalid(format!(
+                "invalid value for sysctl {}",
+                s.key
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The agent's limits on copied files, checked on the host so that create

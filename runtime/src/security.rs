@@ -187,6 +187,7 @@ impl SecurityFlags {
     /// What the agent applies to the container's processes.
     pub fn process_security(&self) -> ProcessSecurity {
         ProcessSecurity {
+            umask: None,
             additional_gids: self.group_add.clone(),
             rlimits: self.ulimits.clone(),
             capabilities: self.capabilities(),

@@ -157,6 +157,7 @@ impl Runtime {
                 resolv_conf: plan.resolv_conf,
                 files: plan.files,
                 tmpfs: plan.tmpfs,
+                sysctls: plan.sysctls,
                 cpus: plan.cpus,
                 memory_mib: plan.memory_mib,
                 mounts,

@@ -23,6 +23,7 @@ fn spec() -> ContainerSpec {
         network: None,
         files: Vec::new(),
         tmpfs: Vec::new(),
+        sysctls: Vec::new(),
     }
 }
 

@@ -282,6 +282,7 @@ fn container_in_a_real_vm() {
         network: None,
         files: Vec::new(),
         tmpfs: Vec::new(),
+        sysctls: Vec::new(),
     }));
     assert_eq!(boot.recv(), Message::Ok);
     let mut init = exec(INIT);

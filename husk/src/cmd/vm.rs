@@ -155,6 +155,7 @@ fn run_vm(args: RunArgs) -> Result<i32> {
         network: network.as_ref().and_then(|n| n.spec()),
         files: Vec::new(),
         tmpfs: Vec::new(),
+        sysctls: Vec::new(),
     };
     let request = ExecRequest {
         argv: args.command,

@@ -93,6 +93,7 @@ pub fn container_spec(cfg: &ContainerConfig, net: &GuestNet) -> ContainerSpec {
             })
             .collect(),
         tmpfs: cfg.tmpfs.clone(),
+        sysctls: cfg.sysctls.clone(),
     }
 }
 
