@@ -44,7 +44,7 @@ pub enum LinuxError {
         min: u32,
     },
     /// Joining an existing namespace.
-    #[error("joining the existing {kind} namespace {path} is not possible: a husk container runs in its own VM")]
+    #[error("joining the existing {kind} namespace {path} is not possible: a husk container runs in its own VM (for the network: ask for a new namespace, loopback only, or none, the host's network through user-mode networking; podman: --network none or --network host)")]
     JoinNamespace {
         /// Which namespace.
         kind: String,

@@ -102,6 +102,26 @@ const STANDARD: [(&str, &[&str]); 7] = [
     ("/sys/fs/cgroup", &["cgroup", "cgroup2"]),
 ];
 
+/// The tmpfs mount options honoured besides `mode=` and `size=` (the
+/// atime ones are accepted without effect).
+pub const TMPFS_FLAGS: [&str; 15] = [
+    "ro",
+    "rw",
+    "nosuid",
+    "suid",
+    "nodev",
+    "dev",
+    "noexec",
+    "exec",
+    "strictatime",
+    "relatime",
+    "norelatime",
+    "noatime",
+    "atime",
+    "nodiratime",
+    "diratime",
+];
+
 /// What the mounts become in the guest.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct GuestMounts {

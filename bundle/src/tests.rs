@@ -405,6 +405,16 @@ fn snapshots_convert_once_and_upper_layers_only_when_used() {
 }
 
 #[test]
+fn every_advertised_tmpfs_flag_is_accepted() {
+    for flag in mounts::TMPFS_FLAGS {
+        let mut s = ctr_spec();
+        s["mounts"][7]["options"] = json!([flag]);
+        let t = translate(&s).unwrap_or_else(|e| panic!("{flag}: {e}"));
+        assert_eq!(t.tmpfs[0].read_only, flag == "ro", "{flag}");
+    }
+}
+
+#[test]
 fn podmans_umask_and_sysctl_are_honoured() {
     let mut s = ctr_spec();
     s["process"]["user"]["umask"] = json!(18);
