@@ -15,6 +15,7 @@ HUSK_PACKAGES=(
     qemu-system-x86                                          # the peer VMM in benchmarks
     crun                                                     # the peer runtime in benchmarks
     containerd runc                                          # containerd shim tests (runc: containerd's own shim, podman)
+    podman conmon                                            # husk-oci tests (podman --runtime husk-oci, through conmon)
 )
 
 log() { echo "==> $*" >&2; }
@@ -67,4 +68,5 @@ build_workspace() {
     export HUSK_AGENT="$target_dir/$AGENT_TARGET/release/husk-agent"
     export HUSK_BIN="$target_dir/release/husk"
     export HUSK_SHIM="$target_dir/release/containerd-shim-husk-v2"
+    export HUSK_OCI="$target_dir/release/husk-oci"
 }
