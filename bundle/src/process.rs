@@ -4,7 +4,9 @@
 //! Honoured: `args`, `env`, `cwd`, `terminal`, `user.uid`/`user.gid` (as
 //! the runtime's `"uid:gid"`), `user.additionalGids`, `rlimits`,
 //! `capabilities`, `noNewPrivileges` (the last four applied by the agent,
-//! see [`ProcessSecurity`]). `consoleSize` is the initial terminal size.
+//! see [`ProcessSecurity`]). Ambient capabilities that are not both
+//! permitted and inheritable cannot be raised and are left out, as runc
+//! leaves them out. `consoleSize` is the initial terminal size.
 //! `apparmorProfile`, `selinuxLabel`, `oomScoreAdj`, `ioPriority`,
 //! `scheduler` and `execCPUAffinity` describe the host's treatment of a
 //! host process; a husk container's processes run in their own kernel,
@@ -130,12 +132,17 @@ fn capabilities(c: &LinuxCapabilities) -> Result<Capabilities, ProcessError> {
                 .map_err(|e| ProcessError::Capability(e.to_string()))
         })
     };
+    let permitted = set(c.permitted())?;
+    let inheritable = set(c.inheritable())?;
     Ok(Capabilities {
         bounding: set(c.bounding())?,
         effective: set(c.effective())?,
-        permitted: set(c.permitted())?,
-        inheritable: set(c.inheritable())?,
-        ambient: set(c.ambient())?,
+        permitted,
+        inheritable,
+        // The kernel raises an ambient capability only if it is permitted
+        // and inheritable; runc skips the others (`runc spec` asks for
+        // ambient ones without inheritable ones), and so does husk.
+        ambient: set(c.ambient())? & permitted & inheritable,
     })
 }
 

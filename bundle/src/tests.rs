@@ -427,3 +427,28 @@ fn podmans_umask_and_sysctl_are_honoured() {
     assert_eq!(plan.sysctls[1].value, "0 0");
     plan.check().unwrap();
 }
+
+#[test]
+fn ambient_capabilities_the_kernel_cannot_raise_are_left_out_as_runc_does() {
+    let mut s = ctr_spec();
+    // `runc spec`: ambient without inheritable.
+    let caps = json!(["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]);
+    s["process"]["capabilities"] =
+        json!({"bounding": caps, "effective": caps, "permitted": caps, "ambient": caps});
+    let c = translate(&s)
+        .unwrap()
+        .process
+        .security
+        .capabilities
+        .unwrap();
+    assert_eq!(c.ambient, 0);
+    assert_eq!(c.permitted, 1 << 5 | 1 << 10 | 1 << 29);
+    s["process"]["capabilities"]["inheritable"] = json!(["CAP_KILL"]);
+    let c = translate(&s)
+        .unwrap()
+        .process
+        .security
+        .capabilities
+        .unwrap();
+    assert_eq!(c.ambient, 1 << 5);
+}
