@@ -3,6 +3,7 @@
 //! running `husk` with timeouts, and checking for leaked processes and
 //! files.
 
+pub mod containerd;
 pub mod net;
 
 use std::io::{BufRead, BufReader, Read};
@@ -37,6 +38,15 @@ pub fn shim_bin() -> PathBuf {
         return PathBuf::from(p);
     }
     husk_bin().with_file_name("containerd-shim-husk-v2")
+}
+
+/// The OCI runtime CLI: `$HUSK_OCI`, else next to the test executable
+/// (`target/<profile>/husk-oci`).
+pub fn oci_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("HUSK_OCI") {
+        return PathBuf::from(p);
+    }
+    husk_bin().with_file_name("husk-oci")
 }
 
 /// The variable scripts/test.sh sets so that a test that cannot run here
@@ -122,6 +132,13 @@ pub fn vm_lock() -> MutexGuard<'static, ()> {
 /// busybox and its applet links, /etc, and empty proc, sys, dev, tmp.
 pub fn busybox_rootfs(work: &Path, image: &Path) -> Result<()> {
     let root = work.join("rootfs");
+    busybox_root_dir(&root)?;
+    mkfs_ext4(&root, image)
+}
+
+/// Fills directory `root` with Debian's busybox-static: /bin with busybox
+/// and its applet links, /etc/passwd, and empty proc, sys, dev, tmp, root.
+pub fn busybox_root_dir(root: &Path) -> Result<()> {
     for dir in ["bin", "etc", "proc", "sys", "dev", "tmp", "root"] {
         std::fs::create_dir_all(root.join(dir))?;
     }
@@ -135,7 +152,7 @@ pub fn busybox_rootfs(work: &Path, image: &Path) -> Result<()> {
         }
     }
     std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n")?;
-    mkfs_ext4(&root, image)
+    Ok(())
 }
 
 /// `mkfs.ext4 -q -d dir image 64M`.

@@ -22,11 +22,11 @@ mod csupport;
 mod dsupport;
 
 use csupport::{kill, PtyProcess};
-use dsupport::{cached_layers, Containerd, IMAGE, RUNTIME, SHORT, VM_TIMEOUT};
+use dsupport::{cached_layers, IMAGE, RUNTIME, SHORT, VM_TIMEOUT};
 
 #[test]
 fn run_rm_output_exit_codes_events_and_layer_cache() {
-    let Some(c) = Containerd::start("run_rm_output_exit_codes_events_and_layer_cache") else {
+    let Some(c) = dsupport::start("run_rm_output_exit_codes_events_and_layer_cache") else {
         return;
     };
     let mut events = c.events();
@@ -102,7 +102,7 @@ fn run_rm_output_exit_codes_events_and_layer_cache() {
 
 #[test]
 fn detached_task_exec_ps_stats_kill_and_delete() {
-    let Some(c) = Containerd::start("detached_task_exec_ps_stats_kill_and_delete") else {
+    let Some(c) = dsupport::start("detached_task_exec_ps_stats_kill_and_delete") else {
         return;
     };
     let mut events = c.events();
@@ -178,7 +178,7 @@ fn detached_task_exec_ps_stats_kill_and_delete() {
 
 #[test]
 fn sigkill_gives_137_and_a_killed_shim_leaves_nothing() {
-    let Some(c) = Containerd::start("sigkill_gives_137_and_a_killed_shim_leaves_nothing") else {
+    let Some(c) = dsupport::start("sigkill_gives_137_and_a_killed_shim_leaves_nothing") else {
         return;
     };
     let mut events = c.events();
@@ -241,7 +241,7 @@ fn sigkill_gives_137_and_a_killed_shim_leaves_nothing() {
 
 #[test]
 fn terminal_with_resize() {
-    let Some(c) = Containerd::start("terminal_with_resize") else {
+    let Some(c) = dsupport::start("terminal_with_resize") else {
         return;
     };
     let cmd = c.ctr(&[
@@ -278,7 +278,7 @@ fn terminal_with_resize() {
 
 #[test]
 fn bundles_husk_cannot_honour_fail_create_with_one_line() {
-    let Some(c) = Containerd::start("bundles_husk_cannot_honour_fail_create_with_one_line") else {
+    let Some(c) = dsupport::start("bundles_husk_cannot_honour_fail_create_with_one_line") else {
         return;
     };
     let cases: [(&[&str], &str); 2] = [
