@@ -217,7 +217,7 @@ pub enum PsFormat {
 #[derive(Debug)]
 pub enum Parsed {
     /// Run this.
-    Run(Cli, Command),
+    Run(Box<Cli>, Box<Command>),
     /// Print `text` to stdout (help, version) or stderr (an error) and exit
     /// with `code`.
     Exit {
@@ -269,7 +269,7 @@ where
             text: version_text(),
             code: 0,
         },
-        Some(command) => Parsed::Run(cli, command),
+        Some(command) => Parsed::Run(Box::new(cli), Box::new(command)),
         None => Parsed::Exit {
             text: "husk-oci: no command given (see husk-oci --help)\n".into(),
             code: 1,
@@ -288,10 +288,10 @@ fn first_line(text: &str) -> String {
 mod tests {
     use super::*;
 
-    fn run(args: &[&str]) -> (Cli, Command) {
+    fn run(args: &[&str]) -> (Box<Cli>, Command) {
         let argv = std::iter::once("husk-oci").chain(args.iter().copied());
         match parse(argv) {
-            Parsed::Run(cli, cmd) => (cli, cmd),
+            Parsed::Run(cli, cmd) => (cli, *cmd),
             Parsed::Exit { text, code } => panic!("{args:?}: exit {code}: {text}"),
         }
     }

@@ -141,7 +141,7 @@ pub fn vm_boot() -> Result<VmBoot> {
 /// This process's stdin, stdout and stderr, for the monitor.
 fn own_stdio() -> Result<StdioWiring> {
     let dup = |fd: std::os::fd::BorrowedFd<'_>| -> Result<OwnedFd> {
-        Ok(fd.try_clone_to_owned().context("duplicating stdio")?)
+        fd.try_clone_to_owned().context("duplicating stdio")
     };
     Ok(StdioWiring::Fds {
         stdin: Some(dup(std::io::stdin().as_fd())?),

@@ -246,7 +246,10 @@ mod tests {
     fn exec_args(args: &[&str]) -> ExecArgs {
         let argv = ["husk-oci", "exec"].into_iter().chain(args.iter().copied());
         match parse(argv) {
-            Parsed::Run(_, Command::Exec(e)) => e,
+            Parsed::Run(_, cmd) => match *cmd {
+                Command::Exec(e) => e,
+                other => panic!("{other:?}"),
+            },
             other => panic!("{other:?}"),
         }
     }

@@ -43,7 +43,7 @@ fn main() {
         std::process::exit(code);
     }
     let (cli, command) = match cli::parse(args) {
-        Parsed::Run(cli, command) => (cli, command),
+        Parsed::Run(cli, command) => (cli, *command),
         Parsed::Exit { text, code } => {
             if code == 0 {
                 print!("{text}");

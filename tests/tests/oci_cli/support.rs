@@ -39,6 +39,30 @@ pub fn busybox_image_tar(path: &Path) {
 /// Waits (bounded) for child `pid` to exit and reaps it: its exit status,
 /// 128+N after signal N.
 pub fn wait_exit(pid: i32, timeout: Duration) -> i32 {
+    let pidfd = exited_within(pid, timeout);
+    let status = rustix::process::waitid(WaitId::PidFd(pidfd.as_fd()), WaitIdOptions::EXITED)
+        .expect("waitid")
+        .expect("an exit status");
+    status
+        .exit_status()
+        .or(status.terminating_signal().map(|s| 128 + s))
+        .expect("exited or killed")
+}
+
+/// Waits (bounded) for `child` to exit and reaps it: its exit status,
+/// 128+N after signal N.
+pub fn wait_child(child: &mut std::process::Child, timeout: Duration) -> i32 {
+    exited_within(child.id() as i32, timeout);
+    let status = child.wait().expect("wait");
+    status
+        .code()
+        .or(std::os::unix::process::ExitStatusExt::signal(&status).map(|s| 128 + s))
+        .expect("exited or killed")
+}
+
+/// Waits until process `pid` has exited (its pidfd, which becomes
+/// readable then), within `timeout`; the pidfd.
+fn exited_within(pid: i32, timeout: Duration) -> OwnedFd {
     let pid_ = Pid::from_raw(pid).expect("a pid");
     let pidfd = rustix::process::pidfd_open(pid_, PidfdFlags::empty()).expect("pidfd_open");
     let deadline = Instant::now() + timeout;
@@ -48,18 +72,11 @@ pub fn wait_exit(pid: i32, timeout: Duration) -> i32 {
         let mut fds = [PollFd::new(&pidfd, PollFlags::IN)];
         match poll(&mut fds, Some(&left)) {
             Ok(0) => panic!("process {pid} did not exit within {timeout:?}"),
-            Ok(_) => break,
+            Ok(_) => return pidfd,
             Err(rustix::io::Errno::INTR) => continue,
             Err(e) => panic!("waiting for {pid}: {e}"),
         }
     }
-    let status = rustix::process::waitid(WaitId::PidFd(pidfd.as_fd()), WaitIdOptions::EXITED)
-        .expect("waitid")
-        .expect("an exit status");
-    status
-        .exit_status()
-        .or(status.terminating_signal().map(|s| 128 + s))
-        .expect("exited or killed")
 }
 
 /// What a container wrote to its stdout and stderr (one pipe), read on a
@@ -286,10 +303,10 @@ impl Direct {
         ]);
         cmd.stdout(Stdio::from(write.try_clone().expect("dup")))
             .stderr(Stdio::from(write));
-        let child = cmd.spawn().expect("husk-oci create");
+        let mut child = cmd.spawn().expect("husk-oci create");
         // Only the container's side keeps the pipe open from here.
         drop(cmd);
-        let status = wait_exit(child.id() as i32, VM_TIMEOUT);
+        let status = wait_child(&mut child, VM_TIMEOUT);
         if status != 0 {
             panic!("create {id}: exit {status}: {}", output.rest(SHORT));
         }
