@@ -23,6 +23,7 @@ mod csupport;
 #[path = "oci_cli/support.rs"]
 mod osupport;
 
+use csupport::PtyProcess;
 use husk_tests::containerd::{processes_with, Containerd, IMAGE, SHORT, VM_TIMEOUT};
 use husk_tests::oci_bin;
 use osupport::{busybox_image_tar, wait_exit, Direct, Podman};
@@ -202,6 +203,25 @@ fn ctr_run_through_containerds_runc_shim() {
         "{}",
         done.stderr
     );
+    // A terminal: the shim's console socket receives husk-oci's pty.
+    let cmd = c.ctr(&[
+        "run",
+        "-t",
+        "--rm",
+        "--runc-binary",
+        oci.to_str().unwrap(),
+        "--runc-root",
+        runc_root.to_str().unwrap(),
+        IMAGE,
+        "t3",
+        "sh",
+        "-c",
+        "echo tty $(tty) $(stty size); exit 2",
+    ]);
+    let mut p = PtyProcess::spawn(cmd, 30, 100);
+    p.expect("tty /dev/pts/", VM_TIMEOUT);
+    assert_eq!(p.wait(VM_TIMEOUT), 2);
+    drop(p);
     assert_eq!(c.ok(&["task", "ls", "-q"]), "");
     let root = runc_root.display().to_string();
     c.until("monitors to exit", SHORT, || {
