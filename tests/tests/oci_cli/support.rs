@@ -12,7 +12,7 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::MutexGuard;
 use std::time::{Duration, Instant};
 
-use husk_tests::containerd::{processes_with, SHORT, VM_TIMEOUT};
+use husk_tests::containerd::{cached_layers, processes_with, SHORT, VM_TIMEOUT};
 use husk_tests::{
     agent_or_skip, busybox_root_dir, kernel_or_skip, oci_bin, root_or_skip, run, skip,
     tools_or_skip, vm_lock, Finished,
@@ -371,6 +371,9 @@ pub struct Podman {
     _lock: MutexGuard<'static, ()>,
     pub dir: tempfile::TempDir,
     runtime: PathBuf,
+    /// Snapshot layer disks cached before this podman's layers existed
+    /// (those made for them are removed at the end).
+    cached: Vec<PathBuf>,
 }
 
 impl Podman {
@@ -412,6 +415,7 @@ impl Podman {
             _lock: lock,
             dir,
             runtime,
+            cached: cached_layers(),
         };
         let tar = p.dir.path().join("bb.tar");
         busybox_image_tar(&tar);
@@ -483,6 +487,12 @@ impl Drop for Podman {
                 .arg(m)
                 .stderr(Stdio::null())
                 .status();
+        }
+        // This podman's image layers are gone with it: so are their disks.
+        for p in cached_layers() {
+            if !self.cached.contains(&p) {
+                let _ = std::fs::remove_file(p);
+            }
         }
     }
 }
