@@ -222,6 +222,30 @@ fn ctr_run_through_containerds_runc_shim() {
     p.expect("tty /dev/pts/", VM_TIMEOUT);
     assert_eq!(p.wait(VM_TIMEOUT), 2);
     drop(p);
+    // A bundle husk cannot honour: the shim reads husk-oci's JSON log.
+    let done = c.run(
+        &[
+            "run",
+            "--rm",
+            "--runc-binary",
+            oci.to_str().unwrap(),
+            "--runc-root",
+            runc_root.to_str().unwrap(),
+            "--mount",
+            "type=bind,src=/tmp,dst=/data,options=rbind",
+            IMAGE,
+            "bad",
+            "true",
+        ],
+        SHORT,
+    );
+    assert_ne!(done.code(), 0);
+    assert!(
+        done.stderr.contains("directory bind mounts need"),
+        "{}",
+        done.stderr
+    );
+    let _ = c.run(&["container", "rm", "bad"], SHORT);
     assert_eq!(c.ok(&["task", "ls", "-q"]), "");
     let root = runc_root.display().to_string();
     c.until("monitors to exit", SHORT, || {
