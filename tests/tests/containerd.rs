@@ -255,7 +255,8 @@ fn terminal_with_resize() {
         "sh",
     ]);
     let mut p = PtyProcess::spawn(cmd, 30, 100);
-    p.expect("# ", VM_TIMEOUT);
+    let start = p.expect("# ", VM_TIMEOUT);
+    eprintln!("terminal up to the prompt: {start:?}");
     // ctr sends the terminal's size after the start, and each change
     // (SIGWINCH) as ResizePty; the guest's shell waits (bounded) for the
     // size it expects and says what it has.
@@ -266,10 +267,11 @@ fn terminal_with_resize() {
         )
     };
     p.write(wait_size("30 100").as_bytes());
-    p.expect("size 30 100 /dev/pts/", SHORT);
+    // Guest processes are slow on loaded nested-KVM hosts: a VM's bound.
+    p.expect("size 30 100 /dev/pts/", VM_TIMEOUT);
     p.resize(40, 120);
     p.write(wait_size("40 120").as_bytes());
-    p.expect("size 40 120 /dev/pts/", SHORT);
+    p.expect("size 40 120 /dev/pts/", VM_TIMEOUT);
     p.write(b"exit 7\n");
     assert_eq!(p.wait(VM_TIMEOUT), 7);
     drop(p);

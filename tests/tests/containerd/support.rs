@@ -168,7 +168,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
         let log =
             std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default();
         let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
+        lines[lines.len().saturating_sub(60)..].join("\n")
     }
 
     /// Starts following `ctr events`.
@@ -231,6 +231,9 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
 impl Drop for Containerd {
     /// Nothing outlives the test: monitors, shims, containerd.
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("containerd log (end):\n{}", self.log_tail());
+        }
         for pid in self.monitors().into_iter().chain(self.shims()) {
             kill(pid, rustix::process::Signal::KILL);
         }
