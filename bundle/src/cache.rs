@@ -5,7 +5,9 @@
 //! the directory's identity: sha256 of its canonical path, device, inode
 //! and change time. A second container from the same image finds every
 //! disk made already and converts nothing. A directory replaced by a new
-//! one (new inode or ctime) gets a new disk.
+//! one (new inode or ctime) gets a new disk. Beside each disk,
+//! `<key>.src` names its directory, so [`LayerCache::prune`] can drop the
+//! disks of snapshots that are gone (an image removed from containerd).
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
@@ -123,11 +125,53 @@ impl LayerCache {
                 converted: false,
             });
         }
+        let canonical =
+            fs::canonicalize(dir).map_err(io_err(format!("resolving {}", dir.display())))?;
+        fs::write(
+            self.dir.join(format!("{key}.src")),
+            canonical.as_os_str().as_encoded_bytes(),
+        )
+        .map_err(io_err("recording a snapshot layer's source"))?;
         convert(dir, &dest)?;
         Ok(LayerDisk {
             path: dest,
             converted: true,
         })
+    }
+
+    /// Removes the disks whose directory is gone or changed (its key is
+    /// no longer theirs), with their side files; disks being made are left
+    /// alone. Returns how many were removed. A VM using a removed disk
+    /// keeps it open; the next container converts the new directory.
+    pub fn prune(&self) -> Result<usize, CacheError> {
+        let entries = match fs::read_dir(&self.dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(io_err(format!("listing {}", self.dir.display()))(e)),
+        };
+        let mut removed = 0;
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(key) = name.strip_suffix(".src") else {
+                continue;
+            };
+            let Ok(source) = fs::read(e.path()) else {
+                continue;
+            };
+            let source = PathBuf::from(String::from_utf8_lossy(&source).into_owned());
+            if Self::key(&source).is_ok_and(|k| k == key) {
+                continue;
+            }
+            let lock = self.dir.join(format!("{key}.lock"));
+            let Ok(Some(_held)) = FileLock::try_exclusive(&lock) else {
+                continue;
+            };
+            for ext in ["erofs", "src", "lock"] {
+                let _ = fs::remove_file(self.dir.join(format!("{key}.{ext}")));
+            }
+            removed += 1;
+        }
+        Ok(removed)
     }
 }
 

@@ -402,6 +402,11 @@ fn snapshots_convert_once_and_upper_layers_only_when_used() {
     let plain = rootfs::from_dir(&l1, &dirs).unwrap();
     assert_eq!(plain.converted, 1);
     assert!(plain.disks[0].starts_with(&dirs.scratch));
+    // The snapshots still exist: nothing to prune; l2 removed: its disk goes.
+    assert_eq!(dirs.cache.prune().unwrap(), 0);
+    std::fs::remove_dir_all(&l2).unwrap();
+    assert_eq!(dirs.cache.prune().unwrap(), 1);
+    assert!(first.disks[0].is_file() && !first.disks[1].exists());
 }
 
 #[test]

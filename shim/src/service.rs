@@ -318,6 +318,12 @@ impl Inner {
             Ok(_) | Err(husk_runtime::Error::NoSuchContainer(_)) => {}
             Err(e) => return Err(e.into()),
         }
+        // Snapshots of removed images leave disks behind; drop those.
+        match LayerCache::new(LayerCache::default_dir()).prune() {
+            Ok(0) => {}
+            Ok(n) => log::info!("removed {n} snapshot layer disks of removed snapshots"),
+            Err(e) => log::warn!("pruning snapshot layer disks: {e}"),
+        }
         let task = self.tasks.lock().remove(&req.id);
         self.tasks.notify();
         if let Some(t) = task {

@@ -64,10 +64,14 @@ impl Shim for HuskShim {
         }
     }
 
-    /// One shim (and server socket) per container.
+    /// One shim (and server socket) per container. The address is also
+    /// written to `address` in the bundle (the working directory): the
+    /// server removes its socket by it when it shuts down, containerd
+    /// reconnects by it after a restart, and `delete` finds it there.
     fn start_shim(&mut self, opts: StartOpts) -> containerd_shim::Result<String> {
         let grouping = opts.id.clone();
         let (_pid, address) = containerd_shim::spawn(opts, &grouping, Vec::new())?;
+        containerd_shim::util::write_address(&address)?;
         Ok(address)
     }
 
@@ -82,6 +86,7 @@ impl Shim for HuskShim {
         if let Err(e) = remove_container(&self.namespace, &self.id, &bundle) {
             log::warn!("cleaning up container {}: {e}", self.id);
         }
+        remove_socket(&bundle);
         let mut resp = api::DeleteResponse::new();
         // What containerd reports for a task whose shim died: killed.
         resp.exit_status = 128 + 9;
@@ -95,6 +100,21 @@ impl Shim for HuskShim {
 
     fn create_task_service(&self, publisher: RemotePublisher) -> Service {
         Service::new(&self.namespace, publisher, self.exit.clone())
+    }
+}
+
+/// Removes the socket of a shim that died (named in the bundle's
+/// `address` file), if it is still there.
+fn remove_socket(bundle: &Path) {
+    let Ok(address) = std::fs::read_to_string(bundle.join("address")) else {
+        return;
+    };
+    let path = address.trim();
+    let path = Path::new(path.strip_prefix("unix://").unwrap_or(path));
+    let is_socket = std::fs::symlink_metadata(path)
+        .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()));
+    if is_socket {
+        let _ = std::fs::remove_file(path);
     }
 }
 

@@ -34,6 +34,9 @@ pub struct Containerd {
     /// Snapshot layer disks cached before this containerd's snapshots
     /// existed (those made for them are removed at the end).
     cached: Vec<PathBuf>,
+    /// Shim sockets that existed before (in containerd's shared socket
+    /// directory).
+    sockets: Vec<PathBuf>,
 }
 
 impl Containerd {
@@ -109,6 +112,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
             dir,
             child,
             cached: cached_layers(),
+            sockets: shim_sockets(),
         };
         c.until("containerd serves its socket", SHORT, || {
             c.run(&["version"], SHORT).code() == 0
@@ -167,7 +171,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
         let log =
             std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default();
         let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
+        lines[lines.len().saturating_sub(60)..].join("\n")
     }
 
     /// Starts following `ctr events`.
@@ -213,9 +217,22 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
         processes_with(&["containerd-shim-husk-v2", &sock])
     }
 
-    /// No monitor left and no container in the husk store.
+    /// Shim sockets made since this containerd started that nobody
+    /// listens on any more (a shim that exited without removing its own).
+    pub fn dead_sockets(&self) -> Vec<PathBuf> {
+        shim_sockets()
+            .into_iter()
+            .filter(|p| !self.sockets.contains(p))
+            .filter(|p| std::os::unix::net::UnixStream::connect(p).is_err())
+            .collect()
+    }
+
+    /// No monitor left, no container in the husk store, no shim socket.
     pub fn assert_clean(&self) {
         self.until("monitors to exit", SHORT, || self.monitors().is_empty());
+        self.until("shims to remove their sockets", SHORT, || {
+            self.dead_sockets().is_empty()
+        });
         let left: Vec<String> = std::fs::read_dir(self.husk_root().join("containers"))
             .into_iter()
             .flatten()
@@ -230,6 +247,9 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
 impl Drop for Containerd {
     /// Nothing outlives the test: monitors, shims, containerd.
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("containerd log (end):\n{}", self.log_tail());
+        }
         let own = self.dir.path().display().to_string();
         for pid in processes_with(&[&own]) {
             kill(pid, rustix::process::Signal::KILL);
@@ -242,7 +262,9 @@ impl Drop for Containerd {
         // This containerd's snapshots are gone with it: so are their disks.
         for p in cached_layers() {
             if !self.cached.contains(&p) {
-                let _ = std::fs::remove_file(p);
+                for ext in ["erofs", "src", "lock"] {
+                    let _ = std::fs::remove_file(p.with_extension(ext));
+                }
             }
         }
         let _ = Command::new("umount")
@@ -272,6 +294,16 @@ pub fn cached_layers() -> Vec<PathBuf> {
         .collect();
     out.sort();
     out
+}
+
+/// The files in containerd's shim socket directory.
+fn shim_sockets() -> Vec<PathBuf> {
+    std::fs::read_dir("/run/containerd/s")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .collect()
 }
 
 /// Pids of processes whose command line has every one of `words`.

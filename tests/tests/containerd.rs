@@ -255,7 +255,8 @@ fn terminal_with_resize() {
         "sh",
     ]);
     let mut p = PtyProcess::spawn(cmd, 30, 100);
-    p.expect("# ", VM_TIMEOUT);
+    let start = p.expect("# ", VM_TIMEOUT);
+    eprintln!("terminal up to the prompt: {start:?}");
     // ctr sends the terminal's size after the start, and each change
     // (SIGWINCH) as ResizePty; the guest's shell waits (bounded) for the
     // size it expects and says what it has.
@@ -266,10 +267,11 @@ fn terminal_with_resize() {
         )
     };
     p.write(wait_size("30 100").as_bytes());
-    p.expect("size 30 100 /dev/pts/", SHORT);
+    // Guest processes are slow on loaded nested-KVM hosts: a VM's bound.
+    p.expect("size 30 100 /dev/pts/", VM_TIMEOUT);
     p.resize(40, 120);
     p.write(wait_size("40 120").as_bytes());
-    p.expect("size 40 120 /dev/pts/", SHORT);
+    p.expect("size 40 120 /dev/pts/", VM_TIMEOUT);
     p.write(b"exit 7\n");
     assert_eq!(p.wait(VM_TIMEOUT), 7);
     drop(p);
@@ -299,5 +301,73 @@ fn bundles_husk_cannot_honour_fail_create_with_one_line() {
         let _ = c.run(&["container", "rm", &name], SHORT);
     }
     assert_eq!(c.ok(&["task", "ls", "-q"]), "");
+    c.assert_clean();
+}
+
+#[test]
+fn exec_with_terminal_and_with_piped_stdin() {
+    let Some(c) = dsupport::start("exec_with_terminal_and_with_piped_stdin") else {
+        return;
+    };
+    let mut events = c.events();
+    c.ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        IMAGE,
+        "box",
+        "sleep",
+        "600",
+    ]);
+    events.wait("/tasks/start", &[("container_id", "\"box\"")], VM_TIMEOUT);
+
+    // Input through the exec's stdin FIFO, its end through CloseIO.
+    let mut cmd = c.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "cat",
+        "box",
+        "sh",
+        "-c",
+        "cat; echo done",
+    ]);
+    cmd.stdin(std::process::Stdio::piped());
+    let mut running = husk_tests::Running::start(cmd).expect("ctr task exec");
+    let mut stdin = running.take_stdin().expect("stdin");
+    std::io::Write::write_all(&mut stdin, b"data\n").expect("write");
+    drop(stdin);
+    let done = running.finish(VM_TIMEOUT).expect("ctr task exec");
+    assert_eq!(done.code(), 0, "{}", done.stderr);
+    assert_eq!(done.stdout, "data\ndone\n");
+
+    // A terminal exec, resized.
+    let cmd = c.ctr(&["task", "exec", "-t", "--exec-id", "tty", "box", "sh"]);
+    let mut p = PtyProcess::spawn(cmd, 30, 100);
+    p.expect("# ", VM_TIMEOUT);
+    p.resize(40, 120);
+    p.write(
+        b"for i in $(seq 300); do [ \"$(stty size)\" = '40 120' ] && break; sleep 0.1; done; \
+          echo size $(stty size)\n",
+    );
+    p.expect("size 40 120", VM_TIMEOUT);
+    p.write(b"exit 4\n");
+    assert_eq!(p.wait(VM_TIMEOUT), 4);
+    drop(p);
+    events.wait(
+        "/tasks/exit",
+        &[("id", "\"tty\""), ("exit_status", "4")],
+        SHORT,
+    );
+
+    c.ok(&["task", "kill", "-s", "KILL", "box"]);
+    events.wait(
+        "/tasks/exit",
+        &[("id", "\"box\""), ("exit_status", "137")],
+        VM_TIMEOUT,
+    );
+    c.ok(&["task", "delete", "box"]);
+    c.ok(&["container", "rm", "box"]);
     c.assert_clean();
 }

@@ -491,7 +491,9 @@ impl Drop for Podman {
         // This podman's image layers are gone with it: so are their disks.
         for p in cached_layers() {
             if !self.cached.contains(&p) {
-                let _ = std::fs::remove_file(p);
+                for ext in ["erofs", "src", "lock"] {
+                    let _ = std::fs::remove_file(p.with_extension(ext));
+                }
             }
         }
     }
