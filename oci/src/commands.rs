@@ -2,6 +2,7 @@
 //! `create`, on the husk runtime's operations.
 
 use anyhow::{bail, Result};
+use husk_bundle::LayerCache;
 use husk_runtime::{DeleteOptions, Signal, Status};
 
 use crate::cli::{DeleteArgs, KillArgs, PsArgs, PsFormat};
@@ -40,7 +41,8 @@ pub fn kill(oci: &Oci, args: &KillArgs) -> Result<()> {
 }
 
 /// `delete`: removes a created or stopped container (a running one only
-/// with `--force`), its VM if any, and its layer disks.
+/// with `--force`), its VM if any, its layer disks, and the cached disks
+/// of image layers that no longer exist.
 pub fn delete(oci: &Oci, args: &DeleteArgs) -> Result<()> {
     let c = match oci.find(&args.id) {
         Ok(c) => c,
@@ -69,6 +71,9 @@ pub fn delete(oci: &Oci, args: &DeleteArgs) -> Result<()> {
         std::fs::remove_dir_all(&layers)
             .map_err(|e| anyhow::anyhow!("removing {}: {e}", layers.display()))?;
     }
+    // Disks of image layers that are gone (removed images) go too; a
+    // failure here leaves them for the next delete.
+    let _ = LayerCache::new(LayerCache::default_dir()).prune();
     Ok(())
 }
 
