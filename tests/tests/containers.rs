@@ -388,7 +388,7 @@ fn guest_kernel_panic_is_reported() {
 
 #[test]
 fn ten_containers_start_concurrently() {
-    let Some(env) = Env::new("ten_containers_start_concurrently") else {
+    let Some(env) = Env::exclusive("ten_containers_start_concurrently") else {
         return;
     };
     let starts: Vec<Running> = (0..10)

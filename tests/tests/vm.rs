@@ -2,10 +2,9 @@
 //! kernel and the agent, with busybox root filesystems built here.
 //!
 //! VM tests are skipped (with a message) when `HUSK_KERNEL` is unset, i.e.
-//! outside scripts/test.sh. They run one at a time ([`vm_lock`]).
+//! outside scripts/test.sh. At most two run at once ([`vm_lock`]).
 
 use std::path::{Path, PathBuf};
-use std::sync::MutexGuard;
 use std::time::Duration;
 
 use husk_tests::{
@@ -18,7 +17,7 @@ const VM_TIMEOUT: Duration = Duration::from_secs(240);
 
 /// A test's scratch space: a busybox root image and an empty run dir.
 struct Env {
-    _lock: MutexGuard<'static, ()>,
+    _lock: husk_tests::VmSlot,
     tmp: tempfile::TempDir,
     rootfs: PathBuf,
     run_dir: PathBuf,

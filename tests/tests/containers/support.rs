@@ -6,10 +6,9 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::MutexGuard;
 use std::time::{Duration, Instant};
 
-use husk_tests::{husk, kernel_or_skip, root_or_skip, run, vm_lock, Finished};
+use husk_tests::{husk, kernel_or_skip, root_or_skip, run, vm_lock, vm_lock_all, Finished, VmSlot};
 
 use crate::support::{write_docker_save, LayerTar, TestImage};
 
@@ -32,7 +31,7 @@ pub const VOLUME_IMAGE: &str = "bbvol:test";
 
 /// A private store root with the test images, for one test.
 pub struct Env {
-    _lock: MutexGuard<'static, ()>,
+    _lock: VmSlot,
     pub dir: tempfile::TempDir,
 }
 
@@ -44,10 +43,20 @@ pub fn can_run(test: &str) -> bool {
 impl Env {
     /// A store with the test images loaded, or `None` (skipped).
     pub fn new(test: &str) -> Option<Env> {
+        Env::with_slot(test, vm_lock)
+    }
+
+    /// Like [`Env::new`], for a test that runs many VMs at once: no other
+    /// VM test of the binary runs beside it.
+    pub fn exclusive(test: &str) -> Option<Env> {
+        Env::with_slot(test, vm_lock_all)
+    }
+
+    fn with_slot(test: &str, slot: fn() -> VmSlot) -> Option<Env> {
         if !can_run(test) {
             return None;
         }
-        let lock = vm_lock();
+        let lock = slot();
         let env = Env {
             _lock: lock,
             dir: tempfile::tempdir().expect("tempdir"),
