@@ -6,7 +6,7 @@
 //! Skipped (with a message) without `HUSK_KERNEL` (outside
 //! scripts/test.sh) or without root.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use husk_tests::Running;
 use rustix::process::Signal;
@@ -245,7 +245,7 @@ fn tty_session_with_resize_and_ctrl_c() {
         return;
     };
     let mut p = PtyProcess::spawn(
-        env.session_cmd(&["run", "--rm", "-it", IMAGE, "sh"]),
+        env.session_cmd(&["run", "--rm", "-it", "--name", "tty1", IMAGE, "sh"]),
         30,
         100,
     );
@@ -253,13 +253,28 @@ fn tty_session_with_resize_and_ctrl_c() {
     p.write(b"stty size; tty; echo $((6*7))\n");
     p.expect("30 100\r\n/dev/pts/", Duration::from_secs(30));
     p.expect("42\r\n", Duration::from_secs(30));
+    // The new size travels CLI -> monitor -> agent: ask again (after each
+    // prompt) until the guest's terminal has it.
     p.resize(40, 120);
-    std::thread::sleep(Duration::from_millis(500));
-    p.write(b"stty size\n");
-    p.expect("40 120\r\n", Duration::from_secs(30));
-    // Ctrl-C reaches the foreground process through the guest's terminal.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        p.write(b"stty size\n");
+        if p.expect("# ", Duration::from_secs(30))
+            .contains("40 120\r\n")
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the resize never reached the guest"
+        );
+    }
+    // Ctrl-C reaches the foreground process through the guest's terminal
+    // once the shell has handed the terminal to it (it runs).
     p.write(b"sleep 100\n");
-    std::thread::sleep(Duration::from_secs(2));
+    env.eventually("sleep to run", Duration::from_secs(120), || {
+        env.husk(&["exec", "tty1", "pidof", "sleep"]).code() == 0
+    });
     p.write(b"\x03");
     p.expect("^C", Duration::from_secs(30));
     p.write(b"echo status $?\n");
@@ -347,7 +362,9 @@ fn killed_monitor_and_killed_cli_leave_truthful_state() {
     // container keeps running (as with Docker); rm -f cleans up.
     let cli =
         Running::start(env.cmd(&["run", "--name", "orphan", IMAGE, "sleep", "1000"])).unwrap();
-    std::thread::sleep(Duration::from_secs(3));
+    env.eventually("the orphan's monitor to start", VM_TIMEOUT, || {
+        env.monitors().len() == 1
+    });
     cli.signal(Signal::KILL);
     let done = cli.finish(Duration::from_secs(10)).unwrap();
     assert_eq!(done.status.code(), None, "killed");
