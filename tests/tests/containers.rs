@@ -109,7 +109,10 @@ fn detached_container_lifecycle() {
     let Some(env) = Env::new("detached_container_lifecycle") else {
         return;
     };
-    let script = "echo started; trap 'echo got TERM' TERM; while true; do sleep 1; done";
+    // The shell waits in `wait`, which a trapped signal interrupts at once:
+    // its trap runs without waiting for a child to finish.
+    let script =
+        "echo started; trap 'echo got TERM' TERM; while true; do sleep 1000 & wait $!; done";
     let id = env.ok(&["run", "-d", "--name", "web", IMAGE, "sh", "-c", script]);
     let id = id.trim();
     assert!(
@@ -217,7 +220,7 @@ fn detached_container_lifecycle() {
     // then SIGKILL after -t.
     let err = env.fails(1, &["rm", "web"]);
     assert!(err.contains("stop the container first"), "{err}");
-    assert_eq!(env.ok(&["stop", "-t", "2", "web"]), "web\n");
+    assert_eq!(env.ok(&["stop", "-t", "5", "web"]), "web\n");
     assert_eq!(
         env.inspect("web", "{{.State.Status}} {{.State.ExitCode}}"),
         "exited 137"
