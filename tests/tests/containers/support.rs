@@ -12,15 +12,15 @@ use husk_tests::{husk, kernel_or_skip, root_or_skip, run, vm_lock, vm_lock_all, 
 
 use crate::support::{write_docker_save, LayerTar, TestImage};
 
-/// Generous: boots take 15-30 s on the nested-KVM hosts, more when
-/// several VMs boot at once.
-pub const VM_TIMEOUT: Duration = Duration::from_secs(300);
+/// Generous: boots take 15-60 s on the nested-KVM hosts, several times
+/// that when other VMs (or builds) share the two cores.
+pub const VM_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// How long a container's guest may take to reach its agent in these tests
 /// (`HUSK_BOOT_TIMEOUT`): they run beside each other, ten VMs at once in
 /// one of them, and guest kernel code is emulated on our hosts, so a boot
 /// can take minutes; still well within [`VM_TIMEOUT`].
-pub const BOOT_TIMEOUT: &str = "240";
+pub const BOOT_TIMEOUT: &str = "480";
 
 /// The test image: busybox with its applets, users `root` and `app`
 /// (1000), a non-executable /bin/notexec; Env IMG/OVR, WorkingDir
