@@ -20,6 +20,11 @@ mod csupport;
 
 use csupport::{kill, s, Env, PtyProcess, IMAGE, VM_TIMEOUT, VOLUME_IMAGE};
 
+/// How long one step inside a running guest (output appearing, a signal
+/// taking effect) may take: seconds on a quiet host, minutes when other
+/// VMs share the two cores.
+const STEP_TIMEOUT: Duration = Duration::from_secs(180);
+
 #[test]
 fn run_rm_prints_output_and_exit_code() {
     let Some(env) = Env::new("run_rm_prints_output_and_exit_code") else {
@@ -168,7 +173,7 @@ fn detached_container_lifecycle() {
             .trim(),
         &id[..12]
     );
-    env.eventually("the first log line", Duration::from_secs(30), || {
+    env.eventually("the first log line", STEP_TIMEOUT, || {
         env.ok(&["logs", "web"]) == "started\n"
     });
     assert_eq!(
@@ -254,17 +259,15 @@ fn tty_session_with_resize_and_ctrl_c() {
     );
     p.expect("# ", VM_TIMEOUT);
     p.write(b"stty size; tty; echo $((6*7))\n");
-    p.expect("30 100\r\n/dev/pts/", Duration::from_secs(30));
-    p.expect("42\r\n", Duration::from_secs(30));
+    p.expect("30 100\r\n/dev/pts/", STEP_TIMEOUT);
+    p.expect("42\r\n", STEP_TIMEOUT);
     // The new size travels CLI -> monitor -> agent: ask again (after each
     // prompt) until the guest's terminal has it.
     p.resize(40, 120);
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + STEP_TIMEOUT;
     loop {
         p.write(b"stty size\n");
-        if p.expect("# ", Duration::from_secs(30))
-            .contains("40 120\r\n")
-        {
+        if p.expect("# ", STEP_TIMEOUT).contains("40 120\r\n") {
             break;
         }
         assert!(
@@ -275,13 +278,13 @@ fn tty_session_with_resize_and_ctrl_c() {
     // Ctrl-C reaches the foreground process through the guest's terminal
     // once the shell has handed the terminal to it (it runs).
     p.write(b"sleep 100\n");
-    env.eventually("sleep to run", Duration::from_secs(120), || {
+    env.eventually("sleep to run", STEP_TIMEOUT, || {
         env.husk(&["exec", "tty1", "pidof", "sleep"]).code() == 0
     });
     p.write(b"\x03");
-    p.expect("^C", Duration::from_secs(30));
+    p.expect("^C", STEP_TIMEOUT);
     p.write(b"echo status $?\n");
-    p.expect("status 130", Duration::from_secs(30));
+    p.expect("status 130", STEP_TIMEOUT);
     p.write(b"exit 7\n");
     assert_eq!(p.wait(Duration::from_secs(60)), 7);
     drop(p);
@@ -342,7 +345,7 @@ fn killed_monitor_and_killed_cli_leave_truthful_state() {
         .unwrap();
     assert_eq!(env.monitors(), [pid]);
     kill(pid, Signal::KILL);
-    env.eventually("the monitor to die", Duration::from_secs(20), || {
+    env.eventually("the monitor to die", STEP_TIMEOUT, || {
         env.monitors().is_empty()
     });
     // The process list drops the monitor's command line while the kernel is
@@ -350,7 +353,7 @@ fn killed_monitor_and_killed_cli_leave_truthful_state() {
     // running state, goes a moment later.
     env.eventually(
         "the killed monitor's container to be reported exited 137",
-        Duration::from_secs(30),
+        STEP_TIMEOUT,
         || env.inspect("victim", "{{.State.Status}} {{.State.ExitCode}}") == "exited 137",
     );
     assert!(env

@@ -175,7 +175,7 @@ impl Env {
 
     /// No container, no monitor, no leftover file in the container store.
     pub fn assert_clean(&self) {
-        self.eventually("monitors to exit", Duration::from_secs(60), || {
+        self.eventually("monitors to exit", Duration::from_secs(180), || {
             self.monitors().is_empty()
         });
         let left: Vec<String> = std::fs::read_dir(self.root().join("containers"))
