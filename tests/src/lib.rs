@@ -158,7 +158,7 @@ fn take_slots(want: usize) -> VmSlot {
     }
 }
 
-/// Waits for one of the `HUSK_TEST_VMS` (default [`DEFAULT_VM_SLOTS`])
+/// Waits for one of the `HUSK_TEST_VMS` (default 2)
 /// slots for tests that boot VMs, so a test binary never runs more VM
 /// tests at once than the host has cores.
 pub fn vm_lock() -> VmSlot {
