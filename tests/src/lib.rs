@@ -178,10 +178,13 @@ pub fn busybox_rootfs(work: &Path, image: &Path) -> Result<()> {
     for dir in ["bin", "etc", "proc", "sys", "dev", "tmp", "root"] {
         std::fs::create_dir_all(root.join(dir))?;
     }
-    let busybox = root.join("bin/busybox");
-    std::fs::copy("/bin/busybox", &busybox)
+    std::fs::copy("/bin/busybox", root.join("bin/busybox"))
         .context("copying /bin/busybox (apt install busybox-static)")?;
-    let list = Command::new(&busybox).arg("--list").output()?;
+    // The host's busybox lists the applets, not the fresh copy: another
+    // test thread forking while the copy was open for writing would hold
+    // it open in its child, and executing the copy would fail with
+    // ETXTBSY ("Text file busy").
+    let list = Command::new("/bin/busybox").arg("--list").output()?;
     for applet in String::from_utf8_lossy(&list.stdout).lines() {
         if applet != "busybox" {
             std::os::unix::fs::symlink("busybox", root.join("bin").join(applet))?;
