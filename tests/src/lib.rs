@@ -11,7 +11,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -121,11 +121,73 @@ pub fn tools_or_skip(test: &str, tools: &[&str], install: &str) -> bool {
     }
 }
 
-/// Serializes tests that boot VMs: the hosts have two cores and a boot
-/// takes most of one.
-pub fn vm_lock() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+/// How many tests of one test binary may run VMs at once when
+/// `HUSK_TEST_VMS` does not say: one per core of our two-core hosts (a VM
+/// keeps most of one core busy while it boots).
+const DEFAULT_VM_SLOTS: usize = 2;
+
+/// A test's right to run VMs (some of the slots); given back when dropped.
+pub struct VmSlot {
+    slots: usize,
+    since: Instant,
+}
+
+impl Drop for VmSlot {
+    /// Gives the slots back; with `HUSK_TEST_TIMES=FILE`, appends the
+    /// test's name and how long it held them to FILE.
+    fn drop(&mut self) {
+        let (taken, freed) = &VM_SLOTS;
+        *taken.lock().unwrap_or_else(|e| e.into_inner()) -= self.slots;
+        freed.notify_all();
+        if let Some(file) = std::env::var_os("HUSK_TEST_TIMES") {
+            let test = std::thread::current().name().unwrap_or("?").to_string();
+            let line = format!("{test} {:.1}\n", self.since.elapsed().as_secs_f64());
+            let _ = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(file)
+                .and_then(|mut f| std::io::Write::write_all(&mut f, line.as_bytes()));
+        }
+    }
+}
+
+/// Slots in use, and the condition a waiter sleeps on.
+static VM_SLOTS: (Mutex<usize>, Condvar) = (Mutex::new(0), Condvar::new());
+
+/// The number of slots: `HUSK_TEST_VMS`, else [`DEFAULT_VM_SLOTS`].
+fn vm_slots() -> usize {
+    std::env::var("HUSK_TEST_VMS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(DEFAULT_VM_SLOTS)
+}
+
+/// Takes `want` slots once that many are free.
+fn take_slots(want: usize) -> VmSlot {
+    let (taken, freed) = &VM_SLOTS;
+    let mut n = taken.lock().unwrap_or_else(|e| e.into_inner());
+    while *n + want > vm_slots().max(want) {
+        n = freed.wait(n).unwrap_or_else(|e| e.into_inner());
+    }
+    *n += want;
+    VmSlot {
+        slots: want,
+        since: Instant::now(),
+    }
+}
+
+/// Waits for one of the `HUSK_TEST_VMS` (default 2)
+/// slots for tests that boot VMs, so a test binary never runs more VM
+/// tests at once than the host has cores.
+pub fn vm_lock() -> VmSlot {
+    take_slots(1)
+}
+
+/// Waits until no other test of this binary runs VMs and keeps it so: for
+/// a test that runs many VMs at once.
+pub fn vm_lock_all() -> VmSlot {
+    take_slots(vm_slots())
 }
 
 /// Builds an ext4 image at `image` from Debian's busybox-static: /bin with
@@ -142,10 +204,13 @@ pub fn busybox_root_dir(root: &Path) -> Result<()> {
     for dir in ["bin", "etc", "proc", "sys", "dev", "tmp", "root"] {
         std::fs::create_dir_all(root.join(dir))?;
     }
-    let busybox = root.join("bin/busybox");
-    std::fs::copy("/bin/busybox", &busybox)
+    std::fs::copy("/bin/busybox", root.join("bin/busybox"))
         .context("copying /bin/busybox (apt install busybox-static)")?;
-    let list = Command::new(&busybox).arg("--list").output()?;
+    // The host's busybox lists the applets, not the fresh copy: another
+    // test thread forking while the copy was open for writing would hold
+    // it open in its child, and executing the copy would fail with
+    // ETXTBSY ("Text file busy").
+    let list = Command::new("/bin/busybox").arg("--list").output()?;
     for applet in String::from_utf8_lossy(&list.stdout).lines() {
         if applet != "busybox" {
             std::os::unix::fs::symlink("busybox", root.join("bin").join(applet))?;

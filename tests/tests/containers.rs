@@ -6,7 +6,7 @@
 //! Skipped (with a message) without `HUSK_KERNEL` (outside
 //! scripts/test.sh) or without root.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use husk_tests::Running;
 use rustix::process::Signal;
@@ -19,6 +19,11 @@ mod support;
 mod csupport;
 
 use csupport::{kill, s, Env, PtyProcess, IMAGE, VM_TIMEOUT, VOLUME_IMAGE};
+
+/// How long one step inside a running guest (output appearing, a signal
+/// taking effect) may take: seconds on a quiet host, minutes when other
+/// VMs share the two cores.
+const STEP_TIMEOUT: Duration = Duration::from_secs(180);
 
 #[test]
 fn run_rm_prints_output_and_exit_code() {
@@ -109,7 +114,10 @@ fn detached_container_lifecycle() {
     let Some(env) = Env::new("detached_container_lifecycle") else {
         return;
     };
-    let script = "echo started; trap 'echo got TERM' TERM; while true; do sleep 1; done";
+    // The shell waits in `wait`, which a trapped signal interrupts at once:
+    // its trap runs without waiting for a child to finish.
+    let script =
+        "echo started; trap 'echo got TERM' TERM; while true; do sleep 1000 & wait $!; done";
     let id = env.ok(&["run", "-d", "--name", "web", IMAGE, "sh", "-c", script]);
     let id = id.trim();
     assert!(
@@ -165,7 +173,7 @@ fn detached_container_lifecycle() {
             .trim(),
         &id[..12]
     );
-    env.eventually("the first log line", Duration::from_secs(30), || {
+    env.eventually("the first log line", STEP_TIMEOUT, || {
         env.ok(&["logs", "web"]) == "started\n"
     });
     assert_eq!(
@@ -217,7 +225,7 @@ fn detached_container_lifecycle() {
     // then SIGKILL after -t.
     let err = env.fails(1, &["rm", "web"]);
     assert!(err.contains("stop the container first"), "{err}");
-    assert_eq!(env.ok(&["stop", "-t", "2", "web"]), "web\n");
+    assert_eq!(env.ok(&["stop", "-t", "5", "web"]), "web\n");
     assert_eq!(
         env.inspect("web", "{{.State.Status}} {{.State.ExitCode}}"),
         "exited 137"
@@ -381,25 +389,38 @@ fn tty_session_with_resize_and_ctrl_c() {
         return;
     };
     let mut p = PtyProcess::spawn(
-        env.session_cmd(&["run", "--rm", "-it", IMAGE, "sh"]),
+        env.session_cmd(&["run", "--rm", "-it", "--name", "tty1", IMAGE, "sh"]),
         30,
         100,
     );
     p.expect("# ", VM_TIMEOUT);
     p.write(b"stty size; tty; echo $((6*7))\n");
-    p.expect("30 100\r\n/dev/pts/", Duration::from_secs(30));
-    p.expect("42\r\n", Duration::from_secs(30));
+    p.expect("30 100\r\n/dev/pts/", STEP_TIMEOUT);
+    p.expect("42\r\n", STEP_TIMEOUT);
+    // The new size travels CLI -> monitor -> agent: ask again (after each
+    // prompt) until the guest's terminal has it.
     p.resize(40, 120);
-    std::thread::sleep(Duration::from_millis(500));
-    p.write(b"stty size\n");
-    p.expect("40 120\r\n", Duration::from_secs(30));
-    // Ctrl-C reaches the foreground process through the guest's terminal.
+    let deadline = Instant::now() + STEP_TIMEOUT;
+    loop {
+        p.write(b"stty size\n");
+        if p.expect("# ", STEP_TIMEOUT).contains("40 120\r\n") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the resize never reached the guest"
+        );
+    }
+    // Ctrl-C reaches the foreground process through the guest's terminal
+    // once the shell has handed the terminal to it (it runs).
     p.write(b"sleep 100\n");
-    std::thread::sleep(Duration::from_secs(2));
+    env.eventually("sleep to run", STEP_TIMEOUT, || {
+        env.husk(&["exec", "tty1", "pidof", "sleep"]).code() == 0
+    });
     p.write(b"\x03");
-    p.expect("^C", Duration::from_secs(30));
+    p.expect("^C", STEP_TIMEOUT);
     p.write(b"echo status $?\n");
-    p.expect("status 130", Duration::from_secs(30));
+    p.expect("status 130", STEP_TIMEOUT);
     p.write(b"exit 7\n");
     assert_eq!(p.wait(Duration::from_secs(60)), 7);
     drop(p);
@@ -460,7 +481,7 @@ fn killed_monitor_and_killed_cli_leave_truthful_state() {
         .unwrap();
     assert_eq!(env.monitors(), [pid]);
     kill(pid, Signal::KILL);
-    env.eventually("the monitor to die", Duration::from_secs(20), || {
+    env.eventually("the monitor to die", STEP_TIMEOUT, || {
         env.monitors().is_empty()
     });
     // The process list drops the monitor's command line while the kernel is
@@ -468,7 +489,7 @@ fn killed_monitor_and_killed_cli_leave_truthful_state() {
     // running state, goes a moment later.
     env.eventually(
         "the killed monitor's container to be reported exited 137",
-        Duration::from_secs(30),
+        STEP_TIMEOUT,
         || env.inspect("victim", "{{.State.Status}} {{.State.ExitCode}}") == "exited 137",
     );
     assert!(env
@@ -483,7 +504,9 @@ fn killed_monitor_and_killed_cli_leave_truthful_state() {
     // container keeps running (as with Docker); rm -f cleans up.
     let cli =
         Running::start(env.cmd(&["run", "--name", "orphan", IMAGE, "sleep", "1000"])).unwrap();
-    std::thread::sleep(Duration::from_secs(3));
+    env.eventually("the orphan's monitor to start", VM_TIMEOUT, || {
+        env.monitors().len() == 1
+    });
     cli.signal(Signal::KILL);
     let done = cli.finish(Duration::from_secs(10)).unwrap();
     assert_eq!(done.status.code(), None, "killed");
@@ -524,7 +547,7 @@ fn guest_kernel_panic_is_reported() {
 
 #[test]
 fn ten_containers_start_concurrently() {
-    let Some(env) = Env::new("ten_containers_start_concurrently") else {
+    let Some(env) = Env::exclusive("ten_containers_start_concurrently") else {
         return;
     };
     let starts: Vec<Running> = (0..10)

@@ -2,10 +2,9 @@
 //! kernel and the agent, with busybox root filesystems built here.
 //!
 //! VM tests are skipped (with a message) when `HUSK_KERNEL` is unset, i.e.
-//! outside scripts/test.sh. They run one at a time ([`vm_lock`]).
+//! outside scripts/test.sh. At most two run at once ([`vm_lock`]).
 
 use std::path::{Path, PathBuf};
-use std::sync::MutexGuard;
 use std::time::Duration;
 
 use husk_tests::{
@@ -13,12 +12,13 @@ use husk_tests::{
     Finished, Running,
 };
 
-/// Generous: a boot takes 15-30 s on the nested-KVM CI hosts.
-const VM_TIMEOUT: Duration = Duration::from_secs(240);
+/// Generous: a boot takes 15-60 s on the nested-KVM CI hosts, several
+/// times that when other VMs share the two cores.
+const VM_TIMEOUT: Duration = Duration::from_secs(480);
 
 /// A test's scratch space: a busybox root image and an empty run dir.
 struct Env {
-    _lock: MutexGuard<'static, ()>,
+    _lock: husk_tests::VmSlot,
     tmp: tempfile::TempDir,
     rootfs: PathBuf,
     run_dir: PathBuf,
@@ -45,8 +45,12 @@ impl Env {
         self.rootfs.to_str().unwrap()
     }
 
+    /// `husk ARGS` with a boot timeout for busy hosts (`--boot-timeout`
+    /// still wins).
     fn husk(&self, args: &[&str]) -> std::process::Command {
-        husk(&self.run_dir, args)
+        let mut cmd = husk(&self.run_dir, args);
+        cmd.env("HUSK_BOOT_TIMEOUT", "400");
+        cmd
     }
 
     fn run(&self, args: &[&str]) -> Finished {

@@ -6,22 +6,21 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::MutexGuard;
 use std::time::{Duration, Instant};
 
-use husk_tests::{husk, kernel_or_skip, root_or_skip, run, vm_lock, Finished};
+use husk_tests::{husk, kernel_or_skip, root_or_skip, run, vm_lock, vm_lock_all, Finished, VmSlot};
 
 use crate::support::{write_docker_save, LayerTar, TestImage};
 
-/// Generous: boots take 15-30 s on the nested-KVM hosts, more when
-/// several VMs boot at once.
-pub const VM_TIMEOUT: Duration = Duration::from_secs(300);
+/// Generous: boots take 15-60 s on the nested-KVM hosts, several times
+/// that when other VMs (or builds) share the two cores.
+pub const VM_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// How long a container's guest may take to reach its agent in these tests
 /// (`HUSK_BOOT_TIMEOUT`): they run beside each other, ten VMs at once in
 /// one of them, and guest kernel code is emulated on our hosts, so a boot
 /// can take minutes; still well within [`VM_TIMEOUT`].
-pub const BOOT_TIMEOUT: &str = "240";
+pub const BOOT_TIMEOUT: &str = "480";
 
 /// The test image: busybox with its applets, users `root` and `app`
 /// (1000), a non-executable /bin/notexec; Env IMG/OVR, WorkingDir
@@ -32,7 +31,7 @@ pub const VOLUME_IMAGE: &str = "bbvol:test";
 
 /// A private store root with the test images, for one test.
 pub struct Env {
-    _lock: MutexGuard<'static, ()>,
+    _lock: VmSlot,
     pub dir: tempfile::TempDir,
 }
 
@@ -44,10 +43,20 @@ pub fn can_run(test: &str) -> bool {
 impl Env {
     /// A store with the test images loaded, or `None` (skipped).
     pub fn new(test: &str) -> Option<Env> {
+        Env::with_slot(test, vm_lock)
+    }
+
+    /// Like [`Env::new`], for a test that runs many VMs at once: no other
+    /// VM test of the binary runs beside it.
+    pub fn exclusive(test: &str) -> Option<Env> {
+        Env::with_slot(test, vm_lock_all)
+    }
+
+    fn with_slot(test: &str, slot: fn() -> VmSlot) -> Option<Env> {
         if !can_run(test) {
             return None;
         }
-        let lock = vm_lock();
+        let lock = slot();
         let env = Env {
             _lock: lock,
             dir: tempfile::tempdir().expect("tempdir"),
@@ -166,7 +175,7 @@ impl Env {
 
     /// No container, no monitor, no leftover file in the container store.
     pub fn assert_clean(&self) {
-        self.eventually("monitors to exit", Duration::from_secs(60), || {
+        self.eventually("monitors to exit", Duration::from_secs(180), || {
             self.monitors().is_empty()
         });
         let left: Vec<String> = std::fs::read_dir(self.root().join("containers"))
