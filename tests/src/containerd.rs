@@ -8,7 +8,6 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::sync::MutexGuard;
 use std::time::{Duration, Instant};
 
 use crate::{
@@ -20,20 +19,18 @@ use crate::{
 pub const IMAGE: &str = "docker.io/library/bb:test";
 /// The containerd namespace the tests use.
 pub const NS: &str = "husktest";
-/// Bound for anything that boots a VM (boots take 15-30 s here, a first
-/// warm start builds a template).
-pub const VM_TIMEOUT: Duration = Duration::from_secs(300);
+/// Bound for anything that boots a VM: boots take 15-60 s on the nested
+/// KVM hosts, several times that when two VMs share the two cores, and a
+/// first warm start builds a template.
+pub const VM_TIMEOUT: Duration = Duration::from_secs(480);
 /// Bound for anything else.
 pub const SHORT: Duration = Duration::from_secs(60);
 
 /// A private containerd for one test.
 pub struct Containerd {
-    _lock: MutexGuard<'static, ()>,
+    _lock: crate::VmSlot,
     pub dir: tempfile::TempDir,
     child: Child,
-    /// Snapshot layer disks cached before this containerd's snapshots
-    /// existed (those made for them are removed at the end).
-    cached: Vec<PathBuf>,
     /// Shim sockets that existed before (in containerd's shared socket
     /// directory).
     sockets: Vec<PathBuf>,
@@ -101,7 +98,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
             .env("HUSK_AGENT", agent)
             .env("HUSK_CACHE", husk_cache())
             .env("HUSK_CONTAINERD_ROOT", p.join("husk"))
-            .env("HUSK_BOOT_TIMEOUT", "240")
+            .env("HUSK_BOOT_TIMEOUT", "400")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
@@ -111,7 +108,6 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
             _lock: lock,
             dir,
             child,
-            cached: cached_layers(),
             sockets: shim_sockets(),
         };
         c.until("containerd serves its socket", SHORT, || {
@@ -260,13 +256,7 @@ impl Drop for Containerd {
         let _ = self.child.kill();
         let _ = self.child.wait();
         // This containerd's snapshots are gone with it: so are their disks.
-        for p in cached_layers() {
-            if !self.cached.contains(&p) {
-                for ext in ["erofs", "src", "lock"] {
-                    let _ = std::fs::remove_file(p.with_extension(ext));
-                }
-            }
-        }
+        remove_layers_made_under(self.dir.path());
         let _ = Command::new("umount")
             .arg("-R")
             .arg(self.dir.path().join("root"))
@@ -294,6 +284,29 @@ pub fn cached_layers() -> Vec<PathBuf> {
         .collect();
     out.sort();
     out
+}
+
+/// The cached snapshot layer disks made from directories under `dir`
+/// (their `.src` file names the directory): a test's own, never those of
+/// a test running beside it.
+pub fn layers_made_under(dir: &Path) -> Vec<PathBuf> {
+    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    cached_layers()
+        .into_iter()
+        .filter(|disk| {
+            let src = std::fs::read_to_string(disk.with_extension("src")).unwrap_or_default();
+            Path::new(&src).starts_with(&dir)
+        })
+        .collect()
+}
+
+/// Removes the disks of [`layers_made_under`] `dir`.
+pub fn remove_layers_made_under(dir: &Path) {
+    for disk in layers_made_under(dir) {
+        for ext in ["erofs", "src", "lock"] {
+            let _ = std::fs::remove_file(disk.with_extension(ext));
+        }
+    }
 }
 
 /// The files in containerd's shim socket directory.

@@ -2,7 +2,7 @@
 //! (`husk_tests::containerd`) with husk's shim on its PATH and the busybox
 //! test image imported.
 
-pub use husk_tests::containerd::{cached_layers, Containerd, IMAGE, SHORT, VM_TIMEOUT};
+pub use husk_tests::containerd::{layers_made_under, Containerd, IMAGE, SHORT, VM_TIMEOUT};
 use husk_tests::shim_bin;
 
 use crate::csupport::{busybox_layer, image};

@@ -9,10 +9,9 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::MutexGuard;
 use std::time::{Duration, Instant};
 
-use husk_tests::containerd::{cached_layers, processes_with, SHORT, VM_TIMEOUT};
+use husk_tests::containerd::{processes_with, remove_layers_made_under, SHORT, VM_TIMEOUT};
 use husk_tests::{
     agent_or_skip, busybox_root_dir, kernel_or_skip, oci_bin, root_or_skip, run, skip,
     tools_or_skip, vm_lock, Finished,
@@ -26,7 +25,7 @@ pub const PODMAN_IMAGE: &str = "localhost/bb:test";
 
 /// Seconds a guest may take to boot here (a first warm start builds its
 /// template: a cold boot and a snapshot on a slow nested host).
-const BOOT_TIMEOUT: &str = "240";
+const BOOT_TIMEOUT: &str = "400";
 
 /// Writes the busybox test image as a docker-save tarball tagged
 /// `bb:test`.
@@ -152,7 +151,7 @@ impl Output {
 /// husk-oci run directly: its own root and `--log` file, bundles made in
 /// a temporary directory.
 pub struct Direct {
-    _lock: MutexGuard<'static, ()>,
+    _lock: husk_tests::VmSlot,
     pub dir: tempfile::TempDir,
     kernel: PathBuf,
     agent: PathBuf,
@@ -368,12 +367,9 @@ fn kill_all(pids: &[u32]) {
 /// A private podman (its own storage, run and tmp directories) whose
 /// runtime is husk-oci, with the busybox test image loaded.
 pub struct Podman {
-    _lock: MutexGuard<'static, ()>,
+    _lock: husk_tests::VmSlot,
     pub dir: tempfile::TempDir,
     runtime: PathBuf,
-    /// Snapshot layer disks cached before this podman's layers existed
-    /// (those made for them are removed at the end).
-    cached: Vec<PathBuf>,
 }
 
 impl Podman {
@@ -415,7 +411,6 @@ impl Podman {
             _lock: lock,
             dir,
             runtime,
-            cached: cached_layers(),
         };
         let tar = p.dir.path().join("bb.tar");
         busybox_image_tar(&tar);
@@ -489,12 +484,6 @@ impl Drop for Podman {
                 .status();
         }
         // This podman's image layers are gone with it: so are their disks.
-        for p in cached_layers() {
-            if !self.cached.contains(&p) {
-                for ext in ["erofs", "src", "lock"] {
-                    let _ = std::fs::remove_file(p.with_extension(ext));
-                }
-            }
-        }
+        remove_layers_made_under(self.dir.path());
     }
 }
