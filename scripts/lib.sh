@@ -14,6 +14,8 @@ HUSK_PACKAGES=(
     docker-registry skopeo                                   # registry tests, image benchmark
     qemu-system-x86                                          # the peer VMM in benchmarks
     crun                                                     # the peer runtime in benchmarks
+    containerd runc                                          # containerd shim tests (runc: containerd's own shim, podman)
+    podman conmon                                            # husk-oci tests (podman --runtime husk-oci, through conmon)
 )
 
 log() { echo "==> $*" >&2; }
@@ -65,4 +67,6 @@ build_workspace() {
     local target_dir="${CARGO_TARGET_DIR:-$HUSK_REPO/target}"
     export HUSK_AGENT="$target_dir/$AGENT_TARGET/release/husk-agent"
     export HUSK_BIN="$target_dir/release/husk"
+    export HUSK_SHIM="$target_dir/release/containerd-shim-husk-v2"
+    export HUSK_OCI="$target_dir/release/husk-oci"
 }

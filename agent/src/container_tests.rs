@@ -124,6 +124,9 @@ fn spec() -> ContainerSpec {
         hosts: vec![],
         resolv_conf: None,
         network: None,
+        files: Vec::new(),
+        tmpfs: Vec::new(),
+        sysctls: Vec::new(),
     }
 }
 
@@ -136,6 +139,7 @@ fn exec(argv: &[&str]) -> ExecRequest {
         tty: false,
         stdin: false,
         size: None,
+        security: Default::default(),
     }
 }
 

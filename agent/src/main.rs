@@ -14,6 +14,7 @@ mod net;
 mod proc;
 mod quirks;
 mod rootfs;
+mod security;
 mod seed;
 mod spawn;
 mod spec;

@@ -1,7 +1,7 @@
 //! Assembling a container's root filesystem in the guest (`CreateContainer`):
 //! EROFS layers + a writable disk stacked with overlayfs, or one plain disk
 //! as it is (`husk vm run`); the API filesystems, volumes, /etc files (image
-//! roots only), hostname and network.
+//! roots only), hostname, network and kernel parameters (sysctls).
 //!
 //! Only used when the agent runs as PID 1 in the VM. The spec has been
 //! validated ([`crate::spec::check_container`]) before this runs.
@@ -9,7 +9,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use husk_protocol::{ContainerSpec, RootFs};
+use husk_protocol::{ContainerSpec, FileSpec, RootFs, Sysctl, TmpfsMount};
 use rustix::fs::{FileType, Mode, CWD};
 use rustix::mount::MountFlags;
 
@@ -150,11 +150,16 @@ pub fn create(spec: &ContainerSpec, mounts: &mut Vec<PathBuf>) -> Result<Contain
             teardown,
         )?;
     }
+    for t in &spec.tmpfs {
+        mount_tmpfs(root, t, points)?;
+    }
     set_hostname(&spec.hostname)?;
     if points == MountPoints::Create {
         write_etc(root, spec)?;
+        write_files(root, &spec.files)?;
     }
     crate::net::configure(spec.network.as_ref()).map_err(|e| SysError::Network(e.to_string()))?;
+    set_sysctls(&spec.sysctls)?;
     Ok(ContainerRoot {
         root: root.to_path_buf(),
         ptmx: root.join("dev/pts/ptmx"),
@@ -312,6 +317,34 @@ fn mknod(path: &Path, major: u32, minor: u32, mode: u32) -> Result<(), SysError>
         .map_err(|e| io_err(format!("creating {}", path.display()))(e.into()))
 }
 
+/// A tmpfs at `t.target` in the root (where it has a mount point).
+fn mount_tmpfs(root: &Path, t: &TmpfsMount, points: MountPoints) -> Result<(), SysError> {
+    let Some(dir) = mount_point(root, &t.target, points)? else {
+        return Ok(());
+    };
+    let mut flags = MountFlags::empty();
+    for (on, flag) in [
+        (t.read_only, MountFlags::RDONLY),
+        (t.nosuid, MountFlags::NOSUID),
+        (t.nodev, MountFlags::NODEV),
+        (t.noexec, MountFlags::NOEXEC),
+    ] {
+        if on {
+            flags |= flag;
+        }
+    }
+    let mut data = Vec::new();
+    if let Some(mode) = t.mode {
+        data.push(format!("mode={mode:o}"));
+    }
+    if let Some(size) = &t.size {
+        data.push(format!("size={size}"));
+    }
+    let data = data.join(",");
+    let data = (!data.is_empty()).then_some(data.as_str());
+    mount_at("tmpfs", &dir, "tmpfs", flags, data, Teardown::Keep)
+}
+
 /// The kernel's (UTS) hostname, when one is given.
 fn set_hostname(name: &str) -> Result<(), SysError> {
     if name.is_empty() {
@@ -321,14 +354,24 @@ fn set_hostname(name: &str) -> Result<(), SysError> {
         .map_err(|e| io_err("setting the hostname")(e.into()))
 }
 
+/// Writes each kernel parameter under /proc/sys (names checked by
+/// `spec::check_container`): the guest kernel is the container's own.
+fn set_sysctls(sysctls: &[Sysctl]) -> Result<(), SysError> {
+    for s in sysctls {
+        let path = Path::new("/proc/sys").join(s.proc_path());
+        std::fs::write(&path, &s.value).map_err(io_err(format!("setting sysctl {}", s.key)))?;
+    }
+    Ok(())
+}
+
 /// /etc/hostname, /etc/hosts and /etc/resolv.conf (image roots only).
 fn write_etc(root: &Path, spec: &ContainerSpec) -> Result<(), SysError> {
     let etc = in_root(root, "/etc")?;
     mkdir_p(&etc)?;
     if !spec.hostname.is_empty() {
-        replace_file(&etc.join("hostname"), &format!("{}\n", spec.hostname))?;
+        replace_file(&etc.join("hostname"), format!("{}\n", spec.hostname))?;
     }
-    replace_file(&etc.join("hosts"), &hosts_file(spec))?;
+    replace_file(&etc.join("hosts"), hosts_file(spec))?;
     if let Some(conf) = &spec.resolv_conf {
         replace_file(&etc.join("resolv.conf"), conf)?;
     }
@@ -358,8 +401,24 @@ pub fn hosts_file(spec: &ContainerSpec) -> String {
     hosts
 }
 
+/// The spec's files (the bundle's file bind mounts, copied), each written
+/// afresh at its path resolved in the root, with its mode, owned by root.
+fn write_files(root: &Path, files: &[FileSpec]) -> Result<(), SysError> {
+    use std::os::unix::fs::PermissionsExt;
+    for f in files {
+        let path = in_root(root, &f.path)?;
+        if let Some(parent) = path.parent() {
+            mkdir_p(parent)?;
+        }
+        replace_file(&path, &f.content)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(f.mode))
+            .map_err(io_err(format!("chmod {}", path.display())))?;
+    }
+    Ok(())
+}
+
 /// Writes `path` afresh (a symlink there is replaced, never followed).
-fn replace_file(path: &Path, content: &str) -> Result<(), SysError> {
+fn replace_file(path: &Path, content: impl AsRef<[u8]>) -> Result<(), SysError> {
     if std::fs::symlink_metadata(path).is_ok_and(|m| !m.is_file()) {
         let _ = std::fs::remove_file(path);
     }

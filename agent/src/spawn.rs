@@ -1,6 +1,7 @@
 //! Starting a process in the container — the init process and exec'd
 //! ones alike: credentials, working directory, stdio (pipes or a
-//! pseudo-terminal), and entering the container's mount namespace.
+//! pseudo-terminal), entering the container's mount namespace, and the
+//! process's security settings (`security.rs`).
 //!
 //! Everything the child needs is prepared before `fork`, so the child only
 //! makes async-signal-safe system calls (this also keeps it correct when the
@@ -17,6 +18,7 @@ use std::path::Path;
 use husk_protocol::{ErrorCode, ExecRequest};
 use rustix::process::{waitpid, Pid, Signal, WaitOptions};
 
+use crate::security::{self, Plan};
 use crate::stdio::{self, ProcIo, Stdio};
 use crate::users::Creds;
 
@@ -59,6 +61,18 @@ enum Stage {
     Namespace = 6,
     /// Making the pty the controlling terminal.
     Tty = 7,
+    /// Setting a resource limit (argument: its index).
+    Rlimit = 8,
+    /// Dropping a capability from the bounding set (argument: its number).
+    Bounding = 9,
+    /// Keeping capabilities across the user switch.
+    KeepCaps = 10,
+    /// Setting the effective, permitted and inheritable capabilities.
+    Capabilities = 11,
+    /// Raising an ambient capability (argument: its number).
+    Ambient = 12,
+    /// Setting `no_new_privs`.
+    NoNewPrivs = 13,
 }
 
 /// How the new process enters the container.
@@ -92,6 +106,7 @@ struct Prepared {
     cwd_parts: Vec<CString>,
     pivot: Option<CString>,
     creds: Option<(libc::uid_t, libc::gid_t, Vec<libc::gid_t>)>,
+    security: Plan,
 }
 
 /// Starts `req` as `creds` in the container reached through `entry`; a
@@ -102,8 +117,7 @@ pub fn spawn(
     entry: Entry<'_>,
     ptmx: &Path,
 ) -> Result<Spawned, SpawnError> {
-    let prep = prepare(req, creds, &entry)
-        .map_err(|_| SpawnError::new(ErrorCode::BadRequest, "request contains a NUL byte"))?;
+    let prep = prepare(req, creds, &entry)?;
     if prep.argv.is_empty() {
         return Err(SpawnError::new(ErrorCode::BadRequest, "empty command"));
     }
@@ -134,7 +148,7 @@ pub fn spawn(
     drop(report_w);
     let cwd = prep.cwd.to_string_lossy().into_owned();
     let io = io.into_parent();
-    if let Some(err) = read_report(report_r, &cwd, &req.argv[0]) {
+    if let Some(err) = read_report(report_r, &prep, &cwd, &req.argv[0]) {
         reap(pid);
         return Err(err);
     }
@@ -154,7 +168,28 @@ fn cstrings(v: &[String]) -> Result<Vec<CString>, NulError> {
     v.iter().map(|s| CString::new(s.as_str())).collect()
 }
 
-fn prepare(req: &ExecRequest, creds: &Creds, entry: &Entry<'_>) -> Result<Prepared, NulError> {
+/// Prepares everything the child needs; the security settings are
+/// checked here, so a bad request fails before `fork`.
+fn prepare(req: &ExecRequest, creds: &Creds, entry: &Entry<'_>) -> Result<Prepared, SpawnError> {
+    // Without root (unit tests) the credentials and capabilities cannot
+    // change.
+    let privileged = rustix::process::getuid().is_root();
+    let bad = |e: security::SecurityError| SpawnError::new(ErrorCode::BadRequest, e.to_string());
+    let security = security::plan(&req.security, creds.uid, privileged).map_err(bad)?;
+    let groups = security::groups(&creds.groups, &req.security.additional_gids).map_err(bad)?;
+    let nul = |_| SpawnError::new(ErrorCode::BadRequest, "request contains a NUL byte");
+    let mut prep = prepare_strings(req, creds, entry).map_err(nul)?;
+    prep.creds = privileged.then_some((creds.uid, creds.gid, groups));
+    prep.security = security;
+    Ok(prep)
+}
+
+/// The C strings of the request (no credentials, no security settings).
+fn prepare_strings(
+    req: &ExecRequest,
+    creds: &Creds,
+    entry: &Entry<'_>,
+) -> Result<Prepared, NulError> {
     let mut env = req.env.clone();
     if !env.iter().any(|e| e.starts_with("HOME=")) {
         env.push(format!("HOME={}", creds.home));
@@ -182,7 +217,6 @@ fn prepare(req: &ExecRequest, creds: &Creds, entry: &Entry<'_>) -> Result<Prepar
         Entry::Pivot(root) => Some(CString::new(root.as_os_str().as_encoded_bytes())?),
         _ => None,
     };
-    let privileged = rustix::process::getuid().is_root();
     Ok(Prepared {
         candidates,
         argv: cstrings(&req.argv)?,
@@ -190,8 +224,8 @@ fn prepare(req: &ExecRequest, creds: &Creds, entry: &Entry<'_>) -> Result<Prepar
         cwd: CString::new(cwd)?,
         cwd_parts,
         pivot,
-        // Without root (unit tests) the credentials cannot change.
-        creds: privileged.then(|| (creds.uid, creds.gid, creds.groups.clone())),
+        creds: None,
+        security: Plan::default(),
     })
 }
 
@@ -229,38 +263,85 @@ fn reap(pid: libc::pid_t) {
 }
 
 /// Reads the child's failure report; `None` means execve succeeded.
-fn read_report(report: OwnedFd, cwd: &str, cmd: &str) -> Option<SpawnError> {
-    let mut buf = Vec::with_capacity(5);
+fn read_report(report: OwnedFd, prep: &Prepared, cwd: &str, cmd: &str) -> Option<SpawnError> {
+    let mut buf = Vec::with_capacity(REPORT_LEN);
     let mut file = File::from(report);
     if let Err(e) = file.read_to_end(&mut buf) {
         return Some(SpawnError::internal("reading the exec report", e));
     }
-    let [stage, e0, e1, e2, e3] = buf[..] else {
+    let [stage, arg, e0, e1, e2, e3] = buf[..] else {
         return (!buf.is_empty())
             .then(|| SpawnError::new(ErrorCode::Internal, "garbled exec report"));
     };
     let errno = i32::from_ne_bytes([e0, e1, e2, e3]);
-    Some(describe_failure(stage, errno, cwd, cmd))
+    let failure = Failure { stage, arg, errno };
+    Some(describe_failure(failure, &prep.security, cwd, cmd))
 }
 
-fn describe_failure(stage: u8, errno: i32, cwd: &str, cmd: &str) -> SpawnError {
-    let err = io::Error::from_raw_os_error(errno);
-    match stage {
-        s if s == Stage::Exec as u8 => exec_error(errno, cmd, !cmd.contains('/')),
-        s if s == Stage::Chdir as u8 => SpawnError::new(
-            ErrorCode::BadRequest,
-            format!("working directory {cwd:?}: {err}"),
-        ),
+/// What the child reported.
+struct Failure {
+    stage: u8,
+    /// Which item of the stage failed (see [`Stage`]).
+    arg: u8,
+    errno: i32,
+}
+
+fn describe_failure(f: Failure, plan: &Plan, cwd: &str, cmd: &str) -> SpawnError {
+    let err = io::Error::from_raw_os_error(f.errno);
+    let bad = |what: String| SpawnError::new(ErrorCode::BadRequest, format!("{what}: {err}"));
+    match f.stage {
+        s if s == Stage::Exec as u8 => exec_error(f.errno, cmd, !cmd.contains('/')),
+        s if s == Stage::Chdir as u8 => bad(format!("working directory {cwd:?}")),
         s if s == Stage::Chroot as u8 || s == Stage::Namespace as u8 => {
             SpawnError::internal("entering the root", err)
         }
         s if s == Stage::Tty as u8 => SpawnError::internal("setting up the terminal", err),
-        s if s == Stage::Credentials as u8 => SpawnError::new(
-            ErrorCode::BadRequest,
-            format!("switching to the requested user: {err}"),
+        s if s == Stage::Credentials as u8 => bad("switching to the requested user".into()),
+        s if s == Stage::Rlimit as u8 => bad(describe_rlimit(plan, f.arg)),
+        s if s == Stage::Bounding as u8 => SpawnError::internal(
+            &format!(
+                "dropping {} from the bounding set",
+                security::names(1 << f.arg)
+            ),
+            err,
         ),
+        s if s == Stage::KeepCaps as u8 => {
+            SpawnError::internal("keeping capabilities for the user", err)
+        }
+        s if s == Stage::Capabilities as u8 => bad(describe_caps(plan)),
+        s if s == Stage::Ambient as u8 => bad(format!(
+            "raising the ambient capability {}",
+            security::names(1 << f.arg)
+        )),
+        s if s == Stage::NoNewPrivs as u8 => SpawnError::internal("setting no_new_privs", err),
         _ => SpawnError::internal("setting up stdio", err),
     }
+}
+
+fn describe_rlimit(plan: &Plan, index: u8) -> String {
+    match plan.rlimits.get(usize::from(index)) {
+        Some((resource, limit)) => {
+            let text = |l: Option<u64>| security::limit_text(l.unwrap_or(u64::MAX));
+            format!(
+                "setting the resource limit {} (soft {}, hard {})",
+                resource.linux_name(),
+                text(limit.current),
+                text(limit.maximum)
+            )
+        }
+        None => "setting a resource limit".into(),
+    }
+}
+
+fn describe_caps(plan: &Plan) -> String {
+    let Some(caps) = &plan.caps else {
+        return "setting the capabilities".into();
+    };
+    let s = &caps.sets;
+    format!(
+        "setting the capabilities (effective {:#x}, permitted {:#x}, inheritable {:#x})",
+        s.effective, s.permitted, s.inheritable
+    )
 }
 
 /// Maps an execve errno to the protocol's error code and a Docker-like
@@ -308,28 +389,74 @@ fn child(
         libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         if ctty && libc::ioctl(fds[0], libc::TIOCSCTTY, 0) != 0 {
-            fail(report, Stage::Tty, errno());
+            fail(report, Stage::Tty, 0, errno());
         }
         if !setup_stdio(fds) {
-            fail(report, Stage::Stdio, errno());
+            fail(report, Stage::Stdio, 0, errno());
         }
         if !enter(prep, join) {
-            fail(report, Stage::Namespace, errno());
+            fail(report, Stage::Namespace, 0, errno());
         }
         make_cwd(prep);
         if libc::chdir(prep.cwd.as_ptr()) != 0 {
-            fail(report, Stage::Chdir, errno());
+            fail(report, Stage::Chdir, 0, errno());
         }
-        if let Some((uid, gid, groups)) = &prep.creds {
-            if libc::setgroups(groups.len(), groups.as_ptr()) != 0
-                || libc::setgid(*gid) != 0
-                || libc::setuid(*uid) != 0
-            {
-                fail(report, Stage::Credentials, errno());
+        apply_security(prep, report);
+        let err = exec_candidates(&prep.candidates, argv, env);
+        fail(report, Stage::Exec, 0, err)
+    }
+}
+
+/// Applies the resource limits, the user and the capabilities, in the
+/// order `security.rs` explains; reports the first failure and exits.
+///
+/// # Safety
+/// Child-after-fork only.
+unsafe fn apply_security(prep: &Prepared, report: RawFd) {
+    let plan = &prep.security;
+    if let Err((i, e)) = security::set_rlimits(plan) {
+        fail(report, Stage::Rlimit, i, e);
+    }
+    if let Some(caps) = &plan.caps {
+        // SAFETY: prctl calls in the child after fork (caller contract).
+        if let Err((cap, e)) = unsafe { security::drop_bounding(caps) } {
+            fail(report, Stage::Bounding, cap, e);
+        }
+    }
+    if let Some((uid, gid, groups)) = &prep.creds {
+        if let Some(caps) = &plan.caps {
+            // SAFETY: a prctl call in the child after fork.
+            if let Err(e) = unsafe { security::keep_caps(caps) } {
+                fail(report, Stage::KeepCaps, 0, e);
             }
         }
-        let err = exec_candidates(&prep.candidates, argv, env);
-        fail(report, Stage::Exec, err)
+        // SAFETY: the group list lives in `prep` for the call.
+        let switched = unsafe {
+            libc::setgroups(groups.len(), groups.as_ptr()) == 0
+                && libc::setgid(*gid) == 0
+                && libc::setuid(*uid) == 0
+        };
+        if !switched {
+            fail(report, Stage::Credentials, 0, errno());
+        }
+    }
+    if let Some(caps) = &plan.caps {
+        // SAFETY: capset in the child after fork.
+        if let Err(e) = unsafe { security::set_caps(caps) } {
+            fail(report, Stage::Capabilities, 0, e);
+        }
+        // SAFETY: prctl calls in the child after fork.
+        if let Err((cap, e)) = unsafe { security::raise_ambient(caps) } {
+            fail(report, Stage::Ambient, cap, e);
+        }
+    }
+    // SAFETY: a prctl call in the child after fork.
+    if let Err(e) = unsafe { security::set_no_new_privs(plan) } {
+        fail(report, Stage::NoNewPrivs, 0, e);
+    }
+    if let Some(mask) = plan.umask {
+        // SAFETY: umask(2) cannot fail and touches no memory.
+        unsafe { libc::umask(mask) };
     }
 }
 
@@ -443,9 +570,12 @@ fn errno() -> i32 {
     unsafe { *libc::__errno_location() }
 }
 
-fn fail(report: RawFd, stage: Stage, errno: i32) -> ! {
+/// The length of a failure report: stage, argument, errno.
+const REPORT_LEN: usize = 6;
+
+fn fail(report: RawFd, stage: Stage, arg: u8, errno: i32) -> ! {
     let e = errno.to_ne_bytes();
-    let msg = [stage as u8, e[0], e[1], e[2], e[3]];
+    let msg: [u8; REPORT_LEN] = [stage as u8, arg, e[0], e[1], e[2], e[3]];
     // SAFETY: write from a stack buffer, then _exit; both async-signal-safe.
     unsafe {
         libc::write(report, msg.as_ptr().cast(), msg.len());

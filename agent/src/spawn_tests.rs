@@ -10,6 +10,7 @@ fn req(argv: &[&str]) -> ExecRequest {
         tty: false,
         stdin: false,
         size: None,
+        security: Default::default(),
     }
 }
 

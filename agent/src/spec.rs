@@ -3,7 +3,10 @@
 
 use std::path::{Component, Path, PathBuf};
 
-use husk_protocol::{ContainerSpec, ExecRequest, RootFs};
+use husk_protocol::{
+    ContainerSpec, ExecRequest, FileSpec, RootFs, Sysctl, TmpfsMount, MAX_FILES, MAX_FILES_BYTES,
+    MAX_FILE_BYTES, MAX_SYSCTLS,
+};
 
 /// Most layer disks a container may stack.
 pub const MAX_LAYERS: usize = 128;
@@ -103,6 +106,86 @@ pub fn check_container(spec: &ContainerSpec) -> Result<(), Invalid> {
             return Err(bad("invalid resolv.conf content"));
         }
     }
+    check_files(&spec.files)?;
+    check_tmpfs(&spec.tmpfs)?;
+    check_sysctls(&spec.sysctls)
+}
+
+/// Kernel parameters: bounded, dotted names, writable values.
+fn check_sysctls(sysctls: &[Sysctl]) -> Result<(), Invalid> {
+    if sysctls.len() > MAX_SYSCTLS {
+        return Err(bad(format!("more than {MAX_SYSCTLS} sysctls")));
+    }
+    for s in sysctls {
+        if !Sysctl::valid_key(&s.key) {
+            return Err(bad(format!("invalid sysctl name {:?}", s.key)));
+        }
+        if !Sysctl::valid_value(&s.value) {
+            return Err(bad(format!("invalid value for sysctl {}", s.key)));
+        }
+    }
+    Ok(())
+}
+
+/// Most tmpfs mounts a container may ask for.
+pub const MAX_TMPFS: usize = 16;
+
+/// tmpfs mounts: bounded, absolute clean targets below `/`, a `size=`
+/// of digits with an optional unit, plain permission bits.
+fn check_tmpfs(mounts: &[TmpfsMount]) -> Result<(), Invalid> {
+    if mounts.len() > MAX_TMPFS {
+        return Err(bad(format!("more than {MAX_TMPFS} tmpfs mounts")));
+    }
+    for m in mounts {
+        check_abs_path("tmpfs target", &m.target)?;
+        if Path::new(&m.target).components().count() < 2 {
+            return Err(bad("a tmpfs cannot be mounted on /"));
+        }
+        if let Some(size) = &m.size {
+            let digits = size.trim_end_matches(['k', 'K', 'm', 'M', 'g', 'G', '%']);
+            let ok = !digits.is_empty()
+                && digits.len() + 1 >= size.len()
+                && digits.len() <= 20
+                && digits.bytes().all(|b| b.is_ascii_digit());
+            if !ok {
+                return Err(bad(format!("invalid tmpfs size {size:?}")));
+            }
+        }
+        if m.mode.is_some_and(|mode| mode > 0o7777) {
+            return Err(bad(format!("invalid tmpfs mode for {:?}", m.target)));
+        }
+    }
+    Ok(())
+}
+
+/// The files to copy into the root: bounded in number and size, absolute
+/// clean paths below `/`, plain permission bits.
+fn check_files(files: &[FileSpec]) -> Result<(), Invalid> {
+    if files.len() > MAX_FILES {
+        return Err(bad(format!("more than {MAX_FILES} files")));
+    }
+    let mut total = 0usize;
+    for f in files {
+        check_abs_path("file", &f.path)?;
+        if Path::new(&f.path).components().count() < 2 {
+            return Err(bad(format!("file {:?} names no file", f.path)));
+        }
+        if f.content.len() > MAX_FILE_BYTES {
+            return Err(bad(format!(
+                "file {:?} is larger than {MAX_FILE_BYTES} bytes",
+                f.path
+            )));
+        }
+        total += f.content.len();
+        if f.mode > 0o7777 {
+            return Err(bad(format!("file {:?} has mode {:o}", f.path, f.mode)));
+        }
+    }
+    if total > MAX_FILES_BYTES {
+        return Err(bad(format!(
+            "the files are larger than {MAX_FILES_BYTES} bytes together"
+        )));
+    }
     Ok(())
 }
 
@@ -147,6 +230,9 @@ pub fn check_exec(req: &ExecRequest) -> Result<(), Invalid> {
         if rows == 0 || cols == 0 {
             return Err(bad("terminal size must be non-zero"));
         }
+    }
+    if let Some(mask) = req.security.umask.filter(|&m| m > 0o777) {
+        return Err(bad(format!("invalid umask {mask:#o}")));
     }
     Ok(())
 }

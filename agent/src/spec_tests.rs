@@ -18,6 +18,9 @@ fn spec() -> ContainerSpec {
         hosts: vec!["10.0.0.1 db".into()],
         resolv_conf: Some("nameserver 10.0.0.2\n".into()),
         network: None,
+        files: Vec::new(),
+        tmpfs: Vec::new(),
+        sysctls: Vec::new(),
     }
 }
 
@@ -47,6 +50,58 @@ fn a_normal_spec_passes() {
     for fs in ["ext4", "erofs"] {
         s.root = disk("husk-agent", fs);
         check_container(&s).unwrap();
+    }
+}
+
+fn file(path: &str, len: usize) -> FileSpec {
+    FileSpec {
+        path: path.into(),
+        content: vec![b'x'; len],
+        mode: 0o644,
+    }
+}
+
+#[test]
+fn bounded_files_and_tmpfs_pass() {
+    let mut s = spec();
+    s.files = vec![
+        file("/etc/hosts", MAX_FILE_BYTES),
+        file("/etc/resolv.conf", 10),
+    ];
+    s.tmpfs = vec![
+        tmpfs("/run", Some("65536k")),
+        tmpfs("/tmp", Some("50%")),
+        tmpfs("/x", None),
+    ];
+    check_container(&s).unwrap();
+}
+
+fn sysctl(key: &str, value: &str) -> Sysctl {
+    Sysctl {
+        key: key.into(),
+        value: value.into(),
+    }
+}
+
+#[test]
+fn sysctls_pass() {
+    let mut s = spec();
+    s.sysctls = vec![
+        sysctl("net.ipv4.ping_group_range", "0 0"),
+        sysctl("kernel.shmmni", "8192"),
+    ];
+    check_container(&s).unwrap();
+}
+
+fn tmpfs(target: &str, size: Option<&str>) -> TmpfsMount {
+    TmpfsMount {
+        target: target.into(),
+        size: size.map(String::from),
+        mode: Some(0o755),
+        read_only: false,
+        nosuid: true,
+        nodev: true,
+        noexec: false,
     }
 }
 
@@ -80,6 +135,72 @@ fn bad_specs_are_refused() {
             "many layers",
             Box::new(|s| *layers(s).0 = vec!["l".into(); MAX_LAYERS + 1]),
         ),
+        (
+            "file relative",
+            Box::new(|s| s.files = vec![file("etc/x", 1)]),
+        ),
+        (
+            "file dotdot",
+            Box::new(|s| s.files = vec![file("/../x", 1)]),
+        ),
+        ("file root", Box::new(|s| s.files = vec![file("/", 1)])),
+        (
+            "file mode",
+            Box::new(|s| {
+                let mut f = file("/etc/x", 1);
+                f.mode = 0o10644;
+                s.files = vec![f]
+            }),
+        ),
+        (
+            "big file",
+            Box::new(|s| s.files = vec![file("/etc/x", MAX_FILE_BYTES + 1)]),
+        ),
+        (
+            "big files",
+            Box::new(|s| s.files = vec![file("/a", MAX_FILE_BYTES); 3]),
+        ),
+        ("tmpfs root", Box::new(|s| s.tmpfs = vec![tmpfs("/", None)])),
+        (
+            "tmpfs relative",
+            Box::new(|s| s.tmpfs = vec![tmpfs("run", None)]),
+        ),
+        (
+            "tmpfs size",
+            Box::new(|s| s.tmpfs = vec![tmpfs("/run", Some("64m,uid=0"))]),
+        ),
+        (
+            "tmpfs unit only",
+            Box::new(|s| s.tmpfs = vec![tmpfs("/run", Some("m"))]),
+        ),
+        (
+            "tmpfs two units",
+            Box::new(|s| s.tmpfs = vec![tmpfs("/run", Some("1km"))]),
+        ),
+        (
+            "many tmpfs",
+            Box::new(|s| s.tmpfs = vec![tmpfs("/run", None); MAX_TMPFS + 1]),
+        ),
+        (
+            "many files",
+            Box::new(|s| s.files = vec![file("/a", 1); MAX_FILES + 1]),
+        ),
+        (
+            "sysctl path",
+            Box::new(|s| s.sysctls = vec![sysctl("net/ipv4/ip_forward", "1")]),
+        ),
+        (
+            "sysctl dotdot",
+            Box::new(|s| s.sysctls = vec![sysctl("net..x", "1")]),
+        ),
+        (
+            "sysctl nul",
+            Box::new(|s| s.sysctls = vec![sysctl("net.ipv4.ip_forward", "1\0")]),
+        ),
+        (
+            "many sysctls",
+            Box::new(|s| s.sysctls = vec![sysctl("kernel.x", "1"); MAX_SYSCTLS + 1]),
+        ),
     ];
     for (name, mutate) in cases {
         let mut s = spec();
@@ -98,6 +219,7 @@ fn exec_requests_are_checked() {
         tty: false,
         stdin: false,
         size: None,
+        security: Default::default(),
     };
     check_exec(&req).unwrap();
     req.cwd = "rel".into();
@@ -107,6 +229,11 @@ fn exec_requests_are_checked() {
     req.size = Some((0, 80));
     assert!(check_exec(&req).is_err());
     req.size = None;
+    req.security.umask = Some(0o077);
+    check_exec(&req).unwrap();
+    req.security.umask = Some(0o1022);
+    assert!(check_exec(&req).is_err());
+    req.security.umask = None;
     req.argv.clear();
     assert!(check_exec(&req).is_err());
 }

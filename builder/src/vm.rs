@@ -151,6 +151,9 @@ pub fn run(
         hostname: step.hostname.clone(),
         resolv_conf: net.as_ref().and_then(|n| n.resolv_conf()),
         network: net.as_ref().and_then(|n| n.spec()),
+        files: Vec::new(),
+        tmpfs: Vec::new(),
+        sysctls: Vec::new(),
     };
     let failed = |why: String| VmError::Failed {
         why,

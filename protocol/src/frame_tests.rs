@@ -1,5 +1,8 @@
 use super::*;
-use crate::{ContainerSpec, ErrorCode, ExecRequest, RootDisk, RootFs, PROTOCOL_VERSION};
+use crate::{
+    Capabilities, ContainerSpec, ErrorCode, ExecRequest, ProcessSecurity, Rlimit, RlimitResource,
+    RootDisk, RootFs, Sysctl, PROTOCOL_VERSION,
+};
 
 fn samples() -> Vec<Message> {
     vec![
@@ -17,6 +20,12 @@ fn samples() -> Vec<Message> {
             hosts: Vec::new(),
             resolv_conf: None,
             network: None,
+            files: Vec::new(),
+            tmpfs: Vec::new(),
+            sysctls: vec![Sysctl {
+                key: "net.ipv4.ping_group_range".into(),
+                value: "0 0".into(),
+            }],
         }),
         Message::Exec(ExecRequest {
             argv: vec!["/bin/sh".into(), "-c".into(), "echo hi".into()],
@@ -26,6 +35,31 @@ fn samples() -> Vec<Message> {
             tty: false,
             stdin: false,
             size: None,
+            security: Default::default(),
+        }),
+        Message::Exec(ExecRequest {
+            argv: vec!["id".into()],
+            env: Vec::new(),
+            cwd: String::new(),
+            user: String::new(),
+            tty: true,
+            stdin: true,
+            size: Some((24, 80)),
+            security: ProcessSecurity {
+                additional_gids: vec![4321, 0],
+                rlimits: vec![Rlimit {
+                    resource: RlimitResource::RlimitNofile,
+                    soft: 100,
+                    hard: u64::MAX,
+                }],
+                capabilities: Some(Capabilities {
+                    ambient: 1 << 10,
+                    inheritable: 1 << 10,
+                    ..Capabilities::docker_default()
+                }),
+                no_new_privileges: true,
+                umask: Some(0o027),
+            },
         }),
         Message::Stdout(b"out\n".to_vec()),
         Message::Stderr(vec![0, 255, 10]),
@@ -178,4 +212,38 @@ fn exit_codes_follow_docker() {
     assert_eq!(ErrorCode::PermissionDenied.exit_code(), 126);
     assert_eq!(ErrorCode::MountFailed.exit_code(), 125);
     assert_eq!(ErrorCode::Internal.exit_code(), 125);
+}
+
+#[test]
+fn sysctl_names() {
+    for ok in [
+        "net.ipv4.ping_group_range",
+        "kernel.shm_rmid_forced",
+        "net.ipv4.conf.eth-0.rp_filter",
+    ] {
+        assert!(Sysctl::valid_key(ok), "{ok}");
+    }
+    for bad in [
+        "",
+        "kernel",
+        ".a.b",
+        "a..b",
+        "a.b.",
+        "net/ipv4/x",
+        "a.b c",
+        "a.../x",
+    ] {
+        assert!(!Sysctl::valid_key(bad), "{bad}");
+    }
+    assert!(!Sysctl::valid_key(&format!("a.{}", "b".repeat(300))));
+    assert!(Sysctl::valid_value("0 2147483647"));
+    assert!(!Sysctl::valid_value("a\0b"));
+    assert!(!Sysctl::valid_value(
+        &"1".repeat(crate::MAX_SYSCTL_VALUE + 1)
+    ));
+    let s = Sysctl {
+        key: "net.ipv4.ip_forward".into(),
+        value: "1".into(),
+    };
+    assert_eq!(s.proc_path(), "net/ipv4/ip_forward");
 }

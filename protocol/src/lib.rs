@@ -16,18 +16,40 @@
 
 mod frame;
 mod message;
+mod security;
 
 pub use frame::{
     decode, encode, read_message, write_message, DecodeError, FrameDecoder, ReadError, WriteError,
     HEADER_LEN, MAX_FRAME,
 };
 pub use message::{
-    signal_exit_code, ContainerSpec, ErrorCode, ExecRequest, Message, NetworkSpec, RootDisk,
-    RootFs, VolumeMount,
+    signal_exit_code, Capabilities, ContainerSpec, ErrorCode, ExecRequest, FileSpec, Message,
+    NetworkSpec, ProcessSecurity, Rlimit, RlimitResource, RootDisk, RootFs, Sysctl, TmpfsMount,
+    VolumeMount,
+};
+pub use security::{
+    capability_mask, capability_names, Capability, SecurityParseError, CAPABILITY_NAMES,
 };
 
 /// The protocol version this build speaks; sent in [`Message::Hello`].
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 6;
+
+/// Most files a [`ContainerSpec`] may carry in [`ContainerSpec::files`].
+pub const MAX_FILES: usize = 32;
+
+/// Largest content of one file in [`ContainerSpec::files`].
+pub const MAX_FILE_BYTES: usize = 256 * 1024;
+
+/// Largest content of all files in [`ContainerSpec::files`] together; with
+/// the rest of the spec it must fit in one frame ([`MAX_FRAME`]).
+pub const MAX_FILES_BYTES: usize = 512 * 1024;
+
+/// Most kernel parameters a [`ContainerSpec`] may carry in
+/// [`ContainerSpec::sysctls`].
+pub const MAX_SYSCTLS: usize = 64;
+
+/// Longest value of one of [`ContainerSpec::sysctls`].
+pub const MAX_SYSCTL_VALUE: usize = 4096;
 
 /// The fewest entropy bytes a [`Message::Seed`] may carry.
 pub const SEED_MIN_ENTROPY: usize = 16;

@@ -108,6 +108,92 @@ pub struct ContainerSpec {
     pub resolv_conf: Option<String>,
     /// The network interface to configure; `None`: loopback only.
     pub network: Option<NetworkSpec>,
+    /// Files written into an image root ([`RootFs::Layers`]) after it is
+    /// assembled, after /etc/hostname, /etc/hosts and /etc/resolv.conf (so
+    /// they win over those): the OCI bundle's file bind mounts, copied.
+    /// At most [`MAX_FILES`] files, [`MAX_FILE_BYTES`] each and
+    /// [`MAX_FILES_BYTES`] together (the whole spec travels in one frame).
+    ///
+    /// [`MAX_FILES`]: crate::MAX_FILES
+    /// [`MAX_FILE_BYTES`]: crate::MAX_FILE_BYTES
+    /// [`MAX_FILES_BYTES`]: crate::MAX_FILES_BYTES
+    pub files: Vec<FileSpec>,
+    /// tmpfs filesystems mounted in the root (after the volumes, before
+    /// the files), e.g. an OCI bundle's `/run`.
+    pub tmpfs: Vec<TmpfsMount>,
+    /// Kernel parameters the agent sets (`/proc/sys`) once the network is
+    /// configured: the guest kernel is the container's own. At most
+    /// [`MAX_SYSCTLS`](crate::MAX_SYSCTLS).
+    pub sysctls: Vec<Sysctl>,
+}
+
+/// One kernel parameter (see [`ContainerSpec::sysctls`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sysctl {
+    /// Its dotted name (`net.ipv4.ping_group_range`): letters, digits,
+    /// `_` and `-` between dots.
+    pub key: String,
+    /// The value written.
+    pub value: String,
+}
+
+impl Sysctl {
+    /// Whether `key` is a dotted parameter name: at most 256 bytes, two
+    /// or more non-empty parts of ASCII letters, digits, `_` and `-`.
+    pub fn valid_key(key: &str) -> bool {
+        let parts: Vec<&str> = key.split('.').collect();
+        key.len() <= 256
+            && parts.len() >= 2
+            && parts.iter().all(|p| {
+                !p.is_empty()
+                    && p.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            })
+    }
+
+    /// Whether `value` can be written: at most
+    /// [`MAX_SYSCTL_VALUE`](crate::MAX_SYSCTL_VALUE) bytes, no NUL.
+    pub fn valid_value(value: &str) -> bool {
+        value.len() <= crate::MAX_SYSCTL_VALUE && !value.contains('\0')
+    }
+
+    /// The file under `/proc/sys` of a valid key (`net/ipv4/...`).
+    pub fn proc_path(&self) -> String {
+        self.key.replace('.', "/")
+    }
+}
+
+/// A tmpfs mounted into the container (see [`ContainerSpec::tmpfs`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TmpfsMount {
+    /// Absolute path inside the container (created if missing).
+    pub target: String,
+    /// tmpfs's `size=` value (`65536k`, `64m`, `50%`...); `None`: the
+    /// kernel's default (half the guest's memory).
+    pub size: Option<String>,
+    /// Permission bits of its root (`mode=`), e.g. `0o1777`.
+    pub mode: Option<u32>,
+    /// Mount flags.
+    pub read_only: bool,
+    /// `nosuid`.
+    pub nosuid: bool,
+    /// `nodev`.
+    pub nodev: bool,
+    /// `noexec`.
+    pub noexec: bool,
+}
+
+/// A regular file the agent writes into the container's root (see
+/// [`ContainerSpec::files`]); owned by root.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileSpec {
+    /// Absolute path inside the container, resolved within the root
+    /// (symlinks cannot lead out of it); missing parents are created.
+    pub path: String,
+    /// The file's content.
+    pub content: Vec<u8>,
+    /// Permission bits (`0o7777` at most).
+    pub mode: u32,
 }
 
 /// Where a container's root filesystem comes from.
@@ -183,6 +269,97 @@ pub struct ExecRequest {
     pub stdin: bool,
     /// The initial terminal size when `tty` is set.
     pub size: Option<(u16, u16)>,
+    /// Supplementary groups, capabilities, resource limits and
+    /// `no_new_privs` of the process (Docker's `--group-add`, `--cap-*`,
+    /// `--ulimit`, `--security-opt no-new-privileges`; OCI `process`).
+    pub security: ProcessSecurity,
+}
+
+/// What the agent applies to a process after it has switched to the
+/// process's user and before it executes it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessSecurity {
+    /// Group IDs added to the user's supplementary groups.
+    pub additional_gids: Vec<u32>,
+    /// Resource limits set on the process; those not listed keep the
+    /// agent's defaults.
+    pub rlimits: Vec<Rlimit>,
+    /// The process's capability sets; `None`: Docker's default set
+    /// ([`Capabilities::docker_default`]) for a root process, none for
+    /// another user (as Docker does: that set stays its bounding set
+    /// only). Bits past the guest kernel's last capability are ignored.
+    pub capabilities: Option<Capabilities>,
+    /// Set `no_new_privs`, so set-user-ID programs and file capabilities
+    /// grant nothing.
+    pub no_new_privileges: bool,
+    /// The file mode creation mask (0..=0o777); `None`: the agent's
+    /// (0o022).
+    pub umask: Option<u32>,
+}
+
+/// One resource limit (`setrlimit(2)`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rlimit {
+    /// Which resource.
+    pub resource: RlimitResource,
+    /// The soft limit (`u64::MAX`: unlimited).
+    pub soft: u64,
+    /// The hard limit (`u64::MAX`: unlimited).
+    pub hard: u64,
+}
+
+/// The resources of `setrlimit(2)`, by their Linux names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum RlimitResource {
+    /// `RLIMIT_AS`.
+    RlimitAs,
+    /// `RLIMIT_CORE`.
+    RlimitCore,
+    /// `RLIMIT_CPU`.
+    RlimitCpu,
+    /// `RLIMIT_DATA`.
+    RlimitData,
+    /// `RLIMIT_FSIZE`.
+    RlimitFsize,
+    /// `RLIMIT_LOCKS`.
+    RlimitLocks,
+    /// `RLIMIT_MEMLOCK`.
+    RlimitMemlock,
+    /// `RLIMIT_MSGQUEUE`.
+    RlimitMsgqueue,
+    /// `RLIMIT_NICE`.
+    RlimitNice,
+    /// `RLIMIT_NOFILE`.
+    RlimitNofile,
+    /// `RLIMIT_NPROC`.
+    RlimitNproc,
+    /// `RLIMIT_RSS`.
+    RlimitRss,
+    /// `RLIMIT_RTPRIO`.
+    RlimitRtprio,
+    /// `RLIMIT_RTTIME`.
+    RlimitRttime,
+    /// `RLIMIT_SIGPENDING`.
+    RlimitSigpending,
+    /// `RLIMIT_STACK`.
+    RlimitStack,
+}
+
+/// A process's capability sets, as bit masks (bit N = capability N of
+/// `linux/capability.h`, e.g. bit 0 `CAP_CHOWN`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capabilities {
+    /// The bounding set.
+    pub bounding: u64,
+    /// The effective set.
+    pub effective: u64,
+    /// The permitted set.
+    pub permitted: u64,
+    /// The inheritable set.
+    pub inheritable: u64,
+    /// The ambient set.
+    pub ambient: u64,
 }
 
 /// A block device mounted as a container's root filesystem.

@@ -1,6 +1,7 @@
 //! `config.json`: everything a container is created with. Written once by
 //! [`crate::Runtime::create`]; the monitor boots every run from it.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use husk_net::{NetworkMode, PortMapping};
@@ -33,6 +34,18 @@ pub struct ContainerConfig {
     /// /etc/resolv.conf content; `None` keeps the image's.
     #[serde(default)]
     pub resolv_conf: Option<String>,
+    /// Files copied into the root after it is assembled (an OCI bundle's
+    /// file bind mounts).
+    #[serde(default)]
+    pub files: Vec<ContainerFile>,
+    /// tmpfs filesystems mounted in the root (an OCI bundle's tmpfs
+    /// mounts, e.g. /run).
+    #[serde(default)]
+    pub tmpfs: Vec<husk_protocol::TmpfsMount>,
+    /// Kernel parameters set in the guest (an OCI bundle's
+    /// `linux.sysctl`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sysctls: Vec<husk_protocol::Sysctl>,
     /// vCPUs of the VM.
     pub cpus: u8,
     /// Guest memory in MiB.
@@ -62,6 +75,13 @@ pub struct ContainerConfig {
     /// Warm start (restore from a template) or cold boot.
     #[serde(default)]
     pub start: husk_sandbox::StartMode,
+    /// The security flags as given (for `inspect`; what the processes get
+    /// is [`ProcessConfig::security`]).
+    #[serde(default)]
+    pub security_flags: crate::security::SecurityFlags,
+    /// Annotations (an OCI bundle's, reported in the OCI state).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
 }
 
 /// The container's init process (also the defaults of `exec`).
@@ -79,6 +99,39 @@ pub struct ProcessConfig {
     pub tty: bool,
     /// Keep stdin open (`-i`).
     pub stdin: bool,
+    /// Supplementary groups, capabilities, resource limits and
+    /// `no_new_privs` (also the defaults of `exec`).
+    #[serde(default)]
+    pub security: husk_protocol::ProcessSecurity,
+}
+
+/// A regular file copied into the container's root (owned by root).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerFile {
+    /// Absolute path inside the container.
+    pub path: String,
+    /// Content (base64 in `config.json`).
+    #[serde(with = "base64_bytes")]
+    pub content: Vec<u8>,
+    /// Permission bits.
+    pub mode: u32,
+}
+
+/// `Vec<u8>` as a base64 string.
+mod base64_bytes {
+    use base64::Engine as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map_err(serde::de::Error::custom)
+    }
 }
 
 /// A volume attached to the container.
@@ -142,5 +195,19 @@ mod tests {
         assert_eq!(old.ports[0], typed[0]);
         assert_eq!(old.ports[1].container_port, 53);
         assert!(serde_json::from_str::<Ports>(r#"{"ports": ["80:x"]}"#).is_err());
+    }
+
+    #[test]
+    fn file_content_is_base64() {
+        let f = ContainerFile {
+            path: "/etc/hosts".into(),
+            content: b"127.0.0.1 localhost\n\xff".to_vec(),
+            mode: 0o644,
+        };
+        let json = serde_json::to_string(&f).unwrap();
+        assert!(json.contains("MTI3"), "{json}");
+        assert_eq!(serde_json::from_str::<ContainerFile>(&json).unwrap(), f);
+        let bad = json.replace("MTI3", "!!!!");
+        assert!(serde_json::from_str::<ContainerFile>(&bad).is_err());
     }
 }

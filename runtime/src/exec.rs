@@ -32,6 +32,12 @@ pub struct ExecOptions {
     pub stdin: bool,
     /// Initial terminal size (rows, cols).
     pub size: Option<(u16, u16)>,
+    /// `--privileged`: every capability; otherwise the process gets the
+    /// container's security settings.
+    pub privileged: bool,
+    /// Settings of its own instead of the container's (an OCI exec
+    /// process spec carries them); `privileged` still applies on top.
+    pub security: Option<husk_protocol::ProcessSecurity>,
 }
 
 impl ExecOptions {
@@ -50,6 +56,13 @@ impl ExecOptions {
         if self.tty && !env.iter().any(|e| e.starts_with("TERM=")) {
             env.push("TERM=xterm".into());
         }
+        let mut security = self
+            .security
+            .clone()
+            .unwrap_or_else(|| config.process.security.clone());
+        if self.privileged {
+            security.capabilities = Some(husk_protocol::Capabilities::all());
+        }
         Ok(ExecRequest {
             argv: self.argv.clone(),
             env,
@@ -64,6 +77,7 @@ impl ExecOptions {
             tty: self.tty,
             stdin: self.stdin,
             size: self.tty.then(|| self.size.unwrap_or((24, 80))),
+            security,
         })
     }
 }
@@ -107,5 +121,53 @@ impl Runtime {
     pub fn exec(&self, name: &str, opts: &ExecOptions, io: &ClientIo) -> Result<Outcome, Error> {
         let mut conn = self.exec_start(name, opts)?;
         relay::relay(&mut conn, io).map_err(|e| Error::Agent(crate::error_chain(&e)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use husk_protocol::{Capabilities, ProcessSecurity};
+
+    fn config(security: ProcessSecurity) -> ContainerConfig {
+        let mut cfg: ContainerConfig = serde_json::from_value(serde_json::json!({
+            "id": "0".repeat(64), "name": "c", "created": "", "image": "i", "image_id": "",
+            "layers": [], "hostname": "h", "cpus": 1, "memory_mib": 256,
+            "stop_signal": 15, "stop_timeout": 10, "auto_remove": false,
+            "kernel": "/k", "agent_disk": "/a", "boot_timeout": 90,
+            "process": {
+                "argv": ["sh"], "env": ["PATH=/bin"], "cwd": "/", "user": "",
+                "tty": false, "stdin": false
+            },
+        }))
+        .unwrap();
+        cfg.process.security = security;
+        cfg
+    }
+
+    #[test]
+    fn execs_inherit_the_containers_security_and_privileged_adds_every_capability() {
+        let security = ProcessSecurity {
+            additional_gids: vec![4321],
+            capabilities: Some(Capabilities::from_mask(1 << 10)),
+            no_new_privileges: true,
+            ..ProcessSecurity::default()
+        };
+        let cfg = config(security.clone());
+        let opts = ExecOptions {
+            argv: vec!["id".into()],
+            ..ExecOptions::default()
+        };
+        assert_eq!(opts.request(&cfg).unwrap().security, security);
+        let privileged = ExecOptions {
+            privileged: true,
+            ..opts
+        };
+        let got = privileged.request(&cfg).unwrap().security;
+        assert_eq!(got.capabilities, Some(Capabilities::all()));
+        assert_eq!(
+            (got.additional_gids, got.no_new_privileges),
+            (vec![4321], true)
+        );
     }
 }

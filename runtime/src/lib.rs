@@ -2,8 +2,11 @@
 //! `husk ps`, `husk exec`... and, next, a containerd shim and an OCI runtime
 //! CLI.
 //!
-//! A container lives in `<root>/containers/<id>/` (see [`layout`]): its
-//! configuration (`config.json`, written once by [`Runtime::create`]), its
+//! A container is described by a [`ContainerPlan`] (from an image and
+//! flags with [`Runtime::plan`], or from an OCI bundle with the
+//! `husk-bundle` crate) and created from it by [`Runtime::create_from`].
+//! It lives in `<root>/containers/<id>/` (see [`layout`]): its
+//! configuration (`config.json`, written once at creation), its
 //! state (`state.json`, replaced atomically), its writable disk, its logs and
 //! the Unix sockets of its VM. [`Runtime::create`] prepares all that without
 //! a VM; [`Runtime::start`] launches a detached **monitor** process (see
@@ -25,8 +28,10 @@ mod lifecycle;
 pub mod logs;
 pub mod monitor;
 pub mod options;
+pub mod plan;
 pub mod ports;
 pub mod relay;
+pub mod security;
 pub mod state;
 mod store;
 pub mod time;
@@ -42,12 +47,14 @@ pub use husk_sandbox::vsock;
 use std::io;
 use std::path::{Path, PathBuf};
 
-pub use config::{ContainerConfig, Mount, ProcessConfig, Signal};
+pub use config::{ContainerConfig, ContainerFile, Mount, ProcessConfig, Signal};
 pub use exec::ExecOptions;
 pub use id::ContainerId;
 pub use layout::Layout;
 pub use lifecycle::{MonitorCommand, StdioWiring};
 pub use options::{CreateOptions, VolumeRequest};
+pub use plan::{ContainerPlan, VmBoot};
+pub use security::{CapFlag, SecurityFlags};
 pub use state::{State, Status};
 pub use store::{Container, DeleteOptions};
 pub use volume::{Volume, VolumeError};

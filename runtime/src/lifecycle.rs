@@ -18,7 +18,7 @@ use crate::exec::connect_agent;
 use crate::id::ContainerId;
 use crate::layout::{self, ContainerPaths};
 use crate::monitor::ready;
-use crate::state::{self, State};
+use crate::state::{self, State, Status};
 use crate::{io_err, Error, Runtime};
 
 /// How the container's stdio is wired when it starts.
@@ -80,7 +80,20 @@ pub enum StdioMode {
     },
 }
 
-/// How monitors are started: `program args... <root> <id> <stdio-json>`.
+/// What the monitor is told at launch (the JSON last argument of its
+/// command line).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Launch {
+    /// Its stdio.
+    pub stdio: StdioMode,
+    /// Hold the init process once the container exists in the guest,
+    /// until a client attaches (see [`Runtime::start_held`]).
+    #[serde(default)]
+    pub hold: bool,
+}
+
+/// How monitors are started: `program args... <root> <id> <launch-json>`
+/// (a [`Launch`]).
 #[derive(Clone, Debug)]
 pub struct MonitorCommand {
     /// The executable.
@@ -114,6 +127,47 @@ impl Runtime {
     /// boots the VM. Returns when the process has started (or, for
     /// [`StdioWiring::Attach`], when a client can attach).
     pub fn start(&self, name: &str, stdio: StdioWiring) -> Result<(), Error> {
+        self.launch(name, stdio, false)
+    }
+
+    /// Like [`Runtime::start`], but the init process is held: the monitor
+    /// boots the VM and creates the container in the guest, and the
+    /// process starts only when [`Runtime::release`] is called (an OCI
+    /// runtime's `create` and `start`), however long that takes. Returns
+    /// once the container exists in the guest; a failure to create it
+    /// there is the error. The monitor process (the state's `monitor`)
+    /// lives exactly as long as the container and exits with its exit
+    /// code.
+    pub fn start_held(&self, name: &str, stdio: StdioWiring) -> Result<(), Error> {
+        self.launch(name, stdio, true)
+    }
+
+    /// Lets the held process of a container started with
+    /// [`Runtime::start_held`] start (the monitor's hold ends with the
+    /// first attach client). Returns once it runs, or once the container
+    /// ended: with its error if the process could not start.
+    pub fn release(&self, name: &str) -> Result<(), Error> {
+        let c = self.container(name)?;
+        drop(self.attach(c.id.as_str(), None)?);
+        let timeout = Duration::from_secs(c.config.boot_timeout) + START_MARGIN;
+        let mut state = State::load(&c.paths)?;
+        let started = wait_until(timeout, || {
+            match State::load(&c.paths) {
+                Ok(s) => state = s,
+                Err(_) => return true,
+            }
+            state.status != Status::Running || state.pid.is_some()
+        });
+        if started.is_err() {
+            return Err(Error::Timeout("waiting for the process to start".into()));
+        }
+        match state.status {
+            Status::Running => Ok(()),
+            _ => exited_at_start(&c.paths),
+        }
+    }
+
+    fn launch(&self, name: &str, stdio: StdioWiring, hold: bool) -> Result<(), Error> {
         let c = self.container(name)?;
         let busy = layout::lock(&c.paths.lock())?;
         let state = State::load(&c.paths)?;
@@ -122,8 +176,9 @@ impl Runtime {
         }
         wait_until(OLD_MONITOR_WAIT, || !state::monitor_alive(&c.paths))
             .map_err(|_| Error::Timeout("waiting for the previous run's monitor to exit".into()))?;
-        let (mode, fds) = split_stdio(stdio)?;
-        let mut child = self.spawn_monitor(&c.id, &c.paths, &mode, &fds)?;
+        let (stdio, fds) = split_stdio(stdio)?;
+        let launch = Launch { stdio, hold };
+        let mut child = self.spawn_monitor(&c.id, &c.paths, &launch, &fds)?;
         let out = child
             .stdout
             .take()
@@ -161,7 +216,7 @@ impl Runtime {
         &self,
         id: &ContainerId,
         paths: &ContainerPaths,
-        mode: &StdioMode,
+        launch: &Launch,
         fds: &[Option<OwnedFd>; 3],
     ) -> Result<std::process::Child, Error> {
         let log = OpenOptions::new()
@@ -169,12 +224,13 @@ impl Runtime {
             .append(true)
             .open(paths.monitor_log())
             .map_err(io_err("opening the monitor log"))?;
-        let mode_json = serde_json::to_string(mode).map_err(|e| Error::Monitor(e.to_string()))?;
+        let launch_json =
+            serde_json::to_string(launch).map_err(|e| Error::Monitor(e.to_string()))?;
         let mut cmd = Command::new(&self.monitor.program);
         cmd.args(&self.monitor.args)
             .arg(self.layout.root())
             .arg(id.as_str())
-            .arg(mode_json)
+            .arg(launch_json)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log);

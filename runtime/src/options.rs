@@ -9,6 +9,7 @@ use images::RuntimeConfig;
 use husk_net::{NetworkMode, PortMapping};
 
 use crate::config::{ProcessConfig, Signal};
+use crate::security::SecurityFlags;
 use crate::Error;
 
 /// The default `PATH` when the image sets none.
@@ -72,6 +73,14 @@ pub struct CreateOptions {
     pub boot_timeout: u64,
     /// Warm start (restore from a template) or cold boot (`--cold`).
     pub start: husk_sandbox::StartMode,
+    /// What the container's processes get: supplementary groups,
+    /// capabilities, resource limits, `no_new_privs` (from
+    /// [`SecurityFlags::process_security`], or an OCI bundle's process).
+    pub security: husk_protocol::ProcessSecurity,
+    /// The security flags as the user gave them (`--cap-add`,
+    /// `--cap-drop`, `--privileged`, `--ulimit`, `--security-opt`,
+    /// `--group-add`), kept for `inspect`.
+    pub security_flags: SecurityFlags,
 }
 
 /// A volume to mount (the CLI's `-v`).
@@ -168,6 +177,7 @@ pub fn process(
         user,
         tty: opts.tty,
         stdin: opts.stdin,
+        security: opts.security.clone(),
     })
 }
 
@@ -221,6 +231,11 @@ pub fn set_env(env: &mut Vec<String>, entry: String) {
         Some(slot) => *slot = entry,
         None => env.push(entry),
     }
+}
+
+/// [`resolv_conf`] of the host's /etc/resolv.conf.
+pub fn host_resolv_conf() -> String {
+    resolv_conf(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default())
 }
 
 /// /etc/resolv.conf for a container: the host's without loopback

@@ -4,8 +4,9 @@
 //! `Resize`, other signals → `Signal`, until the process's exit arrives.
 
 use std::io::{self, Read};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
+use std::sync::Mutex;
 
 use husk_protocol::{write_message, ErrorCode, FrameDecoder, Message, MAX_CHUNK};
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
@@ -76,17 +77,65 @@ pub fn terminal_size(fd: impl AsFd) -> Option<(u16, u16)> {
     (ws.ws_row > 0 && ws.ws_col > 0).then_some((ws.ws_row, ws.ws_col))
 }
 
+/// Messages other threads put into a running session ([`relay_with`]):
+/// terminal resizes, signals, the end of input. Shareable between threads.
+pub struct Control {
+    wake_rx: OwnedFd,
+    wake_tx: OwnedFd,
+    queue: Mutex<Vec<Message>>,
+}
+
+impl Control {
+    /// A control channel (a non-blocking pipe wakes the relay).
+    pub fn new() -> io::Result<Control> {
+        let (wake_rx, wake_tx) = rustix::pipe::pipe_with(
+            rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK,
+        )?;
+        Ok(Control {
+            wake_rx,
+            wake_tx,
+            queue: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Queues `msg` for the process (`Resize`, `Signal`, `StdinEof`...);
+    /// the relay sends it on its next round.
+    pub fn send(&self, msg: Message) {
+        self.queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(msg);
+        // A full pipe already wakes the relay.
+        let _ = rustix::io::write(&self.wake_tx, &[1]);
+    }
+
+    fn take(&self) -> Vec<Message> {
+        let mut sink = [0u8; 64];
+        while matches!(rustix::io::read(&self.wake_rx, &mut sink), Ok(n) if n > 0) {}
+        std::mem::take(&mut *self.queue.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
 /// Relays until the process ends. Errors reported before the exit (e.g.
 /// an abnormal end explained by the monitor) are printed to `io.stderr`
 /// prefixed with `husk: ` and returned if no exit follows.
 pub fn relay(conn: &mut UnixStream, io: &ClientIo) -> Result<Outcome, RelayError> {
+    relay_with(conn, io, None)
+}
+
+/// [`relay`], also sending what other threads put into `control`.
+pub fn relay_with(
+    conn: &mut UnixStream,
+    io: &ClientIo,
+    control: Option<&Control>,
+) -> Result<Outcome, RelayError> {
     let mut decoder = FrameDecoder::new();
     let mut buf = vec![0u8; MAX_CHUNK];
     let mut stdin = io.stdin;
     let mut broken = [false, false];
     let mut failure: Option<Outcome> = None;
     loop {
-        let (conn_ready, stdin_ready, signal_ready) = {
+        let (conn_ready, stdin_ready, signal_ready, control_ready) = {
             let mut fds = vec![PollFd::new(&*conn, PollFlags::IN)];
             if let Some(fd) = stdin {
                 fds.push(PollFd::from_borrowed_fd(fd, PollFlags::IN));
@@ -94,20 +143,36 @@ pub fn relay(conn: &mut UnixStream, io: &ClientIo) -> Result<Outcome, RelayError
             if let Some(s) = io.signals {
                 fds.push(PollFd::from_borrowed_fd(s.as_fd(), PollFlags::IN));
             }
+            if let Some(c) = control {
+                fds.push(PollFd::new(&c.wake_rx, PollFlags::IN));
+            }
             match poll(&mut fds, None) {
                 Ok(_) => {}
                 Err(Errno::INTR) => continue,
                 Err(e) => return Err(io::Error::from(e).into()),
             }
             let ready = |p: &PollFd| !p.revents().is_empty();
+            let signals_at = 1 + usize::from(stdin.is_some());
             (
                 ready(&fds[0]),
                 stdin.is_some() && ready(&fds[1]),
-                io.signals.is_some() && fds.last().is_some_and(ready),
+                io.signals.is_some() && ready(&fds[signals_at]),
+                control.is_some() && fds.last().is_some_and(ready),
             )
         };
         if let (Some(s), true) = (io.signals, signal_ready) {
             on_signals(conn, io, s.take())?;
+        }
+        if let (Some(c), true) = (control, control_ready) {
+            for msg in c.take() {
+                if msg == Message::StdinEof {
+                    // Sent once, whoever ends the input first.
+                    if stdin.take().is_none() && io.stdin.is_some() {
+                        continue;
+                    }
+                }
+                write_message(conn, &msg).map_err(to_io)?;
+            }
         }
         if let (Some(fd), true) = (stdin, stdin_ready) {
             if !forward_stdin(conn, fd, &mut buf)? {

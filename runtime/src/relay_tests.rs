@@ -100,3 +100,51 @@ fn errors_closed_and_garbage() {
     assert_eq!(read_all(err_r), "husk: nosuch: not found\n");
     assert_eq!(Outcome::Signaled(9).exit_code(), Some(137));
 }
+
+#[test]
+fn control_messages_reach_the_peer_and_end_input_once() {
+    let (mut client, mut peer) = UnixStream::pair().unwrap();
+    let (_out_r, out_w) = pipe();
+    let (in_r, in_w) = pipe();
+    let control = std::sync::Arc::new(Control::new().unwrap());
+    let remote = control.clone();
+    let peer_thread = thread::spawn(move || {
+        write_message(&mut peer, &Message::Started { pid: 1 }).unwrap();
+        remote.send(Message::Resize {
+            rows: 30,
+            cols: 100,
+        });
+        remote.send(Message::Signal(15));
+        remote.send(Message::StdinEof);
+        remote.send(Message::StdinEof);
+        let mut got = Vec::new();
+        while got.len() < 3 {
+            got.push(read_message(&mut peer).unwrap().unwrap());
+        }
+        write_message(&mut peer, &Message::Signaled { signal: 15 }).unwrap();
+        got
+    });
+    let io = ClientIo {
+        stdin: Some(in_r.as_fd()),
+        stdout: out_w.as_fd(),
+        stderr: out_w.as_fd(),
+        signals: None,
+        tty: None,
+        forward_signals: false,
+    };
+    let outcome = relay_with(&mut client, &io, Some(&control)).unwrap();
+    assert_eq!(outcome.exit_code(), Some(143));
+    let got = peer_thread.join().unwrap();
+    assert_eq!(
+        got,
+        vec![
+            Message::Resize {
+                rows: 30,
+                cols: 100
+            },
+            Message::Signal(15),
+            Message::StdinEof
+        ]
+    );
+    drop(in_w);
+}

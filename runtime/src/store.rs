@@ -9,6 +9,7 @@ use crate::config::{ContainerConfig, Mount, Signal};
 use crate::id::{self, ContainerId};
 use crate::layout::{self, ContainerPaths};
 use crate::options::{self, CreateOptions, VolumeRequest};
+use crate::plan::ContainerPlan;
 use crate::state::State;
 use crate::volume::{self, Volumes};
 use crate::{io_err, Error, Runtime};
@@ -111,43 +112,30 @@ impl Runtime {
         Ok(out)
     }
 
-    /// Creates a container (no VM yet): resolves the image and its layer
-    /// disks, merges the process settings, makes the writable disk and the
-    /// volumes, and records `config.json` and a `created` state.
+    /// Creates a container from an image (no VM yet): plans it
+    /// ([`Runtime::plan`]: the image, its layer disks, the merged process
+    /// settings) and creates it from the plan ([`Runtime::create_from`]).
     pub fn create(&self, opts: CreateOptions) -> Result<ContainerId, Error> {
         if let Some(n) = &opts.name {
             if !id::valid_name(n.trim_start_matches('/')) {
                 return Err(Error::InvalidName(n.clone()));
             }
         }
-        let store = self.image_store()?;
-        let image = store.resolve(&opts.image)?;
-        let rc = image.runtime_config();
-        let layers: Vec<_> = store
-            .layer_disks(&image)?
-            .into_iter()
-            .map(|d| d.path)
-            .collect();
-        let id = ContainerId::generate();
-        let hostname = opts
-            .hostname
-            .clone()
-            .unwrap_or_else(|| id.short().to_string());
-        let process = options::process(&rc, &opts, &hostname)?;
-        let stop_signal = match (opts.stop_signal, &rc.stop_signal) {
-            (Some(s), _) => s,
-            (None, Some(name)) => name.parse().map_err(|_| {
-                Error::Invalid(format!("invalid stop signal {name:?} in the image"))
-            })?,
-            (None, None) => Signal::TERM,
-        };
-        let requests = volume_requests(&opts.volumes, &rc.volumes)?;
-        let ports = crate::ports::published(
-            &opts.ports,
-            opts.publish_all,
-            &rc.exposed_ports,
-            &opts.network,
-        )?;
+        let plan = self.plan(&opts)?;
+        self.create_from(plan)
+    }
+
+    /// Creates the container `plan` describes (no VM yet): makes the
+    /// writable disk and the volumes, and records `config.json` and a
+    /// `created` state. Nothing is left behind when it fails.
+    pub fn create_from(&self, plan: ContainerPlan) -> Result<ContainerId, Error> {
+        plan.check()?;
+        let id = plan.id.clone();
+        for r in &plan.volumes {
+            if matches!(r, VolumeRequest::Bind { .. }) {
+                return Err(Error::Invalid(BIND_UNSUPPORTED.to_string()));
+            }
+        }
         let tmp = self.layout.containers().join(format!(".tmp-{id}"));
         fs::create_dir(&tmp).map_err(io_err(format!("creating {}", tmp.display())))?;
         let paths = ContainerPaths { dir: tmp.clone() };
@@ -155,35 +143,38 @@ impl Runtime {
         let created = (|| {
             let _busy = layout::lock(&paths.lock())?;
             volume::make_ext4(&paths.rw_disk(), RW_DISK_SIZE)?;
-            let mounts = self.attach_volumes(&requests, &mut anonymous)?;
+            let mounts = self.attach_volumes(&plan.volumes, &mut anonymous)?;
             let config = ContainerConfig {
                 id: id.to_string(),
                 name: String::new(),
                 created: crate::time::now(),
-                image: opts.image.clone(),
-                image_id: image.id.to_string(),
-                layers,
-                process,
-                hostname,
+                image: plan.image,
+                image_id: plan.image_id,
+                layers: plan.layers,
+                process: plan.process,
+                hostname: plan.hostname,
                 hosts: Vec::new(),
-                resolv_conf: Some(options::resolv_conf(
-                    &fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
-                )),
-                cpus: opts.cpus.unwrap_or(options::DEFAULT_CPUS),
-                memory_mib: opts.memory_mib.unwrap_or(options::DEFAULT_MEMORY_MIB),
+                resolv_conf: plan.resolv_conf,
+                files: plan.files,
+                tmpfs: plan.tmpfs,
+                sysctls: plan.sysctls,
+                cpus: plan.cpus,
+                memory_mib: plan.memory_mib,
                 mounts,
-                stop_signal,
-                stop_timeout: opts.stop_timeout.unwrap_or(options::DEFAULT_STOP_TIMEOUT),
-                auto_remove: opts.auto_remove,
-                ports,
-                network: opts.network.clone(),
-                kernel: opts.kernel.clone(),
-                agent_disk: opts.agent_disk.clone(),
-                boot_timeout: opts.boot_timeout,
-                start: opts.start,
+                stop_signal: plan.stop_signal,
+                stop_timeout: plan.stop_timeout,
+                auto_remove: plan.auto_remove,
+                ports: plan.ports,
+                network: plan.network,
+                kernel: plan.boot.kernel,
+                agent_disk: plan.boot.agent_disk,
+                boot_timeout: plan.boot.boot_timeout,
+                start: plan.boot.start,
+                security_flags: plan.security_flags,
+                annotations: plan.annotations,
             };
             State::created().write(&paths)?;
-            self.publish(&id, config, opts.name.as_deref(), &tmp)
+            self.publish(&id, config, plan.name.as_deref(), &tmp)
         })();
         if let Err(e) = created {
             for name in anonymous {
@@ -369,7 +360,7 @@ pub const BIND_UNSUPPORTED: &str = "host bind mounts (-v /host/path:/path) need 
 
 /// The `-v` requests plus anonymous volumes for the image's VOLUME paths
 /// that no request covers; bind mounts are refused.
-fn volume_requests(
+pub(crate) fn volume_requests(
     flags: &[VolumeRequest],
     image_volumes: &[String],
 ) -> Result<Vec<VolumeRequest>, Error> {

@@ -21,6 +21,9 @@ fn spec() -> ContainerSpec {
         hosts: vec![],
         resolv_conf: None,
         network: None,
+        files: Vec::new(),
+        tmpfs: Vec::new(),
+        sysctls: Vec::new(),
     }
 }
 
@@ -33,6 +36,7 @@ fn request() -> ExecRequest {
         tty: false,
         stdin: false,
         size: None,
+        security: Default::default(),
     }
 }
 

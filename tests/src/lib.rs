@@ -3,6 +3,7 @@
 //! running `husk` with timeouts, and checking for leaked processes and
 //! files.
 
+pub mod containerd;
 pub mod net;
 
 use std::io::{BufRead, BufReader, Read};
@@ -28,6 +29,24 @@ pub fn husk_bin() -> PathBuf {
         .and_then(Path::parent)
         .expect("test executable in target/<profile>/deps");
     profile_dir.join("husk")
+}
+
+/// The containerd shim binary: `$HUSK_SHIM`, else next to the test
+/// executable (`target/<profile>/containerd-shim-husk-v2`).
+pub fn shim_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("HUSK_SHIM") {
+        return PathBuf::from(p);
+    }
+    husk_bin().with_file_name("containerd-shim-husk-v2")
+}
+
+/// The OCI runtime CLI: `$HUSK_OCI`, else next to the test executable
+/// (`target/<profile>/husk-oci`).
+pub fn oci_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("HUSK_OCI") {
+        return PathBuf::from(p);
+    }
+    husk_bin().with_file_name("husk-oci")
 }
 
 /// The variable scripts/test.sh sets so that a test that cannot run here
@@ -175,6 +194,13 @@ pub fn vm_lock_all() -> VmSlot {
 /// busybox and its applet links, /etc, and empty proc, sys, dev, tmp.
 pub fn busybox_rootfs(work: &Path, image: &Path) -> Result<()> {
     let root = work.join("rootfs");
+    busybox_root_dir(&root)?;
+    mkfs_ext4(&root, image)
+}
+
+/// Fills directory `root` with Debian's busybox-static: /bin with busybox
+/// and its applet links, /etc/passwd, and empty proc, sys, dev, tmp, root.
+pub fn busybox_root_dir(root: &Path) -> Result<()> {
     for dir in ["bin", "etc", "proc", "sys", "dev", "tmp", "root"] {
         std::fs::create_dir_all(root.join(dir))?;
     }
@@ -191,7 +217,7 @@ pub fn busybox_rootfs(work: &Path, image: &Path) -> Result<()> {
         }
     }
     std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n")?;
-    mkfs_ext4(&root, image)
+    Ok(())
 }
 
 /// `mkfs.ext4 -q -d dir image 64M`.

@@ -169,6 +169,7 @@ fn exec(script: &str) -> ExecRequest {
         tty: false,
         stdin: false,
         size: None,
+        security: Default::default(),
     }
 }
 
@@ -279,6 +280,9 @@ fn container_in_a_real_vm() {
         hosts: vec!["10.1.2.3 db".into()],
         resolv_conf: Some("nameserver 10.1.2.1\n".into()),
         network: None,
+        files: Vec::new(),
+        tmpfs: Vec::new(),
+        sysctls: Vec::new(),
     }));
     assert_eq!(boot.recv(), Message::Ok);
     let mut init = exec(INIT);
@@ -310,6 +314,7 @@ fn container_in_a_real_vm() {
     tty.start(ExecRequest {
         tty: true,
         size: Some((24, 80)),
+        security: Default::default(),
         ..exec("stty size; tty")
     });
     let (out, end) = user.output("");

@@ -248,6 +248,142 @@ fn detached_container_lifecycle() {
 }
 
 #[test]
+fn process_security_settings_reach_the_container() {
+    let Some(env) = Env::new("process_security_settings_reach_the_container") else {
+        return;
+    };
+    // Refused before any VM, naming the value.
+    for (flag, value, want) in [
+        (
+            "--security-opt",
+            "seccomp=unconfined",
+            "husk: unsupported --security-opt \"seccomp=unconfined\"",
+        ),
+        (
+            "--group-add",
+            "staff",
+            "husk: invalid --group-add \"staff\"",
+        ),
+        ("--cap-add", "NOPE", "husk: invalid capability \"NOPE\""),
+        (
+            "--ulimit",
+            "nofile=2:1",
+            "husk: invalid --ulimit \"nofile=2:1\"",
+        ),
+    ] {
+        let err = env.fails(125, &["run", "--rm", flag, value, IMAGE, "true"]);
+        assert!(err.starts_with(want), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+
+    // Capabilities, groups, limits and no_new_privs of the init process.
+    // (The kernel ends the Groups line with a space.)
+    let probe = "grep -E \"^(CapBnd|CapEff|NoNewPrivs|Groups)\" /proc/self/status; \
+                 ulimit -n; ulimit -Hn";
+    let done = env.husk(&[
+        "run",
+        "--rm",
+        "--cap-drop",
+        "ALL",
+        "--cap-add",
+        "NET_BIND_SERVICE",
+        "--ulimit",
+        "nofile=100:200",
+        "--security-opt",
+        "no-new-privileges",
+        "--group-add",
+        "4321",
+        IMAGE,
+        "sh",
+        "-c",
+        probe,
+    ]);
+    assert_eq!(done.code(), 0, "{}", done.stderr);
+    assert_eq!(
+        done.stdout,
+        "Groups:\t0 4321 \n\
+         CapEff:\t0000000000000400\n\
+         CapBnd:\t0000000000000400\n\
+         NoNewPrivs:\t1\n\
+         100\n\
+         200\n"
+    );
+    // Without flags: Docker's default set.
+    let done = env.husk(&["run", "--rm", IMAGE, "grep", "CapEff", "/proc/self/status"]);
+    assert_eq!(done.code(), 0, "{}", done.stderr);
+    assert_eq!(done.stdout, "CapEff:\t00000000a80425fb\n");
+
+    // exec'd processes inherit the container's settings.
+    env.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "secured",
+        "--cap-drop",
+        "chown",
+        "--ulimit",
+        "nproc=77",
+        "--ulimit",
+        "nofile=300:400",
+        "--group-add",
+        "555",
+        "--security-opt",
+        "no-new-privileges=true",
+        IMAGE,
+        "sh",
+        "-c",
+        "echo up; exec sleep 1000",
+    ]);
+    env.eventually("the init process", VM_TIMEOUT, || {
+        env.ok(&["logs", "secured"]) == "up\n"
+    });
+    let status = "grep -E \"^(CapBnd|CapEff|NoNewPrivs|Groups)\" /proc/self/status";
+    let probe = format!("{status}; ulimit -n; ulimit -Hn; ulimit -u");
+    assert_eq!(
+        env.ok(&["exec", "secured", "sh", "-c", &probe]),
+        "Groups:\t0 555 \n\
+         CapEff:\t00000000a80425fa\n\
+         CapBnd:\t00000000a80425fa\n\
+         NoNewPrivs:\t1\n\
+         300\n\
+         400\n\
+         77\n"
+    );
+    // Another user keeps the bounding set only, as with Docker.
+    assert_eq!(
+        env.ok(&["exec", "-u", "app", "secured", "sh", "-c", status]),
+        "Groups:\t555 1000 \n\
+         CapEff:\t0000000000000000\n\
+         CapBnd:\t00000000a80425fa\n\
+         NoNewPrivs:\t1\n"
+    );
+    // exec --privileged: every capability of the guest kernel (6.1: 41).
+    assert_eq!(
+        env.ok(&["exec", "--privileged", "secured", "sh", "-c", status]),
+        "Groups:\t0 555 \n\
+         CapEff:\t000001ffffffffff\n\
+         CapBnd:\t000001ffffffffff\n\
+         NoNewPrivs:\t1\n"
+    );
+    assert_eq!(
+        env.inspect(
+            "secured",
+            "{{json .HostConfig.CapAdd}} {{json .HostConfig.CapDrop}} \
+             {{.HostConfig.Privileged}} {{json .HostConfig.SecurityOpt}} \
+             {{json .HostConfig.GroupAdd}}"
+        ),
+        "null [\"CAP_CHOWN\"] false [\"no-new-privileges\"] [\"555\"]"
+    );
+    assert_eq!(
+        env.inspect("secured", "{{json .HostConfig.Ulimits}}"),
+        "[{\"Hard\":77,\"Name\":\"nproc\",\"Soft\":77},\
+         {\"Hard\":400,\"Name\":\"nofile\",\"Soft\":300}]"
+    );
+    assert_eq!(env.ok(&["rm", "-f", "secured"]), "secured\n");
+    env.assert_clean();
+}
+
+#[test]
 fn tty_session_with_resize_and_ctrl_c() {
     let Some(env) = Env::new("tty_session_with_resize_and_ctrl_c") else {
         return;

@@ -99,8 +99,12 @@ fn guest_processes_keep_off_avx_on_pvm_hosts() {
         "an exec'd process's environment",
         &env.ok(&["exec", "quirks", "sh", "-c", &environ_of("$$")]),
     );
+    // Reading the agent's environ is ptrace-like access: the agent has
+    // every capability, so only a process with all of them may (Docker's
+    // default set is not enough).
     let pid1 = env.ok(&[
         "exec",
+        "--privileged",
         "quirks",
         "sh",
         "-c",

@@ -117,6 +117,7 @@ impl Builder<'_> {
             tty: false,
             stdin: false,
             size: None,
+            security: Default::default(),
         };
         let mut settings = self.opts.vm.clone();
         settings.network = network;

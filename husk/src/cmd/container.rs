@@ -25,9 +25,9 @@ pub use run::{CreateArgs, RunArgs};
 #[derive(Subcommand, Debug)]
 pub enum ContainerCommand {
     /// Create and start a container from an image.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Create a container (without starting it).
-    Create(CreateArgs),
+    Create(Box<CreateArgs>),
     /// Start created or stopped containers.
     Start(control::StartArgs),
     /// Stop running containers (stop signal, then SIGKILL after a timeout).
@@ -71,8 +71,8 @@ pub struct MonitorArgs {
 /// Runs a container command and returns husk's exit code.
 pub fn run(command: ContainerCommand) -> anyhow::Result<i32> {
     match command {
-        ContainerCommand::Run(a) => run::run(a),
-        ContainerCommand::Create(a) => run::create(a),
+        ContainerCommand::Run(a) => run::run(*a),
+        ContainerCommand::Create(a) => run::create(*a),
         ContainerCommand::Start(a) => control::start(a),
         ContainerCommand::Stop(a) => control::stop(a, false),
         ContainerCommand::Restart(a) => control::stop(a, true),

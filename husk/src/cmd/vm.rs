@@ -153,6 +153,9 @@ fn run_vm(args: RunArgs) -> Result<i32> {
         hosts: Vec::new(),
         resolv_conf: None,
         network: network.as_ref().and_then(|n| n.spec()),
+        files: Vec::new(),
+        tmpfs: Vec::new(),
+        sysctls: Vec::new(),
     };
     let request = ExecRequest {
         argv: args.command,
@@ -162,6 +165,7 @@ fn run_vm(args: RunArgs) -> Result<i32> {
         tty: false,
         stdin: false,
         size: None,
+        security: Default::default(),
     };
     let job = OneShot {
         spec,

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use husk_protocol::{ContainerSpec, ExecRequest, VolumeMount};
+use husk_protocol::{ContainerSpec, ExecRequest, FileSpec, VolumeMount};
 use husk_sandbox::{contract, Disk, DiskRole, SandboxConfig};
 
 use crate::config::ContainerConfig;
@@ -83,6 +83,17 @@ pub fn container_spec(cfg: &ContainerConfig, net: &GuestNet) -> ContainerSpec {
         hosts: cfg.hosts.iter().chain(&net.hosts).cloned().collect(),
         resolv_conf: net.resolv_conf.clone().or_else(|| cfg.resolv_conf.clone()),
         network: net.spec.clone(),
+        files: cfg
+            .files
+            .iter()
+            .map(|f| FileSpec {
+                path: f.path.clone(),
+                content: f.content.clone(),
+                mode: f.mode,
+            })
+            .collect(),
+        tmpfs: cfg.tmpfs.clone(),
+        sysctls: cfg.sysctls.clone(),
     }
 }
 
@@ -97,5 +108,6 @@ pub fn init_request(cfg: &ContainerConfig, size: Option<(u16, u16)>) -> ExecRequ
         tty: p.tty,
         stdin: p.stdin,
         size: p.tty.then(|| size.unwrap_or((24, 80))),
+        security: p.security.clone(),
     }
 }

@@ -18,6 +18,14 @@
 //! It reports progress to the starter on its stdout, one line each (see
 //! `ready` below): `registered`, then `ready` or `exited`, or
 //! `error <message>` if it fails before the container runs.
+//!
+//! Its exit status is the container's exit code (128+N after signal N;
+//! 125 when it failed before the container ran), so a parent that reaps
+//! it — an OCI runtime's caller such as conmon or containerd's runc shim,
+//! which are subreapers — learns the container's exit from it. Launched
+//! with `hold` (see [`crate::Runtime::start_held`]) it reports `ready`
+//! once the container exists in the guest and starts the init process
+//! when a first client attaches.
 
 pub mod boot;
 mod clients;
@@ -28,7 +36,8 @@ mod session;
 pub(crate) mod ready {
     /// The monitor recorded itself in the state.
     pub const REGISTERED: &str = "registered";
-    /// Attach socket listening (Attach) or process started (others).
+    /// Attach socket listening (Attach), container created in the guest
+    /// (held), or process started (others).
     pub const READY: &str = "ready";
     /// The container already ended; see its state.
     pub const EXITED: &str = "exited";
@@ -49,10 +58,10 @@ use husk_sandbox::{Sandbox, Signals};
 use crate::config::ContainerConfig;
 use crate::id::ContainerId;
 use crate::layout::{self, ContainerPaths, ShortPath};
-pub use crate::lifecycle::StdioMode;
+pub use crate::lifecycle::{Launch, StdioMode};
 use crate::state::{MonitorProcess, State, Status};
 use crate::{error_chain, io_err, Error, Runtime};
-use session::{End, LocalStdio, Session};
+use session::{End, Gate, LocalStdio, Session};
 
 /// Whether the progress pipe (stdout) has been closed.
 static READY_CLOSED: AtomicBool = AtomicBool::new(false);
@@ -78,10 +87,14 @@ fn report_last(line: &str) {
     }
 }
 
+/// Exit status of a monitor that failed before the container ran.
+pub const FAILED_EXIT: i32 = 125;
+
 /// The monitor's entry point: `root`, full container `id`, and the JSON
-/// [`StdioMode`]. Returns the process exit code. Call it before starting
-/// any thread (it forks).
-pub fn main(root: &Path, id: &str, mode: &str) -> i32 {
+/// [`Launch`]. Returns the process exit code: 0 in the process that
+/// forks, the container's exit code (see the module's description) in
+/// the monitor. Call it before starting any thread (it forks).
+pub fn main(root: &Path, id: &str, launch: &str) -> i32 {
     // SAFETY: fork(2) in a process that has not started threads (the
     // caller's contract); the child only continues normal execution.
     match unsafe { libc::fork() } {
@@ -99,13 +112,14 @@ pub fn main(root: &Path, id: &str, mode: &str) -> i32 {
     // SAFETY: setsid(2) has no memory effects.
     unsafe { libc::setsid() };
     init_logging();
-    match run(root, id, mode) {
-        Ok(()) => 0,
+    match run(root, id, launch) {
+        // An exit status is 8 bits; codes are 0..=255 anyway.
+        Ok(code) => code & 0xff,
         Err(e) => {
             let msg = error_chain(&e);
             eprintln!("{} husk monitor {id}: {msg}", crate::time::now());
             report_last(&format!("{}{msg}", ready::ERROR));
-            1
+            FAILED_EXIT
         }
     }
 }
@@ -144,7 +158,6 @@ fn init_logging() {
 pub(crate) struct Recorder {
     paths: ContainerPaths,
     state: State,
-    attach_mode: bool,
 }
 
 impl Recorder {
@@ -154,13 +167,17 @@ impl Recorder {
         }
     }
 
-    /// The init process runs as guest pid `pid`.
+    /// The container exists in the guest and its init process is held.
+    pub(crate) fn held(&mut self) {
+        report_last(ready::READY);
+    }
+
+    /// The init process runs as guest pid `pid`. (The starter was told
+    /// `ready` already unless it waits for this.)
     pub(crate) fn started(&mut self, pid: u32) {
         self.state.pid = Some(pid);
         self.write();
-        if !self.attach_mode {
-            report_last(ready::READY);
-        }
+        report_last(ready::READY);
     }
 
     /// The container ended.
@@ -175,13 +192,14 @@ impl Recorder {
     }
 }
 
-fn run(root: &Path, id: &str, mode: &str) -> Result<(), Error> {
+/// Runs the container to its end; its exit code.
+fn run(root: &Path, id: &str, launch: &str) -> Result<i32, Error> {
     let rt = Runtime::open(root)?;
     let id = ContainerId::parse(id).ok_or_else(|| Error::NoSuchContainer(id.to_string()))?;
     let paths = rt.layout().container(id.as_str());
     let cfg: ContainerConfig = layout::read_json(&paths.config())?;
-    let mode: StdioMode =
-        serde_json::from_str(mode).map_err(|e| Error::Monitor(format!("bad stdio mode: {e}")))?;
+    let Launch { stdio: mode, hold } = serde_json::from_str(launch)
+        .map_err(|e| Error::Monitor(format!("bad launch mode: {e}")))?;
     let Some(_alive) = layout::try_lock(&paths.monitor_lock())? else {
         return Err(Error::AlreadyRunning(id.short().to_string()));
     };
@@ -196,8 +214,10 @@ fn run(root: &Path, id: &str, mode: &str) -> Result<(), Error> {
     // container as it was (created, or exited). Dropping it stops passt.
     let mut network = husk_net::Network::start(crate::ports::network_options(&cfg)?)?;
     let local = open_local(&mode)?;
-    let signals = Signals::install_for(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP])
-        .map_err(io_err("installing signal handlers"))?;
+    // SIGWINCH: a local terminal (see `LocalStdio::tty`) was resized.
+    let signals =
+        Signals::install_for(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGWINCH])
+            .map_err(io_err("installing signal handlers"))?;
     let attach = ShortPath::new(&paths.dir, ContainerPaths::ATTACH)?;
     let attach_listener = bind(attach.path())?;
     let vsock = ShortPath::new(&paths.dir, ContainerPaths::VSOCK)?;
@@ -218,11 +238,14 @@ fn run(root: &Path, id: &str, mode: &str) -> Result<(), Error> {
         template: None,
     };
     state.write(&paths)?;
-    let attach_mode = mode == StdioMode::Attach;
+    let gate = match (hold, &mode) {
+        (true, _) => Gate::Held,
+        (false, StdioMode::Attach) => Gate::Attach,
+        (false, _) => Gate::Open,
+    };
     let mut recorder = Recorder {
         paths: paths.clone(),
         state,
-        attach_mode,
     };
     let mut config = boot::sandbox_config(
         &cfg,
@@ -243,7 +266,7 @@ fn run(root: &Path, id: &str, mode: &str) -> Result<(), Error> {
         config.start = husk_sandbox::StartMode::Cold;
     }
     report(ready::REGISTERED);
-    if attach_mode {
+    if gate == Gate::Attach {
         report_last(ready::READY);
     }
 
@@ -258,7 +281,7 @@ fn run(root: &Path, id: &str, mode: &str) -> Result<(), Error> {
                 &mut sandbox,
                 clients,
                 local,
-                attach_mode,
+                gate,
                 &mut recorder,
             );
             session.guest_net = guest_net;
@@ -283,7 +306,7 @@ fn run(root: &Path, id: &str, mode: &str) -> Result<(), Error> {
         }
     }
     clients.finish(end.notice());
-    Ok(())
+    Ok(end.code)
 }
 
 /// Binds a Unix socket at `path`, replacing a stale socket file.
@@ -326,6 +349,16 @@ fn open_local(mode: &StdioMode) -> Result<LocalStdio, Error> {
             local.stdout = adopt(*stdout, 4);
             local.stderr = adopt(*stderr, 5);
         }
+    }
+    // A terminal (an OCI runtime's console): its size is the process's,
+    // and as the controlling terminal of this session (the monitor leads
+    // one) it sends SIGWINCH when resized.
+    let tty = local.stdout.as_ref().or(local.stdin.as_ref());
+    if let Some(t) = tty.filter(|t| rustix::termios::isatty(t)) {
+        if let Err(e) = rustix::process::ioctl_tiocsctty(t) {
+            eprintln!("husk monitor: the terminal's resizes will not be seen: {e}");
+        }
+        local.tty = true;
     }
     Ok(local)
 }

@@ -21,7 +21,7 @@ use crate::relay::write_out;
 
 /// How long the agent may take to answer CreateContainer or Exec.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(120);
-/// How long the process waits for a first attach client.
+/// How long the process waits for a first attach client ([`Gate::Attach`]).
 const ATTACH_WAIT: Duration = Duration::from_secs(60);
 /// How long the agent may take to tear down and power off after the end.
 const TEARDOWN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -56,6 +56,19 @@ impl End {
     }
 }
 
+/// When the init process starts, once the container exists in the guest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Gate {
+    /// At once.
+    Open,
+    /// When a first client has attached (so it sees all output), or after
+    /// [`ATTACH_WAIT`]: a foreground `husk run`.
+    Attach,
+    /// When a first client has attached, however long that takes; the
+    /// starter is told `ready` when the hold begins (an OCI `create`).
+    Held,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
     Booting,
@@ -77,6 +90,8 @@ pub struct LocalStdio {
     pub stdout: Option<File>,
     /// Written with stderr.
     pub stderr: Option<File>,
+    /// stdout (or stdin) is a terminal: its size is the process's.
+    pub tty: bool,
     broken: [bool; 2],
 }
 
@@ -89,7 +104,9 @@ pub struct Session<'a> {
     pub(super) clients: Clients,
     pub(super) local: LocalStdio,
     pub(super) logs: Option<LogWriter>,
-    pub(super) wait_attach: bool,
+    pub(super) gate: Gate,
+    /// A client attached before the process could start.
+    attach_seen: bool,
     pub(super) recorder: &'a mut Recorder,
     /// The guest's network (set after [`Session::new`]).
     pub(super) guest_net: boot::GuestNet,
@@ -112,7 +129,7 @@ impl<'a> Session<'a> {
         sandbox: &'a mut Sandbox,
         clients: Clients,
         local: LocalStdio,
-        wait_attach: bool,
+        gate: Gate,
         recorder: &'a mut Recorder,
     ) -> Session<'a> {
         let logs = LogWriter::open(&paths.log())
@@ -126,7 +143,8 @@ impl<'a> Session<'a> {
             clients,
             local,
             logs,
-            wait_attach,
+            gate,
+            attach_seen: false,
             recorder,
             guest_net: boot::GuestNet::default(),
             agent: None,
@@ -211,7 +229,9 @@ impl<'a> Session<'a> {
         let is = |i: usize| ready.contains(&i);
         if is(0) {
             for sig in self.signals.take() {
-                if matches!(sig, libc::SIGTERM | libc::SIGINT) && self.end.is_none() {
+                if sig == libc::SIGWINCH {
+                    self.on_local_resize();
+                } else if matches!(sig, libc::SIGTERM | libc::SIGINT) && self.end.is_none() {
                     // Told to stop from outside (stop's last resort, kill
                     // before the agent runs): the container is killed.
                     self.finish(End {
@@ -399,11 +419,37 @@ impl<'a> Session<'a> {
     }
 
     fn after_create(&mut self) {
-        if self.wait_attach && !self.clients.any_attached() {
-            self.phase = Phase::WaitAttach;
-            self.deadline = Some(Instant::now() + ATTACH_WAIT);
+        let attached = self.attach_seen || self.clients.any_attached();
+        match self.gate {
+            Gate::Attach | Gate::Held if !attached => {
+                self.phase = Phase::WaitAttach;
+                if self.gate == Gate::Held {
+                    self.deadline = None;
+                    self.recorder.held();
+                } else {
+                    self.deadline = Some(Instant::now() + ATTACH_WAIT);
+                }
+            }
+            _ => self.send_exec(),
+        }
+    }
+
+    /// The local terminal's size, if stdio is one.
+    fn local_size(&self) -> Option<(u16, u16)> {
+        let tty = self.local.stdout.as_ref().or(self.local.stdin.as_ref());
+        tty.filter(|_| self.local.tty)
+            .and_then(crate::relay::terminal_size)
+    }
+
+    /// SIGWINCH: the local terminal's new size goes to the process.
+    fn on_local_resize(&mut self) {
+        let Some((rows, cols)) = self.local_size() else {
+            return;
+        };
+        if self.phase == Phase::Running {
+            self.send_agent(&Message::Resize { rows, cols });
         } else {
-            self.send_exec();
+            self.size = Some((rows, cols));
         }
     }
 
@@ -417,6 +463,9 @@ impl<'a> Session<'a> {
     fn send_exec(&mut self) {
         self.phase = Phase::Starting;
         self.deadline = Some(Instant::now() + self.guest_work_timeout());
+        if self.size.is_none() {
+            self.size = self.local_size();
+        }
         let req = boot::init_request(self.cfg, self.size);
         self.send_agent(&Message::Exec(req));
     }
@@ -448,7 +497,11 @@ impl<'a> Session<'a> {
         let running = self.phase == Phase::Running;
         match ev {
             ClientEvent::Attached if self.phase == Phase::WaitAttach => self.send_exec(),
-            ClientEvent::Attached => {}
+            ClientEvent::Attached => {
+                if matches!(self.phase, Phase::Booting | Phase::Creating) {
+                    self.attach_seen = true;
+                }
+            }
             ClientEvent::Resize(rows, cols) if running => {
                 self.send_agent(&Message::Resize { rows, cols })
             }

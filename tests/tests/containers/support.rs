@@ -206,7 +206,7 @@ impl Drop for Env {
 
 /// busybox-static with every applet linked, /etc/passwd and /etc/group
 /// with `app` (1000), and a non-executable /bin/notexec.
-fn busybox_layer() -> Vec<u8> {
+pub fn busybox_layer() -> Vec<u8> {
     let bb = std::fs::read("/bin/busybox").expect("/bin/busybox (apt install busybox-static)");
     let list = Command::new("/bin/busybox")
         .arg("--list")
@@ -235,7 +235,7 @@ fn busybox_layer() -> Vec<u8> {
 }
 
 /// An image of `layer` with the test config plus `extra` config keys.
-fn image(layer: &[u8], extra: serde_json::Value) -> TestImage {
+pub fn image(layer: &[u8], extra: serde_json::Value) -> TestImage {
     let diff_id = crate::support::sha(layer);
     let mut config = serde_json::json!({
         "Cmd": ["sh"],

@@ -3,7 +3,8 @@
 
 use anyhow::Result;
 use clap::Args;
-use husk_runtime::{Container, Status};
+use husk_runtime::security::ulimit_value;
+use husk_runtime::{CapFlag, Container, ContainerConfig, Status};
 use serde_json::{json, Value};
 
 use super::{each, RootArgs};
@@ -102,13 +103,7 @@ fn document(c: &Container) -> Value {
             "StopSignal": cfg.stop_signal.to_string(),
             "StopTimeout": cfg.stop_timeout,
         },
-        "HostConfig": {
-            "Memory": u64::from(cfg.memory_mib) << 20,
-            "NanoCpus": u64::from(cfg.cpus) * 1_000_000_000,
-            "AutoRemove": cfg.auto_remove,
-            "PortBindings": port_map(&cfg.ports, false),
-            "Runtime": "husk",
-        },
+        "HostConfig": host_config(cfg),
         "NetworkSettings": { "Ports": published(c) },
         "Husk": {
             "Kernel": cfg.kernel,
@@ -116,6 +111,44 @@ fn document(c: &Container) -> Value {
             "WritableDisk": c.paths.rw_disk(),
             "ConsoleLog": c.paths.console(),
         },
+    })
+}
+
+/// Docker's `HostConfig`: resources, ports and the security flags as
+/// given (empty lists are `null`, as Docker prints them).
+fn host_config(cfg: &ContainerConfig) -> Value {
+    let sec = &cfg.security_flags;
+    let list = |items: Vec<Value>| {
+        if items.is_empty() {
+            Value::Null
+        } else {
+            Value::Array(items)
+        }
+    };
+    let names = |caps: &[CapFlag]| list(caps.iter().map(|c| json!(c.to_string())).collect());
+    let ulimits = sec
+        .ulimits
+        .iter()
+        .map(|l| {
+            json!({
+                "Name": l.resource.docker_name(),
+                "Soft": ulimit_value(l.soft),
+                "Hard": ulimit_value(l.hard),
+            })
+        })
+        .collect();
+    json!({
+        "Memory": u64::from(cfg.memory_mib) << 20,
+        "NanoCpus": u64::from(cfg.cpus) * 1_000_000_000,
+        "AutoRemove": cfg.auto_remove,
+        "PortBindings": port_map(&cfg.ports, false),
+        "Runtime": "husk",
+        "CapAdd": names(&sec.cap_add),
+        "CapDrop": names(&sec.cap_drop),
+        "Privileged": sec.privileged,
+        "Ulimits": list(ulimits),
+        "SecurityOpt": list(sec.security_opt().into_iter().map(Value::String).collect()),
+        "GroupAdd": list(sec.group_add.iter().map(|g| json!(g.to_string())).collect()),
     })
 }
 
@@ -204,5 +237,51 @@ mod tests {
         );
         assert_eq!(render("{{json .Config.Env}}", &d), "[\"A=1\"]");
         assert_eq!(render("{{.Nope.X}}", &d), "<no value>");
+    }
+
+    fn config(security_flags: serde_json::Value) -> ContainerConfig {
+        serde_json::from_value(json!({
+            "id": "0".repeat(64), "name": "c", "created": "", "image": "i", "image_id": "",
+            "layers": [], "hostname": "h", "cpus": 1, "memory_mib": 256,
+            "stop_signal": 15, "stop_timeout": 10, "auto_remove": false,
+            "kernel": "/k", "agent_disk": "/a", "boot_timeout": 90,
+            "process": {
+                "argv": ["sh"], "env": [], "cwd": "/", "user": "", "tty": false, "stdin": false
+            },
+            "security_flags": security_flags,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn host_config_shows_the_security_flags_as_docker_does() {
+        let cfg = config(json!({
+            "cap_add": ["CAP_NET_BIND_SERVICE"],
+            "cap_drop": ["ALL"],
+            "ulimits": [
+                {"resource": "RLIMIT_NOFILE", "soft": 100, "hard": 200},
+                {"resource": "RLIMIT_CORE", "soft": u64::MAX, "hard": u64::MAX},
+            ],
+            "no_new_privileges": true,
+            "group_add": [4321],
+        }));
+        let hc = host_config(&cfg);
+        assert_eq!(hc["CapAdd"], json!(["CAP_NET_BIND_SERVICE"]));
+        assert_eq!(hc["CapDrop"], json!(["ALL"]));
+        assert_eq!(hc["Privileged"], json!(false));
+        assert_eq!(
+            render("{{json .Ulimits}}", &hc),
+            r#"[{"Hard":200,"Name":"nofile","Soft":100},{"Hard":-1,"Name":"core","Soft":-1}]"#
+        );
+        assert_eq!(hc["SecurityOpt"], json!(["no-new-privileges"]));
+        assert_eq!(hc["GroupAdd"], json!(["4321"]));
+        // A container created without them (or before they existed).
+        let hc = host_config(&config(json!({})));
+        for key in ["CapAdd", "CapDrop", "Ulimits", "SecurityOpt", "GroupAdd"] {
+            assert_eq!(hc[key], Value::Null, "{key}");
+        }
+        assert_eq!(hc["Privileged"], json!(false));
+        let hc = host_config(&config(json!({"privileged": true})));
+        assert_eq!(hc["Privileged"], json!(true));
     }
 }

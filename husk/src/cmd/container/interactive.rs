@@ -151,6 +151,10 @@ pub struct ExecArgs {
     /// User (name|uid[:group|gid]).
     #[arg(short = 'u', long = "user")]
     user: Option<String>,
+    /// Give the process every capability (otherwise it gets the
+    /// container's security settings).
+    #[arg(long)]
+    privileged: bool,
     #[command(flatten)]
     root: RootArgs,
     /// The container.
@@ -180,6 +184,8 @@ pub fn exec(a: ExecArgs) -> Result<i32> {
         tty: a.tty,
         stdin: a.interactive,
         size: if a.tty { local_size() } else { None },
+        privileged: a.privileged,
+        security: None,
     };
     let signals = Signals::install_for(&ATTACHED_SIGNALS)?;
     let conn = rt.exec_start(&a.container, &opts)?;

@@ -4,7 +4,8 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use clap::Args;
-use husk_runtime::{CreateOptions, Runtime, StdioWiring};
+use husk_runtime::security::RawSecurityFlags;
+use husk_runtime::{CreateOptions, Runtime, SecurityFlags, StdioWiring};
 
 use super::interactive::{self, LocalStdio};
 use super::RootArgs;
@@ -67,6 +68,30 @@ pub struct CreateArgs {
     /// Seconds to wait for the stop signal before SIGKILL.
     #[arg(long)]
     stop_timeout: Option<u64>,
+    /// Add a Linux capability to Docker's default set (NAME, CAP_NAME or
+    /// ALL); applied after the --cap-drop flags.
+    #[arg(long = "cap-add", value_name = "CAP")]
+    cap_add: Vec<String>,
+    /// Drop a Linux capability from Docker's default set (NAME, CAP_NAME
+    /// or ALL).
+    #[arg(long = "cap-drop", value_name = "CAP")]
+    cap_drop: Vec<String>,
+    /// Give the container's processes every capability. No host device
+    /// is passed in: the VM only has its own devices.
+    #[arg(long)]
+    privileged: bool,
+    /// Set a resource limit: NAME=SOFT[:HARD] (e.g. nofile=1024:4096; the
+    /// hard limit defaults to the soft one; -1 or unlimited for none).
+    #[arg(long = "ulimit", value_name = "NAME=SOFT[:HARD]")]
+    ulimits: Vec<String>,
+    /// Security options: no-new-privileges[=true|false] (set-user-ID
+    /// programs and file capabilities grant nothing).
+    #[arg(long = "security-opt", value_name = "OPT")]
+    security_opt: Vec<String>,
+    /// Add a supplementary group to the container's processes (a numeric
+    /// GID).
+    #[arg(long = "group-add", value_name = "GID")]
+    group_add: Vec<String>,
     /// Remove the container when it exits.
     #[arg(long)]
     rm: bool,
@@ -113,6 +138,7 @@ pub struct RunArgs {
 
 /// The library's options from the flags (assets resolved here).
 fn options(a: &CreateArgs) -> Result<CreateOptions> {
+    let security_flags = security_flags(a)?;
     let mut env = flags::env_files(&a.env_file)?;
     env.extend(flags::env_flags(&a.env));
     let volumes = a
@@ -159,7 +185,22 @@ fn options(a: &CreateArgs) -> Result<CreateOptions> {
         agent_disk,
         boot_timeout: a.boot_timeout,
         start: StartMode::choose(a.cold),
+        security: security_flags.process_security(),
+        security_flags,
     })
+}
+
+/// The typed security flags (`--cap-add`, `--cap-drop`, `--privileged`,
+/// `--ulimit`, `--security-opt`, `--group-add`).
+fn security_flags(a: &CreateArgs) -> Result<SecurityFlags> {
+    Ok(SecurityFlags::parse(RawSecurityFlags {
+        cap_add: &a.cap_add,
+        cap_drop: &a.cap_drop,
+        privileged: a.privileged,
+        ulimits: &a.ulimits,
+        security_opts: &a.security_opt,
+        group_add: &a.group_add,
+    })?)
 }
 
 /// Creates the container; the image is looked up first, so a missing one
@@ -215,5 +256,84 @@ pub fn start_or_report(rt: &Runtime, id: &str, stdio: StdioWiring) -> Result<()>
             Err(interactive::ExitWith { code, detail }.into())
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use husk_protocol::{Capabilities, RlimitResource};
+    use husk_runtime::CapFlag;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<SecurityFlags> {
+        let argv = ["husk"].iter().chain(args).chain(&["img", "sh"]);
+        security_flags(&Cli::try_parse_from(argv).unwrap().run.create)
+    }
+
+    #[test]
+    fn security_flags_are_typed() {
+        let flags = parse(&[
+            "--cap-drop",
+            "ALL",
+            "--cap-add",
+            "NET_BIND_SERVICE",
+            "--cap-add=cap_kill",
+            "--ulimit",
+            "nofile=100:200",
+            "--security-opt",
+            "no-new-privileges",
+            "--group-add",
+            "4321",
+        ])
+        .unwrap();
+        assert_eq!(flags.cap_drop, [CapFlag::All]);
+        assert_eq!(
+            flags.cap_add,
+            ["CAP_NET_BIND_SERVICE", "CAP_KILL"].map(|c| CapFlag::Cap(c.parse().unwrap()))
+        );
+        assert_eq!(flags.ulimits[0].resource, RlimitResource::RlimitNofile);
+        assert_eq!((flags.ulimits[0].soft, flags.ulimits[0].hard), (100, 200));
+        let sec = flags.process_security();
+        assert_eq!(
+            sec.capabilities,
+            Some(Capabilities::from_mask(1 << 10 | 1 << 5))
+        );
+        assert_eq!(sec.additional_gids, [4321]);
+        assert!(sec.no_new_privileges);
+
+        let none = parse(&[]).unwrap();
+        assert_eq!(none, SecurityFlags::default());
+        let privileged = parse(&["--privileged"]).unwrap();
+        assert_eq!(
+            privileged.process_security().capabilities,
+            Some(Capabilities::all())
+        );
+    }
+
+    #[test]
+    fn bad_security_flags_are_one_line_errors() {
+        for (args, want) in [
+            (
+                ["--security-opt", "seccomp=unconfined"],
+                "unsupported --security-opt \"seccomp=unconfined\"",
+            ),
+            (["--cap-add", "NOPE"], "invalid capability \"NOPE\""),
+            (
+                ["--ulimit", "nofile=2:1"],
+                "invalid --ulimit \"nofile=2:1\"",
+            ),
+            (["--group-add", "staff"], "invalid --group-add \"staff\""),
+        ] {
+            let err = format!("{:#}", parse(&args).unwrap_err());
+            assert!(err.starts_with(want), "{err}");
+            assert!(!err.contains('\n'), "{err}");
+        }
     }
 }
