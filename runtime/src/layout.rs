@@ -18,7 +18,7 @@
 //! <root>/volumes/<name>/{volume.ext4,meta.json,lock}
 //! ```
 
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -75,10 +75,8 @@ impl Layout {
 
     /// Creates the top-level directories (private to root).
     pub fn create_dirs(&self) -> Result<(), Error> {
-        use std::os::unix::fs::PermissionsExt;
-        for d in [self.containers(), self.volumes()] {
-            fs::create_dir_all(&d).map_err(io_err(format!("creating {}", d.display())))?;
-            let _ = fs::set_permissions(&d, fs::Permissions::from_mode(0o700));
+        for d in [self.root.clone(), self.containers(), self.volumes()] {
+            images::store::create_private_dir(&d)?;
         }
         Ok(())
     }
@@ -237,6 +235,7 @@ pub fn try_lock(path: &Path) -> Result<Option<FileLock>, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     #[test]
     fn json_is_replaced_atomically() {

@@ -4,6 +4,7 @@
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::sync::Mutex;
 
 use super::client::Client;
@@ -264,6 +265,7 @@ fn attempt(
         .truncate(false)
         .read(true)
         .write(true)
+        .mode(0o600)
         .open(partial)
         .map_err(io_err("opening a partial download"))?;
     let mut have = file

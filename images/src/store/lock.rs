@@ -3,6 +3,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use rustix::fs::{flock, FlockOperation};
@@ -51,6 +52,7 @@ impl FileLock {
             .truncate(false)
             .read(true)
             .write(true)
+            .mode(0o600)
             .open(path)?;
         match lock_retrying(&file, op) {
             Ok(()) => Ok(Some(FileLock { _file: file })),

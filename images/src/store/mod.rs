@@ -11,6 +11,7 @@ mod state;
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 pub use gc::PruneReport;
@@ -23,6 +24,9 @@ use crate::digest::{Digest, HashingWriter};
 
 /// Default store root.
 pub const DEFAULT_ROOT: &str = "/var/lib/husk";
+
+/// Mode of the store root and its private directories.
+pub const PRIVATE_DIR: u32 = 0o700;
 
 /// Largest JSON document (manifest, index, config) read into memory.
 pub const MAX_JSON: u64 = 8 << 20;
@@ -110,16 +114,27 @@ pub struct Store {
 
 impl Store {
     /// Opens (creating if needed) the store under `root`.
+    ///
+    /// The root and `<root>/image` are private to their owner (0700; an
+    /// existing root made with looser modes is tightened here), and every
+    /// file written below them is 0600: images hold private layers and
+    /// ENV secrets, and nothing unprivileged needs to reach them.
     pub fn open(root: &Path) -> Result<Store, StoreError> {
         let dir = root.join("image");
+        for private in [root, dir.as_path()] {
+            create_private_dir(private)?;
+        }
         for sub in ["blobs/sha256", "layers", "tmp", "staging"] {
             let p = dir.join(sub);
-            fs::create_dir_all(&p).map_err(io_ctx(format!("creating {}", p.display())))?;
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(PRIVATE_DIR)
+                .create(&p)
+                .map_err(io_ctx(format!("creating {}", p.display())))?;
         }
         for private in ["tmp", "staging"] {
-            use std::os::unix::fs::PermissionsExt;
             let p = dir.join(private);
-            fs::set_permissions(&p, fs::Permissions::from_mode(0o700))
+            fs::set_permissions(&p, fs::Permissions::from_mode(PRIVATE_DIR))
                 .map_err(io_ctx(format!("chmod {}", p.display())))?;
         }
         Ok(Store { dir })
@@ -277,6 +292,9 @@ impl Store {
         path: &Path,
         digest: &Digest,
     ) -> Result<(), StoreError> {
+        // A partial download left by an older husk may have been 0644.
+        file.set_permissions(fs::Permissions::from_mode(0o600))
+            .map_err(io_ctx(format!("chmod 0600 blob {digest}")))?;
         file.sync_all().map_err(io_ctx("fsync blob"))?;
         let dest = self.blob_path(digest);
         fs::rename(path, &dest).map_err(io_ctx(format!("storing blob {digest}")))?;
@@ -299,6 +317,26 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+/// Creates `dir` (and missing parents) with mode 0700, or tightens an
+/// existing `dir` whose group or others have any access to 0700.
+pub fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(PRIVATE_DIR)
+        .create(dir)
+        .map_err(io_ctx(format!("creating {}", dir.display())))?;
+    let mode = fs::metadata(dir)
+        .map_err(io_ctx(format!("reading {}", dir.display())))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        fs::set_permissions(dir, fs::Permissions::from_mode(PRIVATE_DIR)).map_err(io_ctx(
+            format!("making {} private (chmod 0700)", dir.display()),
+        ))?;
+    }
+    Ok(())
 }
 
 /// fsyncs a directory so a rename in it is durable.
@@ -336,4 +374,49 @@ pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> Result<(), StoreError> {
         source: e.error,
     })?;
     sync_dir(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mode(p: &Path) -> u32 {
+        fs::metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn store_directories_and_files_are_private() {
+        let top = tempfile::tempdir().unwrap();
+        let root = top.path().join("husk");
+        let store = Store::open(&root).unwrap();
+        assert_eq!(mode(&root), 0o700, "store root");
+        for d in ["", "blobs", "blobs/sha256", "layers", "tmp", "staging"] {
+            assert_eq!(mode(&store.dir().join(d)), 0o700, "image/{d}");
+        }
+        let config = br#"{"config":{"Env":["SECRET=1"]}}"#;
+        let blob = store.put_blob_bytes(config).unwrap();
+        assert_eq!(mode(&store.blob_path(&blob)), 0o600, "blob");
+        let (layer, _) = store
+            .write_blob(&b"layer"[..], None, None, u64::MAX)
+            .unwrap();
+        assert_eq!(mode(&store.blob_path(&layer)), 0o600, "streamed blob");
+        let state = store.dir().join("state.json");
+        write_atomic(&state, b"{}").unwrap();
+        assert_eq!(mode(&state), 0o600, "state.json");
+        drop(store.gc_lock().unwrap());
+        assert_eq!(mode(&store.dir().join("gc.lock")), 0o600, "lock file");
+    }
+
+    #[test]
+    fn opening_an_older_store_tightens_its_root() {
+        let top = tempfile::tempdir().unwrap();
+        let root = top.path().join("husk");
+        fs::create_dir_all(root.join("image")).unwrap();
+        for d in [root.clone(), root.join("image")] {
+            fs::set_permissions(&d, fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        Store::open(&root).unwrap();
+        assert_eq!(mode(&root), 0o700);
+        assert_eq!(mode(&root.join("image")), 0o700);
+    }
 }
