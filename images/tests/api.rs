@@ -159,7 +159,7 @@ fn commit_resolve_and_flattened_layer_disks() {
     drop(ov);
     drop(mounts);
     // Prune keeps everything in use, then everything goes with the image.
-    let r = store.prune().expect("prune");
+    let r = store.prune(&[]).expect("prune");
     assert_eq!(r.images.len(), n - 1, "intermediate images were dangling");
     assert!(r.disks.is_empty(), "{r:?}");
     assert_eq!(store.list().expect("list").len(), 1);
@@ -167,8 +167,8 @@ fn commit_resolve_and_flattened_layer_disks() {
         store.layer_disks(&resolved).is_ok(),
         "blobs of the tagged image kept"
     );
-    store.remove("flat:test", false).expect("rmi");
-    let r = store.prune().expect("prune");
+    store.remove("flat:test", false, &[]).expect("rmi");
+    let r = store.prune(&[]).expect("prune");
     assert_eq!(r.disks.len(), MAX_LAYER_DISKS);
     assert!(store.list_blobs().expect("blobs").is_empty());
 }

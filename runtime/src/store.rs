@@ -112,6 +112,24 @@ impl Runtime {
         Ok(out)
     }
 
+    /// The images containers were created from (running or not), for
+    /// `rmi` and `image prune` to keep. Containers made without an image
+    /// (from an OCI bundle) use none.
+    pub fn image_users(&self) -> Result<Vec<images::store::ImageUser>, Error> {
+        Ok(self
+            .list()?
+            .into_iter()
+            .filter_map(|c| {
+                let image_id = c.config.image_id.parse().ok()?;
+                Some(images::store::ImageUser {
+                    image_id,
+                    container_id: c.id.to_string(),
+                    running: c.state.is_running(),
+                })
+            })
+            .collect())
+    }
+
     /// Creates a container from an image (no VM yet): plans it
     /// ([`Runtime::plan`]: the image, its layer disks, the merged process
     /// settings) and creates it from the plan ([`Runtime::create_from`]).

@@ -146,6 +146,70 @@ fn tag_rmi_prune() {
 }
 
 #[test]
+fn rmi_and_prune_keep_images_containers_use() {
+    if skip("rmi_and_prune_keep_images_containers_use") {
+        return;
+    }
+    let env = Env::new();
+    let img = busybox_image();
+    let tar = env.path().join("bb.tar");
+    write_docker_save(&tar, &img, "bb:1");
+    env.ok(&["load", "-i", tar.to_str().expect("utf8")]);
+    // A created container (no VM) uses the image as much as a running one.
+    let ctr = env.ok(&["create", "bb:1", "true"]).trim().to_string();
+    assert_eq!(ctr.len(), 64, "container ID: {ctr}");
+    let image_id = &sha(&img.config)["sha256:".len()..][..12];
+    let f = env.husk(&["rmi", "bb:1"]);
+    assert_eq!(f.code(), 1, "{}{}", f.stdout, f.stderr);
+    assert_eq!(
+        f.stderr.trim(),
+        format!(
+            "husk: conflict: unable to remove repository reference \"bb:1\" (must force) - container {} is using its referenced image {image_id}",
+            &ctr[..12]
+        )
+    );
+    let err = env.fail(&["rmi", image_id]);
+    assert!(
+        err.contains(&format!(
+            "(must be forced) - image is being used by stopped container {}",
+            &ctr[..12]
+        )),
+        "{err}"
+    );
+    let blobs = env.root().join("image/blobs/sha256");
+    let count = |dir: &Path| std::fs::read_dir(dir).expect("listing").count();
+    // docker-save layers are stored uncompressed: digest = diff_id.
+    let image_blobs = [sha(&img.config), img.diff_ids[0].clone()]
+        .map(|d| blobs.join(d.trim_start_matches("sha256:")));
+    let disk = env.disk(&img.diff_ids[0]);
+    // Forced, the tag goes but the image stays, dangling, while it is used.
+    assert_eq!(env.ok(&["rmi", "-f", "bb:1"]).trim(), "Untagged: bb:1");
+    let rows = env.images();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0][..3], ["<none>", "<none>", image_id]);
+    env.ok(&["image", "prune"]);
+    assert_eq!(env.images().len(), 1, "prune keeps the used image");
+    for b in &image_blobs {
+        assert!(
+            b.is_file(),
+            "prune keeps the used image's blob {}",
+            b.display()
+        );
+    }
+    assert!(disk.is_file(), "prune keeps the used layer disk");
+    // Once the container is gone, prune removes it all.
+    env.ok(&["rm", &ctr]);
+    let out = env.ok(&["image", "prune"]);
+    assert!(
+        out.contains(&format!("deleted: {}", sha(&img.config))),
+        "{out}"
+    );
+    assert!(env.images().is_empty());
+    assert_eq!(count(&blobs), 0, "all blobs pruned");
+    assert!(!disk.exists(), "layer disk pruned");
+}
+
+#[test]
 fn save_load_round_trip_is_docker_compatible() {
     if skip("save_load_round_trip_is_docker_compatible") {
         return;

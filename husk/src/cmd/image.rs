@@ -237,10 +237,10 @@ fn load(a: LoadArgs) -> anyhow::Result<i32> {
             if let Err(e) = store.layer_disks(&l.image) {
                 // Do not leave an image whose layers cannot be used.
                 for t in &l.tags {
-                    let _ = store.remove(&t.to_string(), true);
+                    let _ = store.remove(&t.to_string(), true, &[]);
                 }
                 if l.tags.is_empty() {
-                    let _ = store.remove(&l.image.id.to_string(), true);
+                    let _ = store.remove(&l.image.id.to_string(), true, &[]);
                 }
                 return Err(anyhow::Error::new(e).context("converting layers to disks"));
             }
@@ -380,9 +380,10 @@ fn tag(a: TagArgs) -> anyhow::Result<i32> {
 
 fn rmi(a: RmiArgs) -> anyhow::Result<i32> {
     let store = a.root.store()?;
+    let users = super::container::runtime(&a.root)?.image_users()?;
     let mut failed = None;
     for name in &a.images {
-        match store.remove(name, a.force) {
+        match store.remove(name, a.force, &users) {
             Ok(events) => {
                 for e in events {
                     match e {
@@ -453,7 +454,8 @@ fn inspect(a: InspectArgs) -> anyhow::Result<i32> {
 
 fn prune(a: PruneArgs) -> anyhow::Result<i32> {
     let store = a.root.store()?;
-    let r = store.prune()?;
+    let users = super::container::runtime(&a.root)?.image_users()?;
+    let r = store.prune(&users)?;
     if !r.images.is_empty() {
         println!("Deleted Images:");
     }

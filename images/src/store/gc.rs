@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 use std::fs;
 
-use super::{io_ctx, Store, StoreError};
+use super::{io_ctx, ImageUser, Store, StoreError};
 use crate::digest::Digest;
 
 /// What `prune` removed.
@@ -20,16 +20,21 @@ pub struct PruneReport {
 }
 
 impl Store {
-    /// Removes dangling images (as `docker image prune`), then deletes blobs
-    /// and layer disks no image needs, and leftover temp files.
+    /// Removes dangling images (as `docker image prune`) except those
+    /// `users` were created from, then deletes blobs and layer disks no
+    /// image needs, and leftover temp files.
     /// Waits for other husk processes using the store to finish.
-    pub fn prune(&self) -> Result<PruneReport, StoreError> {
+    pub fn prune(&self, users: &[ImageUser]) -> Result<PruneReport, StoreError> {
         let _gc = self.gc_lock()?;
         let dangling_ids = self.update_state(|s| {
             let dangling: Vec<Digest> = s
                 .images
                 .iter()
-                .filter(|(m, rec)| rec.repo_digests.is_empty() && s.tags_of(m).is_empty())
+                .filter(|(m, rec)| {
+                    rec.repo_digests.is_empty()
+                        && s.tags_of(m).is_empty()
+                        && ImageUser::find(users, &rec.config).is_none()
+                })
                 .map(|(m, _)| m.clone())
                 .collect();
             Ok(dangling

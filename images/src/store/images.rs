@@ -17,6 +17,29 @@ pub enum RemoveEvent {
     Deleted(Digest),
 }
 
+/// A container created from an image: `remove` and `prune` keep the
+/// images containers use, running or stopped (as Docker).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageUser {
+    /// The image ID (config digest) the container was created from.
+    pub image_id: Digest,
+    /// The container's full ID.
+    pub container_id: String,
+    /// Whether the container is running.
+    pub running: bool,
+}
+
+impl ImageUser {
+    /// The first of `users` created from image `id`.
+    pub fn find<'a>(users: &'a [ImageUser], id: &Digest) -> Option<&'a ImageUser> {
+        users.iter().find(|u| u.image_id == *id)
+    }
+
+    fn short_id(&self) -> &str {
+        self.container_id.get(..12).unwrap_or(&self.container_id)
+    }
+}
+
 impl Store {
     /// Loads an image by manifest digest.
     pub fn image(&self, manifest_digest: &Digest) -> Result<Image, StoreError> {
@@ -130,7 +153,16 @@ impl Store {
 
     /// Removes a tag, or an image by ID (all its tags with `force`, as Docker).
     /// The image record goes when no tag is left; blobs stay until `prune`.
-    pub fn remove(&self, name: &str, force: bool) -> Result<Vec<RemoveEvent>, StoreError> {
+    ///
+    /// An image one of `users` was created from is kept: removing its last
+    /// tag, or the image by ID, is a conflict without `force`; with `force`
+    /// the tags go and the (now dangling) record stays while it is used.
+    pub fn remove(
+        &self,
+        name: &str,
+        force: bool,
+        users: &[ImageUser],
+    ) -> Result<Vec<RemoveEvent>, StoreError> {
         let by_tag = name
             .parse::<Reference>()
             .ok()
@@ -140,6 +172,17 @@ impl Store {
             let mut events = Vec::new();
             let manifest = match by_tag.as_ref().and_then(|t| s.tags.get(t).cloned()) {
                 Some(d) => {
+                    let id = s.images.get(&d).map(|r| r.config.clone());
+                    let user = id.as_ref().and_then(|id| ImageUser::find(users, id));
+                    if let (Some(id), Some(user), false) = (&id, user, force) {
+                        if tags_of_id(s, id).len() == 1 {
+                            return Err(StoreError::Conflict(format!(
+                                "unable to remove repository reference \"{name}\" (must force) - container {} is using its referenced image {}",
+                                user.short_id(),
+                                id.short()
+                            )));
+                        }
+                    }
                     let t = by_tag.clone().unwrap_or_default();
                     s.tags.remove(&t);
                     events.push(RemoveEvent::Untagged(familiar(&t)));
@@ -147,14 +190,26 @@ impl Store {
                 }
                 None => {
                     let d = lookup_in(s, name)?;
+                    let id = s.images[&d].config.clone();
                     let tags = s.tags_of(&d);
-                    if tags.len() > 1 && !force {
-                        return Err(StoreError::Invalid {
-                            what: "request".into(),
-                            message: format!(
-                                "conflict: unable to delete {name} (must be forced) - image is referenced in multiple repositories"
-                            ),
-                        });
+                    if !force {
+                        if let Some(user) = ImageUser::find(users, &id) {
+                            let (how, which) = if user.running {
+                                ("cannot be forced", "running")
+                            } else {
+                                ("must be forced", "stopped")
+                            };
+                            return Err(StoreError::Conflict(format!(
+                                "unable to delete {} ({how}) - image is being used by {which} container {}",
+                                id.short(),
+                                user.short_id()
+                            )));
+                        }
+                        if tags.len() > 1 {
+                            return Err(StoreError::Conflict(format!(
+                                "unable to delete {name} (must be forced) - image is referenced in multiple repositories"
+                            )));
+                        }
                     }
                     for t in tags {
                         s.tags.remove(&t);
@@ -163,7 +218,9 @@ impl Store {
                     d
                 }
             };
-            if s.tags_of(&manifest).is_empty() {
+            let id = s.images.get(&manifest).map(|r| r.config.clone());
+            let used = id.is_some_and(|id| ImageUser::find(users, &id).is_some());
+            if s.tags_of(&manifest).is_empty() && !used {
                 if let Some(rec) = s.images.remove(&manifest) {
                     for rd in &rec.repo_digests {
                         events.push(RemoveEvent::Untagged(familiar(rd)));
@@ -176,6 +233,16 @@ impl Store {
             Ok(events)
         })
     }
+}
+
+/// Tags of every manifest whose config is image `id`.
+fn tags_of_id(state: &State, id: &Digest) -> Vec<String> {
+    state
+        .images
+        .iter()
+        .filter(|(_, rec)| rec.config == *id)
+        .flat_map(|(m, _)| state.tags_of(m))
+        .collect()
 }
 
 fn lookup_in(state: &State, name: &str) -> Result<Digest, StoreError> {
@@ -228,4 +295,105 @@ fn familiar(full: &str) -> String {
         .ok()
         .and_then(|r| r.familiar_tagged())
         .unwrap_or_else(|| full.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store holding one single-layer image tagged `bb:1`; returns its ID.
+    fn store_with_image(dir: &std::path::Path) -> (Store, Digest) {
+        let store = Store::open(dir).unwrap();
+        let layer = store.put_blob_bytes(b"layer").unwrap();
+        let config = format!(
+            r#"{{"architecture":"amd64","os":"linux","rootfs":{{"type":"layers","diff_ids":["{}"]}},"config":{{}}}}"#,
+            Digest::of(b"diff")
+        );
+        let config_digest = store.put_blob_bytes(config.as_bytes()).unwrap();
+        let manifest = format!(
+            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config_digest}","size":{}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{layer}","size":5}}]}}"#,
+            config.len()
+        );
+        let m = store.put_blob_bytes(manifest.as_bytes()).unwrap();
+        let tag: Reference = "bb:1".parse().unwrap();
+        let img = store
+            .add_image(
+                &m,
+                "application/vnd.oci.image.manifest.v1+json",
+                &[tag],
+                None,
+            )
+            .unwrap();
+        assert_eq!(img.id, config_digest);
+        (store, config_digest)
+    }
+
+    #[test]
+    fn images_containers_use_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, id) = store_with_image(dir.path());
+        let users = [ImageUser {
+            image_id: id.clone(),
+            container_id: "c".repeat(64),
+            running: false,
+        }];
+        let err = store.remove("bb:1", false, &users).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "conflict: unable to remove repository reference \"bb:1\" (must force) - container cccccccccccc is using its referenced image {}",
+                id.short()
+            )
+        );
+        let err = store.remove(id.short(), false, &users).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "conflict: unable to delete {} (must be forced) - image is being used by stopped container cccccccccccc",
+                id.short()
+            )
+        );
+        let running = [ImageUser {
+            running: true,
+            ..users[0].clone()
+        }];
+        let err = store.remove(id.short(), false, &running).unwrap_err();
+        assert!(err
+            .to_string()
+            .contains("(cannot be forced) - image is being used by running container"));
+        // Forced: untagged, but the image and its blobs stay while used.
+        assert_eq!(
+            store.remove("bb:1", true, &users).unwrap(),
+            [RemoveEvent::Untagged("bb:1".into())]
+        );
+        let left = store.list().unwrap();
+        assert_eq!(left.len(), 1);
+        assert!(left[0].tags.is_empty());
+        let r = store.prune(&users).unwrap();
+        assert!(r.images.is_empty() && r.blobs.is_empty(), "{r:?}");
+        assert_eq!(store.list_blobs().unwrap().len(), 3);
+        // Unused, the dangling image goes with its blobs.
+        let r = store.prune(&[]).unwrap();
+        assert_eq!(r.images, [id]);
+        assert!(store.list_blobs().unwrap().is_empty());
+    }
+
+    #[test]
+    fn unused_images_are_removed_as_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, id) = store_with_image(dir.path());
+        let other = [ImageUser {
+            image_id: Digest::of(b"another image"),
+            container_id: "d".repeat(64),
+            running: true,
+        }];
+        assert_eq!(
+            store.remove("bb:1", false, &other).unwrap(),
+            [
+                RemoveEvent::Untagged("bb:1".into()),
+                RemoveEvent::Deleted(id)
+            ]
+        );
+        assert!(store.list().unwrap().is_empty());
+    }
 }

@@ -15,7 +15,7 @@ use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 pub use gc::PruneReport;
-pub use images::RemoveEvent;
+pub use images::{ImageUser, RemoveEvent};
 pub use lock::FileLock;
 pub(crate) use state::now;
 pub use state::{ImageRecord, State};
@@ -69,6 +69,10 @@ pub enum StoreError {
         /// The limit.
         limit: u64,
     },
+    /// The request conflicts with the store's content (an image in use,
+    /// or referenced in several repositories).
+    #[error("conflict: {0}")]
+    Conflict(String),
     /// A blob is not in the store.
     #[error("blob {0} not found in the store")]
     BlobMissing(Digest),
