@@ -86,6 +86,9 @@ pub struct Entry {
 }
 
 impl SourceTree<'_> {
+    /// Whether `.dockerignore` hides `rel`. Callers check the symlink-free
+    /// path a source resolves to (as well as the name given), so a symlink
+    /// or a wildcard cannot reach an ignored file.
     fn excluded(&self, rel: &Path) -> bool {
         self.ignore
             .is_some_and(|i| i.excluded(&rel.to_string_lossy()))
@@ -164,12 +167,14 @@ impl SourceTree<'_> {
         }
         let mut out = Vec::new();
         for p in current {
-            if self.excluded(&p) {
-                continue;
-            }
             let Ok(rel) = rootpath::resolve(self.root, &p, true) else {
                 continue;
             };
+            // The match and what it resolves to (a symlink's target) must
+            // both be visible.
+            if self.excluded(&p) || self.excluded(&rel) {
+                continue;
+            }
             if let Ok(m) = fs::metadata(self.root.join(&rel)) {
                 out.push(Source {
                     name: p.file_name().unwrap_or_default().to_os_string(),
@@ -393,5 +398,78 @@ mod tests {
         let h2 = t.hash(&s).unwrap();
         fs::write(d.path().join("src/b.log"), "ignored change 2").unwrap();
         assert_eq!(h2, t.hash(&s).unwrap());
+    }
+
+    #[test]
+    fn ignored_files_stay_hidden_behind_symlinks_and_wildcards() {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        fs::create_dir_all(r.join("private")).unwrap();
+        fs::create_dir_all(r.join("data")).unwrap();
+        fs::write(r.join("secret.key"), "k").unwrap();
+        fs::write(r.join("private/token"), "t").unwrap();
+        fs::write(r.join("data/public.txt"), "p").unwrap();
+        fs::write(r.join("data/secret.txt"), "s").unwrap();
+        std::os::unix::fs::symlink("secret.key", r.join("key.txt")).unwrap();
+        std::os::unix::fs::symlink("/secret.key", r.join("abs.txt")).unwrap();
+        std::os::unix::fs::symlink("private", r.join("pub")).unwrap();
+        std::os::unix::fs::symlink("data", r.join("alias")).unwrap();
+        let ig = Ignore::parse("secret.key\nprivate\ndata/secret.txt\n").unwrap();
+        let t = SourceTree {
+            root: r,
+            ignore: Some(&ig),
+        };
+        let rels = |words: &[&str]| -> Vec<PathBuf> {
+            let words: Vec<String> = words.iter().map(|w| w.to_string()).collect();
+            t.resolve(&words)
+                .unwrap()
+                .into_iter()
+                .map(|s| s.rel)
+                .collect()
+        };
+        // Named directly, through a symlink, or through a symlinked directory.
+        for w in [
+            "secret.key",
+            "key.txt",
+            "abs.txt",
+            "pub/token",
+            "alias/secret.txt",
+        ] {
+            assert!(
+                matches!(t.resolve(&[w.into()]), Err(SourceError::NotFound(_))),
+                "{w}"
+            );
+        }
+        // Wildcards skip symlinks to ignored files and directories.
+        assert!(matches!(
+            t.resolve(&["*.txt".into()]),
+            Err(SourceError::NoMatch(_))
+        ));
+        assert_eq!(rels(&["*"]), [PathBuf::from("data"), PathBuf::from("data")]);
+        assert!(matches!(
+            t.resolve(&["p*/token".into()]),
+            Err(SourceError::NoMatch(_))
+        ));
+        assert_eq!(rels(&["alias/*.txt"]), [PathBuf::from("data/public.txt")]);
+        // A directory reached through a symlink is walked without the
+        // ignored entries of its real path.
+        let dir = t.resolve(&["alias".into()]).unwrap();
+        assert_eq!(dir[0].rel, PathBuf::from("data"));
+        let inside: Vec<_> = t
+            .walk(&dir[0].rel)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.inside)
+            .collect();
+        assert_eq!(inside, [PathBuf::from("public.txt")]);
+        let all: Vec<_> = t
+            .walk(Path::new(""))
+            .unwrap()
+            .into_iter()
+            .map(|e| e.rel)
+            .collect();
+        for hidden in ["secret.key", "private", "private/token", "data/secret.txt"] {
+            assert!(!all.contains(&PathBuf::from(hidden)), "{hidden} in {all:?}");
+        }
     }
 }
