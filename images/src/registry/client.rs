@@ -1,5 +1,6 @@
 //! HTTP plumbing: base URL, authentication, error mapping.
 
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -13,7 +14,8 @@ use crate::reference::{Reference, DOCKER_HUB};
 /// Connection options.
 #[derive(Clone, Debug, Default)]
 pub struct Options {
-    /// Use plain HTTP (always done for localhost / 127.0.0.0/8 / ::1).
+    /// Use plain HTTP (always done for `localhost`, 127.0.0.0/8 and `::1`;
+    /// see [`is_loopback`]).
     pub insecure: bool,
     /// Credentials; `None` = look them up (`Credentials::lookup`).
     pub credentials: Option<Credentials>,
@@ -23,18 +25,51 @@ pub struct Options {
 pub struct Client {
     agent: ureq::Agent,
     base: String,
+    /// Whether the registry is reached over plain HTTP (then so may be its
+    /// token realm).
+    plain_http: bool,
     repository: String,
     credentials: Option<Credentials>,
     authorization: Mutex<Option<String>>,
     scope: String,
 }
 
-fn is_local(host: &str) -> bool {
-    let h = host
-        .rsplit_once(':')
-        .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
-        .map_or(host, |(h, _)| h);
-    h == "localhost" || h.starts_with("127.") || h == "[::1]"
+/// Whether registry `host` (`name[:port]`, `[v6][:port]`) is this
+/// machine: `localhost`, an address in 127.0.0.0/8 or `::1`. Addresses
+/// are parsed, so a name such as `127.example.com` is not loopback.
+pub fn is_loopback(host: &str) -> bool {
+    if let Some(rest) = host.strip_prefix('[') {
+        let Some((addr, port)) = rest.split_once(']') else {
+            return false;
+        };
+        let port_ok = port.is_empty() || port.strip_prefix(':').is_some_and(is_port);
+        return port_ok && addr.parse::<Ipv6Addr>().is_ok_and(|ip| ip.is_loopback());
+    }
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if is_port(port) => name,
+        Some(_) => return false,
+        None => host,
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name.parse::<Ipv4Addr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+fn is_port(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Checks a bearer challenge's token realm: credentials go there, so it
+/// must be https unless the registry itself is reached over plain HTTP
+/// (`--insecure` or a loopback registry).
+fn check_realm(realm: &str, plain_http_allowed: bool) -> Result<(), String> {
+    let scheme = realm.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+    match scheme.as_deref() {
+        Some("https") => Ok(()),
+        Some("http") if plain_http_allowed => Ok(()),
+        _ => Err(format!(
+            "refusing token realm {realm:?}: it must be an https URL for a registry reached over https"
+        )),
+    }
 }
 
 /// The registry's error message from a response body, if any.
@@ -78,11 +113,8 @@ impl Client {
         } else {
             reference.registry.clone()
         };
-        let scheme = if opts.insecure || is_local(&host) {
-            "http"
-        } else {
-            "https"
-        };
+        let plain_http = opts.insecure || is_loopback(&host);
+        let scheme = if plain_http { "http" } else { "https" };
         let tls = ureq::tls::TlsConfig::builder()
             .root_certs(ureq::tls::RootCerts::PlatformVerifier)
             .build();
@@ -99,6 +131,7 @@ impl Client {
         let client = Client {
             agent,
             base: format!("{scheme}://{host}"),
+            plain_http,
             repository: reference.repository.clone(),
             credentials: opts
                 .credentials
@@ -184,6 +217,8 @@ impl Client {
         let realm = params.get("realm").ok_or_else(|| {
             RegistryError::Auth(format!("{}: bearer challenge without realm", self.base))
         })?;
+        check_realm(realm, self.plain_http)
+            .map_err(|m| RegistryError::Auth(format!("{}: {m}", self.base)))?;
         let mut req = self.agent.get(realm).query("scope", &self.scope);
         if let Some(s) = params.get("service") {
             req = req.query("service", s);
@@ -280,5 +315,59 @@ pub(crate) fn http_err(method: &'static str, url: &str, e: ureq::Error) -> Regis
         method,
         url: url.to_string(),
         source: Box::new(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_hosts_are_parsed_addresses() {
+        for h in [
+            "localhost",
+            "LOCALHOST:5000",
+            "127.0.0.1",
+            "127.0.0.1:5000",
+            "127.255.3.4:443",
+            "[::1]",
+            "[::1]:5000",
+        ] {
+            assert!(is_loopback(h), "{h}");
+        }
+        for h in [
+            "127.example.com",
+            "127.0.0.1.nip.io:5000",
+            "127.evil",
+            "127.1",
+            "128.0.0.1",
+            "10.0.0.1:5000",
+            "localhost.example.com",
+            "[::2]:5000",
+            "[::ffff:127.0.0.1]",
+            "[::1]x",
+            "127.0.0.1:port",
+            "registry-1.docker.io",
+        ] {
+            assert!(!is_loopback(h), "{h}");
+        }
+    }
+
+    #[test]
+    fn token_realms_must_be_https_unless_the_registry_is_plain_http() {
+        assert!(check_realm("https://auth.example.com/token", false).is_ok());
+        assert!(check_realm("HTTPS://auth.example.com/token", false).is_ok());
+        assert!(check_realm("http://auth.example.com/token", true).is_ok());
+        for realm in [
+            "http://auth.example.com/token",
+            "HTTP://auth.example.com/token",
+            "file:///etc/passwd",
+            "auth.example.com/token",
+            "",
+        ] {
+            let err = check_realm(realm, false).unwrap_err();
+            assert!(err.contains("must be an https URL"), "{realm}: {err}");
+        }
+        assert!(check_realm("ftp://auth.example.com/token", true).is_err());
     }
 }

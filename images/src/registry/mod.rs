@@ -6,7 +6,7 @@ mod client;
 mod pull;
 mod push;
 
-pub use client::{Client, Options};
+pub use client::{is_loopback, Client, Options};
 pub use pull::pull;
 pub use push::push;
 
