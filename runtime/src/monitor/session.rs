@@ -132,7 +132,7 @@ impl<'a> Session<'a> {
         gate: Gate,
         recorder: &'a mut Recorder,
     ) -> Session<'a> {
-        let logs = LogWriter::open(&paths.log())
+        let logs = LogWriter::open(&paths.log(), cfg.log_config)
             .map_err(|e| eprintln!("husk monitor: cannot open the log: {e}"))
             .ok();
         Session {

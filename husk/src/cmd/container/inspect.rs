@@ -149,6 +149,12 @@ fn host_config(cfg: &ContainerConfig) -> Value {
         "Ulimits": list(ulimits),
         "SecurityOpt": list(sec.security_opt().into_iter().map(Value::String).collect()),
         "GroupAdd": list(sec.group_add.iter().map(|g| json!(g.to_string())).collect()),
+        "LogConfig": {
+            "Type": "json-file",
+            "Config": serde_json::Map::from_iter(
+                cfg.log_config.docker_opts().map(|(k, v)| (k.to_string(), json!(v)))
+            ),
+        },
     })
 }
 
@@ -281,6 +287,10 @@ mod tests {
             assert_eq!(hc[key], Value::Null, "{key}");
         }
         assert_eq!(hc["Privileged"], json!(false));
+        assert_eq!(
+            render("{{json .LogConfig}}", &hc),
+            r#"{"Config":{"max-file":"5","max-size":"20m"},"Type":"json-file"}"#
+        );
         let hc = host_config(&config(json!({"privileged": true})));
         assert_eq!(hc["Privileged"], json!(true));
     }
