@@ -650,3 +650,92 @@ fn pipe() -> (std::fs::File, std::os::fd::OwnedFd) {
     let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
     (std::fs::File::from(r), w)
 }
+
+/// The json-file log rotates as `--log-opt` says: a container printing
+/// far more than max-size leaves at most max-file files of at most
+/// max-size each, `husk logs` shows the last lines in order, and a
+/// follower sees every line across the rotations.
+#[test]
+fn logs_rotate_and_are_followed_across_files() {
+    let Some(env) = Env::new("logs_rotate_and_are_followed_across_files") else {
+        return;
+    };
+    // Refused before any VM.
+    for (opt, want) in [
+        ("max-size=ten", "invalid --log-opt max-size=\"ten\""),
+        ("max-file=2", "max-file can only be used with max-size"),
+        ("mode=blocking", "unknown log opt 'mode'"),
+    ] {
+        let err = env.fails(125, &["create", "--log-opt", opt, IMAGE, "true"]);
+        assert!(err.contains(want), "{err}");
+    }
+    assert_eq!(env.ok(&["ps", "-aq"]), "");
+
+    // About 75 bytes of JSON per line: 5000 lines are ~375 KB, over five
+    // times max-size and more than the 256 KB the four files keep.
+    const LINES: usize = 5000;
+    let script = format!("mkfifo /go; echo ready; read x < /go; seq 1 {LINES}");
+    env.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "spam",
+        "--log-opt",
+        "max-size=64k",
+        "--log-opt",
+        "max-file=4",
+        IMAGE,
+        "sh",
+        "-c",
+        &script,
+    ]);
+    assert_eq!(
+        env.inspect("spam", "{{json .HostConfig.LogConfig}}"),
+        r#"{"Config":{"max-file":"4","max-size":"64k"},"Type":"json-file"}"#
+    );
+    let mut follower = Running::start(env.cmd(&["logs", "-f", "spam"])).unwrap();
+    follower.wait_for_line("ready", STEP_TIMEOUT).unwrap();
+    env.ok(&["exec", "spam", "sh", "-c", "echo go > /go"]);
+    assert_eq!(env.ok(&["wait", "spam"]), "0\n");
+    let followed = follower.finish(STEP_TIMEOUT).unwrap();
+    let all: String = std::iter::once("ready".to_string())
+        .chain((1..=LINES).map(|n| n.to_string()))
+        .map(|l| l + "\n")
+        .collect();
+    assert!(followed.stdout == all, "the follower missed lines");
+
+    let log = std::path::PathBuf::from(env.inspect("spam", "{{.LogPath}}"));
+    let dir = log.parent().unwrap();
+    let mut files: Vec<(String, u64)> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("log.json"))
+        .map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            (name, e.metadata().unwrap().len())
+        })
+        .collect();
+    files.sort();
+    let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        ["log.json", "log.json.1", "log.json.2", "log.json.3"]
+    );
+    for (name, len) in &files {
+        assert!(*len <= 64 << 10, "{name} has {len} bytes");
+    }
+    // What is kept is the end of the output, in order, across the files.
+    let kept = husk_tests::run(env.cmd(&["logs", "spam"]), VM_TIMEOUT).unwrap();
+    assert_eq!(kept.code(), 0, "{}", kept.stderr);
+    let numbers: Vec<usize> = kept
+        .stdout
+        .lines()
+        .map(|l| l.parse().expect("a line of seq"))
+        .collect();
+    let first = numbers[0];
+    assert!(first > 1, "nothing was dropped");
+    assert_eq!(numbers, (first..=LINES).collect::<Vec<_>>());
+    assert_eq!(env.ok(&["logs", "--tail", "2", "spam"]), "4999\n5000\n");
+    assert_eq!(env.ok(&["rm", "spam"]), "spam\n");
+    env.assert_clean();
+}
