@@ -159,10 +159,19 @@ mod tests {
             (&["max-size=0"], LogOptError::MaxSize("0".into())),
             (&["max-size=10x"], LogOptError::MaxSize("10x".into())),
             (&["max-size=-1"], LogOptError::MaxSize("-1".into())),
-            (&["max-size=1m", "max-file=0"], LogOptError::MaxFile("0".into())),
-            (&["max-size=1m", "max-file=101"], LogOptError::MaxFile("101".into())),
+            (
+                &["max-size=1m", "max-file=0"],
+                LogOptError::MaxFile("0".into()),
+            ),
+            (
+                &["max-size=1m", "max-file=101"],
+                LogOptError::MaxFile("101".into()),
+            ),
             (&["max-file=3"], LogOptError::MaxFileWithoutMaxSize),
-            (&["compress=true"], LogOptError::UnknownKey("compress".into())),
+            (
+                &["compress=true"],
+                LogOptError::UnknownKey("compress".into()),
+            ),
         ] {
             let err = parse(opts).unwrap_err();
             assert_eq!(err, want);

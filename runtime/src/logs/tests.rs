@@ -167,10 +167,7 @@ fn a_follower_whose_file_was_dropped_goes_on_with_the_oldest() {
     assert_eq!(texts(&follower.read_new().unwrap()), ["0000\n"]);
     // Its file is rotated out of existence: it goes on with what is kept.
     w.write("stdout", b"0001\n0002\n0003\n").unwrap();
-    assert_eq!(
-        texts(&follower.read_new().unwrap()),
-        ["0002\n", "0003\n"]
-    );
+    assert_eq!(texts(&follower.read_new().unwrap()), ["0002\n", "0003\n"]);
     assert!(follower.read_new().unwrap().is_empty());
     w.write("stdout", b"0004\n").unwrap();
     assert_eq!(texts(&follower.read_new().unwrap()), ["0004\n"]);
