@@ -671,10 +671,16 @@ fn logs_rotate_and_are_followed_across_files() {
     }
     assert_eq!(env.ok(&["ps", "-aq"]), "");
 
-    // About 75 bytes of JSON per line: 5000 lines are ~375 KB, over five
-    // times max-size and more than the 256 KB the four files keep.
-    const LINES: usize = 5000;
-    let script = format!("mkfifo /go; echo ready; read x < /go; seq 1 {LINES}");
+    // About 75 bytes of JSON per line. The first 5000 lines (~375 KB,
+    // six files' worth) fit in the ten files kept, so a follower cannot
+    // be outrun by the rotation; all 12000 (~900 KB) do not.
+    const FOLLOWED: usize = 5000;
+    const LINES: usize = 12000;
+    let script = format!(
+        "mkfifo /go /more; echo ready; read x < /go; seq 1 {FOLLOWED}; \
+         read x < /more; seq {} {LINES}",
+        FOLLOWED + 1
+    );
     env.ok(&[
         "run",
         "-d",
@@ -683,7 +689,7 @@ fn logs_rotate_and_are_followed_across_files() {
         "--log-opt",
         "max-size=64k",
         "--log-opt",
-        "max-file=4",
+        "max-file=10",
         IMAGE,
         "sh",
         "-c",
@@ -691,18 +697,28 @@ fn logs_rotate_and_are_followed_across_files() {
     ]);
     assert_eq!(
         env.inspect("spam", "{{json .HostConfig.LogConfig}}"),
-        r#"{"Config":{"max-file":"4","max-size":"64k"},"Type":"json-file"}"#
+        r#"{"Config":{"max-file":"10","max-size":"64k"},"Type":"json-file"}"#
     );
     let mut follower = Running::start(env.cmd(&["logs", "-f", "spam"])).unwrap();
     follower.wait_for_line("ready", STEP_TIMEOUT).unwrap();
     env.ok(&["exec", "spam", "sh", "-c", "echo go > /go"]);
-    assert_eq!(env.ok(&["wait", "spam"]), "0\n");
+    follower
+        .wait_for_line(&FOLLOWED.to_string(), STEP_TIMEOUT)
+        .unwrap();
+    follower.signal(Signal::KILL);
     let followed = follower.finish(STEP_TIMEOUT).unwrap();
-    let all: String = std::iter::once("ready".to_string())
-        .chain((1..=LINES).map(|n| n.to_string()))
+    let first_part: String = std::iter::once("ready".to_string())
+        .chain((1..=FOLLOWED).map(|n| n.to_string()))
         .map(|l| l + "\n")
         .collect();
-    assert!(followed.stdout == all, "the follower missed lines");
+    assert!(
+        followed.stdout == first_part,
+        "the follower missed or repeated lines: {} bytes of {}",
+        followed.stdout.len(),
+        first_part.len()
+    );
+    env.ok(&["exec", "spam", "sh", "-c", "echo go > /more"]);
+    assert_eq!(env.ok(&["wait", "spam"]), "0\n");
 
     let log = std::path::PathBuf::from(env.inspect("spam", "{{.LogPath}}"));
     let dir = log.parent().unwrap();
@@ -717,10 +733,10 @@ fn logs_rotate_and_are_followed_across_files() {
         .collect();
     files.sort();
     let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
-    assert_eq!(
-        names,
-        ["log.json", "log.json.1", "log.json.2", "log.json.3"]
-    );
+    let want: Vec<String> = std::iter::once("log.json".to_string())
+        .chain((1..10).map(|n| format!("log.json.{n}")))
+        .collect();
+    assert_eq!(names, want);
     for (name, len) in &files {
         assert!(*len <= 64 << 10, "{name} has {len} bytes");
     }
@@ -735,7 +751,7 @@ fn logs_rotate_and_are_followed_across_files() {
     let first = numbers[0];
     assert!(first > 1, "nothing was dropped");
     assert_eq!(numbers, (first..=LINES).collect::<Vec<_>>());
-    assert_eq!(env.ok(&["logs", "--tail", "2", "spam"]), "4999\n5000\n");
+    assert_eq!(env.ok(&["logs", "--tail", "2", "spam"]), "11999\n12000\n");
     assert_eq!(env.ok(&["rm", "spam"]), "spam\n");
     env.assert_clean();
 }

@@ -109,7 +109,7 @@ impl LogConfig {
 /// `n` bytes in the largest whole unit: `20m`, `512k`, `1g`, `1000`.
 fn size_text(n: u64) -> String {
     for (shift, unit) in [(30, 'g'), (20, 'm'), (10, 'k')] {
-        if n >= 1 << shift && n % (1 << shift) == 0 {
+        if n >= 1 << shift && n.is_multiple_of(1 << shift) {
             return format!("{}{unit}", n >> shift);
         }
     }
