@@ -11,6 +11,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+pub use vmm::logging::rotated;
 
 pub use config::{LogConfig, LogOptError, DEFAULT_MAX_FILE, DEFAULT_MAX_SIZE, MAX_MAX_FILE};
 
@@ -23,17 +24,6 @@ pub struct LogEntry {
     pub stream: String,
     /// When it was received (RFC 3339, nanoseconds).
     pub time: String,
-}
-
-/// The `n`th rotated file of the log at `path` (`log.json.n`); 0 is the
-/// current one.
-pub fn rotated(path: &Path, n: u32) -> PathBuf {
-    if n == 0 {
-        return path.to_path_buf();
-    }
-    let mut name = path.as_os_str().to_owned();
-    name.push(format!(".{n}"));
-    PathBuf::from(name)
 }
 
 /// Appends output to a log file, rotating it.
@@ -95,13 +85,7 @@ impl LogWriter {
         if keep <= 1 {
             return self.file.set_len(0);
         }
-        for n in (1..keep - 1).rev() {
-            match std::fs::rename(rotated(&self.path, n), rotated(&self.path, n + 1)) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-                _ => {}
-            }
-        }
-        std::fs::rename(&self.path, rotated(&self.path, 1))?;
+        vmm::logging::rotate(&self.path, keep)?;
         self.file = open_append(&self.path)?;
         Ok(())
     }

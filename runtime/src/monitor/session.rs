@@ -328,8 +328,9 @@ impl<'a> Session<'a> {
             Ok(Some(conn)) => conn,
             Ok(None) => return,
             Err(e) => {
-                eprintln!(
-                    "husk monitor: the agent's connection: {}",
+                vmm::log_limited!(
+                    log::Level::Warn,
+                    "the agent's connection: {}",
                     crate::error_chain(&e)
                 );
                 return;

@@ -151,9 +151,12 @@ fn host_config(cfg: &ContainerConfig) -> Value {
         "GroupAdd": list(sec.group_add.iter().map(|g| json!(g.to_string())).collect()),
         "LogConfig": {
             "Type": "json-file",
-            "Config": serde_json::Map::from_iter(
-                cfg.log_config.docker_opts().map(|(k, v)| (k.to_string(), json!(v)))
-            ),
+            "Config": cfg
+                .log_config
+                .docker_opts()
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), json!(v)))
+                .collect::<serde_json::Map<_, _>>(),
         },
     })
 }
