@@ -79,6 +79,10 @@ pub struct ContainerConfig {
     /// is [`ProcessConfig::security`]).
     #[serde(default)]
     pub security_flags: crate::security::SecurityFlags,
+    /// How `log.json` is rotated (`--log-opt`; containers created before
+    /// it existed get the default cap).
+    #[serde(default)]
+    pub log_config: crate::logs::LogConfig,
     /// Annotations (an OCI bundle's, reported in the OCI state).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,

@@ -81,6 +81,8 @@ pub struct CreateOptions {
     /// `--cap-drop`, `--privileged`, `--ulimit`, `--security-opt`,
     /// `--group-add`), kept for `inspect`.
     pub security_flags: SecurityFlags,
+    /// `--log-opt`: how `log.json` is rotated.
+    pub log_config: crate::logs::LogConfig,
 }
 
 /// A volume to mount (the CLI's `-v`).
@@ -118,6 +120,27 @@ impl VolumeRequest {
             | VolumeRequest::Bind { target, .. } => target,
         }
     }
+}
+
+/// Parses Docker's byte sizes: a whole number with an optional binary
+/// unit `k`, `m` or `g` (any case, optionally followed by `b` or `ib`):
+/// `512`, `10m`, `1g`, `64KiB`. `None` when malformed or too large.
+pub fn parse_bytes(s: &str) -> Option<u64> {
+    let lower = s.trim().to_ascii_lowercase();
+    let lower = lower.strip_suffix('b').unwrap_or(&lower);
+    let (num, unit) = match lower.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => lower.split_at(i),
+        None => (lower, ""),
+    };
+    let n: u64 = num.parse().ok()?;
+    let shift = match unit {
+        "" => 0,
+        "k" | "ki" => 10,
+        "m" | "mi" => 20,
+        "g" | "gi" => 30,
+        _ => return None,
+    };
+    n.checked_mul(1 << shift)
 }
 
 /// Checks a mount point: absolute, clean, not `/`; the error says why.

@@ -79,6 +79,8 @@ pub struct ContainerPlan {
     /// The security flags as given (for `inspect`); the process carries
     /// their effect.
     pub security_flags: crate::security::SecurityFlags,
+    /// How `log.json` is rotated.
+    pub log_config: crate::logs::LogConfig,
     /// Annotations (an OCI bundle's).
     pub annotations: BTreeMap<String, String>,
 }
@@ -113,6 +115,7 @@ impl ContainerPlan {
             network: NetworkMode::default(),
             boot,
             security_flags: Default::default(),
+            log_config: Default::default(),
             annotations: BTreeMap::new(),
         }
     }
@@ -254,6 +257,7 @@ impl Runtime {
             ports,
             network: opts.network.clone(),
             security_flags: opts.security_flags.clone(),
+            log_config: opts.log_config,
             ..ContainerPlan::new(process, layers, boot)
         })
     }

@@ -189,6 +189,7 @@ impl Runtime {
                 boot_timeout: plan.boot.boot_timeout,
                 start: plan.boot.start,
                 security_flags: plan.security_flags,
+                log_config: plan.log_config,
                 annotations: plan.annotations,
             };
             State::created().write(&paths)?;

@@ -650,3 +650,108 @@ fn pipe() -> (std::fs::File, std::os::fd::OwnedFd) {
     let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
     (std::fs::File::from(r), w)
 }
+
+/// The json-file log rotates as `--log-opt` says: a container printing
+/// far more than max-size leaves at most max-file files of at most
+/// max-size each, `husk logs` shows the last lines in order, and a
+/// follower sees every line across the rotations.
+#[test]
+fn logs_rotate_and_are_followed_across_files() {
+    let Some(env) = Env::new("logs_rotate_and_are_followed_across_files") else {
+        return;
+    };
+    // Refused before any VM.
+    for (opt, want) in [
+        ("max-size=ten", "invalid --log-opt max-size=\"ten\""),
+        ("max-file=2", "max-file can only be used with max-size"),
+        ("mode=blocking", "unknown log opt 'mode'"),
+    ] {
+        let err = env.fails(125, &["create", "--log-opt", opt, IMAGE, "true"]);
+        assert!(err.contains(want), "{err}");
+    }
+    assert_eq!(env.ok(&["ps", "-aq"]), "");
+
+    // About 75 bytes of JSON per line. The first 5000 lines (~375 KB,
+    // six files' worth) fit in the ten files kept, so a follower cannot
+    // be outrun by the rotation; all 12000 (~900 KB) do not.
+    const FOLLOWED: usize = 5000;
+    const LINES: usize = 12000;
+    let script = format!(
+        "mkfifo /go /more; echo ready; read x < /go; seq 1 {FOLLOWED}; \
+         read x < /more; seq {} {LINES}",
+        FOLLOWED + 1
+    );
+    env.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "spam",
+        "--log-opt",
+        "max-size=64k",
+        "--log-opt",
+        "max-file=10",
+        IMAGE,
+        "sh",
+        "-c",
+        &script,
+    ]);
+    assert_eq!(
+        env.inspect("spam", "{{json .HostConfig.LogConfig}}"),
+        r#"{"Config":{"max-file":"10","max-size":"64k"},"Type":"json-file"}"#
+    );
+    let mut follower = Running::start(env.cmd(&["logs", "-f", "spam"])).unwrap();
+    follower.wait_for_line("ready", STEP_TIMEOUT).unwrap();
+    env.ok(&["exec", "spam", "sh", "-c", "echo go > /go"]);
+    follower
+        .wait_for_line(&FOLLOWED.to_string(), STEP_TIMEOUT)
+        .unwrap();
+    follower.signal(Signal::KILL);
+    let followed = follower.finish(STEP_TIMEOUT).unwrap();
+    let first_part: String = std::iter::once("ready".to_string())
+        .chain((1..=FOLLOWED).map(|n| n.to_string()))
+        .map(|l| l + "\n")
+        .collect();
+    assert!(
+        followed.stdout == first_part,
+        "the follower missed or repeated lines: {} bytes of {}",
+        followed.stdout.len(),
+        first_part.len()
+    );
+    env.ok(&["exec", "spam", "sh", "-c", "echo go > /more"]);
+    assert_eq!(env.ok(&["wait", "spam"]), "0\n");
+
+    let log = std::path::PathBuf::from(env.inspect("spam", "{{.LogPath}}"));
+    let dir = log.parent().unwrap();
+    let mut files: Vec<(String, u64)> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("log.json"))
+        .map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            (name, e.metadata().unwrap().len())
+        })
+        .collect();
+    files.sort();
+    let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
+    let want: Vec<String> = std::iter::once("log.json".to_string())
+        .chain((1..10).map(|n| format!("log.json.{n}")))
+        .collect();
+    assert_eq!(names, want);
+    for (name, len) in &files {
+        assert!(*len <= 64 << 10, "{name} has {len} bytes");
+    }
+    // What is kept is the end of the output, in order, across the files.
+    let kept = husk_tests::run(env.cmd(&["logs", "spam"]), VM_TIMEOUT).unwrap();
+    assert_eq!(kept.code(), 0, "{}", kept.stderr);
+    let numbers: Vec<usize> = kept
+        .stdout
+        .lines()
+        .map(|l| l.parse().expect("a line of seq"))
+        .collect();
+    let first = numbers[0];
+    assert!(first > 1, "nothing was dropped");
+    assert_eq!(numbers, (first..=LINES).collect::<Vec<_>>());
+    assert_eq!(env.ok(&["logs", "--tail", "2", "spam"]), "11999\n12000\n");
+    assert_eq!(env.ok(&["rm", "spam"]), "spam\n");
+    env.assert_clean();
+}

@@ -21,6 +21,7 @@ pub mod config;
 pub mod devices;
 pub mod exit;
 pub mod host;
+pub mod logging;
 pub mod memory;
 pub mod setup;
 pub mod snapshot;

@@ -244,7 +244,7 @@ fn system_event(id: u8, kind: u32) -> Result<Option<ExitReason>, VcpuError> {
         KVM_SYSTEM_EVENT_RESET => Ok(Some(ExitReason::Reboot)),
         KVM_SYSTEM_EVENT_CRASH => Err(VcpuError::GuestCrash(id)),
         other => {
-            log::warn!("vcpu{id}: ignoring system event {other}");
+            crate::log_limited!(log::Level::Warn, "vcpu{id}: ignoring system event {other}");
             Ok(None)
         }
     }

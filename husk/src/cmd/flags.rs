@@ -2,7 +2,7 @@
 //! `-m`, `--cpus`, `-v`); the library takes the typed results.
 
 use anyhow::{bail, Context, Result};
-use husk_runtime::options::{check_mount_target, MIN_MEMORY_MIB};
+use husk_runtime::options::{check_mount_target, parse_bytes, MIN_MEMORY_MIB};
 use husk_runtime::VolumeRequest;
 
 /// Parses Docker's `-v` syntax: `NAME:/path[:ro|rw]`, `/path`
@@ -103,21 +103,7 @@ pub fn parse_env_file(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Re
 /// Parses Docker's memory sizes (`512m`, `1g`, `268435456`) to MiB.
 pub fn parse_memory(s: &str) -> Result<u32> {
     let bad = || anyhow::anyhow!("invalid memory size {s:?} (e.g. 512m, 1g)");
-    let lower = s.trim().to_ascii_lowercase();
-    let lower = lower.strip_suffix('b').unwrap_or(&lower);
-    let (num, unit) = match lower.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
-        Some((i, _)) => lower.split_at(i),
-        None => (lower, ""),
-    };
-    let n: u64 = num.parse().map_err(|_| bad())?;
-    let bytes = match unit {
-        "" => Some(n),
-        "k" => n.checked_mul(1 << 10),
-        "m" => n.checked_mul(1 << 20),
-        "g" => n.checked_mul(1 << 30),
-        _ => None,
-    }
-    .ok_or_else(bad)?;
+    let bytes = parse_bytes(s).ok_or_else(bad)?;
     let mib = bytes >> 20;
     if mib < u64::from(MIN_MEMORY_MIB) {
         bail!("minimum memory is {MIN_MEMORY_MIB} MiB (a VM needs room for its kernel), got {s}");

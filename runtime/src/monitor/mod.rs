@@ -47,11 +47,12 @@ pub(crate) mod ready {
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::os::fd::FromRawFd;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::os::unix::net::UnixListener;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 use husk_sandbox::{Sandbox, Signals};
 
@@ -133,6 +134,7 @@ fn init_logging() {
             true
         }
         fn log(&self, r: &log::Record) {
+            cap_monitor_log();
             eprintln!(
                 "{} {} {}: {}",
                 crate::time::now(),
@@ -152,6 +154,45 @@ fn init_logging() {
             log::LevelFilter::Warn
         });
     }
+}
+
+/// The most bytes `monitor.log` holds before it becomes `monitor.log.1`
+/// (so at most twice this is on disk).
+const MONITOR_LOG_MAX_BYTES: u64 = 1 << 20;
+
+/// `monitor.log`, once known (see [`cap_monitor_log`]).
+static MONITOR_LOG: OnceLock<PathBuf> = OnceLock::new();
+
+/// Rotates `monitor.log`, this process's stderr, once it holds
+/// [`MONITOR_LOG_MAX_BYTES`]. Runs before each message of the logger,
+/// which writes everything a guest can trigger (rate-limited, see
+/// [`vmm::log_limited`]).
+fn cap_monitor_log() {
+    static ROTATING: Mutex<()> = Mutex::new(());
+    let Some(path) = MONITOR_LOG.get() else {
+        return;
+    };
+    let _one = ROTATING.lock().unwrap_or_else(|e| e.into_inner());
+    if let Ok(Some(file)) = rotate_full(path, std::io::stderr().as_fd(), MONITOR_LOG_MAX_BYTES) {
+        let _ = rustix::stdio::dup2_stderr(&file);
+    }
+}
+
+/// If `current` is the file at `path` and holds `max` bytes or more: moves
+/// it to `NAME.1` and returns a new file at `path` (to write instead).
+fn rotate_full(path: &Path, current: BorrowedFd<'_>, max: u64) -> std::io::Result<Option<File>> {
+    let st = rustix::fs::fstat(current)?;
+    if u64::try_from(st.st_size).unwrap_or(0) < max {
+        return Ok(None);
+    }
+    // Only that file (stderr may be a terminal someone debugs with).
+    let m = std::fs::metadata(path)?;
+    if (m.dev(), m.ino()) != (st.st_dev, st.st_ino) {
+        return Ok(None);
+    }
+    vmm::logging::rotate(path, 2)?;
+    let file = OpenOptions::new().create(true).append(true).open(path)?;
+    Ok(Some(file))
 }
 
 /// Records the container's progress in its state and tells the starter.
@@ -197,6 +238,7 @@ fn run(root: &Path, id: &str, launch: &str) -> Result<i32, Error> {
     let rt = Runtime::open(root)?;
     let id = ContainerId::parse(id).ok_or_else(|| Error::NoSuchContainer(id.to_string()))?;
     let paths = rt.layout().container(id.as_str());
+    let _ = MONITOR_LOG.set(paths.monitor_log());
     let cfg: ContainerConfig = layout::read_json(&paths.config())?;
     let Launch { stdio: mode, hold } = serde_json::from_str(launch)
         .map_err(|e| Error::Monitor(format!("bad launch mode: {e}")))?;
@@ -361,4 +403,31 @@ fn open_local(mode: &StdioMode) -> Result<LocalStdio, Error> {
         local.tty = true;
     }
     Ok(local)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_monitor_log_is_rotated_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("monitor.log");
+        let mut log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .unwrap();
+        log.write_all(b"0123456789").unwrap();
+        assert!(rotate_full(&path, log.as_fd(), 11).unwrap().is_none());
+        // Not the file at the path (stderr elsewhere): left alone.
+        let mut other = tempfile::tempfile().unwrap();
+        other.write_all(b"0123456789").unwrap();
+        assert!(rotate_full(&path, other.as_fd(), 10).unwrap().is_none());
+        let mut new = rotate_full(&path, log.as_fd(), 10).unwrap().unwrap();
+        new.write_all(b"next").unwrap();
+        let old = vmm::logging::rotated(&path, 1);
+        assert_eq!(std::fs::read_to_string(old).unwrap(), "0123456789");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "next");
+    }
 }

@@ -132,7 +132,7 @@ impl<'a> Session<'a> {
         gate: Gate,
         recorder: &'a mut Recorder,
     ) -> Session<'a> {
-        let logs = LogWriter::open(&paths.log())
+        let logs = LogWriter::open(&paths.log(), cfg.log_config)
             .map_err(|e| eprintln!("husk monitor: cannot open the log: {e}"))
             .ok();
         Session {
@@ -328,8 +328,9 @@ impl<'a> Session<'a> {
             Ok(Some(conn)) => conn,
             Ok(None) => return,
             Err(e) => {
-                eprintln!(
-                    "husk monitor: the agent's connection: {}",
+                vmm::log_limited!(
+                    log::Level::Warn,
+                    "the agent's connection: {}",
                     crate::error_chain(&e)
                 );
                 return;

@@ -1,6 +1,5 @@
 //! The COM1 8250 UART (port 0x3f8, IRQ 4) on vm-superio, output only.
 
-use std::fs::File;
 use std::io::Write;
 use std::path::Path;
 
@@ -9,6 +8,7 @@ use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::BusDevice;
+use crate::logging::{CappedFile, CONSOLE_MAX_BYTES};
 use crate::snapshot::SerialState;
 
 /// I/O port base of COM1.
@@ -42,10 +42,11 @@ impl Trigger for EventFdTrigger {
 /// Where the guest console goes.
 pub type ConsoleWriter = Box<dyn Write + Send>;
 
-/// Opens a console destination: stdout, a file (created or truncated) or nothing.
+/// Opens a console destination: stdout, a file (created or truncated,
+/// capped: see [`CappedFile`]) or nothing.
 pub fn console_writer(file: Option<&Path>, stdout: bool) -> std::io::Result<ConsoleWriter> {
     Ok(match (file, stdout) {
-        (Some(path), _) => Box::new(File::create(path)?),
+        (Some(path), _) => Box::new(CappedFile::create(path, CONSOLE_MAX_BYTES)?),
         (None, true) => Box::new(std::io::stdout()),
         (None, false) => Box::new(std::io::sink()),
     })

@@ -149,6 +149,15 @@ fn host_config(cfg: &ContainerConfig) -> Value {
         "Ulimits": list(ulimits),
         "SecurityOpt": list(sec.security_opt().into_iter().map(Value::String).collect()),
         "GroupAdd": list(sec.group_add.iter().map(|g| json!(g.to_string())).collect()),
+        "LogConfig": {
+            "Type": "json-file",
+            "Config": cfg
+                .log_config
+                .docker_opts()
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), json!(v)))
+                .collect::<serde_json::Map<_, _>>(),
+        },
     })
 }
 
@@ -281,6 +290,10 @@ mod tests {
             assert_eq!(hc[key], Value::Null, "{key}");
         }
         assert_eq!(hc["Privileged"], json!(false));
+        assert_eq!(
+            render("{{json .LogConfig}}", &hc),
+            r#"{"Config":{"max-file":"5","max-size":"20m"},"Type":"json-file"}"#
+        );
         let hc = host_config(&config(json!({"privileged": true})));
         assert_eq!(hc["Privileged"], json!(true));
     }

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use clap::Args;
+use husk_runtime::logs::LogConfig;
 use husk_runtime::security::RawSecurityFlags;
 use husk_runtime::{CreateOptions, Runtime, SecurityFlags, StdioWiring};
 
@@ -92,6 +93,10 @@ pub struct CreateArgs {
     /// GID).
     #[arg(long = "group-add", value_name = "GID")]
     group_add: Vec<String>,
+    /// Log rotation of the json-file log: max-size=SIZE (k, m, g) and
+    /// max-file=N (with max-size). Default: max-size=20m, max-file=5.
+    #[arg(long = "log-opt", value_name = "KEY=VALUE")]
+    log_opts: Vec<String>,
     /// Remove the container when it exits.
     #[arg(long)]
     rm: bool,
@@ -139,6 +144,7 @@ pub struct RunArgs {
 /// The library's options from the flags (assets resolved here).
 fn options(a: &CreateArgs) -> Result<CreateOptions> {
     let security_flags = security_flags(a)?;
+    let log_config = LogConfig::from_opts(&a.log_opts)?;
     let mut env = flags::env_files(&a.env_file)?;
     env.extend(flags::env_flags(&a.env));
     let volumes = a
@@ -187,6 +193,7 @@ fn options(a: &CreateArgs) -> Result<CreateOptions> {
         start: StartMode::choose(a.cold),
         security: security_flags.process_security(),
         security_flags,
+        log_config,
     })
 }
 

@@ -125,7 +125,7 @@ impl Activated {
     /// Raises the used-buffer interrupt.
     pub fn signal_used(&self, device: &str) {
         if let Err(e) = self.interrupt.trigger(INT_VRING) {
-            log::error!("{device}: interrupt: {e}");
+            crate::log_limited!(log::Level::Error, "{device}: interrupt: {e}");
         }
     }
 }

@@ -216,7 +216,7 @@ impl MmioTransport {
             // not notify again: have the device look at every queue once.
             for evt in &self.queue_evts {
                 if let Err(e) = evt.write(1) {
-                    log::error!("{name}: queue notification: {e}");
+                    crate::log_limited!(log::Level::Error, "{name}: queue notification: {e}");
                 }
             }
         }
@@ -226,7 +226,7 @@ impl MmioTransport {
             self.regs.config_generation = self.regs.config_generation.wrapping_add(1);
             if transport.driver_ok() && dev.is_activated() {
                 if let Err(e) = self.interrupt.trigger(INT_CONFIG) {
-                    log::error!("{name}: config interrupt: {e}");
+                    crate::log_limited!(log::Level::Error, "{name}: config interrupt: {e}");
                 }
             }
         }
@@ -327,7 +327,7 @@ impl MmioTransport {
         match self.queue_evts.get(index as usize) {
             Some(evt) => {
                 if let Err(e) = evt.write(1) {
-                    log::error!("virtio-mmio: queue notify: {e}");
+                    crate::log_limited!(log::Level::Error, "virtio-mmio: queue notify: {e}");
                 }
             }
             None => log::debug!("virtio-mmio: notify of non-existent queue {index}"),
@@ -371,7 +371,8 @@ impl MmioTransport {
         let features = dev.common().features();
         let ok = features.accept();
         if !ok {
-            log::warn!(
+            crate::log_limited!(
+                log::Level::Warn,
                 "virtio-mmio: {} refused the driver's features (device offers {:#x})",
                 dev.common().name(),
                 features.offered()
@@ -382,10 +383,10 @@ impl MmioTransport {
 
     fn activate(&mut self) {
         if let Err(reason) = self.try_activate() {
-            log::error!("virtio-mmio: activation: {reason}");
+            crate::log_limited!(log::Level::Error, "virtio-mmio: activation: {reason}");
             self.regs.status |= VIRTIO_CONFIG_S_NEEDS_RESET;
             if let Err(e) = self.interrupt.trigger(INT_CONFIG) {
-                log::error!("virtio-mmio: config interrupt: {e}");
+                crate::log_limited!(log::Level::Error, "virtio-mmio: config interrupt: {e}");
             }
         }
     }

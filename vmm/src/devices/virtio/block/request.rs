@@ -133,7 +133,7 @@ fn execute(
         VIRTIO_BLK_T_FLUSH => match disk.flush() {
             Ok(()) => (VIRTIO_BLK_S_OK, 0),
             Err(e) => {
-                log::warn!("virtio-blk: flush: {e}");
+                crate::log_limited!(log::Level::Warn, "virtio-blk: flush: {e}");
                 (VIRTIO_BLK_S_IOERR, 0)
             }
         },
@@ -179,7 +179,11 @@ fn read_to_guest(
     while done < len {
         let chunk = chunk_buf(buf, len - done);
         if let Err(e) = disk.read_at(chunk, offset + done as u64) {
-            log::warn!("virtio-blk: read at {}: {e}", offset + done as u64);
+            crate::log_limited!(
+                log::Level::Warn,
+                "virtio-blk: read at {}: {e}",
+                offset + done as u64
+            );
             return (VIRTIO_BLK_S_IOERR, done);
         }
         if writer.write_all(chunk).is_err() {
@@ -204,7 +208,11 @@ fn write_from_guest(
             return VIRTIO_BLK_S_IOERR;
         }
         if let Err(e) = disk.write_at(chunk, offset + done as u64) {
-            log::warn!("virtio-blk: write at {}: {e}", offset + done as u64);
+            crate::log_limited!(
+                log::Level::Warn,
+                "virtio-blk: write at {}: {e}",
+                offset + done as u64
+            );
             return VIRTIO_BLK_S_IOERR;
         }
         done += chunk.len();

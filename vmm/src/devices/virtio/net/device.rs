@@ -247,7 +247,10 @@ impl Net {
                     return ChainDone::UsedThenStop(0);
                 }
                 Err(e) => {
-                    log::warn!("virtio-net: backend gone ({e}); the guest's link stays silent");
+                    crate::log_limited!(
+                        log::Level::Warn,
+                        "virtio-net: backend gone ({e}); the guest's link stays silent"
+                    );
                     *dead = true;
                 }
             }

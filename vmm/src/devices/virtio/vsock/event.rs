@@ -34,7 +34,7 @@ impl Vsock {
                 }
             };
             if let Err(e) = result {
-                log::warn!("vsock: epoll update: {e:?}");
+                crate::log_limited!(log::Level::Warn, "vsock: epoll update: {e:?}");
             }
         }
     }

@@ -144,12 +144,19 @@ impl Muxer {
                 Ok((s, _)) => s,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) => {
-                    log::warn!("vsock: accept on {}: {e}", self.uds_path.display());
+                    crate::log_limited!(
+                        log::Level::Warn,
+                        "vsock: accept on {}: {e}",
+                        self.uds_path.display()
+                    );
                     return;
                 }
             };
             if self.clients.len() >= MAX_PENDING_CLIENTS || stream.set_nonblocking(true).is_err() {
-                log::warn!("vsock: too many pending host clients, dropping one");
+                crate::log_limited!(
+                    log::Level::Warn,
+                    "vsock: too many pending host clients, dropping one"
+                );
                 continue;
             }
             let fd = stream.as_raw_fd();
@@ -235,7 +242,7 @@ impl Muxer {
             return;
         };
         if self.conns.len() >= MAX_CONNECTIONS {
-            log::warn!("vsock: connection limit reached");
+            crate::log_limited!(log::Level::Warn, "vsock: connection limit reached");
             self.drop_client(fd);
             return;
         }

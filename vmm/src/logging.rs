@@ -1,0 +1,235 @@
+//! Bounded diagnostics: what a guest can make the host write is capped.
+//!
+//! - [`rotate`] moves a file to `NAME.1` (and `NAME.1` to `NAME.2`, ...),
+//!   the rotation of container logs and of the console log.
+//! - [`CappedFile`] is a file that rotates once it holds a given number
+//!   of bytes, keeping it and one older file: the guest's console log.
+//! - [`LogLimiter`] and [`log_limited!`](crate::log_limited) rate-limit a
+//!   message a guest can trigger at will (a failing disk request, a bad
+//!   queue): a few per interval, then a count of those left out.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// The `n`th rotated file of `path` (`NAME.n`); 0 is `path` itself.
+pub fn rotated(path: &Path, n: u32) -> PathBuf {
+    if n == 0 {
+        return path.to_path_buf();
+    }
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".{n}"));
+    PathBuf::from(name)
+}
+
+/// Moves `path` to `NAME.1`, each older `NAME.n` to `NAME.(n+1)`, and
+/// drops the oldest so that at most `keep` files remain, `path` (now
+/// absent) included. Missing older files are skipped.
+pub fn rotate(path: &Path, keep: u32) -> io::Result<()> {
+    for n in (1..keep.saturating_sub(1)).rev() {
+        match std::fs::rename(rotated(path, n), rotated(path, n + 1)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    if keep <= 1 {
+        return std::fs::remove_file(path);
+    }
+    std::fs::rename(path, rotated(path, 1))
+}
+
+/// The most bytes the console log holds before it is rotated (so at most
+/// twice this is on disk: `console.log` and `console.log.1`).
+pub const CONSOLE_MAX_BYTES: u64 = 1 << 20;
+
+/// A file created (truncated) at a path that is moved to `NAME.1` when
+/// it holds `max` bytes, and started again: at most `2 * max` bytes are
+/// on disk however much is written.
+pub struct CappedFile {
+    path: PathBuf,
+    file: File,
+    written: u64,
+    max: u64,
+}
+
+impl CappedFile {
+    /// Creates (or truncates) `path`; an older `NAME.1` is removed.
+    pub fn create(path: &Path, max: u64) -> io::Result<CappedFile> {
+        let file = File::create(path)?;
+        match std::fs::remove_file(rotated(path, 1)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        Ok(CappedFile {
+            path: path.to_path_buf(),
+            file,
+            written: 0,
+            max: max.max(1),
+        })
+    }
+}
+
+impl Write for CappedFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.written >= self.max {
+            rotate(&self.path, 2)?;
+            self.file = File::create(&self.path)?;
+            self.written = 0;
+        }
+        let room = usize::try_from(self.max - self.written).unwrap_or(usize::MAX);
+        let n = self.file.write(&buf[..buf.len().min(room)])?;
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+/// How many messages of one kind are logged per [`LIMIT_INTERVAL`].
+pub const LIMIT_BURST: u32 = 10;
+/// The interval of [`LIMIT_BURST`].
+pub const LIMIT_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Lets [`LIMIT_BURST`] messages through per [`LIMIT_INTERVAL`] and
+/// counts the rest. One per call site (see
+/// [`log_limited!`](crate::log_limited)).
+pub struct LogLimiter {
+    window: Mutex<Window>,
+}
+
+struct Window {
+    start: Option<Instant>,
+    logged: u32,
+    suppressed: u64,
+}
+
+impl Default for LogLimiter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl LogLimiter {
+    /// A limiter that has let nothing through yet.
+    pub const fn new() -> LogLimiter {
+        LogLimiter {
+            window: Mutex::new(Window {
+                start: None,
+                logged: 0,
+                suppressed: 0,
+            }),
+        }
+    }
+
+    /// Whether a message may be logged now: `Some(n)` with the number of
+    /// messages left out since the last one logged, or `None`.
+    pub fn allow(&self) -> Option<u64> {
+        self.allow_at(Instant::now())
+    }
+
+    fn allow_at(&self, now: Instant) -> Option<u64> {
+        let mut w = self.window.lock().unwrap_or_else(|e| e.into_inner());
+        if w.start
+            .is_none_or(|s| now.duration_since(s) >= LIMIT_INTERVAL)
+        {
+            w.start = Some(now);
+            w.logged = 0;
+        }
+        if w.logged < LIMIT_BURST {
+            w.logged += 1;
+            Some(std::mem::take(&mut w.suppressed))
+        } else {
+            w.suppressed += 1;
+            None
+        }
+    }
+}
+
+/// `log::log!(level, ...)`, rate-limited per call site with a
+/// [`LogLimiter`]: for messages a guest can trigger repeatedly.
+#[macro_export]
+macro_rules! log_limited {
+    ($level:expr, $($arg:tt)+) => {{
+        static LIMITER: $crate::logging::LogLimiter = $crate::logging::LogLimiter::new();
+        match LIMITER.allow() {
+            Some(0) => ::log::log!($level, $($arg)+),
+            Some(n) => ::log::log!(
+                $level,
+                "{} ({n} similar messages suppressed)",
+                format_args!($($arg)+)
+            ),
+            None => {}
+        }
+    }};
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_limiter_lets_a_burst_through_per_interval_and_counts_the_rest() {
+        let limiter = LogLimiter::new();
+        let t0 = Instant::now();
+        for _ in 0..LIMIT_BURST {
+            assert_eq!(limiter.allow_at(t0), Some(0));
+        }
+        for _ in 0..5 {
+            assert_eq!(limiter.allow_at(t0 + Duration::from_secs(1)), None);
+        }
+        // The next interval: the count of those left out comes along.
+        let t1 = t0 + LIMIT_INTERVAL;
+        assert_eq!(limiter.allow_at(t1), Some(5));
+        assert_eq!(limiter.allow_at(t1), Some(0));
+        // The macro compiles with and without arguments and never panics.
+        for i in 0..3 * LIMIT_BURST {
+            crate::log_limited!(log::Level::Warn, "message {i}");
+            crate::log_limited!(log::Level::Error, "plain");
+        }
+    }
+
+    #[test]
+    fn rotate_keeps_at_most_keep_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        for i in 0..5 {
+            std::fs::write(&p, format!("{i}")).unwrap();
+            rotate(&p, 3).unwrap();
+        }
+        let read = |n| std::fs::read_to_string(rotated(&p, n)).ok();
+        assert_eq!(
+            (read(0), read(1), read(2), read(3)),
+            (None, Some("4".into()), Some("3".into()), None)
+        );
+        std::fs::write(&p, "x").unwrap();
+        rotate(&p, 1).unwrap();
+        assert!(!p.exists());
+        assert_eq!(read(1), Some("4".into()));
+    }
+
+    #[test]
+    fn a_capped_file_keeps_at_most_twice_its_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("console.log");
+        std::fs::write(rotated(&p, 1), "stale").unwrap();
+        let mut f = CappedFile::create(&p, 10).unwrap();
+        assert!(!rotated(&p, 1).exists(), "an old run's file is removed");
+        for i in 0..100u8 {
+            f.write_all(&[b'a' + i % 26; 3]).unwrap();
+        }
+        f.flush().unwrap();
+        // 300 bytes written: the current file is full, the older one too.
+        let cur = std::fs::read(&p).unwrap();
+        let old = std::fs::read(rotated(&p, 1)).unwrap();
+        assert_eq!((old.len(), cur.len()), (10, 10));
+        let mut end = old.clone();
+        end.extend(&cur);
+        let all: Vec<u8> = (0..100u8).flat_map(|i| [b'a' + i % 26; 3]).collect();
+        assert!(all.ends_with(&end), "the newest bytes are kept, in order");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+    }
+}
