@@ -180,6 +180,14 @@ impl Recorder {
         report_last(ready::READY);
     }
 
+    /// The guest's OOM killer killed processes of the container.
+    pub(crate) fn oom_killed(&mut self) {
+        if !self.state.oom_killed {
+            self.state.oom_killed = true;
+            self.write();
+        }
+    }
+
     /// The container ended.
     pub(crate) fn ended(&mut self, end: &End) {
         self.state.status = Status::Exited;
@@ -236,6 +244,7 @@ fn run(root: &Path, id: &str, launch: &str) -> Result<i32, Error> {
         start_count: previous.start_count + 1,
         ports: network.ports().to_vec(),
         template: None,
+        oom_killed: false,
     };
     state.write(&paths)?;
     let gate = match (hold, &mode) {

@@ -406,6 +406,7 @@ impl<'a> Session<'a> {
             }
             (Phase::Running, Message::Stdout(b)) => self.output("stdout", b),
             (Phase::Running, Message::Stderr(b)) => self.output("stderr", b),
+            (Phase::Running, Message::OomKilled { .. }) => self.recorder.oom_killed(),
             (Phase::Running, Message::Exited { code }) => self.finish(End { code, error: None }),
             (Phase::Running, Message::Signaled { signal }) => self.finish(End {
                 code: husk_protocol::signal_exit_code(signal),
