@@ -61,6 +61,7 @@ use crate::layout::{self, ContainerPaths, ShortPath};
 pub use crate::lifecycle::{Launch, StdioMode};
 use crate::state::{MonitorProcess, State, Status};
 use crate::{error_chain, io_err, Error, Runtime};
+pub(crate) use session::TEARDOWN_TIMEOUT;
 use session::{End, Gate, LocalStdio, Session};
 
 /// Whether the progress pipe (stdout) has been closed.
