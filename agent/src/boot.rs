@@ -196,6 +196,7 @@ pub fn variant(msg: &Message) -> &'static str {
         Message::Resize { .. } => "Resize",
         Message::KillInit { .. } => "KillInit",
         Message::Seed { .. } => "Seed",
+        Message::OomKilled { .. } => "OomKilled",
     }
 }
 

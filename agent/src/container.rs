@@ -84,6 +84,21 @@ struct Container<'a, S: System> {
     abandoned: Vec<libc::pid_t>,
     /// The host's quirk variables, passed on to every process.
     quirk_env: Vec<(String, String)>,
+    /// OOM kills counted so far: the kernel's count when the container
+    /// started, and the last one reported.
+    oom: OomCount,
+}
+
+/// What the agent knows of the kernel's OOM kills.
+#[derive(Debug, Clone, Copy)]
+struct OomCount {
+    /// The kernel's count when the container started.
+    base: u64,
+    /// The count last reported (or `base`).
+    reported: u64,
+    /// A process ended by SIGKILL was reaped since the last look (an OOM
+    /// victim dies of SIGKILL).
+    killed_seen: bool,
 }
 
 /// Serves the container on the boot connection `boot` (handshake and
@@ -96,6 +111,7 @@ pub fn serve<S: System>(
     listener: OwnedFd,
 ) -> Result<Outcome, ConnError> {
     let quirk_env = sys.host_quirk_env();
+    let base = sys.oom_kills();
     let mut container = Container {
         sys,
         root,
@@ -106,6 +122,11 @@ pub fn serve<S: System>(
         exec_conns: Vec::new(),
         abandoned: Vec::new(),
         quirk_env,
+        oom: OomCount {
+            base,
+            reported: base,
+            killed_seen: false,
+        },
     };
     let result = container.run(boot);
     container.teardown();
@@ -116,6 +137,10 @@ impl<S: System> Container<'_, S> {
     fn run(&mut self, boot: &mut S::Conn) -> Result<Outcome, ConnError> {
         loop {
             self.reap();
+            let init_ended = self.init.as_ref().is_some_and(|p| p.status.is_some());
+            if self.oom.killed_seen || init_ended {
+                self.report_oom(boot)?;
+            }
             if let Some(init) = self.init.as_mut().filter(|p| p.status.is_some()) {
                 init.drain(boot)?;
                 let msg = init.exit_message().unwrap_or(Message::Exited { code: 255 });
@@ -131,6 +156,22 @@ impl<S: System> Container<'_, S> {
             self.exec_conns
                 .retain(|s| !matches!(s.phase, Phase::Closed));
         }
+    }
+
+    /// Tells the host of OOM kills since the last report (only while init
+    /// runs or right after it ended: the host expects none earlier).
+    fn report_oom(&mut self, boot: &mut S::Conn) -> Result<(), ConnError> {
+        self.oom.killed_seen = false;
+        if self.init.is_none() {
+            return Ok(());
+        }
+        let now = self.sys.oom_kills();
+        if now > self.oom.reported {
+            self.oom.reported = now;
+            let count = now - self.oom.base;
+            write_message(boot, &Message::OomKilled { count })?;
+        }
+        Ok(())
     }
 
     /// Waits until some fd is ready (or the timeout passes); returns what
@@ -514,6 +555,9 @@ impl<S: System> Container<'_, S> {
     }
 
     fn record(&mut self, pid: libc::pid_t, status: i32) {
+        if libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGKILL {
+            self.oom.killed_seen = true;
+        }
         let init = self.init.iter_mut();
         let conns = self
             .exec_conns

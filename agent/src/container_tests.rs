@@ -99,6 +99,13 @@ impl System for FakeSystem {
         false
     }
 
+    /// The number in the file `oom_kill` beside the exec socket (0 without
+    /// one): tests play the kernel's OOM killer by writing it.
+    fn oom_kills(&self) -> u64 {
+        std::fs::read_to_string(self.sock.with_file_name("oom_kill"))
+            .map_or(0, |n| n.trim().parse().expect("a count"))
+    }
+
     fn shutdown(&mut self) {
         self.shut_down.store(true, Ordering::SeqCst);
     }
@@ -600,6 +607,24 @@ fn init_output_is_streamed_and_signals_are_reported() {
                 Message::Signaled { signal: 9 }
             )
         );
+    });
+    assert_eq!(
+        outcome.unwrap(),
+        Outcome::Finished(Message::Signaled { signal: 9 })
+    );
+}
+
+#[test]
+fn oom_kills_during_the_container_are_reported_before_its_end() {
+    let outcome = with_container(|mut boot, sock| {
+        // Two kills before the container started are not its own.
+        let counter = sock.with_file_name("oom_kill");
+        std::fs::write(&counter, "2").unwrap();
+        create(&mut boot);
+        let script = format!("echo 5 > {}; kill -9 $$", counter.display());
+        boot.start(exec(&["sh", "-c", &script]));
+        assert_eq!(boot.recv(), Message::OomKilled { count: 3 });
+        assert_eq!(boot.recv(), Message::Signaled { signal: 9 });
     });
     assert_eq!(
         outcome.unwrap(),

@@ -272,9 +272,34 @@ pub fn power_off() -> ! {
     }
 }
 
+/// The kernel's count of OOM kills since boot (`oom_kill` in
+/// /proc/vmstat; 0 if it cannot be read).
+pub fn oom_kills() -> u64 {
+    std::fs::read_to_string("/proc/vmstat")
+        .ok()
+        .and_then(|text| parse_oom_kills(&text))
+        .unwrap_or(0)
+}
+
+/// The `oom_kill` counter of /proc/vmstat's text.
+fn parse_oom_kills(vmstat: &str) -> Option<u64> {
+    vmstat
+        .lines()
+        .find_map(|l| l.strip_prefix("oom_kill "))
+        .and_then(|n| n.trim().parse().ok())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn oom_kill_counter_is_read_from_vmstat() {
+        let text = "nr_free_pages 1\noom_kill_other 5\noom_kill 3\npgfault 9\n";
+        assert_eq!(parse_oom_kills(text), Some(3));
+        assert_eq!(parse_oom_kills("pgfault 9\n"), None);
+        assert_eq!(parse_oom_kills("oom_kill x\n"), None);
+    }
 
     fn disk(sys_block: &Path, name: &str, serial: &str, size: Option<&str>) {
         let dir = sys_block.join(name);

@@ -113,6 +113,8 @@ pub trait System {
     fn kill_all(&mut self);
     /// Whether the agent is PID 1 and must reap every process.
     fn reaps_orphans(&self) -> bool;
+    /// Processes the kernel's OOM killer has killed since boot.
+    fn oom_kills(&self) -> u64;
     /// Kills leftover processes and unmounts the writable disks (the
     /// power-off syncs the rest).
     fn shutdown(&mut self);
@@ -232,6 +234,10 @@ impl System for GuestSystem {
 
     fn reaps_orphans(&self) -> bool {
         true
+    }
+
+    fn oom_kills(&self) -> u64 {
+        crate::guest::oom_kills()
     }
 
     fn shutdown(&mut self) {

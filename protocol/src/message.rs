@@ -89,6 +89,14 @@ pub enum Message {
         /// The host's wall-clock time, nanoseconds since the Unix epoch.
         unix_time_ns: u64,
     },
+    /// Agent -> host, on the boot connection while the init process runs
+    /// (and right before its exit status): the guest kernel's OOM killer
+    /// killed processes of the container. Sent when the agent notices new
+    /// kills (when it reaps a process killed by SIGKILL, and at the end).
+    OomKilled {
+        /// Processes killed by the OOM killer since the container started.
+        count: u64,
+    },
 }
 
 /// A container's root filesystem and environment (see

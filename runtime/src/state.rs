@@ -165,6 +165,10 @@ pub struct State {
     /// restored from; `None`: booted from the kernel.
     #[serde(default)]
     pub template: Option<String>,
+    /// The guest kernel's OOM killer killed processes of the current (or
+    /// last) run (Docker's `State.OOMKilled`).
+    #[serde(default)]
+    pub oom_killed: bool,
 }
 
 /// The typed entries of `ports`; strings (`80/tcp -> 0.0.0.0:8080`, from
@@ -200,6 +204,7 @@ impl State {
             start_count: 0,
             ports: Vec::new(),
             template: None,
+            oom_killed: false,
         }
     }
 

@@ -100,6 +100,9 @@ pub enum Event {
     Exited(i32),
     /// The process was killed by this signal.
     Signaled(i32),
+    /// The guest kernel's OOM killer has killed this many processes of the
+    /// container so far (boot connection only).
+    OomKilled(u64),
 }
 
 impl Event {
@@ -405,6 +408,7 @@ pub fn event(msg: Message) -> Result<Event, AgentError> {
         Message::Stderr(b) => Ok(Event::Stderr(b)),
         Message::Exited { code } => Ok(Event::Exited(code)),
         Message::Signaled { signal } => Ok(Event::Signaled(signal)),
+        Message::OomKilled { count } => Ok(Event::OomKilled(count)),
         Message::Error { code, detail } => Err(AgentError::Refused { code, detail }),
         other => Err(AgentError::Unexpected(format!("{other:?}"))),
     }

@@ -158,6 +158,8 @@ impl Sandbox {
                     Event::Stderr(b) => out(Stream::Stderr, &b),
                     Event::Exited(code) => break Exit::Code(code),
                     Event::Signaled(sig) => break Exit::Code(husk_protocol::signal_exit_code(sig)),
+                    // The victim's status (137) tells a one-shot job's user.
+                    Event::OomKilled(_) => {}
                 }
             },
             Err(AgentError::Refused { code, detail }) => Exit::Refused {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use containerd_shim::protos::events::task::{
-    TaskCreate, TaskDelete, TaskExecAdded, TaskExit, TaskIO, TaskStart,
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExit, TaskIO, TaskOOM, TaskStart,
 };
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim::protos::protobuf::MessageDyn;
@@ -212,7 +212,9 @@ impl Inner {
     }
 
     /// Waits for the init process's exit (recorded by the monitor, or the
-    /// monitor's death) and publishes it.
+    /// monitor's death) and publishes it, after `TaskOOM` if the guest's
+    /// OOM killer killed processes of the container (which is how
+    /// containerd's CRI plugin gives the exit the reason "OOMKilled").
     fn watch_init(&self, id: &str, husk_id: &str) {
         let code = match self.runtime().and_then(|rt| Ok(rt.wait(husk_id, None)?)) {
             Ok(code) => code.unwrap_or(255),
@@ -221,6 +223,16 @@ impl Inner {
                 husk_runtime::state::MONITOR_DIED_CODE
             }
         };
+        let oom_killed = self
+            .runtime()
+            .ok()
+            .and_then(|rt| rt.container(husk_id).ok())
+            .is_some_and(|c| c.state.oom_killed);
+        if oom_killed {
+            let mut ev = TaskOOM::new();
+            ev.container_id = id.to_string();
+            self.publish(topics::TASK_OOM_EVENT_TOPIC, Box::new(ev));
+        }
         self.publish_exit(id, "", code);
     }
 

@@ -237,6 +237,39 @@ fn sigkill_gives_137_and_a_killed_shim_leaves_nothing() {
 }
 
 #[test]
+fn guest_oom_kill_publishes_task_oom() {
+    let Some(c) = dsupport::start("guest_oom_kill_publishes_task_oom") else {
+        return;
+    };
+    let mut events = c.events();
+    // A 128 MiB limit is a 128 MiB VM; two 100 MiB buffers filled at once
+    // do not fit it (no swap), so the guest's OOM killer ends a dd.
+    let fill = "dd if=/dev/zero of=/dev/null bs=100M count=1 2>/dev/null";
+    let script = format!("{fill} & {fill} & wait; echo survived");
+    let done = c.run(
+        &[
+            "run",
+            "--rm",
+            "--memory-limit",
+            "134217728",
+            "--runtime",
+            RUNTIME,
+            IMAGE,
+            "hog",
+            "sh",
+            "-c",
+            &script,
+        ],
+        VM_TIMEOUT,
+    );
+    assert_eq!(done.code(), 0, "{}", done.stderr);
+    assert_eq!(done.stdout, "survived\n");
+    events.wait("/tasks/oom", &[("container_id", "\"hog\"")], SHORT);
+    events.wait("/tasks/exit", &[("container_id", "\"hog\"")], SHORT);
+    c.assert_clean();
+}
+
+#[test]
 fn terminal_with_resize() {
     let Some(c) = dsupport::start("terminal_with_resize") else {
         return;

@@ -226,9 +226,13 @@ fn detached_container_lifecycle() {
     let err = env.fails(1, &["rm", "web"]);
     assert!(err.contains("stop the container first"), "{err}");
     assert_eq!(env.ok(&["stop", "-t", "5", "web"]), "web\n");
+    // Killed by SIGKILL, but not by the OOM killer.
     assert_eq!(
-        env.inspect("web", "{{.State.Status}} {{.State.ExitCode}}"),
-        "exited 137"
+        env.inspect(
+            "web",
+            "{{.State.Status}} {{.State.ExitCode}} {{.State.OOMKilled}}"
+        ),
+        "exited 137 false"
     );
     assert_eq!(env.ok(&["logs", "web"]), "started\ngot TERM\n");
     assert!(env.ok(&["ps", "-a"]).contains("Exited (137) "));
@@ -380,6 +384,28 @@ fn process_security_settings_reach_the_container() {
          {\"Hard\":400,\"Name\":\"nofile\",\"Soft\":300}]"
     );
     assert_eq!(env.ok(&["rm", "-f", "secured"]), "secured\n");
+    env.assert_clean();
+}
+
+#[test]
+fn oom_kill_in_the_guest_shows_in_inspect() {
+    let Some(env) = Env::new("oom_kill_in_the_guest_shows_in_inspect") else {
+        return;
+    };
+    // Two 100 MiB buffers filled at once do not fit a 128 MiB VM (there is
+    // no swap): the guest kernel's OOM killer ends a dd; the shell lives.
+    let fill = "dd if=/dev/zero of=/dev/null bs=100M count=1 2>/dev/null";
+    let script = format!("{fill} & {fill} & wait; echo survived");
+    let done = env.husk(&[
+        "run", "--name", "hog", "--memory", "128m", IMAGE, "sh", "-c", &script,
+    ]);
+    assert_eq!(done.code(), 0, "{}", done.stderr);
+    assert_eq!(done.stdout, "survived\n");
+    assert_eq!(
+        env.inspect("hog", "{{.State.Status}} {{.State.OOMKilled}}"),
+        "exited true"
+    );
+    assert_eq!(env.ok(&["rm", "hog"]), "hog\n");
     env.assert_clean();
 }
 

@@ -62,6 +62,7 @@ use crate::layout::{self, ContainerPaths, ShortPath};
 pub use crate::lifecycle::{Launch, StdioMode};
 use crate::state::{MonitorProcess, State, Status};
 use crate::{error_chain, io_err, Error, Runtime};
+pub(crate) use session::TEARDOWN_TIMEOUT;
 use session::{End, Gate, LocalStdio, Session};
 
 /// Whether the progress pipe (stdout) has been closed.
@@ -221,6 +222,14 @@ impl Recorder {
         report_last(ready::READY);
     }
 
+    /// The guest's OOM killer killed processes of the container.
+    pub(crate) fn oom_killed(&mut self) {
+        if !self.state.oom_killed {
+            self.state.oom_killed = true;
+            self.write();
+        }
+    }
+
     /// The container ended.
     pub(crate) fn ended(&mut self, end: &End) {
         self.state.status = Status::Exited;
@@ -278,6 +287,7 @@ fn run(root: &Path, id: &str, launch: &str) -> Result<i32, Error> {
         start_count: previous.start_count + 1,
         ports: network.ports().to_vec(),
         template: None,
+        oom_killed: false,
     };
     state.write(&paths)?;
     let gate = match (hold, &mode) {

@@ -24,7 +24,11 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long the process waits for a first attach client ([`Gate::Attach`]).
 const ATTACH_WAIT: Duration = Duration::from_secs(60);
 /// How long the agent may take to tear down and power off after the end.
-const TEARDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Generous: the teardown unmounts the writable disk, which writes back
+/// what the container wrote last; stopping the VM before that loses it.
+/// Seconds normally, but guest kernel code is slow on nested hosts and
+/// slower still when other VMs share the cores.
+pub(crate) const TEARDOWN_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long the VM may take to end after the agent went away.
 const LOST_GRACE: Duration = Duration::from_secs(5);
 /// Most bytes of input buffered before the process starts.
@@ -290,7 +294,16 @@ impl<'a> Session<'a> {
                 self.fail(why);
             }
             Phase::Running => self.deadline = None,
-            Phase::Ending => return true,
+            Phase::Ending => {
+                if self.agent.is_some() && !self.disposable() {
+                    eprintln!(
+                        "husk monitor: the guest did not finish its teardown within {} s; \
+                         stopping the VM (writes not yet on its disks are lost)",
+                        TEARDOWN_TIMEOUT.as_secs()
+                    );
+                }
+                return true;
+            }
         }
         false
     }
@@ -303,6 +316,13 @@ impl<'a> Session<'a> {
         self.sandbox.request_stop();
     }
 
+    /// A disposable container (`--rm`, no volumes) has nothing the guest's
+    /// teardown would save: its writable disk is deleted next, so the VM
+    /// is stopped at once instead.
+    fn disposable(&self) -> bool {
+        self.cfg.auto_remove && self.cfg.mounts.is_empty()
+    }
+
     /// Records the end (state, clients) and waits for the teardown.
     fn finish(&mut self, end: End) {
         self.recorder.ended(&end);
@@ -311,11 +331,7 @@ impl<'a> Session<'a> {
         }
         self.end = Some(end);
         self.phase = Phase::Ending;
-        // A disposable container (`--rm`, no volumes) has nothing the
-        // guest's teardown would save: its writable disk is deleted next,
-        // so the VM is stopped at once instead.
-        let disposable = self.cfg.auto_remove && self.cfg.mounts.is_empty();
-        let teardown = if disposable {
+        let teardown = if self.disposable() {
             Duration::ZERO
         } else {
             TEARDOWN_TIMEOUT
@@ -407,6 +423,7 @@ impl<'a> Session<'a> {
             }
             (Phase::Running, Message::Stdout(b)) => self.output("stdout", b),
             (Phase::Running, Message::Stderr(b)) => self.output("stderr", b),
+            (Phase::Running, Message::OomKilled { .. }) => self.recorder.oom_killed(),
             (Phase::Running, Message::Exited { code }) => self.finish(End { code, error: None }),
             (Phase::Running, Message::Signaled { signal }) => self.finish(End {
                 code: husk_protocol::signal_exit_code(signal),

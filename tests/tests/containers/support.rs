@@ -103,12 +103,30 @@ impl Env {
 
     /// Runs husk to completion.
     pub fn husk(&self, args: &[&str]) -> Finished {
-        let done = run(self.cmd(args), VM_TIMEOUT).expect("running husk");
+        let done = run(self.cmd(args), VM_TIMEOUT)
+            .unwrap_or_else(|e| panic!("husk {args:?}: {e:#}\n{}", self.container_logs()));
         eprintln!(
             "husk {args:?} -> {:?}\n  stdout: {:?}\n  stderr: {:?}",
             done.status, done.stdout, done.stderr
         );
         done
+    }
+
+    /// The end of every container's monitor and console log (for a
+    /// failure message).
+    pub fn container_logs(&self) -> String {
+        let mut out = String::new();
+        let dirs = std::fs::read_dir(self.root().join("containers"));
+        for dir in dirs.into_iter().flatten().flatten() {
+            for log in ["monitor.log", "console.log"] {
+                let path = dir.path().join(log);
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                let tail = lines[lines.len().saturating_sub(30)..].join("\n");
+                out += &format!("--- {} (end):\n{tail}\n", path.display());
+            }
+        }
+        out
     }
 
     /// Runs husk, expecting success; returns stdout.

@@ -75,7 +75,7 @@ fn document(c: &Container) -> Value {
             "Running": s.status == Status::Running,
             "Paused": false,
             "Restarting": false,
-            "OOMKilled": false,
+            "OOMKilled": s.oom_killed,
             "Dead": false,
             "Pid": s.pid.unwrap_or(0),
             "MonitorPid": s.monitor.map_or(0, |m| m.pid),
