@@ -242,10 +242,10 @@ fn guest_oom_kill_publishes_task_oom() {
         return;
     };
     let mut events = c.events();
-    // A 128 MiB limit is a 128 MiB VM; two 100 MiB buffers filled at once
+    // A 128 MiB limit is a 128 MiB VM; four 40 MiB buffers filled at once
     // do not fit it (no swap), so the guest's OOM killer ends a dd.
-    let fill = "dd if=/dev/zero of=/dev/null bs=100M count=1 2>/dev/null";
-    let script = format!("{fill} & {fill} & wait; echo survived");
+    let fill = "dd if=/dev/zero of=/dev/null bs=40M count=1";
+    let script = format!("{fill} & {fill} & {fill} & {fill} & wait; echo survived");
     let done = c.run(
         &[
             "run",

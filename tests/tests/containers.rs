@@ -392,10 +392,11 @@ fn oom_kill_in_the_guest_shows_in_inspect() {
     let Some(env) = Env::new("oom_kill_in_the_guest_shows_in_inspect") else {
         return;
     };
-    // Two 100 MiB buffers filled at once do not fit a 128 MiB VM (there is
-    // no swap): the guest kernel's OOM killer ends a dd; the shell lives.
-    let fill = "dd if=/dev/zero of=/dev/null bs=100M count=1 2>/dev/null";
-    let script = format!("{fill} & {fill} & wait; echo survived");
+    // Four 40 MiB buffers filled at once do not fit a 128 MiB VM (there is
+    // no swap), while each alone can be allocated: the guest kernel's OOM
+    // killer ends a dd; the shell lives.
+    let fill = "dd if=/dev/zero of=/dev/null bs=40M count=1";
+    let script = format!("{fill} & {fill} & {fill} & {fill} & wait; echo survived");
     let done = env.husk(&[
         "run", "--name", "hog", "--memory", "128m", IMAGE, "sh", "-c", &script,
     ]);
