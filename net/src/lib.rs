@@ -319,13 +319,18 @@ fn check_cidr(s: &str) -> Result<String, NetError> {
     }
 }
 
-fn host_resolv_conf() -> String {
+/// The host's /etc/resolv.conf (empty when unreadable).
+pub fn host_resolv_conf() -> String {
     std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default()
 }
 
+/// Public resolvers for a guest when the host has none it can reach, as
+/// Docker does.
+const FALLBACK_NAMESERVERS: [&str; 2] = ["8.8.8.8", "8.8.4.4"];
+
 /// A resolv.conf for the guest: `nameserver` lines replaced by `dns` when
-/// given (else the host's, minus loopback ones the guest cannot reach),
-/// `search` and `options` lines kept.
+/// given, else the host's minus loopback ones the guest cannot reach (public
+/// resolvers when none remain); `search`, `domain` and `options` lines kept.
 pub fn resolv_conf_for(host: &str, dns: Option<Ipv4Addr>) -> String {
     let mut out = String::new();
     match dns {
@@ -334,11 +339,18 @@ pub fn resolv_conf_for(host: &str, dns: Option<Ipv4Addr>) -> String {
             for line in host.lines() {
                 let mut w = line.split_whitespace();
                 if w.next() == Some("nameserver") {
-                    let addr = w.next().unwrap_or_default();
-                    let loopback = addr.starts_with("127.") || addr == "::1";
-                    if !loopback {
+                    let reachable = w
+                        .next()
+                        .and_then(|a| a.parse::<std::net::IpAddr>().ok())
+                        .filter(|a| !a.is_loopback());
+                    if let Some(addr) = reachable {
                         out.push_str(&format!("nameserver {addr}\n"));
                     }
+                }
+            }
+            if out.is_empty() {
+                for addr in FALLBACK_NAMESERVERS {
+                    out.push_str(&format!("nameserver {addr}\n"));
                 }
             }
         }

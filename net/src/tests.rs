@@ -207,4 +207,12 @@ fn resolv_conf_content() {
         resolv_conf_for(host, None),
         "nameserver 192.0.2.53\nsearch example.org\noptions edns0\n"
     );
+    // Only loopback (or unparsable) servers: public ones instead.
+    assert_eq!(
+        resolv_conf_for(
+            "nameserver 127.0.0.1\nnameserver ::1\nnameserver x\nsearch lan\n",
+            None
+        ),
+        "nameserver 8.8.8.8\nnameserver 8.8.4.4\nsearch lan\n"
+    );
 }

@@ -256,33 +256,10 @@ pub fn set_env(env: &mut Vec<String>, entry: String) {
     }
 }
 
-/// [`resolv_conf`] of the host's /etc/resolv.conf.
+/// /etc/resolv.conf for a container without a network of its own: the
+/// host's, without loopback nameservers (unreachable from the guest).
 pub fn host_resolv_conf() -> String {
-    resolv_conf(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default())
-}
-
-/// /etc/resolv.conf for a container: the host's without loopback
-/// nameservers (unreachable from the guest), or public resolvers when none
-/// remain, as Docker does.
-pub fn resolv_conf(host: &str) -> String {
-    let mut out = String::new();
-    let mut servers = 0;
-    for line in host.lines() {
-        let mut words = line.split_whitespace();
-        if words.next() == Some("nameserver") {
-            let addr = words.next().unwrap_or("");
-            if addr.starts_with("127.") || addr == "::1" || addr.is_empty() {
-                continue;
-            }
-            servers += 1;
-        }
-        out.push_str(line);
-        out.push('\n');
-    }
-    if servers == 0 {
-        out.push_str("nameserver 8.8.8.8\nnameserver 8.8.4.4\n");
-    }
-    out
+    husk_net::resolv_conf_for(&husk_net::host_resolv_conf(), None)
 }
 
 #[cfg(test)]

@@ -81,15 +81,3 @@ fn mount_targets() {
         assert!(check_mount_target(bad).is_err(), "{bad:?}");
     }
 }
-
-#[test]
-fn resolv_conf_drops_loopback_servers() {
-    assert_eq!(
-        resolv_conf("search lan\nnameserver 127.0.0.53\nnameserver 10.0.0.1\n"),
-        "search lan\nnameserver 10.0.0.1\n"
-    );
-    assert_eq!(
-        resolv_conf("nameserver 127.0.0.1\n"),
-        "nameserver 8.8.8.8\nnameserver 8.8.4.4\n"
-    );
-}

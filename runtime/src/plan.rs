@@ -90,7 +90,7 @@ impl ContainerPlan {
     /// (whose short form is the hostname), the default vCPUs and memory,
     /// no volumes, files or ports, SIGTERM and the default stop timeout,
     /// user networking, the host's resolv.conf (see
-    /// [`options::resolv_conf`]).
+    /// [`options::host_resolv_conf`]).
     pub fn new(process: ProcessConfig, layers: Vec<PathBuf>, boot: VmBoot) -> ContainerPlan {
         let id = ContainerId::generate();
         ContainerPlan {

@@ -216,18 +216,19 @@ impl Inner {
     /// OOM killer killed processes of the container (which is how
     /// containerd's CRI plugin gives the exit the reason "OOMKilled").
     fn watch_init(&self, id: &str, husk_id: &str) {
-        let code = match self.runtime().and_then(|rt| Ok(rt.wait(husk_id, None)?)) {
-            Ok(code) => code.unwrap_or(255),
+        let waited = self.runtime().and_then(|rt| {
+            let code = rt.wait(husk_id, None)?;
+            // The monitor recorded any guest OOM kill before the exit.
+            let oom_killed = rt.container(husk_id).is_ok_and(|c| c.state.oom_killed);
+            Ok((code, oom_killed))
+        });
+        let (code, oom_killed) = match waited {
+            Ok((code, oom_killed)) => (code.unwrap_or(255), oom_killed),
             Err(e) => {
                 log::warn!("waiting for task {id}: {e}");
-                husk_runtime::state::MONITOR_DIED_CODE
+                (husk_runtime::state::MONITOR_DIED_CODE, false)
             }
         };
-        let oom_killed = self
-            .runtime()
-            .ok()
-            .and_then(|rt| rt.container(husk_id).ok())
-            .is_some_and(|c| c.state.oom_killed);
         if oom_killed {
             let mut ev = TaskOOM::new();
             ev.container_id = id.to_string();

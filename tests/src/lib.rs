@@ -51,6 +51,22 @@ pub fn oci_bin() -> PathBuf {
 
 /// The variable scripts/test.sh sets so that a test that cannot run here
 /// fails instead of skipping.
+/// VM memory for the OOM tests: the smallest VM, so that the guest's OOM
+/// killer comes after touching as little memory as possible (each page a
+/// guest process touches costs guest-kernel time, which is slow on nested
+/// PVM hosts: about 2 s per MiB).
+pub const OOM_VM_MIB: u32 = 64;
+
+/// A shell script for a container that gets one of its processes OOM-killed
+/// and lives: one `dd` buffer just under the guest's total memory is allowed
+/// by the kernel's overcommit heuristic (it refuses only more than MemTotal)
+/// but cannot be filled, since the kernel and the agent use some of it; the
+/// OOM killer ends the `dd` (the largest process) and the shell prints
+/// `survived 137`.
+pub const OOM_SCRIPT: &str =
+    "mib=$(awk '/^MemTotal:/ { print int($2 / 1024) - 1 }' /proc/meminfo); \
+     dd if=/dev/zero of=/dev/null bs=${mib}M count=1; echo survived $?";
+
 pub const STRICT_ENV: &str = "HUSK_TEST_STRICT";
 
 /// Whether skips are failures: [`STRICT_ENV`] is set to anything but

@@ -23,6 +23,7 @@ mod dsupport;
 
 use csupport::{kill, PtyProcess};
 use dsupport::{layers_made_under, IMAGE, RUNTIME, SHORT, VM_TIMEOUT};
+use husk_tests::{OOM_SCRIPT, OOM_VM_MIB};
 
 #[test]
 fn run_rm_output_exit_codes_events_and_layer_cache() {
@@ -242,28 +243,26 @@ fn guest_oom_kill_publishes_task_oom() {
         return;
     };
     let mut events = c.events();
-    // A 128 MiB limit is a 128 MiB VM; four 40 MiB buffers filled at once
-    // do not fit it (no swap), so the guest's OOM killer ends a dd.
-    let fill = "dd if=/dev/zero of=/dev/null bs=40M count=1";
-    let script = format!("{fill} & {fill} & {fill} & {fill} & wait; echo survived");
+    // The memory limit is the VM's memory.
+    let limit = (u64::from(OOM_VM_MIB) << 20).to_string();
     let done = c.run(
         &[
             "run",
             "--rm",
             "--memory-limit",
-            "134217728",
+            &limit,
             "--runtime",
             RUNTIME,
             IMAGE,
             "hog",
             "sh",
             "-c",
-            &script,
+            OOM_SCRIPT,
         ],
         VM_TIMEOUT,
     );
     assert_eq!(done.code(), 0, "{}", done.stderr);
-    assert_eq!(done.stdout, "survived\n");
+    assert_eq!(done.stdout, "survived 137\n");
     events.wait("/tasks/oom", &[("container_id", "\"hog\"")], SHORT);
     events.wait("/tasks/exit", &[("container_id", "\"hog\"")], SHORT);
     c.assert_clean();

@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use husk_tests::Running;
+use husk_tests::{Running, OOM_SCRIPT, OOM_VM_MIB};
 use rustix::process::Signal;
 
 #[allow(dead_code)]
@@ -392,16 +392,12 @@ fn oom_kill_in_the_guest_shows_in_inspect() {
     let Some(env) = Env::new("oom_kill_in_the_guest_shows_in_inspect") else {
         return;
     };
-    // Four 40 MiB buffers filled at once do not fit a 128 MiB VM (there is
-    // no swap), while each alone can be allocated: the guest kernel's OOM
-    // killer ends a dd; the shell lives.
-    let fill = "dd if=/dev/zero of=/dev/null bs=40M count=1";
-    let script = format!("{fill} & {fill} & {fill} & {fill} & wait; echo survived");
+    let memory = format!("{OOM_VM_MIB}m");
     let done = env.husk(&[
-        "run", "--name", "hog", "--memory", "128m", IMAGE, "sh", "-c", &script,
+        "run", "--name", "hog", "--memory", &memory, IMAGE, "sh", "-c", OOM_SCRIPT,
     ]);
     assert_eq!(done.code(), 0, "{}", done.stderr);
-    assert_eq!(done.stdout, "survived\n");
+    assert_eq!(done.stdout, "survived 137\n");
     assert_eq!(
         env.inspect("hog", "{{.State.Status}} {{.State.OOMKilled}}"),
         "exited true"
