@@ -61,16 +61,15 @@ impl Builder<'_> {
             Instruction::Arg(decls) => {
                 let mut text = Vec::new();
                 for (name, default) in decls {
-                    let value = match self.opts.build_args.get(name) {
-                        Some(v) => {
-                            self.used_args.insert(name.clone());
-                            Some(v.clone())
-                        }
-                        None => match default {
-                            Some(d) => Some(self.expand(state, d)?),
-                            None => self.meta_value(name),
-                        },
-                    };
+                    // Without a default, a value given before the first
+                    // FROM carries over.
+                    let inherited = self.meta_value(name);
+                    let value = self.arg_value(
+                        name,
+                        default.as_deref(),
+                        |me, d| me.expand(state, d),
+                        inherited,
+                    )?;
                     text.push(match default {
                         Some(d) => format!("{name}={d}"),
                         None => name.clone(),

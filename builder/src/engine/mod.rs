@@ -300,23 +300,32 @@ impl Builder<'_> {
                 continue;
             };
             for (name, default) in decls {
-                let value = match self.opts.build_args.get(name) {
-                    Some(v) => {
-                        self.used_args.insert(name.clone());
-                        Some(v.clone())
-                    }
-                    None => match default {
-                        Some(d) => Some(
-                            self.expand_meta(d)
-                                .map_err(|m| self.fail(&step, StepError::Invalid(m)))?,
-                        ),
-                        None => None,
-                    },
-                };
+                let value = self
+                    .arg_value(name, default.as_deref(), |me, d| me.expand_meta(d), None)
+                    .map_err(|m| self.fail(&step, StepError::Invalid(m)))?;
                 self.meta.push((name.clone(), value));
             }
         }
         Ok(())
+    }
+
+    /// An ARG's value: its `--build-arg` (which is then used), else its
+    /// default expanded by `expand`, else `undeclared`.
+    fn arg_value<E>(
+        &mut self,
+        name: &str,
+        default: Option<&str>,
+        expand: impl FnOnce(&Self, &str) -> Result<String, E>,
+        undeclared: Option<String>,
+    ) -> Result<Option<String>, E> {
+        if let Some(v) = self.opts.build_args.get(name).cloned() {
+            self.used_args.insert(name.to_string());
+            return Ok(Some(v));
+        }
+        match default {
+            Some(d) => expand(self, d).map(Some),
+            None => Ok(undeclared),
+        }
     }
 
     fn meta_value(&self, name: &str) -> Option<String> {
