@@ -36,8 +36,6 @@ pub struct VmSettings {
     pub boot_timeout: Duration,
     /// Outbound network (passt) for RUN steps.
     pub network: bool,
-    /// Where the VMs' sockets go (`/run/husk` or `$HUSK_RUN_DIR`).
-    pub run_dir: PathBuf,
     /// Restore RUN steps' VMs from a template or boot them.
     pub start: husk_sandbox::StartMode,
 }
@@ -122,7 +120,7 @@ pub fn run(
         return Err(VmError::Interrupted(sig));
     }
     let (kernel, agent_disk) = settings.assets.clone().map_err(VmError::Assets)?;
-    let sockets = RunDir::create_in(&settings.run_dir, "build-")?;
+    let sockets = RunDir::create("build-")?;
     let net = match settings.network {
         true => Some(husk_net::Network::start(
             husk_net::NetworkOptions::default(),

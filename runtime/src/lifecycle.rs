@@ -1,7 +1,6 @@
 //! start, kill, stop and wait: launching the monitor and talking to it or
 //! to the agent.
 
-use std::fs::OpenOptions;
 use std::io::{BufRead, BufReader};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
@@ -220,10 +219,7 @@ impl Runtime {
         launch: &Launch,
         fds: &[Option<OwnedFd>; 3],
     ) -> Result<std::process::Child, Error> {
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(paths.monitor_log())
+        let log = vmm::logging::open_log(&paths.monitor_log(), true)
             .map_err(io_err("opening the monitor log"))?;
         let launch_json =
             serde_json::to_string(launch).map_err(|e| Error::Monitor(e.to_string()))?;

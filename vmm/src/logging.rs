@@ -8,8 +8,9 @@
 //!   message a guest can trigger at will (a failing disk request, a bad
 //!   queue): a few per interval, then a count of those left out.
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -40,6 +41,20 @@ pub fn rotate(path: &Path, keep: u32) -> io::Result<()> {
     std::fs::rename(path, rotated(path, 1))
 }
 
+/// Opens log file `path` for writing at its end (`append`) or from
+/// empty, creating it private to the user (0600); a symlink at `path` is
+/// refused (`ELOOP`), so a log cannot be redirected to another file.
+pub fn open_log(path: &Path, append: bool) -> io::Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .append(append)
+        .truncate(!append)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+}
+
 /// The most bytes the console log holds before it is rotated (so at most
 /// twice this is on disk: `console.log` and `console.log.1`).
 pub const CONSOLE_MAX_BYTES: u64 = 1 << 20;
@@ -57,7 +72,7 @@ pub struct CappedFile {
 impl CappedFile {
     /// Creates (or truncates) `path`; an older `NAME.1` is removed.
     pub fn create(path: &Path, max: u64) -> io::Result<CappedFile> {
-        let file = File::create(path)?;
+        let file = open_log(path, false)?;
         match std::fs::remove_file(rotated(path, 1)) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
             _ => {}
@@ -75,7 +90,7 @@ impl Write for CappedFile {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         if self.written >= self.max {
             rotate(&self.path, 2)?;
-            self.file = File::create(&self.path)?;
+            self.file = open_log(&self.path, false)?;
             self.written = 0;
         }
         let room = usize::try_from(self.max - self.written).unwrap_or(usize::MAX);
@@ -170,6 +185,7 @@ macro_rules! log_limited {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn the_limiter_lets_a_burst_through_per_interval_and_counts_the_rest() {
@@ -190,6 +206,30 @@ mod tests {
             crate::log_limited!(log::Level::Warn, "message {i}");
             crate::log_limited!(log::Level::Error, "plain");
         }
+    }
+
+    #[test]
+    fn logs_are_private_and_never_follow_symlinks() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.log");
+        open_log(&path, true).unwrap().write_all(b"one\n").unwrap();
+        open_log(&path, true).unwrap().write_all(b"two\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "one\ntwo\n");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        open_log(&path, false).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "");
+
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "keep").unwrap();
+        let link = dir.path().join("link.log");
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
+        for append in [true, false] {
+            let err = open_log(&link, append).unwrap_err();
+            assert_eq!(err.raw_os_error(), Some(libc::ELOOP), "{err}");
+        }
+        assert!(CappedFile::create(&link, 10).is_err());
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep");
     }
 
     #[test]

@@ -83,13 +83,6 @@ fn build_args(args: &[String]) -> Result<BTreeMap<String, String>> {
     Ok(out)
 }
 
-/// `$HUSK_RUN_DIR` or `/run/husk` (where the VMs' sockets go).
-fn run_dir() -> PathBuf {
-    std::env::var_os("HUSK_RUN_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/run/husk"))
-}
-
 /// Runs `husk build`.
 pub fn run(a: BuildArgs) -> Result<i32> {
     let context = std::fs::canonicalize(&a.context)
@@ -149,7 +142,6 @@ pub fn run(a: BuildArgs) -> Result<i32> {
             memory_mib,
             boot_timeout: Duration::from_secs(a.boot_timeout),
             network,
-            run_dir: run_dir(),
             start: husk_sandbox::StartMode::choose(a.cold),
         },
     };

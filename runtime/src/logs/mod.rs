@@ -5,7 +5,7 @@
 
 mod config;
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, BufRead, BufReader, Seek, SeekFrom, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -92,7 +92,7 @@ impl LogWriter {
 }
 
 fn open_append(path: &Path) -> io::Result<File> {
-    OpenOptions::new().create(true).append(true).open(path)
+    vmm::logging::open_log(path, true)
 }
 
 /// Reads entries from a log as they are appended, across rotations.

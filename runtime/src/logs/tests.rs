@@ -1,4 +1,5 @@
 use super::*;
+use std::fs::OpenOptions;
 
 fn unbounded() -> LogConfig {
     LogConfig {

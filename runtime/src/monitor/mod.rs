@@ -192,7 +192,7 @@ fn rotate_full(path: &Path, current: BorrowedFd<'_>, max: u64) -> std::io::Resul
         return Ok(None);
     }
     vmm::logging::rotate(path, 2)?;
-    let file = OpenOptions::new().create(true).append(true).open(path)?;
+    let file = vmm::logging::open_log(path, true)?;
     Ok(Some(file))
 }
 
