@@ -152,11 +152,25 @@ pub fn descriptor_digest(d: &Descriptor) -> Result<Digest, StoreError> {
     Digest::from_oci(d.digest()).map_err(|e| invalid("descriptor", e.to_string()))
 }
 
+/// The most layers an image may have (Docker's overlay2 stops at 125; a
+/// container's layers become at most a few disks, but each is downloaded
+/// and converted on its own).
+pub const MAX_IMAGE_LAYERS: usize = 127;
+
 /// Pairs manifest layers with config diff_ids.
 pub(crate) fn layers_of(
     manifest: &ImageManifest,
     config: &ImageConfiguration,
 ) -> Result<Vec<Layer>, StoreError> {
+    if manifest.layers().len() > MAX_IMAGE_LAYERS {
+        return Err(invalid(
+            "image",
+            format!(
+                "{} layers, more than the {MAX_IMAGE_LAYERS} husk accepts",
+                manifest.layers().len()
+            ),
+        ));
+    }
     let diff_ids = config.rootfs().diff_ids();
     if diff_ids.len() != manifest.layers().len() {
         return Err(invalid(
@@ -203,4 +217,43 @@ pub fn pick_platform(index: &oci_spec::image::ImageIndex) -> Option<&Descriptor>
 /// Whether a media type names an index / manifest list.
 pub fn is_index(media_type: &str) -> bool {
     media_type == OCI_INDEX || media_type == DOCKER_LIST
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A manifest and a config with `n` (empty, made-up) layers.
+    fn image_with_layers(n: usize) -> (ImageManifest, ImageConfiguration) {
+        let digest = |i: usize| format!("sha256:{i:064x}");
+        let layers: Vec<_> = (0..n)
+            .map(|i| {
+                serde_json::json!({"mediaType": OCI_LAYER_TAR, "digest": digest(i), "size": 1024})
+            })
+            .collect();
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": OCI_CONFIG, "digest": digest(n + 1), "size": 2},
+            "layers": layers,
+        });
+        let config = serde_json::json!({
+            "architecture": "amd64",
+            "os": "linux",
+            "rootfs": {"type": "layers", "diff_ids": (0..n).map(digest).collect::<Vec<_>>()},
+        });
+        (
+            parse_manifest(manifest.to_string().as_bytes()).unwrap(),
+            parse_config(config.to_string().as_bytes()).unwrap(),
+        )
+    }
+
+    #[test]
+    fn images_with_too_many_layers_are_refused() {
+        let (m, c) = image_with_layers(MAX_IMAGE_LAYERS);
+        assert_eq!(layers_of(&m, &c).unwrap().len(), MAX_IMAGE_LAYERS);
+        let (m, c) = image_with_layers(MAX_IMAGE_LAYERS + 1);
+        let err = layers_of(&m, &c).unwrap_err().to_string();
+        assert!(err.contains("128 layers, more than the 127"), "{err}");
+    }
 }

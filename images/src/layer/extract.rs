@@ -42,6 +42,9 @@ pub enum ExtractError {
     /// The layer unpacks to more than the allowed size.
     #[error("layer unpacks to more than {0} bytes")]
     TooLarge(u64),
+    /// The layer has more entries than allowed ([`MAX_ENTRIES`]).
+    #[error("layer has more than {0} entries")]
+    TooManyEntries(u64),
     /// Writing the extracted tree failed.
     #[error("extracting {path:?}")]
     Io {
@@ -52,6 +55,14 @@ pub enum ExtractError {
         source: io::Error,
     },
 }
+
+/// The most entries (files, directories, links, whiteouts) one layer may
+/// have: what extraction remembers grows with them. Real images have up to
+/// a few hundred thousand files in all layers together.
+pub const MAX_ENTRIES: u64 = 1 << 20;
+
+/// The most warnings a [`Report`] keeps; later ones are only counted.
+pub const MAX_WARNINGS: usize = 100;
 
 /// How whiteouts are treated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,10 +78,31 @@ pub enum Mode {
 /// What happened besides the files written.
 #[derive(Debug, Default)]
 pub struct Report {
-    /// Entries skipped or altered, one line each.
+    /// Entries skipped or altered, one line each (at most
+    /// [`MAX_WARNINGS`], then a line counting the rest).
     pub warnings: Vec<String>,
     /// Bytes of file content written.
     pub bytes: u64,
+    /// Warnings left out of `warnings`.
+    warnings_dropped: u64,
+}
+
+impl Report {
+    fn warn(&mut self, line: String) {
+        if self.warnings.len() < MAX_WARNINGS {
+            self.warnings.push(line);
+        } else {
+            self.warnings_dropped += 1;
+        }
+    }
+
+    fn finish(mut self) -> Report {
+        if self.warnings_dropped > 0 {
+            self.warnings
+                .push(format!("... and {} more warnings", self.warnings_dropped));
+        }
+        self
+    }
 }
 
 struct DirMeta {
@@ -79,12 +111,23 @@ struct DirMeta {
     mtime: i64,
 }
 
-/// Extracts the tar stream `input` into `root` (an existing directory).
+/// Extracts the tar stream `input` into `root` (an existing directory):
+/// at most `max_bytes` of file content and [`MAX_ENTRIES`] entries.
 pub fn extract(
     input: impl Read,
     root: &Path,
     mode: Mode,
     max_bytes: u64,
+) -> Result<Report, ExtractError> {
+    extract_bounded(input, root, mode, max_bytes, MAX_ENTRIES)
+}
+
+fn extract_bounded(
+    input: impl Read,
+    root: &Path,
+    mode: Mode,
+    max_bytes: u64,
+    max_entries: u64,
 ) -> Result<Report, ExtractError> {
     let mut ex = Extractor {
         root: root.to_path_buf(),
@@ -95,12 +138,15 @@ pub fn extract(
         touched: HashSet::new(),
     };
     let mut archive = tar::Archive::new(input);
-    for entry in archive.entries().map_err(ExtractError::Tar)? {
+    for (n, entry) in archive.entries().map_err(ExtractError::Tar)?.enumerate() {
+        if n as u64 >= max_entries {
+            return Err(ExtractError::TooManyEntries(max_entries));
+        }
         let mut entry = entry.map_err(ExtractError::Tar)?;
         ex.entry(&mut entry)?;
     }
     ex.finish_dirs()?;
-    Ok(ex.report)
+    Ok(ex.report.finish())
 }
 
 struct Extractor {
@@ -453,7 +499,7 @@ impl Extractor {
                         if e.raw_os_error()
                             == Some(rustix::io::Errno::OPNOTSUPP.raw_os_error()) =>
                     {
-                        self.report.warnings.push(format!(
+                        self.report.warn(format!(
                             "xattr {name} on {} not supported by the store's filesystem",
                             display(rel)
                         ));
@@ -462,8 +508,7 @@ impl Extractor {
                 }
             } else {
                 self.report
-                    .warnings
-                    .push(format!("dropped xattr {name} on {}", display(rel)));
+                    .warn(format!("dropped xattr {name} on {}", display(rel)));
             }
         }
         Ok(())
@@ -515,5 +560,46 @@ impl Extractor {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tar of `n` empty regular files.
+    fn files(n: usize) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for i in 0..n {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(0);
+            h.set_mode(0o644);
+            h.set_entry_type(tar::EntryType::Regular);
+            b.append_data(&mut h, format!("f{i}"), io::empty()).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    #[test]
+    fn the_entry_count_is_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = extract_bounded(&files(3)[..], dir.path(), Mode::Overlay, 1 << 20, 3);
+        assert!(ok.is_ok(), "{ok:?}");
+        let dir = tempfile::tempdir().unwrap();
+        let err =
+            extract_bounded(&files(4)[..], dir.path(), Mode::Overlay, 1 << 20, 3).unwrap_err();
+        assert!(matches!(err, ExtractError::TooManyEntries(3)), "{err:?}");
+        assert_eq!(err.to_string(), "layer has more than 3 entries");
+    }
+
+    #[test]
+    fn warnings_are_bounded_and_the_rest_counted() {
+        let mut r = Report::default();
+        for i in 0..MAX_WARNINGS + 5 {
+            r.warn(format!("w{i}"));
+        }
+        let r = r.finish();
+        assert_eq!(r.warnings.len(), MAX_WARNINGS + 1);
+        assert_eq!(r.warnings.last().unwrap(), "... and 5 more warnings");
     }
 }
