@@ -11,15 +11,15 @@
 
 use std::io::Read;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use husk_protocol::{read_message, write_message, Message};
+use husk_protocol::Message;
 use husk_runtime::relay::{self, ClientIo};
 use husk_runtime::signals::Signals;
 use husk_runtime::ExecOptions;
+use husk_sandbox::{AgentConnection, AgentError, Watch};
 
 use crate::cli::ExecArgs;
 use crate::console::{self, RawMode};
@@ -151,14 +151,11 @@ fn read_process(path: &Path) -> Result<oci_spec::runtime::Process> {
 
 /// Waits for the agent's `Started` (or the reason the process did not
 /// start).
-fn started(conn: &mut UnixStream) -> Result<u32> {
-    conn.set_read_timeout(Some(START_TIMEOUT))?;
-    let reply = read_message(conn).context("starting the process")?;
-    conn.set_read_timeout(None)?;
-    match reply {
-        Some(Message::Started { pid }) => Ok(pid),
-        Some(Message::Error { detail, .. }) => bail!("{detail}"),
-        other => bail!("starting the process: unexpected reply {other:?}"),
+fn started(conn: &mut AgentConnection) -> Result<u32> {
+    match conn.started(&Watch::none(), Some(Instant::now() + START_TIMEOUT)) {
+        Ok(pid) => Ok(pid),
+        Err(AgentError::Refused { detail, .. }) => bail!("{detail}"),
+        Err(e) => Err(e).context("starting the process"),
     }
 }
 
@@ -182,7 +179,7 @@ fn fork() -> Result<Option<i32>> {
 /// The detached session: a session of its own (the terminal, if any, as
 /// its controlling terminal, for resizes and hangups); exits with the
 /// process's exit status.
-fn daemon_session(conn: &mut UnixStream, slave: Option<&OwnedFd>, tty: bool) -> i32 {
+fn daemon_session(conn: &mut AgentConnection, slave: Option<&OwnedFd>, tty: bool) -> i32 {
     let _ = rustix::process::setsid();
     if let Some(s) = slave {
         let _ = rustix::process::ioctl_tiocsctty(s);
@@ -205,7 +202,7 @@ fn daemon_session(conn: &mut UnixStream, slave: Option<&OwnedFd>, tty: bool) -> 
 
 /// Relays the session to the terminal `slave` or this process's stdio
 /// until the process ends; its exit status.
-fn relay_session(conn: &mut UnixStream, slave: Option<&OwnedFd>, tty: bool) -> i32 {
+fn relay_session(conn: &mut AgentConnection, slave: Option<&OwnedFd>, tty: bool) -> i32 {
     let signals = Signals::install_for(&SIGNALS).ok();
     let own = (std::io::stdin(), std::io::stdout(), std::io::stderr());
     let (stdin, stdout, stderr): (BorrowedFd<'_>, BorrowedFd<'_>, BorrowedFd<'_>) = match slave {
@@ -219,7 +216,7 @@ fn relay_session(conn: &mut UnixStream, slave: Option<&OwnedFd>, tty: bool) -> i
     let tty_fd = tty.then_some(stdout);
     // A resize between the request and now is not lost.
     if let Some((rows, cols)) = tty_fd.and_then(relay::terminal_size) {
-        let _ = write_message(conn, &Message::Resize { rows, cols });
+        let _ = conn.send(&Message::Resize { rows, cols });
     }
     let io = ClientIo {
         stdin: Some(stdin),

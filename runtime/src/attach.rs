@@ -13,38 +13,36 @@
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use husk_protocol::{write_message, Message};
+use husk_protocol::Message;
+use husk_sandbox::{AgentConnection, AgentError};
 
 use crate::layout::{ContainerPaths, ShortPath};
-use crate::{vsock, Error, Runtime};
+use crate::{Error, Runtime};
 
 /// Timeout of the attach handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Runtime {
     /// Attaches to running container `name`; `size` is the client's
-    /// terminal size. Returns the connection, ready for
-    /// [`crate::relay::relay`].
-    pub fn attach(&self, name: &str, size: Option<(u16, u16)>) -> Result<UnixStream, Error> {
+    /// terminal size. Returns the connection (the monitor speaks the
+    /// agent's protocol), ready for [`crate::relay::relay`]; writes to it
+    /// may block without limit.
+    pub fn attach(&self, name: &str, size: Option<(u16, u16)>) -> Result<AgentConnection, Error> {
         let c = self.container(name)?;
         let not_running = || Error::NotRunning(c.id.short().to_string());
         if !c.state.status.can_exec() {
             return Err(not_running());
         }
         let path = ShortPath::new(&c.paths.dir, ContainerPaths::ATTACH)?;
-        let mut conn = UnixStream::connect(path.path()).map_err(|_| not_running())?;
-        let failed = |e: &dyn std::fmt::Display| Error::Monitor(format!("attaching: {e}"));
-        conn.set_read_timeout(Some(HANDSHAKE_TIMEOUT))
-            .and_then(|()| conn.set_write_timeout(Some(HANDSHAKE_TIMEOUT)))
-            .map_err(|e| failed(&e))?;
-        vsock::greet(&mut conn).map_err(|e| failed(&e))?;
+        let stream = UnixStream::connect(path.path()).map_err(|_| not_running())?;
+        let failed =
+            |e: AgentError| Error::Monitor(format!("attaching: {}", crate::error_chain(&e)));
+        let mut conn = AgentConnection::handshake(stream, HANDSHAKE_TIMEOUT).map_err(failed)?;
         if let Some((rows, cols)) = size {
-            write_message(&mut conn, &Message::Resize { rows, cols }).map_err(|e| failed(&e))?;
+            conn.send(&Message::Resize { rows, cols }).map_err(failed)?;
         }
-        write_message(&mut conn, &Message::Ok).map_err(|e| failed(&e))?;
-        conn.set_read_timeout(None)
-            .and_then(|()| conn.set_write_timeout(None))
-            .map_err(|e| failed(&e))?;
+        conn.send(&Message::Ok).map_err(failed)?;
+        conn.set_write_timeout(None).map_err(failed)?;
         Ok(conn)
     }
 }

@@ -1,10 +1,10 @@
 //! `exec`: a new process in a running container, straight through the
 //! agent's exec port (no monitor involved).
 
-use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use husk_protocol::{write_message, ExecRequest, Message, EXEC_PORT};
+use husk_protocol::{ExecRequest, Message};
+use husk_sandbox::{AgentConnection, AgentError};
 
 use crate::config::ContainerConfig;
 use crate::layout::{ContainerPaths, ShortPath};
@@ -84,35 +84,34 @@ impl ExecOptions {
 
 /// Connects to the agent's exec port of the running container in
 /// `paths`, greeted and ready for one request.
-pub fn connect_agent(paths: &ContainerPaths, short_id: &str) -> Result<UnixStream, Error> {
+pub fn connect_agent(paths: &ContainerPaths, short_id: &str) -> Result<AgentConnection, Error> {
     let state = State::load(paths)?;
     if !state.status.can_exec() {
         return Err(Error::NotRunning(short_id.to_string()));
     }
     let sock = ShortPath::new(&paths.dir, ContainerPaths::VSOCK)?;
-    let mut conn =
-        vsock::connect(sock.path(), EXEC_PORT, CONNECT_TIMEOUT).map_err(|e| match e {
-            vsock::ConnectError::Refused { .. } if state.pid.is_none() => Error::Agent(format!(
+    AgentConnection::connect_exec(sock.path(), CONNECT_TIMEOUT).map_err(|e| match e {
+        AgentError::Connect(vsock::ConnectError::Refused { .. }) if state.pid.is_none() => {
+            Error::Agent(format!(
                 "container {short_id} is still starting; try again when its process runs"
-            )),
-            other => Error::Agent(crate::error_chain(&other)),
-        })?;
-    vsock::greet(&mut conn).map_err(|e| Error::Agent(e.to_string()))?;
-    Ok(conn)
+            ))
+        }
+        other => Error::Agent(crate::error_chain(&other)),
+    })
 }
 
 impl Runtime {
     /// Starts `opts` in running container `name` and returns the session,
     /// positioned after the `Exec` request (the `Started` or `Error` reply
-    /// comes next; see [`relay::relay`]).
-    pub fn exec_start(&self, name: &str, opts: &ExecOptions) -> Result<UnixStream, Error> {
+    /// comes next: [`AgentConnection::started`], or [`relay::relay`]).
+    /// Writes to it may block without limit.
+    pub fn exec_start(&self, name: &str, opts: &ExecOptions) -> Result<AgentConnection, Error> {
         let c = self.container(name)?;
         let req = opts.request(&c.config)?;
         let mut conn = connect_agent(&c.paths, c.id.short())?;
-        write_message(&mut conn, &Message::Exec(req)).map_err(|e| Error::Agent(e.to_string()))?;
-        conn.set_read_timeout(None)
-            .and_then(|()| conn.set_write_timeout(None))
-            .map_err(crate::io_err("configuring the exec connection"))?;
+        let failed = |e: AgentError| Error::Agent(crate::error_chain(&e));
+        conn.send(&Message::Exec(req)).map_err(failed)?;
+        conn.set_write_timeout(None).map_err(failed)?;
         Ok(conn)
     }
 

@@ -8,7 +8,6 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use husk_protocol::{read_message, write_message, Message};
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use serde::{Deserialize, Serialize};
 
@@ -354,15 +353,9 @@ impl Runtime {
 /// Asks the agent to signal the init process.
 fn kill_init(paths: &ContainerPaths, short_id: &str, signal: Signal) -> Result<(), Error> {
     let mut conn = connect_agent(paths, short_id)?;
-    let signal = signal.as_raw();
-    write_message(&mut conn, &Message::KillInit { signal })
-        .map_err(|e| Error::Agent(e.to_string()))?;
-    match read_message(&mut conn) {
-        Ok(Some(Message::Ok)) => Ok(()),
-        Ok(Some(Message::Error { detail, .. })) => Err(Error::Agent(detail)),
-        Ok(other) => Err(Error::Agent(format!("unexpected reply {other:?}"))),
-        Err(e) => Err(Error::Agent(e.to_string())),
-    }
+    let deadline = Instant::now() + crate::exec::CONNECT_TIMEOUT;
+    conn.kill_init(signal.as_raw(), deadline)
+        .map_err(|e| Error::Agent(crate::error_chain(&e)))
 }
 
 /// The error for a container whose process ended during `start`, or

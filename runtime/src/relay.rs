@@ -3,12 +3,12 @@
 //! local stdin → `Stdin`, `Stdout`/`Stderr` → local fds, SIGWINCH →
 //! `Resize`, other signals → `Signal`, until the process's exit arrives.
 
-use std::io::{self, Read};
+use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::net::UnixStream;
 use std::sync::Mutex;
 
-use husk_protocol::{write_message, ErrorCode, FrameDecoder, Message, MAX_CHUNK};
+use husk_protocol::{ErrorCode, Message, MAX_CHUNK};
+use husk_sandbox::{AgentConnection, AgentError};
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use rustix::io::Errno;
 
@@ -17,12 +17,13 @@ use crate::signals::Signals;
 /// Why a session broke (as opposed to the process ending).
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
-    /// Reading or writing the connection failed.
-    #[error("connection to the container")]
+    /// Waiting for the session's fds failed.
+    #[error("waiting for the session")]
     Io(#[from] io::Error),
-    /// The peer sent something that is not a valid frame.
-    #[error("invalid message from the container: {0}")]
-    Decode(String),
+    /// Reading or writing the connection failed, or the peer sent
+    /// something invalid or out of place.
+    #[error("connection to the container")]
+    Agent(#[from] AgentError),
 }
 
 /// The local ends of a session.
@@ -119,51 +120,70 @@ impl Control {
 /// Relays until the process ends. Errors reported before the exit (e.g.
 /// an abnormal end explained by the monitor) are printed to `io.stderr`
 /// prefixed with `husk: ` and returned if no exit follows.
-pub fn relay(conn: &mut UnixStream, io: &ClientIo) -> Result<Outcome, RelayError> {
+pub fn relay(conn: &mut AgentConnection, io: &ClientIo) -> Result<Outcome, RelayError> {
     relay_with(conn, io, None)
+}
+
+/// Which of the relay's fds are ready.
+struct Ready {
+    conn: bool,
+    stdin: bool,
+    signals: bool,
+    control: bool,
+}
+
+/// Waits until one of the session's fds is ready (`None`: interrupted).
+fn wait(
+    conn: &AgentConnection,
+    stdin: Option<BorrowedFd<'_>>,
+    io: &ClientIo,
+    control: Option<&Control>,
+) -> Result<Option<Ready>, RelayError> {
+    let mut fds = vec![PollFd::from_borrowed_fd(conn.fd(), PollFlags::IN)];
+    if let Some(fd) = stdin {
+        fds.push(PollFd::from_borrowed_fd(fd, PollFlags::IN));
+    }
+    if let Some(s) = io.signals {
+        fds.push(PollFd::from_borrowed_fd(s.as_fd(), PollFlags::IN));
+    }
+    if let Some(c) = control {
+        fds.push(PollFd::new(&c.wake_rx, PollFlags::IN));
+    }
+    match poll(&mut fds, None) {
+        Ok(_) => {}
+        Err(Errno::INTR) => return Ok(None),
+        Err(e) => return Err(io::Error::from(e).into()),
+    }
+    let ready = |p: &PollFd| !p.revents().is_empty();
+    let signals_at = 1 + usize::from(stdin.is_some());
+    Ok(Some(Ready {
+        conn: ready(&fds[0]),
+        stdin: stdin.is_some() && ready(&fds[1]),
+        signals: io.signals.is_some() && ready(&fds[signals_at]),
+        control: control.is_some() && fds.last().is_some_and(ready),
+    }))
 }
 
 /// [`relay`], also sending what other threads put into `control`.
 pub fn relay_with(
-    conn: &mut UnixStream,
+    conn: &mut AgentConnection,
     io: &ClientIo,
     control: Option<&Control>,
 ) -> Result<Outcome, RelayError> {
-    let mut decoder = FrameDecoder::new();
     let mut buf = vec![0u8; MAX_CHUNK];
     let mut stdin = io.stdin;
-    let mut broken = [false, false];
-    let mut failure: Option<Outcome> = None;
+    let mut out = Output {
+        broken: [false, false],
+        failure: None,
+    };
     loop {
-        let (conn_ready, stdin_ready, signal_ready, control_ready) = {
-            let mut fds = vec![PollFd::new(&*conn, PollFlags::IN)];
-            if let Some(fd) = stdin {
-                fds.push(PollFd::from_borrowed_fd(fd, PollFlags::IN));
-            }
-            if let Some(s) = io.signals {
-                fds.push(PollFd::from_borrowed_fd(s.as_fd(), PollFlags::IN));
-            }
-            if let Some(c) = control {
-                fds.push(PollFd::new(&c.wake_rx, PollFlags::IN));
-            }
-            match poll(&mut fds, None) {
-                Ok(_) => {}
-                Err(Errno::INTR) => continue,
-                Err(e) => return Err(io::Error::from(e).into()),
-            }
-            let ready = |p: &PollFd| !p.revents().is_empty();
-            let signals_at = 1 + usize::from(stdin.is_some());
-            (
-                ready(&fds[0]),
-                stdin.is_some() && ready(&fds[1]),
-                io.signals.is_some() && ready(&fds[signals_at]),
-                control.is_some() && fds.last().is_some_and(ready),
-            )
+        let Some(ready) = wait(conn, stdin, io, control)? else {
+            continue;
         };
-        if let (Some(s), true) = (io.signals, signal_ready) {
+        if let (Some(s), true) = (io.signals, ready.signals) {
             on_signals(conn, io, s.take())?;
         }
-        if let (Some(c), true) = (control, control_ready) {
+        if let (Some(c), true) = (control, ready.control) {
             for msg in c.take() {
                 if msg == Message::StdinEof {
                     // Sent once, whoever ends the input first.
@@ -171,64 +191,72 @@ pub fn relay_with(
                         continue;
                     }
                 }
-                write_message(conn, &msg).map_err(to_io)?;
+                conn.send(&msg)?;
             }
         }
-        if let (Some(fd), true) = (stdin, stdin_ready) {
+        if let (Some(fd), true) = (stdin, ready.stdin) {
             if !forward_stdin(conn, fd, &mut buf)? {
-                write_message(conn, &Message::StdinEof).map_err(to_io)?;
+                conn.send(&Message::StdinEof)?;
                 stdin = None;
             }
         }
-        if !conn_ready {
+        if !ready.conn {
             continue;
         }
-        let n = match conn.read(&mut buf) {
-            Ok(0) => return Ok(failure.unwrap_or(Outcome::Closed)),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {
-                return Ok(failure.unwrap_or(Outcome::Closed))
-            }
-            Err(e) => return Err(e.into()),
-        };
-        decoder.push(&buf[..n]);
-        while let Some(msg) = decoder
-            .next_message()
-            .map_err(|e| RelayError::Decode(e.to_string()))?
-        {
-            match msg {
-                Message::Stdout(b) => write_out(io.stdout, &b, &mut broken[0]),
-                Message::Stderr(b) => write_out(io.stderr, &b, &mut broken[1]),
-                Message::Exited { code } => return Ok(Outcome::Exited(code)),
-                Message::Signaled { signal } => return Ok(Outcome::Signaled(signal)),
-                Message::Error { code, detail } => {
-                    let line = format!("husk: {detail}\n");
-                    write_out(io.stderr, line.as_bytes(), &mut broken[1]);
-                    failure = Some(Outcome::Failed { code, detail });
+        // One read, then what it brought, before polling again.
+        let mut next = conn.try_next();
+        loop {
+            match next {
+                Ok(Some(msg)) => {
+                    if let Some(end) = out.on_message(io, msg)? {
+                        return Ok(end);
+                    }
                 }
-                Message::Started { .. } | Message::Ok | Message::Hello { .. } => {}
-                other => return Err(RelayError::Decode(format!("unexpected message {other:?}"))),
+                Ok(None) => break,
+                Err(AgentError::Closed) => return Ok(out.failure.unwrap_or(Outcome::Closed)),
+                Err(e) => return Err(e.into()),
             }
+            next = conn.next_buffered();
         }
     }
 }
 
-fn to_io(e: husk_protocol::WriteError) -> RelayError {
-    match e {
-        husk_protocol::WriteError::Io(e) => RelayError::Io(e),
-        other => RelayError::Decode(other.to_string()),
+/// The local side of a session's output.
+struct Output {
+    /// stdout, stderr failed (discarded from then on).
+    broken: [bool; 2],
+    /// The error reported before the exit.
+    failure: Option<Outcome>,
+}
+
+impl Output {
+    /// Handles one message from the peer; the outcome once it ends.
+    fn on_message(&mut self, io: &ClientIo, msg: Message) -> Result<Option<Outcome>, RelayError> {
+        match msg {
+            Message::Stdout(b) => write_out(io.stdout, &b, &mut self.broken[0]),
+            Message::Stderr(b) => write_out(io.stderr, &b, &mut self.broken[1]),
+            Message::Exited { code } => return Ok(Some(Outcome::Exited(code))),
+            Message::Signaled { signal } => return Ok(Some(Outcome::Signaled(signal))),
+            Message::Error { code, detail } => {
+                let line = format!("husk: {detail}\n");
+                write_out(io.stderr, line.as_bytes(), &mut self.broken[1]);
+                self.failure = Some(Outcome::Failed { code, detail });
+            }
+            Message::Started { .. } | Message::Ok | Message::Hello { .. } => {}
+            other => return Err(AgentError::Unexpected(format!("{other:?}")).into()),
+        }
+        Ok(None)
     }
 }
 
-fn on_signals(conn: &mut UnixStream, io: &ClientIo, sigs: Vec<i32>) -> Result<(), RelayError> {
+fn on_signals(conn: &mut AgentConnection, io: &ClientIo, sigs: Vec<i32>) -> Result<(), RelayError> {
     for sig in sigs {
         if sig == rustix::process::Signal::WINCH.as_raw() {
             if let Some((rows, cols)) = io.tty.and_then(terminal_size) {
-                write_message(conn, &Message::Resize { rows, cols }).map_err(to_io)?;
+                conn.send(&Message::Resize { rows, cols })?;
             }
         } else if io.forward_signals {
-            write_message(conn, &Message::Signal(sig)).map_err(to_io)?;
+            conn.send(&Message::Signal(sig))?;
         }
     }
     Ok(())
@@ -236,7 +264,7 @@ fn on_signals(conn: &mut UnixStream, io: &ClientIo, sigs: Vec<i32>) -> Result<()
 
 /// Reads one chunk of stdin and sends it; false at end of input.
 fn forward_stdin(
-    conn: &mut UnixStream,
+    conn: &mut AgentConnection,
     fd: BorrowedFd<'_>,
     buf: &mut [u8],
 ) -> Result<bool, RelayError> {
@@ -247,7 +275,7 @@ fn forward_stdin(
         // EIO: the terminal hung up.
         Err(_) => return Ok(false),
     };
-    write_message(conn, &Message::Stdin(buf[..n].to_vec())).map_err(to_io)?;
+    conn.send(&Message::Stdin(buf[..n].to_vec()))?;
     Ok(true)
 }
 

@@ -1,13 +1,27 @@
 //! The client relay against a scripted peer on a real socket pair, with
 //! real pipes for the local stdio.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
 use std::thread;
+use std::time::Duration;
 
-use husk_protocol::read_message;
+use husk_protocol::{read_message, write_message, PROTOCOL_VERSION};
 
 use super::*;
+
+/// A session with a scripted peer, the greetings exchanged.
+fn session() -> (AgentConnection, UnixStream) {
+    let (client, mut peer) = UnixStream::pair().unwrap();
+    let hello = Message::Hello {
+        version: PROTOCOL_VERSION,
+    };
+    write_message(&mut peer, &hello).unwrap();
+    let conn = AgentConnection::handshake(client, Duration::from_secs(5)).unwrap();
+    assert_eq!(read_message(&mut peer).unwrap(), Some(hello));
+    (conn, peer)
+}
 
 fn pipe() -> (OwnedFd, OwnedFd) {
     rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap()
@@ -21,7 +35,7 @@ fn read_all(fd: OwnedFd) -> String {
 
 #[test]
 fn output_stdin_and_exit() {
-    let (mut client, mut peer) = UnixStream::pair().unwrap();
+    let (mut client, mut peer) = session();
     let (out_r, out_w) = pipe();
     let (err_r, err_w) = pipe();
     let (in_r, in_w) = pipe();
@@ -63,7 +77,7 @@ fn output_stdin_and_exit() {
 #[test]
 fn errors_closed_and_garbage() {
     // An error, then the peer goes away: the error is the outcome.
-    let (mut client, mut peer) = UnixStream::pair().unwrap();
+    let (mut client, mut peer) = session();
     let (err_r, err_w) = pipe();
     write_message(
         &mut peer,
@@ -85,15 +99,15 @@ fn errors_closed_and_garbage() {
     let outcome = relay(&mut client, &io).unwrap();
     assert_eq!(outcome.exit_code(), Some(127));
     // Nothing at all: closed.
-    let (mut client, peer) = UnixStream::pair().unwrap();
+    let (mut client, peer) = session();
     drop(peer);
     assert_eq!(relay(&mut client, &io).unwrap(), Outcome::Closed);
     // A hostile frame header.
-    let (mut client, mut peer) = UnixStream::pair().unwrap();
+    let (mut client, mut peer) = session();
     peer.write_all(&u32::MAX.to_le_bytes()).unwrap();
     assert!(matches!(
         relay(&mut client, &io),
-        Err(RelayError::Decode(_))
+        Err(RelayError::Agent(AgentError::Decode(_)))
     ));
     // Only the error was written.
     drop(err_w);
@@ -103,7 +117,7 @@ fn errors_closed_and_garbage() {
 
 #[test]
 fn control_messages_reach_the_peer_and_end_input_once() {
-    let (mut client, mut peer) = UnixStream::pair().unwrap();
+    let (mut client, mut peer) = session();
     let (_out_r, out_w) = pipe();
     let (in_r, in_w) = pipe();
     let control = std::sync::Arc::new(Control::new().unwrap());

@@ -154,9 +154,26 @@ impl AgentConnection {
     /// (each step within `timeout`), greets and waits for its `Hello`.
     pub fn connect_exec(vsock: &Path, timeout: Duration) -> Result<AgentConnection, AgentError> {
         let stream = vsock::connect(vsock, EXEC_PORT, timeout)?;
+        AgentConnection::handshake(stream, timeout)
+    }
+
+    /// Takes over a connected stream that speaks the agent's protocol (an
+    /// exec connection, or a container monitor's attach socket, which
+    /// relays the agent), sends `Hello` and waits up to `timeout` for the
+    /// peer's.
+    pub fn handshake(stream: UnixStream, timeout: Duration) -> Result<AgentConnection, AgentError> {
         let mut conn = AgentConnection::new(stream)?;
         conn.await_hello(Instant::now() + timeout)?;
         Ok(conn)
+    }
+
+    /// How long a write may block (`None`: without limit, for a session
+    /// whose peer may stop reading for a while, e.g. a process that does
+    /// not read its stdin). A few seconds by default.
+    pub fn set_write_timeout(&self, timeout: Option<Duration>) -> Result<(), AgentError> {
+        self.stream
+            .set_write_timeout(timeout)
+            .map_err(AgentError::io("configuring the agent connection"))
     }
 
     /// The fd to poll for [`AgentConnection::try_next`].
@@ -193,6 +210,20 @@ impl AgentConnection {
             if !self.read_some()? {
                 return Ok(None);
             }
+        }
+    }
+
+    /// The next message already received, without reading: an event loop
+    /// that calls [`AgentConnection::try_next`] once per wake-up drains
+    /// with this what that read brought before it polls again (so one
+    /// busy stream cannot starve its other fds). `Ok(None)` when no
+    /// complete message is buffered, [`AgentError::Closed`] once the
+    /// agent closed the connection and everything it sent was returned.
+    pub fn next_buffered(&mut self) -> Result<Option<Message>, AgentError> {
+        match self.decoded()? {
+            Some(msg) => Ok(Some(msg)),
+            None if self.closed => Err(AgentError::Closed),
+            None => Ok(None),
         }
     }
 
@@ -332,6 +363,12 @@ impl AgentConnection {
         deadline: Option<Instant>,
     ) -> Result<u32, AgentError> {
         self.send(&Message::Exec(request))?;
+        self.started(watch, deadline)
+    }
+
+    /// The answer to an `Exec` already sent: `Started` with the guest pid
+    /// (or the agent's refusal: the process did not start).
+    pub fn started(&mut self, watch: &Watch, deadline: Option<Instant>) -> Result<u32, AgentError> {
         match self.next(watch, deadline)? {
             Message::Started { pid } => Ok(pid),
             Message::Error { code, detail } => Err(AgentError::Refused { code, detail }),

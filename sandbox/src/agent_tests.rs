@@ -333,3 +333,33 @@ fn seed_refusals_and_odd_answers_are_errors() {
     let (result, _) = seed_against(Message::Started { pid: 1 });
     assert!(matches!(result, Err(AgentError::Unexpected(_))));
 }
+
+#[test]
+fn handshakes_and_drains_what_one_read_brought() {
+    let (host, mut guest) = UnixStream::pair().unwrap();
+    send(&mut guest, hello());
+    send(&mut guest, Message::Started { pid: 3 });
+    send(&mut guest, Message::Stdout(b"a".to_vec()));
+    let mut conn = AgentConnection::handshake(host, Duration::from_secs(5)).unwrap();
+    assert_eq!(read_message(&mut guest).unwrap(), Some(hello()));
+    conn.set_write_timeout(None).unwrap();
+    // What came with the peer's Hello is buffered; nothing more is read.
+    assert_eq!(
+        conn.next_buffered().unwrap(),
+        Some(Message::Started { pid: 3 })
+    );
+    assert_eq!(
+        conn.next_buffered().unwrap(),
+        Some(Message::Stdout(b"a".to_vec()))
+    );
+    send(&mut guest, Message::Started { pid: 4 });
+    assert_eq!(conn.next_buffered().unwrap(), None);
+    assert_eq!(conn.started(&Watch::none(), soon()).unwrap(), 4);
+    drop(guest);
+    assert!(matches!(conn.try_next(), Err(AgentError::Closed)));
+    assert!(matches!(conn.next_buffered(), Err(AgentError::Closed)));
+    // A peer that never greets.
+    let (host, _guest) = UnixStream::pair().unwrap();
+    let err = AgentConnection::handshake(host, Duration::from_millis(50)).err();
+    assert!(matches!(err, Some(AgentError::Timeout)), "{err:?}");
+}

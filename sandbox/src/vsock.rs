@@ -1,13 +1,11 @@
 //! Host-initiated connections to the guest over the VMM's hybrid vsock
-//! socket (`CONNECT <port>\n` → `OK <hostport>\n`), and the protocol
-//! greeting that starts every session with the agent.
+//! socket (`CONNECT <port>\n` → `OK <hostport>\n`); the protocol
+//! session on top is [`crate::agent::AgentConnection`].
 
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
-
-use husk_protocol::{read_message, write_message, Message, PROTOCOL_VERSION};
 
 /// Why a connection to the guest could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -21,9 +19,6 @@ pub enum ConnectError {
         /// The guest port.
         port: u32,
     },
-    /// The agent misbehaved during the greeting.
-    #[error("agent handshake: {0}")]
-    Handshake(String),
 }
 
 /// Longest `OK <port>\n` line accepted.
@@ -61,30 +56,6 @@ pub fn connect(uds: &Path, port: u32, timeout: Duration) -> Result<UnixStream, C
         return Err(ConnectError::Refused { port });
     }
     Ok(s)
-}
-
-/// Exchanges `Hello` on a fresh session (blocking, with the stream's
-/// timeouts).
-pub fn greet(s: &mut UnixStream) -> Result<(), ConnectError> {
-    let hs = |e: &dyn std::fmt::Display| ConnectError::Handshake(e.to_string());
-    write_message(
-        s,
-        &Message::Hello {
-            version: PROTOCOL_VERSION,
-        },
-    )
-    .map_err(|e| hs(&e))?;
-    match read_message(s).map_err(|e| hs(&e))? {
-        Some(Message::Hello { version }) if version == PROTOCOL_VERSION => Ok(()),
-        Some(Message::Hello { version }) => Err(ConnectError::Handshake(format!(
-            "the agent speaks protocol version {version}, husk {PROTOCOL_VERSION} (rebuild the agent)"
-        ))),
-        Some(Message::Error { detail, .. }) => Err(ConnectError::Handshake(detail)),
-        Some(other) => Err(ConnectError::Handshake(format!(
-            "expected Hello, got {other:?}"
-        ))),
-        None => Err(ConnectError::Handshake("the peer closed the connection".into())),
-    }
 }
 
 #[cfg(test)]

@@ -7,7 +7,6 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsFd;
 use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,9 +14,10 @@ use std::time::{Duration, Instant};
 use containerd_shim::protos::events::task::TaskExecStarted;
 use containerd_shim::protos::shim::shim::ExecProcessRequest;
 use containerd_shim::protos::topics;
-use husk_protocol::{read_message, Message};
+use husk_protocol::Message;
 use husk_runtime::relay::{self, ClientIo, Control, Outcome};
 use husk_runtime::{ExecOptions, Signal};
+use husk_sandbox::{AgentConnection, AgentError, Watch};
 
 use crate::errors::{Result, ShimError};
 use crate::service::Inner;
@@ -161,16 +161,17 @@ impl Inner {
 
 /// The guest pid from the session's first reply, or the exit code and
 /// reason the process did not start.
-fn first_reply(conn: &mut UnixStream) -> std::result::Result<u32, (i32, String)> {
-    let failed = |e: &dyn std::fmt::Display| (125, format!("starting the exec process: {e}"));
-    conn.set_read_timeout(Some(START_TIMEOUT))
-        .map_err(|e| failed(&e))?;
-    let reply = read_message(conn).map_err(|e| failed(&e))?;
-    conn.set_read_timeout(None).map_err(|e| failed(&e))?;
-    match reply {
-        Some(Message::Started { pid }) => Ok(pid),
-        Some(Message::Error { code, detail }) => Err((code.exit_code(), detail)),
-        other => Err(failed(&format!("unexpected reply {other:?}"))),
+fn first_reply(conn: &mut AgentConnection) -> std::result::Result<u32, (i32, String)> {
+    match conn.started(&Watch::none(), Some(Instant::now() + START_TIMEOUT)) {
+        Ok(pid) => Ok(pid),
+        Err(AgentError::Refused { code, detail }) => Err((code.exit_code(), detail)),
+        Err(e) => Err((
+            125,
+            format!(
+                "starting the exec process: {}",
+                husk_runtime::error_chain(&e)
+            ),
+        )),
     }
 }
 
@@ -212,7 +213,7 @@ impl Fifos {
 
     /// Relays the session to the FIFOs until the process ends; its exit
     /// status.
-    fn relay(&self, conn: &mut UnixStream, control: &Control) -> i32 {
+    fn relay(&self, conn: &mut AgentConnection, control: &Control) -> i32 {
         let io = ClientIo {
             stdin: self.stdin.as_ref().map(|f| f.as_fd()),
             stdout: self.stdout.as_fd(),

@@ -401,8 +401,12 @@ impl Inner {
     fn to_init(&self, id: &str, msg: husk_protocol::Message) -> Result<()> {
         let husk_id = self.tasks.with(id, |t| Ok(t.husk_id.clone()))?;
         let mut conn = self.runtime()?.attach(husk_id.as_str(), None)?;
-        husk_protocol::write_message(&mut conn, &msg)
-            .map_err(|e| ShimError::Failed(format!("talking to the container's monitor: {e}")))
+        conn.send(&msg).map_err(|e| {
+            ShimError::Failed(format!(
+                "talking to the container's monitor: {}",
+                husk_runtime::error_chain(&e)
+            ))
+        })
     }
 
     fn shutdown(&self) {

@@ -4,13 +4,13 @@
 
 use std::io::IsTerminal;
 use std::os::fd::BorrowedFd;
-use std::os::unix::net::UnixStream;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use husk_runtime::relay::{self, ClientIo, Outcome};
 use husk_runtime::signals::Signals;
 use husk_runtime::{ExecOptions, Runtime, StdioWiring};
+use husk_sandbox::AgentConnection;
 use rustix::process::Signal;
 use rustix::termios::{tcgetattr, tcsetattr, OptionalActions, Termios};
 
@@ -92,7 +92,7 @@ pub fn attach_running(rt: &Runtime, id: &str, how: &LocalStdio) -> Result<i32> {
 }
 
 /// Relays a session with husk's own stdio, the terminal raw for `-t`.
-fn relay_local(mut conn: UnixStream, how: &LocalStdio, signals: &Signals) -> Result<Outcome> {
+fn relay_local(mut conn: AgentConnection, how: &LocalStdio, signals: &Signals) -> Result<Outcome> {
     let _raw = if how.tty && how.stdin && stdin_is_terminal() {
         Some(RawTerminal::enable()?)
     } else {
