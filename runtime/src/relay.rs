@@ -6,6 +6,7 @@
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use husk_protocol::{ErrorCode, Message, MAX_CHUNK};
 use husk_sandbox::{AgentConnection, AgentError};
@@ -281,23 +282,50 @@ fn forward_stdin(
 
 /// Writes all of `bytes` to `fd` (waiting out a non-blocking fd); after
 /// the first failure (e.g. a closed pipe) the stream is discarded.
-pub fn write_out(fd: BorrowedFd<'_>, mut bytes: &[u8], broken: &mut bool) {
+pub fn write_out(fd: BorrowedFd<'_>, bytes: &[u8], broken: &mut bool) {
+    write_out_within(fd, bytes, broken, None);
+}
+
+/// [`write_out`], giving up on a reader that accepts nothing for `stall`
+/// (when given): the stream is then discarded as if broken, so a reader
+/// that keeps a pipe or FIFO open without reading it cannot hold the
+/// writer forever. True when it gave up for that reason.
+pub fn write_out_within(
+    fd: BorrowedFd<'_>,
+    mut bytes: &[u8],
+    broken: &mut bool,
+    stall: Option<Duration>,
+) -> bool {
+    let mut progress_at = Instant::now();
     while !*broken && !bytes.is_empty() {
         match rustix::io::write(fd, bytes) {
             Ok(0) => *broken = true,
-            Ok(n) => bytes = &bytes[n..],
+            Ok(n) => {
+                bytes = &bytes[n..];
+                progress_at = Instant::now();
+            }
             Err(Errno::INTR) => {}
             Err(Errno::AGAIN) => {
+                let mut wait = Duration::from_secs(1);
+                if let Some(stall) = stall {
+                    let left = stall.saturating_sub(progress_at.elapsed());
+                    if left.is_zero() {
+                        *broken = true;
+                        return true;
+                    }
+                    wait = wait.min(left);
+                }
                 let mut p = [PollFd::from_borrowed_fd(fd, PollFlags::OUT)];
-                let second = Timespec {
+                let timeout = Timespec::try_from(wait).unwrap_or(Timespec {
                     tv_sec: 1,
                     tv_nsec: 0,
-                };
-                let _ = poll(&mut p, Some(&second));
+                });
+                let _ = poll(&mut p, Some(&timeout));
             }
             Err(_) => *broken = true,
         }
     }
+    false
 }
 
 #[cfg(test)]

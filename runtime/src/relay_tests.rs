@@ -162,3 +162,55 @@ fn control_messages_reach_the_peer_and_end_input_once() {
     );
     drop(in_w);
 }
+
+/// A pipe whose write end does not block.
+fn nonblocking_pipe() -> (OwnedFd, OwnedFd) {
+    let (r, w) = pipe();
+    let flags = rustix::fs::fcntl_getfl(&w).unwrap();
+    rustix::fs::fcntl_setfl(&w, flags | rustix::fs::OFlags::NONBLOCK).unwrap();
+    (r, w)
+}
+
+#[test]
+fn a_reader_that_never_reads_is_given_up_on() {
+    let (_reader, w) = nonblocking_pipe();
+    // More than a pipe holds, to a reader that keeps the pipe open.
+    let data = vec![b'x'; 1 << 20];
+    let mut broken = false;
+    let gave_up = write_out_within(
+        w.as_fd(),
+        &data,
+        &mut broken,
+        Some(Duration::from_millis(200)),
+    );
+    assert!(gave_up && broken);
+    // Discarded from then on, at once.
+    assert!(!write_out_within(
+        w.as_fd(),
+        b"more",
+        &mut broken,
+        Some(Duration::from_secs(60))
+    ));
+}
+
+#[test]
+fn a_slow_reader_gets_everything() {
+    let (r, w) = nonblocking_pipe();
+    let reader = thread::spawn(move || {
+        let mut f = std::fs::File::from(r);
+        let (mut got, mut buf) = (0, vec![0u8; 64 * 1024]);
+        loop {
+            thread::sleep(Duration::from_millis(20));
+            match f.read(&mut buf).unwrap() {
+                0 => return got,
+                n => got += n,
+            }
+        }
+    });
+    let data = vec![b'y'; 1 << 20];
+    let mut broken = false;
+    let gave_up = write_out_within(w.as_fd(), &data, &mut broken, Some(Duration::from_secs(10)));
+    drop(w);
+    assert!(!gave_up && !broken);
+    assert_eq!(reader.join().unwrap(), data.len());
+}

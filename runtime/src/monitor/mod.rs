@@ -400,6 +400,13 @@ fn open_local(mode: &StdioMode) -> Result<LocalStdio, Error> {
             local.stdin = adopt(*stdin, 3);
             local.stdout = adopt(*stdout, 4);
             local.stderr = adopt(*stderr, 5);
+            // Output is written without blocking (see session::OUTPUT_STALL).
+            for f in [&local.stdout, &local.stderr].into_iter().flatten() {
+                let flags = rustix::fs::fcntl_getfl(f)
+                    .map_err(|e| io_err("reading the output's flags")(e.into()))?;
+                rustix::fs::fcntl_setfl(f, flags | rustix::fs::OFlags::NONBLOCK)
+                    .map_err(|e| io_err("making the output non-blocking")(e.into()))?;
+            }
         }
     }
     // A terminal (an OCI runtime's console): its size is the process's,

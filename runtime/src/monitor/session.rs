@@ -17,7 +17,14 @@ use super::Recorder;
 use crate::config::ContainerConfig;
 use crate::layout::ContainerPaths;
 use crate::logs::LogWriter;
-use crate::relay::write_out;
+use crate::relay::write_out_within;
+
+/// How long the reader of the container's stdout or stderr FIFO (or fd)
+/// may accept nothing before the monitor stops writing to it (the output
+/// still goes to the container's log): a reader that keeps the FIFO open
+/// without reading must not stall the monitor, which also handles
+/// signals, attach clients and the VM's end.
+const OUTPUT_STALL: Duration = Duration::from_secs(30);
 
 /// How long the agent may take to answer CreateContainer or Exec.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(120);
@@ -501,7 +508,14 @@ impl<'a> Session<'a> {
             (&self.local.stderr, &mut self.local.broken[1])
         };
         if let Some(f) = file {
-            write_out(std::os::fd::AsFd::as_fd(f), &bytes, broken);
+            let fd = std::os::fd::AsFd::as_fd(f);
+            if write_out_within(fd, &bytes, broken, Some(OUTPUT_STALL)) {
+                eprintln!(
+                    "husk monitor: the {stream} reader accepted nothing for {}s; \
+                     the container's {stream} now goes only to its log",
+                    OUTPUT_STALL.as_secs()
+                );
+            }
         }
         let msg = if stream == "stdout" {
             Message::Stdout(bytes)
