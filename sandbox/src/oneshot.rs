@@ -136,7 +136,7 @@ impl Sandbox {
 
     /// The agent session: create, start, relay, teardown.
     fn drive(
-        &self,
+        &mut self,
         signals: &Signals,
         job: OneShot,
         out: &mut dyn FnMut(Stream, &[u8]),

@@ -144,6 +144,9 @@ pub enum SandboxError {
     /// The VM ended before the agent connected.
     #[error("the VM stopped before the agent connected")]
     EndedEarly,
+    /// The agent's boot connection was already accepted (one per boot).
+    #[error("the agent's boot connection was already accepted")]
+    AlreadyAccepted,
     /// The agent did not connect in time.
     #[error("the guest did not reach the agent within {0} s")]
     BootTimeout(u64),
@@ -171,7 +174,10 @@ pub enum SandboxError {
 /// Dropping it stops the VM and removes its sockets.
 pub struct Sandbox {
     vm: VmThread,
-    listener: UnixListener,
+    /// Where the agent's boot connection arrives; closed (and its socket
+    /// file removed) once it is accepted, so that the guest cannot open
+    /// more connections to it.
+    listener: Option<UnixListener>,
     agent_socket: PathBuf,
     vsock: PathBuf,
     console: PathBuf,
@@ -223,7 +229,7 @@ impl Sandbox {
         let vm = VmThread::start(vm).map_err(SandboxError::Thread)?;
         Ok(Sandbox {
             vm,
-            listener: listener.listener,
+            listener: Some(listener.listener),
             agent_socket: listener.path,
             vsock: config.vsock.clone(),
             console: config.console.clone(),
@@ -233,15 +239,21 @@ impl Sandbox {
     }
 
     /// Readable when the agent's boot connection is there (see
-    /// [`Sandbox::try_accept`]).
-    pub fn listener_fd(&self) -> BorrowedFd<'_> {
-        self.listener.as_fd()
+    /// [`Sandbox::try_accept`]); `None` once it was accepted.
+    pub fn listener_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.listener.as_ref().map(AsFd::as_fd)
     }
 
     /// Accepts the agent's boot connection if it is there (and greets it).
-    pub fn try_accept(&self) -> Result<Option<AgentConnection>, SandboxError> {
-        match self.listener.accept() {
+    /// The listener is closed on the first accepted connection: one per
+    /// boot. `Ok(None)` if none is there yet or the listener is closed.
+    pub fn try_accept(&mut self) -> Result<Option<AgentConnection>, SandboxError> {
+        let Some(listener) = &self.listener else {
+            return Ok(None);
+        };
+        match listener.accept() {
             Ok((stream, _)) => {
+                self.close_listener();
                 let mut conn = AgentConnection::new(stream)?;
                 if self.seed {
                     conn.seed()?;
@@ -253,21 +265,31 @@ impl Sandbox {
         }
     }
 
+    /// Closes the agent listener and removes its socket file: further guest
+    /// connections to the agent port are refused by the VMM.
+    fn close_listener(&mut self) {
+        self.listener = None;
+        let _ = std::fs::remove_file(&self.agent_socket);
+    }
+
     /// Waits until the agent connects (or a signal, the VM's end or
     /// `timeout`) and returns its connection (`Hello` sent).
     pub fn accept_agent(
-        &self,
+        &mut self,
         signals: Option<&Signals>,
         timeout: Duration,
     ) -> Result<AgentConnection, SandboxError> {
         let deadline = Instant::now() + timeout;
-        let watch = self.watch(signals);
         loop {
             if let Some(conn) = self.try_accept()? {
                 return Ok(conn);
             }
-            match watch
-                .wait(self.listener.as_fd(), Some(deadline))
+            let Some(listener) = &self.listener else {
+                return Err(SandboxError::AlreadyAccepted);
+            };
+            match self
+                .watch(signals)
+                .wait(listener.as_fd(), Some(deadline))
                 .map_err(SandboxError::Accept)?
             {
                 Wake::Ready => {}

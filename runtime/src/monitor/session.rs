@@ -210,8 +210,8 @@ impl<'a> Session<'a> {
             fds.extend(self.clients.fds());
             let clients_len = fds.len() - clients_at;
             let mut listener_at = None;
-            if booting {
-                fds.push(self.sandbox.listener_fd());
+            if let Some(fd) = self.sandbox.listener_fd().filter(|_| booting) {
+                fds.push(fd);
                 listener_at = Some(fds.len() - 1);
             }
             let mut agent_at = None;

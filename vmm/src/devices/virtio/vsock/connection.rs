@@ -4,8 +4,9 @@
 //! Host -> guest data is never buffered: it is read from the Unix socket
 //! straight into a guest rx buffer, and only as much as the guest's credit
 //! allows. Guest -> host data goes to the socket directly; what the socket
-//! cannot take yet waits in a buffer of at most [`BUF_ALLOC`] bytes, the
-//! credit advertised to the guest (a guest overrunning it is reset).
+//! cannot take yet waits in a buffer of at most [`BUF_ALLOC`] bytes (64 KiB,
+//! like Firecracker's per-connection buffer), the credit advertised to the
+//! guest: a guest ignoring it is reset rather than buffered for.
 
 use std::collections::VecDeque;
 use std::io::{ErrorKind, Read, Write};
@@ -23,8 +24,9 @@ use super::packet::{
     SHUTDOWN_SEND, TYPE_STREAM,
 };
 
-/// Receive buffer advertised to the guest for each connection.
-pub const BUF_ALLOC: u32 = 256 * 1024;
+/// Receive buffer advertised to the guest for each connection: the most
+/// guest data buffered for a host socket that does not keep up.
+pub const BUF_ALLOC: u32 = 64 * 1024;
 /// Send a credit update once this many bytes were forwarded unannounced.
 const CREDIT_UPDATE_THRESHOLD: u32 = BUF_ALLOC / 4;
 
@@ -68,6 +70,15 @@ struct Pending {
     credit_request: bool,
 }
 
+/// The port a connection was opened to, for the per-port connection cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    /// The guest connected to this host port (`<uds>_<port>`).
+    HostPort(u32),
+    /// A host client connected to this guest port (`CONNECT <port>`).
+    GuestPort(u32),
+}
+
 /// One connection.
 #[derive(Debug)]
 pub struct Connection {
@@ -77,6 +88,7 @@ pub struct Connection {
     /// Guest-side port.
     pub peer_port: u32,
     guest_cid: u64,
+    by_guest: bool,
     state: State,
     pending: Pending,
     // Host -> guest.
@@ -110,6 +122,7 @@ impl Connection {
             local_port,
             peer_port,
             guest_cid,
+            by_guest: false,
             state: State::Connecting,
             pending: Pending::default(),
             tx_cnt: Wrapping(0),
@@ -143,10 +156,20 @@ impl Connection {
     /// open: answer with a RESPONSE.
     pub fn guest_initiated(stream: UnixStream, hdr: &Header, cid: u64) -> Self {
         let mut c = Self::new(stream, hdr.dst_port, hdr.src_port, cid);
+        c.by_guest = true;
         c.state = State::Established;
         c.pending.response = true;
         c.update_peer_credit(hdr);
         c
+    }
+
+    /// The port this connection was opened to.
+    pub fn service(&self) -> Service {
+        if self.by_guest {
+            Service::HostPort(self.local_port)
+        } else {
+            Service::GuestPort(self.peer_port)
+        }
     }
 
     /// The Unix socket's fd.

@@ -54,6 +54,9 @@ pub enum VsockError {
     /// Creating the activation eventfd failed.
     #[error("cannot create an eventfd")]
     EventFd(#[source] std::io::Error),
+    /// Creating the accept back-off timer failed.
+    #[error("cannot create a timerfd")]
+    Timer(#[source] std::io::Error),
 }
 
 /// A virtio-vsock device whose host side is a set of Unix sockets.

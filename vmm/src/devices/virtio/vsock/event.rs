@@ -12,6 +12,8 @@ use crate::devices::virtio::activation::CTL_DATA;
 const LISTENER_DATA: u32 = 100;
 /// `Events::data` of client and connection sockets (looked up by fd).
 const CONN_DATA: u32 = 101;
+/// `Events::data` of the accept back-off timer.
+const BACKOFF_DATA: u32 = 102;
 
 impl Vsock {
     /// Applies the muxer's epoll changes in order, closing sockets only
@@ -32,6 +34,8 @@ impl Vsock {
                     drop(stream);
                     Ok(())
                 }
+                EpollChange::ListenerOff => ops.remove(Events::empty(self.muxer.listener())),
+                EpollChange::ListenerOn => ops.add(listener_events(self)),
             };
             if let Err(e) = result {
                 crate::log_limited!(log::Level::Warn, "vsock: epoll update: {e:?}");
@@ -43,9 +47,12 @@ impl Vsock {
 impl MutEventSubscriber for Vsock {
     fn init(&mut self, ops: &mut EventOps) {
         self.common.init_events(ops);
-        let listener = Events::with_data(self.muxer.listener(), LISTENER_DATA, EventSet::IN);
-        if let Err(e) = ops.add(listener) {
+        if let Err(e) = ops.add(listener_events(self)) {
             log::error!("vsock: cannot register the listener: {e:?}");
+        }
+        let timer = Events::with_data(self.muxer.backoff_timer(), BACKOFF_DATA, EventSet::IN);
+        if let Err(e) = ops.add(timer) {
+            log::error!("vsock: cannot register the back-off timer: {e:?}");
         }
     }
 
@@ -54,6 +61,7 @@ impl MutEventSubscriber for Vsock {
         match events.data() {
             CTL_DATA => {}
             LISTENER_DATA => self.muxer.handle_listener(),
+            BACKOFF_DATA => self.muxer.handle_backoff(),
             CONN_DATA => self.muxer.handle_fd_event(events.fd(), events.event_set()),
             // A queue kick: the queues are run below.
             q if self.common.queue_event(q).is_some() => {}
@@ -62,4 +70,9 @@ impl MutEventSubscriber for Vsock {
         self.run_queues();
         self.apply_changes(ops);
     }
+}
+
+/// The listener's registration.
+fn listener_events(vsock: &Vsock) -> Events {
+    Events::with_data(vsock.muxer.listener(), LISTENER_DATA, EventSet::IN)
 }

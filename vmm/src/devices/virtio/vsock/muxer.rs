@@ -6,6 +6,11 @@
 //! needs as [`EpollChange`]s, which the event glue applies in order. Sockets
 //! are closed only through that list, after their epoll removal, so that a
 //! reused fd number is never confused with a closed one.
+//!
+//! When accepting on the listener fails (EMFILE, ENFILE...), the listener
+//! would stay readable and the event loop would spin: it is taken out of
+//! epoll instead, and put back when a socket of ours closes or after
+//! [`ACCEPT_BACKOFF`] (a timer fd).
 
 use std::collections::{HashMap, VecDeque};
 use std::ffi::OsString;
@@ -16,11 +21,13 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use event_manager::EventSet;
 use virtio_queue::Writer;
+use vmm_sys_util::timerfd::TimerFd;
 
-use super::connection::{Connection, RxOutcome, Verdict};
+use super::connection::{Connection, RxOutcome, Service, Verdict};
 use super::packet::{
     write_rx, Header, PacketError, TxPacket, HOST_CID, OP_REQUEST, OP_RST, TYPE_STREAM,
 };
@@ -28,6 +35,13 @@ use super::VsockError;
 
 /// Most connections at once.
 const MAX_CONNECTIONS: usize = 1024;
+/// Most connections at once to one port: guest connections to one host
+/// port, or host clients to one guest port. The excess is refused (an RST
+/// to the guest, or the host client closed).
+pub(super) const MAX_CONNECTIONS_PER_PORT: usize = 128;
+/// How long the listener is not polled after accept() failed (unless one of
+/// our sockets closes first).
+pub(super) const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Most accepted host clients that have not sent their CONNECT line.
 const MAX_PENDING_CLIENTS: usize = 64;
 /// Longest CONNECT line accepted.
@@ -50,6 +64,10 @@ pub enum EpollChange {
     Remove(RawFd, Option<UnixStream>),
     /// Close a socket that is not registered.
     Close(UnixStream),
+    /// Stop polling the listener (accept() is failing).
+    ListenerOff,
+    /// Poll the listener again.
+    ListenerOn,
 }
 
 /// Identifies a connection: (host port, guest port).
@@ -80,6 +98,11 @@ pub struct Muxer {
     next_local_port: u32,
     changes: Vec<EpollChange>,
     scratch: Vec<u8>,
+    /// The listener is out of epoll after a failed accept().
+    listener_paused: bool,
+    /// Expires when a paused listener is polled again. Not part of a
+    /// snapshot: a restored device listens afresh on a new socket.
+    backoff: TimerFd,
 }
 
 impl Muxer {
@@ -101,6 +124,7 @@ impl Muxer {
                 path: uds_path.clone(),
                 source,
             })?;
+        let backoff = TimerFd::new().map_err(|e| VsockError::Timer(e.into()))?;
         Ok(Self {
             guest_cid,
             uds_path,
@@ -114,12 +138,26 @@ impl Muxer {
             next_local_port: FIRST_LOCAL_PORT,
             changes: Vec::new(),
             scratch: Vec::new(),
+            listener_paused: false,
+            backoff,
         })
     }
 
     /// The listening socket.
     pub fn listener(&self) -> &UnixListener {
         &self.listener
+    }
+
+    /// The back-off timer: readable when a paused listener may be polled
+    /// again (see [`Muxer::handle_backoff`]).
+    pub fn backoff_timer(&self) -> &TimerFd {
+        &self.backoff
+    }
+
+    /// Whether the listener is out of epoll after a failed accept().
+    #[cfg(test)]
+    pub fn listener_paused(&self) -> bool {
+        self.listener_paused
     }
 
     /// Number of open connections.
@@ -143,12 +181,14 @@ impl Muxer {
             let stream = match self.listener.accept() {
                 Ok((s, _)) => s,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => {
                     crate::log_limited!(
                         log::Level::Warn,
-                        "vsock: accept on {}: {e}",
+                        "vsock: accept on {}: {e}; pausing it",
                         self.uds_path.display()
                     );
+                    self.pause_listener();
                     return;
                 }
             };
@@ -167,6 +207,43 @@ impl Muxer {
             };
             self.clients.insert(fd, client);
         }
+    }
+
+    /// Takes the listener out of epoll until a socket of ours closes or
+    /// [`ACCEPT_BACKOFF`] passes: a failing accept() must not make the
+    /// event loop spin on a listener that stays readable.
+    fn pause_listener(&mut self) {
+        if self.listener_paused {
+            return;
+        }
+        if let Err(e) = self.backoff.reset(ACCEPT_BACKOFF, None) {
+            // Without the timer, only a closing socket resumes it.
+            log::warn!("vsock: cannot arm the accept back-off timer: {e}");
+        }
+        self.listener_paused = true;
+        self.changes.push(EpollChange::ListenerOff);
+    }
+
+    fn resume_listener(&mut self) {
+        if self.listener_paused {
+            self.listener_paused = false;
+            self.changes.push(EpollChange::ListenerOn);
+        }
+    }
+
+    /// The back-off timer expired: poll the listener again.
+    pub fn handle_backoff(&mut self) {
+        if let Err(e) = self.backoff.clear() {
+            log::debug!("vsock: clearing the back-off timer: {e}");
+        }
+        self.resume_listener();
+    }
+
+    /// Whether another connection to `service` would exceed
+    /// [`MAX_CONNECTIONS_PER_PORT`].
+    fn port_full(&self, service: Service) -> bool {
+        let open = self.conns.values().filter(|c| c.service() == service);
+        open.count() >= MAX_CONNECTIONS_PER_PORT
     }
 
     /// An event on a client or connection socket.
@@ -228,6 +305,8 @@ impl Muxer {
         if let Some(client) = self.clients.remove(&fd) {
             self.changes
                 .push(EpollChange::Remove(fd, Some(client.stream)));
+            // An fd is free again: accept() may work now.
+            self.resume_listener();
         }
     }
 
@@ -241,8 +320,11 @@ impl Muxer {
             self.drop_client(fd);
             return;
         };
-        if self.conns.len() >= MAX_CONNECTIONS {
-            crate::log_limited!(log::Level::Warn, "vsock: connection limit reached");
+        if self.conns.len() >= MAX_CONNECTIONS || self.port_full(Service::GuestPort(port)) {
+            crate::log_limited!(
+                log::Level::Warn,
+                "vsock: connection limit reached (guest port {port})"
+            );
             self.drop_client(fd);
             return;
         }
@@ -318,7 +400,12 @@ impl Muxer {
             local_port: hdr.dst_port,
             peer_port: hdr.src_port,
         };
-        if self.conns.len() >= MAX_CONNECTIONS {
+        if self.conns.len() >= MAX_CONNECTIONS || self.port_full(Service::HostPort(hdr.dst_port)) {
+            crate::log_limited!(
+                log::Level::Warn,
+                "vsock: guest connection limit reached (host port {})",
+                hdr.dst_port
+            );
             self.queue_rst(hdr.rst_reply());
             return;
         }
@@ -395,6 +482,7 @@ impl Muxer {
         } else {
             EpollChange::Close(stream)
         });
+        self.resume_listener();
     }
 
     fn queue_rst(&mut self, hdr: Header) {

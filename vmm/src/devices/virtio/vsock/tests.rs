@@ -329,18 +329,21 @@ fn guest_to_host_connect_with_data_both_ways() {
     assert_eq!(hdr.fwd_cnt, 5, "our fwd_cnt counts forwarded guest bytes");
 
     // Forwarding a quarter of the buffer triggers a credit update.
-    let chunk = vec![7u8; 35_000];
+    let len = BUF_ALLOC as usize / 8 + 100;
+    let chunk = vec![7u8; len];
     h.send(ghdr(OP_RW, 40000, 6000), &chunk);
+    assert!(h.recv().is_empty(), "no update for an eighth");
     h.send(ghdr(OP_RW, 40000, 6000), &chunk);
-    assert_eq!(read_n(&mut s, 70_000).len(), 70_000);
+    assert_eq!(read_n(&mut s, 2 * len).len(), 2 * len);
     let (upd, _) = h.recv_one(OP_CREDIT_UPDATE);
-    assert_eq!(upd.fwd_cnt, 70_005);
+    let forwarded = 5 + 2 * len as u32;
+    assert_eq!(upd.fwd_cnt, forwarded);
     assert_eq!(upd.buf_alloc, BUF_ALLOC);
 
     // The guest asks for credit explicitly.
     h.send(ghdr(OP_CREDIT_REQUEST, 40000, 6000), &[]);
     let (upd, _) = h.recv_one(OP_CREDIT_UPDATE);
-    assert_eq!(upd.fwd_cnt, 70_005);
+    assert_eq!(upd.fwd_cnt, forwarded);
 
     // Guest half-close reaches the host as EOF; the host can still answer.
     let mut shut = ghdr(OP_SHUTDOWN, 40000, 6000);
@@ -535,3 +538,6 @@ fn new_validates_cid_and_socket_path() {
     .unwrap();
     assert!(err.to_string().starts_with("cannot listen on vsock socket"));
 }
+
+#[path = "limits_tests.rs"]
+mod limits;
