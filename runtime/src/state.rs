@@ -169,6 +169,10 @@ pub struct State {
     /// last) run (Docker's `State.OOMKilled`).
     #[serde(default)]
     pub oom_killed: bool,
+    /// The jail of the current (or last) run's VMM process (`None`: it
+    /// ran unjailed in the monitor).
+    #[serde(default)]
+    pub jail: Option<husk_sandbox::JailInfo>,
 }
 
 /// The typed entries of `ports`; strings (`80/tcp -> 0.0.0.0:8080`, from
@@ -205,6 +209,7 @@ impl State {
             ports: Vec::new(),
             template: None,
             oom_killed: false,
+            jail: None,
         }
     }
 

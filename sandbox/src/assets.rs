@@ -144,6 +144,35 @@ pub fn agent() -> Result<PathBuf> {
     pick("guest agent", candidates)
 }
 
+/// The jailed VMM binary (`husk-vmm`, see [`crate::jail`]): `$HUSK_VMM` >
+/// `<exe>/../lib/husk/husk-vmm` > next to the current executable (or one
+/// directory up, for test binaries in `target/*/deps`) >
+/// `/usr/local/lib/husk/husk-vmm`.
+pub fn vmm() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("HUSK_VMM") {
+        let p = PathBuf::from(p);
+        if !p.is_file() {
+            return Err(AssetError::NotFound {
+                what: "VMM binary ($HUSK_VMM)",
+                tried: p.display().to_string(),
+            });
+        }
+        return Ok(p);
+    }
+    let mut candidates: Vec<PathBuf> = exe_lib_dir()
+        .map(|d| d.join("husk-vmm"))
+        .into_iter()
+        .collect();
+    if let Some(dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)) {
+        candidates.push(dir.join("husk-vmm"));
+        if let Some(up) = dir.parent() {
+            candidates.push(up.join("husk-vmm"));
+        }
+    }
+    candidates.push(Path::new(SYSTEM_LIB).join("husk-vmm"));
+    pick("VMM binary (husk-vmm)", candidates)
+}
+
 /// The cache root: `$HUSK_CACHE` or `/var/cache/husk`.
 pub fn cache_dir() -> PathBuf {
     std::env::var_os("HUSK_CACHE")

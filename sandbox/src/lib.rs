@@ -10,8 +10,11 @@
 //!   an [`AgentConnection`]: create the container, start processes, read
 //!   their output and end, wait for the teardown; [`AgentConnection::connect_exec`]
 //!   opens further sessions on the exec port.
-//! - [`vmthread`], [`signals`] and [`wait`]: the VM on its own thread,
-//!   signals as an fd, and the one readiness waiter over both.
+//! - [`jail`]: the VM in its own jailed `husk-vmm` process (unprivileged
+//!   uid, namespaces, cgroup); [`vmthread`]: the VM on a thread of this
+//!   process (templates, non-root callers); [`RunningVm`] is either.
+//! - [`signals`] and [`wait`]: signals as an fd, and the one readiness
+//!   waiter over them and the VM's "done" fd.
 //! - [`oneshot`]: one command in a fresh VM to completion (`husk vm run`,
 //!   build steps).
 //! - [`ext4`] makes the writable disks, [`explain`] says why a VM ended
@@ -22,8 +25,10 @@ pub mod assets;
 pub mod contract;
 pub mod explain;
 pub mod ext4;
+pub mod jail;
 pub mod oneshot;
 pub mod rundir;
+mod running;
 mod sandbox;
 pub mod signals;
 pub mod template;
@@ -34,9 +39,11 @@ mod warm;
 
 pub use agent::{AgentConnection, AgentError, Event};
 pub use contract::DiskRole;
+pub use jail::JailInfo;
 pub use rundir::RunDir;
+pub use running::RunningVm;
 pub use sandbox::{Disk, Sandbox, SandboxConfig, SandboxError};
 pub use signals::Signals;
 pub use template::{StartMode, TemplateStore};
-pub use vmthread::{PauseError, VmResult, VmThread};
+pub use vmthread::{PauseError, VmFailure, VmResult, VmThread};
 pub use wait::{Wake, Watch};

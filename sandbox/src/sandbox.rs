@@ -20,6 +20,8 @@ use crate::explain;
 use crate::rundir::RunDirError;
 use crate::signals::Signals;
 use crate::template::{StartMode, TemplateError};
+use crate::jail::{self, JailError, JailInfo, VmProcess};
+use crate::running::RunningVm;
 use crate::vmthread::{PauseError, VmResult, VmThread};
 use crate::wait::{Wake, Watch};
 
@@ -92,6 +94,7 @@ impl SandboxConfig {
             vsock: Some(vmm::VsockConfig {
                 guest_cid: GUEST_CID,
                 uds_path: self.vsock.clone(),
+                listener: None,
             }),
             net: self.net.clone(),
             console: vmm::ConsoleOutput::File(self.console.clone()),
@@ -168,12 +171,27 @@ pub enum SandboxError {
     /// A run directory could not be made.
     #[error(transparent)]
     RunDir(#[from] RunDirError),
+    /// The jailed VMM process could not be started.
+    #[error("starting the jailed VMM")]
+    Jail(#[from] JailError),
+}
+
+impl SandboxError {
+    /// Whether a restore failed because of the template's files (rebuild
+    /// it) rather than the host.
+    pub(crate) fn is_damaged_template(&self) -> bool {
+        match self {
+            SandboxError::Snapshot(e) => crate::warm::is_damaged(e),
+            SandboxError::Jail(JailError::Vm { damaged, .. }) => *damaged,
+            _ => false,
+        }
+    }
 }
 
 /// A running VM whose agent connects (or has connected) to the host.
 /// Dropping it stops the VM and removes its sockets.
 pub struct Sandbox {
-    vm: VmThread,
+    vm: RunningVm,
     /// Where the agent's boot connection arrives; closed (and its socket
     /// file removed) once it is accepted, so that the guest cannot open
     /// more connections to it.
@@ -212,22 +230,45 @@ impl AgentListener {
 
 impl Sandbox {
     /// Boots a VM from `config` from the kernel: listens for the agent,
-    /// creates the VM and runs it on its own thread (with the installed
-    /// signals blocked). [`Sandbox::start`] restores instead when it can.
+    /// creates the VM and runs it (jailed, see [`crate::jail`], or on its
+    /// own thread with the installed signals blocked).
+    /// [`Sandbox::start`] restores instead when it can.
     pub fn boot_cold(config: &SandboxConfig) -> Result<Sandbox, SandboxError> {
         let listener = AgentListener::bind(&config.vsock)?;
-        let vm = vmm::Vm::new(config.vm_config())?;
-        Sandbox::running(vm, listener, config)
+        let vm = if jail::enabled() {
+            Sandbox::jailed(config, jail::proto::VmSpec::Boot(config.vm_config()))?
+        } else {
+            Sandbox::threaded(vmm::Vm::new(config.vm_config())?)?
+        };
+        Ok(Sandbox::running(vm, listener, config))
     }
 
-    /// The sandbox around `vm`, started on its own thread.
-    pub(crate) fn running(
-        vm: vmm::Vm,
-        listener: AgentListener,
+    /// `vm` on its own thread.
+    pub(crate) fn threaded(vm: vmm::Vm) -> Result<RunningVm, SandboxError> {
+        Ok(RunningVm::Thread(
+            VmThread::start(vm).map_err(SandboxError::Thread)?,
+        ))
+    }
+
+    /// The VM `spec` describes in a jailed process.
+    pub(crate) fn jailed(
         config: &SandboxConfig,
-    ) -> Result<Sandbox, SandboxError> {
-        let vm = VmThread::start(vm).map_err(SandboxError::Thread)?;
-        Ok(Sandbox {
+        spec: jail::proto::VmSpec,
+    ) -> Result<RunningVm, SandboxError> {
+        let process = VmProcess::spawn(jail::VmRequest {
+            spec,
+            net: config.net.as_ref(),
+            vsock: &config.vsock,
+            console: &config.console,
+            vcpus: config.vcpus,
+            memory_mib: config.memory_mib,
+        })?;
+        Ok(RunningVm::Jailed(process))
+    }
+
+    /// The sandbox around the running `vm`.
+    pub(crate) fn running(vm: RunningVm, listener: AgentListener, config: &SandboxConfig) -> Sandbox {
+        Sandbox {
             vm,
             listener: Some(listener.listener),
             agent_socket: listener.path,
@@ -235,7 +276,7 @@ impl Sandbox {
             console: config.console.clone(),
             seed: true,
             template: None,
-        })
+        }
     }
 
     /// Readable when the agent's boot connection is there (see
@@ -314,9 +355,14 @@ impl Sandbox {
         self.template.as_deref()
     }
 
-    /// The VM's thread (its done fd, stop requests).
-    pub fn vm(&self) -> &VmThread {
+    /// The running VM (its done fd, stop requests).
+    pub fn vm(&self) -> &RunningVm {
         &self.vm
+    }
+
+    /// The VMM's jail; `None` when the VM runs unjailed in this process.
+    pub fn jail(&self) -> Option<&JailInfo> {
+        self.vm.jail()
     }
 
     /// The VMM's vsock socket (for exec connections).
@@ -329,7 +375,7 @@ impl Sandbox {
         &self.console
     }
 
-    /// Pauses the VM and takes it back (see [`VmThread::pause`]).
+    /// Pauses the VM and takes it back (see [`RunningVm::pause`]).
     pub(crate) fn pause(&mut self, timeout: Duration) -> Result<vmm::Vm, PauseError> {
         self.vm.pause(timeout)
     }

@@ -12,8 +12,19 @@ use crate::wait::{Wake, Watch};
 /// How long to wait for the VM thread after asking it to stop.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How the VM thread's run ended.
-pub type VmResult = Result<vmm::ExitReason, vmm::VmError>;
+/// How a VM's run ended.
+pub type VmResult = Result<vmm::ExitReason, VmFailure>;
+
+/// Why a VM failed.
+#[derive(Debug, thiserror::Error)]
+pub enum VmFailure {
+    /// The VMM (on a thread of this process) failed.
+    #[error(transparent)]
+    Vmm(#[from] vmm::VmError),
+    /// The jailed VMM process failed or died (its error chain).
+    #[error("{0}")]
+    Jailed(String),
+}
 
 /// What the VM thread hands back: how the run ended, and the VM itself
 /// if it was paused (see [`VmThread::pause`]).
@@ -50,7 +61,7 @@ impl VmThread {
                 .name("vm".into())
                 .spawn(move || {
                     let mut vm = vm;
-                    let result = vm.run_until_paused();
+                    let result = vm.run_until_paused().map_err(VmFailure::from);
                     drop(notify);
                     let paused = matches!(result, Ok(vmm::ExitReason::Paused));
                     (result, paused.then_some(vm))

@@ -21,7 +21,9 @@ use std::time::Duration;
 
 use crate::contract::{CMDLINE, GUEST_CID};
 use crate::explain;
+use crate::jail;
 use crate::rundir::RunDir;
+use crate::running::RunningVm;
 use crate::sandbox::{AgentListener, Sandbox, SandboxConfig, SandboxError};
 use crate::signals::Signals;
 use crate::template::{
@@ -97,9 +99,9 @@ impl Sandbox {
         let build = |staging: &Path| build_template(config, &inputs, staging, signals);
         let template = store.ensure(&inputs, build)?;
         let listener = AgentListener::bind(&config.vsock)?;
-        let vm = match vmm::Vm::restore(restore_config(config, &template)) {
+        let vm = match restore_vm(config, &template) {
             Ok(vm) => vm,
-            Err(e) if is_damaged(&e) => {
+            Err(e) if e.is_damaged_template() => {
                 eprintln!(
                     "husk: warning: template {} is damaged ({}); rebuilding it",
                     template.key,
@@ -108,11 +110,11 @@ impl Sandbox {
                 store.discard(&template)?;
                 let build = |staging: &Path| build_template(config, &inputs, staging, signals);
                 let template = store.ensure(&inputs, build)?;
-                vmm::Vm::restore(restore_config(config, &template))?
+                restore_vm(config, &template)?
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(e),
         };
-        let mut sandbox = Sandbox::running(vm, listener, config)?;
+        let mut sandbox = Sandbox::running(vm, listener, config);
         sandbox.template = Some(template.key);
         Ok(Some(sandbox))
     }
@@ -151,14 +153,26 @@ fn restore_config(config: &SandboxConfig, template: &Template) -> vmm::RestoreCo
         vsock: Some(vmm::VsockConfig {
             guest_cid: GUEST_CID,
             uds_path: config.vsock.clone(),
+            listener: None,
         }),
         net: config.net.clone(),
     }
 }
 
+/// Restores `config`'s VM from `template`: jailed when VMs are, else on
+/// a thread.
+fn restore_vm(config: &SandboxConfig, template: &Template) -> Result<RunningVm, SandboxError> {
+    let restore = restore_config(config, template);
+    if jail::enabled() {
+        Sandbox::jailed(config, jail::proto::VmSpec::Restore(restore))
+    } else {
+        Sandbox::threaded(vmm::Vm::restore(restore)?)
+    }
+}
+
 /// Whether a restore failed because of the template's files (rebuild it)
 /// rather than the host.
-fn is_damaged(e: &vmm::SnapshotError) -> bool {
+pub(crate) fn is_damaged(e: &vmm::SnapshotError) -> bool {
     use vmm::SnapshotError as E;
     matches!(
         e,
@@ -211,7 +225,10 @@ fn build_template(
     let mut vm_config = template_config.vm_config();
     vm_config.disks = template_config.vm_disks(inputs.slots);
     let listener = AgentListener::bind(&template_config.vsock)?;
-    let mut sandbox = Sandbox::running(vmm::Vm::new(vm_config)?, listener, &template_config)?;
+    // Template VMs run only husk's kernel and agent (no tenant input) and
+    // must be paused into this process: unjailed, on a thread.
+    let vm = Sandbox::threaded(vmm::Vm::new(vm_config)?)?;
+    let mut sandbox = Sandbox::running(vm, listener, &template_config);
     sandbox.seed = false;
     let agent = sandbox.accept_agent(signals, template_boot_timeout())?;
     let vm = sandbox.pause(PAUSE_TIMEOUT)?;

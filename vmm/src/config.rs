@@ -1,6 +1,6 @@
 //! What a VM is made of, as the caller describes it, and its validation.
 
-use std::os::unix::net::UnixStream;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -8,8 +8,9 @@ use crate::arch::x86_64::layout::{IOAPIC_PINS, VIRTIO_FIRST_IRQ};
 use crate::arch::x86_64::mptable::MAX_CPUS;
 use crate::memory::{MAX_MEM_MIB, MIN_MEM_MIB};
 
-/// A VM to boot.
-#[derive(Debug, Clone)]
+/// A VM to boot. Serialisable (for a VMM in another process) except for
+/// the network interface, whose backend may be an open socket.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct VmConfig {
     /// Uncompressed x86_64 vmlinux (ELF).
     pub kernel: PathBuf,
@@ -26,13 +27,14 @@ pub struct VmConfig {
     /// Optional virtio-vsock device (after the disks).
     pub vsock: Option<VsockConfig>,
     /// Optional virtio-net interface (after the vsock device).
+    #[serde(skip)]
     pub net: Option<NetConfig>,
     /// Where the serial console goes.
     pub console: ConsoleOutput,
 }
 
 /// A virtio-blk disk.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct DiskConfig {
     /// Image file or block device; `None` is an empty slot (capacity 0,
     /// every read and write fails) that a snapshot restore may fill.
@@ -44,13 +46,18 @@ pub struct DiskConfig {
 }
 
 /// A virtio-vsock device bridged to Unix sockets (Firecracker's hybrid model).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct VsockConfig {
     /// The guest's context ID (3 or more).
     pub guest_cid: u64,
     /// The Unix socket the VMM listens on; guest connections to host port P
     /// go to `<uds_path>_P`.
     pub uds_path: PathBuf,
+    /// A listener already bound (by a more privileged process) that
+    /// replaces binding `uds_path`; its socket file is then the caller's
+    /// (never removed by the VMM). Not serialised: passed as a descriptor.
+    #[serde(skip)]
+    pub listener: Option<Arc<UnixListener>>,
 }
 
 /// A virtio-net interface.
@@ -80,7 +87,7 @@ pub enum NetBackend {
 }
 
 /// Destination of the guest's serial console.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ConsoleOutput {
     /// The VMM process's standard output.
     Stdout,
@@ -268,6 +275,7 @@ mod tests {
             Some(VsockConfig {
                 guest_cid: cid,
                 uds_path: p.into(),
+                listener: None,
             })
         };
         assert!(VmConfig {

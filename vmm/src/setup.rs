@@ -247,6 +247,7 @@ pub fn attach_virtio_devices(
         let device = Arc::new(Mutex::new(Vsock::new(vsock_dev::VsockConfig {
             guest_cid: vsock.guest_cid,
             uds_path: vsock.uds_path.clone(),
+            listener: vsock.listener.clone(),
         })?));
         let transport = attach_virtio(vm, mmio, mem, devices.len(), device.clone())?;
         let kind = VirtioKind::Vsock(device);

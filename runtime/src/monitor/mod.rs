@@ -288,6 +288,7 @@ fn run(root: &Path, id: &str, launch: &str) -> Result<i32, Error> {
         ports: network.ports().to_vec(),
         template: None,
         oom_killed: false,
+        jail: None,
     };
     state.write(&paths)?;
     let gate = match (hold, &mode) {
@@ -326,6 +327,7 @@ fn run(root: &Path, id: &str, launch: &str) -> Result<i32, Error> {
     let (end, mut clients) = match Sandbox::start(&config, Some(&signals)) {
         Ok(mut sandbox) => {
             recorder.state.template = sandbox.template().map(String::from);
+            recorder.state.jail = sandbox.jail().cloned();
             let mut session = Session::new(
                 &cfg,
                 &paths,

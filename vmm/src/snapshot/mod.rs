@@ -100,7 +100,7 @@ pub enum SnapshotError {
 }
 
 /// Where a snapshot goes (or comes from).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct SnapshotFiles {
     /// The state file (replaced atomically).
     pub state: PathBuf,
@@ -108,8 +108,9 @@ pub struct SnapshotFiles {
     pub memory: PathBuf,
 }
 
-/// A VM to restore from a snapshot.
-#[derive(Debug, Clone)]
+/// A VM to restore from a snapshot. Serialisable except for the network
+/// interface (see [`crate::VmConfig`]).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct RestoreConfig {
     /// The snapshot's files.
     pub files: SnapshotFiles,
@@ -125,6 +126,7 @@ pub struct RestoreConfig {
     pub vsock: Option<VsockConfig>,
     /// The network interface's new backend and MAC: present iff the
     /// snapshot has a network device.
+    #[serde(skip)]
     pub net: Option<NetConfig>,
 }
 

@@ -185,6 +185,7 @@ mod tests {
             vsock: Some(VsockConfig {
                 guest_cid: 3,
                 uds_path: "v".into(),
+                listener: None,
             }),
             net: None,
         };

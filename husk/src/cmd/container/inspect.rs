@@ -84,6 +84,7 @@ fn document(c: &Container) -> Value {
             "StartedAt": s.started_at.as_deref().unwrap_or(zero),
             "FinishedAt": s.finished_at.as_deref().unwrap_or(zero),
             "Template": s.template.clone().unwrap_or_default(),
+            "Jail": s.jail,
         },
         "Image": cfg.image_id,
         "Name": format!("/{}", cfg.name),

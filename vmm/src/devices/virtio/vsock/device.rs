@@ -2,7 +2,9 @@
 //! its rx and tx queues against the [`Muxer`].
 
 use std::io::Write;
+use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
@@ -31,6 +33,8 @@ pub struct VsockConfig {
     /// Unix socket the VMM listens on for host-initiated connections; guest
     /// connections to port P go to `<uds_path>_<P>`.
     pub uds_path: PathBuf,
+    /// An already bound listener used instead of binding `uds_path`.
+    pub listener: Option<Arc<UnixListener>>,
 }
 
 /// Errors from [`Vsock::new`].
@@ -75,7 +79,7 @@ impl Vsock {
         if config.guest_cid < 3 || config.guest_cid >= u64::from(u32::MAX) {
             return Err(VsockError::Cid(config.guest_cid));
         }
-        let muxer = Muxer::new(config.guest_cid, config.uds_path)?;
+        let muxer = Muxer::new(config.guest_cid, config.uds_path, config.listener)?;
         let features = (1u64 << VIRTIO_F_VERSION_1) | (1u64 << VIRTIO_RING_F_EVENT_IDX);
         let common = VirtioCommon::new("virtio-vsock", VSOCK_DEVICE_ID, &QUEUE_SIZES, features)
             .map_err(VsockError::EventFd)?;

@@ -21,6 +21,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use event_manager::EventSet;
@@ -89,7 +90,9 @@ pub struct Muxer {
     guest_cid: u64,
     uds_path: PathBuf,
     listener: UnixListener,
-    listener_id: (u64, u64),
+    /// The socket file's identity when this muxer bound it (and so
+    /// removes it); `None` for a listener the caller passed.
+    listener_id: Option<(u64, u64)>,
     conns: HashMap<ConnKey, Connection>,
     by_fd: HashMap<RawFd, ConnKey>,
     clients: HashMap<RawFd, PendingClient>,
@@ -107,29 +110,33 @@ pub struct Muxer {
 
 impl Muxer {
     /// Binds the listener on `uds_path`, replacing a stale socket file that
-    /// nobody listens on.
-    pub fn new(guest_cid: u64, uds_path: PathBuf) -> Result<Self, VsockError> {
-        remove_stale_socket(&uds_path)?;
-        let listener = UnixListener::bind(&uds_path).map_err(|source| VsockError::Bind {
+    /// nobody listens on; or uses `listener`, already bound by the caller
+    /// (whose socket file stays the caller's).
+    pub fn new(
+        guest_cid: u64,
+        uds_path: PathBuf,
+        listener: Option<Arc<UnixListener>>,
+    ) -> Result<Self, VsockError> {
+        let bind_err = |source| VsockError::Bind {
             path: uds_path.clone(),
             source,
-        })?;
-        let meta = std::fs::metadata(&uds_path).map_err(|source| VsockError::Bind {
-            path: uds_path.clone(),
-            source,
-        })?;
-        listener
-            .set_nonblocking(true)
-            .map_err(|source| VsockError::Bind {
-                path: uds_path.clone(),
-                source,
-            })?;
+        };
+        let (listener, listener_id) = match listener {
+            Some(l) => (l.try_clone().map_err(bind_err)?, None),
+            None => {
+                remove_stale_socket(&uds_path)?;
+                let listener = UnixListener::bind(&uds_path).map_err(bind_err)?;
+                let meta = std::fs::metadata(&uds_path).map_err(bind_err)?;
+                (listener, Some((meta.dev(), meta.ino())))
+            }
+        };
+        listener.set_nonblocking(true).map_err(bind_err)?;
         let backoff = TimerFd::new().map_err(|e| VsockError::Timer(e.into()))?;
         Ok(Self {
             guest_cid,
             uds_path,
             listener,
-            listener_id: (meta.dev(), meta.ino()),
+            listener_id,
             conns: HashMap::new(),
             by_fd: HashMap::new(),
             clients: HashMap::new(),
@@ -535,7 +542,7 @@ impl Drop for Muxer {
     fn drop(&mut self) {
         // Remove the socket file only if it is still the one we bound.
         if let Ok(meta) = std::fs::metadata(&self.uds_path) {
-            if (meta.dev(), meta.ino()) == self.listener_id {
+            if Some((meta.dev(), meta.ino())) == self.listener_id {
                 let _ = std::fs::remove_file(&self.uds_path);
             }
         }

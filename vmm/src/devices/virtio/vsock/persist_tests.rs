@@ -22,6 +22,7 @@ fn fixture(mem: &GuestMemory) -> Fixture<'_> {
     let mut dev = Vsock::new(VsockConfig {
         guest_cid: 7,
         uds_path: dir.path().join("v.sock"),
+        listener: None,
     })
     .unwrap();
     let rx = Driver::new(mem, 0, 256);

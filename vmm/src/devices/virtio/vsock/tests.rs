@@ -66,6 +66,7 @@ impl<'a> Harness<'a> {
             Vsock::new(VsockConfig {
                 guest_cid: CID,
                 uds_path: uds.clone(),
+                listener: None,
             })
             .unwrap(),
         ));
@@ -512,6 +513,7 @@ fn new_validates_cid_and_socket_path() {
     let cfg = |cid| VsockConfig {
         guest_cid: cid,
         uds_path: path.clone(),
+        listener: None,
     };
     for cid in [0, 1, 2, u64::from(u32::MAX), u64::MAX] {
         assert!(matches!(Vsock::new(cfg(cid)), Err(VsockError::Cid(_))));
@@ -533,6 +535,7 @@ fn new_validates_cid_and_socket_path() {
     let err = Vsock::new(VsockConfig {
         guest_cid: 3,
         uds_path: dir.path().join("no/such/dir.sock"),
+        listener: None,
     })
     .err()
     .unwrap();

@@ -1,0 +1,350 @@
+//! The caller's side of a jailed VM: [`VmProcess`] starts `husk-vmm`,
+//! hands it the VM and its descriptors, and owns everything the jail
+//! leaves on the host (uid lease, cgroup, root directory), removed when
+//! the VM ends however the VMM process ended.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use rustix::net::{AddressFamily, SocketFlags, SocketType};
+
+use super::cgroup::{Cgroup, Limits};
+use super::proto::{self, FromVmm, JailSpec, Launch, NetBackendSpec, NetSpec, ToVmm, VmEnd, VmSpec};
+use super::uid::{self, UidLease, UidRange};
+use super::{io_ctx, jail_base, make_dir, JailError, JailInfo, MEMORY_OVERHEAD_MIB, PIDS_OVERHEAD};
+use crate::contract::{self, AGENT_PORT};
+use crate::signals::Signals;
+use crate::vmthread::{VmFailure, VmResult, STOP_TIMEOUT};
+use crate::wait::{poll_readable, Wake, Watch};
+
+/// How long the VMM process may take to build the VM and enter its jail.
+const LAUNCH_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The agent socket's path inside the jail: the VMM connects guest
+/// connections to host port P to `/v.sock_P`.
+const JAIL_VSOCK: &str = "/v.sock";
+
+/// What the VM is, for [`VmProcess::spawn`].
+pub(crate) struct VmRequest<'a> {
+    /// Boot or restore (vsock and console are replaced here).
+    pub spec: VmSpec,
+    /// The network interface.
+    pub net: Option<&'a vmm::NetConfig>,
+    /// The host's vsock socket.
+    pub vsock: &'a Path,
+    /// The console log.
+    pub console: &'a Path,
+    /// vCPUs.
+    pub vcpus: u8,
+    /// Guest memory.
+    pub memory_mib: u32,
+}
+
+/// What the jail holds on the host, released on drop (after the VMM
+/// process is gone).
+struct Resources {
+    cgroup: Cgroup,
+    root: PathBuf,
+    _lease: UidLease,
+}
+
+impl Drop for Resources {
+    fn drop(&mut self) {
+        self.cgroup.remove();
+        let _ = std::fs::remove_dir(&self.root);
+    }
+}
+
+/// A VM running in a jailed `husk-vmm` process.
+pub struct VmProcess {
+    child: Child,
+    control: OwnedFd,
+    /// Readable once the process has exited.
+    pidfd: OwnedFd,
+    console: Option<JoinHandle<()>>,
+    info: JailInfo,
+    result: Option<VmResult>,
+    // Dropped last.
+    _resources: Resources,
+}
+
+impl VmProcess {
+    /// Starts the VM of `req` in a new jail and waits until it runs.
+    pub(crate) fn spawn(req: VmRequest<'_>) -> Result<VmProcess, JailError> {
+        let bin = crate::assets::vmm()?;
+        let base = jail_base();
+        let lease = uid::allocate(UidRange::configured()?, &base.join("uids"))?;
+        let uid = lease.uid();
+        let limits = Limits {
+            memory: (u64::from(req.memory_mib) + MEMORY_OVERHEAD_MIB) << 20,
+            pids: u64::from(req.vcpus) + PIDS_OVERHEAD,
+            // The vCPUs plus the device thread.
+            cpus: u64::from(req.vcpus) + 1,
+        };
+        let cgroup = Cgroup::create(&format!("husk-vmm-{uid}"), &limits)?;
+        let root = base.join(format!("root-{uid}"));
+        let resources = Resources {
+            cgroup,
+            root: root.clone(),
+            _lease: lease,
+        };
+        make_dir(&root)?;
+
+        let agent = contract::host_port_socket(req.vsock, AGENT_PORT);
+        let agent_real = std::fs::canonicalize(&agent)
+            .map_err(io_ctx(format!("resolving {}", agent.display())))?;
+        let id = Some(rustix::fs::Uid::from_raw(uid));
+        rustix::fs::chown(&agent_real, id, Some(rustix::fs::Gid::from_raw(uid)))
+            .map_err(|e| io_ctx(format!("chown {}", agent_real.display()))(e.into()))?;
+        let _ = std::fs::remove_file(req.vsock);
+        let listener = UnixListener::bind(req.vsock)
+            .map_err(io_ctx(format!("listening on {}", req.vsock.display())))?;
+
+        let (ours, theirs) = rustix::net::socketpair(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .map_err(|e| io_ctx("socketpair")(e.into()))?;
+        let (console_r, console_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+            .map_err(|e| io_ctx("pipe")(e.into()))?;
+        let console_file = vmm::logging::CappedFile::create(req.console, vmm::logging::CONSOLE_MAX_BYTES)
+            .map_err(io_ctx(format!("creating {}", req.console.display())))?;
+        let child = Command::new(&bin)
+            .stdin(Stdio::from(theirs))
+            .stdout(Stdio::from(console_w))
+            .spawn()
+            .map_err(io_ctx(format!("starting {}", bin.display())))?;
+        let console = std::thread::Builder::new()
+            .name("console".into())
+            .spawn(move || copy_console(File::from(console_r), console_file))
+            .ok();
+        let pidfd = match rustix::process::pidfd_open(
+            rustix::process::Pid::from_child(&child),
+            rustix::process::PidfdFlags::empty(),
+        ) {
+            Ok(fd) => fd,
+            Err(e) => {
+                let mut child = child;
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(io_ctx("pidfd_open")(e.into()));
+            }
+        };
+        let mut process = VmProcess {
+            child,
+            control: ours,
+            pidfd,
+            console,
+            info: JailInfo {
+                pid: 0,
+                uid,
+                gid: uid,
+                cgroup: resources.cgroup.display().to_string(),
+            },
+            result: None,
+            _resources: resources,
+        };
+        let launch = Launch {
+            vm: jailed_spec(req.spec),
+            net: req.net.map(net_spec),
+            jail: JailSpec {
+                uid,
+                gid: uid,
+                root,
+                cgroup_procs: process._resources.cgroup.procs_files(),
+                agent_socket: agent_real,
+                agent_target: contract::host_port_socket(Path::new(JAIL_VSOCK), AGENT_PORT),
+                nproc: limits.pids,
+            },
+        };
+        let mut fds: Vec<BorrowedFd<'_>> = vec![listener.as_fd()];
+        if let Some(vmm::NetBackend::Stream(s)) = req.net.map(|n| &n.backend) {
+            fds.push(s.as_fd());
+        }
+        proto::send(process.control.as_fd(), &launch, &fds)?;
+        drop(listener);
+        process.wait_running()?;
+        Ok(process)
+    }
+
+    /// Waits for the VMM's pid and `Running` (or its failure).
+    fn wait_running(&mut self) -> Result<(), JailError> {
+        let deadline = Instant::now() + LAUNCH_TIMEOUT;
+        let mut running = false;
+        while !running || self.info.pid == 0 {
+            if poll_readable(&[self.control.as_fd()], Some(deadline))
+                .map_err(io_ctx("waiting for the VMM"))?
+                .is_empty()
+            {
+                return Err(JailError::Timeout(LAUNCH_TIMEOUT.as_secs()));
+            }
+            match proto::recv::<FromVmm>(&self.control)? {
+                Some((FromVmm::Pid(pid), _)) => self.info.pid = pid,
+                Some((FromVmm::Running, _)) => running = true,
+                Some((FromVmm::Failed { damaged, message }, _)) => {
+                    return Err(JailError::Vm { damaged, message })
+                }
+                Some((FromVmm::Ended(end), _)) => {
+                    return Err(JailError::Died(format!("{end:?}")))
+                }
+                None => {
+                    let status = self.child.wait().map(|s| s.to_string()).unwrap_or_default();
+                    return Err(JailError::Died(status));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The jail (for `husk inspect`).
+    pub fn info(&self) -> &JailInfo {
+        &self.info
+    }
+
+    /// Readable once the VMM process has exited.
+    pub fn done_fd(&self) -> BorrowedFd<'_> {
+        self.pidfd.as_fd()
+    }
+
+    /// [`VmProcess::done_fd`] as a raw number.
+    pub fn done_raw_fd(&self) -> RawFd {
+        self.pidfd.as_raw_fd()
+    }
+
+    /// Whether the VMM process has exited.
+    pub fn is_done(&self) -> bool {
+        self.result.is_some()
+            || poll_readable(&[self.done_fd()], Some(Instant::now())).is_ok_and(|r| !r.is_empty())
+    }
+
+    /// Asks the VM to stop (returns at once).
+    pub fn request_stop(&self) {
+        let _ = proto::send(self.control.as_fd(), &ToVmm::Stop, &[]);
+    }
+
+    /// Waits until the VMM process exits (true), a signal arrives or the
+    /// deadline passes (false).
+    pub fn wait_done(&self, signals: Option<&Signals>, deadline: Instant) -> bool {
+        let watch = Watch {
+            signals,
+            vm_done: None,
+        };
+        matches!(watch.wait(self.done_fd(), Some(deadline)), Ok(Wake::Ready))
+    }
+
+    /// Stops the VM (if still running), waiting at most [`STOP_TIMEOUT`]
+    /// before killing the process, and returns how it ended.
+    pub fn stop(&mut self) -> Option<&VmResult> {
+        if self.result.is_none() {
+            self.request_stop();
+            let deadline = Instant::now() + STOP_TIMEOUT;
+            while !self.wait_done(None, deadline) {
+                if Instant::now() >= deadline {
+                    let _ = self.child.kill();
+                    break;
+                }
+            }
+            self.result = Some(self.collect());
+        }
+        self.result.as_ref()
+    }
+
+    /// Reaps the (exited or killed) process and reads its report.
+    fn collect(&mut self) -> VmResult {
+        let status = self.child.wait();
+        let mut end = None;
+        while poll_readable(&[self.control.as_fd()], Some(Instant::now()))
+            .is_ok_and(|r| !r.is_empty())
+        {
+            match proto::recv::<FromVmm>(&self.control) {
+                Ok(Some((FromVmm::Ended(e), _))) => end = Some(e),
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => break,
+            }
+        }
+        if let Some(t) = self.console.take() {
+            let _ = t.join();
+        }
+        match end {
+            Some(VmEnd::PowerOff) => Ok(vmm::ExitReason::PowerOff),
+            Some(VmEnd::Reboot) => Ok(vmm::ExitReason::Reboot),
+            Some(VmEnd::Stopped) => Ok(vmm::ExitReason::Stopped),
+            Some(VmEnd::Failed(m)) => Err(VmFailure::Jailed(m)),
+            None => Err(VmFailure::Jailed(format!(
+                "the VMM process ended without a report ({})",
+                status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string())
+            ))),
+        }
+    }
+}
+
+impl Drop for VmProcess {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// `spec` with the jail's vsock path (the listener is passed) and the
+/// console on the process's stdout (the pipe).
+fn jailed_spec(spec: VmSpec) -> VmSpec {
+    let vsock = |v: Option<vmm::VsockConfig>| {
+        v.map(|v| vmm::VsockConfig {
+            uds_path: PathBuf::from(JAIL_VSOCK),
+            listener: None,
+            ..v
+        })
+    };
+    match spec {
+        VmSpec::Boot(mut c) => {
+            c.vsock = vsock(c.vsock);
+            c.console = vmm::ConsoleOutput::Stdout;
+            c.net = None;
+            VmSpec::Boot(c)
+        }
+        VmSpec::Restore(mut r) => {
+            r.vsock = vsock(r.vsock);
+            r.console = vmm::ConsoleOutput::Stdout;
+            r.net = None;
+            VmSpec::Restore(r)
+        }
+    }
+}
+
+fn net_spec(n: &vmm::NetConfig) -> NetSpec {
+    NetSpec {
+        mac: n.mac,
+        mtu: n.mtu,
+        backend: match &n.backend {
+            vmm::NetBackend::Unix(p) => NetBackendSpec::Unix(p.clone()),
+            vmm::NetBackend::Stream(_) => NetBackendSpec::Stream,
+            vmm::NetBackend::Tap(t) => NetBackendSpec::Tap(t.clone()),
+        },
+    }
+}
+
+/// Copies the guest console from the VMM's stdout into the console log
+/// until the VMM process is gone.
+fn copy_console(mut from: File, mut to: vmm::logging::CappedFile) {
+    let mut buf = [0u8; 8192];
+    loop {
+        match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                if to.write_all(&buf[..n]).is_err() {
+                    // Keep draining so the VMM never blocks on its console.
+                    continue;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+}
