@@ -69,4 +69,5 @@ build_workspace() {
     export HUSK_BIN="$target_dir/release/husk"
     export HUSK_SHIM="$target_dir/release/containerd-shim-husk-v2"
     export HUSK_OCI="$target_dir/release/husk-oci"
+    export HUSK_VMM="$target_dir/release/husk-vmm"
 }

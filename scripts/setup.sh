@@ -13,12 +13,14 @@ log "installing to /usr/local"
 install -d /usr/local/lib/husk
 install -m 0644 "$HUSK_KERNEL" /usr/local/lib/husk/vmlinux
 install -m 0755 "$HUSK_AGENT" /usr/local/lib/husk/husk-agent
+# The jailed VMM process every VM runs in (found next to husk's lib dir).
+install -m 0755 "$HUSK_VMM" /usr/local/lib/husk/husk-vmm
 install -m 0755 "$HUSK_BIN" /usr/local/bin/husk
 # containerd finds its runtime v2 shims on PATH (--runtime io.containerd.husk.v2).
 install -m 0755 "$HUSK_SHIM" /usr/local/bin/containerd-shim-husk-v2
 # The OCI runtime CLI (podman --runtime, ctr run --runc-binary).
 install -m 0755 "$HUSK_OCI" /usr/local/bin/husk-oci
-unset HUSK_KERNEL HUSK_AGENT
+unset HUSK_KERNEL HUSK_AGENT HUSK_VMM
 
 log "main job: build a busybox image (FROM scratch) and run a container in a microVM"
 ctx="$(mktemp -d)"

@@ -163,7 +163,10 @@ pub fn vmm() -> Result<PathBuf> {
         .map(|d| d.join("husk-vmm"))
         .into_iter()
         .collect();
-    if let Some(dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)) {
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf))
+    {
         candidates.push(dir.join("husk-vmm"));
         if let Some(up) = dir.parent() {
             candidates.push(up.join("husk-vmm"));

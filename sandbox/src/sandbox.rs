@@ -17,11 +17,11 @@ use std::time::{Duration, Instant};
 use crate::agent::{AgentConnection, AgentError};
 use crate::contract::{self, DiskRole, AGENT_PORT, AGENT_SERIAL, CMDLINE, GUEST_CID};
 use crate::explain;
+use crate::jail::{self, JailError, JailInfo, VmProcess};
 use crate::rundir::RunDirError;
+use crate::running::RunningVm;
 use crate::signals::Signals;
 use crate::template::{StartMode, TemplateError};
-use crate::jail::{self, JailError, JailInfo, VmProcess};
-use crate::running::RunningVm;
 use crate::vmthread::{PauseError, VmResult, VmThread};
 use crate::wait::{Wake, Watch};
 
@@ -267,7 +267,11 @@ impl Sandbox {
     }
 
     /// The sandbox around the running `vm`.
-    pub(crate) fn running(vm: RunningVm, listener: AgentListener, config: &SandboxConfig) -> Sandbox {
+    pub(crate) fn running(
+        vm: RunningVm,
+        listener: AgentListener,
+        config: &SandboxConfig,
+    ) -> Sandbox {
         Sandbox {
             vm,
             listener: Some(listener.listener),

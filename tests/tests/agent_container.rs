@@ -253,6 +253,7 @@ fn container_in_a_real_vm() {
         vsock: Some(vmm::VsockConfig {
             guest_cid: 3,
             uds_path: vsock.clone(),
+            listener: None,
         }),
         net: None,
         console: vmm::ConsoleOutput::File(console.0.clone()),

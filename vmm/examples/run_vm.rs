@@ -72,6 +72,7 @@ fn main() {
                 config.vsock = Some(VsockConfig {
                     guest_cid: cid.parse().unwrap_or_else(|_| usage()),
                     uds_path: uds.into(),
+                    listener: None,
                 });
             }
             "-v" => level = log::LevelFilter::Debug,

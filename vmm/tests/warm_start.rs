@@ -139,6 +139,7 @@ fn template_config(kernel: PathBuf, dir: &Path, net: NetConfig) -> VmConfig {
         vsock: Some(VsockConfig {
             guest_cid: 3,
             uds_path: dir.join("t.sock"),
+            listener: None,
         }),
         net: Some(net),
         console: ConsoleOutput::File(dir.join("template.log")),
@@ -215,6 +216,7 @@ fn restored_template_sees_its_new_disk_and_reconnects() {
         vsock: Some(VsockConfig {
             guest_cid: 3,
             uds_path: dir.path().join("r.sock"),
+            listener: None,
         }),
         net: Some(net2),
     })

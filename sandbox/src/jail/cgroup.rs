@@ -123,7 +123,11 @@ impl Cgroup {
         write(memory, "memory.limit_in_bytes", &limits.memory.to_string())?;
         write(pids, "pids.max", &limits.pids.to_string())?;
         write(cpu, "cpu.cfs_period_us", &CPU_PERIOD_US.to_string())?;
-        write(cpu, "cpu.cfs_quota_us", &(limits.cpus * CPU_PERIOD_US).to_string())?;
+        write(
+            cpu,
+            "cpu.cfs_quota_us",
+            &(limits.cpus * CPU_PERIOD_US).to_string(),
+        )?;
         Ok(cg)
     }
 

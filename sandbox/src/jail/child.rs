@@ -20,7 +20,9 @@ use rustix::mount::{MountFlags, MountPropagationFlags, UnmountFlags};
 use rustix::process::{Pid, Resource, Rlimit, Signal, WaitOptions};
 use rustix::thread::{CapabilitySet, CapabilitySets, UnshareFlags};
 
-use super::proto::{self, FromVmm, JailSpec, Launch, NetBackendSpec, NetSpec, ToVmm, VmEnd, VmSpec};
+use super::proto::{
+    self, FromVmm, JailSpec, Launch, NetBackendSpec, NetSpec, ToVmm, VmEnd, VmSpec,
+};
 use crate::explain::error_chain;
 use crate::vmthread::VmThread;
 use crate::wait::poll_readable;
@@ -138,10 +140,17 @@ fn vmm_main(control: OwnedFd, launch: Launch, fds: Vec<OwnedFd>) -> i32 {
 fn build_jailed(launch: Launch, fds: Vec<OwnedFd>) -> Result<vmm::Vm, Failure> {
     // SAFETY: the process is single-threaded, so no other thread can
     // observe the unshared state.
-    unsafe { rustix::thread::unshare_unsafe(UnshareFlags::NEWNS | UnshareFlags::NEWIPC | UnshareFlags::NEWUTS) }
-        .map_err(|e| Failure::new("unshare", std::io::Error::from(e)))?;
-    rustix::mount::mount_change("/", MountPropagationFlags::PRIVATE | MountPropagationFlags::REC)
-        .map_err(|e| Failure::new("making mounts private", std::io::Error::from(e)))?;
+    unsafe {
+        rustix::thread::unshare_unsafe(
+            UnshareFlags::NEWNS | UnshareFlags::NEWIPC | UnshareFlags::NEWUTS,
+        )
+    }
+    .map_err(|e| Failure::new("unshare", std::io::Error::from(e)))?;
+    rustix::mount::mount_change(
+        "/",
+        MountPropagationFlags::PRIVATE | MountPropagationFlags::REC,
+    )
+    .map_err(|e| Failure::new("making mounts private", std::io::Error::from(e)))?;
     let vm = build_vm(launch.vm, launch.net, fds)?;
     // SAFETY: as above.
     unsafe { rustix::thread::unshare_unsafe(UnshareFlags::NEWNET) }
@@ -223,7 +232,11 @@ fn enter_root(jail: &JailSpec) -> Result<(), Failure> {
         data.as_c_str(),
     )
     .map_err(fail("mounting the jail's root"))?;
-    let target = root.join(jail.agent_target.strip_prefix("/").unwrap_or(&jail.agent_target));
+    let target = root.join(
+        jail.agent_target
+            .strip_prefix("/")
+            .unwrap_or(&jail.agent_target),
+    );
     std::fs::File::create(&target).map_err(|e| Failure::new("creating the agent socket", e))?;
     rustix::mount::mount_bind(&jail.agent_socket, &target)
         .map_err(fail("binding the agent socket"))?;
@@ -231,7 +244,8 @@ fn enter_root(jail: &JailSpec) -> Result<(), Failure> {
     std::fs::create_dir(&old).map_err(|e| Failure::new("creating .old", e))?;
     rustix::process::pivot_root(root, &old).map_err(fail("pivot_root"))?;
     rustix::process::chdir("/").map_err(fail("chdir /"))?;
-    rustix::mount::unmount("/.old", UnmountFlags::DETACH).map_err(fail("detaching the old root"))?;
+    rustix::mount::unmount("/.old", UnmountFlags::DETACH)
+        .map_err(fail("detaching the old root"))?;
     std::fs::remove_dir("/.old").map_err(|e| Failure::new("removing .old", e))?;
     rustix::mount::mount_remount(
         "/",
@@ -262,7 +276,9 @@ fn set_limits(jail: &JailSpec) -> Result<(), Failure> {
 /// groups, `gid`/`uid` as real, effective and saved ids, every capability
 /// set empty, `no_new_privs`. Checked afterwards.
 fn drop_privileges(uid: u32, gid: u32) -> Result<(), Failure> {
-    let fail = |what: &'static str| move |e: rustix::io::Errno| Failure::new(what, std::io::Error::from(e));
+    let fail = |what: &'static str| {
+        move |e: rustix::io::Errno| Failure::new(what, std::io::Error::from(e))
+    };
     for cap in 0..64 {
         match rustix::thread::remove_capability_from_bounding_set(CapabilitySet::from_bits_retain(
             1 << cap,
@@ -273,7 +289,8 @@ fn drop_privileges(uid: u32, gid: u32) -> Result<(), Failure> {
             Err(e) => return Err(fail("dropping the bounding set")(e)),
         }
     }
-    rustix::thread::clear_ambient_capability_set().map_err(fail("clearing ambient capabilities"))?;
+    rustix::thread::clear_ambient_capability_set()
+        .map_err(fail("clearing ambient capabilities"))?;
     rustix::thread::set_thread_groups(&[]).map_err(fail("setgroups"))?;
     let gid = rustix::process::Gid::from_raw(gid);
     rustix::thread::set_thread_res_gid(gid, gid, gid).map_err(fail("setresgid"))?;
@@ -370,8 +387,15 @@ fn report_failure(control: &OwnedFd, f: Failure) {
     let _ = proto::send(control.as_fd(), &msg, &[]);
 }
 
-/// The control socket (stdin), with stdin itself pointed at /dev/null.
+/// The control socket (stdin), with stdin itself pointed at /dev/null;
+/// every other descriptor the caller leaked (not close-on-exec) is closed
+/// first, so nothing of the caller's reaches the jail.
 fn take_stdin() -> std::io::Result<OwnedFd> {
+    // SAFETY: at the start of main no object of this process owns a
+    // descriptor above 2; close_range(2) only closes descriptors.
+    if unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
     let control = std::io::stdin().as_fd().try_clone_to_owned()?;
     let null = std::fs::File::open("/dev/null")?;
     rustix::stdio::dup2_stdin(&null)?;

@@ -90,7 +90,9 @@ pub struct JailInfo {
 #[derive(Debug, thiserror::Error)]
 pub enum JailError {
     /// `HUSK_JAIL_UIDS` is not `BASE:COUNT`.
-    #[error("${UIDS_ENV} must be BASE:COUNT with BASE > 0 and a range that fits 32 bits (got {0:?})")]
+    #[error(
+        "${UIDS_ENV} must be BASE:COUNT with BASE > 0 and a range that fits 32 bits (got {0:?})"
+    )]
     UidRange(String),
     /// Every uid of the range is in use.
     #[error("no free jail uid in {base}..{end} (${UIDS_ENV})")]

@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 use rustix::net::{AddressFamily, SocketFlags, SocketType};
 
 use super::cgroup::{Cgroup, Limits};
-use super::proto::{self, FromVmm, JailSpec, Launch, NetBackendSpec, NetSpec, ToVmm, VmEnd, VmSpec};
+use super::proto::{
+    self, FromVmm, JailSpec, Launch, NetBackendSpec, NetSpec, ToVmm, VmEnd, VmSpec,
+};
 use super::uid::{self, UidLease, UidRange};
 use super::{io_ctx, jail_base, make_dir, JailError, JailInfo, MEMORY_OVERHEAD_MIB, PIDS_OVERHEAD};
 use crate::contract::{self, AGENT_PORT};
@@ -115,8 +117,9 @@ impl VmProcess {
         .map_err(|e| io_ctx("socketpair")(e.into()))?;
         let (console_r, console_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
             .map_err(|e| io_ctx("pipe")(e.into()))?;
-        let console_file = vmm::logging::CappedFile::create(req.console, vmm::logging::CONSOLE_MAX_BYTES)
-            .map_err(io_ctx(format!("creating {}", req.console.display())))?;
+        let console_file =
+            vmm::logging::CappedFile::create(req.console, vmm::logging::CONSOLE_MAX_BYTES)
+                .map_err(io_ctx(format!("creating {}", req.console.display())))?;
         let child = Command::new(&bin)
             .stdin(Stdio::from(theirs))
             .stdout(Stdio::from(console_w))
@@ -192,9 +195,7 @@ impl VmProcess {
                 Some((FromVmm::Failed { damaged, message }, _)) => {
                     return Err(JailError::Vm { damaged, message })
                 }
-                Some((FromVmm::Ended(end), _)) => {
-                    return Err(JailError::Died(format!("{end:?}")))
-                }
+                Some((FromVmm::Ended(end), _)) => return Err(JailError::Died(format!("{end:?}"))),
                 None => {
                     let status = self.child.wait().map(|s| s.to_string()).unwrap_or_default();
                     return Err(JailError::Died(status));
@@ -280,7 +281,9 @@ impl VmProcess {
             Some(VmEnd::Failed(m)) => Err(VmFailure::Jailed(m)),
             None => Err(VmFailure::Jailed(format!(
                 "the VMM process ended without a report ({})",
-                status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string())
+                status
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|e| e.to_string())
             ))),
         }
     }

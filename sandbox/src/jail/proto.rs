@@ -140,15 +140,18 @@ pub fn send<T: Serialize>(
     if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
         return Err(JailError::Protocol("too many descriptors".into()));
     }
-    rustix::net::sendmsg(sock, &[IoSlice::new(&bytes)], &mut control, SendFlags::NOSIGNAL)
-        .map_err(|e| super::io_ctx("sending to the VMM control socket")(e.into()))?;
+    rustix::net::sendmsg(
+        sock,
+        &[IoSlice::new(&bytes)],
+        &mut control,
+        SendFlags::NOSIGNAL,
+    )
+    .map_err(|e| super::io_ctx("sending to the VMM control socket")(e.into()))?;
     Ok(())
 }
 
 /// Receives one record: `None` at EOF (the peer is gone).
-pub fn recv<T: DeserializeOwned>(
-    sock: impl AsFd,
-) -> Result<Option<(T, Vec<OwnedFd>)>, JailError> {
+pub fn recv<T: DeserializeOwned>(sock: impl AsFd) -> Result<Option<(T, Vec<OwnedFd>)>, JailError> {
     let mut buf = vec![0u8; MAX_RECORD];
     let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
@@ -173,8 +176,8 @@ pub fn recv<T: DeserializeOwned>(
     if got.bytes == 0 {
         return Ok(None);
     }
-    let msg = postcard::from_bytes(&buf[..got.bytes])
-        .map_err(|e| JailError::Protocol(e.to_string()))?;
+    let msg =
+        postcard::from_bytes(&buf[..got.bytes]).map_err(|e| JailError::Protocol(e.to_string()))?;
     Ok(Some((msg, fds)))
 }
 

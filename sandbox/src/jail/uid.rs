@@ -65,8 +65,8 @@ pub fn allocate(range: UidRange, dir: &Path) -> Result<UidLease, JailError> {
     for i in 0..range.count {
         let uid = range.base + (start + i) % range.count;
         let path = dir.join(format!("{uid}.lock"));
-        let lock =
-            FileLock::try_exclusive(&path).map_err(io_ctx(format!("locking {}", path.display())))?;
+        let lock = FileLock::try_exclusive(&path)
+            .map_err(io_ctx(format!("locking {}", path.display())))?;
         if let Some(lock) = lock {
             return Ok(UidLease { uid, _lock: lock });
         }
