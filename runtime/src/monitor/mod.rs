@@ -6,7 +6,8 @@
 //! to reap it, starts a new session, takes `monitor.lock` for its whole
 //! life (that lock is how everyone else knows it is alive), claims the
 //! volumes' disks, records the `running` state, boots the VM (the VMM
-//! runs in this process: killing the monitor kills the VM), creates the
+//! runs in a jailed child process that stops the VM when the monitor
+//! dies: see `husk_sandbox::jail`), creates the
 //! container through the agent, starts the init process, writes the logs,
 //! relays stdio to attach clients, and records the exit. With `--rm` it
 //! removes the container itself.

@@ -131,6 +131,25 @@ impl Cgroup {
         Ok(cg)
     }
 
+    /// Removes the empty cgroups next to this one that `stale` says
+    /// belong to no running VM (left by a caller that was killed): it
+    /// returns a guard (the uid's lock) held while one is removed.
+    pub fn sweep_siblings<G>(&self, stale: impl Fn(&str) -> Option<G>) {
+        for dir in &self.dirs {
+            let Some(parent) = dir.parent() else { continue };
+            for e in std::fs::read_dir(parent).into_iter().flatten().flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if e.path() == *dir || !e.path().is_dir() {
+                    continue;
+                }
+                if let Some(_guard) = stale(&name) {
+                    // Fails (EBUSY) while a process is still in it.
+                    let _ = std::fs::remove_dir(e.path());
+                }
+            }
+        }
+    }
+
     /// The `cgroup.procs` files a process writes its pid to, to join.
     pub fn procs_files(&self) -> Vec<PathBuf> {
         self.dirs.iter().map(|d| d.join("cgroup.procs")).collect()

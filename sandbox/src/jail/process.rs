@@ -12,6 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use images::store::FileLock;
 use rustix::net::{AddressFamily, SocketFlags, SocketType};
 
 use super::cgroup::{Cgroup, Limits};
@@ -97,6 +98,7 @@ impl VmProcess {
             _lease: lease,
         };
         make_dir(&root)?;
+        sweep(&base, &resources.cgroup);
 
         let agent = contract::host_port_socket(req.vsock, AGENT_PORT);
         let agent_real = std::fs::canonicalize(&agent)
@@ -293,6 +295,24 @@ impl Drop for VmProcess {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Removes the root directories and cgroups of jails whose uid is no
+/// longer held (their caller was killed before it could clean up),
+/// holding that uid's lock meanwhile.
+fn sweep(base: &Path, cgroup: &Cgroup) {
+    let stale = |name: &str, prefix: &str| {
+        let uid = name.strip_prefix(prefix)?.parse::<u32>().ok()?;
+        FileLock::try_exclusive(&base.join(format!("uids/{uid}.lock")))
+            .ok()
+            .flatten()
+    };
+    for e in std::fs::read_dir(base).into_iter().flatten().flatten() {
+        if let Some(_lock) = stale(&e.file_name().to_string_lossy(), "root-") {
+            let _ = std::fs::remove_dir(e.path());
+        }
+    }
+    cgroup.sweep_siblings(|name| stale(name, "husk-vmm-"));
 }
 
 /// `spec` with the jail's vsock path (the listener is passed) and the
