@@ -15,6 +15,15 @@ pub struct FileLock {
     _file: File,
 }
 
+/// The locked file: a descriptor passed to another process keeps the lock
+/// held until that process closes it too (flock locks belong to the open
+/// file, not to a process).
+impl std::os::fd::AsFd for FileLock {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self._file.as_fd()
+    }
+}
+
 impl FileLock {
     /// Blocks until an exclusive lock on `path` (created if missing) is held.
     pub fn exclusive(path: &Path) -> io::Result<FileLock> {

@@ -41,6 +41,9 @@ pub struct Limits {
 #[derive(Debug)]
 pub struct Cgroup {
     dirs: Vec<PathBuf>,
+    /// The `cgroup.procs` files of where a process goes to leave it (the
+    /// caller's own cgroups on v1, the root on v2).
+    leave: Vec<PathBuf>,
     /// The path shown to users: relative to the hierarchy's root.
     display: String,
 }
@@ -97,12 +100,14 @@ impl Cgroup {
         write(&dir, "cpu.max", &format!("{quota} {CPU_PERIOD_US}"))?;
         Ok(Cgroup {
             dirs: vec![dir],
+            leave: vec![root.join("cgroup.procs")],
             display: format!("/husk/{name}"),
         })
     }
 
     fn create_v1(name: &str, limits: &Limits) -> Result<Cgroup, JailError> {
         let mut dirs = Vec::new();
+        let mut leave = Vec::new();
         let mut display = String::new();
         for ctrl in V1_CONTROLLERS {
             let mount = Path::new(ROOT).join(ctrl);
@@ -110,6 +115,7 @@ impl Cgroup {
             if !mount.join("cgroup.procs").exists() {
                 return Err(JailError::NoCgroup(ctrl));
             }
+            leave.push(mount.join(&own).join("cgroup.procs"));
             let rel = Path::new(&own).join("husk").join(name);
             let dir = mount.join(&rel);
             super::make_dir(&dir)?;
@@ -118,7 +124,11 @@ impl Cgroup {
             }
             dirs.push(dir);
         }
-        let cg = Cgroup { dirs, display };
+        let cg = Cgroup {
+            dirs,
+            leave,
+            display,
+        };
         let [memory, pids, cpu] = [&cg.dirs[0], &cg.dirs[1], &cg.dirs[2]];
         write(memory, "memory.limit_in_bytes", &limits.memory.to_string())?;
         write(pids, "pids.max", &limits.pids.to_string())?;
@@ -153,6 +163,17 @@ impl Cgroup {
     /// The `cgroup.procs` files a process writes its pid to, to join.
     pub fn procs_files(&self) -> Vec<PathBuf> {
         self.dirs.iter().map(|d| d.join("cgroup.procs")).collect()
+    }
+
+    /// The cgroup's directories.
+    pub fn dirs(&self) -> &[PathBuf] {
+        &self.dirs
+    }
+
+    /// The `cgroup.procs` files a process of the cgroup writes its pid to,
+    /// to leave it (before removing it).
+    pub fn leave_files(&self) -> &[PathBuf] {
+        &self.leave
     }
 
     /// The path `husk inspect` shows (`State.Jail.Cgroup`).

@@ -74,6 +74,9 @@ pub fn main() -> i32 {
         report_failure(&control, f);
         return FAILED;
     }
+    let mut fds = fds.into_iter();
+    let listener = fds.next();
+    let uid_lock = fds.next();
     // SAFETY: fork(2) in a process that has started no thread (this is the
     // start of husk-vmm's main); the child continues normally.
     match unsafe { libc::fork() } {
@@ -82,23 +85,31 @@ pub fn main() -> i32 {
             report_failure(&control, Failure::new("fork", e));
             FAILED
         }
-        0 => vmm_main(control, launch, fds),
+        0 => {
+            // Only the waiter keeps the uid taken.
+            drop(uid_lock);
+            vmm_main(control, launch, listener.into_iter().chain(fds).collect())
+        }
         pid => {
             let pid = pid.unsigned_abs();
             let _ = proto::send(control.as_fd(), &FromVmm::Pid(pid), &[]);
             drop(control);
-            drop(fds);
-            waiter_main(pid, &launch.jail)
+            drop(listener);
+            drop(fds.collect::<Vec<_>>());
+            let code = wait_for(pid);
+            remove_jail(&launch.jail);
+            drop(uid_lock);
+            code
         }
     }
 }
 
-/// The forking parent: drops everything and waits for the VMM (pid 1 of
-/// the new namespace), exiting as it did (128+N after signal N).
-fn waiter_main(pid: u32, jail: &JailSpec) -> i32 {
-    if let Err(f) = drop_privileges(jail.uid, jail.gid) {
-        log::error!("{}", f.message);
-    }
+/// The waiter: waits for the VMM (pid 1 of the new namespace) and returns
+/// its exit status (128+N after signal N). It stays root, in the host's
+/// namespaces, reads nothing from the guest or the VMM, and holds the jail
+/// uid's lock until it has removed the jail: so the jail goes away, and its
+/// uid stays taken until then, even when the caller was killed.
+fn wait_for(pid: u32) -> i32 {
     let Some(pid) = Pid::from_raw(pid as i32) else {
         return FAILED;
     };
@@ -117,6 +128,23 @@ fn waiter_main(pid: u32, jail: &JailSpec) -> i32 {
             Err(_) => return FAILED,
         }
     }
+}
+
+/// Leaves the jail's cgroup and removes it and the root directory (the
+/// VMM's mount namespace, and so its tmpfs, died with it).
+fn remove_jail(jail: &JailSpec) {
+    let me = std::process::id().to_string();
+    for procs in &jail.cgroup_leave {
+        let _ = std::fs::write(procs, &me);
+    }
+    for dir in &jail.cgroup_dirs {
+        if let Err(e) = std::fs::remove_dir(dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                log::warn!("removing cgroup {}: {e}", dir.display());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(&jail.root);
 }
 
 /// The VMM proper (pid 1 of its pid namespace).

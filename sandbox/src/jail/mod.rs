@@ -161,16 +161,28 @@ pub fn enabled() -> bool {
     true
 }
 
-/// Where jails keep their per-VM directories and uid locks:
-/// `$HUSK_RUN_DIR/jail` or `/run/husk/jail`.
+/// Where jails keep their per-VM directories and uid locks. One place per
+/// host whatever `$HUSK_RUN_DIR` says: uids must be unique among all the
+/// VMs of the host.
 pub(crate) fn jail_base() -> PathBuf {
-    std::env::var_os("HUSK_RUN_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/run/husk"))
-        .join("jail")
+    PathBuf::from(JAIL_DIR)
 }
+
+/// See [`jail_base`].
+pub const JAIL_DIR: &str = "/run/husk/jail";
 
 /// Makes `dir` (and its parents) if missing.
 pub(crate) fn make_dir(dir: &Path) -> Result<(), JailError> {
     std::fs::create_dir_all(dir).map_err(io_ctx(format!("creating {}", dir.display())))
+}
+
+/// Makes `dir` (and its parents) if missing, private (0700) where new:
+/// other users must not hold the uid locks or see the jails.
+pub(crate) fn make_private_dir(dir: &Path) -> Result<(), JailError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io_ctx(format!("creating {}", dir.display())))
 }

@@ -20,7 +20,9 @@ use super::proto::{
     self, FromVmm, JailSpec, Launch, NetBackendSpec, NetSpec, ToVmm, VmEnd, VmSpec,
 };
 use super::uid::{self, UidLease, UidRange};
-use super::{io_ctx, jail_base, make_dir, JailError, JailInfo, MEMORY_OVERHEAD_MIB, PIDS_OVERHEAD};
+use super::{
+    io_ctx, jail_base, make_private_dir, JailError, JailInfo, MEMORY_OVERHEAD_MIB, PIDS_OVERHEAD,
+};
 use crate::contract::{self, AGENT_PORT};
 use crate::signals::Signals;
 use crate::vmthread::{VmFailure, VmResult, STOP_TIMEOUT};
@@ -54,7 +56,7 @@ pub(crate) struct VmRequest<'a> {
 struct Resources {
     cgroup: Cgroup,
     root: PathBuf,
-    _lease: UidLease,
+    lease: UidLease,
 }
 
 impl Drop for Resources {
@@ -95,9 +97,9 @@ impl VmProcess {
         let resources = Resources {
             cgroup,
             root: root.clone(),
-            _lease: lease,
+            lease,
         };
-        make_dir(&root)?;
+        make_private_dir(&root)?;
         sweep(&base, &resources.cgroup);
 
         let agent = contract::host_port_socket(req.vsock, AGENT_PORT);
@@ -165,12 +167,15 @@ impl VmProcess {
                 gid: uid,
                 root,
                 cgroup_procs: process._resources.cgroup.procs_files(),
+                cgroup_dirs: process._resources.cgroup.dirs().to_vec(),
+                cgroup_leave: process._resources.cgroup.leave_files().to_vec(),
                 agent_socket: agent_real,
                 agent_target: contract::host_port_socket(Path::new(JAIL_VSOCK), AGENT_PORT),
                 nproc: limits.pids,
             },
         };
-        let mut fds: Vec<BorrowedFd<'_>> = vec![listener.as_fd()];
+        let mut fds: Vec<BorrowedFd<'_>> =
+            vec![listener.as_fd(), process._resources.lease.lock_fd()];
         if let Some(vmm::NetBackend::Stream(s)) = req.net.map(|n| &n.backend) {
             fds.push(s.as_fd());
         }

@@ -52,7 +52,7 @@ pub struct NetSpec {
 pub enum NetBackendSpec {
     /// Connect to this socket (before the jail is entered).
     Unix(PathBuf),
-    /// The second descriptor passed with [`Launch`].
+    /// The third descriptor passed with [`Launch`].
     Stream,
     /// Open this TAP device (before the network namespace is left).
     Tap(String),
@@ -69,6 +69,10 @@ pub struct JailSpec {
     pub root: PathBuf,
     /// The `cgroup.procs` files to join.
     pub cgroup_procs: Vec<PathBuf>,
+    /// The cgroup's directories, removed by the waiter at the end.
+    pub cgroup_dirs: Vec<PathBuf>,
+    /// The `cgroup.procs` files the waiter moves to first.
+    pub cgroup_leave: Vec<PathBuf>,
     /// The host's agent socket (`<vsock>_1024`, a real path), bound into
     /// the root as [`JailSpec::agent_target`].
     pub agent_socket: PathBuf,
@@ -78,8 +82,9 @@ pub struct JailSpec {
     pub nproc: u64,
 }
 
-/// The first message: the VM and the jail. The vsock listener comes as
-/// the first descriptor.
+/// The first message: the VM and the jail. Its descriptors: the vsock
+/// listener, the jail uid's lock (held by the waiter until the jail is
+/// gone), then the network stream if [`NetBackendSpec::Stream`].
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Launch {
     /// The VM (its network is [`Launch::net`]).

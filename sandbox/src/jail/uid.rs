@@ -7,7 +7,7 @@ use std::path::Path;
 
 use images::store::FileLock;
 
-use super::{io_ctx, make_dir, JailError, DEFAULT_UID_BASE, DEFAULT_UID_COUNT, UIDS_ENV};
+use super::{io_ctx, make_private_dir, JailError, DEFAULT_UID_BASE, DEFAULT_UID_COUNT, UIDS_ENV};
 
 /// A range of uids.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,13 +54,19 @@ impl UidLease {
     pub fn uid(&self) -> u32 {
         self.uid
     }
+
+    /// The lock's file: whoever holds a copy keeps the uid taken.
+    pub fn lock_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self._lock.as_fd()
+    }
 }
 
 /// Takes the first free uid of `range`, starting from a point derived
 /// from this process's id (so concurrent starters rarely contend), with
 /// its lock under `dir`.
 pub fn allocate(range: UidRange, dir: &Path) -> Result<UidLease, JailError> {
-    make_dir(dir)?;
+    make_private_dir(dir)?;
     let start = std::process::id().wrapping_mul(2_654_435_761) % range.count;
     for i in 0..range.count {
         let uid = range.base + (start + i) % range.count;
