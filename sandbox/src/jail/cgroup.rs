@@ -182,7 +182,7 @@ impl Cgroup {
     }
 
     /// Removes the cgroup once its processes have left (the caller killed
-    /// them), waiting at most [`REMOVE_TIMEOUT`]; a failure is logged.
+    /// them), waiting at most `REMOVE_TIMEOUT` (5 s); a failure is logged.
     pub fn remove(&self) {
         let deadline = Instant::now() + REMOVE_TIMEOUT;
         for dir in &self.dirs {

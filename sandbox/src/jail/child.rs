@@ -9,7 +9,7 @@
 //! the VM is built while root; new network namespace; a tmpfs root with
 //! only the agent socket, `pivot_root`; resource limits; no groups, the
 //! jail's uid/gid, no capabilities in any set, `no_new_privs`; then
-//! [`process_hardening`] and only then the VM's threads.
+//! `process_hardening` and only then the VM's threads.
 
 use std::ffi::CString;
 use std::os::fd::{AsFd, OwnedFd};

@@ -168,7 +168,8 @@ pub(crate) fn jail_base() -> PathBuf {
     PathBuf::from(JAIL_DIR)
 }
 
-/// See [`jail_base`].
+/// Where jails keep their root directories and uid locks (one place per
+/// host).
 pub const JAIL_DIR: &str = "/run/husk/jail";
 
 /// Makes `dir` (and its parents) if missing.
