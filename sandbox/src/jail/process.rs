@@ -102,49 +102,8 @@ impl VmProcess {
         make_private_dir(&root)?;
         sweep(&base, &resources.cgroup);
 
-        let agent = contract::host_port_socket(req.vsock, AGENT_PORT);
-        let agent_real = std::fs::canonicalize(&agent)
-            .map_err(io_ctx(format!("resolving {}", agent.display())))?;
-        let id = Some(rustix::fs::Uid::from_raw(uid));
-        rustix::fs::chown(&agent_real, id, Some(rustix::fs::Gid::from_raw(uid)))
-            .map_err(|e| io_ctx(format!("chown {}", agent_real.display()))(e.into()))?;
-        let _ = std::fs::remove_file(req.vsock);
-        let listener = UnixListener::bind(req.vsock)
-            .map_err(io_ctx(format!("listening on {}", req.vsock.display())))?;
-
-        let (ours, theirs) = rustix::net::socketpair(
-            AddressFamily::UNIX,
-            SocketType::SEQPACKET,
-            SocketFlags::CLOEXEC,
-            None,
-        )
-        .map_err(|e| io_ctx("socketpair")(e.into()))?;
-        let (console_r, console_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
-            .map_err(|e| io_ctx("pipe")(e.into()))?;
-        let console_file =
-            vmm::logging::CappedFile::create(req.console, vmm::logging::CONSOLE_MAX_BYTES)
-                .map_err(io_ctx(format!("creating {}", req.console.display())))?;
-        let child = Command::new(&bin)
-            .stdin(Stdio::from(theirs))
-            .stdout(Stdio::from(console_w))
-            .spawn()
-            .map_err(io_ctx(format!("starting {}", bin.display())))?;
-        let console = std::thread::Builder::new()
-            .name("console".into())
-            .spawn(move || copy_console(File::from(console_r), console_file))
-            .ok();
-        let pidfd = match rustix::process::pidfd_open(
-            rustix::process::Pid::from_child(&child),
-            rustix::process::PidfdFlags::empty(),
-        ) {
-            Ok(fd) => fd,
-            Err(e) => {
-                let mut child = child;
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(io_ctx("pidfd_open")(e.into()));
-            }
-        };
+        let (agent_real, listener) = host_sockets(req.vsock, uid)?;
+        let (child, ours, pidfd, console) = start_child(&bin, req.console)?;
         let mut process = VmProcess {
             child,
             control: ours,
@@ -299,6 +258,62 @@ impl VmProcess {
 impl Drop for VmProcess {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// Hands the agent socket (`<vsock>_1024`, bound by the caller) to the
+/// jail's uid and binds the VMM's vsock listener; returns the agent
+/// socket's real path (for the bind mount) and the listener.
+fn host_sockets(vsock: &Path, uid: u32) -> Result<(PathBuf, UnixListener), JailError> {
+    let agent = contract::host_port_socket(vsock, AGENT_PORT);
+    let agent_real =
+        std::fs::canonicalize(&agent).map_err(io_ctx(format!("resolving {}", agent.display())))?;
+    let id = Some(rustix::fs::Uid::from_raw(uid));
+    rustix::fs::chown(&agent_real, id, Some(rustix::fs::Gid::from_raw(uid)))
+        .map_err(|e| io_ctx(format!("chown {}", agent_real.display()))(e.into()))?;
+    let _ = std::fs::remove_file(vsock);
+    let listener =
+        UnixListener::bind(vsock).map_err(io_ctx(format!("listening on {}", vsock.display())))?;
+    Ok((agent_real, listener))
+}
+
+/// The started `husk-vmm` process, our end of its control socket, its
+/// pidfd and the thread copying its console.
+type Started = (Child, OwnedFd, OwnedFd, Option<JoinHandle<()>>);
+
+/// Starts `bin` with a control socket as stdin and a pipe as stdout,
+/// whose data a `console` thread writes to `console` (capped, rotated).
+fn start_child(bin: &Path, console: &Path) -> Result<Started, JailError> {
+    let (ours, theirs) = rustix::net::socketpair(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )
+    .map_err(|e| io_ctx("socketpair")(e.into()))?;
+    let (console_r, console_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+        .map_err(|e| io_ctx("pipe")(e.into()))?;
+    let console_file = vmm::logging::CappedFile::create(console, vmm::logging::CONSOLE_MAX_BYTES)
+        .map_err(io_ctx(format!("creating {}", console.display())))?;
+    let mut child = Command::new(bin)
+        .stdin(Stdio::from(theirs))
+        .stdout(Stdio::from(console_w))
+        .spawn()
+        .map_err(io_ctx(format!("starting {}", bin.display())))?;
+    let thread = std::thread::Builder::new()
+        .name("console".into())
+        .spawn(move || copy_console(File::from(console_r), console_file))
+        .ok();
+    match rustix::process::pidfd_open(
+        rustix::process::Pid::from_child(&child),
+        rustix::process::PidfdFlags::empty(),
+    ) {
+        Ok(pidfd) => Ok((child, ours, pidfd, thread)),
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(io_ctx("pidfd_open")(e.into()))
+        }
     }
 }
 
