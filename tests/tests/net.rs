@@ -238,14 +238,20 @@ fn host_loopback_is_unreachable_without_the_opt_in() {
     .unwrap();
     eprintln!("stdout: {}\nstderr: {}", done.stdout, done.stderr);
     assert_eq!(done.code(), 0);
-    assert!(done.stdout.contains("refused"), "the guest reached the host");
+    assert!(
+        done.stdout.contains("refused"),
+        "the guest reached the host"
+    );
     let elapsed: u64 = done
         .stdout
         .lines()
         .find_map(|l| l.strip_prefix("elapsed "))
         .and_then(|n| n.trim().parse().ok())
         .expect("elapsed time");
-    assert!(elapsed < 10, "refused at once, not after a timeout: {elapsed} s");
+    assert!(
+        elapsed < 10,
+        "refused at once, not after a timeout: {elapsed} s"
+    );
     listener.set_nonblocking(true).unwrap();
     match listener.accept() {
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}

@@ -107,7 +107,9 @@ impl Ipv4Net {
     }
 
     fn mask(prefix_len: u8) -> u32 {
-        u32::MAX.checked_shl(32 - u32::from(prefix_len)).unwrap_or(0)
+        u32::MAX
+            .checked_shl(32 - u32::from(prefix_len))
+            .unwrap_or(0)
     }
 }
 

@@ -215,7 +215,10 @@ fn parse_reset(f: &[u8]) -> (Ipv4Addr, Ipv4Addr, u16, u16, u32, u32, u8) {
     assert_eq!(&f[12..14], &[0x08, 0x00]);
     let ip = &f[14..34];
     assert_eq!(fold(ones_sum(ip)), 0xffff, "IPv4 checksum");
-    assert_eq!((ip[0], ip[9], u16::from_be_bytes([ip[2], ip[3]])), (0x45, 6, 40));
+    assert_eq!(
+        (ip[0], ip[9], u16::from_be_bytes([ip[2], ip[3]])),
+        (0x45, 6, 40)
+    );
     let t = &f[34..54];
     let pseudo = ones_sum(&ip[12..20]) + 6 + 20;
     assert_eq!(fold(pseudo + ones_sum(t)), 0xffff, "TCP checksum");
@@ -283,8 +286,14 @@ fn udp_answers_to_inbound_datagrams_pass_for_a_while() {
     let later = t0 + UDP_REPLY_WINDOW / 2;
     assert_eq!(f.outbound(&answer, later), Verdict::Pass);
     // Another port of the gateway, or from another guest port: dropped.
-    assert_eq!(f.outbound(&udp(GUEST, 7, GATEWAY, 40001), t0), Verdict::Drop);
-    assert_eq!(f.outbound(&udp(GUEST, 8, GATEWAY, 40000), t0), Verdict::Drop);
+    assert_eq!(
+        f.outbound(&udp(GUEST, 7, GATEWAY, 40001), t0),
+        Verdict::Drop
+    );
+    assert_eq!(
+        f.outbound(&udp(GUEST, 8, GATEWAY, 40000), t0),
+        Verdict::Drop
+    );
     // The window closes.
     assert_eq!(f.outbound(&answer, t0 + UDP_REPLY_WINDOW), Verdict::Drop);
     // Datagrams from open addresses are not noted; the table is bounded.
