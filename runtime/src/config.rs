@@ -66,6 +66,10 @@ pub struct ContainerConfig {
     /// `--network`.
     #[serde(default)]
     pub network: NetworkMode,
+    /// `--add-host` entries, appended to /etc/hosts; a `host-gateway` one
+    /// lifts the block on the host (see [`husk_net::passt::egress_policy`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_hosts: Vec<husk_net::ExtraHost>,
     /// The guest kernel.
     pub kernel: PathBuf,
     /// The agent disk.

@@ -65,6 +65,9 @@ pub struct CreateOptions {
     pub publish_all: bool,
     /// `--network`.
     pub network: NetworkMode,
+    /// `--add-host` entries (`host-gateway`: the container may reach the
+    /// host).
+    pub extra_hosts: Vec<husk_net::ExtraHost>,
     /// The guest kernel.
     pub kernel: PathBuf,
     /// The agent disk.

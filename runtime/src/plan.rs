@@ -74,6 +74,8 @@ pub struct ContainerPlan {
     pub ports: Vec<PortMapping>,
     /// The network.
     pub network: NetworkMode,
+    /// `--add-host` entries.
+    pub extra_hosts: Vec<husk_net::ExtraHost>,
     /// How the VM boots.
     pub boot: VmBoot,
     /// The security flags as given (for `inspect`); the process carries
@@ -113,6 +115,7 @@ impl ContainerPlan {
             auto_remove: false,
             ports: Vec::new(),
             network: NetworkMode::default(),
+            extra_hosts: Vec::new(),
             boot,
             security_flags: Default::default(),
             log_config: Default::default(),
@@ -149,6 +152,7 @@ impl ContainerPlan {
             options::check_mount_target(&t.target)
                 .map_err(|why| Error::Invalid(format!("invalid tmpfs mount point: {why}")))?;
         }
+        husk_net::check_extra_hosts(&self.network, &self.extra_hosts)?;
         check_sysctls(&self.sysctls)?;
         check_files(&self.files)
     }
@@ -256,6 +260,7 @@ impl Runtime {
             auto_remove: opts.auto_remove,
             ports,
             network: opts.network.clone(),
+            extra_hosts: opts.extra_hosts.clone(),
             security_flags: opts.security_flags.clone(),
             log_config: opts.log_config,
             ..ContainerPlan::new(process, layers, boot)

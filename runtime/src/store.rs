@@ -184,6 +184,7 @@ impl Runtime {
                 auto_remove: plan.auto_remove,
                 ports: plan.ports,
                 network: plan.network,
+                extra_hosts: plan.extra_hosts,
                 kernel: plan.boot.kernel,
                 agent_disk: plan.boot.agent_disk,
                 boot_timeout: plan.boot.boot_timeout,

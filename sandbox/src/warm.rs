@@ -203,6 +203,7 @@ fn build_template(
                 mac: TEMPLATE_MAC,
                 mtu,
                 backend: vmm::NetBackend::Stream(Arc::new(end)),
+                egress: vmm::EgressPolicy::default(),
             }),
         console: staging.join("console.log"),
         vsock: rundir.path().join("v.sock"),

@@ -63,6 +63,9 @@ pub struct NetConfig {
     pub mtu: u16,
     /// Where the interface's frames go.
     pub backend: NetBackend,
+    /// Guest destinations the device keeps from the backend. Given anew
+    /// to every boot and restore (a snapshot does not keep it).
+    pub egress: crate::devices::virtio::net::EgressPolicy,
 }
 
 /// The host side of a virtio-net interface.
@@ -194,6 +197,7 @@ mod tests {
                 mac,
                 mtu,
                 backend: NetBackend::Tap("t0".into()),
+                egress: Default::default(),
             })
         };
         let ok = [0x52, 0x54, 0, 1, 2, 3];

@@ -29,6 +29,7 @@ pub mod vcpu;
 pub mod vm;
 
 pub use config::{ConsoleOutput, DiskConfig, NetBackend, NetConfig, VmConfig, VsockConfig};
+pub use devices::virtio::net::{EgressPolicy, Ipv4Net};
 pub use exit::ExitReason;
 pub use host::HostKind;
 pub use snapshot::{RestoreConfig, SnapshotError, SnapshotFiles};

@@ -142,6 +142,7 @@ fn host_config(cfg: &ContainerConfig) -> Value {
         "NanoCpus": u64::from(cfg.cpus) * 1_000_000_000,
         "AutoRemove": cfg.auto_remove,
         "PortBindings": port_map(&cfg.ports, false),
+        "ExtraHosts": list(cfg.extra_hosts.iter().map(|h| json!(h.to_string())).collect()),
         "Runtime": "husk",
         "CapAdd": names(&sec.cap_add),
         "CapDrop": names(&sec.cap_drop),

@@ -63,6 +63,10 @@ pub struct CreateArgs {
     /// none (loopback only), tap or tap:NAME (root).
     #[arg(long, value_name = "MODE")]
     network: Option<String>,
+    /// Add a line to /etc/hosts: NAME:IP; NAME:host-gateway names the host
+    /// and is what lets the container reach it (blocked otherwise).
+    #[arg(long = "add-host", value_name = "NAME:IP")]
+    add_host: Vec<String>,
     /// Signal to stop the container (default: the image's, else SIGTERM).
     #[arg(long)]
     stop_signal: Option<String>,
@@ -157,6 +161,11 @@ fn options(a: &CreateArgs) -> Result<CreateOptions> {
     for p in &a.publish {
         ports.extend(husk_net::parse_port_spec(p)?);
     }
+    let extra_hosts = a
+        .add_host
+        .iter()
+        .map(|h| h.parse())
+        .collect::<Result<Vec<husk_net::ExtraHost>, _>>()?;
     let stop_signal = a.stop_signal.as_deref().map(str::parse).transpose()?;
     let kernel = assets::kernel(a.kernel.as_deref())?;
     let agent = assets::agent()?;
@@ -187,6 +196,7 @@ fn options(a: &CreateArgs) -> Result<CreateOptions> {
         ports,
         publish_all: a.publish_all,
         network,
+        extra_hosts,
         kernel,
         agent_disk,
         boot_timeout: a.boot_timeout,

@@ -1,6 +1,9 @@
 //! The virtio-net device: features offered, config space, and moving
 //! frames between its rx/tx queues and a [`Backend`].
 
+use std::collections::VecDeque;
+use std::time::Instant;
+
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF,
@@ -10,6 +13,7 @@ use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::QueueT;
 
 use super::backend::{Backend, MIN_FRAME_LEN};
+use super::egress::{EgressFilter, EgressPolicy, Verdict};
 use super::frame::{deliver_rx, read_tx_frame, RxOutcome};
 use crate::devices::virtio::{read_config_bytes, ChainDone, VirtioCommon, VirtioDevice};
 
@@ -23,6 +27,9 @@ const TX: usize = 1;
 const CONFIG_LEN: usize = 12;
 /// Smallest MTU the device accepts (IPv4's minimum).
 pub const MIN_MTU: u16 = 68;
+/// Most frames the device itself keeps for the guest (TCP resets of
+/// blocked connections); more are dropped.
+const MAX_INJECTED: usize = 64;
 
 /// What [`Net::new`] sets up.
 pub struct NetDeviceConfig {
@@ -33,6 +40,8 @@ pub struct NetDeviceConfig {
     /// Whether frames from the backend always carry valid checksums, so
     /// the guest may skip verifying them (VIRTIO_NET_HDR_F_DATA_VALID).
     pub trusted_checksums: bool,
+    /// Guest destinations kept from the backend.
+    pub egress: EgressPolicy,
 }
 
 /// Errors from [`Net::new`].
@@ -79,6 +88,10 @@ pub struct Net {
     /// A guest frame the backend did not take yet.
     tx_frame: Vec<u8>,
     pub(super) tx_pending: bool,
+    egress: EgressFilter,
+    /// Frames of the device's own for the guest (resets answering
+    /// blocked TCP segments), delivered before the backend's.
+    injected: VecDeque<Vec<u8>>,
     pub(super) common: VirtioCommon,
     /// How the backend fd is registered with epoll (`None`: not at all).
     pub(super) watched: Option<event_manager::EventSet>,
@@ -93,6 +106,8 @@ pub struct Stats {
     pub tx_frames: u64,
     /// Guest chains dropped as invalid.
     pub tx_dropped: u64,
+    /// Guest frames kept from the backend by the egress policy.
+    pub tx_blocked: u64,
     /// Backend frames delivered to the guest.
     pub rx_frames: u64,
     /// Backend frames dropped (too large for the guest's buffers, invalid
@@ -137,6 +152,8 @@ impl Net {
             rx_pending: false,
             tx_frame: Vec::new(),
             tx_pending: false,
+            egress: EgressFilter::new(config.egress),
+            injected: VecDeque::new(),
             common,
             watched: None,
             stats: Stats::default(),
@@ -229,6 +246,7 @@ impl Net {
         };
         let (backend, frame, stats) = (&mut self.backend, &mut self.tx_frame, &mut self.stats);
         let (pending, dead) = (&mut self.tx_pending, &mut self.backend_dead);
+        let (egress, injected) = (&mut self.egress, &mut self.injected);
         let used = active.drain(TX, |mem, chain| {
             if let Err(e) = read_tx_frame(mem, chain, frame) {
                 log::debug!("virtio-net: tx frame dropped: {e}");
@@ -237,6 +255,24 @@ impl Net {
             }
             if *dead {
                 return ChainDone::Used(0);
+            }
+            let verdict = match egress.is_open() {
+                true => Verdict::Pass,
+                false => egress.outbound(frame, Instant::now()),
+            };
+            match verdict {
+                Verdict::Pass => {}
+                Verdict::Drop => {
+                    stats.tx_blocked += 1;
+                    return ChainDone::Used(0);
+                }
+                Verdict::Reset(reset) => {
+                    stats.tx_blocked += 1;
+                    if injected.len() < MAX_INJECTED {
+                        injected.push_back(reset);
+                    }
+                    return ChainDone::Used(0);
+                }
             }
             match backend.send(frame) {
                 Ok(true) => stats.tx_frames += 1,
@@ -280,12 +316,24 @@ impl Net {
                 break;
             }
             if !self.rx_pending {
+                if let Some(frame) = self.injected.pop_front() {
+                    self.rx_frame.clear();
+                    self.rx_frame.extend_from_slice(&frame);
+                    self.rx_pending = true;
+                }
+            }
+            if !self.rx_pending {
                 match self.backend.recv(&mut self.rx_frame) {
                     Ok(true) if self.rx_frame.len() < MIN_FRAME_LEN => {
                         self.stats.rx_dropped += 1;
                         continue;
                     }
-                    Ok(true) => self.rx_pending = true,
+                    Ok(true) => {
+                        if !self.egress.is_open() {
+                            self.egress.inbound(&self.rx_frame, Instant::now());
+                        }
+                        self.rx_pending = true;
+                    }
                     Ok(false) => break,
                     Err(e) => {
                         self.mark_backend_dead(&e);
@@ -346,10 +394,12 @@ impl VirtioDevice for Net {
     fn on_activate(&mut self) {
         self.rx_pending = false;
         self.tx_pending = false;
+        self.injected.clear();
     }
 
     fn on_reset(&mut self) {
         self.rx_pending = false;
         self.tx_pending = false;
+        self.injected.clear();
     }
 }
