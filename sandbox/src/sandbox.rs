@@ -105,16 +105,19 @@ impl SandboxConfig {
             path: Some(self.agent_disk.clone()),
             read_only: true,
             serial: AGENT_SERIAL.into(),
+            rate_limit: Default::default(),
         }];
         disks.extend(self.disks.iter().map(|d| vmm::DiskConfig {
             path: Some(d.path.clone()),
             read_only: d.read_only,
             serial: d.role.serial(),
+            rate_limit: Default::default(),
         }));
         disks.extend((self.disks.len()..slots).map(|i| vmm::DiskConfig {
             path: None,
             read_only: false,
             serial: contract::empty_slot_serial(i),
+            rate_limit: Default::default(),
         }));
         disks
     }

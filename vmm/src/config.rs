@@ -7,6 +7,7 @@ use std::sync::Arc;
 use crate::arch::x86_64::layout::{IOAPIC_PINS, VIRTIO_FIRST_IRQ};
 use crate::arch::x86_64::mptable::MAX_CPUS;
 use crate::memory::{MAX_MEM_MIB, MIN_MEM_MIB};
+use crate::rate_limiter::RateLimitConfig;
 
 /// A VM to boot.
 #[derive(Debug, Clone)]
@@ -41,6 +42,9 @@ pub struct DiskConfig {
     pub read_only: bool,
     /// virtio-blk serial (GET_ID), at most 20 bytes.
     pub serial: String,
+    /// Limits on the disk's read and write bytes and requests (default:
+    /// none). Taken from the restoring VM's config on a snapshot restore.
+    pub rate_limit: RateLimitConfig,
 }
 
 /// A virtio-vsock device bridged to Unix sockets (Firecracker's hybrid model).
@@ -254,6 +258,7 @@ mod tests {
             path: Some("/d".into()),
             read_only: true,
             serial: "s".into(),
+            rate_limit: Default::default(),
         };
         let c = VmConfig {
             disks: vec![disk; MAX_VIRTIO_DEVICES + 1],

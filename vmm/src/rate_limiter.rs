@@ -27,6 +27,12 @@ use vmm_sys_util::timerfd::TimerFd;
 
 const NANOS_PER_SEC: u128 = 1_000_000_000;
 
+/// `Events::data` of a device's (first) limiter timer: apart from queue
+/// indices and from [`CTL_DATA`](crate::devices::virtio::activation::CTL_DATA).
+pub const TIMER_DATA: u32 = u32::MAX - 1;
+/// `Events::data` of a device's second limiter timer (network rx).
+pub const SECOND_TIMER_DATA: u32 = u32::MAX - 2;
+
 /// One bucket as configured: `rate` tokens (bytes or operations) per
 /// second, at most `burst` spent at once after idling.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -21,3 +21,5 @@ pub use request::DiskBackend;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod rate_limit_tests;
