@@ -247,6 +247,7 @@ impl Network {
             mac: self.mac,
             mtu,
             backend,
+            rate_limit: Default::default(),
         })
     }
 

@@ -117,6 +117,7 @@ impl ContainerPlan {
             security_flags: Default::default(),
             log_config: Default::default(),
             annotations: BTreeMap::new(),
+            io_limits: Default::default(),
         }
     }
 
@@ -258,6 +259,7 @@ impl Runtime {
             network: opts.network.clone(),
             security_flags: opts.security_flags.clone(),
             log_config: opts.log_config,
+            io_limits: opts.io_limits,
             ..ContainerPlan::new(process, layers, boot)
         })
     }

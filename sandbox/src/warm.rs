@@ -203,7 +203,10 @@ fn build_template(
                 mac: TEMPLATE_MAC,
                 mtu,
                 backend: vmm::NetBackend::Stream(Arc::new(end)),
+                rate_limit: Default::default(),
             }),
+        // Limits are the restoring container's, never the template's.
+        disk_rate_limit: Default::default(),
         console: staging.join("console.log"),
         vsock: rundir.path().join("v.sock"),
         start: StartMode::Cold,

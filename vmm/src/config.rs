@@ -67,6 +67,18 @@ pub struct NetConfig {
     pub mtu: u16,
     /// Where the interface's frames go.
     pub backend: NetBackend,
+    /// Limits on the frames each way (default: none). Taken from the
+    /// restoring VM's config on a snapshot restore.
+    pub rate_limit: NetRateLimit,
+}
+
+/// The rate limits of a network interface, one per direction.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NetRateLimit {
+    /// Frames from the host to the guest.
+    pub rx: RateLimitConfig,
+    /// Frames from the guest to the host.
+    pub tx: RateLimitConfig,
 }
 
 /// The host side of a virtio-net interface.
@@ -198,6 +210,7 @@ mod tests {
                 mac,
                 mtu,
                 backend: NetBackend::Tap("t0".into()),
+                rate_limit: Default::default(),
             })
         };
         let ok = [0x52, 0x54, 0, 1, 2, 3];

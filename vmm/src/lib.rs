@@ -29,7 +29,9 @@ pub mod snapshot;
 pub mod vcpu;
 pub mod vm;
 
-pub use config::{ConsoleOutput, DiskConfig, NetBackend, NetConfig, VmConfig, VsockConfig};
+pub use config::{
+    ConsoleOutput, DiskConfig, NetBackend, NetConfig, NetRateLimit, VmConfig, VsockConfig,
+};
 pub use exit::ExitReason;
 pub use host::HostKind;
 pub use rate_limiter::{BucketConfig, RateLimitConfig};

@@ -279,7 +279,10 @@ impl RateLimiter {
             return false;
         }
         let now = self.clock.now();
-        let wait_bytes = self.bandwidth.as_mut().and_then(|b| b.wait_time(bytes, now));
+        let wait_bytes = self
+            .bandwidth
+            .as_mut()
+            .and_then(|b| b.wait_time(bytes, now));
         let wait_ops = self.ops.as_mut().and_then(|b| b.wait_time(ops, now));
         let Some(wait) = wait_bytes.max(wait_ops) else {
             if let Some(b) = self.bandwidth.as_mut() {
@@ -316,7 +319,10 @@ impl RateLimiter {
     pub fn timer_fired(&mut self) {
         if let Some(timer) = self.timer.as_mut() {
             if let Err(e) = timer.clear() {
-                crate::log_limited!(log::Level::Error, "rate limiter: cannot clear the timer: {e}");
+                crate::log_limited!(
+                    log::Level::Error,
+                    "rate limiter: cannot clear the timer: {e}"
+                );
             }
         }
         self.blocked = false;

@@ -66,7 +66,9 @@ fn wait_time_is_exactly_when_the_tokens_are_there() {
     b.take(1000);
     let wait = b.wait_time(250, t0).unwrap();
     assert_eq!(wait, 250 * MS);
-    assert!(b.wait_time(250, t0 + wait - Duration::from_nanos(1)).is_some());
+    assert!(b
+        .wait_time(250, t0 + wait - Duration::from_nanos(1))
+        .is_some());
     assert_eq!(b.try_consume(250, t0 + wait), Ok(()));
     // Odd rate: the wait rounds up, never down.
     let mut b = bucket(3, 3, t0);
@@ -129,7 +131,10 @@ fn limiter(bytes: u64, ops: u64) -> (RateLimiter, Arc<ManualClock>) {
         bandwidth: BucketConfig::per_second(bytes),
         ops: BucketConfig::per_second(ops),
     };
-    (RateLimiter::with_clock(&config, clock.clone()).unwrap(), clock)
+    (
+        RateLimiter::with_clock(&config, clock.clone()).unwrap(),
+        clock,
+    )
 }
 
 #[test]
@@ -191,5 +196,3 @@ fn refusal_arms_the_timerfd_and_firing_clears_it() {
     assert_eq!(epoll.wait(0, &mut events).unwrap(), 0, "readiness cleared");
     assert!(l.try_consume(1000, 1));
 }
-
-

@@ -205,6 +205,7 @@ fn virtio_devices_come_up_and_move_data() {
             mac: [0x52, 0x54, 0x00, 0x12, 0x34, 0x56],
             mtu: 1500,
             backend: NetBackend::Stream(Arc::new(ours)),
+            rate_limit: Default::default(),
         });
     };
     let Some((reason, console)) = boot_with(script, 1, devices, |_| false) else {

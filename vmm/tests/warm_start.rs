@@ -104,6 +104,7 @@ fn net(mac_last: u8) -> (NetConfig, UnixStream) {
         mac: [0x52, 0x54, 0, 0x12, 0x34, mac_last],
         mtu: 1500,
         backend: NetBackend::Stream(Arc::new(ours)),
+        rate_limit: Default::default(),
     };
     (config, peer)
 }

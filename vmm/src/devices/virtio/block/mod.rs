@@ -20,6 +20,6 @@ pub use persist::BlockState;
 pub use request::DiskBackend;
 
 #[cfg(test)]
-mod tests;
-#[cfg(test)]
 mod rate_limit_tests;
+#[cfg(test)]
+mod tests;

@@ -60,7 +60,8 @@ impl Net {
                 trusted_checksums: trusted,
             },
             backend,
-        )
+        )?
+        .with_rate_limit(&config.rate_limit)
     }
 }
 

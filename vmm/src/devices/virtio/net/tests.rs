@@ -47,6 +47,14 @@ struct Harness<'a> {
 
 impl<'a> Harness<'a> {
     fn new(mem: &'a GuestMemory, features: u64) -> Self {
+        Self::with_rate_limit(mem, features, &crate::config::NetRateLimit::default())
+    }
+
+    fn with_rate_limit(
+        mem: &'a GuestMemory,
+        features: u64,
+        limit: &crate::config::NetRateLimit,
+    ) -> Self {
         let (ours, peer) = UnixStream::pair().unwrap();
         peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let backend = StreamBackend::new(Arc::new(ours)).unwrap();
@@ -58,6 +66,7 @@ impl<'a> Harness<'a> {
             },
             Box::new(backend),
         )
+        .and_then(|net| net.with_rate_limit(limit))
         .unwrap();
         let dev = Arc::new(Mutex::new(net));
         let mut em = Em::new().unwrap();
@@ -581,3 +590,6 @@ fn tap_backend_in_a_private_netns() {
     .join()
     .unwrap();
 }
+
+#[path = "rate_limit_tests.rs"]
+mod rate_limit;
