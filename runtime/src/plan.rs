@@ -83,6 +83,8 @@ pub struct ContainerPlan {
     pub log_config: crate::logs::LogConfig,
     /// Annotations (an OCI bundle's).
     pub annotations: BTreeMap<String, String>,
+    /// Disk and network rate limits.
+    pub io_limits: crate::config::IoLimits,
 }
 
 impl ContainerPlan {
