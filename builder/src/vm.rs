@@ -135,6 +135,7 @@ pub fn run(
         vcpus: settings.cpus,
         memory_mib: settings.memory_mib,
         net: net.as_ref().and_then(|n| n.net_config()),
+        disk_rate_limit: Default::default(),
         console: step.console.to_path_buf(),
         vsock: sockets.path().join("v.sock"),
         start: settings.start,

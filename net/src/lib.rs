@@ -267,6 +267,7 @@ impl Network {
             mtu,
             backend,
             egress,
+            rate_limit: Default::default(),
         })
     }
 

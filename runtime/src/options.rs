@@ -86,6 +86,8 @@ pub struct CreateOptions {
     pub security_flags: SecurityFlags,
     /// `--log-opt`: how `log.json` is rotated.
     pub log_config: crate::logs::LogConfig,
+    /// `--disk-bps`, `--disk-iops`, `--net-bps`.
+    pub io_limits: crate::config::IoLimits,
 }
 
 /// A volume to mount (the CLI's `-v`).

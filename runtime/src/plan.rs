@@ -85,6 +85,8 @@ pub struct ContainerPlan {
     pub log_config: crate::logs::LogConfig,
     /// Annotations (an OCI bundle's).
     pub annotations: BTreeMap<String, String>,
+    /// Disk and network rate limits.
+    pub io_limits: crate::config::IoLimits,
 }
 
 impl ContainerPlan {
@@ -120,6 +122,7 @@ impl ContainerPlan {
             security_flags: Default::default(),
             log_config: Default::default(),
             annotations: BTreeMap::new(),
+            io_limits: Default::default(),
         }
     }
 
@@ -263,6 +266,7 @@ impl Runtime {
             extra_hosts: opts.extra_hosts.clone(),
             security_flags: opts.security_flags.clone(),
             log_config: opts.log_config,
+            io_limits: opts.io_limits,
             ..ContainerPlan::new(process, layers, boot)
         })
     }

@@ -192,6 +192,7 @@ impl Runtime {
                 security_flags: plan.security_flags,
                 log_config: plan.log_config,
                 annotations: plan.annotations,
+                io_limits: plan.io_limits,
             };
             State::created().write(&paths)?;
             self.publish(&id, config, plan.name.as_deref(), &tmp)

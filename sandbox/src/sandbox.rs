@@ -67,8 +67,10 @@ pub struct SandboxConfig {
     pub vcpus: u8,
     /// Guest memory in MiB.
     pub memory_mib: u32,
-    /// The network interface's backend, if any.
+    /// The network interface's backend (and rate limits), if any.
     pub net: Option<vmm::NetConfig>,
+    /// Rate limits of each disk in [`Self::disks`] (not the agent disk).
+    pub disk_rate_limit: vmm::RateLimitConfig,
     /// Where the guest console goes.
     pub console: PathBuf,
     /// The VMM's vsock socket (short enough for a Unix socket address);
@@ -105,16 +107,19 @@ impl SandboxConfig {
             path: Some(self.agent_disk.clone()),
             read_only: true,
             serial: AGENT_SERIAL.into(),
+            rate_limit: Default::default(),
         }];
         disks.extend(self.disks.iter().map(|d| vmm::DiskConfig {
             path: Some(d.path.clone()),
             read_only: d.read_only,
             serial: d.role.serial(),
+            rate_limit: self.disk_rate_limit,
         }));
         disks.extend((self.disks.len()..slots).map(|i| vmm::DiskConfig {
             path: None,
             read_only: false,
             serial: contract::empty_slot_serial(i),
+            rate_limit: Default::default(),
         }));
         disks
     }

@@ -237,6 +237,7 @@ fn container_in_a_real_vm() {
         path: Some(path.to_path_buf()),
         read_only: ro,
         serial: serial.into(),
+        rate_limit: Default::default(),
     };
     let vm = vmm::Vm::new(vmm::VmConfig {
         kernel,

@@ -64,6 +64,7 @@ fn main() {
                     path: Some(path.into()),
                     read_only: ro,
                     serial,
+                    rate_limit: Default::default(),
                 });
             }
             "--vsock" => {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use crate::arch::x86_64::layout::{IOAPIC_PINS, VIRTIO_FIRST_IRQ};
 use crate::arch::x86_64::mptable::MAX_CPUS;
 use crate::memory::{MAX_MEM_MIB, MIN_MEM_MIB};
+use crate::rate_limiter::RateLimitConfig;
 
 /// A VM to boot.
 #[derive(Debug, Clone)]
@@ -41,6 +42,9 @@ pub struct DiskConfig {
     pub read_only: bool,
     /// virtio-blk serial (GET_ID), at most 20 bytes.
     pub serial: String,
+    /// Limits on the disk's read and write bytes and requests (default:
+    /// none). Taken from the restoring VM's config on a snapshot restore.
+    pub rate_limit: RateLimitConfig,
 }
 
 /// A virtio-vsock device bridged to Unix sockets (Firecracker's hybrid model).
@@ -66,6 +70,18 @@ pub struct NetConfig {
     /// Guest destinations the device keeps from the backend. Given anew
     /// to every boot and restore (a snapshot does not keep it).
     pub egress: crate::devices::virtio::net::EgressPolicy,
+    /// Limits on the frames each way (default: none). Taken from the
+    /// restoring VM's config on a snapshot restore.
+    pub rate_limit: NetRateLimit,
+}
+
+/// The rate limits of a network interface, one per direction.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NetRateLimit {
+    /// Frames from the host to the guest.
+    pub rx: RateLimitConfig,
+    /// Frames from the guest to the host.
+    pub tx: RateLimitConfig,
 }
 
 /// The host side of a virtio-net interface.
@@ -198,6 +214,7 @@ mod tests {
                 mtu,
                 backend: NetBackend::Tap("t0".into()),
                 egress: Default::default(),
+                rate_limit: Default::default(),
             })
         };
         let ok = [0x52, 0x54, 0, 1, 2, 3];
@@ -258,6 +275,7 @@ mod tests {
             path: Some("/d".into()),
             read_only: true,
             serial: "s".into(),
+            rate_limit: Default::default(),
         };
         let c = VmConfig {
             disks: vec![disk; MAX_VIRTIO_DEVICES + 1],

@@ -195,6 +195,7 @@ fn virtio_devices_come_up_and_move_data() {
             path: Some(disk),
             read_only: false,
             serial: "boot-test-disk".into(),
+            rate_limit: Default::default(),
         });
         config.vsock = Some(VsockConfig {
             guest_cid: 3,
@@ -205,6 +206,7 @@ fn virtio_devices_come_up_and_move_data() {
             mtu: 1500,
             backend: NetBackend::Stream(Arc::new(ours)),
             egress: Default::default(),
+            rate_limit: Default::default(),
         });
     };
     let Some((reason, console)) = boot_with(script, 1, devices, |_| false) else {

@@ -236,6 +236,7 @@ fn snapshots_are_refused_clearly() {
         path: Some(disk),
         read_only: true,
         serial: "d".into(),
+        rate_limit: Default::default(),
     });
     let files = SnapshotFiles {
         state: dir.path().join("vm.state"),

@@ -105,6 +105,7 @@ fn net(mac_last: u8) -> (NetConfig, UnixStream) {
         mtu: 1500,
         backend: NetBackend::Stream(Arc::new(ours)),
         egress: Default::default(),
+        rate_limit: Default::default(),
     };
     (config, peer)
 }
@@ -130,11 +131,13 @@ fn template_config(kernel: PathBuf, dir: &Path, net: NetConfig) -> VmConfig {
                 path: Some(base),
                 read_only: true,
                 serial: "base".into(),
+                rate_limit: Default::default(),
             },
             DiskConfig {
                 path: None,
                 read_only: false,
                 serial: "empty-slot".into(),
+                rate_limit: Default::default(),
             },
         ],
         vsock: Some(VsockConfig {
@@ -204,6 +207,7 @@ fn restored_template_sees_its_new_disk_and_reconnects() {
         path: Some(image.clone()),
         read_only: false,
         serial: "container-disk".into(),
+        rate_limit: Default::default(),
     };
     let (net2, _peer2) = net(0x02);
     let listener = UnixListener::bind(dir.path().join(format!("r.sock_{PORT}"))).unwrap();

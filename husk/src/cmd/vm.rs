@@ -146,6 +146,7 @@ fn run_vm(args: RunArgs) -> Result<i32> {
         vcpus: args.cpus,
         memory_mib: args.memory,
         net: network.as_ref().and_then(|n| n.net_config()),
+        disk_rate_limit: Default::default(),
         console: console.clone(),
         vsock: rundir.path().join("vsock.sock"),
         start: StartMode::choose(args.cold),

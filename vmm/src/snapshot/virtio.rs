@@ -161,6 +161,7 @@ mod tests {
             path: None,
             read_only: false,
             serial: "s".into(),
+            rate_limit: Default::default(),
         }
     }
 

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use clap::Args;
+use husk_runtime::config::IoLimits;
 use husk_runtime::logs::LogConfig;
 use husk_runtime::security::RawSecurityFlags;
 use husk_runtime::{CreateOptions, Runtime, SecurityFlags, StdioWiring};
@@ -50,6 +51,18 @@ pub struct CreateArgs {
     /// CPUs of the container's VM (rounded up to whole vCPUs).
     #[arg(long)]
     cpus: Option<String>,
+    /// Limit each of the container's disks to RATE bytes per second, reads
+    /// plus writes (e.g. 512k, 10m; default: unlimited).
+    #[arg(long = "disk-bps", value_name = "RATE")]
+    disk_bps: Option<String>,
+    /// Limit each of the container's disks to N read and write requests
+    /// per second (default: unlimited).
+    #[arg(long = "disk-iops", value_name = "N")]
+    disk_iops: Option<u64>,
+    /// Limit the container's network to RATE bytes per second each way
+    /// (e.g. 1m; default: unlimited).
+    #[arg(long = "net-bps", value_name = "RATE")]
+    net_bps: Option<String>,
     /// Volumes: NAME:/path[:ro], or /path for an anonymous volume.
     #[arg(short = 'v', long = "volume", value_name = "VOLUME")]
     volumes: Vec<String>,
@@ -204,6 +217,21 @@ fn options(a: &CreateArgs) -> Result<CreateOptions> {
         security: security_flags.process_security(),
         security_flags,
         log_config,
+        io_limits: IoLimits {
+            disk_bps: a
+                .disk_bps
+                .as_deref()
+                .map(flags::parse_rate)
+                .transpose()?
+                .unwrap_or(0),
+            disk_iops: a.disk_iops.unwrap_or(0),
+            net_bps: a
+                .net_bps
+                .as_deref()
+                .map(flags::parse_rate)
+                .transpose()?
+                .unwrap_or(0),
+        },
     })
 }
 

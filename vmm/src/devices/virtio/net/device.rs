@@ -15,7 +15,9 @@ use virtio_queue::QueueT;
 use super::backend::{Backend, MIN_FRAME_LEN};
 use super::egress::{EgressFilter, EgressPolicy, Verdict};
 use super::frame::{deliver_rx, read_tx_frame, RxOutcome};
+use crate::config::NetRateLimit;
 use crate::devices::virtio::{read_config_bytes, ChainDone, VirtioCommon, VirtioDevice};
+use crate::rate_limiter::{RateLimitError, RateLimiter};
 
 /// Virtio device ID of network devices.
 pub const NET_DEVICE_ID: u32 = 1;
@@ -65,6 +67,9 @@ pub enum NetError {
     /// Creating the activation eventfd failed.
     #[error("cannot create an eventfd")]
     EventFd(#[source] std::io::Error),
+    /// Setting up a rate limiter failed.
+    #[error("network rate limiter")]
+    RateLimiter(#[source] RateLimitError),
 }
 
 /// Formats a MAC address as `aa:bb:cc:dd:ee:ff`.
@@ -92,6 +97,12 @@ pub struct Net {
     /// Frames of the device's own for the guest (resets answering
     /// blocked TCP segments), delivered before the backend's.
     injected: VecDeque<Vec<u8>>,
+    /// Frames from the backend wait here before reaching the guest.
+    pub(super) rx_limiter: RateLimiter,
+    /// The pending rx frame went through `rx_limiter` already.
+    rx_paid: bool,
+    /// Guest frames wait here (in the tx queue) before the backend.
+    pub(super) tx_limiter: RateLimiter,
     pub(super) common: VirtioCommon,
     /// How the backend fd is registered with epoll (`None`: not at all).
     pub(super) watched: Option<event_manager::EventSet>,
@@ -154,10 +165,27 @@ impl Net {
             tx_pending: false,
             egress: EgressFilter::new(config.egress),
             injected: VecDeque::new(),
+            rx_limiter: RateLimiter::unlimited(),
+            rx_paid: false,
+            tx_limiter: RateLimiter::unlimited(),
             common,
             watched: None,
             stats: Stats::default(),
         })
+    }
+
+    /// The device with `limit` on frames to the guest (rx) and from it
+    /// (tx); without this, nothing is limited.
+    pub fn with_rate_limit(mut self, limit: &NetRateLimit) -> Result<Self, NetError> {
+        self.rx_limiter = RateLimiter::new(&limit.rx).map_err(NetError::RateLimiter)?;
+        self.tx_limiter = RateLimiter::new(&limit.tx).map_err(NetError::RateLimiter)?;
+        Ok(self)
+    }
+
+    /// Forgets the pending rx frame (and whether it was paid for).
+    fn drop_pending_rx(&mut self) {
+        self.rx_pending = false;
+        self.rx_paid = false;
     }
 
     /// Whether the guest driver is running the device.
@@ -187,7 +215,7 @@ impl Net {
             log::warn!("virtio-net: backend gone ({why}); the guest's link stays silent");
         }
         self.backend_dead = true;
-        self.rx_pending = false;
+        self.drop_pending_rx();
         self.tx_pending = false;
     }
 
@@ -235,10 +263,12 @@ impl Net {
         }
     }
 
-    /// Sends guest frames to the backend until the queue is empty or the
-    /// backend is full; true if any chain was used.
+    /// Sends guest frames to the backend until the queue is empty, the
+    /// backend is full or the tx rate limit is reached (the frame stays in
+    /// the queue until the limiter's timer fires); true if any chain was
+    /// used.
     pub(super) fn process_tx(&mut self) -> bool {
-        if !self.push_pending_tx() {
+        if !self.push_pending_tx() || self.tx_limiter.is_blocked() {
             return false;
         }
         let Some(active) = self.common.activated_mut() else {
@@ -247,6 +277,7 @@ impl Net {
         let (backend, frame, stats) = (&mut self.backend, &mut self.tx_frame, &mut self.stats);
         let (pending, dead) = (&mut self.tx_pending, &mut self.backend_dead);
         let (egress, injected) = (&mut self.egress, &mut self.injected);
+        let limiter = &mut self.tx_limiter;
         let used = active.drain(TX, |mem, chain| {
             if let Err(e) = read_tx_frame(mem, chain, frame) {
                 log::debug!("virtio-net: tx frame dropped: {e}");
@@ -255,6 +286,9 @@ impl Net {
             }
             if *dead {
                 return ChainDone::Used(0);
+            }
+            if !limiter.try_consume(frame.len() as u64, 1) {
+                return ChainDone::Unused;
             }
             let verdict = match egress.is_open() {
                 true => Verdict::Pass,
@@ -293,12 +327,14 @@ impl Net {
             ChainDone::Used(0)
         });
         if self.backend_dead {
-            self.rx_pending = false;
+            self.drop_pending_rx();
         }
         used
     }
 
-    /// Delivers backend frames into rx buffers; true if any buffer was used.
+    /// Delivers backend frames into rx buffers until the backend or the
+    /// buffers run out or the rx rate limit is reached (the frame waits,
+    /// pending, for the limiter's timer); true if any buffer was used.
     pub(super) fn process_rx(&mut self) -> bool {
         let mergeable = self.common.has_feature(VIRTIO_NET_F_MRG_RXBUF);
         let guest_csum = self.common.has_feature(VIRTIO_NET_F_GUEST_CSUM);
@@ -333,6 +369,7 @@ impl Net {
                             self.egress.inbound(&self.rx_frame, Instant::now());
                         }
                         self.rx_pending = true;
+                        self.rx_paid = false;
                     }
                     Ok(false) => break,
                     Err(e) => {
@@ -340,6 +377,12 @@ impl Net {
                         break;
                     }
                 }
+            }
+            if !self.rx_paid {
+                if !self.rx_limiter.try_consume(self.rx_frame.len() as u64, 1) {
+                    break;
+                }
+                self.rx_paid = true;
             }
             let Some(active) = self.common.activated_mut() else {
                 break;
@@ -351,12 +394,14 @@ impl Net {
             match deliver_rx(mem, queue, &self.rx_frame, mergeable, flags) {
                 RxOutcome::Delivered(_) => {
                     self.rx_pending = false;
+                    self.rx_paid = false;
                     self.stats.rx_frames += 1;
                     used = true;
                     rechecked = false;
                 }
                 RxOutcome::Dropped { consumed } => {
                     self.rx_pending = false;
+                    self.rx_paid = false;
                     self.stats.rx_dropped += 1;
                     used |= consumed > 0;
                 }
@@ -392,13 +437,13 @@ impl VirtioDevice for Net {
     }
 
     fn on_activate(&mut self) {
-        self.rx_pending = false;
+        self.drop_pending_rx();
         self.tx_pending = false;
         self.injected.clear();
     }
 
     fn on_reset(&mut self) {
-        self.rx_pending = false;
+        self.drop_pending_rx();
         self.tx_pending = false;
         self.injected.clear();
     }

@@ -65,7 +65,8 @@ impl Net {
                 egress: config.egress.clone(),
             },
             backend,
-        )
+        )?
+        .with_rate_limit(&config.rate_limit)
     }
 }
 

@@ -18,6 +18,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::frame::{fold, ones_sum, HDR_LEN};
 use super::{EgressPolicy, Ipv4Net, Net, NetDeviceConfig, StreamBackend, MAX_FRAME_LEN};
+use crate::config::NetRateLimit;
 use crate::devices::virtio::test_utils::{
     activate_context, guest_memory, read_mem, write_mem, Driver,
 };
@@ -47,10 +48,32 @@ struct Harness<'a> {
 
 impl<'a> Harness<'a> {
     fn new(mem: &'a GuestMemory, features: u64) -> Self {
-        Self::with_egress(mem, features, EgressPolicy::default())
+        Self::build(
+            mem,
+            features,
+            EgressPolicy::default(),
+            &NetRateLimit::default(),
+        )
     }
 
-    fn with_egress(mem: &'a GuestMemory, features: u64, egress: EgressPolicy) -> Self {
+    pub(super) fn with_egress(mem: &'a GuestMemory, features: u64, egress: EgressPolicy) -> Self {
+        Self::build(mem, features, egress, &NetRateLimit::default())
+    }
+
+    pub(super) fn with_rate_limit(
+        mem: &'a GuestMemory,
+        features: u64,
+        limit: &NetRateLimit,
+    ) -> Self {
+        Self::build(mem, features, EgressPolicy::default(), limit)
+    }
+
+    fn build(
+        mem: &'a GuestMemory,
+        features: u64,
+        egress: EgressPolicy,
+        limit: &NetRateLimit,
+    ) -> Self {
         let (ours, peer) = UnixStream::pair().unwrap();
         peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let backend = StreamBackend::new(Arc::new(ours)).unwrap();
@@ -63,6 +86,7 @@ impl<'a> Harness<'a> {
             },
             Box::new(backend),
         )
+        .and_then(|net| net.with_rate_limit(limit))
         .unwrap();
         let dev = Arc::new(Mutex::new(net));
         let mut em = Em::new().unwrap();
@@ -630,3 +654,6 @@ fn tap_backend_in_a_private_netns() {
     .join()
     .unwrap();
 }
+
+#[path = "rate_limit_tests.rs"]
+mod rate_limit;
