@@ -269,6 +269,7 @@ mod tests {
                 mtu: 65520,
                 backend: vmm::NetBackend::Stream(Arc::new(end)),
                 rate_limit: net_limit,
+                egress: vmm::EgressPolicy::default(),
             }),
             disk_rate_limit: disk_limit,
             console: "/c".into(),
