@@ -101,9 +101,6 @@ pub enum StepError {
     /// Host mounts.
     #[error(transparent)]
     Mount(#[from] crate::mount::MountError),
-    /// Converting a RUN step's changes.
-    #[error(transparent)]
-    Upper(#[from] crate::upper::UpperError),
     /// The store.
     #[error(transparent)]
     Store(#[from] images::StoreError),
