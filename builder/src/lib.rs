@@ -20,6 +20,6 @@ pub mod rootpath;
 pub mod users;
 pub mod vm;
 
-pub use husk_layertar::tarball;
 pub use engine::{build, BuildError, BuildOptions, StepError};
+pub use husk_layertar::tarball;
 pub use vm::VmSettings;

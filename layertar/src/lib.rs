@@ -11,4 +11,3 @@
 pub mod tarball;
 pub mod upper;
 mod xattr;
-

@@ -383,17 +383,30 @@ fn receive(msgs: Vec<Message>, max: u64) -> (Result<u64, AgentError>, Vec<u8>) {
 #[test]
 fn layer_streams_are_bounded_and_checked() {
     let chunk = |n: usize| Message::LayerChunk(vec![1; n]);
-    let (ok, sink) = receive(vec![chunk(10), chunk(5), Message::LayerEnd { bytes: 15 }], 15);
+    let (ok, sink) = receive(
+        vec![chunk(10), chunk(5), Message::LayerEnd { bytes: 15 }],
+        15,
+    );
     assert_eq!(ok.unwrap(), 15);
     assert_eq!(sink.len(), 15);
     // One byte over the limit: refused, and nothing past the limit written.
-    let (big, sink) = receive(vec![chunk(10), chunk(6), Message::LayerEnd { bytes: 16 }], 15);
+    let (big, sink) = receive(
+        vec![chunk(10), chunk(6), Message::LayerEnd { bytes: 16 }],
+        15,
+    );
     let err = big.unwrap_err();
-    assert!(matches!(err, AgentError::LayerTooLarge { max: 15 }), "{err}");
+    assert!(
+        matches!(err, AgentError::LayerTooLarge { max: 15 }),
+        "{err}"
+    );
     assert!(sink.len() <= 15, "{}", sink.len());
     let (lie, _) = receive(vec![chunk(10), Message::LayerEnd { bytes: 3 }], 100);
     let err = lie.unwrap_err();
-    assert!(err.to_string().contains("3-byte layer tar after sending 10"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("3-byte layer tar after sending 10"),
+        "{err}"
+    );
     let (failed, _) = receive(
         vec![Message::Error {
             code: ErrorCode::Internal,

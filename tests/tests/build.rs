@@ -618,7 +618,8 @@ fn run_in_a_vm_deletions_and_cache() {
     assert_eq!(f.code(), 125, "{f:?}");
     assert!(
         f.stderr.starts_with("husk: ")
-            && f.stderr.contains("the layer tar from the agent is larger than 65536 bytes")
+            && f.stderr
+                .contains("the layer tar from the agent is larger than 65536 bytes")
             && f.stderr.lines().count() == 1,
         "{f:?}"
     );

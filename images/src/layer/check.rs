@@ -5,9 +5,9 @@
 //! run again when the layer is unpacked into its disk.
 
 use std::collections::HashMap;
+use std::ffi::OsStr;
 use std::ffi::OsString;
 use std::io::{self, Read};
-use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
