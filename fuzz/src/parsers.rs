@@ -73,8 +73,10 @@ pub fn image_documents(data: &[u8]) {
     }
 }
 
-/// Layer tar extraction in both modes, bounded to 1 MiB of content.
+/// Layer tars: the check a RUN step's tar from the guest goes through,
+/// and extraction in both modes, bounded to 1 MiB of content.
 pub fn layer_tar(data: &[u8]) {
+    let _ = images::layer::check(data, 1 << 20);
     for mode in [Mode::Overlay, Mode::Apply] {
         let dir = tempfile::tempdir().expect("tempdir");
         let _ = extract(data, dir.path(), mode, 1 << 20);
