@@ -31,15 +31,18 @@ for t in "${TARGETS[@]}"; do
     mkdir -p "$work/corpus" "$work/artifacts"
     log "fuzzing $t for $SECONDS_PER_TARGET s"
     set +e
-    cargo +nightly fuzz run --fuzz-dir . "$t" "$work/corpus" "$HUSK_REPO/fuzz/corpus/$t" -- \
+    touch "$work/started"
+    TIMEFORMAT='%U %S'
+    { time cargo +nightly fuzz run --fuzz-dir . "$t" "$work/corpus" "$HUSK_REPO/fuzz/corpus/$t" -- \
         -max_total_time="$SECONDS_PER_TARGET" -timeout=10 -rss_limit_mb=2048 -max_len=65536 \
-        -artifact_prefix="$work/artifacts/" -print_final_stats=1 >"$work/log" 2>&1
+        -artifact_prefix="$work/artifacts/" -print_final_stats=1 >"$work/log" 2>&1 ; } 2>"$work/cpu"
     rc=$?
     set -e
+    cpu=$(awk '{ printf "%d", $1 + $2 }' "$work/cpu")
     runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$work/log" | tail -1)
     cov=$(grep -o 'cov: [0-9]*' "$work/log" | tail -1)
-    crashes=$(find "$work/artifacts" -type f | wc -l)
-    echo "$t: exit $rc, ${runs:-?} runs, ${cov:-cov: ?}, $crashes artefacts in $work/artifacts"
+    crashes=$(find "$work/artifacts" -type f -newer "$work/started" | wc -l)
+    echo "$t: exit $rc, ${runs:-?} runs, ${cov:-cov: ?}, ${cpu} CPU-s, $crashes new artefacts in $work/artifacts"
     [ "$rc" -eq 0 ] || status=1
 done
 exit "$status"
