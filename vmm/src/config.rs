@@ -7,6 +7,7 @@ use std::sync::Arc;
 use crate::arch::x86_64::layout::{IOAPIC_PINS, VIRTIO_FIRST_IRQ};
 use crate::arch::x86_64::mptable::MAX_CPUS;
 use crate::memory::{MAX_MEM_MIB, MIN_MEM_MIB};
+use crate::seccomp::SeccompMode;
 
 /// A VM to boot.
 #[derive(Debug, Clone)]
@@ -29,6 +30,8 @@ pub struct VmConfig {
     pub net: Option<NetConfig>,
     /// Where the serial console goes.
     pub console: ConsoleOutput,
+    /// The seccomp filters of the VM's threads.
+    pub seccomp: SeccompMode,
 }
 
 /// A virtio-blk disk.
@@ -184,6 +187,7 @@ mod tests {
             vsock: None,
             net: None,
             console: ConsoleOutput::Sink,
+            seccomp: SeccompMode::Enforce,
         }
     }
 

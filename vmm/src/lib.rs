@@ -10,6 +10,8 @@
 //!   registers.
 //! - [`memory`], [`cmdline`], [`host`] (PVM host detection and quirks),
 //!   [`config`], [`exit`].
+//! - [`seccomp`]: the per-thread system call filters of vCPU and
+//!   event-loop threads.
 //! - [`snapshot`]: saving a paused VM to files and restoring it.
 //! - [`bus`]: MMIO and port-I/O dispatch from vCPU exits to devices.
 //! - [`devices`]: serial port, legacy ports and the virtio devices.
@@ -23,6 +25,7 @@ pub mod exit;
 pub mod host;
 pub mod logging;
 pub mod memory;
+pub mod seccomp;
 pub mod setup;
 pub mod snapshot;
 pub mod vcpu;
@@ -31,5 +34,6 @@ pub mod vm;
 pub use config::{ConsoleOutput, DiskConfig, NetBackend, NetConfig, VmConfig, VsockConfig};
 pub use exit::ExitReason;
 pub use host::HostKind;
+pub use seccomp::SeccompMode;
 pub use snapshot::{RestoreConfig, SnapshotError, SnapshotFiles};
 pub use vm::{StopHandle, Vm, VmError};

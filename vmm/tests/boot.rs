@@ -50,6 +50,7 @@ fn config(kernel: PathBuf, initrd: PathBuf, console: PathBuf, vcpus: u8) -> VmCo
         vsock: None,
         net: None,
         console: ConsoleOutput::File(console),
+        seccomp: vmm::SeccompMode::Enforce,
     }
 }
 
