@@ -64,6 +64,10 @@ pub enum SeccompError {
     /// The kernel refused the filter (or `no_new_privs`).
     #[error("cannot install the seccomp filter of a {0:?} thread")]
     Install(ThreadKind, #[source] seccompiler::Error),
+    /// The thread already runs under the filter of another kind (whose
+    /// allow-list has no `seccomp` call to add one).
+    #[error("a thread filtered as {0:?} cannot also be filtered as {1:?}")]
+    OtherKind(ThreadKind, ThreadKind),
 }
 
 /// The compiled filters of one VM's threads (none when disabled).
@@ -75,8 +79,8 @@ pub struct Filters {
 }
 
 thread_local! {
-    /// Whether this thread runs under a filter of ours.
-    static FILTERED: Cell<bool> = const { Cell::new(false) };
+    /// The filter of ours this thread runs under, if any.
+    static FILTERED: Cell<Option<ThreadKind>> = const { Cell::new(None) };
 }
 
 impl Filters {
@@ -102,7 +106,8 @@ impl Filters {
     }
 
     /// Installs the filter of `kind` on the calling thread, for the rest
-    /// of its life (nothing when disabled).
+    /// of its life (nothing when disabled, or if the thread already runs
+    /// under it).
     pub fn install(&self, kind: ThreadKind) -> Result<(), SeccompError> {
         let program = match kind {
             ThreadKind::Vcpu => &self.vcpu,
@@ -111,10 +116,15 @@ impl Filters {
         if self.mode == SeccompMode::Disabled {
             return Ok(());
         }
+        match FILTERED.with(|f| f.get()) {
+            Some(current) if current == kind => return Ok(()),
+            Some(current) => return Err(SeccompError::OtherKind(current, kind)),
+            None => {}
+        }
         // apply_filter sets this thread's no_new_privs, then installs the
         // filter on this thread only.
         seccompiler::apply_filter(program).map_err(|e| SeccompError::Install(kind, e))?;
-        FILTERED.with(|f| f.set(true));
+        FILTERED.with(|f| f.set(Some(kind)));
         Ok(())
     }
 }
@@ -123,7 +133,7 @@ impl Filters {
 /// shared with other threads (a logger) must then not open, rename or
 /// remove files.
 pub fn current_thread_filtered() -> bool {
-    FILTERED.with(|f| f.get())
+    FILTERED.with(|f| f.get()).is_some()
 }
 
 /// Compiles the allow-list of `kind` for `mode` (not `Disabled`).
