@@ -160,15 +160,6 @@ impl Env {
         self.ok(&["inspect", "-f", format, name]).trim().to_string()
     }
 
-    /// The pid of the process running container `name`'s VMM: today its
-    /// monitor (the VMM's threads run in it). The one place to change if
-    /// the VMM gets a process of its own.
-    pub fn vmm_pid(&self, name: &str) -> u32 {
-        let pid = self.inspect(name, "{{.State.MonitorPid}}");
-        pid.parse()
-            .unwrap_or_else(|_| panic!("monitor pid of {name}: {pid:?}"))
-    }
-
     /// Polls `check` every 200 ms until it holds, for at most `timeout`.
     pub fn eventually(&self, what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
         let deadline = Instant::now() + timeout;
