@@ -53,9 +53,15 @@ const COMMON: &[i64] = &[
 
 /// vCPU threads, besides [`COMMON`] and their ioctls: the serial console
 /// file (positioned writes, truncation when it is rotated, see
-/// [`crate::logging::CappedFile`]), duplicating queue eventfds when a
-/// device is activated (`fcntl(F_DUPFD_CLOEXEC)`).
-const VCPU: &[i64] = &[libc::SYS_pread64, libc::SYS_pwrite64, libc::SYS_ftruncate];
+/// [`crate::logging::CappedFile`]), draining queue eventfds when the
+/// driver resets a device (`read`), duplicating them when it activates
+/// one (`fcntl(F_DUPFD_CLOEXEC)`).
+const VCPU: &[i64] = &[
+    libc::SYS_read,
+    libc::SYS_pread64,
+    libc::SYS_pwrite64,
+    libc::SYS_ftruncate,
+];
 
 /// The event loop, besides [`COMMON`]: epoll, eventfds and the vsock
 /// accept back-off timerfd, disk I/O, the network backend (a Unix stream
