@@ -23,7 +23,8 @@ vmm_sys_util::ioctl_ior_nr!(KVM_GET_SREGS, KVMIO, 0x83, kvm_sregs);
 type Rules = BTreeMap<i64, Vec<SeccompRule>>;
 
 /// What every VMM thread does: allocate (glibc malloc: brk, mmap,
-/// mremap, madvise; never executable memory), wait on locks, sleep, read
+/// mremap, madvise, and `sched_getaffinity` when it sizes its arenas;
+/// never executable memory), wait on locks, sleep, read
 /// the clock, run and leave signal handlers (the vCPU kick), log to
 /// stderr (`write`, the logger's `fstat`), draw hash seeds (`getrandom`),
 /// end the thread (freeing its signal stack) and abort on a double panic.
@@ -32,6 +33,7 @@ const COMMON: &[i64] = &[
     libc::SYS_munmap,
     libc::SYS_mremap,
     libc::SYS_madvise,
+    libc::SYS_sched_getaffinity,
     libc::SYS_futex,
     libc::SYS_sched_yield,
     libc::SYS_nanosleep,
