@@ -35,7 +35,7 @@ mod warm;
 pub use agent::{AgentConnection, AgentError, Event};
 pub use contract::DiskRole;
 pub use rundir::RunDir;
-pub use sandbox::{Disk, Sandbox, SandboxConfig, SandboxError};
+pub use sandbox::{seccomp_mode, Disk, Sandbox, SandboxConfig, SandboxError};
 pub use signals::Signals;
 pub use template::{StartMode, TemplateStore};
 pub use vmthread::{PauseError, VmResult, VmThread};

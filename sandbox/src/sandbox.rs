@@ -54,6 +54,22 @@ impl Disk {
     }
 }
 
+/// The seccomp mode of every VM's threads: [`vmm::SeccompMode::Enforce`]
+/// unless `$HUSK_SECCOMP` asks otherwise, for debugging only: `log`
+/// (violations allowed and written to the kernel's audit log) or `off`.
+/// An unknown value keeps the filters enforced, with a warning.
+pub fn seccomp_mode() -> vmm::SeccompMode {
+    match std::env::var("HUSK_SECCOMP").as_deref() {
+        Err(_) | Ok("" | "enforce") => vmm::SeccompMode::Enforce,
+        Ok("log") => vmm::SeccompMode::Log,
+        Ok("off") => vmm::SeccompMode::Disabled,
+        Ok(other) => {
+            log::warn!("HUSK_SECCOMP={other:?} is not enforce, log or off: enforcing");
+            vmm::SeccompMode::Enforce
+        }
+    }
+}
+
 /// Everything a VM with the agent is made of.
 #[derive(Clone, Debug)]
 pub struct SandboxConfig {
@@ -97,6 +113,7 @@ impl SandboxConfig {
             }),
             net: self.net.clone(),
             console: vmm::ConsoleOutput::File(self.console.clone()),
+            seccomp: seccomp_mode(),
         }
     }
 

@@ -153,6 +153,7 @@ fn restore_config(config: &SandboxConfig, template: &Template) -> vmm::RestoreCo
             uds_path: config.vsock.clone(),
         }),
         net: config.net.clone(),
+        seccomp: crate::sandbox::seccomp_mode(),
     }
 }
 

@@ -257,6 +257,7 @@ fn container_in_a_real_vm() {
         }),
         net: None,
         console: vmm::ConsoleOutput::File(console.0.clone()),
+        seccomp: vmm::SeccompMode::Enforce,
     })
     .unwrap();
     let stop = vm.stop_handle();

@@ -42,6 +42,7 @@ fn main() {
         vsock: None,
         net: None,
         console: ConsoleOutput::Stdout,
+        seccomp: vmm::SeccompMode::Enforce,
     };
     let mut level = log::LevelFilter::Info;
     let mut stop_after = None;

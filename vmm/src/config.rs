@@ -8,6 +8,7 @@ use crate::arch::x86_64::layout::{IOAPIC_PINS, VIRTIO_FIRST_IRQ};
 use crate::arch::x86_64::mptable::MAX_CPUS;
 use crate::memory::{MAX_MEM_MIB, MIN_MEM_MIB};
 use crate::rate_limiter::RateLimitConfig;
+use crate::seccomp::SeccompMode;
 
 /// A VM to boot.
 #[derive(Debug, Clone)]
@@ -30,6 +31,8 @@ pub struct VmConfig {
     pub net: Option<NetConfig>,
     /// Where the serial console goes.
     pub console: ConsoleOutput,
+    /// The seccomp filters of the VM's threads.
+    pub seccomp: SeccompMode,
 }
 
 /// A virtio-blk disk.
@@ -203,6 +206,7 @@ mod tests {
             vsock: None,
             net: None,
             console: ConsoleOutput::Sink,
+            seccomp: SeccompMode::Enforce,
         }
     }
 

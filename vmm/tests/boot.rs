@@ -50,6 +50,7 @@ fn config(kernel: PathBuf, initrd: PathBuf, console: PathBuf, vcpus: u8) -> VmCo
         vsock: None,
         net: None,
         console: ConsoleOutput::File(console),
+        seccomp: vmm::SeccompMode::Enforce,
     }
 }
 
@@ -86,7 +87,17 @@ fn run_vm(
         true
     });
     let start = Instant::now();
-    let reason = vm.run().unwrap_or_else(|e| panic!("VM failed: {e}"));
+    // The event loop runs on a thread of its own under its seccomp filter,
+    // as in the sandbox (the vCPU threads filter themselves); the VM comes
+    // back to be dropped here, unfiltered.
+    let (result, vm) = std::thread::spawn(move || {
+        let mut vm = vm;
+        (vm.run_until_paused_filtered(), vm)
+    })
+    .join()
+    .unwrap();
+    drop(vm);
+    let reason = result.unwrap_or_else(|e| panic!("VM failed: {e}"));
     let elapsed = start.elapsed();
     done.store(true, std::sync::atomic::Ordering::SeqCst);
     let text = std::fs::read_to_string(console).unwrap();

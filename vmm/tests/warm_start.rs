@@ -146,6 +146,7 @@ fn template_config(kernel: PathBuf, dir: &Path, net: NetConfig) -> VmConfig {
         }),
         net: Some(net),
         console: ConsoleOutput::File(dir.join("template.log")),
+        seccomp: vmm::SeccompMode::Enforce,
     }
 }
 
@@ -216,6 +217,7 @@ fn restored_template_sees_its_new_disk_and_reconnects() {
     let vm = Vm::restore(RestoreConfig {
         files: files.clone(),
         console: ConsoleOutput::File(console.clone()),
+        seccomp: vmm::SeccompMode::Enforce,
         disks,
         vsock: Some(VsockConfig {
             guest_cid: 3,

@@ -188,6 +188,7 @@ mod tests {
                 uds_path: "v".into(),
             }),
             net: None,
+            seccomp: crate::SeccompMode::Enforce,
         };
         assert!(check_layout(&saved, &config).is_ok());
         config.disks.pop();
