@@ -197,6 +197,9 @@ pub fn variant(msg: &Message) -> &'static str {
         Message::KillInit { .. } => "KillInit",
         Message::Seed { .. } => "Seed",
         Message::OomKilled { .. } => "OomKilled",
+        Message::ExportLayer => "ExportLayer",
+        Message::LayerChunk(_) => "LayerChunk",
+        Message::LayerEnd { .. } => "LayerEnd",
     }
 }
 

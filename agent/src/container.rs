@@ -45,6 +45,9 @@ pub struct ContainerRoot {
     /// Whether processes enter the root in their own mount namespace
     /// (false only in unit tests, which cannot pivot_root).
     pub isolated: bool,
+    /// The overlayfs upper directory of an image root on a writable disk:
+    /// what `ExportLayer` turns into a layer (`None` for other roots).
+    pub upper: Option<PathBuf>,
 }
 
 /// Where an exec session is in its protocol.
@@ -87,6 +90,9 @@ struct Container<'a, S: System> {
     /// OOM kills counted so far: the kernel's count when the container
     /// started, and the last one reported.
     oom: OomCount,
+    /// The host asked for the container's changes as a layer tar once
+    /// the init process ended (`ExportLayer`).
+    export: bool,
 }
 
 /// What the agent knows of the kernel's OOM kills.
@@ -127,9 +133,16 @@ pub fn serve<S: System>(
             reported: base,
             killed_seen: false,
         },
+        export: false,
     };
     let result = container.run(boot);
     container.teardown();
+    // Every container process is dead: the upper directory is final.
+    if let (Ok(Outcome::Finished(_)), true, Some(upper)) =
+        (&result, container.export, &container.root.upper)
+    {
+        crate::export::send_layer(boot, upper)?;
+    }
     result
 }
 
@@ -296,6 +309,16 @@ impl<S: System> Container<'_, S> {
                 None => msg,
             };
             match msg {
+                Message::ExportLayer if self.init.is_none() => {
+                    let reply = if self.root.upper.is_some() {
+                        self.export = true;
+                        Message::Ok
+                    } else {
+                        let detail = "ExportLayer needs an image root on a writable disk".into();
+                        error(ErrorCode::BadRequest, detail)
+                    };
+                    write_message(boot, &reply)?;
+                }
                 Message::Exec(req) if self.init.is_none() => match self.start(&req, None) {
                     Ok(proc) => {
                         self.init_ns = self.open_ns(proc.pid);

@@ -72,10 +72,17 @@ impl System for FakeSystem {
         if serial.starts_with("missing") {
             return Err(SysError::DiskNotFound(serial.clone()));
         }
+        let upper = match &spec.root {
+            RootFs::Layers { writable, .. } if !writable.is_empty() => {
+                Some(self.sock.with_file_name("upper"))
+            }
+            _ => None,
+        };
         Ok(ContainerRoot {
             root: self.root.clone(),
             ptmx: PathBuf::from("/dev/ptmx"),
             isolated: false,
+            upper,
         })
     }
 
@@ -803,4 +810,80 @@ fn reconnection_only_before_create_and_only_for_broken_connections() {
         outcome,
         Err(AgentError::Sys(SysError::Connect { .. }))
     ));
+}
+
+/// Receives a layer tar (chunks up to `LayerEnd`) from `boot`.
+fn receive_layer(boot: &mut Host) -> Vec<u8> {
+    let mut tar = Vec::new();
+    loop {
+        match boot.recv() {
+            Message::LayerChunk(b) => tar.extend(b),
+            Message::LayerEnd { bytes } => {
+                assert_eq!(bytes, tar.len() as u64);
+                return tar;
+            }
+            other => panic!("expected the layer, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn export_layer_streams_the_upper_directory_after_the_exit() {
+    let outcome = with_container(|mut boot, sock| {
+        let upper = sock.with_file_name("upper");
+        create(&mut boot);
+        boot.send(Message::ExportLayer);
+        assert_eq!(boot.recv(), Message::Ok);
+        // The init writes into the upper directory (the fake's root is
+        // the host's, so by its absolute path).
+        let script = format!("mkdir -p {0}/d && echo hi > {0}/d/f", upper.display());
+        std::fs::create_dir_all(&upper).unwrap();
+        boot.start(exec(&["sh", "-c", &script]));
+        let (_, _, end) = boot.finish();
+        assert_eq!(end, Message::Exited { code: 0 });
+        let tar = receive_layer(&mut boot);
+        let mut ar = tar::Archive::new(&tar[..]);
+        let mut names = Vec::new();
+        for e in ar.entries().unwrap() {
+            let mut e = e.unwrap();
+            let mut body = String::new();
+            std::io::Read::read_to_string(&mut e, &mut body).unwrap();
+            names.push(format!("{} {body}", e.path().unwrap().display()));
+        }
+        assert_eq!(names, ["d ", "d/f hi\n"]);
+    });
+    assert_eq!(
+        outcome.unwrap(),
+        Outcome::Finished(Message::Exited { code: 0 })
+    );
+}
+
+#[test]
+fn export_layer_needs_an_image_root_on_a_writable_disk_and_comes_first() {
+    let outcome = with_container(|mut boot, _| {
+        let mut s = spec();
+        s.root = RootFs::Disk(RootDisk {
+            serial: "disk0".into(),
+            fs_type: "ext4".into(),
+            read_only: false,
+        });
+        boot.send(Message::CreateContainer(s));
+        assert_eq!(boot.recv(), Message::Ok);
+        boot.send(Message::ExportLayer);
+        let detail = boot.expect_error(ErrorCode::BadRequest);
+        assert!(detail.contains("writable disk"), "{detail}");
+        let mut init = exec(&["sh", "-c", "read x"]);
+        init.stdin = true;
+        boot.start(init);
+        // Too late once the init runs (it waits for its input).
+        boot.send(Message::ExportLayer);
+        let detail = boot.expect_error(ErrorCode::BadRequest);
+        assert!(detail.contains("unexpected ExportLayer"), "{detail}");
+        boot.send(Message::Stdin(b"x\n".to_vec()));
+        let (_, _, end) = boot.finish();
+        assert_eq!(end, Message::Exited { code: 0 });
+        // No layer without the request: the connection just ends.
+        assert!(read_message(&mut boot.conn).unwrap().is_none());
+    });
+    assert!(outcome.is_ok());
 }

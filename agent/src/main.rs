@@ -8,6 +8,7 @@
 
 mod boot;
 mod container;
+mod export;
 mod guest;
 mod log;
 mod net;

@@ -160,10 +160,17 @@ pub fn create(spec: &ContainerSpec, mounts: &mut Vec<PathBuf>) -> Result<Contain
     }
     crate::net::configure(spec.network.as_ref()).map_err(|e| SysError::Network(e.to_string()))?;
     set_sysctls(&spec.sysctls)?;
+    let upper = match &spec.root {
+        RootFs::Layers { writable, .. } if !writable.is_empty() => {
+            Some(Path::new(RW_DIR).join("upper"))
+        }
+        _ => None,
+    };
     Ok(ContainerRoot {
         root: root.to_path_buf(),
         ptmx: root.join("dev/pts/ptmx"),
         isolated: true,
+        upper,
     })
 }
 

@@ -4,7 +4,7 @@
 //!   `Dockerfile:LINE`);
 //! - [`build`]: the engine — stages, the build cache ([`cache`]), COPY/ADD
 //!   layers written on the host ([`copy`]), RUN steps in microVMs ([`vm`])
-//!   whose changes ([`upper`]) become layers;
+//!   whose changes the guest agent streams out as layer tars;
 //! - the result is an image in the [`images::Store`], recorded with its tags.
 
 pub mod cache;
@@ -17,11 +17,9 @@ pub mod ignore;
 pub mod mount;
 pub mod pattern;
 pub mod rootpath;
-pub mod tarball;
-pub mod upper;
 pub mod users;
 pub mod vm;
-mod xattr;
 
 pub use engine::{build, BuildError, BuildOptions, StepError};
+pub use husk_layertar::tarball;
 pub use vm::VmSettings;

@@ -1,6 +1,8 @@
-//! Host mounts the build needs (root only): an image's layer disks stacked
-//! read-only with overlayfs, and a RUN step's writable disk. Every mount is
-//! undone when its guard drops, whatever happened in between.
+//! Host mounts the build needs (root only): COPY/ADD's read-only view of an
+//! image, its layer disks stacked with overlayfs. Those EROFS disks are
+//! made by the host from checked layer tars; nothing a guest wrote is ever
+//! mounted here (a RUN step's changes leave its VM as a tar stream). Every
+//! mount is undone when its guard drops, whatever happened in between.
 
 use std::ffi::OsStr;
 use std::io;

@@ -1,15 +1,17 @@
 //! RUN in a microVM: the image's layer disks plus a fresh writable ext4
 //! disk, booted through the sandbox layer; the agent's container path
 //! (`CreateContainer` + `Exec` on the boot connection), the command's
-//! output streamed to the build's output. The changes stay on the writable
-//! disk's `upper/` directory for the caller to turn into a layer.
+//! output streamed to the build's output. The agent then turns the
+//! changes (the overlayfs upper directory on the writable disk) into a
+//! layer tar inside the VM and streams it out (`ExportLayer`); the host
+//! never mounts the disk the guest wrote.
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use husk_protocol::{ContainerSpec, ExecRequest};
-use husk_sandbox::oneshot::{Completion, Exit, OneShot, OneShotError, Stream};
+use husk_sandbox::oneshot::{Completion, Exit, LayerSink, OneShot, OneShotError, Stream};
 use husk_sandbox::{contract, Disk, RunDir, Sandbox, SandboxConfig, SandboxError, Signals};
 
 /// How long the agent may take to tear down and power off after the
@@ -19,8 +21,15 @@ const TEARDOWN: Duration = Duration::from_secs(60);
 /// How long the guest may take to power off after the agent's teardown.
 const POWEROFF: Duration = Duration::from_secs(30);
 
+/// How long the agent may take to send a RUN step's layer tar.
+const LAYER_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
 /// Size of a RUN step's (sparse) writable disk.
 pub const DISK_SIZE: u64 = 8 << 30;
+
+/// The default of [`VmSettings::max_layer_bytes`]: what one layer may
+/// unpack to anyway.
+pub const MAX_LAYER_BYTES: u64 = images::layer::MAX_UNPACKED;
 
 /// How RUN steps' VMs are made.
 #[derive(Debug, Clone)]
@@ -38,6 +47,9 @@ pub struct VmSettings {
     pub network: bool,
     /// Restore RUN steps' VMs from a template or boot them.
     pub start: husk_sandbox::StartMode,
+    /// The largest layer tar accepted from a RUN step's VM (bytes of the
+    /// stream; file content is bounded by the same number).
+    pub max_layer_bytes: u64,
 }
 
 /// Errors running a step in a VM.
@@ -86,6 +98,10 @@ pub enum VmError {
     /// husk was interrupted by a signal.
     #[error("interrupted by signal {0}")]
     Interrupted(i32),
+    /// The step's layer tar did not come out of the VM whole, or broke
+    /// the host's limits.
+    #[error("receiving the RUN step's changes from the VM")]
+    Layer(#[source] husk_sandbox::AgentError),
 }
 
 /// Creates a sparse ext4 disk of [`DISK_SIZE`] at `path`.
@@ -105,11 +121,15 @@ pub struct RunStep<'a> {
     pub request: ExecRequest,
     /// The container's hostname.
     pub hostname: String,
+    /// Receives the layer tar of the step's changes (guest input: the
+    /// caller checks it before storing it).
+    pub layer: &'a mut dyn Write,
 }
 
-/// Boots a VM for `step`, runs its command with output to `out`, waits for
-/// the agent's teardown and returns the command's exit code (128+N when
-/// killed by signal N).
+/// Boots a VM for `step`, runs its command with output to `out`, receives
+/// its changes as a layer tar into `step.layer` (whatever the exit code:
+/// the caller keeps it only for 0), waits for the agent's teardown and
+/// returns the command's exit code (128+N when killed by signal N).
 pub fn run(
     settings: &VmSettings,
     step: RunStep<'_>,
@@ -135,6 +155,7 @@ pub fn run(
         vcpus: settings.cpus,
         memory_mib: settings.memory_mib,
         net: net.as_ref().and_then(|n| n.net_config()),
+        disk_rate_limit: Default::default(),
         console: step.console.to_path_buf(),
         vsock: sockets.path().join("v.sock"),
         start: settings.start,
@@ -175,27 +196,38 @@ pub fn run(
     let mut relay = |_: Stream, b: &[u8]| {
         let _ = out.write_all(b).and_then(|()| out.flush());
     };
+    let sink = LayerSink {
+        to: step.layer,
+        max_bytes: settings.max_layer_bytes,
+        timeout: LAYER_TIMEOUT,
+    };
     let done = sandbox
-        .run_to_completion(signals, job, &mut relay)
+        .run_exporting_layer(signals, job, &mut relay, sink)
         .map_err(|e| match e {
             OneShotError::Interrupted(sig) => VmError::Interrupted(sig),
             OneShotError::NotCreated(detail) => failed(format!(
                 "the agent could not create the build container: {detail}"
             )),
             OneShotError::Failed(why) => failed(why),
+            OneShotError::Layer(e) => VmError::Layer(e),
         })?;
     match done {
-        Completion {
-            exit: Exit::Refused { code, detail },
-            ..
-        } => Err(VmError::Refused { code, detail }),
-        // Only once the guest powered off (disks synced and unmounted by
-        // the agent) is the writable disk complete.
-        Completion {
-            exit: Exit::Code(code),
-            powered_off: true,
-        } => Ok(code),
-        Completion { .. } => Err(failed(
+        (
+            Completion {
+                exit: Exit::Refused { code, detail },
+                ..
+            },
+            _,
+        ) => Err(VmError::Refused { code, detail }),
+        // The layer arrived whole, and the guest ended normally.
+        (
+            Completion {
+                exit: Exit::Code(code),
+                powered_off: true,
+            },
+            Some(_),
+        ) => Ok(code),
+        _ => Err(failed(
             sandbox.explain_end("the guest did not power off after the command"),
         )),
     }

@@ -154,7 +154,7 @@ impl FromStr for Reference {
             }
             _ => (DOCKER_HUB.to_string(), name.to_string()),
         };
-        if !valid_registry(&registry) || name.len() > 255 {
+        if !valid_registry(&registry) {
             return Err(invalid());
         }
         let repository = if registry == DOCKER_HUB && !repository.contains('/') {
@@ -162,6 +162,11 @@ impl FromStr for Reference {
         } else {
             repository
         };
+        // At most 255 characters, counted on the canonical name (so that
+        // what `Display` prints parses again; found by fuzzing).
+        if registry.len() + 1 + repository.len() > 255 {
+            return Err(invalid());
+        }
         if !repository.split('/').all(valid_component) {
             return Err(invalid());
         }
@@ -215,6 +220,19 @@ mod tests {
         let d = r(&format!("app@sha256:{hex}"));
         assert_eq!(d.tag, None);
         assert!(d.digest.is_some());
+    }
+
+    #[test]
+    fn the_length_limit_counts_the_canonical_name() {
+        // "docker.io/library/" + 237 = 255.
+        let longest = "a".repeat(237);
+        assert_eq!(r(&r(&longest).to_string()), r(&longest));
+        for too_long in ["a".repeat(238), "a".repeat(254)] {
+            assert!(too_long.parse::<Reference>().is_err());
+        }
+        let host = format!("reg.example/{}", "b".repeat(243));
+        assert_eq!(r(&r(&host).to_string()), r(&host));
+        assert!(format!("{host}b").parse::<Reference>().is_err());
     }
 
     #[test]

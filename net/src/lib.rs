@@ -4,7 +4,9 @@
 //! backend, set up before the VM starts and torn down after it ends:
 //! - [`NetworkMode::User`] (default): a passt process ([`passt`]) gives the
 //!   guest outbound TCP/UDP and DNS without root, and listens on the
-//!   published ports ([`ports`]);
+//!   published ports ([`ports`]); the guest does not reach the host
+//!   itself unless an `--add-host NAME:host-gateway` entry ([`hosts`])
+//!   asks for it ([`passt::egress_policy`]);
 //! - [`NetworkMode::Tap`]: a persistent TAP device ([`tap`]) for hosts that
 //!   bring their own bridge/CNI setup (root);
 //! - [`NetworkMode::None`]: no interface, loopback only.
@@ -23,6 +25,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod hosts;
 pub mod passt;
 pub mod ports;
 pub mod tap;
@@ -33,6 +36,7 @@ use std::path::PathBuf;
 
 use husk_protocol::NetworkSpec;
 
+pub use hosts::{check_extra_hosts, ExtraHost, HostAddr, HOST_GATEWAY};
 pub use passt::{Passt, PasstError, DNS_IP, GATEWAY_IP, GUEST_IP};
 pub use ports::{parse_port_spec, publish_all, PortError, PortMapping, Proto};
 pub use tap::{Tap, TapError};
@@ -58,6 +62,9 @@ pub enum NetError {
     /// A bad address in the options.
     #[error("invalid address {0:?} (expected A.B.C.D/PREFIX)")]
     Address(String),
+    /// A bad `--add-host` value.
+    #[error("invalid --add-host {0:?} (expected NAME:IP or NAME:host-gateway)")]
+    AddHost(String),
 }
 
 /// Which network a container gets. Stored (serde) as its `--network`
@@ -134,6 +141,9 @@ pub struct NetworkOptions {
     pub tap_ipv4: Option<(String, Ipv4Addr)>,
     /// The passt binary; default: `passt` in `PATH`.
     pub passt: Option<PathBuf>,
+    /// `--add-host` entries; a `host-gateway` one (passt only) lets the
+    /// guest reach the host.
+    pub extra_hosts: Vec<ExtraHost>,
 }
 
 enum Backend {
@@ -149,6 +159,7 @@ pub struct Network {
     mac: [u8; 6],
     ports: Vec<PortMapping>,
     spec: Option<NetworkSpec>,
+    extra_hosts: Vec<ExtraHost>,
 }
 
 impl Network {
@@ -159,6 +170,8 @@ impl Network {
         if mac[0] & 1 != 0 || mac == [0; 6] {
             return Err(NetError::Options("the MAC address must be unicast"));
         }
+        check_extra_hosts(&opts.mode, &opts.extra_hosts)?;
+        let extra_hosts = opts.extra_hosts;
         let mac_str = vmm::devices::virtio::net::format_mac(&mac);
         match opts.mode {
             NetworkMode::None => {
@@ -172,6 +185,7 @@ impl Network {
                     mac,
                     ports: Vec::new(),
                     spec: None,
+                    extra_hosts,
                 })
             }
             NetworkMode::User => {
@@ -194,6 +208,7 @@ impl Network {
                         gateway6: None,
                         mtu: u32::from(passt::MTU),
                     }),
+                    extra_hosts,
                 })
             }
             NetworkMode::Tap(name) => {
@@ -220,6 +235,7 @@ impl Network {
                         gateway6: None,
                         mtu: u32::from(TAP_MTU),
                     }),
+                    extra_hosts,
                 })
             }
         }
@@ -239,14 +255,19 @@ impl Network {
             Backend::Passt(p) => vmm::NetBackend::Stream(p.stream()),
             Backend::Tap(t) => vmm::NetBackend::Tap(t.name().to_string()),
         };
-        let mtu = match &self.backend {
-            Backend::Tap(_) => TAP_MTU,
-            _ => passt::MTU,
+        let (mtu, egress) = match &self.backend {
+            Backend::Tap(_) => (TAP_MTU, vmm::EgressPolicy::default()),
+            _ => (
+                passt::MTU,
+                passt::egress_policy(hosts::wants_host(&self.extra_hosts)),
+            ),
         };
         Some(vmm::NetConfig {
             mac: self.mac,
             mtu,
             backend,
+            egress,
+            rate_limit: Default::default(),
         })
     }
 
@@ -265,12 +286,15 @@ impl Network {
         }
     }
 
-    /// /etc/hosts lines naming the container by its address.
+    /// /etc/hosts lines naming the container by its address, then the
+    /// `--add-host` entries (`host-gateway`: the gateway address).
     pub fn hosts(&self, hostname: &str) -> Vec<String> {
-        match self.spec.as_ref().and_then(|s| s.ipv4.split('/').next()) {
+        let mut lines = match self.spec.as_ref().and_then(|s| s.ipv4.split('/').next()) {
             Some(ip) if !ip.is_empty() => vec![format!("{ip}\t{hostname}")],
             _ => Vec::new(),
-        }
+        };
+        lines.extend(hosts::hosts_lines(&self.extra_hosts, GATEWAY_IP.into()));
+        lines
     }
 
     /// passt's pid (diagnostics, tests).

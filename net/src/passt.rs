@@ -5,8 +5,14 @@
 //! Addresses (fixed, as with QEMU's user networking): the guest is
 //! [`GUEST_IP`]/24 with gateway [`GATEWAY_IP`]; TCP connections and UDP
 //! traffic to the gateway reach the host's loopback (passt's default
-//! gateway mapping, disabled by `--no-map-gw`); DNS queries to [`DNS_IP`]
-//! go to the host's first resolver (`--dns-forward`).
+//! gateway mapping); DNS queries to [`DNS_IP`] go to the host's first
+//! resolver (`--dns-forward`).
+//!
+//! The guest does not reach the host by default: the VMM's virtio-net
+//! device drops what the guest sends to the gateway ([`egress_policy`])
+//! unless the container opted in (`--add-host NAME:host-gateway`). passt's
+//! `--no-map-gw` is not the way: it would turn traffic to the gateway into
+//! connections to that private address on the host's network.
 
 use std::ffi::OsString;
 use std::io::{Read, Seek, SeekFrom};
@@ -31,6 +37,12 @@ pub const GATEWAY_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
 pub const DNS_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 3);
 /// passt's MTU: 64 KiB frames, no segmentation on the way.
 pub const MTU: u16 = 65520;
+/// Host-local destinations no guest frame may carry: passt would connect
+/// to them on the host (`0.0.0.0` reaches the host's loopback too).
+const HOST_LOCAL: [(Ipv4Addr, u8); 2] = [
+    (Ipv4Addr::new(127, 0, 0, 0), 8),
+    (Ipv4Addr::new(0, 0, 0, 0), 8),
+];
 /// How long passt may take to bind the published ports.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long passt may take to exit after SIGTERM before it is killed.
@@ -62,6 +74,20 @@ pub struct Passt {
     /// The VMM's end of the socket pair.
     stream: Arc<UnixStream>,
     log: std::fs::File,
+}
+
+/// What the guest may not send to passt: always host-local addresses
+/// (127.0.0.0/8, 0.0.0.0/8), and [`GATEWAY_IP`], which passt maps to the
+/// host's loopback, unless `host_access`. [`DNS_IP`] stays reachable.
+pub fn egress_policy(host_access: bool) -> vmm::EgressPolicy {
+    let mut blocked: Vec<vmm::Ipv4Net> = HOST_LOCAL
+        .iter()
+        .filter_map(|&(addr, len)| vmm::Ipv4Net::new(addr, len))
+        .collect();
+    if !host_access {
+        blocked.insert(0, vmm::Ipv4Net::host(GATEWAY_IP));
+    }
+    vmm::EgressPolicy { blocked }
 }
 
 /// Finds `passt` in `PATH` (or /usr/bin, /usr/sbin).

@@ -32,7 +32,7 @@ pub use security::{
 };
 
 /// The protocol version this build speaks; sent in [`Message::Hello`].
-pub const PROTOCOL_VERSION: u32 = 7;
+pub const PROTOCOL_VERSION: u32 = 8;
 
 /// Most files a [`ContainerSpec`] may carry in [`ContainerSpec::files`].
 pub const MAX_FILES: usize = 32;

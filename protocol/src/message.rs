@@ -97,6 +97,26 @@ pub enum Message {
         /// Processes killed by the OOM killer since the container started.
         count: u64,
     },
+    /// Host -> agent, on the boot connection after `CreateContainer` and
+    /// before the init's `Exec` (`husk build`'s RUN steps), for an image
+    /// root on a writable disk: once the init process has ended and every
+    /// container process is dead, the agent turns the container's changes
+    /// (the overlayfs upper directory) into an OCI layer tar and sends it
+    /// right after the exit status, as [`Message::LayerChunk`] frames ended
+    /// by [`Message::LayerEnd`] (or [`Message::Error`] if the conversion
+    /// failed), before it unmounts the disks. Answered [`Message::Ok`], or
+    /// `Error{BadRequest}` when the root is not such a stack or the init
+    /// already started. The host treats the tar as hostile input.
+    ExportLayer,
+    /// Agent -> host, after the init's exit status when
+    /// [`Message::ExportLayer`] was asked: the next bytes of the layer tar
+    /// (at most [`MAX_CHUNK`](crate::MAX_CHUNK)).
+    LayerChunk(Vec<u8>),
+    /// Agent -> host: the layer tar of [`Message::ExportLayer`] is complete.
+    LayerEnd {
+        /// Its size in bytes (the sum of the chunks).
+        bytes: u64,
+    },
 }
 
 /// A container's root filesystem and environment (see

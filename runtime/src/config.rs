@@ -66,6 +66,10 @@ pub struct ContainerConfig {
     /// `--network`.
     #[serde(default)]
     pub network: NetworkMode,
+    /// `--add-host` entries, appended to /etc/hosts; a `host-gateway` one
+    /// lifts the block on the host (see [`husk_net::passt::egress_policy`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_hosts: Vec<husk_net::ExtraHost>,
     /// The guest kernel.
     pub kernel: PathBuf,
     /// The agent disk.
@@ -86,6 +90,55 @@ pub struct ContainerConfig {
     /// Annotations (an OCI bundle's, reported in the OCI state).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
+    /// Disk and network rate limits (`--disk-bps`, `--disk-iops`,
+    /// `--net-bps`); none by default.
+    #[serde(default, skip_serializing_if = "IoLimits::is_unlimited")]
+    pub io_limits: IoLimits,
+}
+
+/// Rate limits on the container VM's devices; 0 is unlimited. Each is a
+/// token bucket holding one second's worth, so a guest that was idle may
+/// spend up to one second of its rate at once.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IoLimits {
+    /// Bytes per second read plus written, on each of the container's
+    /// disks (image layers, writable disk, volumes; not husk's agent disk).
+    #[serde(default)]
+    pub disk_bps: u64,
+    /// Read and write requests per second, on each of those disks.
+    #[serde(default)]
+    pub disk_iops: u64,
+    /// Bytes per second each way (guest to host, host to guest) on the
+    /// network interface.
+    #[serde(default)]
+    pub net_bps: u64,
+}
+
+impl IoLimits {
+    /// Whether nothing is limited.
+    pub fn is_unlimited(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// What each container disk gets.
+    pub fn disk(&self) -> vmm::RateLimitConfig {
+        vmm::RateLimitConfig {
+            bandwidth: vmm::BucketConfig::per_second(self.disk_bps),
+            ops: vmm::BucketConfig::per_second(self.disk_iops),
+        }
+    }
+
+    /// What the network interface gets, each way.
+    pub fn net(&self) -> vmm::NetRateLimit {
+        let each_way = vmm::RateLimitConfig {
+            bandwidth: vmm::BucketConfig::per_second(self.net_bps),
+            ops: vmm::BucketConfig::default(),
+        };
+        vmm::NetRateLimit {
+            rx: each_way,
+            tx: each_way,
+        }
+    }
 }
 
 /// The container's init process (also the defaults of `exec`).

@@ -65,6 +65,9 @@ pub struct CreateOptions {
     pub publish_all: bool,
     /// `--network`.
     pub network: NetworkMode,
+    /// `--add-host` entries (`host-gateway`: the container may reach the
+    /// host).
+    pub extra_hosts: Vec<husk_net::ExtraHost>,
     /// The guest kernel.
     pub kernel: PathBuf,
     /// The agent disk.
@@ -83,6 +86,8 @@ pub struct CreateOptions {
     pub security_flags: SecurityFlags,
     /// `--log-opt`: how `log.json` is rotated.
     pub log_config: crate::logs::LogConfig,
+    /// `--disk-bps`, `--disk-iops`, `--net-bps`.
+    pub io_limits: crate::config::IoLimits,
 }
 
 /// A volume to mount (the CLI's `-v`).

@@ -74,6 +74,8 @@ pub struct ContainerPlan {
     pub ports: Vec<PortMapping>,
     /// The network.
     pub network: NetworkMode,
+    /// `--add-host` entries.
+    pub extra_hosts: Vec<husk_net::ExtraHost>,
     /// How the VM boots.
     pub boot: VmBoot,
     /// The security flags as given (for `inspect`); the process carries
@@ -83,6 +85,8 @@ pub struct ContainerPlan {
     pub log_config: crate::logs::LogConfig,
     /// Annotations (an OCI bundle's).
     pub annotations: BTreeMap<String, String>,
+    /// Disk and network rate limits.
+    pub io_limits: crate::config::IoLimits,
 }
 
 impl ContainerPlan {
@@ -113,10 +117,12 @@ impl ContainerPlan {
             auto_remove: false,
             ports: Vec::new(),
             network: NetworkMode::default(),
+            extra_hosts: Vec::new(),
             boot,
             security_flags: Default::default(),
             log_config: Default::default(),
             annotations: BTreeMap::new(),
+            io_limits: Default::default(),
         }
     }
 
@@ -149,6 +155,7 @@ impl ContainerPlan {
             options::check_mount_target(&t.target)
                 .map_err(|why| Error::Invalid(format!("invalid tmpfs mount point: {why}")))?;
         }
+        husk_net::check_extra_hosts(&self.network, &self.extra_hosts)?;
         check_sysctls(&self.sysctls)?;
         check_files(&self.files)
     }
@@ -256,8 +263,10 @@ impl Runtime {
             auto_remove: opts.auto_remove,
             ports,
             network: opts.network.clone(),
+            extra_hosts: opts.extra_hosts.clone(),
             security_flags: opts.security_flags.clone(),
             log_config: opts.log_config,
+            io_limits: opts.io_limits,
             ..ContainerPlan::new(process, layers, boot)
         })
     }

@@ -32,6 +32,7 @@ pub fn network_options(cfg: &ContainerConfig) -> Result<NetworkOptions, Error> {
     Ok(NetworkOptions {
         mode: cfg.network.clone(),
         ports: cfg.ports.clone(),
+        extra_hosts: cfg.extra_hosts.clone(),
         // For tests and unusual installs.
         passt: std::env::var_os("HUSK_PASST").map(std::path::PathBuf::from),
         ..NetworkOptions::default()

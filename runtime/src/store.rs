@@ -184,6 +184,7 @@ impl Runtime {
                 auto_remove: plan.auto_remove,
                 ports: plan.ports,
                 network: plan.network,
+                extra_hosts: plan.extra_hosts,
                 kernel: plan.boot.kernel,
                 agent_disk: plan.boot.agent_disk,
                 boot_timeout: plan.boot.boot_timeout,
@@ -191,6 +192,7 @@ impl Runtime {
                 security_flags: plan.security_flags,
                 log_config: plan.log_config,
                 annotations: plan.annotations,
+                io_limits: plan.io_limits,
             };
             State::created().write(&paths)?;
             self.publish(&id, config, plan.name.as_deref(), &tmp)

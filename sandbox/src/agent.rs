@@ -10,7 +10,7 @@
 //! monitor). Everything read is from the guest and is validated: a
 //! malformed frame is an error, never a panic.
 
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -81,6 +81,20 @@ pub enum AgentError {
     /// Connecting to the exec port failed.
     #[error(transparent)]
     Connect(#[from] vsock::ConnectError),
+    /// The agent's layer tar is larger than the host accepts.
+    #[error("the layer tar from the agent is larger than {max} bytes")]
+    LayerTooLarge {
+        /// The limit.
+        max: u64,
+    },
+    /// The agent's `LayerEnd` does not match the chunks it sent.
+    #[error("the agent announced a {announced}-byte layer tar after sending {received} bytes")]
+    LayerSize {
+        /// What `LayerEnd` said.
+        announced: u64,
+        /// What arrived.
+        received: u64,
+    },
 }
 
 impl AgentError {
@@ -393,6 +407,63 @@ impl AgentConnection {
             Message::Ok => Ok(()),
             Message::Error { code, detail } => Err(AgentError::Refused { code, detail }),
             other => Err(AgentError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// `ExportLayer` on the boot connection, after `CreateContainer` and
+    /// before the init's `Exec`, answered `Ok`: the agent will send the
+    /// container's changes as a layer tar after the init's exit status
+    /// (see [`AgentConnection::receive_layer`]).
+    pub fn export_layer(
+        &mut self,
+        watch: &Watch,
+        deadline: Option<Instant>,
+    ) -> Result<(), AgentError> {
+        self.send(&Message::ExportLayer)?;
+        match self.next(watch, deadline)? {
+            Message::Ok => Ok(()),
+            Message::Error { code, detail } => Err(AgentError::Refused { code, detail }),
+            other => Err(AgentError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// After the init's exit status (with `ExportLayer` asked): the layer
+    /// tar's chunks, written to `sink` as they arrive, until `LayerEnd`;
+    /// returns its size. Guest input: more than `max_bytes` is refused as
+    /// soon as it arrives (nothing beyond the limit is written), a
+    /// `LayerEnd` that disagrees with the chunks is an error, and so is
+    /// the agent's `Error` (its conversion failed). What `sink` received
+    /// on an error is garbage for the caller to discard.
+    pub fn receive_layer(
+        &mut self,
+        sink: &mut dyn Write,
+        max_bytes: u64,
+        watch: &Watch,
+        deadline: Option<Instant>,
+    ) -> Result<u64, AgentError> {
+        let mut received: u64 = 0;
+        loop {
+            match self.next(watch, deadline)? {
+                Message::LayerChunk(b) => {
+                    received = received.saturating_add(b.len() as u64);
+                    if received > max_bytes {
+                        return Err(AgentError::LayerTooLarge { max: max_bytes });
+                    }
+                    sink.write_all(&b)
+                        .map_err(AgentError::io("writing the layer tar"))?;
+                }
+                Message::LayerEnd { bytes } if bytes == received => return Ok(received),
+                Message::LayerEnd { bytes } => {
+                    return Err(AgentError::LayerSize {
+                        announced: bytes,
+                        received,
+                    })
+                }
+                Message::Error { code, detail } => {
+                    return Err(AgentError::Refused { code, detail })
+                }
+                other => return Err(AgentError::Unexpected(format!("{other:?}"))),
+            }
         }
     }
 

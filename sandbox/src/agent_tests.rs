@@ -363,3 +363,61 @@ fn handshakes_and_drains_what_one_read_brought() {
     let err = AgentConnection::handshake(host, Duration::from_millis(50)).err();
     assert!(matches!(err, Some(AgentError::Timeout)), "{err:?}");
 }
+
+/// What `receive_layer` (limit `max`) makes of an agent sending `msgs`
+/// after its Hello, and what reached the sink.
+fn receive(msgs: Vec<Message>, max: u64) -> (Result<u64, AgentError>, Vec<u8>) {
+    let (mut conn, agent) = with_agent(move |mut c| {
+        send(&mut c, hello());
+        for m in msgs {
+            send(&mut c, m);
+        }
+        // Hangs up: what it sent stays readable, then the host sees EOF.
+    });
+    let mut sink = Vec::new();
+    let res = conn.receive_layer(&mut sink, max, &Watch::none(), soon());
+    agent.join().unwrap();
+    (res, sink)
+}
+
+#[test]
+fn layer_streams_are_bounded_and_checked() {
+    let chunk = |n: usize| Message::LayerChunk(vec![1; n]);
+    let (ok, sink) = receive(
+        vec![chunk(10), chunk(5), Message::LayerEnd { bytes: 15 }],
+        15,
+    );
+    assert_eq!(ok.unwrap(), 15);
+    assert_eq!(sink.len(), 15);
+    // One byte over the limit: refused, and nothing past the limit written.
+    let (big, sink) = receive(
+        vec![chunk(10), chunk(6), Message::LayerEnd { bytes: 16 }],
+        15,
+    );
+    let err = big.unwrap_err();
+    assert!(
+        matches!(err, AgentError::LayerTooLarge { max: 15 }),
+        "{err}"
+    );
+    assert!(sink.len() <= 15, "{}", sink.len());
+    let (lie, _) = receive(vec![chunk(10), Message::LayerEnd { bytes: 3 }], 100);
+    let err = lie.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("3-byte layer tar after sending 10"),
+        "{err}"
+    );
+    let (failed, _) = receive(
+        vec![Message::Error {
+            code: ErrorCode::Internal,
+            detail: "writing the layer tar: boom".into(),
+        }],
+        100,
+    );
+    assert!(failed.unwrap_err().to_string().contains("boom"));
+    let (odd, _) = receive(vec![Message::Started { pid: 1 }], 100);
+    assert!(matches!(odd.unwrap_err(), AgentError::Unexpected(_)));
+    // The agent hanging up mid-stream is not a layer.
+    let (cut, _) = receive(vec![chunk(10)], 100);
+    assert!(matches!(cut.unwrap_err(), AgentError::Closed));
+}

@@ -42,7 +42,7 @@ pub use contract::DiskRole;
 pub use jail::JailInfo;
 pub use rundir::RunDir;
 pub use running::RunningVm;
-pub use sandbox::{Disk, Sandbox, SandboxConfig, SandboxError};
+pub use sandbox::{seccomp_mode, Disk, Sandbox, SandboxConfig, SandboxError};
 pub use signals::Signals;
 pub use template::{StartMode, TemplateStore};
 pub use vmthread::{PauseError, VmFailure, VmResult, VmThread};

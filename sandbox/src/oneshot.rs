@@ -5,8 +5,11 @@
 //! The sequence is the agent protocol's: accept the agent, create the
 //! container, start the command, relay its output until it ends, wait for
 //! the agent's teardown (disks synced and unmounted, connection closed),
-//! then for the guest to power off by itself.
+//! then for the guest to power off by itself. A build step also asks for
+//! the container's changes: the agent streams them as a layer tar after
+//! the exit status ([`Sandbox::run_exporting_layer`]).
 
+use std::io::Write;
 use std::time::{Duration, Instant};
 
 use husk_protocol::{ContainerSpec, ExecRequest};
@@ -65,6 +68,17 @@ pub struct Completion {
     pub powered_off: bool,
 }
 
+/// Where the container's layer tar goes (see
+/// [`Sandbox::run_exporting_layer`]) and what the host accepts of it.
+pub struct LayerSink<'a> {
+    /// Receives the tar's bytes as they arrive.
+    pub to: &'a mut dyn Write,
+    /// The most bytes accepted; more fails the run.
+    pub max_bytes: u64,
+    /// How long the agent may take to send it all, from the command's end.
+    pub timeout: Duration,
+}
+
 /// Why a one-shot run did not complete.
 #[derive(Debug, thiserror::Error)]
 pub enum OneShotError {
@@ -78,6 +92,10 @@ pub enum OneShotError {
     /// says about it (a kernel panic, a VM error) when it says anything.
     #[error("{0}")]
     Failed(String),
+    /// The container's layer tar did not arrive whole or broke the host's
+    /// limits; the VM is stopped.
+    #[error("the container's changes: {0}")]
+    Layer(#[source] AgentError),
 }
 
 impl From<SandboxError> for OneShotError {
@@ -114,9 +132,36 @@ impl Sandbox {
         job: OneShot,
         out: &mut dyn FnMut(Stream, &[u8]),
     ) -> Result<Completion, OneShotError> {
-        let result = self.drive(signals, job.clone(), out);
-        let exit = match result {
-            Ok(exit) => exit,
+        self.complete(signals, job, out, None).map(|(c, _)| c)
+    }
+
+    /// [`Sandbox::run_to_completion`] for an image root on a writable
+    /// disk, also asking the agent (`ExportLayer`) for the container's
+    /// changes as a layer tar once the command ended; the tar goes to
+    /// `layer.to` (within `layer`'s limits) and its size is returned
+    /// beside the completion (`None` when the command did not start).
+    /// Nothing the guest wrote is mounted: this stream is all the host
+    /// reads of it.
+    pub fn run_exporting_layer(
+        &mut self,
+        signals: &Signals,
+        job: OneShot,
+        out: &mut dyn FnMut(Stream, &[u8]),
+        layer: LayerSink<'_>,
+    ) -> Result<(Completion, Option<u64>), OneShotError> {
+        self.complete(signals, job, out, Some(layer))
+    }
+
+    fn complete(
+        &mut self,
+        signals: &Signals,
+        job: OneShot,
+        out: &mut dyn FnMut(Stream, &[u8]),
+        layer: Option<LayerSink<'_>>,
+    ) -> Result<(Completion, Option<u64>), OneShotError> {
+        let result = self.drive(signals, job.clone(), out, layer);
+        let (exit, layer_bytes) = match result {
+            Ok(done) => done,
             Err(OneShotError::Failed(why)) => {
                 return Err(OneShotError::Failed(self.explain_end(&why)));
             }
@@ -131,16 +176,18 @@ impl Sandbox {
             return Err(OneShotError::Interrupted(sig));
         }
         let powered_off = off && matches!(self.stop(), Some(Ok(vmm::ExitReason::PowerOff)));
-        Ok(Completion { exit, powered_off })
+        Ok((Completion { exit, powered_off }, layer_bytes))
     }
 
-    /// The agent session: create, start, relay, teardown.
+    /// The agent session: create, (ask for the layer,) start, relay,
+    /// (receive the layer,) teardown.
     fn drive(
         &mut self,
         signals: &Signals,
         job: OneShot,
         out: &mut dyn FnMut(Stream, &[u8]),
-    ) -> Result<Exit, OneShotError> {
+        layer: Option<LayerSink<'_>>,
+    ) -> Result<(Exit, Option<u64>), OneShotError> {
         let mut conn: AgentConnection = self.accept_agent(Some(signals), job.boot_timeout)?;
         let watch = self.watch(Some(signals));
         let deadline = Some(Instant::now() + job.boot_timeout);
@@ -150,6 +197,15 @@ impl Sandbox {
                 return Err(OneShotError::NotCreated(detail))
             }
             Err(e) => return Err(e.into()),
+        }
+        if layer.is_some() {
+            match conn.export_layer(&watch, deadline) {
+                Ok(()) => {}
+                Err(AgentError::Refused { detail, .. }) => {
+                    return Err(OneShotError::NotCreated(detail))
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
         let exit = match conn.start(job.request, &watch, None) {
             Ok(_pid) => loop {
@@ -168,9 +224,22 @@ impl Sandbox {
             },
             Err(e) => return Err(e.into()),
         };
+        let layer_bytes = match (layer, &exit) {
+            (Some(sink), Exit::Code(_)) => {
+                let deadline = Some(Instant::now() + sink.timeout);
+                match conn.receive_layer(sink.to, sink.max_bytes, &watch, deadline) {
+                    Ok(n) => Some(n),
+                    Err(AgentError::Interrupted(sig)) => {
+                        return Err(OneShotError::Interrupted(sig))
+                    }
+                    Err(e) => return Err(OneShotError::Layer(e)),
+                }
+            }
+            _ => None,
+        };
         match conn.wait_closed(&watch, Instant::now() + job.teardown_timeout) {
             Err(AgentError::Interrupted(sig)) => Err(OneShotError::Interrupted(sig)),
-            _ => Ok(exit),
+            _ => Ok((exit, layer_bytes)),
         }
     }
 }

@@ -56,6 +56,22 @@ impl Disk {
     }
 }
 
+/// The seccomp mode of every VM's threads: [`vmm::SeccompMode::Enforce`]
+/// unless `$HUSK_SECCOMP` asks otherwise, for debugging only: `log`
+/// (violations allowed and written to the kernel's audit log) or `off`.
+/// An unknown value keeps the filters enforced, with a warning.
+pub fn seccomp_mode() -> vmm::SeccompMode {
+    match std::env::var("HUSK_SECCOMP").as_deref() {
+        Err(_) | Ok("" | "enforce") => vmm::SeccompMode::Enforce,
+        Ok("log") => vmm::SeccompMode::Log,
+        Ok("off") => vmm::SeccompMode::Disabled,
+        Ok(other) => {
+            log::warn!("HUSK_SECCOMP={other:?} is not enforce, log or off: enforcing");
+            vmm::SeccompMode::Enforce
+        }
+    }
+}
+
 /// Everything a VM with the agent is made of.
 #[derive(Clone, Debug)]
 pub struct SandboxConfig {
@@ -69,8 +85,10 @@ pub struct SandboxConfig {
     pub vcpus: u8,
     /// Guest memory in MiB.
     pub memory_mib: u32,
-    /// The network interface's backend, if any.
+    /// The network interface's backend (and rate limits), if any.
     pub net: Option<vmm::NetConfig>,
+    /// Rate limits of each disk in [`Self::disks`] (not the agent disk).
+    pub disk_rate_limit: vmm::RateLimitConfig,
     /// Where the guest console goes.
     pub console: PathBuf,
     /// The VMM's vsock socket (short enough for a Unix socket address);
@@ -98,6 +116,7 @@ impl SandboxConfig {
             }),
             net: self.net.clone(),
             console: vmm::ConsoleOutput::File(self.console.clone()),
+            seccomp: seccomp_mode(),
         }
     }
 
@@ -108,16 +127,19 @@ impl SandboxConfig {
             path: Some(self.agent_disk.clone()),
             read_only: true,
             serial: AGENT_SERIAL.into(),
+            rate_limit: Default::default(),
         }];
         disks.extend(self.disks.iter().map(|d| vmm::DiskConfig {
             path: Some(d.path.clone()),
             read_only: d.read_only,
             serial: d.role.serial(),
+            rate_limit: self.disk_rate_limit,
         }));
         disks.extend((self.disks.len()..slots).map(|i| vmm::DiskConfig {
             path: None,
             read_only: false,
             serial: contract::empty_slot_serial(i),
+            rate_limit: Default::default(),
         }));
         disks
     }

@@ -27,8 +27,24 @@ pub enum VmFailure {
 }
 
 /// What the VM thread hands back: how the run ended, and the VM itself
-/// if it was paused (see [`VmThread::pause`]).
-type ThreadResult = (VmResult, Option<vmm::Vm>);
+/// (to resume or save it if it was paused, see [`VmThread::pause`], and in
+/// any case to drop it on the caller's thread).
+type ThreadResult = (VmResult, HandBack);
+
+/// The VM on its way back from its thread. Its thread runs under the event
+/// loop's seccomp filter, which allows none of what dropping a VM does
+/// (removing its vsock socket): if nobody takes it back (the thread ended
+/// after [`VmThread`] gave up waiting for it), it is leaked rather than
+/// dropped there.
+struct HandBack(Option<vmm::Vm>);
+
+impl Drop for HandBack {
+    fn drop(&mut self) {
+        if vmm::seccomp::current_thread_filtered() {
+            std::mem::forget(self.0.take());
+        }
+    }
+}
 
 /// Errors pausing the VM.
 #[derive(Debug, thiserror::Error)]
@@ -61,10 +77,9 @@ impl VmThread {
                 .name("vm".into())
                 .spawn(move || {
                     let mut vm = vm;
-                    let result = vm.run_until_paused().map_err(VmFailure::from);
+                    let result = vm.run_until_paused_filtered().map_err(VmFailure::from);
                     drop(notify);
-                    let paused = matches!(result, Ok(vmm::ExitReason::Paused));
-                    (result, paused.then_some(vm))
+                    (result, HandBack(Some(vm)))
                 })
         })?;
         Ok(Self {
@@ -140,12 +155,12 @@ impl VmThread {
         let Some(handle) = self.handle.take() else {
             return Err(PauseError::Ended("no VM thread".into()));
         };
-        let (result, vm) = handle
+        let (result, mut vm) = handle
             .join()
             .map_err(|_| PauseError::Ended("the VM thread panicked".into()))?;
-        match vm {
-            Some(vm) => Ok(vm),
-            None => {
+        match (&result, vm.0.take()) {
+            (Ok(vmm::ExitReason::Paused), Some(vm)) => Ok(vm),
+            _ => {
                 let err = ended(&result);
                 self.result = Some(result);
                 Err(err)

@@ -156,6 +156,7 @@ fn restore_config(config: &SandboxConfig, template: &Template) -> vmm::RestoreCo
             listener: None,
         }),
         net: config.net.clone(),
+        seccomp: crate::sandbox::seccomp_mode(),
     }
 }
 
@@ -217,7 +218,11 @@ fn build_template(
                 mac: TEMPLATE_MAC,
                 mtu,
                 backend: vmm::NetBackend::Stream(Arc::new(end)),
+                egress: vmm::EgressPolicy::default(),
+                rate_limit: Default::default(),
             }),
+        // Limits are the restoring container's, never the template's.
+        disk_rate_limit: Default::default(),
         console: staging.join("console.log"),
         vsock: rundir.path().join("v.sock"),
         start: StartMode::Cold,
@@ -247,4 +252,75 @@ fn template_boot_timeout() -> Duration {
         .and_then(|v| v.parse().ok())
         .map(Duration::from_secs)
         .unwrap_or(TEMPLATE_BOOT_TIMEOUT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Disk, DiskRole};
+
+    /// A warm start restores the template's devices with the container's
+    /// own rate limits (the template was built without any).
+    #[test]
+    fn restore_takes_the_rate_limits_from_the_container_not_the_template() {
+        let disk_limit = vmm::RateLimitConfig {
+            bandwidth: vmm::BucketConfig::per_second(1 << 20),
+            ops: vmm::BucketConfig::per_second(100),
+        };
+        let net_limit = vmm::NetRateLimit {
+            rx: disk_limit,
+            tx: disk_limit,
+        };
+        let (_peer, end) = UnixStream::pair().unwrap();
+        let config = SandboxConfig {
+            kernel: "/k".into(),
+            agent_disk: "/agent".into(),
+            disks: vec![Disk {
+                path: "/rw".into(),
+                role: DiskRole::Writable,
+                read_only: false,
+            }],
+            vcpus: 1,
+            memory_mib: 256,
+            net: Some(vmm::NetConfig {
+                mac: [0x52, 0x54, 0, 0, 0, 1],
+                mtu: 65520,
+                backend: vmm::NetBackend::Stream(Arc::new(end)),
+                rate_limit: net_limit,
+                egress: vmm::EgressPolicy::default(),
+            }),
+            disk_rate_limit: disk_limit,
+            console: "/c".into(),
+            vsock: "/v".into(),
+            start: StartMode::Warm,
+        };
+        let template = Template {
+            dir: "/t".into(),
+            key: "t".into(),
+            inputs: TemplateInputs {
+                format: TemplateInputs::current_format(),
+                kernel: "/k".into(),
+                kernel_sha256: String::new(),
+                agent_disk: "/agent".into(),
+                vcpus: 1,
+                memory_mib: 256,
+                slots: 2,
+                net_mtu: Some(65520),
+                host: String::new(),
+                cmdline: String::new(),
+            },
+        };
+        let restore = restore_config(&config, &template);
+        let limits: Vec<_> = restore.disks.iter().map(|d| d.rate_limit).collect();
+        // The agent disk is husk's own; the empty slot has no backing.
+        assert_eq!(
+            limits,
+            vec![
+                vmm::RateLimitConfig::default(),
+                disk_limit,
+                vmm::RateLimitConfig::default()
+            ]
+        );
+        assert_eq!(restore.net.unwrap().rate_limit, net_limit);
+    }
 }

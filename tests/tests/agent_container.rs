@@ -237,6 +237,7 @@ fn container_in_a_real_vm() {
         path: Some(path.to_path_buf()),
         read_only: ro,
         serial: serial.into(),
+        rate_limit: Default::default(),
     };
     let vm = vmm::Vm::new(vmm::VmConfig {
         kernel,
@@ -257,6 +258,7 @@ fn container_in_a_real_vm() {
         }),
         net: None,
         console: vmm::ConsoleOutput::File(console.0.clone()),
+        seccomp: vmm::SeccompMode::Enforce,
     })
     .unwrap();
     let stop = vm.stop_handle();

@@ -2,12 +2,15 @@
 //! substitution and every config instruction, .dockerignore, ADD of a tar
 //! archive, multi-stage COPY --from, the build cache, Dockerfile errors
 //! with line numbers, and RUN in a real microVM whose deletions are
-//! whiteouts (checked with `husk run`).
+//! whiteouts and whose recreated directories are opaque (checked with
+//! `husk run`), with no host mount of the disk the guest wrote, and a
+//! layer size cap.
 //!
 //! They need root (loop and overlay mounts, whiteouts); the RUN test also
 //! needs `HUSK_KERNEL` and `HUSK_AGENT` (scripts/test.sh sets them) and is
 //! skipped with a message otherwise. Only two VMs boot for a successful RUN
-//! (the build and `husk run`), one more for a failing RUN.
+//! (the build and `husk run`), one more for a failing RUN and one for an
+//! oversized layer.
 
 use std::path::{Path, PathBuf};
 
@@ -417,7 +420,9 @@ fn load_base(env: &Env) {
     }
     t.dir("etc", 0o755, 0, 0)
         .file("etc/base.txt", b"base\n", 0o644, 0, 0)
-        .file("etc/gone.txt", b"to be deleted\n", 0o644, 0, 0);
+        .file("etc/gone.txt", b"to be deleted\n", 0o644, 0, 0)
+        .dir("opq", 0o755, 0, 0)
+        .file("opq/old.txt", b"hidden by the RUN step\n", 0o644, 0, 0);
     let img = build_image(&[(t.finish(), Comp::Gzip)], "amd64", &["/bin/sh"]);
     let tar = env.path().join("base.tar");
     write_docker_save(&tar, &img, "base:1");
@@ -426,10 +431,33 @@ fn load_base(env: &Env) {
 
 const RUN_DF: &str = r#"FROM base:1
 ARG MSG=created
-RUN echo "$MSG" > /new.txt && echo modified >> /etc/base.txt && rm /etc/gone.txt && mkdir /made && ln -s /new.txt /made/link && echo run-output
+RUN echo "$MSG" > /new.txt && echo modified >> /etc/base.txt && rm /etc/gone.txt && mkdir /made && ln -s /new.txt /made/link && ln /new.txt /hard.txt && rm -r /opq && mkdir /opq && echo fresh > /opq/fresh.txt && echo run-output
 COPY src.txt /src.txt
-CMD ["/bin/sh", "-c", "test -e /etc/gone.txt && echo gone-visible || echo gone-absent; cat /new.txt /etc/base.txt /src.txt /made/link"]
+CMD ["/bin/sh", "-c", "test -e /etc/gone.txt && echo gone-visible || echo gone-absent; cat /new.txt /etc/base.txt /src.txt /made/link /hard.txt; ls /opq"]
 "#;
+
+/// A directory with a `mount` that logs its arguments to `log` and runs
+/// the real one: put first in husk's PATH, it records every mount a build
+/// makes on the host.
+fn mount_logger(dir: &Path) -> PathBuf {
+    let real = ["/usr/bin/mount", "/bin/mount"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("mount(8)");
+    let bin = dir.join("logbin");
+    std::fs::create_dir_all(&bin).expect("mkdir");
+    let log = dir.join("mounts.log");
+    let script = format!(
+        "#!/bin/sh\necho \"$*\" >> '{}'\nexec {real} \"$@\"\n",
+        log.display()
+    );
+    let shim = bin.join("mount");
+    std::fs::write(&shim, script).expect("write");
+    std::fs::set_permissions(&shim, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    std::fs::write(&log, "").expect("write");
+    log
+}
 
 #[test]
 fn run_in_a_vm_deletions_and_cache() {
@@ -448,7 +476,38 @@ fn run_in_a_vm_deletions_and_cache() {
     let ctx = context(&env, "ctx", RUN_DF);
     write(&ctx, &[("src.txt", "src v1\n")]);
     let c = ctx.to_str().expect("utf8");
-    let out = env.ok(&["build", "--network", "none", "-t", "ran:1", c]);
+    // Every host mount of the build is logged: the RUN step's disk (what
+    // the guest wrote) must never be one of them.
+    let log = mount_logger(env.path());
+    let mut cmd = husk_tests::husk(
+        &env.path().join("run"),
+        &["build", "--network", "none", "-t", "ran:1", c],
+    );
+    let path = std::env::var("PATH").unwrap_or_default();
+    cmd.env("HUSK_ROOT", env.root()).env(
+        "PATH",
+        format!("{}:{path}", log.with_file_name("logbin").display()),
+    );
+    let built = husk_tests::run(cmd, std::time::Duration::from_secs(300)).expect("husk build");
+    assert_eq!(built.code(), 0, "{built:?}");
+    let out = built.stdout;
+    let mounts = std::fs::read_to_string(&log).expect("mount log");
+    let root = env.root().display().to_string();
+    for line in mounts.lines() {
+        // Only COPY's read-only view of the image: EROFS disks the host
+        // made from checked layers, and an overlay of them.
+        let ours = (line.starts_with("-t erofs -o loop,ro ") && line.contains(&root))
+            || line.starts_with("-t overlay overlay -o ro,lowerdir=");
+        assert!(ours, "a host mount of something else: {line}\n{mounts}");
+    }
+    assert!(
+        !mounts.contains("ext4"),
+        "the RUN disk was mounted: {mounts}"
+    );
+    assert!(
+        mounts.contains("-t erofs"),
+        "the logger saw COPY's mounts (so it would see others): {mounts}"
+    );
     assert!(out.contains(" ---> Running in "), "{out}");
     assert!(
         out.contains("\nrun-output\n"),
@@ -469,7 +528,12 @@ fn run_in_a_vm_deletions_and_cache() {
     let mut names = Vec::new();
     for e in ar.entries().expect("entries") {
         let e = e.expect("entry");
-        names.push(e.path().expect("path").display().to_string());
+        let mut name = e.path().expect("path").display().to_string();
+        if e.header().entry_type() == tar::EntryType::Link {
+            let target = e.link_name().expect("link").expect("link");
+            name = format!("{name} => {}", target.display());
+        }
+        names.push(name);
     }
     names.sort();
     assert_eq!(
@@ -478,11 +542,15 @@ fn run_in_a_vm_deletions_and_cache() {
             "etc",
             "etc/.wh.gone.txt",
             "etc/base.txt",
+            "hard.txt",
             "made",
             "made/link",
-            "new.txt"
+            "new.txt => hard.txt",
+            "opq",
+            "opq/.wh..wh..opq",
+            "opq/fresh.txt",
         ],
-        "no agent files (/etc/hosts...) in the layer"
+        "deletions are whiteouts, the recreated /opq is opaque, the hard link is kept, no agent files (/etc/hosts...)"
     );
 
     // `husk run` sees the deletion and the changes.
@@ -490,7 +558,7 @@ fn run_in_a_vm_deletions_and_cache() {
     assert_eq!(f.code(), 0, "{f:?}");
     assert_eq!(
         f.stdout,
-        "gone-absent\ncreated\nbase\nmodified\nsrc v1\ncreated\n"
+        "gone-absent\ncreated\nbase\nmodified\nsrc v1\ncreated\ncreated\nfresh.txt\n"
     );
 
     // Rebuild: all cached, no VM.
@@ -528,6 +596,32 @@ fn run_in_a_vm_deletions_and_cache() {
     assert_eq!(
         f.stderr,
         format!("husk: {}:2: The command '/bin/sh -c echo before-failing && exit 3' returned a non-zero code: 3\n", fail.display())
+    );
+
+    // A layer over --max-layer-size is refused as it streams in.
+    std::fs::write(
+        ctx.join("big.Dockerfile"),
+        "FROM base:1\nRUN cat /bin/busybox > /big\n",
+    )
+    .expect("write");
+    let big = ctx.join("big.Dockerfile");
+    let f = env.husk(&[
+        "build",
+        "-f",
+        big.to_str().expect("utf8"),
+        "--network",
+        "none",
+        "--max-layer-size",
+        "64k",
+        c,
+    ]);
+    assert_eq!(f.code(), 125, "{f:?}");
+    assert!(
+        f.stderr.starts_with("husk: ")
+            && f.stderr
+                .contains("the layer tar from the agent is larger than 65536 bytes")
+            && f.stderr.lines().count() == 1,
+        "{f:?}"
     );
     assert_clean(&env);
     let run_left = leftovers(&env.path().join("run"));

@@ -781,3 +781,6 @@ fn logs_rotate_and_are_followed_across_files() {
     assert_eq!(env.ok(&["rm", "spam"]), "spam\n");
     env.assert_clean();
 }
+
+#[path = "containers/limits.rs"]
+mod limits;

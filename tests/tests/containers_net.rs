@@ -54,7 +54,18 @@ fn published_port_port_command_port_in_use_and_outbound() {
     let script = "mkdir -p /www && echo hello-from-container > /www/index.html \
                   && exec httpd -f -p 80 -h /www";
     let id = env.ok(&[
-        "run", "-d", "--name", "web", "-p", &publish, IMAGE, "sh", "-c", script,
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "-p",
+        &publish,
+        "--add-host",
+        "host.docker.internal:host-gateway",
+        IMAGE,
+        "sh",
+        "-c",
+        script,
     ]);
     assert_eq!(id.trim().len(), 64, "{id}");
     let body = wait_for_http(port, SERVE_TIMEOUT);
@@ -93,9 +104,10 @@ fn published_port_port_command_port_in_use_and_outbound() {
     env.ok(&["rm", "busy"]);
     assert_eq!(env.monitors().len(), 1, "one monitor: web's");
 
-    // Outbound: the gateway is the host's loopback.
+    // Outbound to the host's loopback: opted in with host-gateway (the
+    // refusal without it is tests/net.rs's).
     let (hport, served) = one_shot_server("hello from the host\n", SERVE_TIMEOUT);
-    let url = format!("http://10.0.2.2:{hport}/");
+    let url = format!("http://host.docker.internal:{hport}/");
     let got = env.ok(&["exec", "web", "wget", "-qO-", &url]);
     assert_eq!(got, "hello from the host\n");
     let served = served

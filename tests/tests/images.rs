@@ -519,3 +519,6 @@ fn corrupt_archives_are_rejected() {
     let tmp = husk_tests::leftovers(&env.root().join("image/tmp"));
     assert!(tmp.is_empty(), "no temp files left: {tmp:?}");
 }
+
+#[path = "images/login.rs"]
+mod login;

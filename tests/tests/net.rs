@@ -145,7 +145,9 @@ fn outbound_tcp_reaches_a_host_loopback_server() {
     let s = Scratch::new();
     let image = s.tmp.path().join("root.ext4");
     rootfs(&s.dir("build"), &image, "unused");
-    // A one-shot HTTP server on the host's loopback.
+    // A one-shot HTTP server on the host's loopback, reachable only with
+    // the opt-in (`husk vm run` writes no /etc/hosts into a disk root, so
+    // the guest uses the address host.docker.internal would name).
     let (port, served) = one_shot_server("hello from the host\n", SERVE_TIMEOUT);
     let run_dir = s.dir("run");
     let script = format!("wget -qO- http://10.0.2.2:{port}/ && ip -4 addr show && ip route");
@@ -159,6 +161,8 @@ fn outbound_tcp_reaches_a_host_loopback_server() {
                 BOOT_TIMEOUT,
                 "--network",
                 "passt",
+                "--add-host",
+                "host.docker.internal:host-gateway",
                 "--disk",
                 image.to_str().unwrap(),
                 "--",
@@ -186,6 +190,73 @@ fn outbound_tcp_reaches_a_host_loopback_server() {
         "{}",
         served.request_line
     );
+    assert_clean(&done, &run_dir);
+}
+
+#[test]
+fn host_loopback_is_unreachable_without_the_opt_in() {
+    let test = "host_loopback_is_unreachable_without_the_opt_in";
+    if kernel_or_skip(test).is_none() || !passt_or_skip(test) {
+        return;
+    }
+    let _lock = vm_lock();
+    let s = Scratch::new();
+    let image = s.tmp.path().join("root.ext4");
+    rootfs(&s.dir("build"), &image, "unused");
+    // A server on the host's loopback that must see no connection.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let run_dir = s.dir("run");
+    // The gateway is passt's alias of the host's loopback. The attempt is
+    // bounded; the device answers the SYN with a reset, so it fails at
+    // once instead of timing out.
+    let script = format!(
+        "t0=$(date +%s); \\
+         timeout 20 wget -qO- -T 15 http://10.0.2.2:{port}/ || echo refused; \\
+         t1=$(date +%s); echo \"elapsed $((t1 - t0))\""
+    );
+    let done = run(
+        husk(
+            &run_dir,
+            &[
+                "vm",
+                "run",
+                "--boot-timeout",
+                BOOT_TIMEOUT,
+                "--network",
+                "passt",
+                "--disk",
+                image.to_str().unwrap(),
+                "--",
+                "sh",
+                "-c",
+                &script,
+            ],
+        ),
+        VM_TIMEOUT,
+    )
+    .unwrap();
+    eprintln!("stdout: {}\nstderr: {}", done.stdout, done.stderr);
+    assert_eq!(done.code(), 0);
+    assert!(
+        done.stdout.contains("refused"),
+        "the guest reached the host"
+    );
+    let elapsed: u64 = done
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("elapsed "))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("elapsed time");
+    assert!(
+        elapsed < 10,
+        "refused at once, not after a timeout: {elapsed} s"
+    );
+    listener.set_nonblocking(true).unwrap();
+    match listener.accept() {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("the host's loopback server saw a connection: {other:?}"),
+    }
     assert_clean(&done, &run_dir);
 }
 

@@ -42,6 +42,7 @@ fn main() {
         vsock: None,
         net: None,
         console: ConsoleOutput::Stdout,
+        seccomp: vmm::SeccompMode::Enforce,
     };
     let mut level = log::LevelFilter::Info;
     let mut stop_after = None;
@@ -64,6 +65,7 @@ fn main() {
                     path: Some(path.into()),
                     read_only: ro,
                     serial,
+                    rate_limit: Default::default(),
                 });
             }
             "--vsock" => {

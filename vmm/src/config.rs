@@ -7,6 +7,8 @@ use std::sync::Arc;
 use crate::arch::x86_64::layout::{IOAPIC_PINS, VIRTIO_FIRST_IRQ};
 use crate::arch::x86_64::mptable::MAX_CPUS;
 use crate::memory::{MAX_MEM_MIB, MIN_MEM_MIB};
+use crate::rate_limiter::RateLimitConfig;
+use crate::seccomp::SeccompMode;
 
 /// A VM to boot. Serialisable (for a VMM in another process) except for
 /// the network interface, whose backend may be an open socket.
@@ -31,6 +33,8 @@ pub struct VmConfig {
     pub net: Option<NetConfig>,
     /// Where the serial console goes.
     pub console: ConsoleOutput,
+    /// The seccomp filters of the VM's threads.
+    pub seccomp: SeccompMode,
 }
 
 /// A virtio-blk disk.
@@ -43,6 +47,9 @@ pub struct DiskConfig {
     pub read_only: bool,
     /// virtio-blk serial (GET_ID), at most 20 bytes.
     pub serial: String,
+    /// Limits on the disk's read and write bytes and requests (default:
+    /// none). Taken from the restoring VM's config on a snapshot restore.
+    pub rate_limit: RateLimitConfig,
 }
 
 /// A virtio-vsock device bridged to Unix sockets (Firecracker's hybrid model).
@@ -70,6 +77,21 @@ pub struct NetConfig {
     pub mtu: u16,
     /// Where the interface's frames go.
     pub backend: NetBackend,
+    /// Guest destinations the device keeps from the backend. Given anew
+    /// to every boot and restore (a snapshot does not keep it).
+    pub egress: crate::devices::virtio::net::EgressPolicy,
+    /// Limits on the frames each way (default: none). Taken from the
+    /// restoring VM's config on a snapshot restore.
+    pub rate_limit: NetRateLimit,
+}
+
+/// The rate limits of a network interface, one per direction.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NetRateLimit {
+    /// Frames from the host to the guest.
+    pub rx: RateLimitConfig,
+    /// Frames from the guest to the host.
+    pub tx: RateLimitConfig,
 }
 
 /// The host side of a virtio-net interface.
@@ -191,6 +213,7 @@ mod tests {
             vsock: None,
             net: None,
             console: ConsoleOutput::Sink,
+            seccomp: SeccompMode::Enforce,
         }
     }
 
@@ -201,6 +224,8 @@ mod tests {
                 mac,
                 mtu,
                 backend: NetBackend::Tap("t0".into()),
+                egress: Default::default(),
+                rate_limit: Default::default(),
             })
         };
         let ok = [0x52, 0x54, 0, 1, 2, 3];
@@ -261,6 +286,7 @@ mod tests {
             path: Some("/d".into()),
             read_only: true,
             serial: "s".into(),
+            rate_limit: Default::default(),
         };
         let c = VmConfig {
             disks: vec![disk; MAX_VIRTIO_DEVICES + 1],

@@ -9,7 +9,9 @@
 //! - [`arch::x86_64`]: memory layout, direct boot, MP table, CPUID, MSRs,
 //!   registers.
 //! - [`memory`], [`cmdline`], [`host`] (PVM host detection and quirks),
-//!   [`config`], [`exit`].
+//!   [`config`], [`exit`], [`rate_limiter`] (token buckets of device I/O).
+//! - [`seccomp`]: the per-thread system call filters of vCPU and
+//!   event-loop threads.
 //! - [`snapshot`]: saving a paused VM to files and restoring it.
 //! - [`bus`]: MMIO and port-I/O dispatch from vCPU exits to devices.
 //! - [`devices`]: serial port, legacy ports and the virtio devices.
@@ -23,13 +25,20 @@ pub mod exit;
 pub mod host;
 pub mod logging;
 pub mod memory;
+pub mod rate_limiter;
+pub mod seccomp;
 pub mod setup;
 pub mod snapshot;
 pub mod vcpu;
 pub mod vm;
 
-pub use config::{ConsoleOutput, DiskConfig, NetBackend, NetConfig, VmConfig, VsockConfig};
+pub use config::{
+    ConsoleOutput, DiskConfig, NetBackend, NetConfig, NetRateLimit, VmConfig, VsockConfig,
+};
+pub use devices::virtio::net::{EgressPolicy, Ipv4Net};
 pub use exit::ExitReason;
 pub use host::HostKind;
+pub use rate_limiter::{BucketConfig, RateLimitConfig};
+pub use seccomp::SeccompMode;
 pub use snapshot::{RestoreConfig, SnapshotError, SnapshotFiles};
 pub use vm::{StopHandle, Vm, VmError};

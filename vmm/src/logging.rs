@@ -10,7 +10,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -45,62 +45,89 @@ pub fn rotate(path: &Path, keep: u32) -> io::Result<()> {
 /// empty, creating it private to the user (0600); a symlink at `path` is
 /// refused (`ELOOP`), so a log cannot be redirected to another file.
 pub fn open_log(path: &Path, append: bool) -> io::Result<File> {
-    OpenOptions::new()
+    log_options(append).open(path)
+}
+
+/// How [`open_log`] opens a log file.
+fn log_options(append: bool) -> OpenOptions {
+    let mut options = OpenOptions::new();
+    options
         .write(true)
         .append(append)
         .truncate(!append)
         .create(true)
         .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
+        .custom_flags(libc::O_NOFOLLOW);
+    options
 }
 
 /// The most bytes the console log holds before it is rotated (so at most
 /// twice this is on disk: `console.log` and `console.log.1`).
 pub const CONSOLE_MAX_BYTES: u64 = 1 << 20;
 
-/// A file created (truncated) at a path that is moved to `NAME.1` when
-/// it holds `max` bytes, and started again: at most `2 * max` bytes are
-/// on disk however much is written.
+/// A file created (truncated) at a path whose content moves to `NAME.1`
+/// when it holds `max` bytes, and starts again: at most `2 * max` bytes
+/// are on disk however much is written.
+///
+/// Both files are opened when it is created and rotation copies the full
+/// file into `NAME.1` with positioned reads and writes, then truncates
+/// both: it needs no open, rename or unlink, so the vCPU threads writing
+/// the serial console do it under their seccomp filter.
 pub struct CappedFile {
-    path: PathBuf,
     file: File,
+    older: File,
     written: u64,
     max: u64,
 }
 
 impl CappedFile {
-    /// Creates (or truncates) `path`; an older `NAME.1` is removed.
+    /// Creates (or truncates) `path` and `NAME.1`.
     pub fn create(path: &Path, max: u64) -> io::Result<CappedFile> {
-        let file = open_log(path, false)?;
-        match std::fs::remove_file(rotated(path, 1)) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-            _ => {}
-        }
+        // Read back when it is rotated.
+        let file = log_options(false).read(true).open(path)?;
+        let older = open_log(&rotated(path, 1), false)?;
         Ok(CappedFile {
-            path: path.to_path_buf(),
             file,
+            older,
             written: 0,
             max: max.max(1),
         })
+    }
+
+    /// Copies the current file into the older one and empties it.
+    fn rotate(&mut self) -> io::Result<()> {
+        let mut buf = vec![0u8; 64 << 10];
+        let mut at = 0u64;
+        while at < self.written {
+            let n = self.file.read_at(&mut buf, at)?;
+            if n == 0 {
+                break;
+            }
+            self.older.write_all_at(&buf[..n], at)?;
+            at += n as u64;
+        }
+        self.older.set_len(at)?;
+        self.file.set_len(0)?;
+        self.written = 0;
+        Ok(())
     }
 }
 
 impl Write for CappedFile {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         if self.written >= self.max {
-            rotate(&self.path, 2)?;
-            self.file = open_log(&self.path, false)?;
-            self.written = 0;
+            self.rotate()?;
         }
         let room = usize::try_from(self.max - self.written).unwrap_or(usize::MAX);
-        let n = self.file.write(&buf[..buf.len().min(room)])?;
+        let n = self
+            .file
+            .write_at(&buf[..buf.len().min(room)], self.written)?;
         self.written += n as u64;
         Ok(n)
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.file.flush()
+        Ok(())
     }
 }
 
@@ -257,7 +284,8 @@ mod tests {
         let p = dir.path().join("console.log");
         std::fs::write(rotated(&p, 1), "stale").unwrap();
         let mut f = CappedFile::create(&p, 10).unwrap();
-        assert!(!rotated(&p, 1).exists(), "an old run's file is removed");
+        let old = std::fs::read(rotated(&p, 1)).unwrap();
+        assert!(old.is_empty(), "an old run's file is emptied");
         for i in 0..100u8 {
             f.write_all(&[b'a' + i % 26; 3]).unwrap();
         }

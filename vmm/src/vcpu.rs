@@ -23,6 +23,7 @@ use crate::arch::x86_64::regs::{setup_lint, setup_regs, RegsError};
 use crate::bus::Bus;
 use crate::exit::{ExitReason, ExitSignal};
 use crate::host::HostKind;
+use crate::seccomp::{Filters, SeccompError, ThreadKind};
 
 /// Errors from vCPU setup and from running a vCPU.
 #[derive(Debug, thiserror::Error)]
@@ -58,9 +59,24 @@ pub enum VcpuError {
     /// The guest reported a crash (KVM_SYSTEM_EVENT_CRASH).
     #[error("guest crashed (reported by vCPU {0})")]
     GuestCrash(u8),
+    /// The vCPU thread cannot install its seccomp filter.
+    #[error("vCPU {0}: seccomp")]
+    Seccomp(u8, #[source] SeccompError),
     /// An exit the VMM does not handle.
     #[error("unexpected exit on vCPU {0}: {1}")]
     UnexpectedExit(u8, String),
+}
+
+/// What every vCPU thread of a VM shares.
+pub struct Shared {
+    /// The port I/O bus.
+    pub pio: Arc<Bus>,
+    /// The MMIO bus.
+    pub mmio: Arc<Bus>,
+    /// The VM's exit signal.
+    pub exit: Arc<ExitSignal>,
+    /// The filters the thread installs as it starts.
+    pub seccomp: Arc<Filters>,
 }
 
 /// A created and configured vCPU, not yet running.
@@ -112,24 +128,28 @@ impl Vcpu {
         &self.fd
     }
 
-    /// Starts the thread `vcpu<id>` running this vCPU until `exit` is
-    /// raised; the thread hands the vCPU back when it ends.
-    pub fn spawn(
-        self,
-        pio: Arc<Bus>,
-        mmio: Arc<Bus>,
-        exit: Arc<ExitSignal>,
-    ) -> Result<JoinHandle<Vcpu>, VcpuError> {
+    /// Starts the thread `vcpu<id>` running this vCPU until `shared.exit`
+    /// is raised; the thread hands the vCPU back when it ends.
+    pub fn spawn(self, shared: Shared) -> Result<JoinHandle<Vcpu>, VcpuError> {
         let id = self.id;
         std::thread::Builder::new()
             .name(format!("vcpu{id}"))
-            .spawn(move || self.run(&pio, &mmio, &exit))
+            .spawn(move || self.run(&shared))
             .map_err(|e| VcpuError::Spawn(id, e))
     }
 
-    fn run(mut self, pio: &Bus, mmio: &Bus, exit: &ExitSignal) -> Vcpu {
+    fn run(mut self, shared: &Shared) -> Vcpu {
+        let Shared {
+            pio,
+            mmio,
+            exit,
+            seccomp,
+        } = shared;
         let run_ptr: *mut kvm_run = self.fd.get_kvm_run();
         let _ = KVM_RUN.try_with(|p| p.set(run_ptr));
+        if let Err(e) = seccomp.install(ThreadKind::Vcpu) {
+            exit.fail(VcpuError::Seccomp(self.id, e));
+        }
         while !exit.is_stopping() {
             match self.run_once(pio, mmio) {
                 Ok(None) => {}

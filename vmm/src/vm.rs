@@ -19,6 +19,7 @@ use crate::config::{ConfigError, VmConfig};
 use crate::exit::{ExitReason, ExitSignal};
 use crate::host::HostKind;
 use crate::memory::{self, MemoryError};
+use crate::seccomp::{Filters, SeccompError, ThreadKind};
 use crate::setup::{self, AttachedDevice, LegacyDevices, SetupError, Subscriber};
 use crate::vcpu::{self, Vcpu, VcpuBootInfo, VcpuError};
 
@@ -59,6 +60,9 @@ pub enum VmError {
     /// A vCPU thread panicked while the VM was being paused.
     #[error("a vCPU thread panicked")]
     VcpuPanicked,
+    /// The threads' seccomp filters cannot be built or installed.
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
 }
 
 /// Asks a running (or about to run) VM to stop. Cheap to clone and send.
@@ -100,6 +104,8 @@ pub struct Vm {
     pub(crate) event_manager: Option<EventManager<Subscriber>>,
     pub(crate) exit: Arc<ExitSignal>,
     pub(crate) mem_mib: u32,
+    /// The compiled filters every run's threads install.
+    pub(crate) seccomp: Arc<Filters>,
     // Dropped last, after the vCPU threads are joined: the VM (whose irqfds
     // and ioeventfds reference the devices' eventfds) and its memory.
     pub(crate) vm: VmFd,
@@ -112,6 +118,7 @@ impl Vm {
     /// creates the devices and configures the vCPUs. Nothing runs yet.
     pub fn new(config: VmConfig) -> Result<Vm, VmError> {
         config.validate()?;
+        let seccomp = Arc::new(Filters::new(config.seccomp)?);
         let kvm = setup::open_kvm()?;
         // Check the kernel before allocating anything large.
         boot::open_kernel(&config.kernel)?;
@@ -171,6 +178,7 @@ impl Vm {
             event_manager: None,
             exit,
             mem_mib: config.mem_mib,
+            seccomp,
             vm,
             kvm,
             memory: mem,
@@ -198,6 +206,20 @@ impl Vm {
     /// another call that resumes the guest. After any other exit the VM
     /// has ended and a further call fails with [`VmError::Ended`].
     pub fn run_until_paused(&mut self) -> Result<ExitReason, VmError> {
+        self.run_inner(false)
+    }
+
+    /// Like [`run_until_paused`](Vm::run_until_paused), and installs the
+    /// event loop's seccomp filter on the calling thread once the loop is
+    /// set up and the vCPU threads are started (see [`crate::seccomp`]).
+    /// The thread stays filtered for the rest of its life: call this only
+    /// on a thread dedicated to the VM, and drop or save the VM on
+    /// another.
+    pub fn run_until_paused_filtered(&mut self) -> Result<ExitReason, VmError> {
+        self.run_inner(true)
+    }
+
+    fn run_inner(&mut self, filter_this_thread: bool) -> Result<ExitReason, VmError> {
         if self.vcpus.is_empty() {
             return Err(VmError::Ended);
         }
@@ -219,7 +241,13 @@ impl Vm {
         let mut threads = Vec::with_capacity(count);
         let mut spawn_error = None;
         for v in self.vcpus.drain(..) {
-            match v.spawn(self.pio.clone(), self.mmio.clone(), self.exit.clone()) {
+            let shared = vcpu::Shared {
+                pio: self.pio.clone(),
+                mmio: self.mmio.clone(),
+                exit: self.exit.clone(),
+                seccomp: self.seccomp.clone(),
+            };
+            match v.spawn(shared) {
                 Ok(t) => threads.push(t),
                 Err(e) => {
                     spawn_error = Some(e);
@@ -228,8 +256,12 @@ impl Vm {
             }
         }
 
+        let mut seccomp_error = None;
+        if spawn_error.is_none() && filter_this_thread {
+            seccomp_error = self.seccomp.install(ThreadKind::EventLoop).err();
+        }
         let mut loop_error = None;
-        if spawn_error.is_none() {
+        if spawn_error.is_none() && seccomp_error.is_none() {
             while !self.exit.is_stopping() {
                 if let Err(e) = em.run_with_timeout(500) {
                     loop_error = Some(e);
@@ -241,6 +273,9 @@ impl Vm {
         let vcpus = join_vcpus(threads);
 
         if let Some(e) = spawn_error {
+            return Err(e.into());
+        }
+        if let Some(e) = seccomp_error {
             return Err(e.into());
         }
         if let Some(e) = loop_error {

@@ -50,6 +50,7 @@ fn config(kernel: PathBuf, initrd: PathBuf, console: PathBuf, vcpus: u8) -> VmCo
         vsock: None,
         net: None,
         console: ConsoleOutput::File(console),
+        seccomp: vmm::SeccompMode::Enforce,
     }
 }
 
@@ -86,7 +87,17 @@ fn run_vm(
         true
     });
     let start = Instant::now();
-    let reason = vm.run().unwrap_or_else(|e| panic!("VM failed: {e}"));
+    // The event loop runs on a thread of its own under its seccomp filter,
+    // as in the sandbox (the vCPU threads filter themselves); the VM comes
+    // back to be dropped here, unfiltered.
+    let (result, vm) = std::thread::spawn(move || {
+        let mut vm = vm;
+        (vm.run_until_paused_filtered(), vm)
+    })
+    .join()
+    .unwrap();
+    drop(vm);
+    let reason = result.unwrap_or_else(|e| panic!("VM failed: {e}"));
     let elapsed = start.elapsed();
     done.store(true, std::sync::atomic::Ordering::SeqCst);
     let text = std::fs::read_to_string(console).unwrap();
@@ -195,6 +206,7 @@ fn virtio_devices_come_up_and_move_data() {
             path: Some(disk),
             read_only: false,
             serial: "boot-test-disk".into(),
+            rate_limit: Default::default(),
         });
         config.vsock = Some(VsockConfig {
             guest_cid: 3,
@@ -205,6 +217,8 @@ fn virtio_devices_come_up_and_move_data() {
             mac: [0x52, 0x54, 0x00, 0x12, 0x34, 0x56],
             mtu: 1500,
             backend: NetBackend::Stream(Arc::new(ours)),
+            egress: Default::default(),
+            rate_limit: Default::default(),
         });
     };
     let Some((reason, console)) = boot_with(script, 1, devices, |_| false) else {

@@ -81,6 +81,7 @@ fn boot_config(kernel: PathBuf, dir: &Path, console: PathBuf) -> VmConfig {
         vsock: None,
         net: None,
         console: ConsoleOutput::File(console),
+        seccomp: vmm::SeccompMode::Enforce,
     }
 }
 
@@ -151,6 +152,7 @@ fn paused_guest_continues_in_a_restored_vm() {
     let vm = Vm::restore(RestoreConfig {
         files: files.clone(),
         console: ConsoleOutput::File(console2.clone()),
+        seccomp: vmm::SeccompMode::Enforce,
         disks: vec![],
         vsock: None,
         net: None,
@@ -236,6 +238,7 @@ fn snapshots_are_refused_clearly() {
         path: Some(disk),
         read_only: true,
         serial: "d".into(),
+        rate_limit: Default::default(),
     });
     let files = SnapshotFiles {
         state: dir.path().join("vm.state"),
@@ -249,6 +252,7 @@ fn snapshots_are_refused_clearly() {
     let err = Vm::restore(RestoreConfig {
         files: files.clone(),
         console: ConsoleOutput::Sink,
+        seccomp: vmm::SeccompMode::Enforce,
         disks: vec![],
         vsock: None,
         net: None,
@@ -268,6 +272,7 @@ fn snapshots_are_refused_clearly() {
         Vm::restore(RestoreConfig {
             files: files.clone(),
             console: ConsoleOutput::Sink,
+            seccomp: vmm::SeccompMode::Enforce,
             disks: vec![],
             vsock: None,
             net: None,

@@ -104,6 +104,8 @@ fn net(mac_last: u8) -> (NetConfig, UnixStream) {
         mac: [0x52, 0x54, 0, 0x12, 0x34, mac_last],
         mtu: 1500,
         backend: NetBackend::Stream(Arc::new(ours)),
+        egress: Default::default(),
+        rate_limit: Default::default(),
     };
     (config, peer)
 }
@@ -129,11 +131,13 @@ fn template_config(kernel: PathBuf, dir: &Path, net: NetConfig) -> VmConfig {
                 path: Some(base),
                 read_only: true,
                 serial: "base".into(),
+                rate_limit: Default::default(),
             },
             DiskConfig {
                 path: None,
                 read_only: false,
                 serial: "empty-slot".into(),
+                rate_limit: Default::default(),
             },
         ],
         vsock: Some(VsockConfig {
@@ -143,6 +147,7 @@ fn template_config(kernel: PathBuf, dir: &Path, net: NetConfig) -> VmConfig {
         }),
         net: Some(net),
         console: ConsoleOutput::File(dir.join("template.log")),
+        seccomp: vmm::SeccompMode::Enforce,
     }
 }
 
@@ -204,6 +209,7 @@ fn restored_template_sees_its_new_disk_and_reconnects() {
         path: Some(image.clone()),
         read_only: false,
         serial: "container-disk".into(),
+        rate_limit: Default::default(),
     };
     let (net2, _peer2) = net(0x02);
     let listener = UnixListener::bind(dir.path().join(format!("r.sock_{PORT}"))).unwrap();
@@ -212,6 +218,7 @@ fn restored_template_sees_its_new_disk_and_reconnects() {
     let vm = Vm::restore(RestoreConfig {
         files: files.clone(),
         console: ConsoleOutput::File(console.clone()),
+        seccomp: vmm::SeccompMode::Enforce,
         disks,
         vsock: Some(VsockConfig {
             guest_cid: 3,

@@ -1,6 +1,5 @@
 //! Steps that add a layer: RUN (in a microVM) and COPY/ADD (on the host).
 
-use std::ffi::OsStr;
 use std::io::{Seek, Write};
 
 use husk_protocol::ExecRequest;
@@ -11,9 +10,9 @@ use crate::config::DEFAULT_PATH;
 use crate::context::SourceTree;
 use crate::copy::{self, CopyPlan};
 use crate::dockerfile::{Command, CopyArgs};
-use crate::mount::{Mounts, RootfsView};
+use crate::mount::RootfsView;
 use crate::tarball::LayerWriter;
-use crate::{cache, upper, users, vm};
+use crate::{cache, users, vm};
 
 /// A random 12-hex-digit name (build containers, hostnames).
 fn random_id() -> String {
@@ -31,19 +30,40 @@ impl Builder<'_> {
             .map_err(io_step("creating a layer file"))
     }
 
-    /// Commits the layer tar in `file` (written from the start).
+    /// Commits the layer tar in `file` (written from the start); with
+    /// `digest`, the stored layer must be the one hashed when it arrived.
     fn commit_file(
         &mut self,
         state: &mut StageState,
         mut file: std::fs::File,
         created_by: &str,
         key: &str,
+        digest: Option<&images::Digest>,
     ) -> Result<(), StepError> {
         file.flush().map_err(io_step("writing the layer"))?;
         file.rewind().map_err(io_step("reading the layer"))?;
         let mut reader = std::io::BufReader::new(file);
         let image = self.commit(state, Some(&mut reader), created_by)?;
+        let stored = image.layers.last().map(|l| &l.digest);
+        if let (Some(want), Some(got)) = (digest, stored) {
+            if want != got {
+                return Err(StepError::LayerChanged {
+                    received: want.clone(),
+                    stored: got.clone(),
+                });
+            }
+        }
         self.remember(key, &image);
+        Ok(())
+    }
+
+    /// A RUN step's layer tar as it came from the guest, in `file`: checked
+    /// as a pulled layer is (paths, links, entries, sizes) before it is
+    /// stored.
+    fn check_run_layer(&self, file: &tempfile::NamedTempFile) -> Result<(), StepError> {
+        let f = file.reopen().map_err(io_step("reading the layer"))?;
+        let limit = self.opts.vm.max_layer_bytes;
+        images::layer::check(std::io::BufReader::new(f), limit).map_err(StepError::BadLayer)?;
         Ok(())
     }
 
@@ -121,12 +141,17 @@ impl Builder<'_> {
         };
         let mut settings = self.opts.vm.clone();
         settings.network = network;
+        // The layer tar arrives from the guest: hashed as it is written.
+        let file = self.layer_file()?;
+        let mut received =
+            images::digest::HashingWriter::new(std::io::BufWriter::new(file.as_file()));
         let step = vm::RunStep {
             layers: &layers,
             disk: &disk,
             console: &console,
             request,
             hostname: id.clone(),
+            layer: &mut received,
         };
         let code = match vm::run(&settings, step, &mut *self.out, self.signals) {
             Ok(code) => code,
@@ -141,37 +166,16 @@ impl Builder<'_> {
             }
             Err(e) => return Err(e.into()),
         };
+        drop(dir); // the writable disk is no longer needed
         if code != 0 {
             return Err(StepError::NonZero { command, code });
         }
-        let file = self.layer_file()?;
-        {
-            let mut mounts = Mounts::default();
-            let mnt = dir.path().join("mnt");
-            let disk_arg = disk.as_os_str();
-            mounts.mount(
-                &[
-                    OsStr::new("-t"),
-                    OsStr::new("ext4"),
-                    OsStr::new("-o"),
-                    OsStr::new("loop,ro"),
-                    disk_arg,
-                ],
-                &mnt,
-            )?;
-            let upper_dir = mnt.join("upper");
-            let mut w = LayerWriter::new(std::io::BufWriter::new(file.as_file()));
-            if upper_dir.is_dir() {
-                upper::write_layer(&upper_dir, &mut w)?;
-            }
-            let mut buf = w.finish().map_err(io_step("writing the layer"))?;
-            buf.flush().map_err(io_step("writing the layer"))?;
-        }
-        drop(dir); // the writable disk is no longer needed
+        let (mut buf, digest, _) = received.finish();
+        buf.flush().map_err(io_step("writing the layer"))?;
+        drop(buf);
+        self.check_run_layer(&file)?;
         let f = file.reopen().map_err(io_step("reading the layer"))?;
-        let res = self.commit_file(state, f, &created_by, &key);
-        drop(file);
-        res
+        self.commit_file(state, f, &created_by, &key, Some(&digest))
     }
 
     /// `COPY` / `ADD`: sources hashed for the cache, then a layer written
@@ -296,7 +300,7 @@ impl Builder<'_> {
         drop(from_view);
         drop(view);
         let f = file.reopen().map_err(io_step("reading the layer"))?;
-        self.commit_file(state, f, &created_by, &key)
+        self.commit_file(state, f, &created_by, &key, None)
     }
 
     /// The image `COPY --from` names: an earlier stage (name or index) or

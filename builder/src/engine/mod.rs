@@ -101,9 +101,17 @@ pub enum StepError {
     /// Host mounts.
     #[error(transparent)]
     Mount(#[from] crate::mount::MountError),
-    /// Converting a RUN step's changes.
-    #[error(transparent)]
-    Upper(#[from] crate::upper::UpperError),
+    /// A RUN step's layer tar (from the guest) was refused.
+    #[error("the layer the RUN step's VM sent was refused")]
+    BadLayer(#[source] images::layer::ExtractError),
+    /// A RUN step's layer changed between its arrival and its storage.
+    #[error("the RUN step's layer changed on the host: received {received}, stored {stored}")]
+    LayerChanged {
+        /// The digest hashed as it arrived.
+        received: images::Digest,
+        /// The digest of the stored blob.
+        stored: images::Digest,
+    },
     /// The store.
     #[error(transparent)]
     Store(#[from] images::StoreError),

@@ -57,6 +57,10 @@ pub struct BuildArgs {
     /// warm-start template (also: `HUSK_COLD=1`).
     #[arg(long)]
     cold: bool,
+    /// The largest layer a RUN step may produce (e.g. 512m, 10g): its
+    /// changes as a tar, streamed out of the VM.
+    #[arg(long, value_name = "SIZE", default_value = "64g")]
+    max_layer_size: String,
     #[command(flatten)]
     root: RootArgs,
     /// The build context directory.
@@ -120,6 +124,14 @@ pub fn run(a: BuildArgs) -> Result<i32> {
     };
     let memory_mib = crate::cmd::flags::parse_memory(&a.memory)?;
     let cpus = crate::cmd::flags::parse_cpus(&a.cpus)?;
+    let max_layer_bytes = husk_runtime::options::parse_bytes(&a.max_layer_size)
+        .filter(|n| *n > 0)
+        .with_context(|| {
+            format!(
+                "invalid --max-layer-size {:?}: a size such as 512m or 10g",
+                a.max_layer_size
+            )
+        })?;
     // Needed only by RUN steps: a missing kernel or agent fails those.
     let vm_assets = assets::kernel(a.kernel.as_deref())
         .and_then(|k| {
@@ -143,6 +155,7 @@ pub fn run(a: BuildArgs) -> Result<i32> {
             boot_timeout: Duration::from_secs(a.boot_timeout),
             network,
             start: husk_sandbox::StartMode::choose(a.cold),
+            max_layer_bytes,
         },
     };
     let store = images::Store::open(&a.root.root)

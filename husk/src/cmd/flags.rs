@@ -111,6 +111,14 @@ pub fn parse_memory(s: &str) -> Result<u32> {
     u32::try_from(mib).map_err(|_| bad())
 }
 
+/// Parses a rate in bytes per second (`--disk-bps`, `--net-bps`) as
+/// Docker writes byte sizes: `1048576`, `512k`, `10m`, `1g`, `10mb`.
+/// 0 means unlimited.
+pub fn parse_rate(s: &str) -> Result<u64> {
+    parse_bytes(s)
+        .ok_or_else(|| anyhow::anyhow!("invalid rate {s:?} (bytes per second, e.g. 512k, 10m)"))
+}
+
 /// Parses `--cpus` (a decimal number of CPUs) to whole vCPUs, rounding up.
 pub fn parse_cpus(s: &str) -> Result<u8> {
     let v: f64 = s
@@ -125,6 +133,18 @@ pub fn parse_cpus(s: &str) -> Result<u8> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn rates() {
+        use super::parse_rate;
+        assert_eq!(parse_rate("1m").unwrap(), 1 << 20);
+        assert_eq!(parse_rate("10mb").unwrap(), 10 << 20);
+        assert_eq!(parse_rate("512k").unwrap(), 512 << 10);
+        assert_eq!(parse_rate("1048576").unwrap(), 1 << 20);
+        assert_eq!(parse_rate("0").unwrap(), 0);
+        assert!(parse_rate("fast").is_err());
+        assert!(parse_rate("-1m").is_err());
+    }
+
     use super::*;
 
     fn strings(v: &[&str]) -> Vec<String> {

@@ -5,6 +5,7 @@ pub mod build;
 pub mod container;
 mod flags;
 pub mod image;
+pub mod login;
 pub mod system;
 pub mod vm;
 pub mod volume;
@@ -22,6 +23,10 @@ pub enum Command {
     Container(container::ContainerCommand),
     /// Build an image from a Dockerfile.
     Build(build::BuildArgs),
+    /// Log in to a registry.
+    Login(login::LoginArgs),
+    /// Log out from a registry.
+    Logout(login::LogoutArgs),
     /// Manage volumes.
     #[command(subcommand)]
     Volume(volume::VolumeCommand),
@@ -38,6 +43,8 @@ pub fn run(command: Command) -> anyhow::Result<i32> {
         Command::Container(c) => container::run(c),
         Command::Volume(c) => volume::run(c),
         Command::Build(a) => build::run(a),
+        Command::Login(a) => login::login(a),
+        Command::Logout(a) => login::logout(a),
         Command::System(c) => system::run(c),
     }
 }

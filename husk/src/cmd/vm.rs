@@ -78,6 +78,10 @@ pub struct RunArgs {
     /// default with -p), tap or tap:NAME (root).
     #[arg(long, value_name = "MODE")]
     network: Option<String>,
+    /// Add a line to the guest's /etc/hosts (with a network): NAME:IP;
+    /// NAME:host-gateway names the host and lets the guest reach it.
+    #[arg(long = "add-host", value_name = "NAME:IP")]
+    add_host: Vec<String>,
     /// Seconds the guest may take to boot and reach the agent.
     #[arg(
         long,
@@ -119,7 +123,7 @@ fn run_vm(args: RunArgs) -> Result<i32> {
         },
     };
     check_kvm()?;
-    let mut network = start_network(args.network.as_deref(), &args.publish)?;
+    let mut network = start_network(args.network.as_deref(), &args.publish, &args.add_host)?;
     let agent = assets::agent()?;
     let agent_disk = assets::agent_disk(&agent, &assets::cache_dir())?;
     let rundir = RunDir::create("vm-")?;
@@ -142,6 +146,7 @@ fn run_vm(args: RunArgs) -> Result<i32> {
         vcpus: args.cpus,
         memory_mib: args.memory,
         net: network.as_ref().and_then(|n| n.net_config()),
+        disk_rate_limit: Default::default(),
         console: console.clone(),
         vsock: rundir.path().join("vsock.sock"),
         start: StartMode::choose(args.cold),
@@ -150,7 +155,10 @@ fn run_vm(args: RunArgs) -> Result<i32> {
         root: RootFs::Disk(root),
         volumes: Vec::new(),
         hostname: HOSTNAME.into(),
-        hosts: Vec::new(),
+        hosts: network
+            .as_ref()
+            .map(|n| n.hosts(HOSTNAME))
+            .unwrap_or_default(),
         resolv_conf: None,
         network: network.as_ref().and_then(|n| n.spec()),
         files: Vec::new(),
@@ -229,9 +237,13 @@ fn relay(out: &mut dyn Write, bytes: &[u8], broken: &mut bool) {
     }
 }
 
-/// Starts the network `--network`/`-p` ask for: none by default, passt
-/// when ports are published.
-fn start_network(mode: Option<&str>, publish: &[String]) -> Result<Option<husk_net::Network>> {
+/// Starts the network `--network`/`-p`/`--add-host` ask for: none by
+/// default, passt when ports are published.
+fn start_network(
+    mode: Option<&str>,
+    publish: &[String],
+    add_host: &[String],
+) -> Result<Option<husk_net::Network>> {
     let mode: husk_net::NetworkMode = match mode {
         Some(m) => m.parse()?,
         None if publish.is_empty() => husk_net::NetworkMode::None,
@@ -244,10 +256,15 @@ fn start_network(mode: Option<&str>, publish: &[String]) -> Result<Option<husk_n
     for p in publish {
         ports.extend(husk_net::parse_port_spec(p)?);
     }
+    let extra_hosts = add_host
+        .iter()
+        .map(|h| h.parse())
+        .collect::<Result<Vec<husk_net::ExtraHost>, _>>()?;
     let ephemeral = ports.iter().any(|p| p.host_port == 0);
     let network = husk_net::Network::start(husk_net::NetworkOptions {
         mode,
         ports,
+        extra_hosts,
         // For tests and unusual installs.
         passt: std::env::var_os("HUSK_PASST").map(PathBuf::from),
         ..Default::default()

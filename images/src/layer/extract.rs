@@ -159,7 +159,7 @@ struct Extractor {
     touched: HashSet<PathBuf>,
 }
 
-fn display(rel: &[OsString]) -> String {
+pub(crate) fn display(rel: &[OsString]) -> String {
     let p: PathBuf = rel.iter().collect();
     p.to_string_lossy().into_owned()
 }
@@ -185,6 +185,39 @@ fn io_at(rel: &[OsString]) -> impl FnOnce(io::Error) -> ExtractError + '_ {
     move |source| ExtractError::Io {
         path: display(rel),
         source,
+    }
+}
+
+/// A whiteout's target name (after `.wh.`) must be one plain name.
+pub(crate) fn check_whiteout(parents: &[OsString], target: &[u8]) -> Result<(), ExtractError> {
+    if target.is_empty() || target == b"." || target == b".." || target.contains(&b'/') {
+        return Err(ExtractError::UnsafePath(format!(
+            "{}/.wh.{}",
+            display(parents),
+            String::from_utf8_lossy(target)
+        )));
+    }
+    Ok(())
+}
+
+/// An entry's owner, which must fit a Linux uid and gid.
+pub(crate) fn owner(h: &tar::Header, rel: &[OsString]) -> Result<(u32, u32), ExtractError> {
+    // Like Go's archive/tar, an empty numeric field reads as 0.
+    let num = |f: &[u8], v: std::io::Result<u64>| {
+        if f.iter().all(|b| *b == 0 || *b == b' ') {
+            Ok(0)
+        } else {
+            v.map_err(ExtractError::Tar)
+        }
+    };
+    let uid = num(&h.as_old().uid, h.uid())?;
+    let gid = num(&h.as_old().gid, h.gid())?;
+    match (u32::try_from(uid), u32::try_from(gid)) {
+        (Ok(uid), Ok(gid)) => Ok((uid, gid)),
+        _ => Err(ExtractError::UnsafePath(format!(
+            "{} (owner out of range)",
+            display(rel)
+        ))),
     }
 }
 
@@ -321,13 +354,7 @@ impl Extractor {
             // Other AUFS metadata (.wh..wh.plnk, ...): meaningless here.
             return Ok(());
         }
-        if target.is_empty() || target == b"." || target == b".." || target.contains(&b'/') {
-            return Err(ExtractError::UnsafePath(format!(
-                "{}/.wh.{}",
-                display(parents),
-                String::from_utf8_lossy(target)
-            )));
-        }
+        check_whiteout(parents, target)?;
         let dest = parent.join(OsStr::from_bytes(target));
         let mut rel = parents.to_vec();
         rel.push(OsStr::from_bytes(target).to_os_string());
@@ -463,24 +490,7 @@ impl Extractor {
         dest: &Path,
         rel: &[OsString],
     ) -> Result<(), ExtractError> {
-        let h = e.header();
-        // Like Go's archive/tar, an empty numeric field reads as 0.
-        let num = |f: &[u8], v: std::io::Result<u64>| {
-            if f.iter().all(|b| *b == 0 || *b == b' ') {
-                Ok(0)
-            } else {
-                v.map_err(ExtractError::Tar)
-            }
-        };
-        let uid = num(&h.as_old().uid, h.uid())?;
-        let gid = num(&h.as_old().gid, h.gid())?;
-        let (uid, gid) = (u32::try_from(uid), u32::try_from(gid));
-        let (Ok(uid), Ok(gid)) = (uid, gid) else {
-            return Err(ExtractError::UnsafePath(format!(
-                "{} (owner out of range)",
-                display(rel)
-            )));
-        };
+        let (uid, gid) = owner(e.header(), rel)?;
         std::os::unix::fs::lchown(dest, Some(uid), Some(gid)).map_err(io_at(rel))?;
         let mut xattrs = Vec::new();
         if let Some(exts) = e.pax_extensions().map_err(ExtractError::Tar)? {

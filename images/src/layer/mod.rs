@@ -1,6 +1,7 @@
 //! Layer disks: every layer becomes a read-only EROFS image, cached by its
 //! diff_id, that the guest agent stacks with overlayfs.
 
+pub mod check;
 pub mod extract;
 
 use std::fs;
@@ -13,6 +14,7 @@ use crate::digest::{Digest, HashingReader};
 use crate::image::{Image, Layer};
 use crate::store::{io_ctx, sync_dir, FileLock, Store, StoreError};
 
+pub use check::{check, Checked};
 pub use extract::{ExtractError, Mode};
 
 /// Most layer disks one image uses; lower layers beyond this are flattened.

@@ -1,8 +1,6 @@
-//! `WWW-Authenticate` challenges, bearer tokens and credentials.
+//! `WWW-Authenticate` challenges.
 
 use std::collections::HashMap;
-
-use base64::Engine as _;
 
 /// A parsed `WWW-Authenticate` header.
 #[derive(Debug, PartialEq, Eq)]
@@ -52,61 +50,6 @@ pub(crate) fn parse_challenge(h: &str) -> Option<Challenge> {
         scheme: scheme.to_ascii_lowercase(),
         params,
     })
-}
-
-/// Username and password for a registry.
-#[derive(Clone, Debug)]
-pub struct Credentials {
-    /// User name.
-    pub username: String,
-    /// Password or token.
-    pub password: String,
-}
-
-impl Credentials {
-    /// `Basic <base64>` header value.
-    pub(crate) fn basic(&self) -> String {
-        let raw = format!("{}:{}", self.username, self.password);
-        format!(
-            "Basic {}",
-            base64::engine::general_purpose::STANDARD.encode(raw)
-        )
-    }
-
-    /// Credentials for `registry`: `HUSK_REGISTRY_USERNAME`/`_PASSWORD`, else
-    /// `~/.docker/config.json` (`auths.<host>.auth`).
-    pub fn lookup(registry: &str) -> Option<Credentials> {
-        if let (Ok(u), Ok(p)) = (
-            std::env::var("HUSK_REGISTRY_USERNAME"),
-            std::env::var("HUSK_REGISTRY_PASSWORD"),
-        ) {
-            return Some(Credentials {
-                username: u,
-                password: p,
-            });
-        }
-        let home = std::env::var_os("HOME")?;
-        let path = std::path::Path::new(&home).join(".docker/config.json");
-        let data = std::fs::read(path).ok()?;
-        let v: serde_json::Value = serde_json::from_slice(&data).ok()?;
-        let keys = if registry == crate::reference::DOCKER_HUB {
-            vec![
-                "https://index.docker.io/v1/".to_string(),
-                registry.to_string(),
-            ]
-        } else {
-            vec![registry.to_string(), format!("https://{registry}")]
-        };
-        let auth = keys.iter().find_map(|k| v["auths"][k]["auth"].as_str())?;
-        let raw = base64::engine::general_purpose::STANDARD
-            .decode(auth)
-            .ok()?;
-        let (u, p) = std::str::from_utf8(&raw).ok()?.split_once(':')?;
-        Some(Credentials {
-            username: u.to_string(),
-            password: p.to_string(),
-        })
-    }
 }
 
 #[cfg(test)]

@@ -7,7 +7,8 @@ use std::time::Duration;
 use ureq::http::Response;
 use ureq::Body;
 
-use super::auth::{parse_challenge, Credentials};
+use super::auth::parse_challenge;
+use super::credentials::Credentials;
 use super::RegistryError;
 use crate::reference::{Reference, DOCKER_HUB};
 
@@ -108,12 +109,52 @@ fn error_message(resp: &mut Response<Body>) -> String {
 impl Client {
     /// Connects to the registry of `reference` (and authenticates if asked to).
     pub fn new(reference: &Reference, opts: &Options, push: bool) -> Result<Client, RegistryError> {
-        let host = if reference.registry == DOCKER_HUB {
-            "registry-1.docker.io".to_string()
+        let scope = format!(
+            "repository:{}:{}",
+            reference.repository,
+            if push { "pull,push" } else { "pull" }
+        );
+        let client = Client::connect(&reference.registry, &reference.repository, opts, scope);
+        client.ping()?;
+        Ok(client)
+    }
+
+    /// Checks that `opts`' credentials (or the stored ones) are accepted
+    /// by registry `host`, as `docker login` does: `GET /v2/` answered 200
+    /// once authenticated (for a bearer registry: a token was granted).
+    pub fn verify_login(host: &str, opts: &Options) -> Result<(), RegistryError> {
+        let client = Client::connect(host, "", opts, String::new());
+        if client.credentials.is_none() {
+            return Err(RegistryError::Auth(format!(
+                "{}: no credentials",
+                client.base
+            )));
+        }
+        client.ping()?;
+        let url = format!("{}/v2/", client.base);
+        let mut req = client.agent.get(&url);
+        if let Some(h) = client.auth_header() {
+            req = req.header("Authorization", h);
+        }
+        let mut resp = req.call().map_err(|e| http_err("GET", &url, e))?;
+        match resp.status().as_u16() {
+            200 => Ok(()),
+            401 => Err(RegistryError::Auth(format!(
+                "{}: unauthorized: incorrect username or password",
+                client.base
+            ))),
+            _ => Err(client.status_error(format!("GET {url}"), &mut resp)),
+        }
+    }
+
+    /// A client of `repository` at registry `host` (nothing sent yet).
+    fn connect(host: &str, repository: &str, opts: &Options, scope: String) -> Client {
+        let address = if host == DOCKER_HUB {
+            "registry-1.docker.io"
         } else {
-            reference.registry.clone()
+            host
         };
-        let plain_http = opts.insecure || is_loopback(&host);
+        let plain_http = opts.insecure || is_loopback(address);
         let scheme = if plain_http { "http" } else { "https" };
         let tls = ureq::tls::TlsConfig::builder()
             .root_certs(ureq::tls::RootCerts::PlatformVerifier)
@@ -128,24 +169,18 @@ impl Client {
             .user_agent("husk")
             .build()
             .new_agent();
-        let client = Client {
+        Client {
             agent,
-            base: format!("{scheme}://{host}"),
+            base: format!("{scheme}://{address}"),
             plain_http,
-            repository: reference.repository.clone(),
+            repository: repository.to_string(),
             credentials: opts
                 .credentials
                 .clone()
-                .or_else(|| Credentials::lookup(&reference.registry)),
+                .or_else(|| Credentials::lookup(host)),
             authorization: Mutex::new(None),
-            scope: format!(
-                "repository:{}:{}",
-                reference.repository,
-                if push { "pull,push" } else { "pull" }
-            ),
-        };
-        client.ping()?;
-        Ok(client)
+            scope,
+        }
     }
 
     /// `<base>/v2/<repository>/<path>`.
@@ -219,7 +254,10 @@ impl Client {
         })?;
         check_realm(realm, self.plain_http)
             .map_err(|m| RegistryError::Auth(format!("{}: {m}", self.base)))?;
-        let mut req = self.agent.get(realm).query("scope", &self.scope);
+        let mut req = self.agent.get(realm);
+        if !self.scope.is_empty() {
+            req = req.query("scope", &self.scope);
+        }
         if let Some(s) = params.get("service") {
             req = req.query("service", s);
         }

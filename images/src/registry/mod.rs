@@ -3,10 +3,12 @@
 
 mod auth;
 mod client;
+mod credentials;
 mod pull;
 mod push;
 
 pub use client::{is_loopback, Client, Options};
+pub use credentials::{server_address, CredentialStore, Credentials, CredentialsError};
 pub use pull::pull;
 pub use push::push;
 

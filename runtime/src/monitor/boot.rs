@@ -13,14 +13,18 @@ use crate::layout::ContainerPaths;
 pub const FAILED_CODE: i32 = 255;
 
 /// The VM for `cfg`: agent disk, layers, writable disk, volumes, vsock at
-/// `vsock`, network backend `net`.
+/// `vsock`, network backend `net`, with `cfg`'s rate limits (a warm start
+/// restores its devices from this config too, not from the template).
 pub fn sandbox_config(
     cfg: &ContainerConfig,
     paths: &ContainerPaths,
     volume_disks: &[PathBuf],
     vsock: &Path,
-    net: Option<vmm::NetConfig>,
+    mut net: Option<vmm::NetConfig>,
 ) -> SandboxConfig {
+    if let Some(net) = &mut net {
+        net.rate_limit = cfg.io_limits.net();
+    }
     let mut disks = Disk::image_disks(&cfg.layers, &paths.rw_disk());
     for (i, (m, path)) in cfg.mounts.iter().zip(volume_disks).enumerate() {
         disks.push(Disk {
@@ -36,6 +40,7 @@ pub fn sandbox_config(
         vcpus: cfg.cpus,
         memory_mib: cfg.memory_mib,
         net,
+        disk_rate_limit: cfg.io_limits.disk(),
         console: paths.console(),
         vsock: vsock.to_path_buf(),
         start: cfg.start,

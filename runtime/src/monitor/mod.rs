@@ -136,7 +136,9 @@ fn init_logging() {
             true
         }
         fn log(&self, r: &log::Record) {
-            cap_monitor_log();
+            if !cap_monitor_log() {
+                return;
+            }
             eprintln!(
                 "{} {} {}: {}",
                 crate::time::now(),
@@ -168,16 +170,25 @@ static MONITOR_LOG: OnceLock<PathBuf> = OnceLock::new();
 /// Rotates `monitor.log`, this process's stderr, once it holds
 /// [`MONITOR_LOG_MAX_BYTES`]. Runs before each message of the logger,
 /// which writes everything a guest can trigger (rate-limited, see
-/// [`vmm::log_limited`]).
-fn cap_monitor_log() {
+/// [`vmm::log_limited`]). False if the message must be dropped: the log is
+/// full and this is a VMM thread, whose seccomp filter forbids the open
+/// and rename of a rotation (the monitor's own thread rotates it, also at
+/// each round of its poll loop).
+fn cap_monitor_log() -> bool {
     static ROTATING: Mutex<()> = Mutex::new(());
     let Some(path) = MONITOR_LOG.get() else {
-        return;
+        return true;
     };
+    let stderr = std::io::stderr();
+    if vmm::seccomp::current_thread_filtered() {
+        return rustix::fs::fstat(stderr.as_fd())
+            .is_ok_and(|st| u64::try_from(st.st_size).unwrap_or(0) < MONITOR_LOG_MAX_BYTES);
+    }
     let _one = ROTATING.lock().unwrap_or_else(|e| e.into_inner());
-    if let Ok(Some(file)) = rotate_full(path, std::io::stderr().as_fd(), MONITOR_LOG_MAX_BYTES) {
+    if let Ok(Some(file)) = rotate_full(path, stderr.as_fd(), MONITOR_LOG_MAX_BYTES) {
         let _ = rustix::stdio::dup2_stderr(&file);
     }
+    true
 }
 
 /// If `current` is the file at `path` and holds `max` bytes or more: moves

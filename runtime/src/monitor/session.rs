@@ -201,6 +201,9 @@ impl<'a> Session<'a> {
 
     /// One poll round; true when the loop is over.
     fn step(&mut self) -> io::Result<bool> {
+        // Rotates a full monitor.log that only the VMM's (filtered)
+        // threads wrote to (they cannot rotate it).
+        super::cap_monitor_log();
         let booting = self.phase == Phase::Booting;
         let stdin_open = self.phase == Phase::Running;
         let (ready, clients_at, clients_len, listener_at, agent_at, stdin_at) = {

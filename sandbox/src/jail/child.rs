@@ -217,6 +217,8 @@ fn build_vm(spec: VmSpec, net: Option<NetSpec>, fds: Vec<OwnedFd>) -> Result<vmm
                     vmm::NetBackend::Stream(Arc::new(UnixStream::from(fd)))
                 }
             },
+            egress: n.egress,
+            rate_limit: n.rate_limit,
         }),
     };
     let with_listener = |v: Option<vmm::VsockConfig>| {

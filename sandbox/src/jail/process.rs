@@ -370,6 +370,8 @@ fn net_spec(n: &vmm::NetConfig) -> NetSpec {
             vmm::NetBackend::Stream(_) => NetBackendSpec::Stream,
             vmm::NetBackend::Tap(t) => NetBackendSpec::Tap(t.clone()),
         },
+        egress: n.egress.clone(),
+        rate_limit: n.rate_limit,
     }
 }
 

@@ -45,6 +45,10 @@ pub struct NetSpec {
     pub mtu: u16,
     /// The backend.
     pub backend: NetBackendSpec,
+    /// Guest destinations kept from the backend.
+    pub egress: vmm::EgressPolicy,
+    /// Limits on the frames each way.
+    pub rate_limit: vmm::NetRateLimit,
 }
 
 /// [`vmm::NetBackend`] with the stream replaced by a passed descriptor.

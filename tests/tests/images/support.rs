@@ -46,9 +46,19 @@ impl Env {
         self.path().join("root")
     }
     pub fn husk(&self, args: &[&str]) -> Finished {
+        run(self.command(args), Duration::from_secs(300)).expect("running husk")
+    }
+    /// `husk args` with this env's store and a private Docker config
+    /// directory (registry credentials), not started.
+    pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = husk(&self.path().join("run"), args);
-        cmd.env("HUSK_ROOT", self.root());
-        run(cmd, Duration::from_secs(300)).expect("running husk")
+        cmd.env("HUSK_ROOT", self.root())
+            .env("DOCKER_CONFIG", self.docker_config());
+        cmd
+    }
+    /// This env's Docker config directory.
+    pub fn docker_config(&self) -> PathBuf {
+        self.path().join("docker")
     }
     pub fn ok(&self, args: &[&str]) -> String {
         let f = self.husk(args);
@@ -509,16 +519,35 @@ pub struct Registry {
 
 impl Registry {
     pub fn start() -> Registry {
+        Registry::start_with(None)
+    }
+
+    /// A registry that lets only `user` with `password` in (htpasswd,
+    /// basic authentication).
+    pub fn with_login(user: &str, password: &str) -> Registry {
+        let hash = bcrypt::hash(password, 4).expect("bcrypt");
+        Registry::start_with(Some(format!("{user}:{hash}\n")))
+    }
+
+    fn start_with(htpasswd: Option<String>) -> Registry {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("free port")
             .port();
         let addr = format!("127.0.0.1:{port}");
-        let config = format!(
+        let mut config = format!(
             "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
             dir.path().join("data").display()
         );
+        if let Some(lines) = htpasswd {
+            let file = dir.path().join("htpasswd");
+            std::fs::write(&file, lines).expect("htpasswd");
+            config += &format!(
+                "auth:\n  htpasswd:\n    realm: husk-test\n    path: {}\n",
+                file.display()
+            );
+        }
         let cfg = dir.path().join("config.yml");
         std::fs::write(&cfg, config).expect("config");
         let child = Command::new("/usr/bin/docker-registry")
@@ -554,7 +583,7 @@ impl Registry {
         let mut resp = String::new();
         s.write_all(req.as_bytes()).is_ok()
             && s.read_to_string(&mut resp).is_ok()
-            && resp.starts_with("HTTP/1.0 200")
+            && (resp.starts_with("HTTP/1.0 200") || resp.starts_with("HTTP/1.0 401"))
     }
 }
 

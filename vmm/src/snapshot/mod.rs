@@ -48,6 +48,7 @@ use crate::config::{ConsoleOutput, DiskConfig, NetConfig, VsockConfig};
 use crate::devices::virtio::persist::PersistError;
 use crate::exit::ExitSignal;
 use crate::memory::MemoryError;
+use crate::seccomp::{Filters, SeccompError, SeccompMode};
 use crate::setup::{self, SetupError};
 use crate::vcpu::{Vcpu, VcpuError};
 use crate::vm::Vm;
@@ -97,6 +98,9 @@ pub enum SnapshotError {
     /// Creating the exit eventfd failed.
     #[error("cannot create an eventfd")]
     EventFd(#[source] std::io::Error),
+    /// The threads' seccomp filters cannot be built.
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
 }
 
 /// Where a snapshot goes (or comes from).
@@ -128,6 +132,8 @@ pub struct RestoreConfig {
     /// snapshot has a network device.
     #[serde(skip)]
     pub net: Option<NetConfig>,
+    /// The seccomp filters of the restored VM's threads.
+    pub seccomp: SeccompMode,
 }
 
 impl Vm {
@@ -187,6 +193,7 @@ impl Vm {
             return Err(SnapshotError::VcpuCount(count));
         }
         let kvm_state = state.kvm.as_ref().ok_or(SnapshotError::MissingKvmState)?;
+        let seccomp = Arc::new(Filters::new(config.seccomp)?);
         let mem = memory::map_memory_file(&config.files.memory, state.mem_mib)?;
         let kvm = setup::open_kvm()?;
         state::check_capabilities(&kvm)?;
@@ -218,6 +225,7 @@ impl Vm {
             event_manager: None,
             exit,
             mem_mib: state.mem_mib,
+            seccomp,
             vm,
             kvm,
             memory: mem,

@@ -161,6 +161,7 @@ mod tests {
             path: None,
             read_only: false,
             serial: "s".into(),
+            rate_limit: Default::default(),
         }
     }
 
@@ -188,6 +189,7 @@ mod tests {
                 listener: None,
             }),
             net: None,
+            seccomp: crate::SeccompMode::Enforce,
         };
         assert!(check_layout(&saved, &config).is_ok());
         config.disks.pop();

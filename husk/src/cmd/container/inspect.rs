@@ -143,6 +143,7 @@ fn host_config(cfg: &ContainerConfig) -> Value {
         "NanoCpus": u64::from(cfg.cpus) * 1_000_000_000,
         "AutoRemove": cfg.auto_remove,
         "PortBindings": port_map(&cfg.ports, false),
+        "ExtraHosts": list(cfg.extra_hosts.iter().map(|h| json!(h.to_string())).collect()),
         "Runtime": "husk",
         "CapAdd": names(&sec.cap_add),
         "CapDrop": names(&sec.cap_drop),
@@ -150,6 +151,11 @@ fn host_config(cfg: &ContainerConfig) -> Value {
         "Ulimits": list(ulimits),
         "SecurityOpt": list(sec.security_opt().into_iter().map(Value::String).collect()),
         "GroupAdd": list(sec.group_add.iter().map(|g| json!(g.to_string())).collect()),
+        // husk's rate limits (0: unlimited): per disk, reads plus writes;
+        // network, each way.
+        "DiskBps": cfg.io_limits.disk_bps,
+        "DiskIops": cfg.io_limits.disk_iops,
+        "NetworkBps": cfg.io_limits.net_bps,
         "LogConfig": {
             "Type": "json-file",
             "Config": cfg
@@ -297,5 +303,28 @@ mod tests {
         );
         let hc = host_config(&config(json!({"privileged": true})));
         assert_eq!(hc["Privileged"], json!(true));
+    }
+
+    #[test]
+    fn host_config_shows_the_rate_limits() {
+        let hc = host_config(&config(json!({})));
+        assert_eq!(
+            (&hc["DiskBps"], &hc["DiskIops"], &hc["NetworkBps"]),
+            (&json!(0), &json!(0), &json!(0)),
+            "unlimited"
+        );
+        let mut cfg = config(json!({}));
+        cfg.io_limits = husk_runtime::config::IoLimits {
+            disk_bps: 1 << 20,
+            disk_iops: 100,
+            net_bps: 512 << 10,
+        };
+        // Stored and read back as config.json does.
+        let cfg: ContainerConfig =
+            serde_json::from_value(serde_json::to_value(&cfg).unwrap()).unwrap();
+        let hc = host_config(&cfg);
+        assert_eq!(hc["DiskBps"], json!(1 << 20));
+        assert_eq!(hc["DiskIops"], json!(100));
+        assert_eq!(hc["NetworkBps"], json!(512 << 10));
     }
 }

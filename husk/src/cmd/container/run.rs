@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use clap::Args;
+use husk_runtime::config::IoLimits;
 use husk_runtime::logs::LogConfig;
 use husk_runtime::security::RawSecurityFlags;
 use husk_runtime::{CreateOptions, Runtime, SecurityFlags, StdioWiring};
@@ -50,6 +51,18 @@ pub struct CreateArgs {
     /// CPUs of the container's VM (rounded up to whole vCPUs).
     #[arg(long)]
     cpus: Option<String>,
+    /// Limit each of the container's disks to RATE bytes per second, reads
+    /// plus writes (e.g. 512k, 10m; default: unlimited).
+    #[arg(long = "disk-bps", value_name = "RATE")]
+    disk_bps: Option<String>,
+    /// Limit each of the container's disks to N read and write requests
+    /// per second (default: unlimited).
+    #[arg(long = "disk-iops", value_name = "N")]
+    disk_iops: Option<u64>,
+    /// Limit the container's network to RATE bytes per second each way
+    /// (e.g. 1m; default: unlimited).
+    #[arg(long = "net-bps", value_name = "RATE")]
+    net_bps: Option<String>,
     /// Volumes: NAME:/path[:ro], or /path for an anonymous volume.
     #[arg(short = 'v', long = "volume", value_name = "VOLUME")]
     volumes: Vec<String>,
@@ -63,6 +76,10 @@ pub struct CreateArgs {
     /// none (loopback only), tap or tap:NAME (root).
     #[arg(long, value_name = "MODE")]
     network: Option<String>,
+    /// Add a line to /etc/hosts: NAME:IP; NAME:host-gateway names the host
+    /// and is what lets the container reach it (blocked otherwise).
+    #[arg(long = "add-host", value_name = "NAME:IP")]
+    add_host: Vec<String>,
     /// Signal to stop the container (default: the image's, else SIGTERM).
     #[arg(long)]
     stop_signal: Option<String>,
@@ -157,6 +174,11 @@ fn options(a: &CreateArgs) -> Result<CreateOptions> {
     for p in &a.publish {
         ports.extend(husk_net::parse_port_spec(p)?);
     }
+    let extra_hosts = a
+        .add_host
+        .iter()
+        .map(|h| h.parse())
+        .collect::<Result<Vec<husk_net::ExtraHost>, _>>()?;
     let stop_signal = a.stop_signal.as_deref().map(str::parse).transpose()?;
     let kernel = assets::kernel(a.kernel.as_deref())?;
     let agent = assets::agent()?;
@@ -187,6 +209,7 @@ fn options(a: &CreateArgs) -> Result<CreateOptions> {
         ports,
         publish_all: a.publish_all,
         network,
+        extra_hosts,
         kernel,
         agent_disk,
         boot_timeout: a.boot_timeout,
@@ -194,6 +217,21 @@ fn options(a: &CreateArgs) -> Result<CreateOptions> {
         security: security_flags.process_security(),
         security_flags,
         log_config,
+        io_limits: IoLimits {
+            disk_bps: a
+                .disk_bps
+                .as_deref()
+                .map(flags::parse_rate)
+                .transpose()?
+                .unwrap_or(0),
+            disk_iops: a.disk_iops.unwrap_or(0),
+            net_bps: a
+                .net_bps
+                .as_deref()
+                .map(flags::parse_rate)
+                .transpose()?
+                .unwrap_or(0),
+        },
     })
 }
 

@@ -11,6 +11,7 @@ use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 
 use super::request::{self, DiskBackend, DiskInfo, SECTOR_SIZE, SERIAL_LEN};
 use crate::devices::virtio::{read_config_bytes, ChainDone, VirtioCommon, VirtioDevice};
+use crate::rate_limiter::{RateLimitConfig, RateLimitError, RateLimiter};
 
 /// Virtio device ID of block devices.
 pub const BLOCK_DEVICE_ID: u32 = 2;
@@ -30,6 +31,9 @@ pub struct BlockConfig {
     pub read_only: bool,
     /// GET_ID answer (`/sys/block/vdX/serial` in the guest), at most 20 bytes.
     pub serial: String,
+    /// Limits on the bytes and requests of reads and writes (default:
+    /// none).
+    pub rate_limit: RateLimitConfig,
 }
 
 /// Opens the backing `config` names (or none, for an empty slot) and
@@ -106,6 +110,9 @@ pub enum BlockError {
     /// Creating the activation eventfd failed.
     #[error("cannot create an eventfd")]
     EventFd(#[source] std::io::Error),
+    /// Setting up the rate limiter failed.
+    #[error("disk rate limiter")]
+    RateLimiter(#[source] RateLimitError),
 }
 
 /// A virtio-blk device backed by an image file.
@@ -117,6 +124,8 @@ pub struct Block {
     config: [u8; CONFIG_LEN],
     pub(super) common: VirtioCommon,
     buf: Vec<u8>,
+    /// Reads and writes wait here when the configured limits are reached.
+    pub(super) limiter: RateLimiter,
 }
 
 impl Block {
@@ -150,6 +159,7 @@ impl Block {
         };
         let common = VirtioCommon::new("virtio-blk", BLOCK_DEVICE_ID, &QUEUE_SIZES, features)
             .map_err(BlockError::EventFd)?;
+        let limiter = RateLimiter::new(&config.rate_limit).map_err(BlockError::RateLimiter)?;
         Ok(Self {
             disk,
             capacity,
@@ -158,6 +168,7 @@ impl Block {
             config: cfg,
             common,
             buf: Vec::new(),
+            limiter,
         })
     }
 
@@ -191,9 +202,13 @@ impl Block {
         self.common.is_activated()
     }
 
-    /// Processes every available request; true if the guest must be
-    /// interrupted.
+    /// Processes every available request, or those the rate limiter lets
+    /// through (the others stay in the queue until its timer fires);
+    /// true if the guest must be interrupted.
     pub(super) fn process_queue(&mut self) -> bool {
+        if self.limiter.is_blocked() {
+            return false;
+        }
         let Some(active) = self.common.activated_mut() else {
             return false;
         };
@@ -202,8 +217,14 @@ impl Block {
             read_only: self.read_only,
             serial: &self.serial,
         };
-        let (disk, buf) = (&mut self.disk, &mut self.buf);
+        let (disk, buf, limiter) = (&mut self.disk, &mut self.buf, &mut self.limiter);
         let used = active.drain(REQUEST_QUEUE, |mem, chain| {
+            if limiter.is_limited() {
+                let (bytes, ops) = request::request_cost(mem, &chain);
+                if !limiter.try_consume(bytes, ops) {
+                    return ChainDone::Unused;
+                }
+            }
             ChainDone::Used(request::process_chain(
                 mem,
                 chain,
@@ -213,6 +234,12 @@ impl Block {
             ))
         });
         used && active.needs_interrupt(REQUEST_QUEUE)
+    }
+
+    /// The rate limiter's timer fired: go on with the waiting requests.
+    pub(super) fn handle_rate_limit_timer(&mut self) {
+        self.limiter.timer_fired();
+        self.handle_queue_event();
     }
 
     /// Processes the queue and raises the interrupt when needed.

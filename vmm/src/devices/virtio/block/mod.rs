@@ -20,4 +20,6 @@ pub use persist::BlockState;
 pub use request::DiskBackend;
 
 #[cfg(test)]
+mod rate_limit_tests;
+#[cfg(test)]
 mod tests;

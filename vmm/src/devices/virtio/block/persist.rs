@@ -38,6 +38,7 @@ impl From<&DiskConfig> for BlockConfig {
             path: disk.path.clone(),
             read_only: disk.read_only,
             serial: disk.serial.clone(),
+            rate_limit: disk.rate_limit,
         }
     }
 }

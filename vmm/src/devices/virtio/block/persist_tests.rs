@@ -100,6 +100,7 @@ fn save_template(mem: &GuestMemory, drv: &mut Driver) -> VirtioDeviceState {
             path: None,
             read_only: false,
             serial: "empty-slot".into(),
+            rate_limit: Default::default(),
         },
     );
     bring_up(&mut template.mmio, drv);
@@ -145,6 +146,7 @@ fn restore_with_a_bigger_disk_raises_a_config_change() {
             path: Some(image.path().to_path_buf()),
             read_only: false,
             serial: "container-disk".into(),
+            rate_limit: Default::default(),
         },
     );
     new.mmio.restore(&saved.transport, &saved.common).unwrap();
@@ -181,6 +183,7 @@ fn restore_with_the_same_capacity_raises_nothing() {
             path: None,
             read_only: true,
             serial: "other".into(),
+            rate_limit: Default::default(),
         },
     );
     new.mmio.restore(&saved.transport, &saved.common).unwrap();
@@ -205,6 +208,7 @@ fn read_only_backing_in_a_writable_slot_refuses_writes() {
             path: Some(image.path().to_path_buf()),
             read_only: true,
             serial: "ro".into(),
+            rate_limit: Default::default(),
         },
     );
     new.mmio.restore(&saved.transport, &saved.common).unwrap();
@@ -232,6 +236,7 @@ fn bad_saved_state_is_refused() {
                 path: None,
                 read_only: false,
                 serial: String::new(),
+                rate_limit: Default::default(),
             },
         )
     };

@@ -95,6 +95,28 @@ pub fn process_chain(
     u32::try_from(written + 1).unwrap_or(u32::MAX)
 }
 
+/// What the request in `chain` costs a rate limiter: (data bytes, 1)
+/// for a read or a write, (0, 0) for anything else (flush, GET_ID, and
+/// malformed chains, which fail without touching the disk).
+pub fn request_cost(mem: &GuestMemory, chain: &DescriptorChain<&GuestMemory>) -> (u64, u64) {
+    let Ok(mut reader) = chain.clone().reader(mem) else {
+        return (0, 0);
+    };
+    let Some((kind, _)) = read_header(&mut reader) else {
+        return (0, 0);
+    };
+    let bytes = match kind {
+        // The last writable byte is the status.
+        VIRTIO_BLK_T_IN => match chain.clone().writer(mem) {
+            Ok(writer) => writer.available_bytes().saturating_sub(1),
+            Err(_) => return (0, 0),
+        },
+        VIRTIO_BLK_T_OUT => reader.available_bytes(),
+        _ => return (0, 0),
+    };
+    (u64::try_from(bytes).unwrap_or(u64::MAX), 1)
+}
+
 fn read_header(reader: &mut Reader) -> Option<(u32, u64)> {
     let mut hdr = [0u8; HEADER_LEN];
     reader.read_exact(&mut hdr).ok()?;

@@ -30,6 +30,7 @@ fn block(f: &NamedTempFile, read_only: bool) -> Block {
         path: Some(f.path().to_path_buf()),
         read_only,
         serial: "disk0".into(),
+        rate_limit: Default::default(),
     })
     .unwrap()
 }
@@ -106,6 +107,7 @@ fn new_reports_missing_file_and_long_serial() {
         path: Some("/nonexistent/husk.img".into()),
         read_only: true,
         serial: String::new(),
+        rate_limit: Default::default(),
     })
     .err()
     .unwrap();
@@ -118,6 +120,7 @@ fn new_reports_missing_file_and_long_serial() {
         path: Some(f.path().into()),
         read_only: true,
         serial: "x".repeat(21),
+        rate_limit: Default::default(),
     })
     .err()
     .unwrap();

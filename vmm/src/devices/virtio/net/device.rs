@@ -1,6 +1,9 @@
 //! The virtio-net device: features offered, config space, and moving
 //! frames between its rx/tx queues and a [`Backend`].
 
+use std::collections::VecDeque;
+use std::time::Instant;
+
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF,
@@ -10,8 +13,11 @@ use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::QueueT;
 
 use super::backend::{Backend, MIN_FRAME_LEN};
+use super::egress::{EgressFilter, EgressPolicy, Verdict};
 use super::frame::{deliver_rx, read_tx_frame, RxOutcome};
+use crate::config::NetRateLimit;
 use crate::devices::virtio::{read_config_bytes, ChainDone, VirtioCommon, VirtioDevice};
+use crate::rate_limiter::{RateLimitError, RateLimiter};
 
 /// Virtio device ID of network devices.
 pub const NET_DEVICE_ID: u32 = 1;
@@ -23,6 +29,9 @@ const TX: usize = 1;
 const CONFIG_LEN: usize = 12;
 /// Smallest MTU the device accepts (IPv4's minimum).
 pub const MIN_MTU: u16 = 68;
+/// Most frames the device itself keeps for the guest (TCP resets of
+/// blocked connections); more are dropped.
+const MAX_INJECTED: usize = 64;
 
 /// What [`Net::new`] sets up.
 pub struct NetDeviceConfig {
@@ -33,6 +42,8 @@ pub struct NetDeviceConfig {
     /// Whether frames from the backend always carry valid checksums, so
     /// the guest may skip verifying them (VIRTIO_NET_HDR_F_DATA_VALID).
     pub trusted_checksums: bool,
+    /// Guest destinations kept from the backend.
+    pub egress: EgressPolicy,
 }
 
 /// Errors from [`Net::new`].
@@ -56,6 +67,9 @@ pub enum NetError {
     /// Creating the activation eventfd failed.
     #[error("cannot create an eventfd")]
     EventFd(#[source] std::io::Error),
+    /// Setting up a rate limiter failed.
+    #[error("network rate limiter")]
+    RateLimiter(#[source] RateLimitError),
 }
 
 /// Formats a MAC address as `aa:bb:cc:dd:ee:ff`.
@@ -79,6 +93,16 @@ pub struct Net {
     /// A guest frame the backend did not take yet.
     tx_frame: Vec<u8>,
     pub(super) tx_pending: bool,
+    egress: EgressFilter,
+    /// Frames of the device's own for the guest (resets answering
+    /// blocked TCP segments), delivered before the backend's.
+    injected: VecDeque<Vec<u8>>,
+    /// Frames from the backend wait here before reaching the guest.
+    pub(super) rx_limiter: RateLimiter,
+    /// The pending rx frame went through `rx_limiter` already.
+    rx_paid: bool,
+    /// Guest frames wait here (in the tx queue) before the backend.
+    pub(super) tx_limiter: RateLimiter,
     pub(super) common: VirtioCommon,
     /// How the backend fd is registered with epoll (`None`: not at all).
     pub(super) watched: Option<event_manager::EventSet>,
@@ -93,6 +117,8 @@ pub struct Stats {
     pub tx_frames: u64,
     /// Guest chains dropped as invalid.
     pub tx_dropped: u64,
+    /// Guest frames kept from the backend by the egress policy.
+    pub tx_blocked: u64,
     /// Backend frames delivered to the guest.
     pub rx_frames: u64,
     /// Backend frames dropped (too large for the guest's buffers, invalid
@@ -137,10 +163,29 @@ impl Net {
             rx_pending: false,
             tx_frame: Vec::new(),
             tx_pending: false,
+            egress: EgressFilter::new(config.egress),
+            injected: VecDeque::new(),
+            rx_limiter: RateLimiter::unlimited(),
+            rx_paid: false,
+            tx_limiter: RateLimiter::unlimited(),
             common,
             watched: None,
             stats: Stats::default(),
         })
+    }
+
+    /// The device with `limit` on frames to the guest (rx) and from it
+    /// (tx); without this, nothing is limited.
+    pub fn with_rate_limit(mut self, limit: &NetRateLimit) -> Result<Self, NetError> {
+        self.rx_limiter = RateLimiter::new(&limit.rx).map_err(NetError::RateLimiter)?;
+        self.tx_limiter = RateLimiter::new(&limit.tx).map_err(NetError::RateLimiter)?;
+        Ok(self)
+    }
+
+    /// Forgets the pending rx frame (and whether it was paid for).
+    fn drop_pending_rx(&mut self) {
+        self.rx_pending = false;
+        self.rx_paid = false;
     }
 
     /// Whether the guest driver is running the device.
@@ -170,7 +215,7 @@ impl Net {
             log::warn!("virtio-net: backend gone ({why}); the guest's link stays silent");
         }
         self.backend_dead = true;
-        self.rx_pending = false;
+        self.drop_pending_rx();
         self.tx_pending = false;
     }
 
@@ -218,10 +263,12 @@ impl Net {
         }
     }
 
-    /// Sends guest frames to the backend until the queue is empty or the
-    /// backend is full; true if any chain was used.
+    /// Sends guest frames to the backend until the queue is empty, the
+    /// backend is full or the tx rate limit is reached (the frame stays in
+    /// the queue until the limiter's timer fires); true if any chain was
+    /// used.
     pub(super) fn process_tx(&mut self) -> bool {
-        if !self.push_pending_tx() {
+        if !self.push_pending_tx() || self.tx_limiter.is_blocked() {
             return false;
         }
         let Some(active) = self.common.activated_mut() else {
@@ -229,6 +276,8 @@ impl Net {
         };
         let (backend, frame, stats) = (&mut self.backend, &mut self.tx_frame, &mut self.stats);
         let (pending, dead) = (&mut self.tx_pending, &mut self.backend_dead);
+        let (egress, injected) = (&mut self.egress, &mut self.injected);
+        let limiter = &mut self.tx_limiter;
         let used = active.drain(TX, |mem, chain| {
             if let Err(e) = read_tx_frame(mem, chain, frame) {
                 log::debug!("virtio-net: tx frame dropped: {e}");
@@ -237,6 +286,27 @@ impl Net {
             }
             if *dead {
                 return ChainDone::Used(0);
+            }
+            if !limiter.try_consume(frame.len() as u64, 1) {
+                return ChainDone::Unused;
+            }
+            let verdict = match egress.is_open() {
+                true => Verdict::Pass,
+                false => egress.outbound(frame, Instant::now()),
+            };
+            match verdict {
+                Verdict::Pass => {}
+                Verdict::Drop => {
+                    stats.tx_blocked += 1;
+                    return ChainDone::Used(0);
+                }
+                Verdict::Reset(reset) => {
+                    stats.tx_blocked += 1;
+                    if injected.len() < MAX_INJECTED {
+                        injected.push_back(reset);
+                    }
+                    return ChainDone::Used(0);
+                }
             }
             match backend.send(frame) {
                 Ok(true) => stats.tx_frames += 1,
@@ -257,12 +327,14 @@ impl Net {
             ChainDone::Used(0)
         });
         if self.backend_dead {
-            self.rx_pending = false;
+            self.drop_pending_rx();
         }
         used
     }
 
-    /// Delivers backend frames into rx buffers; true if any buffer was used.
+    /// Delivers backend frames into rx buffers until the backend or the
+    /// buffers run out or the rx rate limit is reached (the frame waits,
+    /// pending, for the limiter's timer); true if any buffer was used.
     pub(super) fn process_rx(&mut self) -> bool {
         let mergeable = self.common.has_feature(VIRTIO_NET_F_MRG_RXBUF);
         let guest_csum = self.common.has_feature(VIRTIO_NET_F_GUEST_CSUM);
@@ -280,18 +352,37 @@ impl Net {
                 break;
             }
             if !self.rx_pending {
+                if let Some(frame) = self.injected.pop_front() {
+                    self.rx_frame.clear();
+                    self.rx_frame.extend_from_slice(&frame);
+                    self.rx_pending = true;
+                }
+            }
+            if !self.rx_pending {
                 match self.backend.recv(&mut self.rx_frame) {
                     Ok(true) if self.rx_frame.len() < MIN_FRAME_LEN => {
                         self.stats.rx_dropped += 1;
                         continue;
                     }
-                    Ok(true) => self.rx_pending = true,
+                    Ok(true) => {
+                        if !self.egress.is_open() {
+                            self.egress.inbound(&self.rx_frame, Instant::now());
+                        }
+                        self.rx_pending = true;
+                        self.rx_paid = false;
+                    }
                     Ok(false) => break,
                     Err(e) => {
                         self.mark_backend_dead(&e);
                         break;
                     }
                 }
+            }
+            if !self.rx_paid {
+                if !self.rx_limiter.try_consume(self.rx_frame.len() as u64, 1) {
+                    break;
+                }
+                self.rx_paid = true;
             }
             let Some(active) = self.common.activated_mut() else {
                 break;
@@ -303,12 +394,14 @@ impl Net {
             match deliver_rx(mem, queue, &self.rx_frame, mergeable, flags) {
                 RxOutcome::Delivered(_) => {
                     self.rx_pending = false;
+                    self.rx_paid = false;
                     self.stats.rx_frames += 1;
                     used = true;
                     rechecked = false;
                 }
                 RxOutcome::Dropped { consumed } => {
                     self.rx_pending = false;
+                    self.rx_paid = false;
                     self.stats.rx_dropped += 1;
                     used |= consumed > 0;
                 }
@@ -344,12 +437,14 @@ impl VirtioDevice for Net {
     }
 
     fn on_activate(&mut self) {
-        self.rx_pending = false;
+        self.drop_pending_rx();
         self.tx_pending = false;
+        self.injected.clear();
     }
 
     fn on_reset(&mut self) {
-        self.rx_pending = false;
+        self.drop_pending_rx();
         self.tx_pending = false;
+        self.injected.clear();
     }
 }

@@ -2,14 +2,16 @@
 //! eventfds and the backend's fd, all on the event-manager thread.
 //!
 //! The backend fd is watched only while the device is active: for input
-//! when no frame waits for rx buffers (otherwise the guest's rx
-//! notification resumes reading), for output when the backend holds
-//! unwritten data.
+//! when no frame waits for rx buffers or for the rx rate limiter
+//! (otherwise the guest's rx notification or the limiter's timer resumes
+//! reading), for output when the backend holds unwritten data. The rate
+//! limiters' timers (tx, rx) are registered at `init` if limited.
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 
 use super::device::Net;
 use crate::devices::virtio::activation::CTL_DATA;
+use crate::rate_limiter::{SECOND_TIMER_DATA as RX_TIMER_DATA, TIMER_DATA as TX_TIMER_DATA};
 
 /// `Events::data` of the backend fd.
 const BACKEND_DATA: u32 = 100;
@@ -22,7 +24,7 @@ impl Net {
             return None;
         }
         let mut set = EventSet::empty();
-        if !self.rx_pending {
+        if !self.rx_pending && !self.rx_limiter.is_blocked() {
             set |= EventSet::IN;
         }
         if self.tx_pending || self.backend.wants_write() {
@@ -68,6 +70,8 @@ impl Net {
 impl MutEventSubscriber for Net {
     fn init(&mut self, ops: &mut EventOps) {
         self.common.init_events(ops);
+        self.tx_limiter.register(ops, TX_TIMER_DATA);
+        self.rx_limiter.register(ops, RX_TIMER_DATA);
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
@@ -75,6 +79,9 @@ impl MutEventSubscriber for Net {
         match events.data() {
             CTL_DATA => {}
             BACKEND_DATA => self.handle_backend(events.event_set()),
+            // A limiter's wait is over: the queues are run below.
+            TX_TIMER_DATA => self.tx_limiter.timer_fired(),
+            RX_TIMER_DATA => self.rx_limiter.timer_fired(),
             // A queue kick: the queues are run below.
             q if self.common.queue_event(q).is_some() => {}
             other => log::debug!("virtio-net: unexpected event data {other}"),

@@ -5,6 +5,8 @@
 //!   frames between the queues and the backend);
 //! - `frame.rs`: pure processing of tx and rx chains (header, checksum
 //!   completion, mergeable rx buffers);
+//! - `egress.rs`: the [`EgressPolicy`], guest destinations the device
+//!   keeps from the backend (pure frame inspection);
 //! - `backend.rs`: the [`Backend`]s;
 //! - `persist.rs`: [`NetState`], what a snapshot keeps (no backend);
 //! - `event.rs`: the epoll glue.
@@ -18,6 +20,7 @@
 
 mod backend;
 mod device;
+pub mod egress;
 mod event;
 pub mod frame;
 mod persist;
@@ -27,6 +30,7 @@ use std::sync::Arc;
 
 pub use backend::{Backend, StreamBackend, TapBackend, MAX_FRAME_LEN, MIN_FRAME_LEN};
 pub use device::{format_mac, Net, NetDeviceConfig, NetError, Stats, MIN_MTU, NET_DEVICE_ID};
+pub use egress::{EgressPolicy, Ipv4Net};
 pub use persist::NetState;
 
 use crate::config::{NetBackend, NetConfig};
@@ -58,9 +62,11 @@ impl Net {
                 mac: config.mac,
                 mtu: config.mtu,
                 trusted_checksums: trusted,
+                egress: config.egress.clone(),
             },
             backend,
-        )
+        )?
+        .with_rate_limit(&config.rate_limit)
     }
 }
 

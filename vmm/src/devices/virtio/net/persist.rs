@@ -1,7 +1,9 @@
 //! What a snapshot keeps of the network device: its MAC and MTU. The
 //! backend is not saved: a restore opens the one it is given, and the
 //! config space shows the new MAC (the guest agent sets the interface's
-//! address itself).
+//! address itself). Nor is the egress policy: it belongs to the VM that
+//! runs, not to the template it may be restored from, and comes with each
+//! restore's [`crate::NetConfig`].
 
 use serde::{Deserialize, Serialize};
 
@@ -44,6 +46,7 @@ mod tests {
             mac,
             mtu: 65520,
             trusted_checksums: true,
+            egress: Default::default(),
         };
         let net = Net::new(config, Box::new(backend)).unwrap();
         let state = net.save_state();

@@ -17,7 +17,8 @@ use virtio_queue::QueueT;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::frame::{fold, ones_sum, HDR_LEN};
-use super::{Net, NetDeviceConfig, StreamBackend, MAX_FRAME_LEN};
+use super::{EgressPolicy, Ipv4Net, Net, NetDeviceConfig, StreamBackend, MAX_FRAME_LEN};
+use crate::config::NetRateLimit;
 use crate::devices::virtio::test_utils::{
     activate_context, guest_memory, read_mem, write_mem, Driver,
 };
@@ -47,6 +48,32 @@ struct Harness<'a> {
 
 impl<'a> Harness<'a> {
     fn new(mem: &'a GuestMemory, features: u64) -> Self {
+        Self::build(
+            mem,
+            features,
+            EgressPolicy::default(),
+            &NetRateLimit::default(),
+        )
+    }
+
+    pub(super) fn with_egress(mem: &'a GuestMemory, features: u64, egress: EgressPolicy) -> Self {
+        Self::build(mem, features, egress, &NetRateLimit::default())
+    }
+
+    pub(super) fn with_rate_limit(
+        mem: &'a GuestMemory,
+        features: u64,
+        limit: &NetRateLimit,
+    ) -> Self {
+        Self::build(mem, features, EgressPolicy::default(), limit)
+    }
+
+    fn build(
+        mem: &'a GuestMemory,
+        features: u64,
+        egress: EgressPolicy,
+        limit: &NetRateLimit,
+    ) -> Self {
         let (ours, peer) = UnixStream::pair().unwrap();
         peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let backend = StreamBackend::new(Arc::new(ours)).unwrap();
@@ -55,9 +82,11 @@ impl<'a> Harness<'a> {
                 mac: MAC,
                 mtu: 65520,
                 trusted_checksums: true,
+                egress,
             },
             Box::new(backend),
         )
+        .and_then(|net| net.with_rate_limit(limit))
         .unwrap();
         let dev = Arc::new(Mutex::new(net));
         let mut em = Em::new().unwrap();
@@ -262,6 +291,50 @@ fn tx_frame_reaches_the_backend() {
     h.transmit(&[&chain]);
     assert_eq!(h.backend_frames(1), vec![big]);
     assert_eq!(h.stats().tx_frames, 2);
+}
+
+/// Ethernet + IPv4 + TCP SYN 10.0.2.15:40000 -> `dst`:8080 (seq 1000).
+fn tcp_syn_frame(dst: [u8; 4]) -> Vec<u8> {
+    let mut f = eth_frame(14, 0);
+    let mut ip = vec![0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, 6, 0, 0, 10, 0, 2, 15];
+    ip.extend_from_slice(&dst);
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&40000u16.to_be_bytes());
+    f.extend_from_slice(&8080u16.to_be_bytes());
+    f.extend_from_slice(&1000u32.to_be_bytes());
+    f.extend_from_slice(&[0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0]);
+    f
+}
+
+#[test]
+fn blocked_frames_never_reach_the_backend_and_a_syn_is_reset() {
+    let mem = guest_memory(MEM_SIZE);
+    let egress = EgressPolicy {
+        blocked: vec![Ipv4Net::host(std::net::Ipv4Addr::new(10, 0, 2, 2))],
+    };
+    let mut h = Harness::with_egress(&mem, all_features(), egress);
+    h.post_rx(0, 2048);
+    // UDP to the gateway, with a checksum left to the device: dropped.
+    let udp = udp_frame_partial(b"query");
+    h.transmit(&[&hdr(1, 0, 34, 6), &udp]);
+    // A SYN to the gateway: dropped, answered with a reset.
+    h.transmit(&[&hdr(0, 0, 0, 0), &tcp_syn_frame([10, 0, 2, 2])]);
+    assert_eq!(h.tx.take_used().len(), 2, "both chains are consumed");
+    h.assert_backend_silent();
+    let s = h.stats();
+    assert_eq!((s.tx_frames, s.tx_blocked, s.rx_frames), (0, 2, 1));
+    let used = h.used_rx();
+    assert_eq!(used.len(), 1);
+    let reset = &used[0].2[HDR_LEN..];
+    assert_eq!(used[0].1 as usize, HDR_LEN + 60);
+    assert_eq!(&reset[0..6], &[2, 0, 0, 0, 0, 1], "to the guest's MAC");
+    assert_eq!(&reset[26..34], &[10, 0, 2, 2, 10, 0, 2, 15]);
+    assert_eq!(reset[34 + 13], 0x14, "RST|ACK");
+    // Other destinations still pass.
+    let ok = tcp_syn_frame([93, 184, 216, 34]);
+    h.transmit(&[&hdr(0, 0, 0, 0), &ok]);
+    assert_eq!(h.backend_frames(1), vec![ok]);
+    assert_eq!(h.stats().tx_frames, 1);
 }
 
 #[test]
@@ -581,3 +654,6 @@ fn tap_backend_in_a_private_netns() {
     .join()
     .unwrap();
 }
+
+#[path = "rate_limit_tests.rs"]
+mod rate_limit;
