@@ -7,7 +7,6 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::signals::{self, Signals};
-use crate::wait::{Wake, Watch};
 
 /// How long to wait for the VM thread after asking it to stop.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -115,11 +114,7 @@ impl VmThread {
     /// Waits until the VM thread ends (true), a signal arrives or the
     /// deadline passes (false).
     pub fn wait_done(&self, signals: Option<&Signals>, deadline: Instant) -> bool {
-        let watch = Watch {
-            signals,
-            vm_done: None,
-        };
-        matches!(watch.wait(self.done_fd(), Some(deadline)), Ok(Wake::Ready))
+        crate::wait::until_done(self.done_fd(), signals, deadline)
     }
 
     /// Stops the VM (if still running) and collects its result, waiting at

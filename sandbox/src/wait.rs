@@ -75,6 +75,16 @@ pub struct Watch<'a> {
     pub vm_done: Option<BorrowedFd<'a>>,
 }
 
+/// Waits until `done` (a VM's "ended" fd) is readable (true), a handled
+/// signal arrives or the deadline passes (false).
+pub fn until_done(done: BorrowedFd<'_>, signals: Option<&Signals>, deadline: Instant) -> bool {
+    let watch = Watch {
+        signals,
+        vm_done: None,
+    };
+    matches!(watch.wait(done, Some(deadline)), Ok(Wake::Ready))
+}
+
 impl Watch<'_> {
     /// Nothing but the fd and the deadline.
     pub fn none() -> Watch<'static> {

@@ -209,6 +209,49 @@ macro_rules! log_limited {
     }};
 }
 
+/// The logger [`log_to_stderr`] installs.
+struct StderrLogger {
+    prefix: fn() -> String,
+    keep: fn() -> bool,
+}
+
+impl log::Log for StderrLogger {
+    fn enabled(&self, _: &log::Metadata) -> bool {
+        true
+    }
+
+    fn log(&self, r: &log::Record) {
+        if (self.keep)() {
+            eprintln!(
+                "{} {} {}: {}",
+                (self.prefix)(),
+                r.level(),
+                r.target(),
+                r.args()
+            );
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+static STDERR_LOGGER: std::sync::OnceLock<StderrLogger> = std::sync::OnceLock::new();
+
+/// Sends log records to stderr, one line each starting with `prefix()`,
+/// while `keep()` allows: warnings and errors, or everything with
+/// `HUSK_DEBUG` set. The first call in a process wins.
+pub fn log_to_stderr(prefix: fn() -> String, keep: fn() -> bool) {
+    let logger = STDERR_LOGGER.get_or_init(|| StderrLogger { prefix, keep });
+    if log::set_logger(logger).is_ok() {
+        let debug = std::env::var_os("HUSK_DEBUG").is_some();
+        log::set_max_level(if debug {
+            log::LevelFilter::Debug
+        } else {
+            log::LevelFilter::Warn
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -130,34 +130,7 @@ pub fn main(root: &Path, id: &str, launch: &str) -> i32 {
 /// Sends warnings and errors of the VMM (and everything with
 /// `HUSK_DEBUG` set) to stderr, i.e. `monitor.log`.
 fn init_logging() {
-    struct Stderr;
-    impl log::Log for Stderr {
-        fn enabled(&self, _: &log::Metadata) -> bool {
-            true
-        }
-        fn log(&self, r: &log::Record) {
-            if !cap_monitor_log() {
-                return;
-            }
-            eprintln!(
-                "{} {} {}: {}",
-                crate::time::now(),
-                r.level(),
-                r.target(),
-                r.args()
-            );
-        }
-        fn flush(&self) {}
-    }
-    static LOGGER: Stderr = Stderr;
-    if log::set_logger(&LOGGER).is_ok() {
-        let debug = std::env::var_os("HUSK_DEBUG").is_some();
-        log::set_max_level(if debug {
-            log::LevelFilter::Debug
-        } else {
-            log::LevelFilter::Warn
-        });
-    }
+    vmm::logging::log_to_stderr(crate::time::now, cap_monitor_log);
 }
 
 /// The most bytes `monitor.log` holds before it becomes `monitor.log.1`

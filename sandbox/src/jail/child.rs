@@ -435,23 +435,5 @@ fn take_stdin() -> std::io::Result<OwnedFd> {
 /// Log lines on stderr (the caller's log): warnings, or everything with
 /// `HUSK_DEBUG`.
 fn init_logging() {
-    struct Stderr;
-    impl log::Log for Stderr {
-        fn enabled(&self, _: &log::Metadata) -> bool {
-            true
-        }
-        fn log(&self, r: &log::Record) {
-            eprintln!("husk-vmm {} {}: {}", r.level(), r.target(), r.args());
-        }
-        fn flush(&self) {}
-    }
-    static LOGGER: Stderr = Stderr;
-    if log::set_logger(&LOGGER).is_ok() {
-        let debug = std::env::var_os("HUSK_DEBUG").is_some();
-        log::set_max_level(if debug {
-            log::LevelFilter::Debug
-        } else {
-            log::LevelFilter::Warn
-        });
-    }
+    vmm::logging::log_to_stderr(|| "husk-vmm".to_string(), || true);
 }

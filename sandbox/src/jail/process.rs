@@ -26,7 +26,7 @@ use super::{
 use crate::contract::{self, AGENT_PORT};
 use crate::signals::Signals;
 use crate::vmthread::{VmFailure, VmResult, STOP_TIMEOUT};
-use crate::wait::{poll_readable, Wake, Watch};
+use crate::wait::poll_readable;
 
 /// How long the VMM process may take to build the VM and enter its jail.
 const LAUNCH_TIMEOUT: Duration = Duration::from_secs(120);
@@ -200,11 +200,7 @@ impl VmProcess {
     /// Waits until the VMM process exits (true), a signal arrives or the
     /// deadline passes (false).
     pub fn wait_done(&self, signals: Option<&Signals>, deadline: Instant) -> bool {
-        let watch = Watch {
-            signals,
-            vm_done: None,
-        };
-        matches!(watch.wait(self.done_fd(), Some(deadline)), Ok(Wake::Ready))
+        crate::wait::until_done(self.done_fd(), signals, deadline)
     }
 
     /// Stops the VM (if still running), waiting at most [`STOP_TIMEOUT`]
