@@ -1,7 +1,7 @@
-//! End-to-end test of the VMM's seccomp filters: the vCPU and event-loop
-//! threads of a running container's VMM are filtered (`Seccomp: 2` in
-//! their /proc status), each by its own filter, the process's other
-//! threads are not (the filters are per thread), and the guest keeps
+//! End-to-end test of the VMM's seccomp filters: every thread of a running
+//! container's jailed VMM is filtered (`Seccomp: 2` in its /proc status):
+//! the vCPU and event-loop threads, and the main thread that serves the
+//! control socket, each by the filter of its kind; and the guest keeps
 //! working under them. The filters are enforced here (no `HUSK_SECCOMP`),
 //! so a system call missing from them would kill the container's VMM.
 //!
@@ -101,10 +101,14 @@ fn vmm_threads_of_a_running_container_are_filtered() {
             assert_eq!(t.seccomp, 2, "VMM thread unfiltered: {t:?}");
         }
     }
-    // Per-thread filters (no TSYNC): the process's main thread (it only
-    // serves the control socket) is not filtered yet.
+    // The process's main thread (it only serves the control socket) runs
+    // under the control filter: no thread of the VMM is unfiltered.
     let main = all.iter().find(|t| t.tid == pid).expect("main thread");
-    assert_eq!(main.seccomp, 0, "{main:?}");
+    assert_eq!(main.seccomp, 2, "{main:?}");
+    assert!(
+        all.iter().all(|t| t.seccomp == 2),
+        "unfiltered threads: {all:?}"
+    );
 
     // The guest works under the filters (the agent's boot connection was
     // a guest-initiated vsock connection, made after the filters were

@@ -209,6 +209,12 @@ impl Vm {
         self.run_inner(false)
     }
 
+    /// The seccomp filters this VM's threads install, for a thread of the
+    /// caller's that serves the running VM ([`ThreadKind::Control`]).
+    pub fn seccomp_filters(&self) -> Arc<Filters> {
+        self.seccomp.clone()
+    }
+
     /// Like [`run_until_paused`](Vm::run_until_paused), and installs the
     /// event loop's seccomp filter on the calling thread once the loop is
     /// set up and the vCPU threads are started (see [`crate::seccomp`]).

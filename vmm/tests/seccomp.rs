@@ -5,12 +5,13 @@
 //! log mode, is let through).
 
 use std::io::Write;
+use std::os::unix::net::UnixStream;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Output};
 
 use vmm::seccomp::Filters;
 use vmm::seccomp::SeccompMode::{self, Enforce, Log};
-use vmm::seccomp::ThreadKind::{self, EventLoop, Vcpu};
+use vmm::seccomp::ThreadKind::{self, Control, EventLoop, Vcpu};
 
 /// The environment variable that makes a test run its child case.
 const CHILD: &str = "HUSK_SECCOMP_TEST_CHILD";
@@ -45,7 +46,7 @@ fn in_child(name: &str, mode: SeccompMode, kind: ThreadKind, call: fn() -> i64) 
         filters.install(kind).unwrap();
         let other = match kind {
             Vcpu => EventLoop,
-            EventLoop => Vcpu,
+            EventLoop | Control => Vcpu,
         };
         assert!(filters.install(other).is_err());
         say(INSTALLED);
@@ -206,5 +207,45 @@ fn in_log_mode_a_forbidden_call_goes_through() {
     let name = "in_log_mode_a_forbidden_call_goes_through";
     if !in_child(name, Log, Vcpu, open_file) {
         assert_survived(&child(name), 0);
+    }
+}
+
+/// The control socket's two ends, made before the filter is installed.
+static CONTROL_PAIR: std::sync::OnceLock<(UnixStream, UnixStream)> = std::sync::OnceLock::new();
+
+fn control_message() -> i64 {
+    let (a, b) = CONTROL_PAIR.get().expect("made before the filter");
+    let sent = rustix::net::sendmsg(
+        a,
+        &[std::io::IoSlice::new(b"stop")],
+        &mut rustix::net::SendAncillaryBuffer::default(),
+        rustix::net::SendFlags::empty(),
+    );
+    let mut fd = [rustix::event::PollFd::new(b, rustix::event::PollFlags::IN)];
+    let ready = rustix::event::poll(&mut fd, None);
+    let mut buf = [0u8; 8];
+    let got = rustix::net::recvmsg(
+        b,
+        &mut [std::io::IoSliceMut::new(&mut buf)],
+        &mut rustix::net::RecvAncillaryBuffer::default(),
+        rustix::net::RecvFlags::empty(),
+    );
+    i64::from(sent.is_ok() && ready == Ok(1) && got.map(|r| r.bytes).ok() == Some(4))
+}
+
+#[test]
+fn the_control_thread_polls_and_exchanges_messages() {
+    let name = "the_control_thread_polls_and_exchanges_messages";
+    CONTROL_PAIR.get_or_init(|| UnixStream::pair().unwrap());
+    if !in_child(name, Enforce, Control, control_message) {
+        assert_survived(&child(name), 1);
+    }
+}
+
+#[test]
+fn the_control_thread_opening_a_file_kills_the_process() {
+    let name = "the_control_thread_opening_a_file_kills_the_process";
+    if !in_child(name, Enforce, Control, open_file) {
+        assert_killed(&child(name));
     }
 }

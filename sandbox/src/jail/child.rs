@@ -8,8 +8,9 @@
 //! only waits); new mount, ipc and uts namespaces with private mounts;
 //! the VM is built while root; new network namespace; a tmpfs root with
 //! only the agent socket, `pivot_root`; resource limits; no groups, the
-//! jail's uid/gid, no capabilities in any set, `no_new_privs`; then
-//! `process_hardening` and only then the VM's threads.
+//! jail's uid/gid, no capabilities in any set, `no_new_privs`; then the
+//! VM's threads, each under its seccomp filter, and last the filter of the
+//! main thread, which from then on only serves the control socket.
 
 use std::ffi::CString;
 use std::os::fd::{AsFd, OwnedFd};
@@ -187,14 +188,8 @@ fn build_jailed(launch: Launch, fds: Vec<OwnedFd>) -> Result<vmm::Vm, Failure> {
     enter_root(&launch.jail)?;
     set_limits(&launch.jail)?;
     drop_privileges(launch.jail.uid, launch.jail.gid)?;
-    process_hardening();
     Ok(vm)
 }
-
-/// Process-wide hardening after the privilege drop, before any VM thread
-/// starts: the place for the process-wide part of the VMM's seccomp
-/// filters (each VM thread installs its own filter when it starts).
-fn process_hardening() {}
 
 /// Builds the VM from `spec` with the passed descriptors: the vsock
 /// listener first, then the network stream if the backend is one.
@@ -349,11 +344,15 @@ fn drop_privileges(uid: u32, gid: u32) -> Result<(), Failure> {
 
 /// Runs the VM on its `vm` thread until it ends, stopping it when asked
 /// or when the caller's end of the control socket closes; reports the end.
+/// Once the VM's threads run, this thread filters itself too
+/// ([`vmm::seccomp::ThreadKind::Control`]): every thread of the process
+/// then runs under an allow-list.
 fn serve(control: &OwnedFd, vm: vmm::Vm) -> i32 {
-    let mut thread = match VmThread::start(vm) {
+    let started = start_filtered(vm);
+    let mut thread = match started {
         Ok(t) => t,
-        Err(e) => {
-            let end = VmEnd::Failed(format!("starting the VM thread: {e}"));
+        Err(message) => {
+            let end = VmEnd::Failed(message);
             let _ = proto::send(control.as_fd(), &FromVmm::Ended(end), &[]);
             return FAILED;
         }
@@ -391,6 +390,18 @@ fn serve(control: &OwnedFd, vm: vmm::Vm) -> i32 {
     };
     let _ = proto::send(control.as_fd(), &FromVmm::Ended(end), &[]);
     0
+}
+
+/// Starts the VM's threads, then filters the calling thread with the
+/// control allow-list (stopping the VM if that fails).
+fn start_filtered(vm: vmm::Vm) -> Result<VmThread, String> {
+    let filters = vm.seccomp_filters();
+    let mut thread = VmThread::start(vm).map_err(|e| format!("starting the VM thread: {e}"))?;
+    if let Err(e) = filters.install(vmm::seccomp::ThreadKind::Control) {
+        thread.stop();
+        return Err(error_chain(&e));
+    }
+    Ok(thread)
 }
 
 /// Joins the jail's cgroup (before the fork: the VMM is born in it).

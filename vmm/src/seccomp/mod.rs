@@ -9,6 +9,11 @@
 //!   [`Vm::run_until_paused_filtered`](crate::Vm::run_until_paused_filtered)):
 //!   epoll, eventfds, timerfd, disk I/O, the network backend, vsock's Unix
 //!   sockets.
+//! - [`ThreadKind::Control`]: the thread of the jailed VMM process that
+//!   started the others and then only serves its caller (`husk-vmm`'s
+//!   main thread): poll, the control socket's messages (with descriptors),
+//!   joining the VM's thread and dropping the VM (unmapping its memory,
+//!   closing its descriptors).
 //!
 //! Each VM compiles its filters once ([`Filters::new`], BPF through the
 //! `seccompiler` crate) and each thread installs its own as it starts, after
@@ -53,6 +58,8 @@ pub enum ThreadKind {
     Vcpu,
     /// The device event loop.
     EventLoop,
+    /// The jailed VMM's main thread once the VM runs: the control socket.
+    Control,
 }
 
 /// Errors building or installing a filter.
@@ -76,6 +83,7 @@ pub struct Filters {
     mode: SeccompMode,
     vcpu: BpfProgram,
     event_loop: BpfProgram,
+    control: BpfProgram,
 }
 
 thread_local! {
@@ -86,17 +94,19 @@ thread_local! {
 impl Filters {
     /// Compiles the filters for `mode`.
     pub fn new(mode: SeccompMode) -> Result<Filters, SeccompError> {
-        let (vcpu, event_loop) = match mode {
-            SeccompMode::Disabled => (Vec::new(), Vec::new()),
+        let (vcpu, event_loop, control) = match mode {
+            SeccompMode::Disabled => (Vec::new(), Vec::new(), Vec::new()),
             _ => (
                 compile(mode, ThreadKind::Vcpu)?,
                 compile(mode, ThreadKind::EventLoop)?,
+                compile(mode, ThreadKind::Control)?,
             ),
         };
         Ok(Filters {
             mode,
             vcpu,
             event_loop,
+            control,
         })
     }
 
@@ -112,6 +122,7 @@ impl Filters {
         let program = match kind {
             ThreadKind::Vcpu => &self.vcpu,
             ThreadKind::EventLoop => &self.event_loop,
+            ThreadKind::Control => &self.control,
         };
         if self.mode == SeccompMode::Disabled {
             return Ok(());
@@ -159,8 +170,10 @@ mod tests {
     fn every_mode_compiles_and_disabled_installs_nothing() {
         for mode in [SeccompMode::Enforce, SeccompMode::Log] {
             let f = Filters::new(mode).unwrap();
-            assert!(!f.vcpu.is_empty() && !f.event_loop.is_empty());
+            assert!(!f.vcpu.is_empty() && !f.event_loop.is_empty() && !f.control.is_empty());
             assert_ne!(f.vcpu, f.event_loop);
+            assert_ne!(f.control, f.event_loop);
+            assert_ne!(f.control, f.vcpu);
         }
         let off = Filters::new(SeccompMode::Disabled).unwrap();
         off.install(ThreadKind::Vcpu).unwrap();

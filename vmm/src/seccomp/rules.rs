@@ -91,12 +91,28 @@ const EVENT_LOOP: &[i64] = &[
     libc::SYS_sendto,
 ];
 
+/// The jailed VMM's main thread, besides [`COMMON`]: waiting on the
+/// control socket and the VM thread's "done" socket (`poll`/`ppoll`),
+/// the control socket's messages (`sendmsg`/`recvmsg`, descriptors
+/// included). Dropping the VM (unmapping memory, closing descriptors) is
+/// in [`COMMON`]; it also tries to remove the vsock socket, which the
+/// jail's read-only root refuses anyway (`unlink`).
+const CONTROL: &[i64] = &[
+    libc::SYS_poll,
+    libc::SYS_ppoll,
+    libc::SYS_recvmsg,
+    libc::SYS_sendmsg,
+    libc::SYS_unlink,
+    libc::SYS_unlinkat,
+];
+
 /// The allow-list of `kind`.
 pub(super) fn allowed(kind: ThreadKind) -> Result<Rules, BackendError> {
     let mut rules: Rules = COMMON.iter().map(|&nr| (nr, Vec::new())).collect();
     let own = match kind {
         ThreadKind::Vcpu => VCPU,
         ThreadKind::EventLoop => EVENT_LOOP,
+        ThreadKind::Control => CONTROL,
     };
     rules.extend(own.iter().map(|&nr| (nr, Vec::new())));
     rules.insert(libc::SYS_mmap, no_exec(2)?);
@@ -115,6 +131,7 @@ pub(super) fn allowed(kind: ThreadKind) -> Result<Rules, BackendError> {
             rules.insert(libc::SYS_fcntl, arg_in(1, &fcntl.map(|c| c as u64))?);
             rules.insert(libc::SYS_socket, socket_rules()?);
         }
+        ThreadKind::Control => {}
     }
     Ok(rules)
 }
