@@ -11,7 +11,9 @@ use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
-use super::extract::{check_whiteout, display, owner, sanitize, ExtractError, MAX_ENTRIES};
+use super::extract::{
+    check_whiteout, display, owner, sanitize, ExtractError, HardLink, MAX_ENTRIES,
+};
 
 /// What a checked layer holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -137,22 +139,12 @@ impl Checker {
         e: &mut tar::Entry<'_, R>,
         rel: &[OsString],
     ) -> Result<(), ExtractError> {
-        let raw = e
-            .link_name()
-            .map_err(ExtractError::Tar)?
-            .ok_or_else(|| ExtractError::UnsafePath(display(rel)))?
-            .into_owned();
-        let bad = |reason| ExtractError::BadHardLink {
-            link: display(rel),
-            target: raw.to_string_lossy().into_owned(),
-            reason,
-        };
-        let target = sanitize(&raw).map_err(|_| bad("target escapes the layer"))?;
-        let target: PathBuf = target.iter().collect();
+        let link = HardLink::read(e, rel)?;
+        let target: PathBuf = link.target.iter().collect();
         match self.kinds.get(&target) {
             Some(false) => Ok(()),
-            Some(true) => Err(bad("target is a directory")),
-            None => Err(bad("target is not in the layer")),
+            Some(true) => Err(link.refuse("target is a directory")),
+            None => Err(link.refuse("target is not in the layer")),
         }
     }
 }

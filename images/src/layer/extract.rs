@@ -189,6 +189,49 @@ fn io_at(rel: &[OsString]) -> impl FnOnce(io::Error) -> ExtractError + '_ {
 }
 
 /// A whiteout's target name (after `.wh.`) must be one plain name.
+/// A hard link entry: its path, and its target checked to stay inside
+/// the layer (as sanitized components). The one reading of link targets
+/// for both extraction and [`super::check`].
+pub(crate) struct HardLink {
+    /// The link's own path, for errors.
+    link: String,
+    /// The target as the tar names it, for errors.
+    raw: PathBuf,
+    /// The target's components below the layer root.
+    pub(crate) target: Vec<OsString>,
+}
+
+impl HardLink {
+    /// Reads the target of entry `e` (at `rel`); a target that escapes the
+    /// layer is refused.
+    pub(crate) fn read<R: Read>(
+        e: &mut tar::Entry<'_, R>,
+        rel: &[OsString],
+    ) -> Result<HardLink, ExtractError> {
+        let raw = e
+            .link_name()
+            .map_err(ExtractError::Tar)?
+            .ok_or_else(|| ExtractError::UnsafePath(display(rel)))?
+            .into_owned();
+        let mut link = HardLink {
+            link: display(rel),
+            raw,
+            target: Vec::new(),
+        };
+        link.target = sanitize(&link.raw).map_err(|_| link.refuse("target escapes the layer"))?;
+        Ok(link)
+    }
+
+    /// The error refusing this link for `reason`.
+    pub(crate) fn refuse(&self, reason: &'static str) -> ExtractError {
+        ExtractError::BadHardLink {
+            link: self.link.clone(),
+            target: self.raw.to_string_lossy().into_owned(),
+            reason,
+        }
+    }
+}
+
 pub(crate) fn check_whiteout(parents: &[OsString], target: &[u8]) -> Result<(), ExtractError> {
     if target.is_empty() || target == b"." || target == b".." || target.contains(&b'/') {
         return Err(ExtractError::UnsafePath(format!(
@@ -453,17 +496,9 @@ impl Extractor {
         dest: &Path,
         rel: &[OsString],
     ) -> Result<(), ExtractError> {
-        let raw = e
-            .link_name()
-            .map_err(ExtractError::Tar)?
-            .ok_or_else(|| ExtractError::UnsafePath(display(rel)))?
-            .into_owned();
-        let bad = |reason| ExtractError::BadHardLink {
-            link: display(rel),
-            target: raw.to_string_lossy().into_owned(),
-            reason,
-        };
-        let trel = sanitize(&raw).map_err(|_| bad("target escapes the layer"))?;
+        let link = HardLink::read(e, rel)?;
+        let bad = |reason| link.refuse(reason);
+        let trel = &link.target;
         let Some((tname, tparents)) = trel.split_last() else {
             return Err(bad("target is the layer root"));
         };
