@@ -263,6 +263,11 @@ impl Runtime {
         if !c.state.status.can_kill() {
             return Err(Error::NotRunning(c.id.short().to_string()));
         }
+        self.container_event(
+            &c.config,
+            "kill",
+            &[("signal", signal.as_raw().to_string())],
+        );
         if kill_init(&c.paths, c.id.short(), signal).is_err() {
             self.kill_monitor(&c.paths, Signal::TERM, Duration::from_secs(20))?;
         }
@@ -281,6 +286,8 @@ impl Runtime {
                 .unwrap_or(true)
         };
         if !exited() {
+            let signal = c.config.stop_signal.as_raw().to_string();
+            self.container_event(&c.config, "kill", &[("signal", signal)]);
             let sent = kill_init(&c.paths, c.id.short(), c.config.stop_signal).is_ok();
             if !sent || wait_until(timeout, exited).is_err() {
                 let killed = kill_init(&c.paths, c.id.short(), Signal::KILL).is_ok();
@@ -292,6 +299,7 @@ impl Runtime {
         if wait_until(OLD_MONITOR_WAIT, || !state::monitor_alive(&c.paths)).is_err() {
             self.kill_monitor(&c.paths, Signal::KILL, Duration::from_secs(10))?;
         }
+        self.container_event(&c.config, "stop", &[]);
         Ok(())
     }
 

@@ -18,6 +18,7 @@ use husk_runtime::Runtime;
 
 use super::image::RootArgs;
 
+pub(crate) use inspect::render as render_template;
 pub use interactive::ExitWith;
 pub use run::{CreateArgs, RunArgs};
 

@@ -10,6 +10,9 @@ pub mod system;
 pub mod vm;
 pub mod volume;
 
+// Day-2 operations (issue #14).
+pub mod events;
+
 use clap::Subcommand;
 
 #[derive(Subcommand)]
@@ -33,6 +36,8 @@ pub enum Command {
     /// Manage husk itself (warm-start templates).
     #[command(subcommand)]
     System(system::SystemCommand),
+    /// Get real time events from the store's event log.
+    Events(events::EventsArgs),
 }
 
 /// Runs a subcommand and returns the exit code.
@@ -46,5 +51,6 @@ pub fn run(command: Command) -> anyhow::Result<i32> {
         Command::Login(a) => login::login(a),
         Command::Logout(a) => login::logout(a),
         Command::System(c) => system::run(c),
+        Command::Events(a) => events::events(a),
     }
 }

@@ -185,6 +185,9 @@ fn rotate_full(path: &Path, current: BorrowedFd<'_>, max: u64) -> std::io::Resul
 pub(crate) struct Recorder {
     paths: ContainerPaths,
     state: State,
+    // Day-2 operations (issue #14): events.
+    events: crate::events::EventLog,
+    config: ContainerConfig,
 }
 
 impl Recorder {
@@ -192,6 +195,15 @@ impl Recorder {
         if let Err(e) = self.state.write(&self.paths) {
             eprintln!("husk monitor: recording the state: {e}");
         }
+    }
+
+    /// Records container event `action`.
+    pub(crate) fn event(&self, action: &str, extra: &[(&str, String)]) {
+        self.events.record(&crate::events::Event::container(
+            &self.config,
+            action,
+            extra,
+        ));
     }
 
     /// The container exists in the guest and its init process is held.
@@ -223,6 +235,7 @@ impl Recorder {
         self.state.error = end.error.as_ref().map(|(_, d)| d.clone());
         self.state.finished_at = Some(crate::time::now());
         self.write();
+        self.event("die", &[("exitCode", end.code.to_string())]);
         report_last(ready::EXITED);
     }
 }
@@ -284,7 +297,10 @@ fn run(root: &Path, id: &str, launch: &str) -> Result<i32, Error> {
     let mut recorder = Recorder {
         paths: paths.clone(),
         state,
+        events: rt.events(),
+        config: cfg.clone(),
     };
+    recorder.event("start", &[]);
     let mut config = boot::sandbox_config(
         &cfg,
         &paths,

@@ -170,7 +170,7 @@ fn host_config(cfg: &ContainerConfig) -> Value {
 
 /// Replaces `{{.A.B}}` paths (and `{{json .A}}`) with values from `doc`;
 /// strings print bare, everything else as JSON.
-fn render(format: &str, doc: &Value) -> String {
+pub(crate) fn render(format: &str, doc: &Value) -> String {
     let mut out = String::new();
     let mut rest = format;
     while let Some(start) = rest.find("{{") {
