@@ -333,7 +333,7 @@ pub fn parse_time(s: &str, now_nanos: i128) -> Option<i128> {
 }
 
 /// Go's `time.ParseDuration` subset: `1h30m`, `10m`, `90s`, `250ms`.
-fn parse_duration(s: &str) -> Option<i128> {
+pub fn parse_duration(s: &str) -> Option<i128> {
     let mut total: i128 = 0;
     let mut rest = s;
     if rest.is_empty() || !rest.starts_with(|c: char| c.is_ascii_digit()) {

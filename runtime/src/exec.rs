@@ -89,6 +89,11 @@ pub fn connect_agent(paths: &ContainerPaths, short_id: &str) -> Result<AgentConn
     if !state.status.can_exec() {
         return Err(Error::NotRunning(short_id.to_string()));
     }
+    if state.paused {
+        return Err(Error::Invalid(format!(
+            "Container {short_id} is paused, unpause the container before exec"
+        )));
+    }
     let sock = ShortPath::new(&paths.dir, ContainerPaths::VSOCK)?;
     AgentConnection::connect_exec(sock.path(), CONNECT_TIMEOUT).map_err(|e| match e {
         AgentError::Connect(vsock::ConnectError::Refused { .. }) if state.pid.is_none() => {

@@ -39,6 +39,9 @@ pub mod volume;
 
 // Day-2 operations (issue #14): the event log.
 pub mod events;
+pub mod health;
+mod pause;
+pub mod restart;
 
 /// Signals as a pollable fd and Docker's signal names (from the sandbox
 /// layer).

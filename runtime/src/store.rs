@@ -193,6 +193,8 @@ impl Runtime {
                 log_config: plan.log_config,
                 annotations: plan.annotations,
                 io_limits: plan.io_limits,
+                restart_policy: plan.restart_policy,
+                health: plan.health,
             };
             State::created().write(&paths)?;
             self.publish(&id, config, plan.name.as_deref(), &tmp)

@@ -12,6 +12,7 @@ pub mod volume;
 
 // Day-2 operations (issue #14).
 pub mod events;
+pub mod generate;
 
 use clap::Subcommand;
 
@@ -38,6 +39,9 @@ pub enum Command {
     System(system::SystemCommand),
     /// Get real time events from the store's event log.
     Events(events::EventsArgs),
+    /// Generate files for other tools (a systemd unit).
+    #[command(subcommand)]
+    Generate(generate::GenerateCommand),
 }
 
 /// Runs a subcommand and returns the exit code.
@@ -52,5 +56,6 @@ pub fn run(command: Command) -> anyhow::Result<i32> {
         Command::Logout(a) => login::logout(a),
         Command::System(c) => system::run(c),
         Command::Events(a) => events::events(a),
+        Command::Generate(c) => generate::run(c),
     }
 }

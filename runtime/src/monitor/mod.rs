@@ -227,8 +227,45 @@ impl Recorder {
         }
     }
 
+    /// The VM was paused (`true`) or resumed.
+    pub(crate) fn paused(&mut self, paused: bool) {
+        self.state.paused = paused;
+        self.write();
+        self.event(if paused { "pause" } else { "unpause" }, &[]);
+    }
+
+    /// The container waits for its `count`th restart (the policy's).
+    pub(crate) fn restarting(&mut self, count: u32) {
+        self.state.status = Status::Running;
+        self.state.restarting = true;
+        self.state.restart_count = count;
+        self.write();
+    }
+
+    /// The container is not restarted after all (stopped while waiting).
+    pub(crate) fn stays_down(&mut self) {
+        self.state.status = Status::Exited;
+        self.state.restarting = false;
+        self.write();
+    }
+
+    /// The container is restarted: running again.
+    pub(crate) fn restarted(&mut self) {
+        self.state.status = Status::Running;
+        self.state.restarting = false;
+        self.state.pid = None;
+        self.state.error = None;
+        self.state.oom_killed = false;
+        self.state.started_at = Some(crate::time::now());
+        self.state.start_count += 1;
+        self.write();
+        self.event("restart", &[]);
+        self.event("start", &[]);
+    }
+
     /// The container ended.
     pub(crate) fn ended(&mut self, end: &End) {
+        self.state.paused = false;
         self.state.status = Status::Exited;
         self.state.pid = None;
         self.state.exit_code = Some(end.code);
@@ -270,7 +307,7 @@ fn run(root: &Path, id: &str, launch: &str) -> Result<i32, Error> {
     let attach = ShortPath::new(&paths.dir, ContainerPaths::ATTACH)?;
     let attach_listener = bind(attach.path())?;
     let vsock = ShortPath::new(&paths.dir, ContainerPaths::VSOCK)?;
-    let clients =
+    let mut clients =
         clients::Clients::new(attach_listener).map_err(io_err("configuring the attach socket"))?;
 
     let previous = State::read(&paths).unwrap_or_else(|_| State::created());
@@ -287,6 +324,9 @@ fn run(root: &Path, id: &str, launch: &str) -> Result<i32, Error> {
         template: None,
         oom_killed: false,
         jail: None,
+        paused: false,
+        restart_count: 0,
+        restarting: false,
     };
     state.write(&paths)?;
     let gate = match (hold, &mode) {
@@ -325,31 +365,35 @@ fn run(root: &Path, id: &str, launch: &str) -> Result<i32, Error> {
     }
 
     let guest_net = boot::GuestNet::of(&network, &cfg.hostname);
-    let (end, mut clients) = match Sandbox::start(&config, Some(&signals)) {
-        Ok(mut sandbox) => {
-            recorder.state.template = sandbox.template().map(String::from);
-            recorder.state.jail = sandbox.jail().cloned();
-            let mut session = Session::new(
-                &cfg,
-                &paths,
-                &signals,
-                &mut sandbox,
-                clients,
-                local,
-                gate,
-                &mut recorder,
-            );
-            session.guest_net = guest_net;
-            session.run()
+    // The restart policy: the same VM configuration boots again (warm,
+    // from the template, unless that failed), on the same writable disk.
+    let mut restarts = crate::restart::Restarts::new(cfg.restart_policy);
+    let run = Run {
+        cfg: &cfg,
+        paths: &paths,
+        signals: &signals,
+        config: &config,
+        guest_net: &guest_net,
+    };
+    let mut local = Some(local);
+    let mut gate = gate;
+    let (end, mut clients) = loop {
+        let began = std::time::Instant::now();
+        let local = local.take().unwrap_or_default();
+        let (end, back) = run.once(clients, local, gate, &mut recorder);
+        clients = back;
+        let stopped = paths.user_stop().exists();
+        let Some(delay) = restarts.next(end.code, began.elapsed(), stopped) else {
+            break (end, clients);
+        };
+        recorder.restarting(restarts.count);
+        if !back_off(&signals, delay) || paths.user_stop().exists() {
+            recorder.stays_down();
+            break (end, clients);
         }
-        Err(e) => {
-            let end = End {
-                code: 125,
-                error: Some((husk_protocol::ErrorCode::Internal, error_chain(&e))),
-            };
-            recorder.ended(&end);
-            (end, clients)
-        }
+        clients.restart();
+        gate = Gate::Open;
+        recorder.restarted();
     };
     let _ = std::fs::remove_file(attach.path());
     // The VM is gone: its volumes and ports are free for others.
@@ -362,6 +406,74 @@ fn run(root: &Path, id: &str, launch: &str) -> Result<i32, Error> {
     }
     clients.finish(end.notice());
     Ok(end.code)
+}
+
+/// What every run of the container's VM shares.
+struct Run<'a> {
+    cfg: &'a ContainerConfig,
+    paths: &'a ContainerPaths,
+    signals: &'a Signals,
+    config: &'a husk_sandbox::SandboxConfig,
+    guest_net: &'a boot::GuestNet,
+}
+
+impl Run<'_> {
+    /// Boots the VM and runs the container to its end.
+    fn once(
+        &self,
+        clients: clients::Clients,
+        local: LocalStdio,
+        gate: Gate,
+        recorder: &mut Recorder,
+    ) -> (End, clients::Clients) {
+        match Sandbox::start(self.config, Some(self.signals)) {
+            Ok(mut sandbox) => {
+                recorder.state.template = sandbox.template().map(String::from);
+                recorder.state.jail = sandbox.jail().cloned();
+                let mut session = Session::new(
+                    self.cfg,
+                    self.paths,
+                    self.signals,
+                    &mut sandbox,
+                    clients,
+                    local,
+                    gate,
+                    recorder,
+                );
+                session.guest_net = self.guest_net.clone();
+                session.run()
+            }
+            Err(e) => {
+                let end = End {
+                    code: 125,
+                    error: Some((husk_protocol::ErrorCode::Internal, error_chain(&e))),
+                };
+                recorder.ended(&end);
+                (end, clients)
+            }
+        }
+    }
+}
+
+/// Waits `delay` before a restart; false if told to stop meanwhile
+/// (SIGTERM, SIGINT: `husk stop`'s last resort).
+fn back_off(signals: &Signals, delay: std::time::Duration) -> bool {
+    let deadline = std::time::Instant::now() + delay;
+    loop {
+        match husk_sandbox::wait::poll_readable(&[signals.as_fd()], Some(deadline)) {
+            Ok(ready) if ready.is_empty() => return true,
+            Ok(_) => {
+                if signals
+                    .take()
+                    .iter()
+                    .any(|s| matches!(*s, libc::SIGTERM | libc::SIGINT))
+                {
+                    return false;
+                }
+            }
+            Err(_) => return false,
+        }
+    }
 }
 
 /// Binds a Unix socket at `path`, replacing a stale socket file.
