@@ -315,12 +315,15 @@ impl Job {
         let deadline = Instant::now() + self.check.timeout;
         let mut output = Vec::new();
         loop {
-            let msg = conn.next(&Watch::none(), Some(deadline)).map_err(|_| {
-                format!(
-                    "Health check exceeded timeout ({}s)",
-                    self.check.timeout.as_secs_f64()
-                )
-            })?;
+            let msg = conn
+                .next(&Watch::none(), Some(deadline))
+                .map_err(|e| match e {
+                    husk_sandbox::AgentError::Timeout => format!(
+                        "Health check exceeded timeout ({}s)",
+                        self.check.timeout.as_secs_f64()
+                    ),
+                    other => failed(other),
+                })?;
             match msg {
                 Message::Stdout(b) | Message::Stderr(b) => {
                     let room = MAX_OUTPUT.saturating_sub(output.len());

@@ -51,6 +51,12 @@ fn actions(json_lines: &str) -> Vec<String> {
         .collect()
 }
 
+/// An `--until` for a follower: it ends by itself even if the test fails
+/// before it signals it.
+fn follow_until() -> String {
+    (unix_now() + VM_TIMEOUT.as_secs()).to_string()
+}
+
 /// The number of lines the container logged so far.
 fn log_lines(env: &Env, name: &str) -> usize {
     env.ok(&["logs", name]).lines().count()
@@ -120,6 +126,8 @@ fn events_of_a_run_and_a_followed_pause_unpause_stop() {
         "events",
         "--since",
         &t0.to_string(),
+        "--until",
+        &follow_until(),
         "--filter",
         "container=ev2",
         "--format",
@@ -224,6 +232,8 @@ fn restart_policies_on_failure_and_always() {
         "events",
         "--since",
         &t0.to_string(),
+        "--until",
+        &follow_until(),
         "--filter",
         "event=die",
         "--filter",
@@ -324,6 +334,8 @@ fn health_check_turns_healthy_then_unhealthy() {
         "events",
         "--since",
         &t0.to_string(),
+        "--until",
+        &follow_until(),
         "--filter",
         "container=hc",
         "--filter",
@@ -343,6 +355,9 @@ fn health_check_turns_healthy_then_unhealthy() {
         "1s",
         "--health-retries",
         "2",
+        // Generous: an exec takes tens of seconds on a loaded nested host.
+        "--health-timeout",
+        "150s",
         IMAGE,
         "sh",
         "-c",

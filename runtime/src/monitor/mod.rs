@@ -307,7 +307,7 @@ fn run(root: &Path, id: &str, launch: &str) -> Result<i32, Error> {
     let attach = ShortPath::new(&paths.dir, ContainerPaths::ATTACH)?;
     let attach_listener = bind(attach.path())?;
     let vsock = ShortPath::new(&paths.dir, ContainerPaths::VSOCK)?;
-    let mut clients =
+    let clients =
         clients::Clients::new(attach_listener).map_err(io_err("configuring the attach socket"))?;
 
     let previous = State::read(&paths).unwrap_or_else(|_| State::created());
@@ -365,9 +365,6 @@ fn run(root: &Path, id: &str, launch: &str) -> Result<i32, Error> {
     }
 
     let guest_net = boot::GuestNet::of(&network, &cfg.hostname);
-    // The restart policy: the same VM configuration boots again (warm,
-    // from the template, unless that failed), on the same writable disk.
-    let mut restarts = crate::restart::Restarts::new(cfg.restart_policy);
     let run = Run {
         cfg: &cfg,
         paths: &paths,
@@ -375,26 +372,7 @@ fn run(root: &Path, id: &str, launch: &str) -> Result<i32, Error> {
         config: &config,
         guest_net: &guest_net,
     };
-    let mut local = Some(local);
-    let mut gate = gate;
-    let (end, mut clients) = loop {
-        let began = std::time::Instant::now();
-        let local = local.take().unwrap_or_default();
-        let (end, back) = run.once(clients, local, gate, &mut recorder);
-        clients = back;
-        let stopped = paths.user_stop().exists();
-        let Some(delay) = restarts.next(end.code, began.elapsed(), stopped) else {
-            break (end, clients);
-        };
-        recorder.restarting(restarts.count);
-        if !back_off(&signals, delay) || paths.user_stop().exists() {
-            recorder.stays_down();
-            break (end, clients);
-        }
-        clients.restart();
-        gate = Gate::Open;
-        recorder.restarted();
-    };
+    let (end, mut clients) = run.with_policy(clients, local, gate, &mut recorder);
     let _ = std::fs::remove_file(attach.path());
     // The VM is gone: its volumes and ports are free for others.
     network.stop();
@@ -418,6 +396,38 @@ struct Run<'a> {
 }
 
 impl Run<'_> {
+    /// Runs the container, and again as its restart policy says: the same
+    /// VM configuration boots again (warm, from the template, unless that
+    /// failed), on the same writable disk, after the policy's back-off.
+    fn with_policy(
+        &self,
+        mut clients: clients::Clients,
+        local: LocalStdio,
+        mut gate: Gate,
+        recorder: &mut Recorder,
+    ) -> (End, clients::Clients) {
+        let mut restarts = crate::restart::Restarts::new(self.cfg.restart_policy);
+        let mut local = Some(local);
+        loop {
+            let began = std::time::Instant::now();
+            let local = local.take().unwrap_or_default();
+            let (end, back) = self.once(clients, local, gate, recorder);
+            clients = back;
+            let stopped = self.paths.user_stop().exists();
+            let Some(delay) = restarts.next(end.code, began.elapsed(), stopped) else {
+                return (end, clients);
+            };
+            recorder.restarting(restarts.count);
+            if !back_off(self.signals, delay) || self.paths.user_stop().exists() {
+                recorder.stays_down();
+                return (end, clients);
+            }
+            clients.restart();
+            gate = Gate::Open;
+            recorder.restarted();
+        }
+    }
+
     /// Boots the VM and runs the container to its end.
     fn once(
         &self,
