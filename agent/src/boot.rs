@@ -200,6 +200,8 @@ pub fn variant(msg: &Message) -> &'static str {
         Message::ExportLayer => "ExportLayer",
         Message::LayerChunk(_) => "LayerChunk",
         Message::LayerEnd { .. } => "LayerEnd",
+        Message::Pause => "Pause",
+        Message::Resume => "Resume",
     }
 }
 

@@ -117,6 +117,12 @@ pub enum Message {
         /// Its size in bytes (the sum of the chunks).
         bytes: u64,
     },
+    // `husk pause` / `husk unpause` (issue #14).
+    /// Client -> monitor, on its attach socket after `Hello` (instead of
+    /// attaching): suspend the VM's vCPUs. Answered `Ok` or `Error`.
+    Pause,
+    /// Client -> monitor: resume a paused VM. Answered `Ok` or `Error`.
+    Resume,
 }
 
 /// A container's root filesystem and environment (see

@@ -94,6 +94,13 @@ pub struct ContainerConfig {
     /// `--net-bps`); none by default.
     #[serde(default, skip_serializing_if = "IoLimits::is_unlimited")]
     pub io_limits: IoLimits,
+    // Day-2 operations (issue #14).
+    /// `--restart` (the monitor restarts the VM as it says).
+    #[serde(default)]
+    pub restart_policy: crate::restart::RestartPolicy,
+    /// The health check (flags over the image's `HEALTHCHECK`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<crate::health::HealthConfig>,
 }
 
 /// Rate limits on the container VM's devices; 0 is unlimited. Each is a

@@ -89,6 +89,11 @@ pub fn connect_agent(paths: &ContainerPaths, short_id: &str) -> Result<AgentConn
     if !state.status.can_exec() {
         return Err(Error::NotRunning(short_id.to_string()));
     }
+    if state.paused {
+        return Err(Error::Invalid(format!(
+            "Container {short_id} is paused, unpause the container before exec"
+        )));
+    }
     let sock = ShortPath::new(&paths.dir, ContainerPaths::VSOCK)?;
     AgentConnection::connect_exec(sock.path(), CONNECT_TIMEOUT).map_err(|e| match e {
         AgentError::Connect(vsock::ConnectError::Refused { .. }) if state.pid.is_none() => {
@@ -110,16 +115,33 @@ impl Runtime {
         let req = opts.request(&c.config)?;
         let mut conn = connect_agent(&c.paths, c.id.short())?;
         let failed = |e: AgentError| Error::Agent(crate::error_chain(&e));
+        let cmd = opts.argv.join(" ");
+        self.container_event(&c.config, &format!("exec_create: {cmd}"), &[]);
         conn.send(&Message::Exec(req)).map_err(failed)?;
         conn.set_write_timeout(None).map_err(failed)?;
+        self.container_event(&c.config, &format!("exec_start: {cmd}"), &[]);
         Ok(conn)
+    }
+
+    /// Records the end of an exec session started by
+    /// [`Runtime::exec_start`] (`exec_die`, with its exit code if known).
+    pub fn exec_died(&self, name: &str, exit_code: Option<i32>) {
+        if let Ok(c) = self.container(name) {
+            let extra: Vec<(&str, String)> = exit_code
+                .map(|code| ("exitCode", code.to_string()))
+                .into_iter()
+                .collect();
+            self.container_event(&c.config, "exec_die", &extra);
+        }
     }
 
     /// Runs `opts` in container `name` with the given local stdio and
     /// returns how it ended.
     pub fn exec(&self, name: &str, opts: &ExecOptions, io: &ClientIo) -> Result<Outcome, Error> {
         let mut conn = self.exec_start(name, opts)?;
-        relay::relay(&mut conn, io).map_err(|e| Error::Agent(crate::error_chain(&e)))
+        let outcome = relay::relay(&mut conn, io).map_err(|e| Error::Agent(crate::error_chain(&e)));
+        self.exec_died(name, outcome.as_ref().ok().and_then(Outcome::exit_code));
+        outcome
     }
 }
 

@@ -122,6 +122,11 @@ impl ContainerPaths {
     pub fn monitor_log(&self) -> PathBuf {
         self.dir.join("monitor.log")
     }
+    /// Present once the user stopped or killed the container: its restart
+    /// policy does not apply until the next `start`.
+    pub fn user_stop(&self) -> PathBuf {
+        self.dir.join("user-stop")
+    }
     /// Name of the VM's vsock socket inside the directory.
     pub const VSOCK: &'static str = "vsock.sock";
     /// Name of the attach socket inside the directory.

@@ -37,6 +37,12 @@ mod store;
 pub mod time;
 pub mod volume;
 
+// Day-2 operations (issue #14): the event log.
+pub mod events;
+pub mod health;
+mod pause;
+pub mod restart;
+
 /// Signals as a pollable fd and Docker's signal names (from the sandbox
 /// layer).
 pub use husk_sandbox::signals;
@@ -192,5 +198,21 @@ impl Runtime {
     /// The image store under the same root.
     pub fn image_store(&self) -> Result<images::Store, Error> {
         Ok(images::Store::open(self.layout.root())?)
+    }
+
+    /// The event log under the same root.
+    pub fn events(&self) -> events::EventLog {
+        events::EventLog::new(&self.layout)
+    }
+
+    /// Records container event `action` (with `extra` attributes).
+    pub(crate) fn container_event(
+        &self,
+        cfg: &ContainerConfig,
+        action: &str,
+        extra: &[(&str, String)],
+    ) {
+        self.events()
+            .record(&events::Event::container(cfg, action, extra));
     }
 }

@@ -176,6 +176,7 @@ impl Runtime {
         wait_until(OLD_MONITOR_WAIT, || !state::monitor_alive(&c.paths))
             .map_err(|_| Error::Timeout("waiting for the previous run's monitor to exit".into()))?;
         let (stdio, fds) = split_stdio(stdio)?;
+        let _ = std::fs::remove_file(c.paths.user_stop());
         let launch = Launch { stdio, hold };
         let mut child = self.spawn_monitor(&c.id, &c.paths, &launch, &fds)?;
         let out = child
@@ -263,6 +264,13 @@ impl Runtime {
         if !c.state.status.can_kill() {
             return Err(Error::NotRunning(c.id.short().to_string()));
         }
+        self.unpause_for_kill(&c)?;
+        mark_user_stop(&c.paths);
+        self.container_event(
+            &c.config,
+            "kill",
+            &[("signal", signal.as_raw().to_string())],
+        );
         if kill_init(&c.paths, c.id.short(), signal).is_err() {
             self.kill_monitor(&c.paths, Signal::TERM, Duration::from_secs(20))?;
         }
@@ -280,7 +288,11 @@ impl Runtime {
                 .map(|s| !s.status.can_kill())
                 .unwrap_or(true)
         };
+        mark_user_stop(&c.paths);
         if !exited() {
+            self.unpause_for_kill(&c)?;
+            let signal = c.config.stop_signal.as_raw().to_string();
+            self.container_event(&c.config, "kill", &[("signal", signal)]);
             let sent = kill_init(&c.paths, c.id.short(), c.config.stop_signal).is_ok();
             if !sent || wait_until(timeout, exited).is_err() {
                 let killed = kill_init(&c.paths, c.id.short(), Signal::KILL).is_ok();
@@ -292,6 +304,7 @@ impl Runtime {
         if wait_until(OLD_MONITOR_WAIT, || !state::monitor_alive(&c.paths)).is_err() {
             self.kill_monitor(&c.paths, Signal::KILL, Duration::from_secs(10))?;
         }
+        self.container_event(&c.config, "stop", &[]);
         Ok(())
     }
 
@@ -356,6 +369,13 @@ fn kill_init(paths: &ContainerPaths, short_id: &str, signal: Signal) -> Result<(
     let deadline = Instant::now() + crate::exec::CONNECT_TIMEOUT;
     conn.kill_init(signal.as_raw(), deadline)
         .map_err(|e| Error::Agent(crate::error_chain(&e)))
+}
+
+/// Marks the container stopped by the user (its restart policy stops).
+fn mark_user_stop(paths: &ContainerPaths) {
+    if let Err(e) = std::fs::write(paths.user_stop(), b"") {
+        log::warn!("marking {} stopped: {e}", paths.dir.display());
+    }
 }
 
 /// The error for a container whose process ended during `start`, or

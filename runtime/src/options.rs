@@ -88,6 +88,11 @@ pub struct CreateOptions {
     pub log_config: crate::logs::LogConfig,
     /// `--disk-bps`, `--disk-iops`, `--net-bps`.
     pub io_limits: crate::config::IoLimits,
+    // Day-2 operations (issue #14).
+    /// `--restart`.
+    pub restart_policy: crate::restart::RestartPolicy,
+    /// `--health-*`, `--no-healthcheck`.
+    pub health: crate::health::HealthFlags,
 }
 
 /// A volume to mount (the CLI's `-v`).

@@ -87,6 +87,11 @@ pub struct ContainerPlan {
     pub annotations: BTreeMap<String, String>,
     /// Disk and network rate limits.
     pub io_limits: crate::config::IoLimits,
+    // Day-2 operations (issue #14).
+    /// The restart policy.
+    pub restart_policy: crate::restart::RestartPolicy,
+    /// The health check.
+    pub health: Option<crate::health::HealthConfig>,
 }
 
 impl ContainerPlan {
@@ -123,11 +128,18 @@ impl ContainerPlan {
             log_config: Default::default(),
             annotations: BTreeMap::new(),
             io_limits: Default::default(),
+            restart_policy: Default::default(),
+            health: None,
         }
     }
 
     /// Checks what the store cannot fix later: name, layers, sizes, files.
     pub fn check(&self) -> Result<(), Error> {
+        if self.auto_remove && !self.restart_policy.is_none() {
+            return Err(Error::Invalid(
+                "Conflicting options: --restart and --rm".into(),
+            ));
+        }
         if let Some(n) = &self.name {
             if !crate::id::valid_name(n.trim_start_matches('/')) {
                 return Err(Error::InvalidName(n.clone()));
@@ -267,7 +279,23 @@ impl Runtime {
             security_flags: opts.security_flags.clone(),
             log_config: opts.log_config,
             io_limits: opts.io_limits,
+            restart_policy: opts.restart_policy,
+            health: opts
+                .health
+                .resolve(image_healthcheck(&store, &image).as_ref())
+                .map_err(Error::Invalid)?,
             ..ContainerPlan::new(process, layers, boot)
         })
     }
+}
+
+/// The image's `HEALTHCHECK` (Docker's config field, which the OCI config
+/// type does not keep: read from the config blob).
+fn image_healthcheck(
+    store: &images::Store,
+    image: &images::Image,
+) -> Option<crate::health::ImageHealthcheck> {
+    let raw = store.read_blob(&image.id).ok()?;
+    let doc: serde_json::Value = serde_json::from_slice(&raw).ok()?;
+    serde_json::from_value(doc.get("config")?.get("Healthcheck")?.clone()).ok()
 }

@@ -173,6 +173,19 @@ pub struct State {
     /// ran unjailed in the monitor).
     #[serde(default)]
     pub jail: Option<husk_sandbox::JailInfo>,
+    // Day-2 operations (issue #14).
+    /// The VM's vCPUs are suspended (`husk pause`; Docker's
+    /// `State.Paused`, status `paused`).
+    #[serde(default)]
+    pub paused: bool,
+    /// Restarts by the restart policy since the last `start` (Docker's
+    /// `RestartCount`).
+    #[serde(default)]
+    pub restart_count: u32,
+    /// Waiting to be restarted by the restart policy (Docker's
+    /// `State.Restarting`, status `restarting`).
+    #[serde(default)]
+    pub restarting: bool,
 }
 
 /// The typed entries of `ports`; strings (`80/tcp -> 0.0.0.0:8080`, from
@@ -210,6 +223,9 @@ impl State {
             template: None,
             oom_killed: false,
             jail: None,
+            paused: false,
+            restart_count: 0,
+            restarting: false,
         }
     }
 
@@ -243,11 +259,24 @@ impl State {
         self.status = Status::Exited;
         self.pid = None;
         self.exit_code = Some(MONITOR_DIED_CODE);
+        self.paused = false;
+        self.restarting = false;
         self.error = Some(MONITOR_DIED.to_string());
         if self.finished_at.is_none() {
             self.finished_at = Some(crate::time::now());
         }
         self
+    }
+
+    /// Docker's status word: `paused` for a paused running container.
+    pub fn status_word(&self) -> &'static str {
+        if self.restarting && self.status == Status::Running {
+            "restarting"
+        } else if self.paused && self.status == Status::Running {
+            "paused"
+        } else {
+            self.status.as_str()
+        }
     }
 
     /// Whether a monitor is (still) at work on this container.

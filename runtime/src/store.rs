@@ -193,6 +193,8 @@ impl Runtime {
                 log_config: plan.log_config,
                 annotations: plan.annotations,
                 io_limits: plan.io_limits,
+                restart_policy: plan.restart_policy,
+                health: plan.health,
             };
             State::created().write(&paths)?;
             self.publish(&id, config, plan.name.as_deref(), &tmp)
@@ -203,6 +205,9 @@ impl Runtime {
             }
             let _ = fs::remove_dir_all(&tmp);
             return Err(e);
+        }
+        if let Ok(c) = self.container(id.as_str()) {
+            self.container_event(&c.config, "create", &[]);
         }
         Ok(id)
     }
@@ -336,6 +341,7 @@ impl Runtime {
                 Err(e) => return Err(io_err(format!("removing {}", dir.display()))(e)),
             }
         }
+        self.container_event(config, "destroy", &[]);
         // A concurrent listing may be sweeping the same directory.
         if let Err(e) = fs::remove_dir_all(&doomed) {
             if doomed.exists() && fs::remove_dir_all(&doomed).is_err() && doomed.exists() {

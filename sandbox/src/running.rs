@@ -5,6 +5,7 @@
 use std::os::fd::{BorrowedFd, RawFd};
 use std::time::{Duration, Instant};
 
+use crate::jail::proto::ToVmm;
 use crate::jail::{JailInfo, VmProcess};
 use crate::signals::Signals;
 use crate::vmthread::{PauseError, VmResult, VmThread};
@@ -75,6 +76,24 @@ impl RunningVm {
             RunningVm::Jailed(_) => Err(PauseError::Ended(
                 "a jailed VM cannot be paused into this process".into(),
             )),
+        }
+    }
+
+    /// Suspends the VM's vCPUs and devices (`husk pause`) until
+    /// [`RunningVm::resume`]; the VM stays this process's (or its jailed
+    /// process's), and [`RunningVm::done_fd`] does not become readable.
+    pub fn suspend(&mut self, timeout: Duration) -> Result<(), PauseError> {
+        match self {
+            RunningVm::Thread(t) => t.suspend(timeout),
+            RunningVm::Jailed(p) => p.control(ToVmm::Pause, timeout),
+        }
+    }
+
+    /// Resumes a VM suspended by [`RunningVm::suspend`].
+    pub fn resume(&mut self, timeout: Duration) -> Result<(), PauseError> {
+        match self {
+            RunningVm::Thread(t) => t.resume().map_err(|e| PauseError::Ended(e.to_string())),
+            RunningVm::Jailed(p) => p.control(ToVmm::Resume, timeout),
         }
     }
 

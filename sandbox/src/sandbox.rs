@@ -406,6 +406,16 @@ impl Sandbox {
         self.vm.pause(timeout)
     }
 
+    /// Suspends the VM (`husk pause`, see [`RunningVm::suspend`]).
+    pub fn suspend(&mut self, timeout: Duration) -> Result<(), PauseError> {
+        self.vm.suspend(timeout)
+    }
+
+    /// Resumes a suspended VM (`husk unpause`).
+    pub fn resume(&mut self, timeout: Duration) -> Result<(), PauseError> {
+        self.vm.resume(timeout)
+    }
+
     /// Asks the VM to stop (returns at once).
     pub fn request_stop(&self) {
         self.vm.request_stop();

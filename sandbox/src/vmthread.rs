@@ -64,6 +64,9 @@ pub struct VmThread {
     done: UnixStream,
     handle: Option<JoinHandle<ThreadResult>>,
     result: Option<VmResult>,
+    // Suspended (`husk pause`): the VM held here, and the other end of
+    // `done`, kept open so that `done` stays unreadable meanwhile.
+    held: Option<(vmm::Vm, UnixStream)>,
 }
 
 impl VmThread {
@@ -71,7 +74,19 @@ impl VmThread {
     pub fn start(vm: vmm::Vm) -> io::Result<Self> {
         let stop = vm.stop_handle();
         let (done, notify) = UnixStream::pair()?;
-        let handle = signals::blocked_in_new_threads(|| {
+        let handle = Self::spawn(vm, notify)?;
+        Ok(Self {
+            stop,
+            done,
+            handle: Some(handle),
+            result: None,
+            held: None,
+        })
+    }
+
+    /// Runs `vm` on a new `vm` thread that closes `notify` when it ends.
+    fn spawn(vm: vmm::Vm, notify: UnixStream) -> io::Result<JoinHandle<ThreadResult>> {
+        signals::blocked_in_new_threads(|| {
             std::thread::Builder::new()
                 .name("vm".into())
                 .spawn(move || {
@@ -80,13 +95,37 @@ impl VmThread {
                     drop(notify);
                     (result, HandBack(Some(vm)))
                 })
-        })?;
-        Ok(Self {
-            stop,
-            done,
-            handle: Some(handle),
-            result: None,
         })
+    }
+
+    /// Suspends the VM (`husk pause`): its vCPUs leave KVM_RUN and its
+    /// devices go idle ([`VmThread::pause`]), and the VM is held here until
+    /// [`VmThread::resume`]; meanwhile [`VmThread::done_fd`] stays
+    /// unreadable and [`VmThread::stop`] drops the held VM.
+    pub fn suspend(&mut self, timeout: Duration) -> Result<(), PauseError> {
+        if self.held.is_some() {
+            return Ok(());
+        }
+        let (done, notify) = UnixStream::pair().map_err(|e| PauseError::Ended(e.to_string()))?;
+        let vm = self.pause(timeout)?;
+        self.done = done;
+        self.held = Some((vm, notify));
+        Ok(())
+    }
+
+    /// Whether the VM is suspended.
+    pub fn is_suspended(&self) -> bool {
+        self.held.is_some()
+    }
+
+    /// Resumes a suspended VM on a new thread (whose filters it installs
+    /// as the first did). Nothing to do unless suspended.
+    pub fn resume(&mut self) -> io::Result<()> {
+        let Some((vm, notify)) = self.held.take() else {
+            return Ok(());
+        };
+        self.handle = Some(Self::spawn(vm, notify)?);
+        Ok(())
     }
 
     /// Readable (EOF) once the VM thread has ended.
@@ -120,6 +159,12 @@ impl VmThread {
     /// Stops the VM (if still running) and collects its result, waiting at
     /// most [`STOP_TIMEOUT`]; `None` if the thread did not end in time.
     pub fn stop(&mut self) -> Option<&VmResult> {
+        if let Some((vm, notify)) = self.held.take() {
+            // Dropped here, on the caller's (unfiltered) thread.
+            drop(vm);
+            drop(notify);
+            self.result = Some(Ok(vmm::ExitReason::Stopped));
+        }
         if self.result.is_none() {
             self.stop.stop();
             let deadline = Instant::now() + STOP_TIMEOUT;

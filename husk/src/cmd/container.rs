@@ -18,6 +18,7 @@ use husk_runtime::Runtime;
 
 use super::image::RootArgs;
 
+pub(crate) use inspect::render as render_template;
 pub use interactive::ExitWith;
 pub use run::{CreateArgs, RunArgs};
 
@@ -52,6 +53,10 @@ pub enum ContainerCommand {
     Port(port::PortArgs),
     /// Show details of containers as JSON.
     Inspect(inspect::InspectArgs),
+    /// Pause all processes within containers (their VMs' vCPUs).
+    Pause(control::NamesArgs),
+    /// Unpause all processes within containers.
+    Unpause(control::NamesArgs),
     /// The per-container monitor (started by husk itself).
     #[command(hide = true, name = "container-monitor")]
     Monitor(MonitorArgs),
@@ -85,6 +90,8 @@ pub fn run(command: ContainerCommand) -> anyhow::Result<i32> {
         ContainerCommand::Exec(a) => interactive::exec(a),
         ContainerCommand::Port(a) => port::port(a),
         ContainerCommand::Inspect(a) => inspect::inspect(a),
+        ContainerCommand::Pause(a) => control::pause(a, true),
+        ContainerCommand::Unpause(a) => control::pause(a, false),
         ContainerCommand::Monitor(a) => Ok(husk_runtime::monitor::main(&a.root, &a.id, &a.mode)),
     }
 }

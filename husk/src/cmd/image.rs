@@ -291,7 +291,15 @@ fn pull(a: PullArgs) -> anyhow::Result<i32> {
         }
     }
     println!("{reference}");
+    image_event(&a.root, "pull", &shown, &reference.familiar_name());
     Ok(0)
+}
+
+/// Records image event `action` about `id` (Docker's `name` attribute).
+fn image_event(root: &RootArgs, action: &str, id: &str, name: &str) {
+    use husk_runtime::events::{Event, EventLog, EventType};
+    let attrs = [("name".to_string(), name.to_string())].into();
+    EventLog::at(&root.root).record(&Event::new(EventType::Image, action, id, attrs));
 }
 
 fn push(a: PushArgs) -> anyhow::Result<i32> {
@@ -374,7 +382,13 @@ fn tag(a: TagArgs) -> anyhow::Result<i32> {
     if target.digest.is_some() {
         bail!("refusing to create a tag with a digest reference");
     }
-    a.root.store()?.tag(&a.source, &target)?;
+    let store = a.root.store()?;
+    store.tag(&a.source, &target)?;
+    let id = store.resolve(&a.source)?.id.to_string();
+    let shown = target
+        .familiar_tagged()
+        .unwrap_or_else(|| target.to_string());
+    image_event(&a.root, "tag", &id, &shown);
     Ok(0)
 }
 
@@ -387,8 +401,14 @@ fn rmi(a: RmiArgs) -> anyhow::Result<i32> {
             Ok(events) => {
                 for e in events {
                     match e {
-                        RemoveEvent::Untagged(t) => println!("Untagged: {t}"),
-                        RemoveEvent::Deleted(d) => println!("Deleted: {d}"),
+                        RemoveEvent::Untagged(t) => {
+                            println!("Untagged: {t}");
+                            image_event(&a.root, "untag", &t, &t);
+                        }
+                        RemoveEvent::Deleted(d) => {
+                            println!("Deleted: {d}");
+                            image_event(&a.root, "delete", &d.to_string(), &d.to_string());
+                        }
                     }
                 }
             }

@@ -10,6 +10,10 @@ pub mod system;
 pub mod vm;
 pub mod volume;
 
+// Day-2 operations (issue #14).
+pub mod events;
+pub mod generate;
+
 use clap::Subcommand;
 
 #[derive(Subcommand)]
@@ -33,6 +37,11 @@ pub enum Command {
     /// Manage husk itself (warm-start templates).
     #[command(subcommand)]
     System(system::SystemCommand),
+    /// Get real time events from the store's event log.
+    Events(events::EventsArgs),
+    /// Generate files for other tools (a systemd unit).
+    #[command(subcommand)]
+    Generate(generate::GenerateCommand),
 }
 
 /// Runs a subcommand and returns the exit code.
@@ -46,5 +55,7 @@ pub fn run(command: Command) -> anyhow::Result<i32> {
         Command::Login(a) => login::login(a),
         Command::Logout(a) => login::logout(a),
         Command::System(c) => system::run(c),
+        Command::Events(a) => events::events(a),
+        Command::Generate(c) => generate::run(c),
     }
 }

@@ -78,7 +78,16 @@ fn create(a: CreateArgs) -> Result<i32> {
     let rt = runtime(&a.root)?;
     let v = rt.volumes().create(a.name.as_deref(), size, false)?;
     println!("{}", v.name);
+    volume_event(&rt, "create", &v.name);
     Ok(0)
+}
+
+/// Records volume event `action` about volume `name`.
+fn volume_event(rt: &husk_runtime::Runtime, action: &str, name: &str) {
+    use husk_runtime::events::{Event, EventType};
+    let attrs = [("driver".to_string(), "local".to_string())].into();
+    rt.events()
+        .record(&Event::new(EventType::Volume, action, name, attrs));
 }
 
 fn ls(a: LsArgs) -> Result<i32> {
@@ -102,7 +111,10 @@ fn rm(a: NamesArgs) -> Result<i32> {
     let mut code = 0;
     for n in &a.names {
         match rt.volume_remove(n) {
-            Ok(()) => println!("{n}"),
+            Ok(()) => {
+                println!("{n}");
+                volume_event(&rt, "destroy", n);
+            }
             Err(e) => {
                 eprintln!("husk: {e}");
                 code = 1;

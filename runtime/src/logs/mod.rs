@@ -96,17 +96,19 @@ fn open_append(path: &Path) -> io::Result<File> {
 }
 
 /// Reads entries from a log as they are appended, across rotations.
-pub struct LogReader {
+pub struct LogReader<T = LogEntry> {
     path: PathBuf,
     file: BufReader<File>,
     /// The (dev, inode) of `file`.
     id: (u64, u64),
     partial: Vec<u8>,
+    /// The kind of line read (the event log's lines are events).
+    kind: std::marker::PhantomData<T>,
 }
 
-impl LogReader {
+impl<T: serde::de::DeserializeOwned> LogReader<T> {
     /// Opens the log at `path` from its start: its oldest rotated file.
-    pub fn open(path: &Path) -> io::Result<LogReader> {
+    pub fn open(path: &Path) -> io::Result<LogReader<T>> {
         let files = open_all(path)?;
         let oldest = files
             .into_iter()
@@ -115,20 +117,21 @@ impl LogReader {
         LogReader::at(path, oldest)
     }
 
-    fn at(path: &Path, file: File) -> io::Result<LogReader> {
+    fn at(path: &Path, file: File) -> io::Result<LogReader<T>> {
         let id = file_id(&file.metadata()?);
         Ok(LogReader {
             path: path.to_path_buf(),
             file: BufReader::new(file),
             id,
             partial: Vec::new(),
+            kind: std::marker::PhantomData,
         })
     }
 
     /// The complete entries appended since the last call (a line still
     /// being written is kept for later; unparsable lines are skipped).
     /// A file rotated away is read to its end, then the next one.
-    pub fn read_new(&mut self) -> io::Result<Vec<LogEntry>> {
+    pub fn read_new(&mut self) -> io::Result<Vec<T>> {
         let mut out = Vec::new();
         // Each round moves to a newer file; bounded by the files kept.
         for _ in 0..=MAX_MAX_FILE + 1 {
@@ -179,7 +182,7 @@ impl LogReader {
         Ok(len < self.file.stream_position()?)
     }
 
-    fn read_to_end(&mut self, out: &mut Vec<LogEntry>) -> io::Result<()> {
+    fn read_to_end(&mut self, out: &mut Vec<T>) -> io::Result<()> {
         loop {
             let mut line = Vec::new();
             let n = self.file.read_until(b'\n', &mut line)?;
@@ -191,7 +194,7 @@ impl LogReader {
                 return Ok(());
             }
             let whole = std::mem::take(&mut self.partial);
-            if let Ok(e) = serde_json::from_slice::<LogEntry>(&whole) {
+            if let Ok(e) = serde_json::from_slice::<T>(&whole) {
                 out.push(e);
             }
         }

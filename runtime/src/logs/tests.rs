@@ -15,7 +15,7 @@ fn lines_round_trip_and_partial_writes() {
     let mut w = LogWriter::open(&p, unbounded()).unwrap();
     w.write("stdout", b"a\nb\npart").unwrap();
     w.write("stderr", b"\xffe\n").unwrap();
-    let mut r = LogReader::open(&p).unwrap();
+    let mut r = LogReader::<LogEntry>::open(&p).unwrap();
     let e = r.read_new().unwrap();
     let logs: Vec<(&str, &str)> = e
         .iter()
@@ -85,7 +85,7 @@ fn rotation_keeps_max_file_files_of_max_size() {
     let mut w = LogWriter::open(&p, config).unwrap();
     // A follower from the start sees every entry across the rotations,
     // however many happen between its reads.
-    let mut follower = LogReader::open(&p).unwrap();
+    let mut follower = LogReader::<LogEntry>::open(&p).unwrap();
     let mut followed = Vec::new();
     for i in 0..20 {
         // Several entries in one write rotate between them.
@@ -140,7 +140,7 @@ fn one_file_is_emptied_and_followers_start_over() {
     };
     let mut w = LogWriter::open(&p, config).unwrap();
     w.write("stdout", b"0000\n0001\n").unwrap();
-    let mut follower = LogReader::open(&p).unwrap();
+    let mut follower = LogReader::<LogEntry>::open(&p).unwrap();
     assert_eq!(follower.read_new().unwrap().len(), 2);
     w.write("stdout", b"0002\n").unwrap();
     assert_eq!(files(dir.path()), [("log.json".to_string(), line)]);
@@ -164,7 +164,7 @@ fn a_follower_whose_file_was_dropped_goes_on_with_the_oldest() {
     };
     let mut w = LogWriter::open(&p, config).unwrap();
     w.write("stdout", b"0000\n").unwrap();
-    let mut follower = LogReader::open(&p).unwrap();
+    let mut follower = LogReader::<LogEntry>::open(&p).unwrap();
     assert_eq!(texts(&follower.read_new().unwrap()), ["0000\n"]);
     // Its file is rotated out of existence: it goes on with what is kept.
     w.write("stdout", b"0001\n0002\n0003\n").unwrap();

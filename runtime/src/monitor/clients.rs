@@ -25,6 +25,10 @@ pub enum ClientEvent {
     StdinEof,
     /// A signal for the process.
     Signal(i32),
+    /// `husk pause` (`true`) or `unpause` from the client at this index
+    /// of [`Clients::fds`] minus one, to be answered with
+    /// [`Clients::answer`].
+    Pause(usize, bool),
 }
 
 /// How the container ended, as told to clients.
@@ -111,6 +115,12 @@ impl Clients {
         }
         loop {
             match c.decoder.next_message() {
+                Ok(Some(Message::Pause)) if c.greeted && !c.attached => {
+                    events.push(ClientEvent::Pause(i, true))
+                }
+                Ok(Some(Message::Resume)) if c.greeted && !c.attached => {
+                    events.push(ClientEvent::Pause(i, false))
+                }
                 Ok(Some(msg)) => c.on_message(msg, &mut events, end.as_ref()),
                 Ok(None) => break,
                 Err(_) => {
@@ -139,6 +149,29 @@ impl Clients {
             c.dead = true;
         }
         self.end = Some(end);
+    }
+
+    /// Answers a [`ClientEvent::Pause`] (`Ok`, or `Error` with `why`) and
+    /// closes that client.
+    pub fn answer(&mut self, i: usize, why: Option<String>) {
+        let Some(c) = self.clients.get_mut(i) else {
+            return;
+        };
+        let msg = match why {
+            None => Message::Ok,
+            Some(detail) => Message::Error {
+                code: ErrorCode::BadRequest,
+                detail,
+            },
+        };
+        let _ = write_message(&mut c.conn, &msg);
+        c.dead = true;
+    }
+
+    /// A new run of the container (its restart policy's): clients that
+    /// attach from now on see its output, not the last run's end.
+    pub fn restart(&mut self) {
+        self.end = None;
     }
 
     /// Forgets dead clients.

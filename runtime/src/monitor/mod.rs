@@ -185,6 +185,9 @@ fn rotate_full(path: &Path, current: BorrowedFd<'_>, max: u64) -> std::io::Resul
 pub(crate) struct Recorder {
     paths: ContainerPaths,
     state: State,
+    // Day-2 operations (issue #14): events.
+    events: crate::events::EventLog,
+    config: ContainerConfig,
 }
 
 impl Recorder {
@@ -192,6 +195,15 @@ impl Recorder {
         if let Err(e) = self.state.write(&self.paths) {
             eprintln!("husk monitor: recording the state: {e}");
         }
+    }
+
+    /// Records container event `action`.
+    pub(crate) fn event(&self, action: &str, extra: &[(&str, String)]) {
+        self.events.record(&crate::events::Event::container(
+            &self.config,
+            action,
+            extra,
+        ));
     }
 
     /// The container exists in the guest and its init process is held.
@@ -215,14 +227,52 @@ impl Recorder {
         }
     }
 
+    /// The VM was paused (`true`) or resumed.
+    pub(crate) fn paused(&mut self, paused: bool) {
+        self.state.paused = paused;
+        self.write();
+        self.event(if paused { "pause" } else { "unpause" }, &[]);
+    }
+
+    /// The container waits for its `count`th restart (the policy's).
+    pub(crate) fn restarting(&mut self, count: u32) {
+        self.state.status = Status::Running;
+        self.state.restarting = true;
+        self.state.restart_count = count;
+        self.write();
+    }
+
+    /// The container is not restarted after all (stopped while waiting).
+    pub(crate) fn stays_down(&mut self) {
+        self.state.status = Status::Exited;
+        self.state.restarting = false;
+        self.write();
+    }
+
+    /// The container is restarted: running again.
+    pub(crate) fn restarted(&mut self) {
+        self.state.status = Status::Running;
+        self.state.restarting = false;
+        self.state.pid = None;
+        self.state.error = None;
+        self.state.oom_killed = false;
+        self.state.started_at = Some(crate::time::now());
+        self.state.start_count += 1;
+        self.write();
+        self.event("restart", &[]);
+        self.event("start", &[]);
+    }
+
     /// The container ended.
     pub(crate) fn ended(&mut self, end: &End) {
+        self.state.paused = false;
         self.state.status = Status::Exited;
         self.state.pid = None;
         self.state.exit_code = Some(end.code);
         self.state.error = end.error.as_ref().map(|(_, d)| d.clone());
         self.state.finished_at = Some(crate::time::now());
         self.write();
+        self.event("die", &[("exitCode", end.code.to_string())]);
         report_last(ready::EXITED);
     }
 }
@@ -274,6 +324,9 @@ fn run(root: &Path, id: &str, launch: &str) -> Result<i32, Error> {
         template: None,
         oom_killed: false,
         jail: None,
+        paused: false,
+        restart_count: 0,
+        restarting: false,
     };
     state.write(&paths)?;
     let gate = match (hold, &mode) {
@@ -284,7 +337,10 @@ fn run(root: &Path, id: &str, launch: &str) -> Result<i32, Error> {
     let mut recorder = Recorder {
         paths: paths.clone(),
         state,
+        events: rt.events(),
+        config: cfg.clone(),
     };
+    recorder.event("start", &[]);
     let mut config = boot::sandbox_config(
         &cfg,
         &paths,
@@ -309,32 +365,14 @@ fn run(root: &Path, id: &str, launch: &str) -> Result<i32, Error> {
     }
 
     let guest_net = boot::GuestNet::of(&network, &cfg.hostname);
-    let (end, mut clients) = match Sandbox::start(&config, Some(&signals)) {
-        Ok(mut sandbox) => {
-            recorder.state.template = sandbox.template().map(String::from);
-            recorder.state.jail = sandbox.jail().cloned();
-            let mut session = Session::new(
-                &cfg,
-                &paths,
-                &signals,
-                &mut sandbox,
-                clients,
-                local,
-                gate,
-                &mut recorder,
-            );
-            session.guest_net = guest_net;
-            session.run()
-        }
-        Err(e) => {
-            let end = End {
-                code: 125,
-                error: Some((husk_protocol::ErrorCode::Internal, error_chain(&e))),
-            };
-            recorder.ended(&end);
-            (end, clients)
-        }
+    let run = Run {
+        cfg: &cfg,
+        paths: &paths,
+        signals: &signals,
+        config: &config,
+        guest_net: &guest_net,
     };
+    let (end, mut clients) = run.with_policy(clients, local, gate, &mut recorder);
     let _ = std::fs::remove_file(attach.path());
     // The VM is gone: its volumes and ports are free for others.
     network.stop();
@@ -346,6 +384,106 @@ fn run(root: &Path, id: &str, launch: &str) -> Result<i32, Error> {
     }
     clients.finish(end.notice());
     Ok(end.code)
+}
+
+/// What every run of the container's VM shares.
+struct Run<'a> {
+    cfg: &'a ContainerConfig,
+    paths: &'a ContainerPaths,
+    signals: &'a Signals,
+    config: &'a husk_sandbox::SandboxConfig,
+    guest_net: &'a boot::GuestNet,
+}
+
+impl Run<'_> {
+    /// Runs the container, and again as its restart policy says: the same
+    /// VM configuration boots again (warm, from the template, unless that
+    /// failed), on the same writable disk, after the policy's back-off.
+    fn with_policy(
+        &self,
+        mut clients: clients::Clients,
+        local: LocalStdio,
+        mut gate: Gate,
+        recorder: &mut Recorder,
+    ) -> (End, clients::Clients) {
+        let mut restarts = crate::restart::Restarts::new(self.cfg.restart_policy);
+        let mut local = Some(local);
+        loop {
+            let began = std::time::Instant::now();
+            let local = local.take().unwrap_or_default();
+            let (end, back) = self.once(clients, local, gate, recorder);
+            clients = back;
+            let stopped = self.paths.user_stop().exists();
+            let Some(delay) = restarts.next(end.code, began.elapsed(), stopped) else {
+                return (end, clients);
+            };
+            recorder.restarting(restarts.count);
+            if !back_off(self.signals, delay) || self.paths.user_stop().exists() {
+                recorder.stays_down();
+                return (end, clients);
+            }
+            clients.restart();
+            gate = Gate::Open;
+            recorder.restarted();
+        }
+    }
+
+    /// Boots the VM and runs the container to its end.
+    fn once(
+        &self,
+        clients: clients::Clients,
+        local: LocalStdio,
+        gate: Gate,
+        recorder: &mut Recorder,
+    ) -> (End, clients::Clients) {
+        match Sandbox::start(self.config, Some(self.signals)) {
+            Ok(mut sandbox) => {
+                recorder.state.template = sandbox.template().map(String::from);
+                recorder.state.jail = sandbox.jail().cloned();
+                let mut session = Session::new(
+                    self.cfg,
+                    self.paths,
+                    self.signals,
+                    &mut sandbox,
+                    clients,
+                    local,
+                    gate,
+                    recorder,
+                );
+                session.guest_net = self.guest_net.clone();
+                session.run()
+            }
+            Err(e) => {
+                let end = End {
+                    code: 125,
+                    error: Some((husk_protocol::ErrorCode::Internal, error_chain(&e))),
+                };
+                recorder.ended(&end);
+                (end, clients)
+            }
+        }
+    }
+}
+
+/// Waits `delay` before a restart; false if told to stop meanwhile
+/// (SIGTERM, SIGINT: `husk stop`'s last resort).
+fn back_off(signals: &Signals, delay: std::time::Duration) -> bool {
+    let deadline = std::time::Instant::now() + delay;
+    loop {
+        match husk_sandbox::wait::poll_readable(&[signals.as_fd()], Some(deadline)) {
+            Ok(ready) if ready.is_empty() => return true,
+            Ok(_) => {
+                if signals
+                    .take()
+                    .iter()
+                    .any(|s| matches!(*s, libc::SIGTERM | libc::SIGINT))
+                {
+                    return false;
+                }
+            }
+            Err(_) => return false,
+        }
+    }
 }
 
 /// Binds a Unix socket at `path`, replacing a stale socket file.

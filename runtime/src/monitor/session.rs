@@ -38,6 +38,8 @@ const ATTACH_WAIT: Duration = Duration::from_secs(60);
 pub(crate) const TEARDOWN_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long the VM may take to end after the agent went away.
 const LOST_GRACE: Duration = Duration::from_secs(5);
+/// How long the VM may take to pause or resume.
+const PAUSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most bytes of input buffered before the process starts.
 const MAX_PENDING: usize = 1 << 20;
 
@@ -128,6 +130,8 @@ pub struct Session<'a> {
     pending: Vec<Message>,
     pending_bytes: usize,
     end: Option<End>,
+    /// The health check's thread while the process runs.
+    health: Option<crate::health::Checker>,
 }
 
 impl<'a> Session<'a> {
@@ -165,6 +169,7 @@ impl<'a> Session<'a> {
             pending: Vec::new(),
             pending_bytes: 0,
             end: None,
+            health: None,
         }
     }
 
@@ -246,6 +251,8 @@ impl<'a> Session<'a> {
                 if sig == libc::SIGWINCH {
                     self.on_local_resize();
                 } else if matches!(sig, libc::SIGTERM | libc::SIGINT) && self.end.is_none() {
+                    // Not restarted by its policy either.
+                    let _ = std::fs::write(self.paths.user_stop(), b"");
                     // Told to stop from outside (stop's last resort, kill
                     // before the agent runs): the container is killed.
                     self.finish(End {
@@ -335,6 +342,8 @@ impl<'a> Session<'a> {
 
     /// Records the end (state, clients) and waits for the teardown.
     fn finish(&mut self, end: End) {
+        self.health = None;
+        self.resume_to_end();
         self.recorder.ended(&end);
         if !self.cfg.auto_remove {
             self.clients.finish(end.notice());
@@ -421,6 +430,7 @@ impl<'a> Session<'a> {
                 self.phase = Phase::Running;
                 self.deadline = None;
                 self.recorder.started(pid);
+                self.start_health();
                 for m in std::mem::take(&mut self.pending) {
                     self.send_agent(&m);
                 }
@@ -545,6 +555,65 @@ impl<'a> Session<'a> {
             ClientEvent::StdinEof => self.input(Message::StdinEof),
             ClientEvent::Signal(s) if running => self.send_agent(&Message::Signal(s)),
             ClientEvent::Signal(_) => {}
+            ClientEvent::Pause(i, pause) => {
+                let why = self.pause(pause);
+                self.clients.answer(i, why);
+            }
+        }
+    }
+
+    /// Suspends (`pause`) or resumes the VM; why not, if it cannot.
+    fn pause(&mut self, pause: bool) -> Option<String> {
+        let id = &self.cfg.id;
+        if self.phase != Phase::Running || self.end.is_some() {
+            return Some(format!("Container {id} is not running"));
+        }
+        if self.recorder.state.paused == pause {
+            return Some(if pause {
+                format!("Container {id} is already paused")
+            } else {
+                format!("Container {id} is not paused")
+            });
+        }
+        let done = if pause {
+            self.sandbox.suspend(PAUSE_TIMEOUT)
+        } else {
+            self.sandbox.resume(PAUSE_TIMEOUT)
+        };
+        match done {
+            Ok(()) => {
+                self.recorder.paused(pause);
+                None
+            }
+            Err(e) => Some(format!("Cannot pause container {id}: {e}")),
+        }
+    }
+
+    /// Starts the health check's thread, if the container has one.
+    fn start_health(&mut self) {
+        let Some(check) = self.cfg.health.clone() else {
+            return;
+        };
+        let events = self.recorder.events.clone();
+        match crate::health::Checker::start(
+            check,
+            self.cfg,
+            self.paths,
+            self.sandbox.vsock(),
+            events,
+        ) {
+            Ok(c) => self.health = Some(c),
+            Err(e) => eprintln!("husk monitor: starting the health check: {e}"),
+        }
+    }
+
+    /// Resumes a paused VM before it is stopped (its teardown needs it).
+    fn resume_to_end(&mut self) {
+        if self.recorder.state.paused {
+            if let Err(e) = self.sandbox.resume(PAUSE_TIMEOUT) {
+                eprintln!("husk monitor: resuming the paused VM: {e}");
+            }
+            self.recorder.state.paused = false;
         }
     }
 

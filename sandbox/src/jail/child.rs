@@ -342,6 +342,10 @@ fn drop_privileges(uid: u32, gid: u32) -> Result<(), Failure> {
     Ok(())
 }
 
+/// How long the VM may take to pause (its vCPUs finish the exit they
+/// handle).
+const PAUSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Runs the VM on its `vm` thread until it ends, stopping it when asked
 /// or when the caller's end of the control socket closes; reports the end.
 /// Once the VM's threads run, this thread filters itself too
@@ -373,9 +377,25 @@ fn serve(control: &OwnedFd, vm: vmm::Vm) -> i32 {
         }
         if ready.contains(&1) {
             match proto::recv::<ToVmm>(control) {
-                Ok(Some((ToVmm::Stop, _))) => thread.request_stop(),
+                Ok(Some((ToVmm::Stop, _))) => {
+                    if thread.is_suspended() {
+                        break;
+                    }
+                    thread.request_stop()
+                }
+                Ok(Some((ToVmm::Pause, _))) => {
+                    let answer = thread.suspend(PAUSE_TIMEOUT).err().map(|e| e.to_string());
+                    let _ = proto::send(control.as_fd(), &FromVmm::Answer(answer), &[]);
+                }
+                Ok(Some((ToVmm::Resume, _))) => {
+                    let answer = thread.resume().err().map(|e| e.to_string());
+                    let _ = proto::send(control.as_fd(), &FromVmm::Answer(answer), &[]);
+                }
                 Ok(None) | Err(_) => {
                     caller_gone = true;
+                    if thread.is_suspended() {
+                        break;
+                    }
                     thread.request_stop();
                 }
             }

@@ -25,7 +25,7 @@ use super::{
 };
 use crate::contract::{self, AGENT_PORT};
 use crate::signals::Signals;
-use crate::vmthread::{VmFailure, VmResult, STOP_TIMEOUT};
+use crate::vmthread::{PauseError, VmFailure, VmResult, STOP_TIMEOUT};
 use crate::wait::poll_readable;
 
 /// How long the VMM process may take to build the VM and enter its jail.
@@ -75,6 +75,8 @@ pub struct VmProcess {
     console: Option<JoinHandle<()>>,
     info: JailInfo,
     result: Option<VmResult>,
+    // `husk pause`: the end report read while waiting for an answer.
+    ended: Option<VmEnd>,
     // Dropped last.
     _resources: Resources,
 }
@@ -116,6 +118,7 @@ impl VmProcess {
                 cgroup: resources.cgroup.display().to_string(),
             },
             result: None,
+            ended: None,
             _resources: resources,
         };
         let launch = Launch {
@@ -162,6 +165,7 @@ impl VmProcess {
                     return Err(JailError::Vm { damaged, message })
                 }
                 Some((FromVmm::Ended(end), _)) => return Err(JailError::Died(format!("{end:?}"))),
+                Some((FromVmm::Answer(_), _)) => {}
                 None => {
                     let status = self.child.wait().map(|s| s.to_string()).unwrap_or_default();
                     return Err(JailError::Died(status));
@@ -220,10 +224,38 @@ impl VmProcess {
         self.result.as_ref()
     }
 
+    /// Suspends (`pause`) or resumes the VM: sends `msg` and waits for its
+    /// answer.
+    pub fn control(&mut self, msg: ToVmm, timeout: Duration) -> Result<(), PauseError> {
+        if self.result.is_some() || self.ended.is_some() {
+            return Err(PauseError::Ended("the VM has ended".into()));
+        }
+        let lost = |e: JailError| PauseError::Ended(e.to_string());
+        proto::send(self.control.as_fd(), &msg, &[]).map_err(lost)?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let ready = poll_readable(&[self.control.as_fd()], Some(deadline))
+                .map_err(|e| PauseError::Ended(e.to_string()))?;
+            if ready.is_empty() {
+                return Err(PauseError::Timeout(timeout.as_secs()));
+            }
+            match proto::recv::<FromVmm>(&self.control).map_err(lost)? {
+                Some((FromVmm::Answer(None), _)) => return Ok(()),
+                Some((FromVmm::Answer(Some(why)), _)) => return Err(PauseError::Ended(why)),
+                Some((FromVmm::Ended(end), _)) => {
+                    self.ended = Some(end);
+                    return Err(PauseError::Ended("the VM has ended".into()));
+                }
+                Some(_) => {}
+                None => return Err(PauseError::Ended("the VMM process has ended".into())),
+            }
+        }
+    }
+
     /// Reaps the (exited or killed) process and reads its report.
     fn collect(&mut self) -> VmResult {
         let status = self.child.wait();
-        let mut end = None;
+        let mut end = self.ended.take();
         while poll_readable(&[self.control.as_fd()], Some(Instant::now()))
             .is_ok_and(|r| !r.is_empty())
         {

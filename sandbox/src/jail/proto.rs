@@ -3,9 +3,11 @@
 //! passed with `SCM_RIGHTS` alongside [`Launch`].
 //!
 //! Caller → VMM: [`Launch`] (with the vsock listener and, for a stream
-//! network backend, its socket), then [`ToVmm::Stop`] at most once. VMM →
-//! caller: [`FromVmm::Pid`] (from the forking parent, any time), then
-//! [`FromVmm::Running`] or [`FromVmm::Failed`], then [`FromVmm::Ended`].
+//! network backend, its socket), then [`ToVmm::Pause`] and
+//! [`ToVmm::Resume`] (each answered by [`FromVmm::Answer`]), then
+//! [`ToVmm::Stop`] at most once. VMM → caller: [`FromVmm::Pid`] (from the
+//! forking parent, any time), then [`FromVmm::Running`] or
+//! [`FromVmm::Failed`], then answers, then [`FromVmm::Ended`].
 //! The VMM stops its VM when the caller's end closes (the caller died).
 
 use std::io::{IoSlice, IoSliceMut};
@@ -104,6 +106,11 @@ pub struct Launch {
 pub enum ToVmm {
     /// Stop the VM.
     Stop,
+    // `husk pause` / `husk unpause`, each answered by [`FromVmm::Answer`].
+    /// Suspend the VM's vCPUs (and devices).
+    Pause,
+    /// Resume a suspended VM.
+    Resume,
 }
 
 /// How the VM ended.
@@ -135,6 +142,9 @@ pub enum FromVmm {
     },
     /// The VM ended.
     Ended(VmEnd),
+    /// The answer to [`ToVmm::Pause`] or [`ToVmm::Resume`]: `None` when
+    /// done, else why not.
+    Answer(Option<String>),
 }
 
 /// Sends `msg` (and `fds`) as one record.

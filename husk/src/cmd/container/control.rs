@@ -147,6 +147,20 @@ pub fn kill(a: KillArgs) -> Result<i32> {
     }))
 }
 
+/// `husk pause` (`true`) / `husk unpause`.
+pub fn pause(a: NamesArgs, pause: bool) -> Result<i32> {
+    let rt = super::runtime(&a.root)?;
+    Ok(each(&a.containers, |n| {
+        if pause {
+            rt.pause(n)?;
+        } else {
+            rt.unpause(n)?;
+        }
+        println!("{n}");
+        Ok(())
+    }))
+}
+
 /// `husk rm`.
 pub fn rm(a: RmArgs) -> Result<i32> {
     let rt = super::runtime(&a.names.root)?;

@@ -71,10 +71,10 @@ fn document(c: &Container) -> Value {
         "Path": cfg.process.argv.first(),
         "Args": cfg.process.argv.get(1..).unwrap_or(&[]),
         "State": {
-            "Status": s.status.as_str(),
+            "Status": s.status_word(),
             "Running": s.status == Status::Running,
-            "Paused": false,
-            "Restarting": false,
+            "Paused": s.paused,
+            "Restarting": s.restarting,
             "OOMKilled": s.oom_killed,
             "Dead": false,
             "Pid": s.pid.unwrap_or(0),
@@ -85,10 +85,13 @@ fn document(c: &Container) -> Value {
             "FinishedAt": s.finished_at.as_deref().unwrap_or(zero),
             "Template": s.template.clone().unwrap_or_default(),
             "Jail": s.jail,
+            "Health": c.config.health.as_ref().map(|_| {
+                husk_runtime::health::Health::read(&c.paths)
+            }),
         },
         "Image": cfg.image_id,
         "Name": format!("/{}", cfg.name),
-        "RestartCount": 0,
+        "RestartCount": s.restart_count,
         "LogPath": c.paths.log(),
         "Mounts": mounts,
         "Config": {
@@ -145,6 +148,10 @@ fn host_config(cfg: &ContainerConfig) -> Value {
         "PortBindings": port_map(&cfg.ports, false),
         "ExtraHosts": list(cfg.extra_hosts.iter().map(|h| json!(h.to_string())).collect()),
         "Runtime": "husk",
+        "RestartPolicy": {
+            "Name": cfg.restart_policy.to_string(),
+            "MaximumRetryCount": cfg.restart_policy.max_retries(),
+        },
         "CapAdd": names(&sec.cap_add),
         "CapDrop": names(&sec.cap_drop),
         "Privileged": sec.privileged,
@@ -170,7 +177,7 @@ fn host_config(cfg: &ContainerConfig) -> Value {
 
 /// Replaces `{{.A.B}}` paths (and `{{json .A}}`) with values from `doc`;
 /// strings print bare, everything else as JSON.
-fn render(format: &str, doc: &Value) -> String {
+pub(crate) fn render(format: &str, doc: &Value) -> String {
     let mut out = String::new();
     let mut rest = format;
     while let Some(start) = rest.find("{{") {

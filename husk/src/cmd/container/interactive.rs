@@ -194,7 +194,9 @@ pub fn exec(a: ExecArgs) -> Result<i32> {
         tty: a.tty,
         sig_proxy: true,
     };
-    match relay_local(conn, &how, &signals)?.exit_code() {
+    let code = relay_local(conn, &how, &signals)?.exit_code();
+    rt.exec_died(&a.container, code);
+    match code {
         Some(code) => Ok(code),
         None => bail!("the exec session ended without an exit status (the container stopped?)"),
     }

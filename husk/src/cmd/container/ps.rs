@@ -91,7 +91,7 @@ impl Row {
             created_at: c.config.created.clone(),
             running_for: human_age(secs_since(&c.config.created)),
             status: status_text(c),
-            state: c.state.status.as_str().to_string(),
+            state: c.state.status_word().to_string(),
             ports: if c.state.status.can_exec() {
                 let p: Vec<String> = c.state.ports.iter().map(|p| p.ps_form()).collect();
                 p.join(", ")
@@ -142,7 +142,21 @@ fn status_text(c: &Container) -> String {
     };
     match s.status {
         Status::Created => "Created".into(),
-        Status::Running => format!("Up {}", since(&s.started_at)),
+        Status::Running if s.restarting => format!(
+            "Restarting ({}) {} ago",
+            s.exit_code.unwrap_or(0),
+            since(&s.finished_at)
+        ),
+        Status::Running if s.paused => format!("Up {} (Paused)", since(&s.started_at)),
+        Status::Running => match husk_runtime::health::Health::read(&c.paths) {
+            Some(h) if c.config.health.is_some() && h.status == "starting" => {
+                format!("Up {} (health: starting)", since(&s.started_at))
+            }
+            Some(h) if c.config.health.is_some() => {
+                format!("Up {} ({})", since(&s.started_at), h.status)
+            }
+            _ => format!("Up {}", since(&s.started_at)),
+        },
         Status::Exited => format!(
             "Exited ({}) {} ago",
             s.exit_code.unwrap_or(0),
@@ -228,7 +242,7 @@ fn matches(c: &Container, filters: &[(String, String)]) -> bool {
             .collect();
         values.is_empty()
             || values.iter().any(|v| match *key {
-                "status" => c.state.status.as_str() == *v,
+                "status" => c.state.status_word() == *v,
                 "name" => c.config.name.contains(v),
                 _ => c.id.as_str().starts_with(v),
             })

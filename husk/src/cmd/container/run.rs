@@ -1,10 +1,12 @@
 //! `husk create` and `husk run`.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use husk_runtime::config::IoLimits;
+use husk_runtime::health::HealthFlags;
 use husk_runtime::logs::LogConfig;
 use husk_runtime::security::RawSecurityFlags;
 use husk_runtime::{CreateOptions, Runtime, SecurityFlags, StdioWiring};
@@ -117,6 +119,27 @@ pub struct CreateArgs {
     /// Remove the container when it exits.
     #[arg(long)]
     rm: bool,
+    /// Restart policy: no, always, unless-stopped, on-failure[:max-retries].
+    #[arg(long, default_value = "no")]
+    restart: String,
+    /// Command to run to check health.
+    #[arg(long = "health-cmd")]
+    health_cmd: Option<String>,
+    /// Time between running the check (ms|s|m|h).
+    #[arg(long = "health-interval")]
+    health_interval: Option<String>,
+    /// Maximum time to allow one check to run (ms|s|m|h).
+    #[arg(long = "health-timeout")]
+    health_timeout: Option<String>,
+    /// Consecutive failures needed to report unhealthy.
+    #[arg(long = "health-retries")]
+    health_retries: Option<u32>,
+    /// Start period for the container to initialize before failures count (ms|s|m|h).
+    #[arg(long = "health-start-period")]
+    health_start_period: Option<String>,
+    /// Disable any container-specified HEALTHCHECK.
+    #[arg(long = "no-healthcheck")]
+    no_healthcheck: bool,
     /// Guest kernel (vmlinux); default: $HUSK_KERNEL, then the installed one.
     #[arg(long, value_name = "PATH")]
     kernel: Option<PathBuf>,
@@ -232,7 +255,29 @@ fn options(a: &CreateArgs) -> Result<CreateOptions> {
                 .transpose()?
                 .unwrap_or(0),
         },
+        restart_policy: a.restart.parse()?,
+        health: HealthFlags {
+            cmd: a.health_cmd.clone(),
+            interval: duration("--health-interval", &a.health_interval)?,
+            timeout: duration("--health-timeout", &a.health_timeout)?,
+            retries: a.health_retries,
+            start_period: duration("--health-start-period", &a.health_start_period)?,
+            none: a.no_healthcheck,
+        },
     })
+}
+
+/// A Go duration flag (`30s`, `1m30s`, `500ms`).
+fn duration(flag: &str, v: &Option<String>) -> Result<Option<Duration>> {
+    let Some(v) = v else {
+        return Ok(None);
+    };
+    let ns = husk_runtime::events::parse_duration(v)
+        .and_then(|n| u64::try_from(n).ok())
+        .with_context(|| {
+            format!("invalid argument {v:?} for \"{flag}\" flag: time: invalid duration")
+        })?;
+    Ok(Some(Duration::from_nanos(ns)))
 }
 
 /// The typed security flags (`--cap-add`, `--cap-drop`, `--privileged`,
