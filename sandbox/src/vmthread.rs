@@ -64,9 +64,8 @@ pub struct VmThread {
     done: UnixStream,
     handle: Option<JoinHandle<ThreadResult>>,
     result: Option<VmResult>,
-    // Suspended (`husk pause`): the VM held here, and the other end of
-    // `done`, kept open so that `done` stays unreadable meanwhile.
-    held: Option<(vmm::Vm, UnixStream)>,
+    /// Suspended (`husk pause`): the vCPUs are frozen in place.
+    frozen: bool,
 }
 
 impl VmThread {
@@ -80,7 +79,7 @@ impl VmThread {
             done,
             handle: Some(handle),
             result: None,
-            held: None,
+            frozen: false,
         })
     }
 
@@ -98,33 +97,31 @@ impl VmThread {
         })
     }
 
-    /// Suspends the VM (`husk pause`): its vCPUs leave KVM_RUN and its
-    /// devices go idle ([`VmThread::pause`]), and the VM is held here until
-    /// [`VmThread::resume`]; meanwhile [`VmThread::done_fd`] stays
-    /// unreadable and [`VmThread::stop`] drops the held VM.
+    /// Suspends the VM (`husk pause`): its vCPUs leave the guest and wait
+    /// in place ([`vmm::StopHandle::freeze`]); its threads and devices
+    /// stay, so nothing is created or torn down (the threads' seccomp
+    /// filters allow neither). Until [`VmThread::resume`] the guest runs
+    /// no instruction; [`VmThread::stop`] ends it as usual.
     pub fn suspend(&mut self, timeout: Duration) -> Result<(), PauseError> {
-        if self.held.is_some() {
-            return Ok(());
+        if let Some(r) = &self.result {
+            return Err(PauseError::Ended(format!("{r:?}")));
         }
-        let (done, notify) = UnixStream::pair().map_err(|e| PauseError::Ended(e.to_string()))?;
-        let vm = self.pause(timeout)?;
-        self.done = done;
-        self.held = Some((vm, notify));
+        if !self.stop.freeze(timeout) {
+            self.stop.thaw();
+            if self.is_done() {
+                return Err(PauseError::Ended("the VM ended".into()));
+            }
+            return Err(PauseError::Timeout(timeout.as_secs()));
+        }
+        self.frozen = true;
         Ok(())
     }
 
-    /// Whether the VM is suspended.
-    pub fn is_suspended(&self) -> bool {
-        self.held.is_some()
-    }
-
-    /// Resumes a suspended VM on a new thread (whose filters it installs
-    /// as the first did). Nothing to do unless suspended.
+    /// Resumes a suspended VM. Nothing to do unless suspended.
     pub fn resume(&mut self) -> io::Result<()> {
-        let Some((vm, notify)) = self.held.take() else {
-            return Ok(());
-        };
-        self.handle = Some(Self::spawn(vm, notify)?);
+        if std::mem::take(&mut self.frozen) {
+            self.stop.thaw();
+        }
         Ok(())
     }
 
@@ -159,12 +156,7 @@ impl VmThread {
     /// Stops the VM (if still running) and collects its result, waiting at
     /// most [`STOP_TIMEOUT`]; `None` if the thread did not end in time.
     pub fn stop(&mut self) -> Option<&VmResult> {
-        if let Some((vm, notify)) = self.held.take() {
-            // Dropped here, on the caller's (unfiltered) thread.
-            drop(vm);
-            drop(notify);
-            self.result = Some(Ok(vmm::ExitReason::Stopped));
-        }
+        self.frozen = false;
         if self.result.is_none() {
             self.stop.stop();
             let deadline = Instant::now() + STOP_TIMEOUT;

@@ -151,6 +151,10 @@ impl Vcpu {
             exit.fail(VcpuError::Seccomp(self.id, e));
         }
         while !exit.is_stopping() {
+            exit.park_while_frozen();
+            if exit.is_stopping() {
+                break;
+            }
             match self.run_once(pio, mmio) {
                 Ok(None) => {}
                 Ok(Some(reason)) => exit.request(reason),

@@ -87,6 +87,21 @@ impl StopHandle {
     pub fn pause(&self) {
         self.exit.request(ExitReason::Paused);
     }
+
+    /// Freezes the running VM in place (`husk pause`): every vCPU leaves
+    /// the guest and waits, the threads and devices stay; true once all
+    /// are parked within `timeout`. Unlike [`pause`](Self::pause), the VM
+    /// is not handed back: [`thaw`](Self::thaw) lets it run on, a stop
+    /// ends it as usual. No thread is created or ended, so it works under
+    /// every thread's seccomp filter.
+    pub fn freeze(&self, timeout: std::time::Duration) -> bool {
+        self.exit.freeze(timeout)
+    }
+
+    /// Lets a frozen VM run again.
+    pub fn thaw(&self) {
+        self.exit.thaw();
+    }
 }
 
 /// A fully assembled VM, ready to [`run`](Vm::run).
@@ -262,6 +277,7 @@ impl Vm {
             }
         }
 
+        self.exit.set_running_vcpus(threads.len());
         let mut seccomp_error = None;
         if spawn_error.is_none() && filter_this_thread {
             seccomp_error = self.seccomp.install(ThreadKind::EventLoop).err();
@@ -272,6 +288,9 @@ impl Vm {
                 if let Err(e) = em.run_with_timeout(500) {
                     loop_error = Some(e);
                     break;
+                }
+                if self.exit.needs_kick() {
+                    threads.iter().for_each(vcpu::kick);
                 }
             }
         }

@@ -377,12 +377,7 @@ fn serve(control: &OwnedFd, vm: vmm::Vm) -> i32 {
         }
         if ready.contains(&1) {
             match proto::recv::<ToVmm>(control) {
-                Ok(Some((ToVmm::Stop, _))) => {
-                    if thread.is_suspended() {
-                        break;
-                    }
-                    thread.request_stop()
-                }
+                Ok(Some((ToVmm::Stop, _))) => thread.request_stop(),
                 Ok(Some((ToVmm::Pause, _))) => {
                     let answer = thread.suspend(PAUSE_TIMEOUT).err().map(|e| e.to_string());
                     let _ = proto::send(control.as_fd(), &FromVmm::Answer(answer), &[]);
@@ -393,9 +388,6 @@ fn serve(control: &OwnedFd, vm: vmm::Vm) -> i32 {
                 }
                 Ok(None) | Err(_) => {
                     caller_gone = true;
-                    if thread.is_suspended() {
-                        break;
-                    }
                     thread.request_stop();
                 }
             }
