@@ -94,6 +94,14 @@ pub struct ContainerConfig {
     /// `--net-bps`); none by default.
     #[serde(default, skip_serializing_if = "IoLimits::is_unlimited")]
     pub io_limits: IoLimits,
+    // Labels and run flags (see [`crate::run_flags`]).
+    /// Labels (`Config.Labels`): the image's, overridden by `-l` and
+    /// `--label-file`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// `--dns*`, `--read-only`, `--init`, `--shm-size`.
+    #[serde(default, skip_serializing_if = "crate::run_flags::RunFlags::is_default")]
+    pub run_flags: crate::run_flags::RunFlags,
 }
 
 /// Rate limits on the container VM's devices; 0 is unlimited. Each is a

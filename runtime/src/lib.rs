@@ -31,6 +31,7 @@ pub mod options;
 pub mod plan;
 pub mod ports;
 pub mod relay;
+pub mod run_flags;
 pub mod security;
 pub mod state;
 mod store;

@@ -88,6 +88,14 @@ pub struct CreateOptions {
     pub log_config: crate::logs::LogConfig,
     /// `--disk-bps`, `--disk-iops`, `--net-bps`.
     pub io_limits: crate::config::IoLimits,
+    // Labels and run flags (see [`crate::run_flags`]).
+    /// `-l`/`--label` and `--label-file` entries, in order (a later one
+    /// wins; all win over the image's labels).
+    pub labels: Vec<(String, String)>,
+    /// `--tmpfs` mounts.
+    pub tmpfs: Vec<husk_protocol::TmpfsMount>,
+    /// `--dns*`, `--read-only`, `--init`, `--shm-size`.
+    pub run_flags: crate::run_flags::RunFlags,
 }
 
 /// A volume to mount (the CLI's `-v`).

@@ -87,6 +87,12 @@ pub struct ContainerPlan {
     pub annotations: BTreeMap<String, String>,
     /// Disk and network rate limits.
     pub io_limits: crate::config::IoLimits,
+    // Labels and run flags (see [`crate::run_flags`]).
+    /// Labels: the image's, overridden by the container's.
+    pub labels: BTreeMap<String, String>,
+    /// `--dns*`, `--read-only`, `--init`, `--shm-size` (whose /dev/shm is
+    /// already among `tmpfs`).
+    pub run_flags: crate::run_flags::RunFlags,
 }
 
 impl ContainerPlan {
@@ -123,6 +129,8 @@ impl ContainerPlan {
             log_config: Default::default(),
             annotations: BTreeMap::new(),
             io_limits: Default::default(),
+            labels: BTreeMap::new(),
+            run_flags: Default::default(),
         }
     }
 
@@ -267,6 +275,14 @@ impl Runtime {
             security_flags: opts.security_flags.clone(),
             log_config: opts.log_config,
             io_limits: opts.io_limits,
+            labels: crate::run_flags::merge_labels(&rc.labels, &opts.labels),
+            tmpfs: opts
+                .tmpfs
+                .iter()
+                .cloned()
+                .chain(opts.run_flags.tmpfs())
+                .collect(),
+            run_flags: opts.run_flags.clone(),
             ..ContainerPlan::new(process, layers, boot)
         })
     }

@@ -193,6 +193,8 @@ impl Runtime {
                 log_config: plan.log_config,
                 annotations: plan.annotations,
                 io_limits: plan.io_limits,
+                labels: plan.labels,
+                run_flags: plan.run_flags,
             };
             State::created().write(&paths)?;
             self.publish(&id, config, plan.name.as_deref(), &tmp)

@@ -9,6 +9,7 @@ mod logs;
 mod port;
 mod ps;
 mod run;
+mod run_flags;
 
 use std::path::PathBuf;
 

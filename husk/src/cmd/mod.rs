@@ -3,6 +3,7 @@
 
 pub mod build;
 pub mod container;
+mod filters;
 mod flags;
 pub mod image;
 pub mod login;
