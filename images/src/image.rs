@@ -115,12 +115,7 @@ impl Image {
             exposed_ports: c.exposed_ports().clone().unwrap_or_default(),
             volumes: c.volumes().clone().unwrap_or_default(),
             stop_signal: c.stop_signal().clone(),
-            labels: c
-                .labels()
-                .clone()
-                .unwrap_or_default()
-                .into_iter()
-                .collect(),
+            labels: c.labels().clone().unwrap_or_default().into_iter().collect(),
         }
     }
 }

@@ -100,7 +100,10 @@ pub struct ContainerConfig {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
     /// `--dns*`, `--read-only`, `--init`, `--shm-size`.
-    #[serde(default, skip_serializing_if = "crate::run_flags::RunFlags::is_default")]
+    #[serde(
+        default,
+        skip_serializing_if = "crate::run_flags::RunFlags::is_default"
+    )]
     pub run_flags: crate::run_flags::RunFlags,
 }
 

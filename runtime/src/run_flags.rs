@@ -89,7 +89,9 @@ impl DnsConfig {
             })
             .collect::<Result<Vec<IpAddr>, _>>()?;
         let word = |flag: &str, v: &String| {
-            if v.is_empty() || v.len() > 253 || v.chars().any(|c| c.is_whitespace() || c.is_control())
+            if v.is_empty()
+                || v.len() > 253
+                || v.chars().any(|c| c.is_whitespace() || c.is_control())
             {
                 return Err(Error::Invalid(format!("invalid {flag} value {v:?}")));
             }
@@ -158,7 +160,9 @@ impl DnsConfig {
 pub fn parse_label(s: &str) -> Result<(String, String), Error> {
     let (k, v) = s.split_once('=').unwrap_or((s, ""));
     if k.trim().is_empty() || s.contains('\0') {
-        return Err(Error::Invalid(format!("invalid label {s:?}: KEY=VALUE expected")));
+        return Err(Error::Invalid(format!(
+            "invalid label {s:?}: KEY=VALUE expected"
+        )));
     }
     Ok((k.to_string(), v.to_string()))
 }

@@ -51,9 +51,15 @@ fn labels_parse_and_the_container_wins() {
         file,
         vec![("k1".into(), "v1".into()), ("k2".into(), String::new())]
     );
-    let image: BTreeMap<String, String> =
-        [("k1".to_string(), "image".to_string()), ("only".into(), "i".into())].into();
-    let merged = merge_labels(&image, &[("k1".into(), "first".into()), ("k1".into(), "ctr".into())]);
+    let image: BTreeMap<String, String> = [
+        ("k1".to_string(), "image".to_string()),
+        ("only".into(), "i".into()),
+    ]
+    .into();
+    let merged = merge_labels(
+        &image,
+        &[("k1".into(), "first".into()), ("k1".into(), "ctr".into())],
+    );
     assert_eq!(merged["k1"], "ctr");
     assert_eq!(merged["only"], "i");
 }
@@ -69,7 +75,15 @@ fn tmpfs_values_with_docker_defaults() {
     assert!(!m.noexec);
     assert_eq!(m.size.as_deref(), Some("65536k"));
     assert_eq!(m.mode, Some(0o1777));
-    for bad in ["run", "/", "/a/../b", "/x:size=lots", "/x:mode=99", "/x:bogus", "/x:uid=1"] {
+    for bad in [
+        "run",
+        "/",
+        "/a/../b",
+        "/x:size=lots",
+        "/x:mode=99",
+        "/x:bogus",
+        "/x:uid=1",
+    ] {
         assert!(parse_tmpfs(bad).is_err(), "{bad}");
     }
 }

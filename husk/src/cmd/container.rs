@@ -6,6 +6,7 @@ mod control;
 mod inspect;
 mod interactive;
 mod logs;
+mod manage;
 mod port;
 mod ps;
 mod run;
@@ -19,6 +20,7 @@ use husk_runtime::Runtime;
 
 use super::image::RootArgs;
 
+pub use inspect::render;
 pub use interactive::ExitWith;
 pub use run::{CreateArgs, RunArgs};
 
@@ -53,6 +55,11 @@ pub enum ContainerCommand {
     Port(port::PortArgs),
     /// Show details of containers as JSON.
     Inspect(inspect::InspectArgs),
+    /// Rename a container.
+    Rename(manage::RenameArgs),
+    /// Manage containers (`prune`).
+    #[command(subcommand)]
+    Container(manage::ContainerSub),
     /// The per-container monitor (started by husk itself).
     #[command(hide = true, name = "container-monitor")]
     Monitor(MonitorArgs),
@@ -86,6 +93,8 @@ pub fn run(command: ContainerCommand) -> anyhow::Result<i32> {
         ContainerCommand::Exec(a) => interactive::exec(a),
         ContainerCommand::Port(a) => port::port(a),
         ContainerCommand::Inspect(a) => inspect::inspect(a),
+        ContainerCommand::Rename(a) => manage::rename(a),
+        ContainerCommand::Container(c) => manage::container(c),
         ContainerCommand::Monitor(a) => Ok(husk_runtime::monitor::main(&a.root, &a.id, &a.mode)),
     }
 }

@@ -49,11 +49,6 @@ impl Filters {
         self.0.contains_key(key)
     }
 
-    /// Whether no filter was given.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
     /// True when `key` is absent or one of its values satisfies `pred`.
     pub fn any(&self, key: &str, pred: impl Fn(&str) -> bool) -> bool {
         let v = self.values(key);
@@ -80,17 +75,6 @@ impl Filters {
             None => Ok(()),
         }
     }
-
-    /// A boolean filter (`dangling=true`): `None` when absent.
-    pub fn boolean(&self, key: &str) -> Result<Option<bool>> {
-        self.check(key, |v| {
-            matches!(v.to_ascii_lowercase().as_str(), "true" | "false" | "1" | "0")
-        })?;
-        Ok(self
-            .values(key)
-            .last()
-            .map(|v| matches!(v.to_ascii_lowercase().as_str(), "true" | "1")))
-    }
 }
 
 #[cfg(test)]
@@ -99,7 +83,7 @@ mod tests {
 
     fn parse(raw: &[&str]) -> Result<Filters> {
         let raw: Vec<String> = raw.iter().map(|s| s.to_string()).collect();
-        Filters::parse(&raw, &["label", "label!", "name", "dangling"])
+        Filters::parse(&raw, &["label", "label!", "name"])
     }
 
     #[test]
@@ -127,10 +111,8 @@ mod tests {
         );
         assert_eq!(err.downcast_ref::<ExitWith>().unwrap().code, 1);
         assert!(parse(&["novalue"]).is_err());
-        let f = parse(&["dangling=maybe"]).unwrap();
-        let err = f.boolean("dangling").unwrap_err().to_string();
-        assert!(err.ends_with("invalid filter 'dangling=maybe'"), "{err}");
-        assert_eq!(parse(&["dangling=true"]).unwrap().boolean("dangling").unwrap(), Some(true));
-        assert_eq!(parse(&[]).unwrap().boolean("dangling").unwrap(), None);
+        let f = parse(&["name=a", "name=b"]).unwrap();
+        let err = f.check("name", |v| v == "a").unwrap_err().to_string();
+        assert!(err.ends_with("invalid filter 'name=b'"), "{err}");
     }
 }

@@ -7,7 +7,9 @@ mod filters;
 mod flags;
 pub mod image;
 pub mod login;
+mod prune;
 pub mod system;
+mod system_info;
 pub mod vm;
 pub mod volume;
 
@@ -31,9 +33,13 @@ pub enum Command {
     /// Manage volumes.
     #[command(subcommand)]
     Volume(volume::VolumeCommand),
-    /// Manage husk itself (warm-start templates).
+    /// Manage husk itself (warm-start templates, df, prune, info).
     #[command(subcommand)]
     System(system::SystemCommand),
+    /// Display system-wide information.
+    Info(system_info::InfoArgs),
+    /// Show the husk version information.
+    Version(system_info::InfoArgs),
 }
 
 /// Runs a subcommand and returns the exit code.
@@ -47,5 +53,7 @@ pub fn run(command: Command) -> anyhow::Result<i32> {
         Command::Login(a) => login::login(a),
         Command::Logout(a) => login::logout(a),
         Command::System(c) => system::run(c),
+        Command::Info(a) => system_info::info(a),
+        Command::Version(a) => system_info::version(a),
     }
 }

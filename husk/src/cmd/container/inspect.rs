@@ -180,7 +180,11 @@ fn with_run_flags(mut hc: Value, cfg: &ContainerConfig) -> Value {
         .filter(|t| f.shm_size.is_none() || t.target != "/dev/shm")
         .map(|t| {
             let mut opts = vec![if t.read_only { "ro" } else { "rw" }.to_string()];
-            for (on, name) in [(t.nosuid, "nosuid"), (t.nodev, "nodev"), (t.noexec, "noexec")] {
+            for (on, name) in [
+                (t.nosuid, "nosuid"),
+                (t.nodev, "nodev"),
+                (t.noexec, "noexec"),
+            ] {
                 if on {
                     opts.push(name.into());
                 }
@@ -207,7 +211,7 @@ fn with_run_flags(mut hc: Value, cfg: &ContainerConfig) -> Value {
 
 /// Replaces `{{.A.B}}` paths (and `{{json .A}}`) with values from `doc`;
 /// strings print bare, everything else as JSON.
-fn render(format: &str, doc: &Value) -> String {
+pub fn render(format: &str, doc: &Value) -> String {
     let mut out = String::new();
     let mut rest = format;
     while let Some(start) = rest.find("{{") {

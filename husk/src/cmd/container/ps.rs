@@ -234,7 +234,9 @@ pub(super) fn parse_filters(raw: &[String]) -> Result<Filters> {
 fn matches(c: &Container, f: &Filters, ancestors: &[String]) -> bool {
     let short_image = c.config.image_id.trim_start_matches("sha256:");
     f.any("status", |v| c.state.status.as_str() == v)
-        && f.any("name", |v| c.config.name.contains(v.trim_start_matches('/')))
+        && f.any("name", |v| {
+            c.config.name.contains(v.trim_start_matches('/'))
+        })
         && f.any("id", |v| c.id.as_str().starts_with(v))
         && f.labels_match(&c.config.labels)
         && f.any("exited", |v| {

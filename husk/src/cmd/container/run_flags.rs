@@ -175,7 +175,10 @@ mod tests {
         let f = p.run_flags;
         assert!(f.read_only && f.init);
         assert_eq!(f.shm_size, Some(256 << 20));
-        assert_eq!(f.dns.servers, ["1.1.1.1".parse::<std::net::IpAddr>().unwrap()]);
+        assert_eq!(
+            f.dns.servers,
+            ["1.1.1.1".parse::<std::net::IpAddr>().unwrap()]
+        );
         assert_eq!(f.dns.search, ["example.org"]);
         assert_eq!(f.dns.options, ["ndots:2"]);
         let none = parse(&[]).unwrap();
@@ -190,7 +193,10 @@ mod tests {
             (vec!["--shm-size", "lots"], "invalid size: 'lots'"),
             (vec!["--tmpfs", "run"], "invalid --tmpfs \"run\""),
             (vec!["-l", "=x"], "invalid label \"=x\""),
-            (vec!["--label-file", "/nonexistent/labels"], "reading label file"),
+            (
+                vec!["--label-file", "/nonexistent/labels"],
+                "reading label file",
+            ),
         ] {
             let err = format!("{:#}", parse(&args).err().unwrap());
             assert!(err.starts_with(want), "{err}");
