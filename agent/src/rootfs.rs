@@ -358,8 +358,13 @@ fn mount_tmpfs(root: &Path, t: &TmpfsMount, points: MountPoints) -> Result<(), S
 /// Makes the root mount itself read-only (`--read-only`); the mounts
 /// inside it (API filesystems, volumes, tmpfs) keep their own flags.
 fn remount_read_only(root: &Path) -> Result<(), SysError> {
-    let flags = MountFlags::REMOUNT | MountFlags::BIND | MountFlags::RDONLY;
-    mount_at("none", root, "", flags, None, Teardown::Keep)
+    rustix::mount::mount_remount(root, MountFlags::BIND | MountFlags::RDONLY, "").map_err(|e| {
+        SysError::Mount {
+            what: "the read-only root".into(),
+            target: root.display().to_string(),
+            source: e.into(),
+        }
+    })
 }
 
 /// The kernel's (UTS) hostname, when one is given.

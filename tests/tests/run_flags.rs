@@ -124,12 +124,18 @@ fn run_flags_show_inside_the_guest_and_labels_filter_ps() {
     assert_eq!(ps_ids(&env, &["label=app"]), both);
     assert_eq!(ps_ids(&env, &["label=app=web"]), [flagged.clone()]);
     assert_eq!(ps_ids(&env, &["label=app=db"]), [other.clone()]);
-    assert_eq!(ps_ids(&env, &["label=app", "label=team"]), [flagged.clone()]);
+    assert_eq!(
+        ps_ids(&env, &["label=app", "label=team"]),
+        [flagged.clone()]
+    );
     assert_eq!(ps_ids(&env, &["label=nope"]), Vec::<String>::new());
     assert_eq!(ps_ids(&env, &["name=flagged", "name=other"]), both);
     assert_eq!(ps_ids(&env, &["status=created"]), [other.clone()]);
     assert_eq!(ps_ids(&env, &["exited=0"]), [flagged.clone()]);
-    assert_eq!(ps_ids(&env, &["ancestor=", "label=app"]), Vec::<String>::new());
+    assert_eq!(
+        ps_ids(&env, &["ancestor=", "label=app"]),
+        Vec::<String>::new()
+    );
     assert_eq!(ps_ids(&env, &[&format!("ancestor={IMAGE}")]), both);
     let err = env.fails(1, &["ps", "--filter", "bogus=1"]);
     assert!(
@@ -158,8 +164,11 @@ fn rename_prune_and_system_reports() {
     );
 
     // system df / info / version: real numbers.
-    let images: std::collections::BTreeSet<String> =
-        env.ok(&["images", "-q"]).lines().map(String::from).collect();
+    let images: std::collections::BTreeSet<String> = env
+        .ok(&["images", "-q"])
+        .lines()
+        .map(String::from)
+        .collect();
     let df = env.ok(&["system", "df"]);
     let row = |kind: &str| -> Vec<String> {
         let line = df
@@ -183,7 +192,9 @@ fn rename_prune_and_system_reports() {
     assert_eq!(info["ContainersStopped"], 2, "{info}");
     assert_eq!(info["Images"], images.len(), "{info}");
     assert_eq!(info["KVM"], true, "{info}");
-    assert!(env.ok(&["info"]).contains("\n Containers: 3\n  Running: 1\n"));
+    assert!(env
+        .ok(&["info"])
+        .contains("\n Containers: 3\n  Running: 1\n"));
     let version = env.ok(&["version", "--format", "{{.Client.Version}}"]);
     let clap_version = env.ok(&["--version"]);
     assert_eq!(format!("husk {version}"), clap_version);
@@ -197,12 +208,18 @@ fn rename_prune_and_system_reports() {
     assert_eq!(ps_ids(&env, &[]).len(), 3);
     let out = env.ok(&["container", "prune", "-f", "--filter", "label!=keep"]);
     assert!(out.starts_with("Deleted Containers:\n"), "{out}");
-    assert!(out.contains(one.trim()) && !out.contains(two.trim()), "{out}");
+    assert!(
+        out.contains(one.trim()) && !out.contains(two.trim()),
+        "{out}"
+    );
     let total = out.lines().last().unwrap_or_default();
     assert!(total.starts_with("Total reclaimed space: "), "{out}");
     assert_ne!(total, "Total reclaimed space: 0B", "{out}");
     let out = env.ok(&["container", "prune", "-f"]);
-    assert!(out.contains(two.trim()) && !out.contains(live.trim()), "{out}");
+    assert!(
+        out.contains(two.trim()) && !out.contains(live.trim()),
+        "{out}"
+    );
     assert_eq!(ps_ids(&env, &[]), [short(&live)]);
 
     env.ok(&["volume", "create", "keepme"]);

@@ -305,10 +305,8 @@ pub fn info(a: InfoArgs) -> Result<i32> {
         return Ok(0);
     }
     let s = |k: &str| render(&format!("{{{{.{k}}}}}"), &d);
-    println!(
-        "Client:\n Version:    {}\n Context:    default\n",
-        env!("CARGO_PKG_VERSION")
-    );
+    let v = env!("CARGO_PKG_VERSION");
+    println!("Client:\n Version:    {v}\n Context:    default\n");
     println!("Server:");
     println!(" Containers: {}", s("Containers"));
     println!("  Running: {}", s("ContainersRunning"));
