@@ -66,6 +66,10 @@ fn run_flags_show_inside_the_guest_and_labels_filter_ps() {
         "--init",
         "--cidfile",
         s(&cid),
+        // The image's WorkingDir does not exist in it: with a read-only
+        // root it could not be created.
+        "-w",
+        "/",
         IMAGE,
         "sh",
         "-c",

@@ -70,9 +70,11 @@ struct Usage {
 
 impl Usage {
     fn doc(&self) -> Value {
-        let pct = (self.size > 0)
-            .then(|| format!(" ({}%)", self.reclaimable * 100 / self.size))
-            .unwrap_or_default();
+        let pct = if self.size > 0 {
+            format!(" ({}%)", self.reclaimable * 100 / self.size)
+        } else {
+            String::new()
+        };
         json!({
             "Type": self.kind,
             "TotalCount": self.total.to_string(),

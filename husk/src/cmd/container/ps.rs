@@ -250,7 +250,7 @@ fn matches(c: &Container, f: &Filters, ancestors: &[String]) -> bool {
                 c.config.image == *v
                     || (!v.is_empty() && short_image.starts_with(v.trim_start_matches("sha256:")))
             })
-            || ancestors.iter().any(|id| *id == c.config.image_id))
+            || ancestors.contains(&c.config.image_id))
 }
 
 /// The image IDs the `ancestor` filters name (those the store knows).
