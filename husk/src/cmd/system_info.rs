@@ -70,11 +70,10 @@ struct Usage {
 
 impl Usage {
     fn doc(&self) -> Value {
-        let pct = if self.size > 0 {
-            format!(" ({}%)", self.reclaimable * 100 / self.size)
-        } else {
-            String::new()
-        };
+        let pct = (self.reclaimable * 100)
+            .checked_div(self.size)
+            .map(|p| format!(" ({p}%)"))
+            .unwrap_or_default();
         json!({
             "Type": self.kind,
             "TotalCount": self.total.to_string(),
