@@ -126,16 +126,16 @@ fn run_flags_show_inside_the_guest_and_labels_filter_ps() {
         v
     };
     assert_eq!(ps_ids(&env, &["label=app"]), both);
-    assert_eq!(ps_ids(&env, &["label=app=web"]), [flagged.clone()]);
-    assert_eq!(ps_ids(&env, &["label=app=db"]), [other.clone()]);
+    assert_eq!(ps_ids(&env, &["label=app=web"]), vec![flagged.clone()]);
+    assert_eq!(ps_ids(&env, &["label=app=db"]), vec![other.clone()]);
     assert_eq!(
         ps_ids(&env, &["label=app", "label=team"]),
-        [flagged.clone()]
+        vec![flagged.clone()]
     );
     assert_eq!(ps_ids(&env, &["label=nope"]), Vec::<String>::new());
     assert_eq!(ps_ids(&env, &["name=flagged", "name=other"]), both);
-    assert_eq!(ps_ids(&env, &["status=created"]), [other.clone()]);
-    assert_eq!(ps_ids(&env, &["exited=0"]), [flagged.clone()]);
+    assert_eq!(ps_ids(&env, &["status=created"]), vec![other.clone()]);
+    assert_eq!(ps_ids(&env, &["exited=0"]), vec![flagged.clone()]);
     assert_eq!(
         ps_ids(&env, &["ancestor=", "label=app"]),
         Vec::<String>::new()
