@@ -141,6 +141,7 @@ fn spec() -> ContainerSpec {
         files: Vec::new(),
         tmpfs: Vec::new(),
         sysctls: Vec::new(),
+        read_only_root: false,
     }
 }
 

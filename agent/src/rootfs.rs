@@ -157,6 +157,9 @@ pub fn create(spec: &ContainerSpec, mounts: &mut Vec<PathBuf>) -> Result<Contain
     if points == MountPoints::Create {
         write_etc(root, spec)?;
         write_files(root, &spec.files)?;
+        if spec.read_only_root {
+            remount_read_only(root)?;
+        }
     }
     crate::net::configure(spec.network.as_ref()).map_err(|e| SysError::Network(e.to_string()))?;
     set_sysctls(&spec.sysctls)?;
@@ -350,6 +353,18 @@ fn mount_tmpfs(root: &Path, t: &TmpfsMount, points: MountPoints) -> Result<(), S
     let data = data.join(",");
     let data = (!data.is_empty()).then_some(data.as_str());
     mount_at("tmpfs", &dir, "tmpfs", flags, data, Teardown::Keep)
+}
+
+/// Makes the root mount itself read-only (`--read-only`); the mounts
+/// inside it (API filesystems, volumes, tmpfs) keep their own flags.
+fn remount_read_only(root: &Path) -> Result<(), SysError> {
+    rustix::mount::mount_remount(root, MountFlags::BIND | MountFlags::RDONLY, "").map_err(|e| {
+        SysError::Mount {
+            what: "the read-only root".into(),
+            target: root.display().to_string(),
+            source: e.into(),
+        }
+    })
 }
 
 /// The kernel's (UTS) hostname, when one is given.

@@ -173,6 +173,7 @@ pub fn run(
         files: Vec::new(),
         tmpfs: Vec::new(),
         sysctls: Vec::new(),
+        read_only_root: false,
     };
     let failed = |why: String| VmError::Failed {
         why,

@@ -43,6 +43,9 @@ fn runtime_json(r: &RuntimeConfig) -> Value {
     if !r.volumes.is_empty() {
         c["Volumes"] = as_set(&r.volumes);
     }
+    if !r.labels.is_empty() {
+        c["Labels"] = json!(r.labels);
+    }
     c
 }
 

@@ -44,6 +44,9 @@ pub struct RuntimeConfig {
     pub volumes: Vec<String>,
     /// `StopSignal`.
     pub stop_signal: Option<String>,
+    /// `Labels` (a container's own labels win over them).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// One layer of an image.
@@ -112,6 +115,7 @@ impl Image {
             exposed_ports: c.exposed_ports().clone().unwrap_or_default(),
             volumes: c.volumes().clone().unwrap_or_default(),
             stop_signal: c.stop_signal().clone(),
+            labels: c.labels().clone().unwrap_or_default().into_iter().collect(),
         }
     }
 }

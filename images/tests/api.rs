@@ -91,6 +91,7 @@ fn commit_resolve_and_flattened_layer_disks() {
         exposed_ports: vec!["80/tcp".into()],
         volumes: vec!["/data".into()],
         stop_signal: Some("SIGINT".into()),
+        labels: [("org.example.k".to_string(), "v".to_string())].into(),
     };
     let tag: Reference = "flat:test".parse().expect("ref");
     let n = MAX_LAYER_DISKS + 2;

@@ -26,6 +26,7 @@ fn samples() -> Vec<Message> {
                 key: "net.ipv4.ping_group_range".into(),
                 value: "0 0".into(),
             }],
+            read_only_root: true,
         }),
         Message::Exec(ExecRequest {
             argv: vec!["/bin/sh".into(), "-c".into(), "echo hi".into()],

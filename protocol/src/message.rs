@@ -159,6 +159,10 @@ pub struct ContainerSpec {
     /// configured: the guest kernel is the container's own. At most
     /// [`MAX_SYSCTLS`](crate::MAX_SYSCTLS).
     pub sysctls: Vec<Sysctl>,
+    /// Remount an image root ([`RootFs::Layers`]) read-only once it is
+    /// assembled (`--read-only`): volumes and tmpfs mounts, mounts of
+    /// their own, stay as they are.
+    pub read_only_root: bool,
 }
 
 /// One kernel parameter (see [`ContainerSpec::sysctls`]).

@@ -101,6 +101,17 @@ pub struct ContainerConfig {
     /// The health check (flags over the image's `HEALTHCHECK`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<crate::health::HealthConfig>,
+    // Labels and run flags (see [`crate::run_flags`]).
+    /// Labels (`Config.Labels`): the image's, overridden by `-l` and
+    /// `--label-file`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// `--dns*`, `--read-only`, `--init`, `--shm-size`.
+    #[serde(
+        default,
+        skip_serializing_if = "crate::run_flags::RunFlags::is_default"
+    )]
+    pub run_flags: crate::run_flags::RunFlags,
 }
 
 /// Rate limits on the container VM's devices; 0 is unlimited. Each is a

@@ -93,6 +93,14 @@ pub struct CreateOptions {
     pub restart_policy: crate::restart::RestartPolicy,
     /// `--health-*`, `--no-healthcheck`.
     pub health: crate::health::HealthFlags,
+    // Labels and run flags (see [`crate::run_flags`]).
+    /// `-l`/`--label` and `--label-file` entries, in order (a later one
+    /// wins; all win over the image's labels).
+    pub labels: Vec<(String, String)>,
+    /// `--tmpfs` mounts.
+    pub tmpfs: Vec<husk_protocol::TmpfsMount>,
+    /// `--dns*`, `--read-only`, `--init`, `--shm-size`.
+    pub run_flags: crate::run_flags::RunFlags,
 }
 
 /// A volume to mount (the CLI's `-v`).

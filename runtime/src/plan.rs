@@ -92,6 +92,12 @@ pub struct ContainerPlan {
     pub restart_policy: crate::restart::RestartPolicy,
     /// The health check.
     pub health: Option<crate::health::HealthConfig>,
+    // Labels and run flags (see [`crate::run_flags`]).
+    /// Labels: the image's, overridden by the container's.
+    pub labels: BTreeMap<String, String>,
+    /// `--dns*`, `--read-only`, `--init`, `--shm-size` (whose /dev/shm is
+    /// already among `tmpfs`).
+    pub run_flags: crate::run_flags::RunFlags,
 }
 
 impl ContainerPlan {
@@ -130,6 +136,8 @@ impl ContainerPlan {
             io_limits: Default::default(),
             restart_policy: Default::default(),
             health: None,
+            labels: BTreeMap::new(),
+            run_flags: Default::default(),
         }
     }
 
@@ -284,6 +292,14 @@ impl Runtime {
                 .health
                 .resolve(image_healthcheck(&store, &image).as_ref())
                 .map_err(Error::Invalid)?,
+            labels: crate::run_flags::merge_labels(&rc.labels, &opts.labels),
+            tmpfs: opts
+                .tmpfs
+                .iter()
+                .cloned()
+                .chain(opts.run_flags.tmpfs())
+                .collect(),
+            run_flags: opts.run_flags.clone(),
             ..ContainerPlan::new(process, layers, boot)
         })
     }

@@ -195,6 +195,8 @@ impl Runtime {
                 io_limits: plan.io_limits,
                 restart_policy: plan.restart_policy,
                 health: plan.health,
+                labels: plan.labels,
+                run_flags: plan.run_flags,
             };
             State::created().write(&paths)?;
             self.publish(&id, config, plan.name.as_deref(), &tmp)

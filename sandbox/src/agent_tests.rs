@@ -24,6 +24,7 @@ fn spec() -> ContainerSpec {
         files: Vec::new(),
         tmpfs: Vec::new(),
         sysctls: Vec::new(),
+        read_only_root: false,
     }
 }
 

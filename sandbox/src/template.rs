@@ -135,6 +135,23 @@ impl TemplateInputs {
     }
 }
 
+/// Bytes `path` takes on disk: the blocks allocated to it and, for a
+/// directory, to everything below it (symlinks not followed; sparse files
+/// counted as stored, so an 8 GiB sparse disk counts what it holds).
+pub fn disk_usage(path: &Path) -> u64 {
+    let Ok(meta) = fs::symlink_metadata(path) else {
+        return 0;
+    };
+    let own = meta.blocks() * 512;
+    if !meta.is_dir() {
+        return own;
+    }
+    let below: u64 = fs::read_dir(path)
+        .map(|entries| entries.flatten().map(|e| disk_usage(&e.path())).sum())
+        .unwrap_or(0);
+    own + below
+}
+
 /// A complete template on disk.
 #[derive(Clone, Debug)]
 pub struct Template {
@@ -157,15 +174,7 @@ impl Template {
 
     /// Bytes the template takes on disk (sparse memory counted as stored).
     pub fn disk_usage(&self) -> u64 {
-        fs::read_dir(&self.dir)
-            .map(|entries| {
-                entries
-                    .flatten()
-                    .filter_map(|e| e.metadata().ok())
-                    .map(|m| m.blocks() * 512)
-                    .sum()
-            })
-            .unwrap_or(0)
+        disk_usage(&self.dir)
     }
 
     /// When it was made.

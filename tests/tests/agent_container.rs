@@ -286,6 +286,7 @@ fn container_in_a_real_vm() {
         files: Vec::new(),
         tmpfs: Vec::new(),
         sysctls: Vec::new(),
+        read_only_root: false,
     }));
     assert_eq!(boot.recv(), Message::Ok);
     let mut init = exec(INIT);

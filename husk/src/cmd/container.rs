@@ -6,9 +6,11 @@ mod control;
 mod inspect;
 mod interactive;
 mod logs;
+mod manage;
 mod port;
 mod ps;
 mod run;
+mod run_flags;
 
 use std::path::PathBuf;
 
@@ -18,7 +20,7 @@ use husk_runtime::Runtime;
 
 use super::image::RootArgs;
 
-pub(crate) use inspect::render as render_template;
+pub use inspect::render;
 pub use interactive::ExitWith;
 pub use run::{CreateArgs, RunArgs};
 
@@ -57,6 +59,11 @@ pub enum ContainerCommand {
     Pause(control::NamesArgs),
     /// Unpause all processes within containers.
     Unpause(control::NamesArgs),
+    /// Rename a container.
+    Rename(manage::RenameArgs),
+    /// Manage containers (`prune`).
+    #[command(subcommand)]
+    Container(manage::ContainerSub),
     /// The per-container monitor (started by husk itself).
     #[command(hide = true, name = "container-monitor")]
     Monitor(MonitorArgs),
@@ -92,6 +99,8 @@ pub fn run(command: ContainerCommand) -> anyhow::Result<i32> {
         ContainerCommand::Inspect(a) => inspect::inspect(a),
         ContainerCommand::Pause(a) => control::pause(a, true),
         ContainerCommand::Unpause(a) => control::pause(a, false),
+        ContainerCommand::Rename(a) => manage::rename(a),
+        ContainerCommand::Container(c) => manage::container(c),
         ContainerCommand::Monitor(a) => Ok(husk_runtime::monitor::main(&a.root, &a.id, &a.mode)),
     }
 }

@@ -126,7 +126,7 @@ fn line(e: &Event, format: Option<&str>) -> String {
     match format {
         Some(f) => {
             let doc = serde_json::to_value(e).unwrap_or_default();
-            super::container::render_template(f, &doc)
+            super::container::render(f, &doc)
         }
         None => e.line(),
     }

@@ -3,10 +3,13 @@
 
 pub mod build;
 pub mod container;
+mod filters;
 mod flags;
 pub mod image;
 pub mod login;
+mod prune;
 pub mod system;
+mod system_info;
 pub mod vm;
 pub mod volume;
 
@@ -34,7 +37,7 @@ pub enum Command {
     /// Manage volumes.
     #[command(subcommand)]
     Volume(volume::VolumeCommand),
-    /// Manage husk itself (warm-start templates).
+    /// Manage husk itself (warm-start templates, df, prune, info).
     #[command(subcommand)]
     System(system::SystemCommand),
     /// Get real time events from the store's event log.
@@ -42,6 +45,10 @@ pub enum Command {
     /// Generate files for other tools (a systemd unit).
     #[command(subcommand)]
     Generate(generate::GenerateCommand),
+    /// Display system-wide information.
+    Info(system_info::InfoArgs),
+    /// Show the husk version information.
+    Version(system_info::InfoArgs),
 }
 
 /// Runs a subcommand and returns the exit code.
@@ -57,5 +64,7 @@ pub fn run(command: Command) -> anyhow::Result<i32> {
         Command::System(c) => system::run(c),
         Command::Events(a) => events::events(a),
         Command::Generate(c) => generate::run(c),
+        Command::Info(a) => system_info::info(a),
+        Command::Version(a) => system_info::version(a),
     }
 }

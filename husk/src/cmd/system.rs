@@ -15,6 +15,13 @@ use super::image::output::{human_age, human_size, print_table};
 pub enum SystemCommand {
     /// Warm-start templates: list (default), `rm KEY...`, `prune`.
     Templates(TemplatesArgs),
+    /// Show disk usage (images, containers, volumes, build cache).
+    Df(super::system_info::DfArgs),
+    /// Remove stopped containers, dangling images, the build cache (and
+    /// with --volumes unused anonymous volumes).
+    Prune(super::system_info::SystemPruneArgs),
+    /// Display system-wide information.
+    Info(super::system_info::InfoArgs),
 }
 
 /// `husk system templates`.
@@ -50,7 +57,12 @@ pub enum TemplatesAction {
 
 /// Runs a system command.
 pub fn run(command: SystemCommand) -> Result<i32> {
-    let SystemCommand::Templates(args) = command;
+    let args = match command {
+        SystemCommand::Templates(args) => args,
+        SystemCommand::Df(a) => return super::system_info::df(a),
+        SystemCommand::Prune(a) => return super::system_info::system_prune(a),
+        SystemCommand::Info(a) => return super::system_info::info(a),
+    };
     let store = TemplateStore::default_store();
     match args.action.unwrap_or(TemplatesAction::Ls { quiet: false }) {
         TemplatesAction::Ls { quiet } => list(&store, quiet || args.quiet),

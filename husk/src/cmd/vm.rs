@@ -164,6 +164,7 @@ fn run_vm(args: RunArgs) -> Result<i32> {
         files: Vec::new(),
         tmpfs: Vec::new(),
         sysctls: Vec::new(),
+        read_only_root: false,
     };
     let request = ExecRequest {
         argv: args.command,

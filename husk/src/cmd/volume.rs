@@ -20,6 +20,21 @@ pub enum VolumeCommand {
     Rm(NamesArgs),
     /// Show details of volumes as JSON.
     Inspect(NamesArgs),
+    /// Remove unused anonymous volumes (all unused ones with -a).
+    Prune(PruneArgs),
+}
+
+/// `husk volume prune`.
+#[derive(Args, Debug)]
+pub struct PruneArgs {
+    /// Remove all unused volumes, not just anonymous ones.
+    #[arg(short, long)]
+    all: bool,
+    /// Do not prompt for confirmation.
+    #[arg(short, long)]
+    force: bool,
+    #[command(flatten)]
+    root: RootArgs,
 }
 
 /// `husk volume create`.
@@ -64,7 +79,22 @@ pub fn run(command: VolumeCommand) -> Result<i32> {
         VolumeCommand::Ls(a) => ls(a),
         VolumeCommand::Rm(a) => rm(a),
         VolumeCommand::Inspect(a) => inspect(a),
+        VolumeCommand::Prune(a) => prune(a),
     }
+}
+
+fn prune(a: PruneArgs) -> Result<i32> {
+    let warning = if a.all {
+        "This will remove all local volumes not used by at least one container."
+    } else {
+        "This will remove anonymous local volumes not used by at least one container."
+    };
+    if !a.force && !super::prune::confirm(warning)? {
+        return Ok(0);
+    }
+    let pruned = runtime(&a.root)?.prune_volumes(a.all)?;
+    super::prune::print_total(super::prune::report("Volumes", &pruned));
+    Ok(0)
 }
 
 fn create(a: CreateArgs) -> Result<i32> {

@@ -86,7 +86,11 @@ pub fn container_spec(cfg: &ContainerConfig, net: &GuestNet) -> ContainerSpec {
             .collect(),
         hostname: cfg.hostname.clone(),
         hosts: cfg.hosts.iter().chain(&net.hosts).cloned().collect(),
-        resolv_conf: net.resolv_conf.clone().or_else(|| cfg.resolv_conf.clone()),
+        resolv_conf: net
+            .resolv_conf
+            .clone()
+            .or_else(|| cfg.resolv_conf.clone())
+            .map(|conf| cfg.run_flags.dns.apply(&conf)),
         network: net.spec.clone(),
         files: cfg
             .files
@@ -99,6 +103,7 @@ pub fn container_spec(cfg: &ContainerConfig, net: &GuestNet) -> ContainerSpec {
             .collect(),
         tmpfs: cfg.tmpfs.clone(),
         sysctls: cfg.sysctls.clone(),
+        read_only_root: cfg.run_flags.read_only,
     }
 }
 

@@ -106,8 +106,9 @@ fn document(c: &Container) -> Value {
             "WorkingDir": cfg.process.cwd,
             "StopSignal": cfg.stop_signal.to_string(),
             "StopTimeout": cfg.stop_timeout,
+            "Labels": cfg.labels,
         },
-        "HostConfig": host_config(cfg),
+        "HostConfig": with_run_flags(host_config(cfg), cfg),
         "NetworkSettings": { "Ports": published(c) },
         "Husk": {
             "Kernel": cfg.kernel,
@@ -175,9 +176,49 @@ fn host_config(cfg: &ContainerConfig) -> Value {
     })
 }
 
+/// `HostConfig` entries of the run flags (`--dns*`, `--read-only`,
+/// `--init`, `--shm-size`, `--tmpfs`), as Docker names them.
+fn with_run_flags(mut hc: Value, cfg: &ContainerConfig) -> Value {
+    let f = &cfg.run_flags;
+    let strings = |v: Vec<String>| json!(v);
+    let tmpfs: serde_json::Map<String, Value> = cfg
+        .tmpfs
+        .iter()
+        .filter(|t| f.shm_size.is_none() || t.target != "/dev/shm")
+        .map(|t| {
+            let mut opts = vec![if t.read_only { "ro" } else { "rw" }.to_string()];
+            for (on, name) in [
+                (t.nosuid, "nosuid"),
+                (t.nodev, "nodev"),
+                (t.noexec, "noexec"),
+            ] {
+                if on {
+                    opts.push(name.into());
+                }
+            }
+            opts.extend(t.size.as_ref().map(|s| format!("size={s}")));
+            opts.extend(t.mode.map(|m| format!("mode={m:o}")));
+            (t.target.clone(), json!(opts.join(",")))
+        })
+        .collect();
+    let extra = json!({
+        "Dns": strings(f.dns.servers.iter().map(ToString::to_string).collect()),
+        "DnsSearch": f.dns.search,
+        "DnsOptions": f.dns.options,
+        "ReadonlyRootfs": f.read_only,
+        "Init": f.init,
+        "ShmSize": f.shm_size.unwrap_or(64 << 20),
+        "Tmpfs": if tmpfs.is_empty() { Value::Null } else { Value::Object(tmpfs) },
+    });
+    if let (Value::Object(hc), Value::Object(extra)) = (&mut hc, extra) {
+        hc.extend(extra);
+    }
+    hc
+}
+
 /// Replaces `{{.A.B}}` paths (and `{{json .A}}`) with values from `doc`;
 /// strings print bare, everything else as JSON.
-pub(crate) fn render(format: &str, doc: &Value) -> String {
+pub fn render(format: &str, doc: &Value) -> String {
     let mut out = String::new();
     let mut rest = format;
     while let Some(start) = rest.find("{{") {

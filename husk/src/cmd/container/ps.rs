@@ -1,12 +1,13 @@
 //! `husk ps`: Docker's columns, `-a`, `-q`, `--no-trunc`, `--filter` and
 //! a small `--format` (Go-template field substitution).
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use clap::Args;
 use husk_runtime::time::secs_since;
 use husk_runtime::{Container, Status};
 
 use super::RootArgs;
+use crate::cmd::filters::Filters;
 use crate::cmd::image::output::{human_age, print_table};
 
 /// `husk ps` flags.
@@ -21,7 +22,9 @@ pub struct PsArgs {
     /// Do not truncate output.
     #[arg(long)]
     no_trunc: bool,
-    /// Filter: status=, name=, id= (same key: any; different keys: all).
+    /// Filter: status=, name=, id=, label=KEY[=VALUE], ancestor=IMAGE,
+    /// exited=CODE, volume=NAME|PATH (same key: any; different keys and
+    /// labels: all).
     #[arg(short = 'f', long = "filter", value_name = "KEY=VALUE")]
     filters: Vec<String>,
     /// Go-template-like format: {{.ID}} {{.Names}} {{.Image}}
@@ -37,11 +40,12 @@ pub struct PsArgs {
 pub fn ps(a: PsArgs) -> Result<i32> {
     let rt = super::runtime(&a.root)?;
     let filters = parse_filters(&a.filters)?;
+    let ancestors = ancestor_ids(&rt, &filters);
     let shown: Vec<Container> = rt
         .list()?
         .into_iter()
-        .filter(|c| a.all || c.state.is_running() || filters.iter().any(|(k, _)| k == "status"))
-        .filter(|c| matches(c, &filters))
+        .filter(|c| a.all || c.state.is_running() || filters.has("status"))
+        .filter(|c| matches(c, &filters, &ancestors))
         .collect();
     let rows: Vec<Row> = shown.iter().map(|c| Row::of(c, !a.no_trunc)).collect();
     if a.quiet {
@@ -213,40 +217,66 @@ fn render(format: &str, value: &dyn Fn(&str) -> Option<String>) -> String {
     out
 }
 
-/// Parses `key=value` filters.
-fn parse_filters(raw: &[String]) -> Result<Vec<(String, String)>> {
-    raw.iter()
-        .map(|f| {
-            let Some((k, v)) = f.split_once('=') else {
-                bail!("bad format of filter (expected name=value): {f}");
-            };
-            if !matches!(k, "status" | "name" | "id") {
-                bail!("invalid filter '{k}' (supported: status, name, id)");
-            }
-            if k == "status" && !matches!(v, "created" | "running" | "exited") {
-                bail!("invalid filter 'status={v}' (created, running, exited)");
-            }
-            Ok((k.to_string(), v.to_string()))
-        })
-        .collect()
+/// The keys `ps --filter` takes.
+const PS_FILTERS: &[&str] = &[
+    "status", "name", "id", "label", "label!", "ancestor", "exited", "volume",
+];
+
+/// Docker's container states (husk has no restarting, removing or dead
+/// ones: filtering on them finds nothing).
+const STATES: &[&str] = &[
+    "created",
+    "restarting",
+    "running",
+    "removing",
+    "paused",
+    "exited",
+    "dead",
+];
+
+/// Parses `ps` filters, with Docker's errors for bad keys and values.
+pub(super) fn parse_filters(raw: &[String]) -> Result<Filters> {
+    let f = Filters::parse(raw, PS_FILTERS)?;
+    f.check("status", |v| STATES.contains(&v))?;
+    f.check("exited", |v| v.parse::<i32>().is_ok())?;
+    Ok(f)
 }
 
-/// Docker's filter semantics: values of one key are alternatives, keys
-/// are all required; `name` matches a substring, `id` a prefix.
-fn matches(c: &Container, filters: &[(String, String)]) -> bool {
-    ["status", "name", "id"].iter().all(|key| {
-        let values: Vec<&str> = filters
-            .iter()
-            .filter(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
-            .collect();
-        values.is_empty()
-            || values.iter().any(|v| match *key {
-                "status" => c.state.status_word() == *v,
-                "name" => c.config.name.contains(v),
-                _ => c.id.as_str().starts_with(v),
+/// Whether a container passes the filters: `name` matches a substring,
+/// `id` a prefix, `ancestor` the image as named or its ID (`images` are
+/// the IDs the `ancestor` values resolve to in the store).
+fn matches(c: &Container, f: &Filters, ancestors: &[String]) -> bool {
+    let short_image = c.config.image_id.trim_start_matches("sha256:");
+    f.any("status", |v| c.state.status_word() == v)
+        && f.any("name", |v| {
+            c.config.name.contains(v.trim_start_matches('/'))
+        })
+        && f.any("id", |v| c.id.as_str().starts_with(v))
+        && f.labels_match(&c.config.labels)
+        && f.any("exited", |v| {
+            c.state.status == Status::Exited && v.parse().ok() == c.state.exit_code
+        })
+        && f.any("volume", |v| {
+            c.config.mounts.iter().any(|m| m.name == v || m.target == v)
+        })
+        && (f.values("ancestor").is_empty()
+            || f.values("ancestor").iter().any(|v| {
+                c.config.image == *v
+                    || (!v.is_empty() && short_image.starts_with(v.trim_start_matches("sha256:")))
             })
-    })
+            || ancestors.contains(&c.config.image_id))
+}
+
+/// The image IDs the `ancestor` filters name (those the store knows).
+fn ancestor_ids(rt: &husk_runtime::Runtime, f: &Filters) -> Vec<String> {
+    let Ok(store) = rt.image_store() else {
+        return Vec::new();
+    };
+    f.values("ancestor")
+        .iter()
+        .filter_map(|v| store.resolve(v).ok())
+        .map(|img| img.id.to_string())
+        .collect()
 }
 
 /// Truncates to `max` characters, the last one an ellipsis.
@@ -295,8 +325,15 @@ mod tests {
         );
         assert_eq!(go_quote("echo \"hi\"\n"), "\"echo \\\"hi\\\"\\n\"");
         assert!(parse_filters(&["status=running".into(), "name=web".into()]).is_ok());
-        assert!(parse_filters(&["status=bogus".into()]).is_err());
-        assert!(parse_filters(&["label=x".into()]).is_err());
+        assert!(parse_filters(&["label=x".into(), "exited=0".into()]).is_ok());
+        for (bad, want) in [
+            ("status=bogus", "invalid filter 'status=bogus'"),
+            ("exited=x", "invalid filter 'exited=x'"),
+            ("nope=1", "invalid filter 'nope'"),
+        ] {
+            let err = parse_filters(&[bad.into()]).unwrap_err().to_string();
+            assert!(err.ends_with(want), "{err}");
+        }
         assert!(parse_filters(&["novalue".into()]).is_err());
     }
 }

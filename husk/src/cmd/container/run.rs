@@ -157,6 +157,8 @@ pub struct CreateArgs {
     cold: bool,
     #[command(flatten)]
     root: RootArgs,
+    #[command(flatten)]
+    run_flags: super::run_flags::RunFlagArgs,
     /// The image.
     image: String,
     /// The command and its arguments (default: the image's).
@@ -206,6 +208,7 @@ fn options(a: &CreateArgs) -> Result<CreateOptions> {
     let kernel = assets::kernel(a.kernel.as_deref())?;
     let agent = assets::agent()?;
     let agent_disk = assets::agent_disk(&agent, &assets::cache_dir())?;
+    let extra = a.run_flags.parse()?;
     Ok(CreateOptions {
         image: a.image.clone(),
         name: a.name.clone(),
@@ -264,6 +267,9 @@ fn options(a: &CreateArgs) -> Result<CreateOptions> {
             start_period: duration("--health-start-period", &a.health_start_period)?,
             none: a.no_healthcheck,
         },
+        labels: extra.labels,
+        tmpfs: extra.tmpfs,
+        run_flags: extra.run_flags,
     })
 }
 
@@ -296,8 +302,11 @@ fn security_flags(a: &CreateArgs) -> Result<SecurityFlags> {
 /// Creates the container; the image is looked up first, so a missing one
 /// is reported before anything else.
 fn create_container(rt: &Runtime, a: &CreateArgs) -> Result<husk_runtime::ContainerId> {
+    a.run_flags.check_cidfile()?;
     rt.image_store()?.resolve(&a.image)?;
-    Ok(rt.create(options(a)?)?)
+    let id = rt.create(options(a)?)?;
+    a.run_flags.write_cidfile(id.as_str())?;
+    Ok(id)
 }
 
 /// `husk create`: prints the new container's ID.
