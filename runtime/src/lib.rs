@@ -21,6 +21,7 @@
 
 pub mod attach;
 pub mod config;
+pub mod copy;
 pub mod exec;
 pub mod id;
 pub mod layout;
@@ -33,6 +34,7 @@ pub mod ports;
 pub mod relay;
 pub mod security;
 pub mod state;
+pub mod stats;
 mod store;
 pub mod time;
 pub mod volume;

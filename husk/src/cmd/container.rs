@@ -3,12 +3,15 @@
 //! `container-monitor` the lifecycle library re-executes.
 
 mod control;
+mod copy;
+mod format;
 mod inspect;
 mod interactive;
 mod logs;
 mod port;
 mod ps;
 mod run;
+mod stats;
 
 use std::path::PathBuf;
 
@@ -52,6 +55,17 @@ pub enum ContainerCommand {
     Port(port::PortArgs),
     /// Show details of containers as JSON.
     Inspect(inspect::InspectArgs),
+    // issue #14 part 2: stats, top, cp, diff, export
+    /// Display a live stream of containers' resource usage.
+    Stats(stats::StatsArgs),
+    /// Display the running processes of a container.
+    Top(stats::TopArgs),
+    /// Copy files between a container and the host.
+    Cp(copy::CpArgs),
+    /// Inspect changes to files on a container's filesystem.
+    Diff(copy::DiffArgs),
+    /// Export a container's filesystem as a tar archive.
+    Export(copy::ExportArgs),
     /// The per-container monitor (started by husk itself).
     #[command(hide = true, name = "container-monitor")]
     Monitor(MonitorArgs),
@@ -85,6 +99,11 @@ pub fn run(command: ContainerCommand) -> anyhow::Result<i32> {
         ContainerCommand::Exec(a) => interactive::exec(a),
         ContainerCommand::Port(a) => port::port(a),
         ContainerCommand::Inspect(a) => inspect::inspect(a),
+        ContainerCommand::Stats(a) => stats::stats(a),
+        ContainerCommand::Top(a) => stats::top(a),
+        ContainerCommand::Cp(a) => copy::cp(a),
+        ContainerCommand::Diff(a) => copy::diff(a),
+        ContainerCommand::Export(a) => copy::export(a),
         ContainerCommand::Monitor(a) => Ok(husk_runtime::monitor::main(&a.root, &a.id, &a.mode)),
     }
 }
