@@ -211,6 +211,7 @@ pub fn variant(msg: &Message) -> &'static str {
         Message::ArchivePut(_) => "ArchivePut",
         Message::Diff => "Diff",
         Message::Changes(_) => "Changes",
+        Message::ExportChanges => "ExportChanges",
     }
 }
 

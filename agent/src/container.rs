@@ -490,7 +490,8 @@ impl<S: System> Container<'_, S> {
             | Message::Top
             | Message::StatPath(_)
             | Message::ArchiveGet(_)
-            | Message::Diff)) => {
+            | Message::Diff
+            | Message::ExportChanges)) => {
                 self.query(i, query)?;
                 (Phase::Closed, None)
             }
@@ -534,6 +535,13 @@ impl<S: System> Container<'_, S> {
             Message::Top => Message::TopReply(ops::processes(proc_dir)),
             Message::StatPath(req) => archive::stat(&root.root, &req),
             Message::ArchiveGet(req) => return archive::send(conn, &root.root, &req),
+            Message::ExportChanges => match &root.upper {
+                Some(upper) => return crate::export::send_layer(conn, upper),
+                None => error(
+                    ErrorCode::BadRequest,
+                    "the container's root has no writable layer".into(),
+                ),
+            },
             Message::Diff => match &root.upper {
                 Some(upper) => {
                     let mut batch = Vec::new();

@@ -153,7 +153,12 @@ impl<W: Write> Walk<'_, W> {
         } else {
             self.upper.join(rel)
         };
-        let tar_path = self.name.join(rel);
+        // (`join("")` would add a trailing slash.)
+        let tar_path = if rel.as_os_str().is_empty() {
+            self.name.to_path_buf()
+        } else {
+            self.name.join(rel)
+        };
         let m = fs::symlink_metadata(&path).map_err(io_at(rel))?;
         let mut meta = Meta::of(&m);
         if let Some((uid, gid)) = self.owner {
@@ -306,5 +311,40 @@ mod tests {
             ]
         );
         assert_eq!(n, 8);
+    }
+
+    fn tar_entries(tar: &[u8]) -> Vec<(String, u64)> {
+        let mut ar = tar::Archive::new(tar);
+        ar.entries()
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let uid = e.header().uid().unwrap();
+                (e.path().unwrap().display().to_string(), uid)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn plain_trees_are_named_pruned_and_owned_as_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        fs::create_dir_all(src.join("proc/self")).unwrap();
+        fs::write(src.join("a file"), "x").unwrap();
+        fs::write(src.join("proc/self/status"), "x").unwrap();
+        std::os::unix::fs::symlink("a file", src.join("link")).unwrap();
+        let tree = |source: &Path, name: &str, owner| {
+            let mut w = LayerWriter::new(Vec::new());
+            write_tree(source, Path::new(name), &[PathBuf::from("proc")], owner, &mut w).unwrap();
+            tar_entries(&w.finish().unwrap())
+        };
+        let names = |v: Vec<(String, u64)>| v.into_iter().map(|(n, _)| n).collect::<Vec<_>>();
+        assert_eq!(
+            names(tree(&src, "top", None)),
+            ["top", "top/a file", "top/link", "top/proc"]
+        );
+        assert_eq!(names(tree(&src, "", None)), ["a file", "link", "proc"]);
+        let single = tree(&src.join("a file"), "renamed", Some((7, 7)));
+        assert_eq!(single, [("renamed".to_string(), 7)]);
     }
 }

@@ -158,6 +158,12 @@ pub enum Message {
     Diff,
     /// Agent -> host: the next changes of [`Message::Diff`]. Guest input.
     Changes(Vec<Change>),
+    /// Host -> agent, on a connection to [`EXEC_PORT`](crate::EXEC_PORT):
+    /// the running container's changes (the overlayfs upper directory) as
+    /// an OCI layer tar (`husk commit`), streamed like
+    /// [`Message::ExportLayer`]'s: [`Message::LayerChunk`] frames ended by
+    /// [`Message::LayerEnd`] (or `Error`). The container keeps running.
+    ExportChanges,
 }
 
 /// The guest's own figures for `husk stats` (see [`Message::Stats`]).

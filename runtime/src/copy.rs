@@ -131,6 +131,27 @@ impl Runtime {
             .map_err(agent_err)
     }
 
+    /// `husk commit`: the running container's changes as a layer tar,
+    /// checked as hostile input (the images' layer rules), in an unnamed
+    /// temporary file positioned at its start.
+    pub fn changes_layer(&self, name: &str) -> Result<File, Error> {
+        let mut tar = tempfile::tempfile().map_err(io_err("making a temporary file".into()))?;
+        self.agent(name)?
+            .export_changes(&mut tar, MAX_COPY_BYTES)
+            .map_err(agent_err)?;
+        tar.seek(SeekFrom::Start(0))
+            .map_err(io_err("rewinding the tar".into()))?;
+        images::layer::check(&mut tar, MAX_COPY_BYTES).map_err(|e| {
+            Error::Invalid(format!(
+                "refusing the container's changes: {}",
+                crate::error_chain(&e)
+            ))
+        })?;
+        tar.seek(SeekFrom::Start(0))
+            .map_err(io_err("rewinding the tar".into()))?;
+        Ok(tar)
+    }
+
     /// `husk diff`: the container's changes to its image.
     pub fn diff(&self, name: &str) -> Result<Vec<Change>, Error> {
         self.agent(name)?.diff().map_err(agent_err)

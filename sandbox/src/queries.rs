@@ -98,6 +98,14 @@ impl AgentConnection {
         self.receive_layer(sink, max_bytes, &Watch::none(), deadline)
     }
 
+    /// `ExportChanges`: the container's changes as a layer tar, written to
+    /// `sink` as it arrives (at most `max_bytes`); returns its size.
+    pub fn export_changes(&mut self, sink: &mut dyn Write, max_bytes: u64) -> Result<u64, AgentError> {
+        self.send(&Message::ExportChanges)?;
+        let deadline = Some(Instant::now() + ARCHIVE_TIMEOUT);
+        self.receive_layer(sink, max_bytes, &Watch::none(), deadline)
+    }
+
     /// `ArchivePut`: sends the tar read from `source` to be unpacked into
     /// the directory at `req`, and waits for the agent's `Ok`.
     pub fn archive_put(

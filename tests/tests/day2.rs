@@ -155,6 +155,38 @@ fn cp_round_trips_a_tree_and_diff_and_export_see_the_changes() {
     assert!(!names.iter().any(|n| n == "bin/notexec"), "{names:?}");
     assert!(!names.iter().any(|n| n.starts_with("proc/") && n.len() > 5), "{names:?}");
 
+    // update: a VM's memory and vCPUs cannot follow.
+    let f = env.husk(&["update", "--memory", "1g", "cpx"]);
+    assert_eq!(f.code(), 1, "{}", f.stderr);
+    assert!(f.stderr.contains("Cannot update container"), "{}", f.stderr);
+
+    // commit: the changes as a new image that runs and sees them.
+    let id = env.ok(&[
+        "commit",
+        "-m",
+        "with the tree",
+        "-c",
+        "CMD [\"cat\", \"/data/tree/file with spaces\"]",
+        "cpx",
+        "committed:1",
+    ]);
+    assert!(id.trim().starts_with("sha256:"), "{id}");
     env.ok(&["rm", "-f", "cpx"]);
+    assert!(env.ok(&["images"]).contains("committed"));
+    let history = env.ok(&["history", "committed:1"]);
+    let mut lines = history.lines();
+    let header = lines.next().unwrap();
+    for col in ["IMAGE", "CREATED", "CREATED BY", "SIZE", "COMMENT"] {
+        assert!(header.contains(col), "{header}");
+    }
+    let newest = lines.next().unwrap();
+    assert!(newest.starts_with(&id.trim()["sha256:".len()..][..12]), "{history}");
+    assert!(newest.ends_with("with the tree"), "{history}");
+    assert!(lines.all(|l| l.starts_with("<missing>")), "{history}");
+    let quiet = env.ok(&["history", "-q", "--no-trunc", "committed:1"]);
+    assert_eq!(quiet.lines().next(), Some(id.trim()));
+    let out = env.ok(&["run", "--rm", "committed:1"]);
+    assert_eq!(out, "spaced\n");
+    env.ok(&["run", "--rm", "committed:1", "test", "!", "-e", "/bin/notexec"]);
     env.assert_clean();
 }

@@ -2,9 +2,10 @@
 //! wait, inspect, restart, attach (flattened into `husk`), and the hidden
 //! `container-monitor` the lifecycle library re-executes.
 
+mod commit;
 mod control;
 mod copy;
-mod format;
+pub(crate) mod format;
 mod inspect;
 mod interactive;
 mod logs;
@@ -66,6 +67,10 @@ pub enum ContainerCommand {
     Diff(copy::DiffArgs),
     /// Export a container's filesystem as a tar archive.
     Export(copy::ExportArgs),
+    /// Create a new image from a container's changes.
+    Commit(commit::CommitArgs),
+    /// Update configuration of containers.
+    Update(UpdateArgs),
     /// The per-container monitor (started by husk itself).
     #[command(hide = true, name = "container-monitor")]
     Monitor(MonitorArgs),
@@ -104,6 +109,8 @@ pub fn run(command: ContainerCommand) -> anyhow::Result<i32> {
         ContainerCommand::Cp(a) => copy::cp(a),
         ContainerCommand::Diff(a) => copy::diff(a),
         ContainerCommand::Export(a) => copy::export(a),
+        ContainerCommand::Commit(a) => commit::commit(a),
+        ContainerCommand::Update(a) => update(a),
         ContainerCommand::Monitor(a) => Ok(husk_runtime::monitor::main(&a.root, &a.id, &a.mode)),
     }
 }
@@ -125,4 +132,48 @@ fn each(names: &[String], mut f: impl FnMut(&str) -> anyhow::Result<()>) -> i32 
         }
     }
     code
+}
+
+/// `husk update` flags (those a VM cannot follow are refused).
+#[derive(Args, Debug)]
+pub struct UpdateArgs {
+    #[command(flatten)]
+    root: RootArgs,
+    /// Memory limit.
+    #[arg(short, long)]
+    memory: Option<String>,
+    /// Number of CPUs.
+    #[arg(long)]
+    cpus: Option<String>,
+    /// Containers.
+    #[arg(required = true)]
+    containers: Vec<String>,
+}
+
+/// `husk update`: a VM's memory and vCPUs are fixed at boot here (no
+/// memory hotplug or balloon, no vCPU hotplug), so `--memory` and
+/// `--cpus` are refused for each container with Docker's per-container
+/// error and exit code 1; they take effect on a new container (`run -m`,
+/// `--cpus`).
+fn update(a: UpdateArgs) -> anyhow::Result<i32> {
+    let rt = runtime(&a.root)?;
+    let what: Vec<&str> = [
+        a.memory.as_ref().map(|_| "--memory"),
+        a.cpus.as_ref().map(|_| "--cpus"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if what.is_empty() {
+        anyhow::bail!("you must provide one or more flags when using this command");
+    }
+    Ok(each(&a.containers, |name| {
+        let c = rt.container(name)?;
+        anyhow::bail!(
+            "Cannot update container {}: {} cannot change while its VM exists \
+             (memory and vCPUs are fixed at boot); recreate the container with the new values",
+            c.id.short(),
+            what.join(" and ")
+        )
+    }))
 }
