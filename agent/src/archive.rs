@@ -35,7 +35,9 @@ pub fn locate(root: &Path, req: &PathRequest) -> Result<PathBuf, (ErrorCode, Str
         _ => return resolve_in_root(root, &req.path).map_err(|e| bad(e.0)),
     };
     let parent = if parent.is_empty() { "/" } else { parent };
-    Ok(resolve_in_root(root, parent).map_err(|e| bad(e.0))?.join(name))
+    Ok(resolve_in_root(root, parent)
+        .map_err(|e| bad(e.0))?
+        .join(name))
 }
 
 /// What is at `req` (`StatPath`).
@@ -62,7 +64,12 @@ pub fn stat(root: &Path, req: &PathRequest) -> Message {
 pub fn send<C: Write>(conn: &mut C, root: &Path, req: &ArchiveRequest) -> Result<(), ConnError> {
     let source = match locate(root, &req.source) {
         Ok(p) => p,
-        Err((code, detail)) => return Ok(husk_protocol::write_message(conn, &Message::Error { code, detail })?),
+        Err((code, detail)) => {
+            return Ok(husk_protocol::write_message(
+                conn,
+                &Message::Error { code, detail },
+            )?)
+        }
     };
     if let Err(e) = fs::symlink_metadata(&source) {
         let detail = format!("{}: {e}", req.source.path);
@@ -85,7 +92,10 @@ pub fn send<C: Write>(conn: &mut C, root: &Path, req: &ArchiveRequest) -> Result
 /// relative to it: the root's /proc, /sys and /dev always, and with
 /// `all_mounts` every mount point (volumes, tmpfs mounts).
 fn pruned(root: &Path, source: &Path, all_mounts: bool) -> Vec<PathBuf> {
-    let mut dirs: Vec<PathBuf> = ["proc", "sys", "dev"].iter().map(|d| root.join(d)).collect();
+    let mut dirs: Vec<PathBuf> = ["proc", "sys", "dev"]
+        .iter()
+        .map(|d| root.join(d))
+        .collect();
     if all_mounts {
         let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         dirs.extend(
@@ -108,7 +118,9 @@ fn unescape(p: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        let octal = b.get(i + 1..i + 4).filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        let octal = b
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
         match (b[i], octal) {
             (b'\\', Some(d)) => {
                 out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
@@ -209,7 +221,11 @@ impl<C: Read + AsFd> Read for Incoming<'_, C> {
 /// (`ArchivePut`): owners, modes and times as the tar says; entries that
 /// would land outside the directory (`..`, through a symlink) are
 /// refused by the unpacker. Answers `Ok` or an `Error`.
-pub fn receive<C: Read + AsFd>(root: &Path, req: &PathRequest, input: &mut Incoming<'_, C>) -> Message {
+pub fn receive<C: Read + AsFd>(
+    root: &Path,
+    req: &PathRequest,
+    input: &mut Incoming<'_, C>,
+) -> Message {
     let result = locate(root, req).and_then(|dir| {
         if !dir.is_dir() {
             return Err((
@@ -222,8 +238,12 @@ pub fn receive<C: Read + AsFd>(root: &Path, req: &PathRequest, input: &mut Incom
         ar.set_preserve_ownerships(true);
         ar.set_preserve_mtime(true);
         ar.set_overwrite(true);
-        ar.unpack(&dir)
-            .map_err(|e| (ErrorCode::Internal, format!("unpacking into {}: {e}", req.path)))
+        ar.unpack(&dir).map_err(|e| {
+            (
+                ErrorCode::Internal,
+                format!("unpacking into {}: {e}", req.path),
+            )
+        })
     });
     // The rest of the stream must be read either way: the connection
     // stays in step.
@@ -258,10 +278,16 @@ mod tests {
         assert_eq!(locate(root, &req("/up/d", false)).unwrap(), root.join("d"));
         assert_eq!(locate(root, &req("/", false)).unwrap(), root.to_path_buf());
         assert!(locate(root, &req("rel", false)).is_err());
-        assert!(matches!(stat(root, &req("/l", true)), Message::PathInfo(PathInfo { dir: true, .. })));
+        assert!(matches!(
+            stat(root, &req("/l", true)),
+            Message::PathInfo(PathInfo { dir: true, .. })
+        ));
         assert!(matches!(
             stat(root, &req("/missing", false)),
-            Message::Error { code: ErrorCode::NotFound, .. }
+            Message::Error {
+                code: ErrorCode::NotFound,
+                ..
+            }
         ));
         assert_eq!(unescape("/a\\040b"), "/a b");
     }

@@ -486,12 +486,15 @@ impl<S: System> Container<'_, S> {
                 (Phase::Closed, Some(self.kill_init(signal)))
             }
             // protocol 9 (issue #14): stats, top, cp, diff, export
-            (Phase::Request, query @ (Message::Stats
-            | Message::Top
-            | Message::StatPath(_)
-            | Message::ArchiveGet(_)
-            | Message::Diff
-            | Message::ExportChanges)) => {
+            (
+                Phase::Request,
+                query @ (Message::Stats
+                | Message::Top
+                | Message::StatPath(_)
+                | Message::ArchiveGet(_)
+                | Message::Diff
+                | Message::ExportChanges),
+            ) => {
                 self.query(i, query)?;
                 (Phase::Closed, None)
             }

@@ -9,9 +9,7 @@ use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use husk_protocol::{
-    Change, ChangeKind, GuestProcess, GuestStats, MAX_TOP_CMD, MAX_TOP_PROCESSES,
-};
+use husk_protocol::{Change, ChangeKind, GuestProcess, GuestStats, MAX_TOP_CMD, MAX_TOP_PROCESSES};
 
 /// Clock ticks per second of /proc's times (`USER_HZ`, 100 on Linux).
 const TICKS: u64 = 100;
@@ -26,7 +24,8 @@ pub fn guest_stats(proc_dir: &Path) -> GuestStats {
             .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
             .map_or(0, |kib| kib.saturating_mul(1024))
     };
-    let (net_rx, net_tx) = net_bytes(&fs::read_to_string(proc_dir.join("net/dev")).unwrap_or_default());
+    let (net_rx, net_tx) =
+        net_bytes(&fs::read_to_string(proc_dir.join("net/dev")).unwrap_or_default());
     let (block_read, block_written) =
         disk_bytes(&fs::read_to_string(proc_dir.join("diskstats")).unwrap_or_default());
     GuestStats {

@@ -29,10 +29,7 @@ pub fn history(image: &Image) -> Vec<HistoryEntry> {
             .map(|e| {
                 let empty = e.empty_layer().unwrap_or(false);
                 HistoryEntry {
-                    created: e
-                        .created()
-                        .as_deref()
-                        .and_then(crate::time::parse_rfc3339),
+                    created: e.created().as_deref().and_then(crate::time::parse_rfc3339),
                     created_by: e.created_by().clone().unwrap_or_default(),
                     comment: e.comment().clone().unwrap_or_default(),
                     size: if empty {
@@ -106,7 +103,12 @@ mod tests {
             .unwrap();
         let tag: Reference = "h:1".parse().unwrap();
         let top = store
-            .add_image(&top.manifest_digest, crate::image::OCI_MANIFEST, &[tag], None)
+            .add_image(
+                &top.manifest_digest,
+                crate::image::OCI_MANIFEST,
+                &[tag],
+                None,
+            )
             .unwrap();
         let h = history(&top);
         assert_eq!(h.len(), 2);

@@ -211,7 +211,9 @@ impl<W: Write> Walk<'_, W> {
                 let key = (m.dev(), m.ino());
                 if let Some(first) = self.links.get(&key) {
                     let first = first.clone();
-                    return out.hardlink(&tar_path, &meta, &self.name.join(&first)).map_err(io_at(rel));
+                    return out
+                        .hardlink(&tar_path, &meta, &self.name.join(&first))
+                        .map_err(io_at(rel));
                 }
                 self.links.insert(key, rel.to_path_buf());
             }
@@ -335,7 +337,14 @@ mod tests {
         std::os::unix::fs::symlink("a file", src.join("link")).unwrap();
         let tree = |source: &Path, name: &str, owner| {
             let mut w = LayerWriter::new(Vec::new());
-            write_tree(source, Path::new(name), &[PathBuf::from("proc")], owner, &mut w).unwrap();
+            write_tree(
+                source,
+                Path::new(name),
+                &[PathBuf::from("proc")],
+                owner,
+                &mut w,
+            )
+            .unwrap();
             tar_entries(&w.finish().unwrap())
         };
         let names = |v: Vec<(String, u64)>| v.into_iter().map(|(n, _)| n).collect::<Vec<_>>();

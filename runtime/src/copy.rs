@@ -87,9 +87,9 @@ impl Runtime {
     fn agent(&self, name: &str) -> Result<AgentConnection, Error> {
         let c = self.container(name)?;
         connect_agent(&c.paths, c.id.short()).map_err(|e| match e {
-            Error::NotRunning(id) => Error::Invalid(format!(
-                "container {id} is not running: start it first"
-            )),
+            Error::NotRunning(id) => {
+                Error::Invalid(format!("container {id} is not running: start it first"))
+            }
             other => other,
         })
     }
@@ -242,7 +242,7 @@ impl Runtime {
         } else {
             fs::symlink_metadata(source.path).map(|_| PathBuf::from(source.path))
         }
-        .map_err(io_err(format!("{src}")))?;
+        .map_err(io_err(src.clone()))?;
         let src_dir = fs::metadata(&local).is_ok_and(|m| m.is_dir())
             && (opts.follow_link || !fs::symlink_metadata(&local).is_ok_and(|m| m.is_symlink()));
         let (dir, top) = match target {
@@ -260,13 +260,13 @@ impl Runtime {
                 )))
             }
             None if dest.ends_with('/') => {
-                return Err(Error::Invalid(format!(
-                    "no such directory: {name}:{dest}"
-                )))
+                return Err(Error::Invalid(format!("no such directory: {name}:{dest}")))
             }
             _ => {
                 let d = Path::new(dest);
-                let parent = d.parent().map_or("/".into(), |p| p.to_string_lossy().into_owned());
+                let parent = d
+                    .parent()
+                    .map_or("/".into(), |p| p.to_string_lossy().into_owned());
                 let top = d
                     .file_name()
                     .map(|n| n.to_string_lossy().into_owned())
@@ -283,9 +283,11 @@ impl Runtime {
         let mut tar = tempfile::tempfile().map_err(io_err("making a temporary file".into()))?;
         {
             let mut w = husk_layertar::tarball::LayerWriter::new(&mut tar);
-            husk_layertar::upper::write_tree(&local, Path::new(&top), &[], owner, &mut w)
-                .map_err(|e| Error::Invalid(format!("reading {src}: {}", crate::error_chain(&e))))?;
-            w.finish().map_err(io_err(format!("writing the tar of {src}")))?;
+            husk_layertar::upper::write_tree(&local, Path::new(&top), &[], owner, &mut w).map_err(
+                |e| Error::Invalid(format!("reading {src}: {}", crate::error_chain(&e))),
+            )?;
+            w.finish()
+                .map_err(io_err(format!("writing the tar of {src}")))?;
         }
         tar.seek(SeekFrom::Start(0))
             .map_err(io_err("rewinding the tar".into()))?;
@@ -299,7 +301,11 @@ impl Runtime {
 /// `dir/.`), else as `dest` itself in its existing parent directory.
 /// Returns the directory to unpack into and the tar's top name ("" for
 /// contents).
-fn host_target(dest: &Path, source: &Source<'_>, src_dir: bool) -> Result<(PathBuf, String), Error> {
+fn host_target(
+    dest: &Path,
+    source: &Source<'_>,
+    src_dir: bool,
+) -> Result<(PathBuf, String), Error> {
     let shown = dest.display();
     match fs::metadata(dest) {
         Ok(m) if m.is_dir() => {
@@ -340,14 +346,18 @@ fn host_target(dest: &Path, source: &Source<'_>, src_dir: bool) -> Result<(PathB
 /// must be `top` or below it (anything with an empty `top`), no entry may
 /// be named like a whiteout, and the layer rules must hold.
 fn unpack_guest_tar(mut tar: File, dir: &Path, top: &str) -> Result<(), Error> {
-    let hostile = |what: String| Error::Invalid(format!("refusing the container's archive: {what}"));
+    let hostile =
+        |what: String| Error::Invalid(format!("refusing the container's archive: {what}"));
     tar.seek(SeekFrom::Start(0))
         .map_err(io_err("rewinding the tar".into()))?;
     {
         let mut ar = tar::Archive::new(&mut tar);
         for entry in ar.entries().map_err(|e| hostile(e.to_string()))? {
             let entry = entry.map_err(|e| hostile(e.to_string()))?;
-            let path = entry.path().map_err(|e| hostile(e.to_string()))?.into_owned();
+            let path = entry
+                .path()
+                .map_err(|e| hostile(e.to_string()))?
+                .into_owned();
             let under_top = top.is_empty() || path.starts_with(top);
             let whiteout = path
                 .file_name()

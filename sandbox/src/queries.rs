@@ -14,8 +14,8 @@ use husk_protocol::{
 use crate::agent::{AgentConnection, AgentError};
 use crate::wait::Watch;
 
-/// How long a question may take (an archive: each of its messages).
-pub const QUERY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a question may take (minutes on nested-KVM hosts under load).
+pub const QUERY_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// How long a whole archive may take to arrive.
 pub const ARCHIVE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
@@ -100,7 +100,11 @@ impl AgentConnection {
 
     /// `ExportChanges`: the container's changes as a layer tar, written to
     /// `sink` as it arrives (at most `max_bytes`); returns its size.
-    pub fn export_changes(&mut self, sink: &mut dyn Write, max_bytes: u64) -> Result<u64, AgentError> {
+    pub fn export_changes(
+        &mut self,
+        sink: &mut dyn Write,
+        max_bytes: u64,
+    ) -> Result<u64, AgentError> {
         self.send(&Message::ExportChanges)?;
         let deadline = Some(Instant::now() + ARCHIVE_TIMEOUT);
         self.receive_layer(sink, max_bytes, &Watch::none(), deadline)

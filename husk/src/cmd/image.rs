@@ -211,9 +211,7 @@ pub fn run(command: ImageCommand) -> anyhow::Result<i32> {
         ImageCommand::Save(a) | ImageCommand::Image(ImageSub::Save(a)) => save(a),
         ImageCommand::Image(ImageSub::Inspect(a)) => inspect(a),
         ImageCommand::Image(ImageSub::Prune(a)) => prune(a),
-        ImageCommand::History(a) | ImageCommand::Image(ImageSub::History(a)) => {
-            history::history(a)
-        }
+        ImageCommand::History(a) | ImageCommand::Image(ImageSub::History(a)) => history::history(a),
     }
 }
 

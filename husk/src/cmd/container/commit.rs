@@ -53,7 +53,11 @@ fn apply_changes(config: &mut Config, changes: &[String]) -> Result<()> {
         let text = format!("FROM scratch\n{change}\n");
         let df = dockerfile::parse(text.as_bytes(), "--change")
             .map_err(|e| anyhow::anyhow!("invalid change {change:?}: {e}"))?;
-        let steps = df.stages.first().map(|s| s.steps.as_slice()).unwrap_or_default();
+        let steps = df
+            .stages
+            .first()
+            .map(|s| s.steps.as_slice())
+            .unwrap_or_default();
         for step in steps {
             match &step.instruction {
                 Instruction::Cmd(c) => config.set("Cmd", json!(argv(c))),
@@ -122,7 +126,12 @@ pub fn commit(a: CommitArgs) -> Result<i32> {
     };
     let image = store.commit(&new, Some(&mut layer))?;
     let tags: Vec<Reference> = tag.into_iter().collect();
-    let image = store.add_image(&image.manifest_digest, images::image::OCI_MANIFEST, &tags, None)?;
+    let image = store.add_image(
+        &image.manifest_digest,
+        images::image::OCI_MANIFEST,
+        &tags,
+        None,
+    )?;
     println!("{}", image.id);
     Ok(0)
 }

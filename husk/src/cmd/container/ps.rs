@@ -151,7 +151,6 @@ fn status_text(c: &Container) -> String {
     }
 }
 
-
 /// Parses `key=value` filters.
 fn parse_filters(raw: &[String]) -> Result<Vec<(String, String)>> {
     raw.iter()

@@ -138,7 +138,13 @@ fn bytes_decimal(b: u64) -> String {
 /// The previous CPU reading of each container: (VMM CPU ns, when).
 type CpuSeen = HashMap<String, (u64, Instant)>;
 
-fn row(name: &str, c: &husk_runtime::Container, s: &Sample, trunc: bool, seen: &mut CpuSeen) -> Row {
+fn row(
+    name: &str,
+    c: &husk_runtime::Container,
+    s: &Sample,
+    trunc: bool,
+    seen: &mut CpuSeen,
+) -> Row {
     let now = Instant::now();
     let cpu_ns = s.vmm.map_or(0, |v| v.cpu_ns);
     // The first reading: the average since the container started.
@@ -283,7 +289,9 @@ pub fn top(a: TopArgs) -> Result<i32> {
         bail!("container {} is not running", a.container);
     }
     let procs = rt.top(&a.container)?;
-    let now = husk_runtime::time::now_nanos().div_euclid(1_000_000_000).max(0) as u64;
+    let now = husk_runtime::time::now_nanos()
+        .div_euclid(1_000_000_000)
+        .max(0) as u64;
     let mut table = vec![["UID", "PID", "PPID", "C", "STIME", "TTY", "TIME", "CMD"]
         .iter()
         .map(|s| s.to_string())
@@ -296,11 +304,11 @@ pub fn top(a: TopArgs) -> Result<i32> {
 /// One `ps -ef` line.
 fn ps_row(p: &GuestProcess, now: u64) -> Vec<String> {
     let elapsed_ms = now.saturating_sub(p.start_time).saturating_mul(1000);
-    let c = if elapsed_ms > 0 {
-        p.cpu_ms.saturating_mul(100) / elapsed_ms
-    } else {
-        0
-    };
+    let c = p
+        .cpu_ms
+        .saturating_mul(100)
+        .checked_div(elapsed_ms)
+        .unwrap_or(0);
     let secs = p.cpu_ms / 1000;
     vec![
         if p.uid == 0 {
@@ -328,8 +336,15 @@ fn start_time(start: u64, now: u64) -> String {
     if now.saturating_sub(start) < 86_400 {
         return t.get(11..16).unwrap_or("?").to_string();
     }
-    let month = t.get(5..7).and_then(|m| m.parse::<usize>().ok()).unwrap_or(1);
-    format!("{}{}", MONTHS[month.clamp(1, 12) - 1], t.get(8..10).unwrap_or("?"))
+    let month = t
+        .get(5..7)
+        .and_then(|m| m.parse::<usize>().ok())
+        .unwrap_or(1);
+    format!(
+        "{}{}",
+        MONTHS[month.clamp(1, 12) - 1],
+        t.get(8..10).unwrap_or("?")
+    )
 }
 
 #[cfg(test)]

@@ -99,7 +99,9 @@ fn row(e: &HistoryEntry, id: &images::Digest, a: &HistoryArgs, now: i64) -> Row 
             (Some(t), false) => images::time::format_rfc3339(t),
             (None, _) => "N/A".into(),
         },
-        at: e.created.map_or_else(|| "N/A".into(), images::time::format_rfc3339),
+        at: e
+            .created
+            .map_or_else(|| "N/A".into(), images::time::format_rfc3339),
         by: if a.no_trunc { by } else { ellipsis(&by, 45) },
         size: if a.human {
             human_size(e.size)
