@@ -202,6 +202,18 @@ pub fn variant(msg: &Message) -> &'static str {
         Message::LayerEnd { .. } => "LayerEnd",
         Message::Pause => "Pause",
         Message::Resume => "Resume",
+        // protocol 9 (issue #14)
+        Message::Stats => "Stats",
+        Message::StatsReply(_) => "StatsReply",
+        Message::Top => "Top",
+        Message::TopReply(_) => "TopReply",
+        Message::StatPath(_) => "StatPath",
+        Message::PathInfo(_) => "PathInfo",
+        Message::ArchiveGet(_) => "ArchiveGet",
+        Message::ArchivePut(_) => "ArchivePut",
+        Message::Diff => "Diff",
+        Message::Changes(_) => "Changes",
+        Message::ExportChanges => "ExportChanges",
     }
 }
 

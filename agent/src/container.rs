@@ -27,7 +27,7 @@ use crate::boot::{variant, ConnError, Outcome};
 use crate::proc::{self, read_messages, Pipe, Proc};
 use crate::spawn::{self, Entry};
 use crate::system::System;
-use crate::{log, quirks, spec, users};
+use crate::{archive, log, ops, quirks, spec, users};
 
 /// Most exec sessions served at once.
 pub const MAX_EXEC_CONNS: usize = 64;
@@ -429,8 +429,21 @@ impl<S: System> Container<'_, S> {
                 return;
             }
         };
-        for msg in msgs {
+        let mut msgs = msgs.into_iter();
+        while let Some(msg) = msgs.next() {
             if matches!(self.exec_conns[i].phase, Phase::Closed) {
+                return;
+            }
+            if let (Phase::Request, Message::ArchivePut(req)) = (&self.exec_conns[i].phase, &msg) {
+                // The tar follows: what was decoded already, then the
+                // connection.
+                let s = &mut self.exec_conns[i];
+                let mut input = archive::Incoming::new(&mut s.conn, &mut s.decoder, msgs.collect());
+                let reply = archive::receive(&self.root.root, req, &mut input);
+                if let Err(e) = write_message(&mut s.conn, &reply) {
+                    log::error(&format!("exec session: {e}"));
+                }
+                s.phase = Phase::Closed;
                 return;
             }
             if let Err(e) = self.exec_conn_message(i, msg) {
@@ -472,6 +485,19 @@ impl<S: System> Container<'_, S> {
             (Phase::Request, Message::KillInit { signal }) => {
                 (Phase::Closed, Some(self.kill_init(signal)))
             }
+            // protocol 9 (issue #14): stats, top, cp, diff, export
+            (
+                Phase::Request,
+                query @ (Message::Stats
+                | Message::Top
+                | Message::StatPath(_)
+                | Message::ArchiveGet(_)
+                | Message::Diff
+                | Message::ExportChanges),
+            ) => {
+                self.query(i, query)?;
+                (Phase::Closed, None)
+            }
             (_, other) => {
                 let detail = format!("unexpected {} in an exec session", variant(&other));
                 (Phase::Closed, Some(error(ErrorCode::BadRequest, detail)))
@@ -499,6 +525,57 @@ impl<S: System> Container<'_, S> {
             }
             Err((code, detail)) => (Phase::Closed, Some(error(code, detail))),
         }
+    }
+
+    /// Answers one of the host's questions about the container (see
+    /// [`crate::ops`] and [`crate::archive`]).
+    fn query(&mut self, i: usize, query: Message) -> Result<(), ConnError> {
+        let proc_dir = std::path::Path::new("/proc");
+        let root = &self.root;
+        let conn = &mut self.exec_conns[i].conn;
+        let reply = match query {
+            Message::Stats => Message::StatsReply(ops::guest_stats(proc_dir)),
+            Message::Top => Message::TopReply(ops::processes(proc_dir)),
+            Message::StatPath(req) => archive::stat(&root.root, &req),
+            Message::ArchiveGet(req) => return archive::send(conn, &root.root, &req),
+            Message::ExportChanges => match &root.upper {
+                Some(upper) => return crate::export::send_layer(conn, upper),
+                None => error(
+                    ErrorCode::BadRequest,
+                    "the container's root has no writable layer".into(),
+                ),
+            },
+            Message::Diff => match &root.upper {
+                Some(upper) => {
+                    let mut batch = Vec::new();
+                    let done = ops::diff(upper, &crate::rootfs::layer_dirs(), &mut |c| {
+                        batch.push(c);
+                        if batch.len() >= husk_protocol::MAX_CHANGES_PER_FRAME {
+                            write_message(conn, &Message::Changes(std::mem::take(&mut batch)))
+                                .map_err(std::io::Error::other)?;
+                        }
+                        Ok(())
+                    });
+                    match done {
+                        Ok(()) if batch.is_empty() => Message::Ok,
+                        Ok(()) => {
+                            write_message(conn, &Message::Changes(batch))?;
+                            Message::Ok
+                        }
+                        Err(e) => error(ErrorCode::Internal, format!("reading the changes: {e}")),
+                    }
+                }
+                None => error(
+                    ErrorCode::BadRequest,
+                    "the container's root has no writable layer".into(),
+                ),
+            },
+            other => error(
+                ErrorCode::BadRequest,
+                format!("unexpected {}", variant(&other)),
+            ),
+        };
+        Ok(write_message(conn, &reply)?)
     }
 
     fn kill_init(&self, signal: i32) -> Message {

@@ -15,7 +15,7 @@ use husk_protocol::{write_message, ErrorCode, Message, WriteError, MAX_CHUNK};
 use crate::boot::ConnError;
 
 /// A writer that sends what it is given as [`Message::LayerChunk`] frames.
-struct Chunks<'a, C: Write> {
+pub struct Chunks<'a, C: Write> {
     conn: &'a mut C,
     buf: Vec<u8>,
     /// Bytes sent so far.
@@ -60,6 +60,20 @@ impl<C: Write> Write for Chunks<'_, C> {
 /// chunks sent so far (the host discards them). Only a failing connection
 /// is an error here.
 pub fn send_layer<C: Write>(conn: &mut C, upper: &Path) -> Result<(), ConnError> {
+    send_tar(conn, "layer tar", |w| {
+        upper::write_layer(upper, w)
+            .map(|_| ())
+            .map_err(|e| crate::chain(&e))
+    })
+}
+
+/// Streams the tar that `write` produces to the host as `send_layer`
+/// does (`ArchiveGet` uses it too); `what` names it in errors.
+pub fn send_tar<C: Write>(
+    conn: &mut C,
+    what: &str,
+    write: impl FnOnce(&mut LayerWriter<&mut Chunks<'_, C>>) -> Result<(), String>,
+) -> Result<(), ConnError> {
     let mut chunks = Chunks {
         conn,
         buf: Vec::with_capacity(MAX_CHUNK),
@@ -68,18 +82,18 @@ pub fn send_layer<C: Write>(conn: &mut C, upper: &Path) -> Result<(), ConnError>
     };
     let converted = {
         let mut w = LayerWriter::new(&mut chunks);
-        match upper::write_layer(upper, &mut w) {
-            Ok(_) => w
+        match write(&mut w) {
+            Ok(()) => w
                 .finish()
                 .map(|_| ())
-                .map_err(|e| format!("ending the layer tar: {e}")),
-            Err(e) => Err(crate::chain(&e)),
+                .map_err(|e| format!("ending the {what}: {e}")),
+            Err(e) => Err(e),
         }
     };
     let converted = converted.and_then(|()| {
         chunks
             .flush()
-            .map_err(|e| format!("sending the layer tar: {e}"))
+            .map_err(|e| format!("sending the {what}: {e}"))
     });
     if let Some(e) = chunks.failed.take() {
         return Err(ConnError::Write(e));
@@ -88,7 +102,7 @@ pub fn send_layer<C: Write>(conn: &mut C, upper: &Path) -> Result<(), ConnError>
         Ok(()) => Message::LayerEnd { bytes: chunks.sent },
         Err(detail) => Message::Error {
             code: ErrorCode::Internal,
-            detail: format!("writing the layer tar: {detail}"),
+            detail: format!("writing the {what}: {detail}"),
         },
     };
     Ok(write_message(chunks.conn, &end)?)

@@ -6,12 +6,14 @@
 //! their stdio, then powers the VM off when the init process ends. It must never panic or exit: a dying PID 1
 //! panics the kernel, so every path ends in [`guest::power_off`].
 
+mod archive;
 mod boot;
 mod container;
 mod export;
 mod guest;
 mod log;
 mod net;
+mod ops;
 mod proc;
 mod quirks;
 mod rootfs;

@@ -177,6 +177,14 @@ pub fn create(spec: &ContainerSpec, mounts: &mut Vec<PathBuf>) -> Result<Contain
     })
 }
 
+/// The directories the image's layers are mounted on (`diff` compares
+/// the upper directory with them).
+pub fn layer_dirs() -> Vec<PathBuf> {
+    std::fs::read_dir(LAYERS_DIR)
+        .map(|d| d.filter_map(|e| Some(e.ok()?.path())).collect())
+        .unwrap_or_default()
+}
+
 /// The image's EROFS layers stacked with overlayfs on `root`, under the
 /// writable disk's (or a tmpfs's) upper and work directories.
 fn mount_layers(

@@ -60,6 +60,8 @@ pub struct NewImage<'a> {
     pub created_by: &'a str,
     /// The image's `author`, if it changes.
     pub author: Option<&'a str>,
+    /// The history entry's `comment` (`husk commit -m`).
+    pub comment: Option<&'a str>,
 }
 
 impl Store {
@@ -80,6 +82,7 @@ impl Store {
             config: &config,
             created_by,
             author: None,
+            comment: None,
         };
         let image = self.commit(&new, Some(&mut layer_tar))?;
         self.add_image(&image.manifest_digest, OCI_MANIFEST, tags, None)
@@ -135,6 +138,9 @@ impl Store {
         let mut entry = json!({"created": now, "created_by": new.created_by});
         if let Some(a) = new.author {
             entry["author"] = json!(a);
+        }
+        if let Some(c) = new.comment {
+            entry["comment"] = json!(c);
         }
         if layer.is_none() {
             entry["empty_layer"] = json!(true);

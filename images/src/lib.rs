@@ -14,6 +14,7 @@ pub mod archive;
 pub mod build;
 pub mod compress;
 pub mod digest;
+pub mod history;
 pub mod image;
 pub mod layer;
 pub mod reference;

@@ -51,6 +51,16 @@ const MAX_DEPTH: usize = 256;
 
 struct Walk<'a, W: Write> {
     upper: &'a Path,
+    /// The tar name of `upper` itself (entries go below it); empty for
+    /// the directory's contents at the top.
+    name: &'a Path,
+    /// An overlayfs upper directory (whiteouts, opaque markers, [`SKIP`]),
+    /// rather than a plain tree ([`write_tree`]).
+    overlay: bool,
+    /// Directories (relative) whose contents are left out.
+    pruned: &'a [PathBuf],
+    /// Owner (uid, gid) given to every entry instead of the files' own.
+    owner: Option<(u64, u64)>,
     out: &'a mut LayerWriter<W>,
     /// (dev, inode) of files with several links → their first path.
     links: HashMap<(u64, u64), PathBuf>,
@@ -63,11 +73,47 @@ struct Walk<'a, W: Write> {
 pub fn write_layer<W: Write>(upper: &Path, out: &mut LayerWriter<W>) -> Result<u64, UpperError> {
     let mut w = Walk {
         upper,
+        name: Path::new(""),
+        overlay: true,
+        pruned: &[],
+        owner: None,
         out,
         links: HashMap::new(),
         count: 0,
     };
     w.dir_children(Path::new(""), 0)?;
+    Ok(w.count)
+}
+
+/// Writes the plain tree at `source` (a directory, file, symlink...; not
+/// followed) as a tar to `out` (`husk cp`, `husk export`): its own entry
+/// named `name` with what it holds below it, or with an empty `name` a
+/// directory's contents at the top. The contents of the directories in
+/// `pruned` (relative to `source`) are left out, the directories kept.
+/// With `owner`, every entry gets that (uid, gid) instead of its own.
+/// Returns how many entries were written.
+pub fn write_tree<W: Write>(
+    source: &Path,
+    name: &Path,
+    pruned: &[PathBuf],
+    owner: Option<(u64, u64)>,
+    out: &mut LayerWriter<W>,
+) -> Result<u64, UpperError> {
+    let mut w = Walk {
+        upper: source,
+        name,
+        overlay: false,
+        pruned,
+        owner,
+        out,
+        links: HashMap::new(),
+        count: 0,
+    };
+    if name.as_os_str().is_empty() {
+        w.dir_children(Path::new(""), 0)?;
+    } else {
+        w.entry(Path::new(""), 0)?;
+    }
     Ok(w.count)
 }
 
@@ -93,7 +139,7 @@ impl<W: Write> Walk<'_, W> {
         names.sort();
         for name in names {
             let child = rel.join(&name);
-            if SKIP.iter().any(|s| Path::new(s) == child) {
+            if self.overlay && SKIP.iter().any(|s| Path::new(s) == child) {
                 continue;
             }
             self.entry(&child, depth)?;
@@ -102,9 +148,22 @@ impl<W: Write> Walk<'_, W> {
     }
 
     fn entry(&mut self, rel: &Path, depth: usize) -> Result<(), UpperError> {
-        let path = self.upper.join(rel);
+        let path = if rel.as_os_str().is_empty() {
+            self.upper.to_path_buf()
+        } else {
+            self.upper.join(rel)
+        };
+        // (`join("")` would add a trailing slash.)
+        let tar_path = if rel.as_os_str().is_empty() {
+            self.name.to_path_buf()
+        } else {
+            self.name.join(rel)
+        };
         let m = fs::symlink_metadata(&path).map_err(io_at(rel))?;
-        let meta = Meta::of(&m);
+        let mut meta = Meta::of(&m);
+        if let Some((uid, gid)) = self.owner {
+            (meta.uid, meta.gid) = (uid, gid);
+        }
         let ft = m.file_type();
         let mut xattrs = xattr::list(&path).map_err(io_at(rel))?;
         let mut opaque = false;
@@ -130,32 +189,37 @@ impl<W: Write> Walk<'_, W> {
         self.count += 1;
         let out = &mut self.out;
         if ft.is_dir() {
-            out.dir(rel, &meta, &xattrs).map_err(io_at(rel))?;
-            if opaque {
-                out.opaque(rel).map_err(io_at(rel))?;
+            out.dir(&tar_path, &meta, &xattrs).map_err(io_at(rel))?;
+            if opaque && self.overlay {
+                out.opaque(&tar_path).map_err(io_at(rel))?;
                 self.count += 1;
+            }
+            if self.pruned.iter().any(|p| p == rel) {
+                return Ok(());
             }
             return self.dir_children(rel, depth + 1);
         }
         if ft.is_symlink() {
             let target = fs::read_link(&path).map_err(io_at(rel))?;
-            return out.symlink(rel, &meta, &target).map_err(io_at(rel));
+            return out.symlink(&tar_path, &meta, &target).map_err(io_at(rel));
         }
-        if ft.is_char_device() && m.rdev() == 0 {
-            return out.whiteout(rel).map_err(io_at(rel));
+        if self.overlay && ft.is_char_device() && m.rdev() == 0 {
+            return out.whiteout(&tar_path).map_err(io_at(rel));
         }
         if ft.is_file() {
             if m.nlink() > 1 {
                 let key = (m.dev(), m.ino());
                 if let Some(first) = self.links.get(&key) {
                     let first = first.clone();
-                    return out.hardlink(rel, &meta, &first).map_err(io_at(rel));
+                    return out
+                        .hardlink(&tar_path, &meta, &self.name.join(&first))
+                        .map_err(io_at(rel));
                 }
                 self.links.insert(key, rel.to_path_buf());
             }
             let f = fs::File::open(&path).map_err(io_at(rel))?;
             return out
-                .file(rel, &meta, &xattrs, m.len(), io::BufReader::new(f))
+                .file(&tar_path, &meta, &xattrs, m.len(), io::BufReader::new(f))
                 .map_err(io_at(rel));
         }
         let dev = (rustix::fs::major(m.rdev()), rustix::fs::minor(m.rdev()));
@@ -169,7 +233,7 @@ impl<W: Write> Walk<'_, W> {
             self.count -= 1; // sockets are not stored
             return Ok(());
         };
-        out.special(rel, kind, &meta, dev).map_err(io_at(rel))
+        out.special(&tar_path, kind, &meta, dev).map_err(io_at(rel))
     }
 }
 
@@ -249,5 +313,47 @@ mod tests {
             ]
         );
         assert_eq!(n, 8);
+    }
+
+    fn tar_entries(tar: &[u8]) -> Vec<(String, u64)> {
+        let mut ar = tar::Archive::new(tar);
+        ar.entries()
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let uid = e.header().uid().unwrap();
+                (e.path().unwrap().display().to_string(), uid)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn plain_trees_are_named_pruned_and_owned_as_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        fs::create_dir_all(src.join("proc/self")).unwrap();
+        fs::write(src.join("a file"), "x").unwrap();
+        fs::write(src.join("proc/self/status"), "x").unwrap();
+        std::os::unix::fs::symlink("a file", src.join("link")).unwrap();
+        let tree = |source: &Path, name: &str, owner| {
+            let mut w = LayerWriter::new(Vec::new());
+            write_tree(
+                source,
+                Path::new(name),
+                &[PathBuf::from("proc")],
+                owner,
+                &mut w,
+            )
+            .unwrap();
+            tar_entries(&w.finish().unwrap())
+        };
+        let names = |v: Vec<(String, u64)>| v.into_iter().map(|(n, _)| n).collect::<Vec<_>>();
+        assert_eq!(
+            names(tree(&src, "top", None)),
+            ["top", "top/a file", "top/link", "top/proc"]
+        );
+        assert_eq!(names(tree(&src, "", None)), ["a file", "link", "proc"]);
+        let single = tree(&src.join("a file"), "renamed", Some((7, 7)));
+        assert_eq!(single, [("renamed".to_string(), 7)]);
     }
 }

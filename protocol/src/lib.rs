@@ -27,12 +27,16 @@ pub use message::{
     NetworkSpec, ProcessSecurity, Rlimit, RlimitResource, RootDisk, RootFs, Sysctl, TmpfsMount,
     VolumeMount,
 };
+// protocol 9 (issue #14): stats, top, cp, diff, export
+pub use message::{
+    ArchiveRequest, Change, ChangeKind, GuestProcess, GuestStats, PathInfo, PathRequest,
+};
 pub use security::{
     capability_mask, capability_names, Capability, SecurityParseError, CAPABILITY_NAMES,
 };
 
 /// The protocol version this build speaks; sent in [`Message::Hello`].
-pub const PROTOCOL_VERSION: u32 = 8;
+pub const PROTOCOL_VERSION: u32 = 9;
 
 /// Most files a [`ContainerSpec`] may carry in [`ContainerSpec::files`].
 pub const MAX_FILES: usize = 32;
@@ -74,3 +78,14 @@ pub const MAX_CHUNK: usize = 64 * 1024;
 /// hosts that do not preserve AVX state across guest processes. The agent
 /// runs with them and passes them on to every process it starts.
 pub const HOST_QUIRK_ENV: [&str; 3] = ["GLIBC_TUNABLES", "OPENSSL_ia32cap", "GODEBUG"];
+
+// --- protocol 9: stats, top, cp, diff, export (issue #14) ---
+
+/// Most processes a [`Message::TopReply`] lists (it travels in one frame).
+pub const MAX_TOP_PROCESSES: usize = 1024;
+
+/// Longest command line of a [`GuestProcess`].
+pub const MAX_TOP_CMD: usize = 512;
+
+/// Most changes in one [`Message::Changes`] frame.
+pub const MAX_CHANGES_PER_FRAME: usize = 128;

@@ -123,6 +123,160 @@ pub enum Message {
     Pause,
     /// Client -> monitor: resume a paused VM. Answered `Ok` or `Error`.
     Resume,
+    // --- protocol 9: stats, top, cp, diff, export (issue #14) ---
+    /// Host -> agent, on a connection to [`EXEC_PORT`](crate::EXEC_PORT):
+    /// the guest's memory and process figures (`husk stats`). Answered
+    /// [`Message::StatsReply`].
+    Stats,
+    /// Agent -> host: the answer to [`Message::Stats`]. Guest input.
+    StatsReply(GuestStats),
+    /// Host -> agent, on a connection to [`EXEC_PORT`](crate::EXEC_PORT):
+    /// the guest's processes (`husk top`), read from the guest's /proc.
+    /// Answered [`Message::TopReply`].
+    Top,
+    /// Agent -> host: the answer to [`Message::Top`] (at most
+    /// [`MAX_TOP_PROCESSES`](crate::MAX_TOP_PROCESSES)). Guest input.
+    TopReply(Vec<GuestProcess>),
+    /// Host -> agent, on a connection to [`EXEC_PORT`](crate::EXEC_PORT):
+    /// what is at a path of the container's root (`husk cp`'s check of
+    /// its source and destination). Answered [`Message::PathInfo`] or
+    /// `Error{NotFound}`.
+    StatPath(PathRequest),
+    /// Agent -> host: the answer to [`Message::StatPath`]. Guest input.
+    PathInfo(PathInfo),
+    /// Host -> agent, on a connection to [`EXEC_PORT`](crate::EXEC_PORT):
+    /// a tar of the path (`husk cp` out of the container; `/` is `husk
+    /// export`), streamed as [`Message::LayerChunk`] frames ended by
+    /// [`Message::LayerEnd`] (or `Error`). The host treats the tar as
+    /// hostile input.
+    ArchiveGet(ArchiveRequest),
+    /// Host -> agent, on a connection to [`EXEC_PORT`](crate::EXEC_PORT):
+    /// unpack the tar that follows (as [`Message::LayerChunk`] frames
+    /// ended by [`Message::LayerEnd`]) into the directory at `path` of the
+    /// container's root (`husk cp` into the container). Answered
+    /// [`Message::Ok`] or `Error`.
+    ArchivePut(PathRequest),
+    /// Host -> agent, on a connection to [`EXEC_PORT`](crate::EXEC_PORT):
+    /// the container's changes to its image (`husk diff`), from the
+    /// overlayfs upper directory. Answered by [`Message::Changes`] frames
+    /// (at most [`MAX_CHANGES_PER_FRAME`](crate::MAX_CHANGES_PER_FRAME)
+    /// each) ended by [`Message::Ok`], or `Error`.
+    Diff,
+    /// Agent -> host: the next changes of [`Message::Diff`]. Guest input.
+    Changes(Vec<Change>),
+    /// Host -> agent, on a connection to [`EXEC_PORT`](crate::EXEC_PORT):
+    /// the running container's changes (the overlayfs upper directory) as
+    /// an OCI layer tar (`husk commit`), streamed like
+    /// [`Message::ExportLayer`]'s: [`Message::LayerChunk`] frames ended by
+    /// [`Message::LayerEnd`] (or `Error`). The container keeps running.
+    ExportChanges,
+}
+
+/// The guest's own figures for `husk stats` (see [`Message::Stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestStats {
+    /// `MemTotal` of the guest's /proc/meminfo, bytes.
+    pub mem_total: u64,
+    /// `MemAvailable` of the guest's /proc/meminfo, bytes.
+    pub mem_available: u64,
+    /// Processes in the guest besides the agent and kernel threads.
+    pub pids: u64,
+    /// Bytes received by the guest's network interfaces (loopback left out).
+    pub net_rx: u64,
+    /// Bytes sent by the guest's network interfaces (loopback left out).
+    pub net_tx: u64,
+    /// Bytes read from the guest's virtio disks (/proc/diskstats).
+    pub block_read: u64,
+    /// Bytes written to the guest's virtio disks (/proc/diskstats).
+    pub block_written: u64,
+}
+
+/// One guest process for `husk top` (see [`Message::Top`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestProcess {
+    /// Its pid in the guest.
+    pub pid: u32,
+    /// Its parent's pid.
+    pub ppid: u32,
+    /// Its real uid.
+    pub uid: u32,
+    /// Its start time, seconds since the Unix epoch.
+    pub start_time: u64,
+    /// Its CPU time (user + system), milliseconds.
+    pub cpu_ms: u64,
+    /// Its controlling terminal (`pts/0`), or `?`.
+    pub tty: String,
+    /// Its command line (the command name in brackets when empty); at most
+    /// [`MAX_TOP_CMD`](crate::MAX_TOP_CMD) bytes.
+    pub cmd: String,
+}
+
+/// A path of the container's root (see [`Message::StatPath`] and
+/// [`Message::ArchivePut`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PathRequest {
+    /// The absolute path, resolved within the container's root (symlinks
+    /// cannot lead out of it).
+    pub path: String,
+    /// Follow a symlink at the path itself (`husk cp -L`).
+    pub follow_link: bool,
+}
+
+/// What is at a path (see [`Message::StatPath`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PathInfo {
+    /// A directory.
+    pub dir: bool,
+    /// Permission bits and file type (`st_mode`).
+    pub mode: u32,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// A tar to make of a path (see [`Message::ArchiveGet`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArchiveRequest {
+    /// The path and whether a symlink there is followed.
+    pub source: PathRequest,
+    /// The name of the path's own entry in the tar; its contents go
+    /// below it. Empty: the path's contents at the top (a directory's
+    /// `/.` form, and `export`).
+    pub name: String,
+    /// Leave out what is mounted below the path (the API filesystems,
+    /// volumes, tmpfs mounts), as `export` does; the mount points stay,
+    /// empty. /proc, /sys and /dev are left out in any case.
+    pub skip_mounts: bool,
+}
+
+/// One change of the container to its image (see [`Message::Diff`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    /// What happened to it.
+    pub kind: ChangeKind,
+    /// Its absolute path in the container.
+    pub path: String,
+}
+
+/// The kinds of [`Change`], as `docker diff` prints them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ChangeKind {
+    /// `A`: added.
+    Added,
+    /// `C`: changed.
+    Changed,
+    /// `D`: deleted.
+    Deleted,
+}
+
+impl ChangeKind {
+    /// Docker's letter.
+    pub fn letter(self) -> char {
+        match self {
+            ChangeKind::Added => 'A',
+            ChangeKind::Changed => 'C',
+            ChangeKind::Deleted => 'D',
+        }
+    }
 }
 
 /// A container's root filesystem and environment (see

@@ -21,6 +21,7 @@
 
 pub mod attach;
 pub mod config;
+pub mod copy;
 pub mod exec;
 pub mod id;
 pub mod layout;
@@ -35,6 +36,7 @@ pub mod relay;
 pub mod run_flags;
 pub mod security;
 pub mod state;
+pub mod stats;
 mod store;
 pub mod time;
 pub mod volume;

@@ -98,7 +98,7 @@ pub enum AgentError {
 }
 
 impl AgentError {
-    fn io(context: &'static str) -> impl FnOnce(io::Error) -> AgentError {
+    pub(crate) fn io(context: &'static str) -> impl FnOnce(io::Error) -> AgentError {
         move |source| AgentError::Io { context, source }
     }
 }

@@ -27,6 +27,7 @@ pub mod explain;
 pub mod ext4;
 pub mod jail;
 pub mod oneshot;
+pub mod queries;
 pub mod rundir;
 mod running;
 mod sandbox;

@@ -13,8 +13,7 @@ use containerd_shim::protos::protobuf::{Message, MessageFull};
 
 use crate::errors::{Result, ShimError};
 
-/// Clock ticks per second of /proc's CPU times (USER_HZ, 100 on Linux).
-const USER_HZ: u64 = 100;
+use husk_runtime::stats::{cpu_ticks, vm_rss, USER_HZ};
 
 /// The metrics of the VM in monitor `pid` with `memory_mib` of memory.
 pub fn metrics(pid: u32, memory_mib: u32) -> Result<Any> {
@@ -55,21 +54,6 @@ pub fn metrics(pid: u32, memory_mib: u32) -> Result<Any> {
     Ok(any)
 }
 
-/// utime and stime (fields 14 and 15) of a `/proc/<pid>/stat` line.
-fn cpu_ticks(stat: &str) -> Option<(u64, u64)> {
-    let (_, rest) = stat.rsplit_once(')')?;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // rest starts at field 3.
-    Some((f.get(11)?.parse().ok()?, f.get(12)?.parse().ok()?))
-}
-
-/// `VmRSS` of `/proc/<pid>/status`, in bytes.
-fn vm_rss(status: &str) -> Option<u64> {
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -78,9 +62,6 @@ mod tests {
     fn proc_files_parse() {
         let stat = "42 (husk (monitor)) S 1 42 42 0 -1 4194560 100 0 0 0 250 75 0 0 20 0 9 0 1 2 3";
         assert_eq!(cpu_ticks(stat), Some((250, 75)));
-        assert_eq!(cpu_ticks("garbage"), None);
-        assert_eq!(vm_rss("Name:\tx\nVmRSS:\t  2048 kB\n"), Some(2 << 20));
-        assert_eq!(vm_rss("Name:\tx\n"), None);
         let me = std::process::id();
         let any = metrics(me, 256).unwrap();
         assert_eq!(any.type_url, "io.containerd.cgroups.v1.Metrics");

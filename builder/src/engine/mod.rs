@@ -520,6 +520,7 @@ impl Builder<'_> {
             config: &config,
             created_by,
             author: state.author.as_deref(),
+            comment: None,
         };
         let image = self.store.commit(&new, layer)?;
         self.say(&format!(" ---> {}", &image.id.hex()[..12]));

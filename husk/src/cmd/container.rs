@@ -2,7 +2,10 @@
 //! wait, inspect, restart, attach (flattened into `husk`), and the hidden
 //! `container-monitor` the lifecycle library re-executes.
 
+mod commit;
 mod control;
+mod copy;
+pub(crate) mod format;
 mod inspect;
 mod interactive;
 mod logs;
@@ -11,6 +14,7 @@ mod port;
 mod ps;
 mod run;
 mod run_flags;
+mod stats;
 
 use std::path::PathBuf;
 
@@ -64,6 +68,21 @@ pub enum ContainerCommand {
     /// Manage containers (`prune`).
     #[command(subcommand)]
     Container(manage::ContainerSub),
+    // issue #14 part 2: stats, top, cp, diff, export
+    /// Display a live stream of containers' resource usage.
+    Stats(stats::StatsArgs),
+    /// Display the running processes of a container.
+    Top(stats::TopArgs),
+    /// Copy files between a container and the host.
+    Cp(copy::CpArgs),
+    /// Inspect changes to files on a container's filesystem.
+    Diff(copy::DiffArgs),
+    /// Export a container's filesystem as a tar archive.
+    Export(copy::ExportArgs),
+    /// Create a new image from a container's changes.
+    Commit(commit::CommitArgs),
+    /// Update configuration of containers.
+    Update(UpdateArgs),
     /// The per-container monitor (started by husk itself).
     #[command(hide = true, name = "container-monitor")]
     Monitor(MonitorArgs),
@@ -101,6 +120,13 @@ pub fn run(command: ContainerCommand) -> anyhow::Result<i32> {
         ContainerCommand::Unpause(a) => control::pause(a, false),
         ContainerCommand::Rename(a) => manage::rename(a),
         ContainerCommand::Container(c) => manage::container(c),
+        ContainerCommand::Stats(a) => stats::stats(a),
+        ContainerCommand::Top(a) => stats::top(a),
+        ContainerCommand::Cp(a) => copy::cp(a),
+        ContainerCommand::Diff(a) => copy::diff(a),
+        ContainerCommand::Export(a) => copy::export(a),
+        ContainerCommand::Commit(a) => commit::commit(a),
+        ContainerCommand::Update(a) => update(a),
         ContainerCommand::Monitor(a) => Ok(husk_runtime::monitor::main(&a.root, &a.id, &a.mode)),
     }
 }
@@ -122,4 +148,48 @@ fn each(names: &[String], mut f: impl FnMut(&str) -> anyhow::Result<()>) -> i32 
         }
     }
     code
+}
+
+/// `husk update` flags (those a VM cannot follow are refused).
+#[derive(Args, Debug)]
+pub struct UpdateArgs {
+    #[command(flatten)]
+    root: RootArgs,
+    /// Memory limit.
+    #[arg(short, long)]
+    memory: Option<String>,
+    /// Number of CPUs.
+    #[arg(long)]
+    cpus: Option<String>,
+    /// Containers.
+    #[arg(required = true)]
+    containers: Vec<String>,
+}
+
+/// `husk update`: a VM's memory and vCPUs are fixed at boot here (no
+/// memory hotplug or balloon, no vCPU hotplug), so `--memory` and
+/// `--cpus` are refused for each container with Docker's per-container
+/// error and exit code 1; they take effect on a new container (`run -m`,
+/// `--cpus`).
+fn update(a: UpdateArgs) -> anyhow::Result<i32> {
+    let rt = runtime(&a.root)?;
+    let what: Vec<&str> = [
+        a.memory.as_ref().map(|_| "--memory"),
+        a.cpus.as_ref().map(|_| "--cpus"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if what.is_empty() {
+        anyhow::bail!("you must provide one or more flags when using this command");
+    }
+    Ok(each(&a.containers, |name| {
+        let c = rt.container(name)?;
+        anyhow::bail!(
+            "Cannot update container {}: {} cannot change while its VM exists \
+             (memory and vCPUs are fixed at boot); recreate the container with the new values",
+            c.id.short(),
+            what.join(" and ")
+        )
+    }))
 }

@@ -1,5 +1,6 @@
 //! Image commands: load, pull, push, images, tag, rmi, save, and `image ...`.
 
+mod history;
 pub(crate) mod output;
 
 use std::path::{Path, PathBuf};
@@ -21,7 +22,7 @@ pub struct RootArgs {
 }
 
 impl RootArgs {
-    fn store(&self) -> anyhow::Result<Store> {
+    pub(crate) fn store(&self) -> anyhow::Result<Store> {
         Store::open(&self.root)
             .with_context(|| format!("opening the image store in {}", self.root.display()))
     }
@@ -165,6 +166,8 @@ pub enum ImageCommand {
     Rmi(RmiArgs),
     /// Save images to a tarball (OCI layout + docker manifest.json).
     Save(SaveArgs),
+    /// Show the history of an image.
+    History(history::HistoryArgs),
     /// Manage images.
     #[command(subcommand)]
     Image(ImageSub),
@@ -192,6 +195,8 @@ pub enum ImageSub {
     Push(PushArgs),
     /// Save images.
     Save(SaveArgs),
+    /// Show the history of an image.
+    History(history::HistoryArgs),
 }
 
 /// Runs an image command.
@@ -206,6 +211,7 @@ pub fn run(command: ImageCommand) -> anyhow::Result<i32> {
         ImageCommand::Save(a) | ImageCommand::Image(ImageSub::Save(a)) => save(a),
         ImageCommand::Image(ImageSub::Inspect(a)) => inspect(a),
         ImageCommand::Image(ImageSub::Prune(a)) => prune(a),
+        ImageCommand::History(a) | ImageCommand::Image(ImageSub::History(a)) => history::history(a),
     }
 }
 

@@ -8,7 +8,7 @@ use husk_runtime::{Container, Status};
 
 use super::RootArgs;
 use crate::cmd::filters::Filters;
-use crate::cmd::image::output::{human_age, print_table};
+use crate::cmd::image::output::human_age;
 
 /// `husk ps` flags.
 #[derive(Args, Debug)]
@@ -58,7 +58,7 @@ pub fn ps(a: PsArgs) -> Result<i32> {
         .format
         .clone()
         .unwrap_or_else(|| DEFAULT_FORMAT.to_string());
-    print_rows(&format, &rows);
+    super::format::print_rows(&format, &rows, header, |r, f| r.field(f).map(String::from));
     Ok(0)
 }
 
@@ -169,54 +169,6 @@ fn status_text(c: &Container) -> String {
     }
 }
 
-/// Renders `format` for each row; `table ` prints a header and aligns the
-/// tab-separated columns.
-fn print_rows(format: &str, rows: &[Row]) {
-    let format = format.replace("\\t", "\t").replace("\\n", "\n");
-    if let Some(body) = format
-        .strip_prefix("table ")
-        .or_else(|| format.strip_prefix("table"))
-    {
-        let mut table = vec![render(body, &|f| Some(header(f).to_string()))
-            .split('\t')
-            .map(String::from)
-            .collect::<Vec<_>>()];
-        for r in rows {
-            table.push(
-                render(body, &|f| r.field(f).map(String::from))
-                    .split('\t')
-                    .map(String::from)
-                    .collect(),
-            );
-        }
-        print_table(&table);
-    } else {
-        for r in rows {
-            println!("{}", render(&format, &|f| r.field(f).map(String::from)));
-        }
-    }
-}
-
-/// Replaces each `{{.Field}}` (spaces allowed inside the braces) by
-/// `value(Field)`; unknown fields render as `<no value>`.
-fn render(format: &str, value: &dyn Fn(&str) -> Option<String>) -> String {
-    let mut out = String::new();
-    let mut rest = format;
-    while let Some(start) = rest.find("{{") {
-        out.push_str(&rest[..start]);
-        let Some(len) = rest[start..].find("}}") else {
-            out.push_str(&rest[start..]);
-            return out;
-        };
-        let inner = rest[start + 2..start + len].trim();
-        let field = inner.strip_prefix('.').unwrap_or(inner);
-        out.push_str(&value(field).unwrap_or_else(|| "<no value>".into()));
-        rest = &rest[start + len + 2..];
-    }
-    out.push_str(rest);
-    out
-}
-
 /// The keys `ps --filter` takes.
 const PS_FILTERS: &[&str] = &[
     "status", "name", "id", "label", "label!", "ancestor", "exited", "volume",
@@ -315,10 +267,6 @@ mod tests {
 
     #[test]
     fn templates_quotes_and_truncation() {
-        let v = |f: &str| (f == "ID").then(|| "abc".to_string());
-        assert_eq!(render("{{.ID}}:{{ .ID }} {{.X}}", &v), "abc:abc <no value>");
-        assert_eq!(render("no braces", &v), "no braces");
-        assert_eq!(render("{{.ID", &v), "{{.ID");
         assert_eq!(
             ellipsis("sh -c 'while true; do sleep 1; done'", 20),
             "sh -c 'while true; …"
