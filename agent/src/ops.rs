@@ -9,6 +9,7 @@ use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
+use husk_layertar::upper::RUNTIME_PATHS;
 use husk_protocol::{Change, ChangeKind, GuestProcess, GuestStats, MAX_TOP_CMD, MAX_TOP_PROCESSES};
 
 /// Clock ticks per second of /proc's times (`USER_HZ`, 100 on Linux).
@@ -181,16 +182,6 @@ fn truncate(s: &mut String, max: usize) {
     }
 }
 
-/// Paths the runtime itself writes, left out of `diff` as Docker does.
-const DIFF_SKIP: &[&str] = &[
-    "dev",
-    "proc",
-    "sys",
-    "etc/hosts",
-    "etc/hostname",
-    "etc/resolv.conf",
-];
-
 /// Most directory levels `diff` follows.
 const MAX_DEPTH: usize = 256;
 
@@ -222,7 +213,7 @@ fn diff_dir(
     names.sort();
     for name in names {
         let child = rel.join(&name);
-        if DIFF_SKIP.iter().any(|s| Path::new(s) == child) {
+        if RUNTIME_PATHS.iter().any(|s| Path::new(s) == child) {
             continue;
         }
         let m = fs::symlink_metadata(upper.join(&child))?;

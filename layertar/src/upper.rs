@@ -36,8 +36,9 @@ pub enum UpperError {
 }
 
 /// Paths the container runtime itself writes (Docker leaves them out of
-/// build layers too): the API mount points and the agent's /etc files.
-const SKIP: &[&str] = &[
+/// build layers too, and out of `docker diff`): the API mount points and
+/// the agent's /etc files.
+pub const RUNTIME_PATHS: &[&str] = &[
     "dev",
     "proc",
     "sys",
@@ -54,7 +55,7 @@ struct Walk<'a, W: Write> {
     /// The tar name of `upper` itself (entries go below it); empty for
     /// the directory's contents at the top.
     name: &'a Path,
-    /// An overlayfs upper directory (whiteouts, opaque markers, [`SKIP`]),
+    /// An overlayfs upper directory (whiteouts, opaque markers, [`RUNTIME_PATHS`]),
     /// rather than a plain tree ([`write_tree`]).
     overlay: bool,
     /// Directories (relative) whose contents are left out.
@@ -139,7 +140,7 @@ impl<W: Write> Walk<'_, W> {
         names.sort();
         for name in names {
             let child = rel.join(&name);
-            if self.overlay && SKIP.iter().any(|s| Path::new(s) == child) {
+            if self.overlay && RUNTIME_PATHS.iter().any(|s| Path::new(s) == child) {
                 continue;
             }
             self.entry(&child, depth)?;

@@ -43,6 +43,19 @@ pub fn print_rows<R>(
 /// `value(Field)`, and `{{json .}}` by `value("json")`; unknown fields
 /// render as `<no value>`.
 pub fn render(format: &str, value: &dyn Fn(&str) -> Option<String>) -> String {
+    expand(format, &|inner| {
+        let field = match inner.split_whitespace().collect::<Vec<_>>()[..] {
+            ["json", "."] => "json",
+            _ => inner.strip_prefix('.').unwrap_or(inner),
+        };
+        value(field).unwrap_or_else(|| "<no value>".into())
+    })
+}
+
+/// The one scanner of Go-template-like formats: replaces each `{{ ... }}`
+/// by `action` of what is inside the braces (trimmed); an unclosed `{{`
+/// stays as it is.
+pub fn expand(format: &str, action: &dyn Fn(&str) -> String) -> String {
     let mut out = String::new();
     let mut rest = format;
     while let Some(start) = rest.find("{{") {
@@ -51,15 +64,20 @@ pub fn render(format: &str, value: &dyn Fn(&str) -> Option<String>) -> String {
             out.push_str(&rest[start..]);
             return out;
         };
-        let inner = rest[start + 2..start + len].trim();
-        let field = match inner.split_whitespace().collect::<Vec<_>>()[..] {
-            ["json", "."] => "json",
-            _ => inner.strip_prefix('.').unwrap_or(inner),
-        };
-        out.push_str(&value(field).unwrap_or_else(|| "<no value>".into()));
+        out.push_str(&action(rest[start + 2..start + len].trim()));
         rest = &rest[start + len + 2..];
     }
     out.push_str(rest);
+    out
+}
+
+/// Docker's truncation: `max` characters, the last one an ellipsis.
+pub fn ellipsis(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_string();
+    }
+    let mut out: String = s.chars().take(max.saturating_sub(1)).collect();
+    out.push('…');
     out
 }
 

@@ -219,15 +219,7 @@ fn with_run_flags(mut hc: Value, cfg: &ContainerConfig) -> Value {
 /// Replaces `{{.A.B}}` paths (and `{{json .A}}`) with values from `doc`;
 /// strings print bare, everything else as JSON.
 pub fn render(format: &str, doc: &Value) -> String {
-    let mut out = String::new();
-    let mut rest = format;
-    while let Some(start) = rest.find("{{") {
-        out.push_str(&rest[..start]);
-        let Some(len) = rest[start..].find("}}") else {
-            out.push_str(&rest[start..]);
-            return out;
-        };
-        let inner = rest[start + 2..start + len].trim();
+    super::format::expand(format, &|inner| {
         let (as_json, path) = match inner.strip_prefix("json ") {
             Some(p) => (true, p.trim()),
             None => (false, inner),
@@ -240,15 +232,12 @@ pub fn render(format: &str, doc: &Value) -> String {
         {
             v = v.get(key).unwrap_or(&Value::Null);
         }
-        out.push_str(&match v {
+        match v {
             Value::String(s) if !as_json => s.clone(),
             Value::Null if !as_json => "<no value>".into(),
             other => other.to_string(),
-        });
-        rest = &rest[start + len + 2..];
-    }
-    out.push_str(rest);
-    out
+        }
+    })
 }
 
 /// Docker's `NetworkSettings.Ports` of a running container:

@@ -6,6 +6,7 @@ use clap::Args;
 use husk_runtime::time::secs_since;
 use husk_runtime::{Container, Status};
 
+use super::format::ellipsis;
 use super::RootArgs;
 use crate::cmd::filters::Filters;
 use crate::cmd::image::output::human_age;
@@ -229,16 +230,6 @@ fn ancestor_ids(rt: &husk_runtime::Runtime, f: &Filters) -> Vec<String> {
         .filter_map(|v| store.resolve(v).ok())
         .map(|img| img.id.to_string())
         .collect()
-}
-
-/// Truncates to `max` characters, the last one an ellipsis.
-fn ellipsis(s: &str, max: usize) -> String {
-    if s.chars().count() <= max {
-        return s.to_string();
-    }
-    let mut out: String = s.chars().take(max - 1).collect();
-    out.push('…');
-    out
 }
 
 /// Go's `strconv.Quote`.

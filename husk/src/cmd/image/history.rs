@@ -7,7 +7,7 @@ use serde_json::json;
 
 use super::output::{human_age, human_size};
 use super::RootArgs;
-use crate::cmd::container::format::print_rows;
+use crate::cmd::container::format::{ellipsis, print_rows};
 
 const DEFAULT_FORMAT: &str =
     "table {{.ID}}\t{{.CreatedSince}}\t{{.CreatedBy}}\t{{.Size}}\t{{.Comment}}";
@@ -71,16 +71,6 @@ fn header(f: &str) -> &str {
         "Comment" => "COMMENT",
         other => other,
     }
-}
-
-/// Docker's truncation: `max` characters, the last one an ellipsis.
-fn ellipsis(s: &str, max: usize) -> String {
-    if s.chars().count() <= max {
-        return s.to_string();
-    }
-    let mut out: String = s.chars().take(max - 1).collect();
-    out.push('…');
-    out
 }
 
 fn row(e: &HistoryEntry, id: &images::Digest, a: &HistoryArgs, now: i64) -> Row {
