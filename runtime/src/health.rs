@@ -271,12 +271,15 @@ impl Job {
             }
             let result = self.once();
             let counting = began.elapsed() >= self.check.start_period;
-            if health.add(result, self.check.retries, counting) {
+            let changed = health.add(result, self.check.retries, counting);
+            // The state first, then the event: whoever reacts to the event
+            // reads the state it announces (inspect's Status, FailingStreak).
+            self.write(&health);
+            if changed {
                 let action = format!("health_status: {}", health.status);
                 self.events
                     .record(&Event::container(&self.cfg, &action, &[]));
             }
-            self.write(&health);
         }
     }
 
