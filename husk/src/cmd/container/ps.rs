@@ -175,8 +175,9 @@ const PS_FILTERS: &[&str] = &[
     "status", "name", "id", "label", "label!", "ancestor", "exited", "volume",
 ];
 
-/// Docker's container states (husk has no restarting, removing or dead
-/// ones: filtering on them finds nothing).
+/// Docker's container states (husk has no removing or dead ones:
+/// filtering on them finds nothing; paused and restarting are
+/// `State::status_word`'s).
 const STATES: &[&str] = &[
     "created",
     "restarting",
