@@ -133,6 +133,7 @@ fn spec() -> ContainerSpec {
             layers: vec!["layer0".into()],
             writable: "rw".into(),
         },
+        shares: Vec::new(),
         volumes: vec![],
         hostname: "box".into(),
         hosts: vec![],

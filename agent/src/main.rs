@@ -19,6 +19,7 @@ mod quirks;
 mod rootfs;
 mod security;
 mod seed;
+mod shares;
 mod spawn;
 mod spec;
 mod stdio;

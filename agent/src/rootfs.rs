@@ -1,6 +1,6 @@
 //! Assembling a container's root filesystem in the guest (`CreateContainer`):
 //! EROFS layers + a writable disk stacked with overlayfs, or one plain disk
-//! as it is (`husk vm run`); the API filesystems, volumes, /etc files (image
+//! as it is (`husk vm run`); the API filesystems, volumes, shares, /etc files (image
 //! roots only), hostname, network and kernel parameters (sysctls).
 //!
 //! Only used when the agent runs as PID 1 in the VM. The spec has been
@@ -150,6 +150,7 @@ pub fn create(spec: &ContainerSpec, mounts: &mut Vec<PathBuf>) -> Result<Contain
             teardown,
         )?;
     }
+    crate::shares::mount(root, &spec.shares)?;
     for t in &spec.tmpfs {
         mount_tmpfs(root, t, points)?;
     }

@@ -4,8 +4,8 @@
 use std::path::{Component, Path, PathBuf};
 
 use husk_protocol::{
-    ContainerSpec, ExecRequest, FileSpec, RootFs, Sysctl, TmpfsMount, MAX_FILES, MAX_FILES_BYTES,
-    MAX_FILE_BYTES, MAX_SYSCTLS,
+    ContainerSpec, ExecRequest, FileSpec, RootFs, ShareMount, Sysctl, TmpfsMount, MAX_FILES,
+    MAX_FILES_BYTES, MAX_FILE_BYTES, MAX_SHARES, MAX_SYSCTLS,
 };
 
 /// Most layer disks a container may stack.
@@ -90,6 +90,7 @@ pub fn check_container(spec: &ContainerSpec) -> Result<(), Invalid> {
             )));
         }
     }
+    check_shares(spec)?;
     check_hostname(&spec.hostname)?;
     if spec.hosts.len() > MAX_HOSTS {
         return Err(bad(format!("more than {MAX_HOSTS} hosts lines")));
@@ -123,6 +124,35 @@ fn check_sysctls(sysctls: &[Sysctl]) -> Result<(), Invalid> {
         if !Sysctl::valid_value(&s.value) {
             return Err(bad(format!("invalid value for sysctl {}", s.key)));
         }
+    }
+    Ok(())
+}
+
+/// Shares: bounded, only in an image root, a relative source of one or
+/// two plain components inside the export, an absolute target below `/`.
+pub fn check_shares(spec: &ContainerSpec) -> Result<(), Invalid> {
+    if spec.shares.is_empty() {
+        return Ok(());
+    }
+    if !matches!(spec.root, RootFs::Layers { .. }) {
+        return Err(bad("shared directories need an image root"));
+    }
+    if spec.shares.len() > MAX_SHARES {
+        return Err(bad(format!("more than {MAX_SHARES} shares")));
+    }
+    spec.shares.iter().try_for_each(check_share)
+}
+
+fn check_share(share: &ShareMount) -> Result<(), Invalid> {
+    let parts: Vec<&str> = share.source.split('/').collect();
+    let plain =
+        |p: &&str| !p.is_empty() && *p != "." && *p != ".." && !p.contains('\0') && p.len() <= 255;
+    if parts.len() > 2 || !parts.iter().all(plain) {
+        return Err(bad(format!("invalid share source {:?}", share.source)));
+    }
+    check_abs_path("share target", &share.target)?;
+    if Path::new(&share.target).components().count() < 2 {
+        return Err(bad("a share cannot be mounted on /"));
     }
     Ok(())
 }

@@ -8,6 +8,7 @@ fn spec() -> ContainerSpec {
             layers: vec!["layer0".into(), "layer1".into()],
             writable: "rw".into(),
         },
+        shares: Vec::new(),
         volumes: vec![VolumeMount {
             serial: "vol0".into(),
             fs_type: "ext4".into(),
@@ -208,6 +209,46 @@ fn bad_specs_are_refused() {
         mutate(&mut s);
         assert!(check_container(&s).is_err(), "{name} accepted");
     }
+}
+
+fn share(source: &str, target: &str) -> ShareMount {
+    ShareMount {
+        source: source.into(),
+        target: target.into(),
+        read_only: false,
+    }
+}
+
+#[test]
+fn shares_are_checked() {
+    let mut s = spec();
+    s.shares = vec![share("0", "/src"), share("1/app.yml", "/etc/app.yml")];
+    check_container(&s).unwrap();
+    let bad_shares = [
+        share("", "/x"),
+        share("/0", "/x"),
+        share("0/../..", "/x"),
+        share("..", "/x"),
+        share("0/a/b", "/x"),
+        share("0/.", "/x"),
+        share("0", "x"),
+        share("0", "/"),
+        share("0", "/a/../b"),
+    ];
+    for bad in bad_shares {
+        let mut s = spec();
+        s.shares = vec![bad.clone()];
+        assert!(check_container(&s).is_err(), "{bad:?} accepted");
+    }
+    let mut s = spec();
+    s.shares = (0..=MAX_SHARES)
+        .map(|i| share(&i.to_string(), "/x"))
+        .collect();
+    assert!(check_container(&s).is_err(), "too many shares accepted");
+    let mut s = spec();
+    s.root = disk("disk0", "ext4");
+    s.shares = vec![share("0", "/src")];
+    assert!(check_container(&s).is_err(), "shares on a plain disk root");
 }
 
 #[test]

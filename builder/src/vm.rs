@@ -159,9 +159,11 @@ pub fn run(
         console: step.console.to_path_buf(),
         vsock: sockets.path().join("v.sock"),
         start: settings.start,
+        shares: Vec::new(),
     };
     let spec = ContainerSpec {
         root: contract::image_root(step.layers.len()),
+        shares: Vec::new(),
         volumes: Vec::new(),
         hosts: net
             .as_ref()

@@ -108,6 +108,9 @@ pub struct Translation {
     pub files: Vec<ContainerFile>,
     /// tmpfs mounts.
     pub tmpfs: Vec<husk_protocol::TmpfsMount>,
+    /// Directory bind mounts (shared over virtio-fs), as
+    /// [`husk_runtime::VolumeRequest::Bind`]s.
+    pub binds: Vec<husk_runtime::VolumeRequest>,
     /// vCPUs, memory and network of the VM.
     pub vm: VmShape,
     /// The spec's annotations.
@@ -200,6 +203,7 @@ impl Bundle {
             hostname,
             files: guest.files,
             tmpfs: guest.tmpfs,
+            binds: guest.binds,
             vm,
             annotations: spec
                 .annotations()
@@ -235,6 +239,7 @@ impl Translation {
         }
         plan.files = self.files;
         plan.tmpfs = self.tmpfs;
+        plan.volumes = self.binds;
         if let Some(c) = self.vm.cpus {
             plan.cpus = c;
         }

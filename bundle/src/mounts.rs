@@ -14,30 +14,24 @@
 //!   root when the container is created ([`ContainerFile`]): changes on
 //!   either side later are not seen by the other, and `ro` is not
 //!   enforced on the copy.
-//! - Everything else fails create with one line naming the mount:
-//!   directory bind mounts (they need a filesystem shared with the VM,
-//!   virtio-fs, which husk does not have yet), other filesystems, sockets
-//!   and device nodes.
+//! - A bind mount whose source is a directory (a Kubernetes volume:
+//!   configMap, secret, emptyDir, hostPath...) is shared with the VM over
+//!   virtio-fs and bound at its destination (`ro` honoured, by the host's
+//!   server and in the guest): changes on either side are seen by the other.
+//! - Everything else fails create with one line naming the mount: other
+//!   filesystems, sockets and device nodes.
 
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use husk_protocol::{TmpfsMount, MAX_FILE_BYTES};
-use husk_runtime::ContainerFile;
+use husk_runtime::{ContainerFile, VolumeRequest};
 use oci_spec::runtime::Mount;
 
 /// Why a mount cannot be honoured.
 #[derive(Debug, thiserror::Error)]
 pub enum MountError {
-    /// A directory bind mount.
-    #[error("bind mount of directory {host} at {destination}: directory bind mounts need a filesystem shared with the VM (virtio-fs), which husk does not have yet")]
-    DirectoryBind {
-        /// Host path.
-        host: String,
-        /// Container path.
-        destination: String,
-    },
     /// A bind mount of something that is neither a file nor a directory.
     #[error("bind mount of {host} at {destination}: only regular files can be copied into the VM")]
     SourceKind {
@@ -129,6 +123,8 @@ pub struct GuestMounts {
     pub files: Vec<ContainerFile>,
     /// tmpfs mounts.
     pub tmpfs: Vec<TmpfsMount>,
+    /// Directory bind mounts ([`VolumeRequest::Bind`]).
+    pub binds: Vec<VolumeRequest>,
 }
 
 /// The guest's side of `mounts`; `bundle` resolves relative sources.
@@ -166,8 +162,18 @@ pub fn translate(mounts: &[Mount], bundle: &Path) -> Result<GuestMounts, MountEr
             out.tmpfs.push(t);
             continue;
         }
-        let source = m.source().clone().unwrap_or_default();
-        let file = copy(&bundle.join(&source), &destination)?;
+        let source = bundle.join(m.source().clone().unwrap_or_default());
+        if std::fs::metadata(&source).is_ok_and(|meta| meta.is_dir()) {
+            out.binds.retain(|b| b.target() != destination);
+            out.binds.push(VolumeRequest::Bind {
+                source: source.display().to_string(),
+                target: destination,
+                read_only: options.iter().any(|o| o == "ro"),
+                create_missing: false,
+            });
+            continue;
+        }
+        let file = copy(&source, &destination)?;
         // A later mount at the same place wins, as it would be on top.
         out.files.retain(|f| f.path != file.path);
         out.files.push(file);
@@ -237,12 +243,6 @@ fn copy(source: &PathBuf, destination: &str) -> Result<ContainerFile, MountError
         error,
     };
     let meta = std::fs::metadata(source).map_err(read_err)?;
-    if meta.is_dir() {
-        return Err(MountError::DirectoryBind {
-            host: src,
-            destination: destination.into(),
-        });
-    }
     if !meta.is_file() {
         return Err(MountError::SourceKind {
             host: src,

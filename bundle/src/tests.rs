@@ -145,7 +145,7 @@ fn resources_size_the_vm() {
 }
 
 #[test]
-fn file_bind_mounts_are_copied_and_directories_refused() {
+fn file_bind_mounts_are_copied_and_directories_shared() {
     let (dir, b) = bundle(&ctr_spec());
     let hosts = dir.path().join("hosts");
     std::fs::write(&hosts, "10.0.0.1 db\n").unwrap();
@@ -175,10 +175,20 @@ fn file_bind_mounts_are_copied_and_directories_refused() {
         let e = Bundle::from_spec(dir.path(), spec).translate().unwrap_err();
         husk_runtime::error_chain(&e)
     };
-    let e = with(json!({"destination": "/data", "type": "bind", "source": dir.path()}));
-    assert!(
-        e.contains("directory bind mounts need") && e.contains("/data"),
-        "{e}"
+    let mut s = ctr_spec();
+    s["mounts"].as_array_mut().unwrap().push(
+        json!({"destination": "/data", "type": "bind", "source": dir.path(), "options": ["rbind", "ro"]}),
+    );
+    let spec: Spec = serde_json::from_value(s).unwrap();
+    let t = Bundle::from_spec(dir.path(), spec).translate().unwrap();
+    assert_eq!(
+        t.binds,
+        vec![husk_runtime::VolumeRequest::Bind {
+            source: dir.path().display().to_string(),
+            target: "/data".into(),
+            read_only: true,
+            create_missing: false,
+        }]
     );
     let e = with(json!({"destination": "/mnt", "type": "ext4", "source": "/dev/sda"}));
     assert!(e.contains("type ext4 at /mnt"), "{e}");

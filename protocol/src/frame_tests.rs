@@ -15,6 +15,7 @@ fn samples() -> Vec<Message> {
                 fs_type: "ext4".into(),
                 read_only: true,
             }),
+            shares: Vec::new(),
             volumes: Vec::new(),
             hostname: "vm".into(),
             hosts: Vec::new(),

@@ -24,8 +24,8 @@ pub use frame::{
 };
 pub use message::{
     signal_exit_code, Capabilities, ContainerSpec, ErrorCode, ExecRequest, FileSpec, Message,
-    NetworkSpec, ProcessSecurity, Rlimit, RlimitResource, RootDisk, RootFs, Sysctl, TmpfsMount,
-    VolumeMount,
+    NetworkSpec, ProcessSecurity, Rlimit, RlimitResource, RootDisk, RootFs, ShareMount, Sysctl,
+    TmpfsMount, VolumeMount,
 };
 // protocol 9 (issue #14): stats, top, cp, diff, export
 pub use message::{
@@ -36,7 +36,15 @@ pub use security::{
 };
 
 /// The protocol version this build speaks; sent in [`Message::Hello`].
-pub const PROTOCOL_VERSION: u32 = 9;
+pub const PROTOCOL_VERSION: u32 = 10;
+
+/// The virtio-fs tag of the shared directories' export (protocol 10,
+/// issue #13): the agent mounts it once and binds
+/// [`ShareMount::source`] paths from it.
+pub const SHARE_TAG: &str = "husk";
+
+/// Most shares a [`ContainerSpec`] may bind.
+pub const MAX_SHARES: usize = 64;
 
 /// Most files a [`ContainerSpec`] may carry in [`ContainerSpec::files`].
 pub const MAX_FILES: usize = 32;

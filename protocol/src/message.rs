@@ -287,6 +287,10 @@ pub struct ContainerSpec {
     pub root: RootFs,
     /// Volumes to mount inside the root filesystem.
     pub volumes: Vec<VolumeMount>,
+    /// Host directories and files shared with the VM over virtio-fs (tag
+    /// [`SHARE_TAG`](crate::SHARE_TAG)), bound into the root after the
+    /// volumes, in order.
+    pub shares: Vec<ShareMount>,
     /// The container's hostname (also written to /etc/hostname when the
     /// root is [`RootFs::Layers`]).
     pub hostname: String,
@@ -435,6 +439,20 @@ pub struct VolumeMount {
     /// The absolute path inside the container (created if missing).
     pub target: String,
     /// Mount read-only.
+    pub read_only: bool,
+}
+
+/// A host directory or file shared over virtio-fs, bound into the
+/// container (see [`ContainerSpec::shares`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShareMount {
+    /// Its path inside the virtio-fs export, relative: `"0"` (a shared
+    /// directory) or `"1/app.yml"` (a shared file).
+    pub source: String,
+    /// The absolute path inside the container (created if missing, as a
+    /// directory or an empty file like the source).
+    pub target: String,
+    /// Bind it read-only (the host serves it read-only as well).
     pub read_only: bool,
 }
 

@@ -53,6 +53,10 @@ pub struct ContainerConfig {
     /// Volumes, in disk order (`vol0`, `vol1`, ...).
     #[serde(default)]
     pub mounts: Vec<Mount>,
+    /// Host directories and files bound into the container (virtio-fs),
+    /// in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub binds: Vec<BindMount>,
     /// Signal `stop` sends first.
     pub stop_signal: Signal,
     /// Seconds `stop` waits before SIGKILL.
@@ -220,6 +224,32 @@ pub struct Mount {
     pub read_only: bool,
     /// Created for this container (an image `VOLUME` or `-v /path`).
     pub anonymous: bool,
+}
+
+/// A host directory or file bound into the container (`-v /host:/path`,
+/// `--mount type=bind`, an OCI bundle's bind mounts), shared over
+/// virtio-fs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BindMount {
+    /// The host path, absolute with symlinks resolved (at create).
+    pub source: PathBuf,
+    /// A directory or a regular file.
+    pub kind: husk_sandbox::ShareKind,
+    /// Path inside the container.
+    pub target: String,
+    /// Bound read-only.
+    pub read_only: bool,
+}
+
+impl BindMount {
+    /// What the sandbox serves for it.
+    pub fn share(&self) -> husk_sandbox::Share {
+        husk_sandbox::Share {
+            source: self.source.clone(),
+            kind: self.kind,
+            read_only: self.read_only,
+        }
+    }
 }
 
 impl ContainerConfig {

@@ -20,6 +20,7 @@
 //! its lock file, reported as an exit, and cleaned up by [`Runtime::delete`].
 
 pub mod attach;
+pub mod binds;
 pub mod config;
 pub mod copy;
 pub mod exec;
@@ -57,7 +58,7 @@ pub use husk_sandbox::vsock;
 use std::io;
 use std::path::{Path, PathBuf};
 
-pub use config::{ContainerConfig, ContainerFile, Mount, ProcessConfig, Signal};
+pub use config::{BindMount, ContainerConfig, ContainerFile, Mount, ProcessConfig, Signal};
 pub use exec::ExecOptions;
 pub use id::ContainerId;
 pub use layout::Layout;

@@ -120,12 +120,17 @@ pub enum VolumeRequest {
         /// Path in the container.
         target: String,
     },
-    /// `/host/path:/path`: a host directory (needs a shared filesystem).
+    /// `/host/path:/path[:ro]`, `--mount type=bind`: a host directory or
+    /// file, shared over virtio-fs.
     Bind {
-        /// Host path.
+        /// Absolute host path.
         source: String,
         /// Path in the container.
         target: String,
+        /// Read-only.
+        read_only: bool,
+        /// Make a missing source directory (`-v` does, `--mount` refuses).
+        create_missing: bool,
     },
 }
 

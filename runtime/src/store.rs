@@ -149,11 +149,7 @@ impl Runtime {
     pub fn create_from(&self, plan: ContainerPlan) -> Result<ContainerId, Error> {
         plan.check()?;
         let id = plan.id.clone();
-        for r in &plan.volumes {
-            if matches!(r, VolumeRequest::Bind { .. }) {
-                return Err(Error::Invalid(BIND_UNSUPPORTED.to_string()));
-            }
-        }
+        let binds = crate::binds::resolve(&plan.volumes)?;
         let tmp = self.layout.containers().join(format!(".tmp-{id}"));
         fs::create_dir(&tmp).map_err(io_err(format!("creating {}", tmp.display())))?;
         let paths = ContainerPaths { dir: tmp.clone() };
@@ -179,6 +175,7 @@ impl Runtime {
                 cpus: plan.cpus,
                 memory_mib: plan.memory_mib,
                 mounts,
+                binds,
                 stop_signal: plan.stop_signal,
                 stop_timeout: plan.stop_timeout,
                 auto_remove: plan.auto_remove,
@@ -248,9 +245,7 @@ impl Runtime {
                         anonymous: true,
                     }
                 }
-                VolumeRequest::Bind { .. } => {
-                    return Err(Error::Invalid(BIND_UNSUPPORTED.to_string()))
-                }
+                VolumeRequest::Bind { .. } => continue,
             };
             mounts.push(m);
         }
@@ -384,20 +379,14 @@ impl Runtime {
     }
 }
 
-/// The error for `-v /host/path:/ctr`.
-pub const BIND_UNSUPPORTED: &str = "host bind mounts (-v /host/path:/path) need a filesystem shared with the VM (virtio-fs), which husk does not have yet; use a named volume (-v NAME:/path)";
-
 /// The `-v` requests plus anonymous volumes for the image's VOLUME paths
-/// that no request covers; bind mounts are refused.
+/// that no request covers.
 pub(crate) fn volume_requests(
     flags: &[VolumeRequest],
     image_volumes: &[String],
 ) -> Result<Vec<VolumeRequest>, Error> {
     let mut out: Vec<VolumeRequest> = Vec::new();
     for r in flags {
-        if matches!(r, VolumeRequest::Bind { .. }) {
-            return Err(Error::Invalid(BIND_UNSUPPORTED.to_string()));
-        }
         options::check_mount_target(r.target())
             .map_err(|why| Error::Invalid(format!("invalid mount point: {why}")))?;
         if out.iter().any(|o| o.target() == r.target()) {
@@ -474,9 +463,11 @@ mod tests {
         let bind = VolumeRequest::Bind {
             source: "/h".into(),
             target: "/c".into(),
+            read_only: false,
+            create_missing: true,
         };
-        let err = volume_requests(&[bind], &[]).unwrap_err();
-        assert!(err.to_string().contains("virtio-fs"), "{err}");
+        let r = volume_requests(&[bind.clone()], &["/c".into()]).unwrap();
+        assert_eq!(r, vec![bind], "a bind covers the image's VOLUME");
         let dup = vec![named("aa", "/x"), anonymous("/x")];
         assert!(volume_requests(&dup, &[]).is_err());
         let unclean = volume_requests(&[anonymous("/a/../b")], &[]).unwrap_err();

@@ -16,6 +16,7 @@ fn spec() -> ContainerSpec {
             layers: vec!["layer0".into()],
             writable: "rw".into(),
         },
+        shares: Vec::new(),
         volumes: vec![],
         hostname: "h".into(),
         hosts: vec![],

@@ -17,6 +17,8 @@
 //!   waiter over them and the VM's "done" fd.
 //! - [`oneshot`]: one command in a fresh VM to completion (`husk vm run`,
 //!   build steps).
+//! - [`virtiofs`]: host directories and files shared with the VM (one
+//!   virtiofsd per VM).
 //! - [`ext4`] makes the writable disks, [`explain`] says why a VM ended
 //!   early.
 
@@ -33,6 +35,7 @@ mod running;
 mod sandbox;
 pub mod signals;
 pub mod template;
+pub mod virtiofs;
 pub mod vmthread;
 pub mod vsock;
 pub mod wait;
@@ -46,5 +49,6 @@ pub use running::RunningVm;
 pub use sandbox::{seccomp_mode, Disk, Sandbox, SandboxConfig, SandboxError};
 pub use signals::Signals;
 pub use template::{StartMode, TemplateStore};
+pub use virtiofs::{Share, ShareKind};
 pub use vmthread::{PauseError, VmFailure, VmResult, VmThread};
 pub use wait::{Wake, Watch};

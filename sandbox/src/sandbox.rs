@@ -22,6 +22,7 @@ use crate::rundir::RunDirError;
 use crate::running::RunningVm;
 use crate::signals::Signals;
 use crate::template::{StartMode, TemplateError};
+use crate::virtiofs::{FsServer, ShareError};
 use crate::vmthread::{PauseError, VmResult, VmThread};
 use crate::wait::{Wake, Watch};
 
@@ -96,6 +97,9 @@ pub struct SandboxConfig {
     pub vsock: PathBuf,
     /// Restore from a template (the default) or boot from the kernel.
     pub start: StartMode,
+    /// Host directories and files shared over virtio-fs (a VM with shares
+    /// boots cold: a template has no virtio-fs device).
+    pub shares: Vec<crate::Share>,
 }
 
 impl SandboxConfig {
@@ -117,6 +121,7 @@ impl SandboxConfig {
             net: self.net.clone(),
             console: vmm::ConsoleOutput::File(self.console.clone()),
             seccomp: seccomp_mode(),
+            fs: None,
         }
     }
 
@@ -143,6 +148,14 @@ impl SandboxConfig {
         }));
         disks
     }
+}
+
+/// The path the share server's socket is handed over at (see
+/// [`FsServer::start`]), beside the VM's vsock socket.
+fn share_socket(vsock: &Path) -> PathBuf {
+    let mut path = vsock.as_os_str().to_owned();
+    path.push("_fs");
+    PathBuf::from(path)
 }
 
 /// Errors starting a VM or reaching its agent.
@@ -196,6 +209,9 @@ pub enum SandboxError {
     /// The jailed VMM process could not be started.
     #[error("starting the jailed VMM")]
     Jail(#[from] JailError),
+    /// The shared directories' server could not be started.
+    #[error(transparent)]
+    Share(#[from] ShareError),
 }
 
 impl SandboxError {
@@ -214,6 +230,9 @@ impl SandboxError {
 /// Dropping it stops the VM and removes its sockets.
 pub struct Sandbox {
     vm: RunningVm,
+    /// The server of the VM's shares (declared after `vm`: it is dropped
+    /// after the VM stopped).
+    shares: Option<FsServer>,
     /// Where the agent's boot connection arrives; closed (and its socket
     /// file removed) once it is accepted, so that the guest cannot open
     /// more connections to it.
@@ -257,12 +276,23 @@ impl Sandbox {
     /// [`Sandbox::start`] restores instead when it can.
     pub fn boot_cold(config: &SandboxConfig) -> Result<Sandbox, SandboxError> {
         let listener = AgentListener::bind(&config.vsock)?;
-        let vm = if jail::enabled() {
-            Sandbox::jailed(config, jail::proto::VmSpec::Boot(config.vm_config()))?
-        } else {
-            Sandbox::threaded(vmm::Vm::new(config.vm_config())?)?
+        let shares = match config.shares.is_empty() {
+            true => None,
+            false => Some(FsServer::start(
+                &config.shares,
+                &share_socket(&config.vsock),
+            )?),
         };
-        Ok(Sandbox::running(vm, listener, config))
+        let mut vm_config = config.vm_config();
+        vm_config.fs = shares.as_ref().map(FsServer::vm_config);
+        let vm = if jail::enabled() {
+            Sandbox::jailed(config, jail::proto::VmSpec::Boot(vm_config))?
+        } else {
+            Sandbox::threaded(vmm::Vm::new(vm_config)?)?
+        };
+        let mut sandbox = Sandbox::running(vm, listener, config);
+        sandbox.shares = shares;
+        Ok(sandbox)
     }
 
     /// `vm` on its own thread.
@@ -296,6 +326,7 @@ impl Sandbox {
     ) -> Sandbox {
         Sandbox {
             vm,
+            shares: None,
             listener: Some(listener.listener),
             agent_socket: listener.path,
             vsock: config.vsock.clone(),

@@ -129,6 +129,11 @@ fn template_inputs(
     let Some(slots) = slot_bucket(config.disks.len()) else {
         return Ok(None);
     };
+    if !config.shares.is_empty() {
+        // A template has no virtio-fs device (its vhost-user backend's
+        // state is not in a snapshot): a VM with shares boots cold.
+        return Ok(None);
+    }
     Ok(Some(TemplateInputs {
         format: TemplateInputs::current_format(),
         kernel: config.kernel.clone(),
@@ -226,6 +231,7 @@ fn build_template(
         console: staging.join("console.log"),
         vsock: rundir.path().join("v.sock"),
         start: StartMode::Cold,
+        shares: Vec::new(),
     };
     let mut vm_config = template_config.vm_config();
     vm_config.disks = template_config.vm_disks(inputs.slots);
@@ -293,6 +299,7 @@ mod tests {
             console: "/c".into(),
             vsock: "/v".into(),
             start: StartMode::Warm,
+            shares: Vec::new(),
         };
         let template = Template {
             dir: "/t".into(),

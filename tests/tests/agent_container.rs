@@ -259,6 +259,7 @@ fn container_in_a_real_vm() {
         net: None,
         console: vmm::ConsoleOutput::File(console.0.clone()),
         seccomp: vmm::SeccompMode::Enforce,
+        fs: None,
     })
     .unwrap();
     let stop = vm.stop_handle();
@@ -278,6 +279,7 @@ fn container_in_a_real_vm() {
             layers: vec!["layer0".into(), "layer1".into()],
             writable: "rw".into(),
         },
+        shares: Vec::new(),
         volumes: vec![],
         hostname: "testbox".into(),
         hosts: vec!["10.1.2.3 db".into()],

@@ -315,8 +315,11 @@ fn bundles_husk_cannot_honour_fail_create_with_one_line() {
     let cases: [(&[&str], &str); 2] = [
         (&["--memory-limit", "1048576"], "below husk's minimum"),
         (
-            &["--mount", "type=bind,src=/tmp,dst=/data,options=rbind"],
-            "directory bind mounts need",
+            &[
+                "--mount",
+                "type=bind,src=/nonexistent-husk-source,dst=/data,options=rbind",
+            ],
+            "bind mount of /nonexistent-husk-source at /data",
         ),
     ];
     for (i, (flags, want)) in cases.iter().enumerate() {
@@ -330,6 +333,55 @@ fn bundles_husk_cannot_honour_fail_create_with_one_line() {
         let _ = c.run(&["container", "rm", &name], SHORT);
     }
     assert_eq!(c.ok(&["task", "ls", "-q"]), "");
+    c.assert_clean();
+}
+
+#[test]
+fn a_task_with_a_directory_bind_mount_shares_it() {
+    let Some(c) = dsupport::start("a_task_with_a_directory_bind_mount_shares_it") else {
+        return;
+    };
+    let data = c.dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("in"), "from the host\n").unwrap();
+    let ro = c.dir.path().join("config");
+    std::fs::create_dir(&ro).unwrap();
+    std::fs::write(ro.join("key"), "v\n").unwrap();
+    let rw = format!(
+        "type=bind,src={},dst=/data,options=rbind:rw",
+        data.display()
+    );
+    let ro_mount = format!(
+        "type=bind,src={},dst=/config,options=rbind:ro",
+        ro.display()
+    );
+    let script = "cat /data/in /config/key; echo from the task > /data/out; \
+                  touch /config/new 2>/dev/null || echo ro-refused";
+    let done = c.run(
+        &[
+            "run",
+            "--rm",
+            "--runtime",
+            RUNTIME,
+            "--mount",
+            &rw,
+            "--mount",
+            &ro_mount,
+            IMAGE,
+            "binds",
+            "sh",
+            "-c",
+            script,
+        ],
+        VM_TIMEOUT,
+    );
+    assert_eq!(done.code(), 0, "{}{}", done.stderr, c.log_tail());
+    assert_eq!(done.stdout, "from the host\nv\nro-refused\n");
+    assert_eq!(
+        std::fs::read_to_string(data.join("out")).unwrap(),
+        "from the task\n"
+    );
+    assert!(!ro.join("new").exists());
     c.assert_clean();
 }
 

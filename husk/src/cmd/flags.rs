@@ -6,7 +6,8 @@ use husk_runtime::options::{check_mount_target, parse_bytes, MIN_MEMORY_MIB};
 use husk_runtime::VolumeRequest;
 
 /// Parses Docker's `-v` syntax: `NAME:/path[:ro|rw]`, `/path`
-/// (anonymous), `/host/path:/path` (bind).
+/// (anonymous), `/host/path:/path[:ro|rw]` or `./rel:/path` (bind; a
+/// missing host directory is made at create, as Docker does).
 pub fn parse_volume(spec: &str) -> Result<VolumeRequest> {
     let bad = |why: &str| anyhow::anyhow!("invalid volume specification '{spec}': {why}");
     let parts: Vec<&str> = spec.split(':').collect();
@@ -27,10 +28,12 @@ pub fn parse_volume(spec: &str) -> Result<VolumeRequest> {
             target: target.to_string(),
         });
     };
-    if source.starts_with('/') || source.starts_with('.') || source.starts_with('~') {
+    if source.starts_with('/') || source.starts_with('.') {
         return Ok(VolumeRequest::Bind {
-            source: source.to_string(),
+            source: absolute(source)?,
             target: target.to_string(),
+            read_only,
+            create_missing: true,
         });
     }
     if !husk_runtime::id::valid_name(source) {
@@ -41,6 +44,16 @@ pub fn parse_volume(spec: &str) -> Result<VolumeRequest> {
         target: target.to_string(),
         read_only,
     })
+}
+
+/// A host path made absolute against the working directory (Docker's
+/// CLI does so for `./x` and `../x`); not resolved further.
+pub fn absolute(path: &str) -> Result<String> {
+    if path.starts_with('/') {
+        return Ok(path.to_string());
+    }
+    let cwd = std::env::current_dir().context("reading the working directory")?;
+    Ok(cwd.join(path).display().to_string())
 }
 
 /// `-e` values: `KEY=VALUE` as is; `KEY` alone takes husk's own value
@@ -189,10 +202,22 @@ mod tests {
                 target: "/cache".into()
             }
         );
-        assert!(matches!(
-            parse_volume("/host:/ctr").unwrap(),
-            VolumeRequest::Bind { .. }
-        ));
+        assert_eq!(
+            parse_volume("/host:/ctr:ro").unwrap(),
+            VolumeRequest::Bind {
+                source: "/host".into(),
+                target: "/ctr".into(),
+                read_only: true,
+                create_missing: true,
+            }
+        );
+        let cwd = std::env::current_dir().unwrap();
+        match parse_volume("./conf.yml:/etc/app.yml").unwrap() {
+            VolumeRequest::Bind { source, .. } => {
+                assert_eq!(source, cwd.join("./conf.yml").display().to_string())
+            }
+            other => panic!("{other:?}"),
+        }
         for bad in [
             "data:rel",
             "a:/b:zz",

@@ -7,6 +7,7 @@ mod filters;
 mod flags;
 pub mod image;
 pub mod login;
+mod mount_flag;
 mod prune;
 pub mod system;
 mod system_info;

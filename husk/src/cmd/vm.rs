@@ -150,9 +150,11 @@ fn run_vm(args: RunArgs) -> Result<i32> {
         console: console.clone(),
         vsock: rundir.path().join("vsock.sock"),
         start: StartMode::choose(args.cold),
+        shares: Vec::new(),
     };
     let spec = ContainerSpec {
         root: RootFs::Disk(root),
+        shares: Vec::new(),
         volumes: Vec::new(),
         hostname: HOSTNAME.into(),
         hosts: network

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use husk_protocol::{ContainerSpec, ExecRequest, FileSpec, VolumeMount};
+use husk_protocol::{ContainerSpec, ExecRequest, FileSpec, ShareMount, VolumeMount};
 use husk_sandbox::{contract, Disk, DiskRole, SandboxConfig};
 
 use crate::config::ContainerConfig;
@@ -12,7 +12,7 @@ use crate::layout::ContainerPaths;
 /// Exit code of a container whose VM or agent failed.
 pub const FAILED_CODE: i32 = 255;
 
-/// The VM for `cfg`: agent disk, layers, writable disk, volumes, vsock at
+/// The VM for `cfg`: agent disk, layers, writable disk, volumes, shares, vsock at
 /// `vsock`, network backend `net`, with `cfg`'s rate limits (a warm start
 /// restores its devices from this config too, not from the template).
 pub fn sandbox_config(
@@ -44,6 +44,7 @@ pub fn sandbox_config(
         console: paths.console(),
         vsock: vsock.to_path_buf(),
         start: cfg.start,
+        shares: cfg.binds.iter().map(|b| b.share()).collect(),
     }
 }
 
@@ -82,6 +83,16 @@ pub fn container_spec(cfg: &ContainerConfig, net: &GuestNet) -> ContainerSpec {
                 fs_type: "ext4".into(),
                 target: m.target.clone(),
                 read_only: m.read_only,
+            })
+            .collect(),
+        shares: cfg
+            .binds
+            .iter()
+            .enumerate()
+            .map(|(i, b)| ShareMount {
+                source: b.share().export_path(i),
+                target: b.target.clone(),
+                read_only: b.read_only,
             })
             .collect(),
         hostname: cfg.hostname.clone(),

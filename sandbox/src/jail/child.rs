@@ -192,7 +192,8 @@ fn build_jailed(launch: Launch, fds: Vec<OwnedFd>) -> Result<vmm::Vm, Failure> {
 }
 
 /// Builds the VM from `spec` with the passed descriptors: the vsock
-/// listener first, then the network stream if the backend is one.
+/// listener first, then the network stream if the backend is one, then
+/// the virtio-fs socket if the VM has a virtio-fs device.
 fn build_vm(spec: VmSpec, net: Option<NetSpec>, fds: Vec<OwnedFd>) -> Result<vmm::Vm, Failure> {
     let mut fds = fds.into_iter();
     let listener = fds.next().map(|fd| Arc::new(UnixListener::from(fd)));
@@ -226,6 +227,13 @@ fn build_vm(spec: VmSpec, net: Option<NetSpec>, fds: Vec<OwnedFd>) -> Result<vmm
         VmSpec::Boot(mut c) => {
             c.vsock = with_listener(c.vsock);
             c.net = net;
+            if let Some(fs) = &mut c.fs {
+                let fd = fds.next().ok_or_else(|| Failure {
+                    damaged: false,
+                    message: "no virtio-fs socket was passed".into(),
+                })?;
+                fs.socket = Some(Arc::new(UnixStream::from(fd)));
+            }
             vmm::Vm::new(c).map_err(|e| Failure::new("creating the VM", e))
         }
         VmSpec::Restore(mut r) => {

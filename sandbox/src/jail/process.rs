@@ -121,6 +121,10 @@ impl VmProcess {
             ended: None,
             _resources: resources,
         };
+        let fs_socket = match &req.spec {
+            VmSpec::Boot(c) => c.fs.as_ref().and_then(|fs| fs.socket.clone()),
+            VmSpec::Restore(_) => None,
+        };
         let launch = Launch {
             vm: jailed_spec(req.spec),
             net: req.net.map(net_spec),
@@ -139,6 +143,9 @@ impl VmProcess {
         let mut fds: Vec<BorrowedFd<'_>> =
             vec![listener.as_fd(), process._resources.lease.lock_fd()];
         if let Some(vmm::NetBackend::Stream(s)) = req.net.map(|n| &n.backend) {
+            fds.push(s.as_fd());
+        }
+        if let Some(s) = &fs_socket {
             fds.push(s.as_fd());
         }
         proto::send(process.control.as_fd(), &launch, &fds)?;

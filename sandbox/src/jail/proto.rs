@@ -90,7 +90,8 @@ pub struct JailSpec {
 
 /// The first message: the VM and the jail. Its descriptors: the vsock
 /// listener, the jail uid's lock (held by the waiter until the jail is
-/// gone), then the network stream if [`NetBackendSpec::Stream`].
+/// gone), then the network stream if [`NetBackendSpec::Stream`], then the
+/// virtio-fs socket if the VM has a virtio-fs device.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Launch {
     /// The VM (its network is [`Launch::net`]).

@@ -47,6 +47,16 @@ fn document(c: &Container) -> Value {
     let cfg = &c.config;
     let s = &c.state;
     let zero = "0001-01-01T00:00:00Z";
+    let binds = cfg.binds.iter().map(|b| {
+        json!({
+            "Type": "bind",
+            "Source": b.source,
+            "Destination": b.target,
+            "Mode": if b.read_only { "ro" } else { "" },
+            "RW": !b.read_only,
+            "Propagation": "rprivate",
+        })
+    });
     let mounts: Vec<Value> = cfg
         .mounts
         .iter()
@@ -59,6 +69,7 @@ fn document(c: &Container) -> Value {
                 "RW": !m.read_only,
             })
         })
+        .chain(binds)
         .collect();
     let volumes: serde_json::Map<String, Value> = cfg
         .mounts

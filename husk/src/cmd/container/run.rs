@@ -14,6 +14,7 @@ use husk_runtime::{CreateOptions, Runtime, SecurityFlags, StdioWiring};
 use super::interactive::{self, LocalStdio};
 use super::RootArgs;
 use crate::cmd::flags;
+use crate::cmd::mount_flag::{self, MountFlag};
 use husk_net::NetworkMode;
 use husk_sandbox::{assets, StartMode};
 
@@ -65,9 +66,14 @@ pub struct CreateArgs {
     /// (e.g. 1m; default: unlimited).
     #[arg(long = "net-bps", value_name = "RATE")]
     net_bps: Option<String>,
-    /// Volumes: NAME:/path[:ro], or /path for an anonymous volume.
+    /// Volumes and bind mounts: NAME:/path[:ro], /path (an anonymous
+    /// volume), /host/path:/path[:ro] or ./rel:/path (shared over virtio-fs).
     #[arg(short = 'v', long = "volume", value_name = "VOLUME")]
     volumes: Vec<String>,
+    /// Attach a filesystem: type=bind|volume|tmpfs,source=..,target=..[,readonly]
+    /// (tmpfs: tmpfs-size=SIZE, tmpfs-mode=OCTAL).
+    #[arg(long = "mount", value_name = "MOUNT")]
+    mounts: Vec<String>,
     /// Publish container ports: [IP:][HOST_PORT:]CONTAINER_PORT[/PROTO].
     #[arg(short = 'p', long = "publish", value_name = "PORTS")]
     publish: Vec<String>,
@@ -189,11 +195,18 @@ fn options(a: &CreateArgs) -> Result<CreateOptions> {
     let log_config = LogConfig::from_opts(&a.log_opts)?;
     let mut env = flags::env_files(&a.env_file)?;
     env.extend(flags::env_flags(&a.env));
-    let volumes = a
+    let mut volumes = a
         .volumes
         .iter()
         .map(|v| flags::parse_volume(v))
         .collect::<Result<Vec<_>, _>>()?;
+    let mut extra = a.run_flags.parse()?;
+    for m in &a.mounts {
+        match mount_flag::parse_mount(m)? {
+            MountFlag::Volume(v) => volumes.push(v),
+            MountFlag::Tmpfs(t) => extra.tmpfs.push(t),
+        }
+    }
     let network: NetworkMode = a.network.as_deref().unwrap_or_default().parse()?;
     let mut ports = Vec::new();
     for p in &a.publish {
@@ -208,7 +221,6 @@ fn options(a: &CreateArgs) -> Result<CreateOptions> {
     let kernel = assets::kernel(a.kernel.as_deref())?;
     let agent = assets::agent()?;
     let agent_disk = assets::agent_disk(&agent, &assets::cache_dir())?;
-    let extra = a.run_flags.parse()?;
     Ok(CreateOptions {
         image: a.image.clone(),
         name: a.name.clone(),
