@@ -1,6 +1,6 @@
 //! husk's virtual machine monitor: one KVM microVM with a serial console,
-//! virtio-mmio block, vsock and network devices, booted directly into a 64-bit Linux
-//! kernel.
+//! virtio-mmio block, vsock, network and file system (vhost-user) devices,
+//! booted directly into a 64-bit Linux kernel.
 //!
 //! Module map (see docs/ARCHITECTURE.md):
 //! - [`vm`]: the public API ([`Vm`], [`VmConfig`], [`StopHandle`]), VM
@@ -33,7 +33,8 @@ pub mod vcpu;
 pub mod vm;
 
 pub use config::{
-    ConsoleOutput, DiskConfig, NetBackend, NetConfig, NetRateLimit, VmConfig, VsockConfig,
+    ConsoleOutput, DiskConfig, FsConfig, NetBackend, NetConfig, NetRateLimit, VmConfig,
+    VsockConfig,
 };
 pub use devices::virtio::net::{EgressPolicy, Ipv4Net};
 pub use exit::ExitReason;
