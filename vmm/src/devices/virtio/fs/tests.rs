@@ -82,6 +82,16 @@ fn fake_backend(features: u64, protocol: u64) -> (UnixStream, Log, JoinHandle<()
     (ours, log, thread)
 }
 
+/// Waits until the backend got `n` requests (those with no reply are
+/// read by its thread after the frontend went on).
+fn wait_for(log: &Log, n: usize) {
+    let start = std::time::Instant::now();
+    while log.lock().unwrap().len() < n {
+        assert!(start.elapsed().as_secs() < 10, "backend got {:?}", codes(log));
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
 fn codes(log: &Log) -> Vec<u32> {
     log.lock().unwrap().iter().map(|(c, _)| *c).collect()
 }
@@ -153,6 +163,7 @@ fn setup_reads_features_and_the_guest_reads_the_config() {
     assert_eq!(u32::from_le_bytes(data), 1);
     fs.read_config(64, &mut data);
     assert_eq!(data, [0; 4]);
+    wait_for(&log, 4);
     assert_eq!(
         codes(&log),
         [
@@ -198,6 +209,7 @@ fn activation_starts_the_rings_and_reset_stops_them() {
     let features = VERSION_1 | EVENT_IDX | PROTOCOL_FEATURES;
     let (sock, log, thread) = fake_backend(features, VhostUserProtocolFeatures::all().bits());
     let mut fs = Fs::new("husk", Arc::new(sock)).unwrap();
+    wait_for(&log, 4);
     let mem = crate::memory::create_shared_guest_memory(64).unwrap();
     activate(&mut fs, &mem);
     assert!(!fs.is_started(), "started on the event thread only");
