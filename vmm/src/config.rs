@@ -398,7 +398,10 @@ mod tests {
                 fs: fs(tag, sock.clone()),
                 ..base()
             };
-            assert!(matches!(c.validate(), Err(ConfigError::FsTag(_))), "{tag:?}");
+            assert!(
+                matches!(c.validate(), Err(ConfigError::FsTag(_))),
+                "{tag:?}"
+            );
         }
         let disk = DiskConfig {
             path: Some("/d".into()),

@@ -33,8 +33,7 @@ pub mod vcpu;
 pub mod vm;
 
 pub use config::{
-    ConsoleOutput, DiskConfig, FsConfig, NetBackend, NetConfig, NetRateLimit, VmConfig,
-    VsockConfig,
+    ConsoleOutput, DiskConfig, FsConfig, NetBackend, NetConfig, NetRateLimit, VmConfig, VsockConfig,
 };
 pub use devices::virtio::net::{EgressPolicy, Ipv4Net};
 pub use exit::ExitReason;

@@ -156,6 +156,9 @@ mod tests {
         let mut buf = [0u8; 4];
         std::os::unix::fs::FileExt::read_exact_at(f0.file(), &mut buf, 0xc000_0000).unwrap();
         assert_eq!(u32::from_le_bytes(buf), 0xabcd);
-        assert!(create_guest_memory(64).unwrap().iter().all(|r| r.file_offset().is_none()));
+        assert!(create_guest_memory(64)
+            .unwrap()
+            .iter()
+            .all(|r| r.file_offset().is_none()));
     }
 }

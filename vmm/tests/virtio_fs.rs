@@ -109,9 +109,17 @@ impl Virtiofsd {
 }
 
 fn config(kernel: PathBuf, dir: &Path, socket: Arc<UnixStream>, seccomp: SeccompMode) -> VmConfig {
-    let init = format!(
-        "#!/bin/busybox sh\n/bin/busybox mount -t proc proc /proc\n{SCRIPT}\n"
-    );
+    config_with(kernel, dir, socket, seccomp, SCRIPT)
+}
+
+fn config_with(
+    kernel: PathBuf,
+    dir: &Path,
+    socket: Arc<UnixStream>,
+    seccomp: SeccompMode,
+    script: &str,
+) -> VmConfig {
+    let init = format!("#!/bin/busybox sh\n/bin/busybox mount -t proc proc /proc\n{script}\n");
     VmConfig {
         kernel,
         initrd: Some(common::busybox_initramfs(dir, &init)),
@@ -134,12 +142,30 @@ fn config(kernel: PathBuf, dir: &Path, socket: Arc<UnixStream>, seccomp: Seccomp
 /// its own under its seccomp filter (as in the sandbox); the VM is dropped
 /// on this thread. Returns the exit reason.
 fn run_vm(vm: Vm) -> ExitReason {
+    run_vm_watching(vm, None, |_| false)
+}
+
+/// Like [`run_vm`]; `on_console` is polled with the console's text while
+/// the VM runs and stops it by returning true.
+fn run_vm_watching(
+    vm: Vm,
+    console: Option<PathBuf>,
+    mut on_console: impl FnMut(&str) -> bool + Send + 'static,
+) -> ExitReason {
     let stop = vm.stop_handle();
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let done2 = done.clone();
     let watchdog = std::thread::spawn(move || {
         let start = Instant::now();
         while !done2.load(std::sync::atomic::Ordering::SeqCst) {
+            let text = console
+                .as_ref()
+                .and_then(|c| std::fs::read_to_string(c).ok())
+                .unwrap_or_default();
+            if on_console(&text) {
+                stop.stop();
+                return true;
+            }
             if start.elapsed() > BOOT_TIMEOUT {
                 stop.stop();
                 return false;
@@ -236,12 +262,61 @@ fn a_vm_with_virtio_fs_cannot_be_snapshotted() {
 fn a_missing_socket_is_a_configuration_error() {
     let dir = tempfile::tempdir().unwrap();
     let (a, _b) = UnixStream::pair().unwrap();
-    let mut c = config("/nonexistent".into(), dir.path(), Arc::new(a), SeccompMode::Enforce);
+    let mut c = config(
+        "/nonexistent".into(),
+        dir.path(),
+        Arc::new(a),
+        SeccompMode::Enforce,
+    );
     c.fs.as_mut().unwrap().socket = None;
     let err = Vm::new(c).err().expect("refused");
-    assert!(
-        matches!(err, vmm::VmError::Config(_)),
-        "{err}"
-    );
+    assert!(matches!(err, vmm::VmError::Config(_)), "{err}");
     assert!(err.to_string().contains("no vhost-user socket"), "{err}");
+}
+
+#[test]
+fn a_backend_that_dies_leaves_the_vmm_running() {
+    let test = "a_backend_that_dies_leaves_the_vmm_running";
+    let Some(kernel) = prerequisites(test) else {
+        return;
+    };
+    let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("hello.txt"), "x").unwrap();
+    let backend = Virtiofsd::start(dir.path(), dir.path());
+    // The guest mounts, then reads the file every second while a ticker
+    // shows it alive: once the host killed virtiofsd, a read never ends.
+    let script = "/bin/busybox mkdir -p /mnt\n\
+        /bin/busybox mount -t virtiofs husk /mnt && echo MOUNTED\n\
+        (while true; do /bin/busybox sleep 1; echo TICK; done) &\n\
+        while true; do /bin/busybox cat /mnt/hello.txt >/dev/null; /bin/busybox sleep 1; done";
+    let config = config_with(
+        kernel,
+        dir.path(),
+        backend.socket.clone(),
+        SeccompMode::Enforce,
+        script,
+    );
+    let console = dir.path().join("console.log");
+    let vm = Vm::new(config).unwrap();
+    // Kill virtiofsd once the guest mounted; stop the VM after a few more
+    // guest ticks (the VMM must neither panic nor hang, then or at drop).
+    let pid = rustix::process::Pid::from_raw(backend.child.id() as i32).unwrap();
+    let mut ticks_at_kill = None;
+    let reason = run_vm_watching(vm, Some(console.clone()), move |text| {
+        let ticks = text.matches("TICK").count();
+        if ticks_at_kill.is_none() && text.contains("MOUNTED") {
+            rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();
+            ticks_at_kill = Some(ticks);
+        }
+        ticks_at_kill.is_some_and(|n| ticks >= n + 3)
+    });
+    let log = backend.finish(dir.path());
+    let text = std::fs::read_to_string(&console).unwrap();
+    assert_eq!(
+        reason,
+        ExitReason::Stopped,
+        "console:\n{text}\nvirtiofsd:\n{log}"
+    );
+    assert!(text.contains("MOUNTED"), "console:\n{text}");
 }

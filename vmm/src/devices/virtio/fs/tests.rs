@@ -87,7 +87,11 @@ fn fake_backend(features: u64, protocol: u64) -> (UnixStream, Log, JoinHandle<()
 fn wait_for(log: &Log, n: usize) {
     let start = std::time::Instant::now();
     while log.lock().unwrap().len() < n {
-        assert!(start.elapsed().as_secs() < 10, "backend got {:?}", codes(log));
+        assert!(
+            start.elapsed().as_secs() < 10,
+            "backend got {:?}",
+            codes(log)
+        );
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
 }
@@ -182,10 +186,7 @@ fn setup_reads_features_and_the_guest_reads_the_config() {
 #[test]
 fn bad_tags_and_backends_without_version_1_are_refused() {
     let (sock, _log, _thread) = fake_backend(VERSION_1, 0);
-    assert!(matches!(
-        Fs::new("", Arc::new(sock)),
-        Err(FsError::Tag(_))
-    ));
+    assert!(matches!(Fs::new("", Arc::new(sock)), Err(FsError::Tag(_))));
     let (sock, _log, _thread) = fake_backend(EVENT_IDX, 0);
     assert!(matches!(
         Fs::new("husk", Arc::new(sock)),
@@ -242,7 +243,12 @@ fn activation_starts_the_rings_and_reset_stops_them() {
     assert!(!fs.is_started());
     assert_eq!(
         codes(&log),
-        [SET_VRING_ENABLE, GET_VRING_BASE, SET_VRING_ENABLE, GET_VRING_BASE]
+        [
+            SET_VRING_ENABLE,
+            GET_VRING_BASE,
+            SET_VRING_ENABLE,
+            GET_VRING_BASE
+        ]
     );
 
     // A reset and a new activation in between two passes: stop, start.

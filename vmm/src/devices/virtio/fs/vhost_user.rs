@@ -40,9 +40,8 @@ pub const SOCKET_TIMEOUT: Duration = Duration::from_secs(10);
 /// backend offers them: VERSION_1 and the ring layouts the backend
 /// handles on its own (the transport's queues are split rings; no
 /// ACCESS_PLATFORM, no packed rings, nothing of vhost-user's own).
-pub const SUPPORTED_FEATURES: u64 = (1 << VIRTIO_F_VERSION_1)
-    | (1 << VIRTIO_RING_F_INDIRECT_DESC)
-    | (1 << VIRTIO_RING_F_EVENT_IDX);
+pub const SUPPORTED_FEATURES: u64 =
+    (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_RING_F_INDIRECT_DESC) | (1 << VIRTIO_RING_F_EVENT_IDX);
 
 /// What the driver is offered of the `backend`'s features.
 pub fn offered_features(backend: u64) -> Result<u64, FsError> {
