@@ -204,7 +204,7 @@ impl Backend {
 /// file (the memfd), offset, size and address in this process.
 fn memory_regions(mem: &GuestMemory) -> Result<Vec<VhostUserMemoryRegionInfo>, FsError> {
     mem.iter()
-        .map(|r| VhostUserMemoryRegionInfo::from_guest_region(r))
+        .map(VhostUserMemoryRegionInfo::from_guest_region)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|_| FsError::MemoryNotShared)
 }
