@@ -119,6 +119,7 @@ impl SandboxConfig {
                 listener: None,
             }),
             net: self.net.clone(),
+            fs: None,
             console: vmm::ConsoleOutput::File(self.console.clone()),
             seccomp: seccomp_mode(),
             fs: None,

@@ -257,6 +257,7 @@ fn container_in_a_real_vm() {
             listener: None,
         }),
         net: None,
+        fs: None,
         console: vmm::ConsoleOutput::File(console.0.clone()),
         seccomp: vmm::SeccompMode::Enforce,
         fs: None,

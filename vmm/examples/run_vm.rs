@@ -41,6 +41,7 @@ fn main() {
         disks: vec![],
         vsock: None,
         net: None,
+        fs: None,
         console: ConsoleOutput::Stdout,
         seccomp: vmm::SeccompMode::Enforce,
     };

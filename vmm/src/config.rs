@@ -31,6 +31,10 @@ pub struct VmConfig {
     /// Optional virtio-net interface (after the vsock device).
     #[serde(skip)]
     pub net: Option<NetConfig>,
+    /// Optional virtio-fs device (after the network interface). Guest RAM
+    /// is then a memfd shared with its backend, and the VM cannot be
+    /// snapshotted.
+    pub fs: Option<FsConfig>,
     /// Where the serial console goes.
     pub console: ConsoleOutput,
     /// The seccomp filters of the VM's threads.
@@ -77,6 +81,17 @@ pub struct VsockConfig {
     /// (never removed by the VMM). Not serialised: passed as a descriptor.
     #[serde(skip)]
     pub listener: Option<Arc<UnixListener>>,
+}
+
+/// A virtio-fs device whose requests a vhost-user backend (virtiofsd) serves.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct FsConfig {
+    /// The tag the guest mounts (`mount -t virtiofs TAG /mnt`), 1..=36 bytes.
+    pub tag: String,
+    /// The vhost-user socket, connected to the backend. Not serialised: passed
+    /// as a descriptor (like `VsockConfig::listener`).
+    #[serde(skip)]
+    pub socket: Option<Arc<UnixStream>>,
 }
 
 /// A virtio-net interface.
@@ -161,6 +176,12 @@ pub enum ConfigError {
     /// The MAC address is not a unicast address.
     #[error("MAC address {0} is not a unicast address")]
     NetMac(String),
+    /// The virtio-fs tag is empty, too long or has a NUL.
+    #[error("virtio-fs tag {0:?} is invalid (must be 1 to 36 bytes, no NUL)")]
+    FsTag(String),
+    /// The virtio-fs device has no vhost-user socket.
+    #[error("the virtio-fs device {0:?} has no vhost-user socket (FsConfig::socket)")]
+    FsSocket(String),
 }
 
 impl VmConfig {
@@ -172,8 +193,10 @@ impl VmConfig {
         if !(MIN_MEM_MIB..=MAX_MEM_MIB).contains(&self.mem_mib) {
             return Err(ConfigError::Memory(self.mem_mib));
         }
-        let devices =
-            self.disks.len() + usize::from(self.vsock.is_some()) + usize::from(self.net.is_some());
+        let devices = self.disks.len()
+            + usize::from(self.vsock.is_some())
+            + usize::from(self.net.is_some())
+            + usize::from(self.fs.is_some());
         if devices > MAX_VIRTIO_DEVICES {
             return Err(ConfigError::TooManyDevices(devices));
         }
@@ -206,6 +229,14 @@ impl VmConfig {
                 ));
             }
         }
+        if let Some(fs) = &self.fs {
+            if crate::devices::virtio::fs::check_tag(&fs.tag).is_err() {
+                return Err(ConfigError::FsTag(fs.tag.clone()));
+            }
+            if fs.socket.is_none() {
+                return Err(ConfigError::FsSocket(fs.tag.clone()));
+            }
+        }
         Ok(())
     }
 }
@@ -224,6 +255,7 @@ mod tests {
             disks: vec![],
             vsock: None,
             net: None,
+            fs: None,
             console: ConsoleOutput::Sink,
             seccomp: SeccompMode::Enforce,
             fs: None,
@@ -348,5 +380,63 @@ mod tests {
             ..base()
         };
         assert!(matches!(c.validate(), Err(ConfigError::InitrdMissing(_))));
+    }
+
+    #[test]
+    fn fs_checks() {
+        let (a, _b) = UnixStream::pair().unwrap();
+        let fs = |tag: &str, socket: Option<Arc<UnixStream>>| {
+            Some(FsConfig {
+                tag: tag.into(),
+                socket,
+            })
+        };
+        let sock = Some(Arc::new(a));
+        assert!(VmConfig {
+            fs: fs("husk", sock.clone()),
+            ..base()
+        }
+        .validate()
+        .is_ok());
+        let c = VmConfig {
+            fs: fs("husk", None),
+            ..base()
+        };
+        assert_eq!(
+            c.validate().unwrap_err().to_string(),
+            "the virtio-fs device \"husk\" has no vhost-user socket (FsConfig::socket)"
+        );
+        for tag in ["", &"t".repeat(37), "a\0b"] {
+            let c = VmConfig {
+                fs: fs(tag, sock.clone()),
+                ..base()
+            };
+            assert!(
+                matches!(c.validate(), Err(ConfigError::FsTag(_))),
+                "{tag:?}"
+            );
+        }
+        let disk = DiskConfig {
+            path: Some("/d".into()),
+            read_only: true,
+            serial: "s".into(),
+            rate_limit: Default::default(),
+        };
+        let c = VmConfig {
+            disks: vec![disk; MAX_VIRTIO_DEVICES],
+            fs: fs("husk", sock.clone()),
+            ..base()
+        };
+        assert!(matches!(c.validate(), Err(ConfigError::TooManyDevices(20))));
+        // The socket is not serialised.
+        let c = VmConfig {
+            fs: fs("husk", sock),
+            ..base()
+        };
+        let json = serde_json::to_string(&c).unwrap();
+        let back: VmConfig = serde_json::from_str(&json).unwrap();
+        let fs = back.fs.unwrap();
+        assert_eq!(fs.tag, "husk");
+        assert!(fs.socket.is_none());
     }
 }

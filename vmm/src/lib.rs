@@ -1,6 +1,6 @@
 //! husk's virtual machine monitor: one KVM microVM with a serial console,
-//! virtio-mmio block, vsock and network devices, booted directly into a 64-bit Linux
-//! kernel.
+//! virtio-mmio block, vsock, network and file system (vhost-user) devices,
+//! booted directly into a 64-bit Linux kernel.
 //!
 //! Module map (see docs/ARCHITECTURE.md):
 //! - [`vm`]: the public API ([`Vm`], [`VmConfig`], [`StopHandle`]), VM

@@ -1,9 +1,17 @@
 //! Guest RAM: its layout around the 32-bit MMIO hole, allocation and
 //! registration with KVM.
+//!
+//! RAM is one anonymous private mapping per range, or, for a VM whose
+//! memory a vhost-user backend maps too (virtio-fs), a memfd mapped
+//! shared, each range at its own offset of the file.
+
+use std::fs::File;
 
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
-use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{
+    Address, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+};
 
 use crate::arch::x86_64::layout::{MMIO_HOLE_END, MMIO_HOLE_START};
 
@@ -23,6 +31,9 @@ pub enum MemoryError {
     /// Mapping the guest memory failed.
     #[error("cannot allocate {0} MiB of guest memory")]
     Allocate(u32, #[source] vm_memory::mmap::FromRangesError),
+    /// The memfd of shared guest memory cannot be created or sized.
+    #[error("cannot create a memfd of {0} MiB for shared guest memory")]
+    Memfd(u32, #[source] std::io::Error),
     /// KVM rejected a memory slot.
     #[error("cannot register guest memory slot {0} with KVM")]
     Register(u32, #[source] kvm_ioctls::Error),
@@ -47,6 +58,30 @@ pub fn create_guest_memory(mem_mib: u32) -> Result<GuestMemoryMmap, MemoryError>
     }
     GuestMemoryMmap::from_ranges(&ram_ranges(mem_mib))
         .map_err(|e| MemoryError::Allocate(mem_mib, e))
+}
+
+/// Allocates the guest RAM for `mem_mib` MiB in a memfd mapped shared, so
+/// that another process (a vhost-user backend) can map it too: each
+/// region's [`FileOffset`] names the file and where the region starts in it.
+pub fn create_shared_guest_memory(mem_mib: u32) -> Result<GuestMemoryMmap, MemoryError> {
+    if !(MIN_MEM_MIB..=MAX_MEM_MIB).contains(&mem_mib) {
+        return Err(MemoryError::BadSize(mem_mib));
+    }
+    let memfd = rustix::fs::memfd_create("husk-guest-ram", rustix::fs::MemfdFlags::CLOEXEC)
+        .map_err(|e| MemoryError::Memfd(mem_mib, e.into()))?;
+    let file = File::from(memfd);
+    file.set_len(u64::from(mem_mib) << 20)
+        .map_err(|e| MemoryError::Memfd(mem_mib, e))?;
+    let mut offset = 0u64;
+    let mut ranges = Vec::new();
+    for (start, len) in ram_ranges(mem_mib) {
+        let file = file
+            .try_clone()
+            .map_err(|e| MemoryError::Memfd(mem_mib, e))?;
+        ranges.push((start, len, Some(FileOffset::new(file, offset))));
+        offset += len as u64;
+    }
+    GuestMemoryMmap::from_ranges_with_files(&ranges).map_err(|e| MemoryError::Allocate(mem_mib, e))
 }
 
 /// The end (exclusive) of the RAM region that starts at address 0.
@@ -103,5 +138,27 @@ mod tests {
         assert!(create_guest_memory(MAX_MEM_MIB + 1).is_err());
         let mem = create_guest_memory(64).unwrap();
         assert_eq!(low_memory_end(&mem), 64 << 20);
+        assert!(create_shared_guest_memory(1).is_err());
+    }
+
+    #[test]
+    fn shared_memory_is_one_memfd_with_a_region_per_range() {
+        use vm_memory::Bytes;
+        let mem = create_shared_guest_memory(4096).unwrap();
+        let regions: Vec<_> = mem.iter().collect();
+        assert_eq!(regions.len(), 2);
+        let f0 = regions[0].file_offset().unwrap();
+        let f1 = regions[1].file_offset().unwrap();
+        assert_eq!((f0.start(), f1.start()), (0, 0xc000_0000));
+        assert_eq!(f0.file().metadata().unwrap().len(), 4096 << 20);
+        // Both regions are views of the same file.
+        mem.write_obj(0xabcd_u32, GuestAddress(1 << 32)).unwrap();
+        let mut buf = [0u8; 4];
+        std::os::unix::fs::FileExt::read_exact_at(f0.file(), &mut buf, 0xc000_0000).unwrap();
+        assert_eq!(u32::from_le_bytes(buf), 0xabcd);
+        assert!(create_guest_memory(64)
+            .unwrap()
+            .iter()
+            .all(|r| r.file_offset().is_none()));
     }
 }

@@ -16,12 +16,13 @@ use crate::arch::x86_64::layout::{
 };
 use crate::bus::{Bus, BusError};
 use crate::cmdline::VirtioMmioSlot;
-use crate::config::{ConsoleOutput, DiskConfig, NetConfig, VsockConfig};
+use crate::config::{ConsoleOutput, DiskConfig, FsConfig, NetConfig, VsockConfig};
 use crate::devices::legacy::{PowerOffPort, I8042, I8042_BASE, I8042_SIZE, POWEROFF_PORT};
 use crate::devices::serial::{
     console_writer, EventFdTrigger, SerialDevice, SERIAL_PORT_BASE, SERIAL_PORT_SIZE,
 };
 use crate::devices::virtio::block::{Block, BlockConfig, BlockError};
+use crate::devices::virtio::fs::{Fs, FsError};
 use crate::devices::virtio::mmio::{MmioError, MmioTransport};
 use crate::devices::virtio::net::{Net, NetError};
 use crate::devices::virtio::vsock::{self as vsock_dev, Vsock, VsockError};
@@ -77,6 +78,9 @@ pub enum SetupError {
     /// The network device cannot be created.
     #[error(transparent)]
     Net(#[from] NetError),
+    /// The virtio-fs device cannot be created (or its backend set up).
+    #[error(transparent)]
+    Fs(#[from] FsError),
 }
 
 /// Opens /dev/kvm and checks the API version and the capabilities husk uses.
@@ -205,6 +209,8 @@ pub enum VirtioKind {
     Vsock(Arc<Mutex<Vsock>>),
     /// The network interface.
     Net(Arc<Mutex<Net>>),
+    /// The virtio-fs device.
+    Fs(Arc<Mutex<Fs>>),
 }
 
 /// A virtio device attached to the VM: the device and its transport.
@@ -222,11 +228,12 @@ impl AttachedDevice {
             VirtioKind::Block(d) => d.clone(),
             VirtioKind::Vsock(d) => d.clone(),
             VirtioKind::Net(d) => d.clone(),
+            VirtioKind::Fs(d) => d.clone(),
         }
     }
 }
 
-/// Creates the virtio devices in slot order (disks, then vsock, then net)
+/// Creates the virtio devices in slot order (disks, then vsock, net, fs)
 /// and attaches each; returns them with their slots (for the command line).
 pub fn attach_virtio_devices(
     vm: &VmFd,
@@ -235,6 +242,7 @@ pub fn attach_virtio_devices(
     disks: &[DiskConfig],
     vsock: Option<&VsockConfig>,
     net: Option<&NetConfig>,
+    fs: Option<&FsConfig>,
 ) -> Result<(Vec<AttachedDevice>, Vec<VirtioMmioSlot>), SetupError> {
     let mut devices = Vec::new();
     for disk in disks {
@@ -257,6 +265,16 @@ pub fn attach_virtio_devices(
         let device = Arc::new(Mutex::new(Net::from_config(net)?));
         let transport = attach_virtio(vm, mmio, mem, devices.len(), device.clone())?;
         let kind = VirtioKind::Net(device);
+        devices.push(AttachedDevice { kind, transport });
+    }
+    if let Some(fs) = fs {
+        let socket = fs
+            .socket
+            .clone()
+            .ok_or_else(|| FsError::NoSocket(fs.tag.clone()))?;
+        let device = Arc::new(Mutex::new(Fs::new(&fs.tag, socket)?));
+        let transport = attach_virtio(vm, mmio, mem, devices.len(), device.clone())?;
+        let kind = VirtioKind::Fs(device);
         devices.push(AttachedDevice { kind, transport });
     }
     let slots = (0..devices.len()).map(virtio_slot).collect();

@@ -30,7 +30,7 @@ pub enum VmError {
     /// Invalid configuration.
     #[error(transparent)]
     Config(#[from] ConfigError),
-    /// KVM, VM creation, device creation (disks, vsock, net) or wiring.
+    /// KVM, VM creation, device creation (disks, vsock, net, fs) or wiring.
     #[error(transparent)]
     Setup(#[from] SetupError),
     /// Guest memory.
@@ -138,7 +138,11 @@ impl Vm {
         // Check the kernel before allocating anything large.
         boot::open_kernel(&config.kernel)?;
         let vm = setup::create_vm(&kvm)?;
-        let mem = memory::create_guest_memory(config.mem_mib)?;
+        // A vhost-user backend maps guest RAM too: it must be a shared file.
+        let mem = match config.fs {
+            Some(_) => memory::create_shared_guest_memory(config.mem_mib)?,
+            None => memory::create_guest_memory(config.mem_mib)?,
+        };
         memory::register_memory(&vm, &mem)?;
 
         let kernel = boot::load_kernel(&mem, &config.kernel)?;
@@ -164,6 +168,7 @@ impl Vm {
             &config.disks,
             config.vsock.as_ref(),
             config.net.as_ref(),
+            config.fs.as_ref(),
         )?;
 
         let host = HostKind::detect();

@@ -49,6 +49,7 @@ fn config(kernel: PathBuf, initrd: PathBuf, console: PathBuf, vcpus: u8) -> VmCo
         disks: vec![],
         vsock: None,
         net: None,
+        fs: None,
         console: ConsoleOutput::File(console),
         seccomp: vmm::SeccompMode::Enforce,
     }

@@ -80,6 +80,7 @@ fn boot_config(kernel: PathBuf, dir: &Path, console: PathBuf) -> VmConfig {
         disks: vec![],
         vsock: None,
         net: None,
+        fs: None,
         console: ConsoleOutput::File(console),
         seccomp: vmm::SeccompMode::Enforce,
     }

@@ -146,6 +146,7 @@ fn template_config(kernel: PathBuf, dir: &Path, net: NetConfig) -> VmConfig {
             listener: None,
         }),
         net: Some(net),
+        fs: None,
         console: ConsoleOutput::File(dir.join("template.log")),
         seccomp: vmm::SeccompMode::Enforce,
     }

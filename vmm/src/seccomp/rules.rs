@@ -69,7 +69,9 @@ const VCPU: &[i64] = &[
 /// accept back-off timerfd, disk I/O, the network backend (a Unix stream
 /// or a TAP file), vsock's Unix sockets (accepting host clients,
 /// connecting to `<uds>_<port>` for guest-initiated connections, see
-/// [`socket_rules`]), and kicking vCPU threads while it stops them.
+/// [`socket_rules`]), the virtio-fs device's vhost-user messages
+/// (`sendmsg`/`recvmsg`, with the memfd and eventfds attached), and
+/// kicking vCPU threads while it stops them.
 const EVENT_LOOP: &[i64] = &[
     libc::SYS_read,
     libc::SYS_readv,
@@ -89,6 +91,8 @@ const EVENT_LOOP: &[i64] = &[
     libc::SYS_shutdown,
     libc::SYS_recvfrom,
     libc::SYS_sendto,
+    libc::SYS_recvmsg,
+    libc::SYS_sendmsg,
 ];
 
 /// The jailed VMM's main thread, besides [`COMMON`]: waiting on the

@@ -101,6 +101,10 @@ pub enum SnapshotError {
     /// The threads' seccomp filters cannot be built.
     #[error(transparent)]
     Seccomp(#[from] SeccompError),
+    /// The VM has a virtio-fs device, whose vhost-user backend keeps
+    /// state (open files, ring positions) that is not the VMM's to save.
+    #[error("a VM with a virtio-fs device cannot be snapshotted (its vhost-user backend's state is not the VMM's)")]
+    VirtioFs,
 }
 
 /// Where a snapshot goes (or comes from).
@@ -152,6 +156,7 @@ impl Vm {
         if self.vcpus.is_empty() {
             return Err(SnapshotError::NotPaused);
         }
+        virtio::check_saveable(&self.devices)?;
         state::check_capabilities(&self.kvm)?;
         let msrs = state::msr_index_list(&self.kvm)?;
         let xcrs = self.kvm.check_extension(Cap::Xcrs);
@@ -180,7 +185,7 @@ impl Vm {
             vcpus,
             kvm: Some(kvm),
             legacy,
-            virtio: virtio::save_devices(&self.devices),
+            virtio: virtio::save_devices(&self.devices)?,
         })
     }
 

@@ -21,8 +21,17 @@ fn lock<T: ?Sized>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Refuses devices whose state is not the VMM's: virtio-fs (its
+/// vhost-user backend's).
+pub fn check_saveable(devices: &[AttachedDevice]) -> Result<(), SnapshotError> {
+    match devices.iter().any(|d| matches!(d.kind, VirtioKind::Fs(_))) {
+        true => Err(SnapshotError::VirtioFs),
+        false => Ok(()),
+    }
+}
+
 /// The state of every device (the VM is paused: nothing is in flight).
-pub fn save_devices(devices: &[AttachedDevice]) -> Vec<VirtioDeviceState> {
+pub fn save_devices(devices: &[AttachedDevice]) -> Result<Vec<VirtioDeviceState>, SnapshotError> {
     devices
         .iter()
         .map(|d| {
@@ -31,12 +40,13 @@ pub fn save_devices(devices: &[AttachedDevice]) -> Vec<VirtioDeviceState> {
                 VirtioKind::Block(b) => DeviceKindState::Block(lock(b).save_state()),
                 VirtioKind::Vsock(v) => DeviceKindState::Vsock(lock(v).save_state()),
                 VirtioKind::Net(n) => DeviceKindState::Net(lock(n).save_state()),
+                VirtioKind::Fs(_) => return Err(SnapshotError::VirtioFs),
             };
-            VirtioDeviceState {
+            Ok(VirtioDeviceState {
                 transport,
                 common,
                 device,
-            }
+            })
         })
         .collect()
 }
@@ -116,6 +126,7 @@ pub fn restore_devices(
         disks,
         config.vsock.as_ref(),
         config.net.as_ref(),
+        None,
     )?;
     for (device, state) in devices.iter().zip(saved) {
         lock(&device.transport).restore(&state.transport, &state.common)?;

@@ -37,6 +37,7 @@
 pub mod activation;
 pub mod block;
 pub mod common;
+pub mod fs;
 pub mod mmio;
 pub mod net;
 pub mod persist;
@@ -170,7 +171,7 @@ pub trait VirtioDevice: Send {
     /// state of the device's own.
     fn on_reset(&mut self) {}
 
-    /// The virtio device ID (1 = net, 2 = block, 19 = vsock).
+    /// The virtio device ID (1 = net, 2 = block, 19 = vsock, 26 = fs).
     fn device_type(&self) -> u32 {
         self.common().device_type()
     }
