@@ -249,3 +249,54 @@ fn the_control_thread_opening_a_file_kills_the_process() {
         assert_killed(&child(name));
     }
 }
+
+/// A vhost-user socket's two ends, made before the filter is installed.
+static VHOST_USER_PAIR: std::sync::OnceLock<(UnixStream, UnixStream)> = std::sync::OnceLock::new();
+
+/// What the event loop does for virtio-fs: a message with a descriptor
+/// attached (an eventfd, the memfd) and a reply, without `poll`.
+fn vhost_user_message() -> i64 {
+    use rustix::net::{
+        RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
+        SendAncillaryMessage, SendFlags,
+    };
+    use std::mem::MaybeUninit;
+    use std::os::fd::AsFd;
+    let (a, b) = VHOST_USER_PAIR.get().expect("made before the filter");
+    let fds = [a.as_fd()];
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut ancillary = SendAncillaryBuffer::new(&mut space);
+    ancillary.push(SendAncillaryMessage::ScmRights(&fds));
+    let sent = rustix::net::sendmsg(
+        a,
+        &[std::io::IoSlice::new(b"kick")],
+        &mut ancillary,
+        SendFlags::NOSIGNAL,
+    );
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut ancillary = RecvAncillaryBuffer::new(&mut space);
+    let mut buf = [0u8; 8];
+    let got = rustix::net::recvmsg(
+        b,
+        &mut [std::io::IoSliceMut::new(&mut buf)],
+        &mut ancillary,
+        RecvFlags::empty(),
+    );
+    let fds = ancillary
+        .drain()
+        .map(|m| match m {
+            RecvAncillaryMessage::ScmRights(fds) => fds.count(),
+            _ => 0,
+        })
+        .sum::<usize>();
+    i64::from(sent.is_ok() && got.map(|r| r.bytes).ok() == Some(4) && fds == 1)
+}
+
+#[test]
+fn the_event_loop_exchanges_vhost_user_messages_with_descriptors() {
+    let name = "the_event_loop_exchanges_vhost_user_messages_with_descriptors";
+    VHOST_USER_PAIR.get_or_init(|| UnixStream::pair().unwrap());
+    if !in_child(name, Enforce, EventLoop, vhost_user_message) {
+        assert_survived(&child(name), 1);
+    }
+}

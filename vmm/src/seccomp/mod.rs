@@ -8,7 +8,7 @@
 //! - [`ThreadKind::EventLoop`]: the device thread (`vm`, see
 //!   [`Vm::run_until_paused_filtered`](crate::Vm::run_until_paused_filtered)):
 //!   epoll, eventfds, timerfd, disk I/O, the network backend, vsock's Unix
-//!   sockets.
+//!   sockets, virtio-fs's vhost-user messages.
 //! - [`ThreadKind::Control`]: the thread of the jailed VMM process that
 //!   started the others and then only serves its caller (`husk-vmm`'s
 //!   main thread): poll, the control socket's messages (with descriptors),

@@ -96,15 +96,10 @@ pub struct Fs {
 impl Fs {
     /// Checks `tag` and sets the backend up on `socket`: owner, features
     /// and protocol features (blocks until the backend answers, at most
-    /// [`super::vhost_user::SOCKET_TIMEOUT`] per message).
+    /// [`SOCKET_TIMEOUT`](super::SOCKET_TIMEOUT) per message).
     pub fn new(tag: &str, socket: Arc<UnixStream>) -> Result<Self, FsError> {
         check_tag(tag)?;
         let backend = Backend::connect(socket, QUEUE_SIZES.len())?;
-        Self::with_backend(tag, backend)
-    }
-
-    pub(super) fn with_backend(tag: &str, backend: Backend) -> Result<Self, FsError> {
-        check_tag(tag)?;
         let features = offered_features(backend.features())?;
         let common = VirtioCommon::new("virtio-fs", FS_DEVICE_ID, &QUEUE_SIZES, features)
             .map_err(FsError::EventFd)?;

@@ -29,7 +29,7 @@ mod event;
 mod vhost_user;
 
 pub use device::{check_tag, Fs, FsError, FS_DEVICE_ID, TAG_LEN};
-pub use vhost_user::{Backend, SUPPORTED_FEATURES};
+pub use vhost_user::{Backend, Rings, SOCKET_TIMEOUT, SUPPORTED_FEATURES};
 
 #[cfg(test)]
 mod tests;
