@@ -212,14 +212,16 @@ pub fn stage_main(args: &[OsString]) -> i32 {
         Err(_) => None,
     };
     let err = Command::new(server)
+        .args(["--fd=0", "-o", &format!("source={EXPORT_DIR}")])
         .args([
-            "--fd=0",
-            &format!("-o source={EXPORT_DIR}"),
-            "-o cache=auto",
-            "-o sandbox=namespace",
-            "-o log_level=err",
-            "--rlimit-nofile=0",
+            "-o",
+            "cache=auto",
+            "-o",
+            "sandbox=namespace",
+            "-o",
+            "log_level=err",
         ])
+        .arg("--rlimit-nofile=0")
         .exec();
     eprintln!(
         "husk-vmm virtiofs: starting {}: {err}",

@@ -99,12 +99,12 @@ fn two_containers_see_each_others_writes() {
     };
     let a = format!("echo from-a > /s/a; {}", wait_for("b"));
     let b = format!("{}; echo from-b > /s/b", wait_for("a"));
-    for (name, script) in [("a", &a), ("b", &b)] {
+    for (name, script) in [("sa", &a), ("sb", &b)] {
         env.ok(&[
             "run", "-d", "--name", name, "-v", &vol, IMAGE, "sh", "-c", script,
         ]);
     }
-    for name in ["a", "b"] {
+    for name in ["sa", "sb"] {
         assert_eq!(
             env.ok(&["wait", name]).trim(),
             "0",
@@ -112,15 +112,15 @@ fn two_containers_see_each_others_writes() {
             env.container_logs()
         );
     }
-    assert_eq!(env.ok(&["logs", "a"]), "from-b\n");
-    assert_eq!(env.ok(&["logs", "b"]), "from-a\n");
-    let mounts = env.inspect("a", "{{json .Mounts}}");
+    assert_eq!(env.ok(&["logs", "sa"]), "from-b\n");
+    assert_eq!(env.ok(&["logs", "sb"]), "from-a\n");
+    let mounts = env.inspect("sa", "{{json .Mounts}}");
     let mounts: serde_json::Value = serde_json::from_str(&mounts).unwrap();
     assert_eq!(mounts[0]["Type"], "bind", "{mounts}");
     assert_eq!(mounts[0]["Source"], s(&shared.canonicalize().unwrap()));
     assert_eq!(mounts[0]["Destination"], "/s");
     assert_eq!(mounts[0]["RW"], true);
-    env.ok(&["rm", "a", "b"]);
+    env.ok(&["rm", "sa", "sb"]);
     env.assert_clean();
 }
 
@@ -175,7 +175,7 @@ fn bad_mount_specs_fail_with_one_line() {
         IMAGE,
     ]);
     assert!(made.is_dir());
-    env.ok(&["rm", "m"]);
+    env.ok(&["rm", "made"]);
     env.eventually("no container", Duration::from_secs(60), || {
         env.ok(&["ps", "-aq"]).is_empty()
     });
