@@ -41,17 +41,7 @@ pub fn early_end(result: Option<&VmResult>, console: &Path, fallback: &str) -> S
     }
 }
 
-/// `err: source: source...` on one line.
-pub fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut s = err.to_string();
-    let mut source = err.source();
-    while let Some(e) = source {
-        s.push_str(": ");
-        s.push_str(&e.to_string());
-        source = e.source();
-    }
-    s
-}
+pub use vmm::logging::error_chain;
 
 /// The last `max` bytes of the file at `path` as text ("" if unreadable).
 pub fn tail_text(path: &Path, max: u64) -> String {

@@ -169,7 +169,7 @@ fn bad_mount_specs_fail_with_one_line() {
     env.ok(&[
         "create",
         "--name",
-        "m",
+        "made",
         "-v",
         &format!("{}:/m", s(&made)),
         IMAGE,

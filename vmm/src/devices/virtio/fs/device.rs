@@ -146,7 +146,7 @@ impl Fs {
         if self.started.is_some() && self.started != want {
             self.started = None;
             if let Err(e) = self.backend.stop(QUEUE_SIZES.len()) {
-                crate::log_limited!(log::Level::Error, "{}", error_chain(&e));
+                crate::log_limited!(log::Level::Error, "{}", crate::logging::error_chain(&e));
             }
         }
         if want.is_none() || self.started.is_some() || self.backend.is_broken() {
@@ -169,7 +169,7 @@ impl Fs {
                 crate::log_limited!(
                     log::Level::Error,
                     "{}; its requests will not complete",
-                    error_chain(&e)
+                    crate::logging::error_chain(&e)
                 );
             }
         }
@@ -181,18 +181,6 @@ impl Fs {
             active.signal_used(self.common.name());
         }
     }
-}
-
-/// `e` with its causes, on one line.
-pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 impl VirtioDevice for Fs {
@@ -236,7 +224,7 @@ impl Drop for Fs {
     fn drop(&mut self) {
         if self.started.take().is_some() {
             if let Err(e) = self.backend.stop(QUEUE_SIZES.len()) {
-                log::warn!("{}", error_chain(&e));
+                log::warn!("{}", crate::logging::error_chain(&e));
             }
         }
     }
