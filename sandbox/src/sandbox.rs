@@ -122,7 +122,6 @@ impl SandboxConfig {
             fs: None,
             console: vmm::ConsoleOutput::File(self.console.clone()),
             seccomp: seccomp_mode(),
-            fs: None,
         }
     }
 

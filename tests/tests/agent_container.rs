@@ -260,7 +260,6 @@ fn container_in_a_real_vm() {
         fs: None,
         console: vmm::ConsoleOutput::File(console.0.clone()),
         seccomp: vmm::SeccompMode::Enforce,
-        fs: None,
     })
     .unwrap();
     let stop = vm.stop_handle();

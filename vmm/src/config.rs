@@ -39,18 +39,6 @@ pub struct VmConfig {
     pub console: ConsoleOutput,
     /// The seccomp filters of the VM's threads.
     pub seccomp: SeccompMode,
-    /// Optional virtio-fs device.
-    pub fs: Option<FsConfig>,
-}
-
-/// A virtio-fs device whose requests a vhost-user backend (virtiofsd) serves.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct FsConfig {
-    /// The tag the guest mounts.
-    pub tag: String,
-    /// The vhost-user socket, connected to the backend.
-    #[serde(skip)]
-    pub socket: Option<Arc<UnixStream>>,
 }
 
 /// A virtio-blk disk.
@@ -258,7 +246,6 @@ mod tests {
             fs: None,
             console: ConsoleOutput::Sink,
             seccomp: SeccompMode::Enforce,
-            fs: None,
         }
     }
 
