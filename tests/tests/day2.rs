@@ -362,6 +362,28 @@ fn cp_diff_export_and_commit_work_on_a_stopped_container() {
     let id = env.ok(&["commit", "stp", "stopped:1"]);
     assert!(id.trim().starts_with("sha256:"), "{id}");
     assert_eq!(leftovers(&env, "stp"), Vec::<String>::new());
+
+    // A start while a maintenance VM has the container waits for it (or,
+    // having won, the copy goes to the running container): both succeed,
+    // never two VMs on one disk.
+    let cp = env.cmd(&["cp", s(&local), "stp:/etc/again.txt"]);
+    let copier = std::thread::spawn(move || {
+        let mut cp = cp;
+        cp.output().unwrap()
+    });
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    env.ok(&["start", "stp"]);
+    let copied = copier.join().unwrap();
+    assert!(
+        copied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&copied.stderr)
+    );
+    env.ok(&["wait", "stp"]);
+    assert_eq!(events(&env, "stp", "start"), 3);
+    let f = env.husk(&["cp", "stp:/etc/again.txt", "-"]);
+    assert!(f.stdout.contains("copied in\n"), "{}", f.stderr);
+    assert_eq!(leftovers(&env, "stp"), Vec::<String>::new());
     env.ok(&["rm", "stp"]);
     let out = env.ok(&[
         "run",
