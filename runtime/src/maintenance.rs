@@ -21,10 +21,10 @@
 //! left as it was (still `created` or `exited`) and no event is recorded:
 //! the container did not run.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use husk_sandbox::{AgentConnection, Sandbox, Signals};
+use husk_sandbox::{contract, AgentConnection, Sandbox, Signals};
 
 use crate::exec::{connect_agent, CONNECT_TIMEOUT};
 use crate::layout::{self, ContainerPaths, ShortPath};
@@ -154,6 +154,11 @@ impl Runtime {
                 error_chain(e)
             ))
         };
+        // A VM that failed to start may leave its sockets: none stay.
+        let _sockets = RemoveOnDrop(vec![
+            vsock.path().to_path_buf(),
+            contract::host_port_socket(vsock.path(), contract::AGENT_PORT),
+        ]);
         let mut sandbox = Sandbox::start(&config, Some(&signals))
             .map_err(|e| failed("booting its maintenance VM", &e))?;
         let boot_timeout = Duration::from_secs(cfg.boot_timeout);
@@ -193,6 +198,17 @@ impl Runtime {
                 c.paths.console().display()
             ))),
             other => other,
+        }
+    }
+}
+
+/// Files removed (if there) when dropped.
+struct RemoveOnDrop(Vec<PathBuf>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = std::fs::remove_file(p);
         }
     }
 }
