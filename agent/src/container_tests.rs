@@ -889,3 +889,38 @@ fn export_layer_needs_an_image_root_on_a_writable_disk_and_comes_first() {
     });
     assert!(outcome.is_ok());
 }
+
+/// A maintenance VM's container (`husk cp` on a stopped container, issue
+/// #14): its init process never runs, yet questions about its root are
+/// answered on exec sessions; the host's half-close of the boot connection
+/// ends it like an init's end: teardown, then the agent closes its end.
+#[test]
+fn a_container_without_init_answers_questions_and_ends_on_half_close() {
+    let outcome = with_raw_host(|conn, sock, shut_down| {
+        let mut boot = Host::new(conn);
+        create(&mut boot);
+        let mut q = Host::session(&sock);
+        q.send(Message::StatPath(husk_protocol::PathRequest {
+            path: "/etc/passwd".into(),
+            follow_link: false,
+        }));
+        match q.recv() {
+            Message::PathInfo(i) => assert!(!i.dir && i.size > 0, "{i:?}"),
+            other => panic!("expected PathInfo, got {other:?}"),
+        }
+        // Processes still need the init's namespace.
+        let mut e = Host::session(&sock);
+        e.send(Message::Exec(exec(&["true"])));
+        e.expect_error(ErrorCode::NoContainer);
+        boot.conn.shutdown(std::net::Shutdown::Write).unwrap();
+        assert_eq!(read_message(&mut boot.conn).unwrap(), None);
+        assert!(
+            shut_down.load(Ordering::SeqCst),
+            "closed after the teardown"
+        );
+    });
+    assert!(matches!(
+        outcome,
+        Err(AgentError::Conn(ConnError::HostClosed))
+    ));
+}

@@ -1,6 +1,7 @@
-//! `husk cp`, `husk export` and `husk diff`: tar streams and changes
-//! through the agent of a running container (protocol 9), with Docker's
-//! path rules. The guest's tars are hostile input: before anything is
+//! `husk cp`, `husk export`, `husk diff` and `husk commit`'s layer: tar
+//! streams and changes through the container's agent (protocol 9) — its
+//! running VM's, or a maintenance VM's for a stopped container (see
+//! `maintenance.rs`) — with Docker's path rules. The guest's tars are hostile input: before anything is
 //! unpacked on the host, every entry must lie below the one name asked
 //! for, whiteout names are refused, and the images' layer check runs;
 //! the unpacking itself is the images' hardened extraction (no absolute
@@ -11,10 +12,10 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use husk_protocol::{ArchiveRequest, Change, ErrorCode, PathInfo, PathRequest};
-use husk_sandbox::{AgentConnection, AgentError};
+use husk_sandbox::AgentError;
 use images::layer::extract::{self, Mode};
 
-use crate::exec::connect_agent;
+use crate::maintenance::AgentLink;
 use crate::{Error, Runtime};
 
 /// Most bytes of a tar from or to a container.
@@ -83,36 +84,33 @@ fn io_err(what: String) -> impl FnOnce(io::Error) -> Error {
     move |e| Error::Invalid(format!("{what}: {e}"))
 }
 
-impl Runtime {
-    fn agent(&self, name: &str) -> Result<AgentConnection, Error> {
-        let c = self.container(name)?;
-        connect_agent(&c.paths, c.id.short()).map_err(|e| match e {
-            Error::NotRunning(id) => {
-                Error::Invalid(format!("container {id} is not running: start it first"))
-            }
-            other => other,
-        })
+/// What is at `path` in the container `link` reaches; `None` when nothing.
+fn stat(link: &AgentLink<'_>, path: &str, follow_link: bool) -> Result<Option<PathInfo>, Error> {
+    let req = PathRequest {
+        path: path.to_string(),
+        follow_link,
+    };
+    match link.connect()?.stat_path(req) {
+        Ok(i) => Ok(Some(i)),
+        Err(AgentError::Refused {
+            code: ErrorCode::NotFound,
+            ..
+        }) => Ok(None),
+        Err(e) => Err(agent_err(e)),
     }
+}
 
-    /// What is at `path` in running container `name`; `None` when nothing.
+impl Runtime {
+    /// What is at `path` in container `name`; `None` when nothing. A
+    /// stopped container is asked through a maintenance VM (as for every
+    /// operation here: see `maintenance.rs`).
     pub fn stat_path(
         &self,
         name: &str,
         path: &str,
         follow_link: bool,
     ) -> Result<Option<PathInfo>, Error> {
-        let req = PathRequest {
-            path: path.to_string(),
-            follow_link,
-        };
-        match self.agent(name)?.stat_path(req) {
-            Ok(i) => Ok(Some(i)),
-            Err(AgentError::Refused {
-                code: ErrorCode::NotFound,
-                ..
-            }) => Ok(None),
-            Err(e) => Err(agent_err(e)),
-        }
+        self.with_agent(name, |link| stat(link, path, follow_link))
     }
 
     /// `husk export`: the container's whole root (mounts left out) as a
@@ -126,19 +124,23 @@ impl Runtime {
             name: String::new(),
             skip_mounts: true,
         };
-        self.agent(name)?
-            .archive_get(req, out, MAX_COPY_BYTES)
-            .map_err(agent_err)
+        self.with_agent(name, |link| {
+            link.connect()?
+                .archive_get(req, out, MAX_COPY_BYTES)
+                .map_err(agent_err)
+        })
     }
 
-    /// `husk commit`: the running container's changes as a layer tar,
-    /// checked as hostile input (the images' layer rules), in an unnamed
-    /// temporary file positioned at its start.
+    /// `husk commit`: the container's changes as a layer tar, checked as
+    /// hostile input (the images' layer rules), in an unnamed temporary
+    /// file positioned at its start.
     pub fn changes_layer(&self, name: &str) -> Result<File, Error> {
         let mut tar = tempfile::tempfile().map_err(io_err("making a temporary file".into()))?;
-        self.agent(name)?
-            .export_changes(&mut tar, MAX_COPY_BYTES)
-            .map_err(agent_err)?;
+        self.with_agent(name, |link| {
+            link.connect()?
+                .export_changes(&mut tar, MAX_COPY_BYTES)
+                .map_err(agent_err)
+        })?;
         tar.seek(SeekFrom::Start(0))
             .map_err(io_err("rewinding the tar".into()))?;
         images::layer::check(&mut tar, MAX_COPY_BYTES).map_err(|e| {
@@ -154,7 +156,7 @@ impl Runtime {
 
     /// `husk diff`: the container's changes to its image.
     pub fn diff(&self, name: &str) -> Result<Vec<Change>, Error> {
-        self.agent(name)?.diff().map_err(agent_err)
+        self.with_agent(name, |link| link.connect()?.diff().map_err(agent_err))
     }
 
     /// `husk cp NAME:SRC DEST`.
@@ -171,11 +173,6 @@ impl Runtime {
                 "{src}: the path in the container must be absolute"
             )));
         }
-        let info = self
-            .stat_path(name, source.path, opts.follow_link)?
-            .ok_or_else(|| {
-                Error::Invalid(format!("Could not find the file {src} in container {name}"))
-            })?;
         let ask = |top: String| ArchiveRequest {
             source: PathRequest {
                 path: source.path.to_string(),
@@ -184,23 +181,33 @@ impl Runtime {
             name: top,
             skip_mounts: false,
         };
-        let dest = match dest {
-            HostPath::Stream => {
-                let mut out = io::stdout().lock();
-                let req = ask(source.base_name());
-                self.agent(name)?
-                    .archive_get(req, &mut out, MAX_COPY_BYTES)
-                    .map_err(agent_err)?;
-                return out.flush().map_err(io_err("writing stdout".into()));
-            }
-            HostPath::Path(p) => p,
-        };
-        let (dir, top) = host_target(dest, &source, info.dir)?;
-        let mut tar = tempfile::tempfile().map_err(io_err("making a temporary file".into()))?;
-        self.agent(name)?
-            .archive_get(ask(top.clone()), &mut tar, MAX_COPY_BYTES)
-            .map_err(agent_err)?;
-        unpack_guest_tar(tar, &dir, &top)
+        let fetched = self.with_agent(name, |link| {
+            let info = stat(link, source.path, opts.follow_link)?.ok_or_else(|| {
+                Error::Invalid(format!("Could not find the file {src} in container {name}"))
+            })?;
+            let dest = match dest {
+                HostPath::Stream => {
+                    let mut out = io::stdout().lock();
+                    let req = ask(source.base_name());
+                    link.connect()?
+                        .archive_get(req, &mut out, MAX_COPY_BYTES)
+                        .map_err(agent_err)?;
+                    out.flush().map_err(io_err("writing stdout".into()))?;
+                    return Ok(None);
+                }
+                HostPath::Path(p) => p,
+            };
+            let (dir, top) = host_target(dest, &source, info.dir)?;
+            let mut tar = tempfile::tempfile().map_err(io_err("making a temporary file".into()))?;
+            link.connect()?
+                .archive_get(ask(top.clone()), &mut tar, MAX_COPY_BYTES)
+                .map_err(agent_err)?;
+            Ok(Some((tar, dir, top)))
+        })?;
+        match fetched {
+            Some((tar, dir, top)) => unpack_guest_tar(tar, &dir, &top),
+            None => Ok(()),
+        }
     }
 
     /// `husk cp SRC NAME:DEST`.
@@ -216,23 +223,23 @@ impl Runtime {
                 "{dest}: the path in the container must be absolute"
             )));
         }
-        let target = self.stat_path(name, dest, true)?;
-        let put = |dir: &str, tar: &mut dyn Read| {
+        let put = |link: &AgentLink<'_>, dir: &str, tar: &mut dyn Read| {
             let req = PathRequest {
                 path: dir.to_string(),
                 follow_link: true,
             };
-            self.agent(name)?.archive_put(req, tar).map_err(agent_err)
+            link.connect()?.archive_put(req, tar).map_err(agent_err)
         };
         let src = match src {
             HostPath::Stream => {
-                if !target.is_some_and(|t| t.dir) {
-                    return Err(Error::Invalid(format!(
-                        "destination {name}:{dest} must be a directory"
-                    )));
-                }
-                put(dest, &mut io::stdin().lock())?;
-                return Ok(());
+                return self.with_agent(name, |link| {
+                    if !stat(link, dest, true)?.is_some_and(|t| t.dir) {
+                        return Err(Error::Invalid(format!(
+                            "destination {name}:{dest} must be a directory"
+                        )));
+                    }
+                    put(link, dest, &mut io::stdin().lock()).map(drop)
+                });
             }
             HostPath::Path(p) => p.to_string_lossy().into_owned(),
         };
@@ -245,54 +252,57 @@ impl Runtime {
         .map_err(io_err(src.clone()))?;
         let src_dir = fs::metadata(&local).is_ok_and(|m| m.is_dir())
             && (opts.follow_link || !fs::symlink_metadata(&local).is_ok_and(|m| m.is_symlink()));
-        let (dir, top) = match target {
-            Some(t) if t.dir => {
-                let top = if source.contents && src_dir {
-                    String::new()
-                } else {
-                    source.base_name()
-                };
-                (dest.to_string(), top)
-            }
-            Some(_) if src_dir => {
-                return Err(Error::Invalid(format!(
-                    "cannot copy directory {src} onto file {name}:{dest}"
-                )))
-            }
-            None if dest.ends_with('/') => {
-                return Err(Error::Invalid(format!("no such directory: {name}:{dest}")))
-            }
-            _ => {
-                let d = Path::new(dest);
-                let parent = d
-                    .parent()
-                    .map_or("/".into(), |p| p.to_string_lossy().into_owned());
-                let top = d
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                if !self.stat_path(name, &parent, true)?.is_some_and(|p| p.dir) {
-                    return Err(Error::Invalid(format!(
-                        "no such directory: {name}:{parent}"
-                    )));
+        self.with_agent(name, |link| {
+            let (dir, top) = match stat(link, dest, true)? {
+                Some(t) if t.dir => {
+                    let top = if source.contents && src_dir {
+                        String::new()
+                    } else {
+                        source.base_name()
+                    };
+                    (dest.to_string(), top)
                 }
-                (parent, top)
+                Some(_) if src_dir => {
+                    return Err(Error::Invalid(format!(
+                        "cannot copy directory {src} onto file {name}:{dest}"
+                    )))
+                }
+                None if dest.ends_with('/') => {
+                    return Err(Error::Invalid(format!("no such directory: {name}:{dest}")))
+                }
+                _ => {
+                    let d = Path::new(dest);
+                    let parent = d
+                        .parent()
+                        .map_or("/".into(), |p| p.to_string_lossy().into_owned());
+                    let top = d
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default();
+                    if !stat(link, &parent, true)?.is_some_and(|p| p.dir) {
+                        return Err(Error::Invalid(format!(
+                            "no such directory: {name}:{parent}"
+                        )));
+                    }
+                    (parent, top)
+                }
+            };
+            let owner = (!opts.archive).then_some((0, 0));
+            let mut tar = tempfile::tempfile().map_err(io_err("making a temporary file".into()))?;
+            {
+                let mut w = husk_layertar::tarball::LayerWriter::new(&mut tar);
+                husk_layertar::upper::write_tree(&local, Path::new(&top), &[], owner, &mut w)
+                    .map_err(|e| {
+                        Error::Invalid(format!("reading {src}: {}", crate::error_chain(&e)))
+                    })?;
+                w.finish()
+                    .map_err(io_err(format!("writing the tar of {src}")))?;
             }
-        };
-        let owner = (!opts.archive).then_some((0, 0));
-        let mut tar = tempfile::tempfile().map_err(io_err("making a temporary file".into()))?;
-        {
-            let mut w = husk_layertar::tarball::LayerWriter::new(&mut tar);
-            husk_layertar::upper::write_tree(&local, Path::new(&top), &[], owner, &mut w).map_err(
-                |e| Error::Invalid(format!("reading {src}: {}", crate::error_chain(&e))),
-            )?;
-            w.finish()
-                .map_err(io_err(format!("writing the tar of {src}")))?;
-        }
-        tar.seek(SeekFrom::Start(0))
-            .map_err(io_err("rewinding the tar".into()))?;
-        put(&dir, &mut tar)?;
-        Ok(())
+            tar.seek(SeekFrom::Start(0))
+                .map_err(io_err("rewinding the tar".into()))?;
+            put(link, &dir, &mut tar)?;
+            Ok(())
+        })
     }
 }
 

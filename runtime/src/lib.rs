@@ -28,6 +28,7 @@ pub mod id;
 pub mod layout;
 mod lifecycle;
 pub mod logs;
+mod maintenance;
 mod manage;
 pub mod monitor;
 pub mod options;
@@ -137,6 +138,10 @@ pub enum Error {
     /// Talking to the guest agent failed.
     #[error("talking to the container's agent: {0}")]
     Agent(String),
+    /// A maintenance VM (for `cp`, `diff`, `export` or `commit` on a
+    /// stopped container) failed.
+    #[error("{0}")]
+    Vm(String),
     /// A stored document is corrupt.
     #[error("{path}: invalid JSON")]
     Json {

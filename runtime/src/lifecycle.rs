@@ -114,7 +114,7 @@ impl MonitorCommand {
 /// Extra time `start` allows beyond the boot timeout.
 const START_MARGIN: Duration = Duration::from_secs(60);
 /// How long an exiting monitor may take to let go of the container.
-const OLD_MONITOR_WAIT: Duration =
+pub(crate) const OLD_MONITOR_WAIT: Duration =
     Duration::from_secs(crate::monitor::TEARDOWN_TIMEOUT.as_secs() + 30);
 /// How long after SIGKILL the init process may take to be reported.
 const KILL_GRACE: Duration = Duration::from_secs(15);

@@ -466,7 +466,7 @@ mod tests {
             read_only: false,
             create_missing: true,
         };
-        let r = volume_requests(&[bind.clone()], &["/c".into()]).unwrap();
+        let r = volume_requests(std::slice::from_ref(&bind), &["/c".into()]).unwrap();
         assert_eq!(r, vec![bind], "a bind covers the image's VOLUME");
         let dup = vec![named("aa", "/x"), anonymous("/x")];
         assert!(volume_requests(&dup, &[]).is_err());

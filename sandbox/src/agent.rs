@@ -467,6 +467,18 @@ impl AgentConnection {
         }
     }
 
+    /// Tells the agent that the host sends nothing more (a half-close; the
+    /// VMM passes it on as a vsock shutdown). On the boot connection of a
+    /// container whose init process never started (a maintenance VM), the
+    /// agent then ends the container as when an init process ends: it
+    /// kills what runs, unmounts the writable disks, closes the connection
+    /// ([`AgentConnection::wait_closed`]) and powers the VM off.
+    pub fn finish_sending(&mut self) -> Result<(), AgentError> {
+        self.stream
+            .shutdown(std::net::Shutdown::Write)
+            .map_err(AgentError::io("closing the connection to the agent"))
+    }
+
     /// Waits until the agent closes the connection (it does after syncing
     /// and unmounting the container's disks), discarding what it sends.
     pub fn wait_closed(&mut self, watch: &Watch, deadline: Instant) -> Result<(), AgentError> {

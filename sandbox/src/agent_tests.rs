@@ -423,3 +423,27 @@ fn layer_streams_are_bounded_and_checked() {
     let (cut, _) = receive(vec![chunk(10)], 100);
     assert!(matches!(cut.unwrap_err(), AgentError::Closed));
 }
+
+/// A container that never ran its init process (a maintenance VM): the
+/// host's half-close is the agent's end of input; the agent closes its end
+/// after its teardown, which `wait_closed` sees.
+#[test]
+fn finish_sending_half_closes_and_waits_for_the_teardown() {
+    let (mut conn, agent) = with_agent(|mut c| {
+        send(&mut c, hello());
+        assert_eq!(read_message(&mut c).unwrap(), Some(hello()));
+        let create = read_message(&mut c).unwrap().unwrap();
+        send(&mut c, Message::Ok);
+        // The host's end of input, then the teardown's close.
+        let after = read_message(&mut c).unwrap();
+        (create, after)
+    });
+    let w = Watch::none();
+    conn.create_container(spec(), &w, soon()).unwrap();
+    conn.finish_sending().unwrap();
+    conn.wait_closed(&w, Instant::now() + Duration::from_secs(10))
+        .unwrap();
+    let (create, after) = agent.join().unwrap();
+    assert!(matches!(create, Message::CreateContainer(_)), "{create:?}");
+    assert_eq!(after, None, "nothing after the half-close");
+}

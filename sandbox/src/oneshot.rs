@@ -179,6 +179,33 @@ impl Sandbox {
         Ok((Completion { exit, powered_off }, layer_bytes))
     }
 
+    /// Ends the container of this VM whose init process never started (a
+    /// maintenance VM, which only answered questions on exec connections):
+    /// the host stops sending on the boot connection `boot`
+    /// ([`AgentConnection::finish_sending`]), the agent tears the
+    /// container down (its writable disks unmounted) and closes the
+    /// connection within `teardown`, then the guest powers off within
+    /// `poweroff`. True when all of that happened (only then are the
+    /// writable disks complete). The VM is stopped on return, whatever
+    /// happened.
+    pub fn end_without_init(
+        &mut self,
+        mut boot: AgentConnection,
+        signals: Option<&Signals>,
+        teardown: Duration,
+        poweroff: Duration,
+    ) -> bool {
+        let closed = boot.finish_sending().is_ok()
+            && boot
+                .wait_closed(&self.watch(signals), Instant::now() + teardown)
+                .is_ok();
+        drop(boot);
+        let off = closed && self.wait_power_off(signals, Instant::now() + poweroff);
+        let powered_off = off && matches!(self.stop(), Some(Ok(vmm::ExitReason::PowerOff)));
+        self.stop();
+        powered_off
+    }
+
     /// The agent session: create, (ask for the layer,) start, relay,
     /// (receive the layer,) teardown.
     fn drive(

@@ -1,6 +1,7 @@
 //! End-to-end tests of the day-2 commands of issue #14 (part 2): `stats`,
 //! `top`, `cp`, `diff`, `export`, `commit`, `history`, against real
-//! containers. Each test boots one VM.
+//! containers. Each test boots one VM (and a maintenance VM for each
+//! operation on a stopped container).
 //!
 //! Skipped (with a message) without `HUSK_KERNEL` or without root.
 
@@ -116,11 +117,14 @@ fn cp_round_trips_a_tree_and_diff_and_export_see_the_changes() {
         std::fs::set_permissions(src.join(p), std::fs::Permissions::from_mode(mode)).unwrap();
     }
 
-    // A stopped container: a clear error.
+    // A created container (never started): copied into through a
+    // maintenance VM; the process sees it once started.
     env.ok(&["create", "--name", "cpx", IMAGE, "sleep", "1000"]);
-    let err = env.fails(125, &["cp", s(&src), "cpx:/"]);
-    assert!(err.contains("not running: start it first"), "{err}");
+    env.ok(&["cp", s(&src), "cpx:/"]);
+    assert_eq!(env.inspect("cpx", "{{.State.Status}}"), "created");
     env.ok(&["start", "cpx"]);
+    let seen = env.ok(&["exec", "cpx", "cat", "/tree/file with spaces"]);
+    assert_eq!(seen, "spaced\n");
     env.ok(&[
         "exec",
         "cpx",
@@ -239,5 +243,156 @@ fn cp_round_trips_a_tree_and_diff_and_export_see_the_changes() {
         "-e",
         "/bin/notexec",
     ]);
+    env.assert_clean();
+}
+
+/// Sockets left in a container's directory, and processes that hold its
+/// writable disk open: what a maintenance VM must not leave behind.
+fn leftovers(env: &Env, name: &str) -> Vec<String> {
+    let id = env.inspect(name, "{{.Id}}");
+    let dir = env.root().join("containers").join(&id);
+    let mut left: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".sock") || n.contains(".sock_"))
+        .collect();
+    let disk = dir.join("rw.ext4");
+    for p in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            if std::fs::read_link(fd.path()).is_ok_and(|t| t == disk) {
+                left.push(format!(
+                    "process {} holds rw.ext4",
+                    p.file_name().to_string_lossy()
+                ));
+            }
+        }
+    }
+    left
+}
+
+/// The `name` events of container `c` so far.
+fn events(env: &Env, c: &str, name: &str) -> usize {
+    let out = env.ok(&[
+        "events",
+        "--since",
+        "0",
+        "--until",
+        "0s",
+        "--filter",
+        &format!("container={c}"),
+        "--filter",
+        &format!("event={name}"),
+    ]);
+    out.lines().count()
+}
+
+#[test]
+fn cp_diff_export_and_commit_work_on_a_stopped_container() {
+    let Some(env) = Env::new("cp_diff_export_and_commit_work_on_a_stopped_container") else {
+        return;
+    };
+    let dir = env.dir.path();
+    // It runs to its end, having written a file.
+    let script = "cat /etc/in.txt 2>/dev/null; echo made > /made.txt";
+    env.ok(&["run", "--name", "stp", IMAGE, "sh", "-c", script]);
+    assert_eq!(env.inspect("stp", "{{.State.Status}}"), "exited");
+
+    // Out, as a tar stream and into a directory.
+    let f = env.husk(&["cp", "stp:/made.txt", "-"]);
+    assert_eq!(f.code(), 0, "{}", f.stderr);
+    let mut ar = tar::Archive::new(f.stdout.as_bytes());
+    let mut entries = Vec::new();
+    for e in ar.entries().unwrap() {
+        let mut e = e.unwrap();
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut e, &mut text).unwrap();
+        entries.push((e.path().unwrap().display().to_string(), text));
+    }
+    assert_eq!(entries, [("made.txt".to_string(), "made\n".to_string())]);
+    let out = dir.join("out");
+    std::fs::create_dir(&out).unwrap();
+    env.ok(&["cp", "stp:/made.txt", s(&out)]);
+    assert_eq!(
+        std::fs::read_to_string(out.join("made.txt")).unwrap(),
+        "made\n"
+    );
+
+    // In; a failure midway is one line and leaves nothing behind.
+    let local = dir.join("in.txt");
+    std::fs::write(&local, "copied in\n").unwrap();
+    env.ok(&["cp", s(&local), "stp:/etc/"]);
+    let err = env.fails(125, &["cp", s(&local), "stp:/no/such/dir/"]);
+    assert!(err.contains("no such directory"), "{err}");
+    let err = env.fails(125, &["cp", "stp:/nonexistent", s(&out)]);
+    assert!(err.contains("Could not find the file"), "{err}");
+
+    // diff and export see the change.
+    let diff = env.ok(&["diff", "stp"]);
+    let lines: Vec<&str> = diff.lines().collect();
+    for want in ["A /made.txt", "A /etc/in.txt"] {
+        assert!(lines.contains(&want), "{want} missing from:\n{diff}");
+    }
+    let fs_tar = dir.join("fs.tar");
+    env.ok(&["export", "-o", s(&fs_tar), "stp"]);
+    let mut names = Vec::new();
+    let mut ar = tar::Archive::new(std::fs::File::open(&fs_tar).unwrap());
+    for e in ar.entries().unwrap() {
+        names.push(e.unwrap().path().unwrap().display().to_string());
+    }
+    for want in ["etc/in.txt", "made.txt", "bin/busybox"] {
+        assert!(names.iter().any(|n| n == want), "{want}: {names:?}");
+    }
+
+    // The container did not run meanwhile, and nothing is left of the
+    // maintenance VMs.
+    assert_eq!(env.inspect("stp", "{{.State.Status}}"), "exited");
+    assert_eq!(events(&env, "stp", "start"), 1);
+    assert_eq!(events(&env, "stp", "die"), 1);
+    assert_eq!(leftovers(&env, "stp"), Vec::<String>::new());
+
+    // Started again, the process sees the copied file.
+    let out = env.ok(&["start", "-a", "stp"]);
+    assert_eq!(out, "copied in\n");
+
+    // commit: the stopped container's changes as an image.
+    let id = env.ok(&["commit", "stp", "stopped:1"]);
+    assert!(id.trim().starts_with("sha256:"), "{id}");
+    assert_eq!(leftovers(&env, "stp"), Vec::<String>::new());
+
+    // A start while a maintenance VM has the container waits for it (or,
+    // having won, the copy goes to the running container): both succeed,
+    // never two VMs on one disk.
+    let cp = env.cmd(&["cp", s(&local), "stp:/etc/again.txt"]);
+    let copier = std::thread::spawn(move || {
+        let mut cp = cp;
+        cp.output().unwrap()
+    });
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    env.ok(&["start", "stp"]);
+    let copied = copier.join().unwrap();
+    assert!(
+        copied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&copied.stderr)
+    );
+    env.ok(&["wait", "stp"]);
+    assert_eq!(events(&env, "stp", "start"), 3);
+    let f = env.husk(&["cp", "stp:/etc/again.txt", "-"]);
+    assert!(f.stdout.contains("copied in\n"), "{}", f.stderr);
+    assert_eq!(leftovers(&env, "stp"), Vec::<String>::new());
+    env.ok(&["rm", "stp"]);
+    let out = env.ok(&[
+        "run",
+        "--rm",
+        "stopped:1",
+        "cat",
+        "/etc/in.txt",
+        "/made.txt",
+    ]);
+    assert_eq!(out, "copied in\nmade\n");
     env.assert_clean();
 }

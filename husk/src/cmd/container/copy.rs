@@ -1,5 +1,6 @@
-//! `husk cp`, `husk export` and `husk diff`: through the agent of a
-//! running container (a stopped one is an error: start it first).
+//! `husk cp`, `husk export` and `husk diff`: through the container's
+//! agent (a stopped container's in a maintenance VM booted for the
+//! command: see docs/OPERATIONS.md).
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
