@@ -12,8 +12,8 @@
 #
 #   scripts/bench-shares.sh
 # Environment:
-#   SIZE_MIB=64   size of the sequential file
-#   FILES=500     small files created and listed
+#   SIZE_MIB=16   size of the sequential file
+#   FILES=100     small files created and listed
 #   BENCH_DOCS=1  0: leave docs/BENCHMARKS.md alone
 #   HUSK_BIN      husk binary (default: husk on PATH, as scripts/setup.sh installs it)
 #   IMAGE         image with busybox (default busybox:husk, built by scripts/setup.sh)
@@ -22,8 +22,8 @@ cd "$(dirname "$0")/.."
 die() { echo "bench-shares: $*" >&2; exit 1; }
 
 [ "$(id -u)" = 0 ] || die "needs root (virtiofsd, /dev/kvm)"
-SIZE_MIB=${SIZE_MIB:-64}
-FILES=${FILES:-500}
+SIZE_MIB=${SIZE_MIB:-16}
+FILES=${FILES:-100}
 IMAGE=${IMAGE:-busybox:husk}
 HUSK=${HUSK_BIN:-$(command -v husk || true)}
 [ -x "$HUSK" ] || die "no husk binary (run scripts/setup.sh or set HUSK_BIN)"
@@ -34,10 +34,10 @@ share=$(mktemp -d /var/tmp/husk-bench-shares.XXXXXX)
 trap 'rm -rf "$share"' EXIT
 
 # One guest script, run once per directory: prints "name value" lines.
-# Times come from the guest's clock in nanoseconds (date +%s%N).
+# Times come from the guest's /proc/uptime (10 ms resolution), in ns.
 script='
 set -e
-now() { date +%s%N; }
+now() { read u _ < /proc/uptime; echo $(( ${u%.*}${u#*.} * 10000000 )); }
 for d in /share /rw; do
   mkdir -p $d/bench && cd $d/bench
   t0=$(now); dd if=/dev/zero of=seq bs=1M count='"$SIZE_MIB"' conv=fsync 2>/dev/null; t1=$(now)
