@@ -190,7 +190,7 @@ impl Drop for FsServer {
 }
 
 /// `husk-vmm virtiofs SERVER SHARES_JSON`: prepares the export in a mount
-/// namespace of its own, says [`READY`] (or `error: ...`) on stdout, then
+/// namespace of its own, says `ready` (or `error: ...`) on stdout, then
 /// becomes the server with stdin (the listener) as its vhost-user socket.
 pub fn stage_main(args: &[OsString]) -> i32 {
     let [server, shares] = args else {

@@ -252,6 +252,19 @@ pub fn log_to_stderr(prefix: fn() -> String, keep: fn() -> bool) {
     }
 }
 
+/// `err: source: source...` on one line: the one error-chain printer of
+/// husk (the sandbox layer and the binaries use it too).
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut s = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        s.push_str(": ");
+        s.push_str(&e.to_string());
+        source = e.source();
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -343,17 +356,4 @@ mod tests {
         assert!(all.ends_with(&end), "the newest bytes are kept, in order");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
     }
-}
-
-/// `err: source: source...` on one line: the one error-chain printer of
-/// husk (the sandbox layer and the binaries use it too).
-pub fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut s = err.to_string();
-    let mut source = err.source();
-    while let Some(e) = source {
-        s.push_str(": ");
-        s.push_str(&e.to_string());
-        source = e.source();
-    }
-    s
 }
