@@ -222,6 +222,36 @@ fn ctr_run_through_containerds_runc_shim() {
     p.expect("tty /dev/pts/", VM_TIMEOUT);
     assert_eq!(p.wait(VM_TIMEOUT), 2);
     drop(p);
+    // A directory bind mount in config.json: shared with the VM.
+    let data = c.dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("in"), "shared\n").unwrap();
+    let bind = format!("type=bind,src={},dst=/data,options=rbind", data.display());
+    let done = c.run(
+        &[
+            "run",
+            "--rm",
+            "--runc-binary",
+            oci.to_str().unwrap(),
+            "--runc-root",
+            runc_root.to_str().unwrap(),
+            "--mount",
+            &bind,
+            IMAGE,
+            "binds",
+            "sh",
+            "-c",
+            "cat /data/in; echo back > /data/out",
+        ],
+        VM_TIMEOUT,
+    );
+    assert_eq!(
+        (done.code(), done.stdout.as_str()),
+        (0, "shared\n"),
+        "{}",
+        done.stderr
+    );
+    assert_eq!(std::fs::read_to_string(data.join("out")).unwrap(), "back\n");
     // A bundle husk cannot honour: the shim reads husk-oci's JSON log.
     let done = c.run(
         &[
@@ -232,7 +262,7 @@ fn ctr_run_through_containerds_runc_shim() {
             "--runc-root",
             runc_root.to_str().unwrap(),
             "--mount",
-            "type=bind,src=/tmp,dst=/data,options=rbind",
+            "type=bind,src=/nonexistent-husk-source,dst=/data,options=rbind",
             IMAGE,
             "bad",
             "true",
@@ -241,7 +271,8 @@ fn ctr_run_through_containerds_runc_shim() {
     );
     assert_ne!(done.code(), 0);
     assert!(
-        done.stderr.contains("directory bind mounts need"),
+        done.stderr
+            .contains("bind mount of /nonexistent-husk-source at /data"),
         "{}",
         done.stderr
     );
