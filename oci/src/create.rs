@@ -228,16 +228,16 @@ mod tests {
         let cases: [(&str, Edit, bool, &str); 6] = [
             ("no-root", |_| {}, false, "is not a directory"),
             (
-                "dir-bind",
+                "missing-bind",
                 |s| {
                     push_mount(
                         s,
                         json!({"destination": "/data", "type": "bind",
-                                             "source": "/tmp", "options": ["rbind"]}),
+                                             "source": "/nonexistent-husk-source", "options": ["rbind"]}),
                     )
                 },
                 true,
-                "directory bind mounts need a filesystem shared with the VM",
+                "bind mount of /nonexistent-husk-source at /data",
             ),
             (
                 "nfs",

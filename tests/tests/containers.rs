@@ -33,8 +33,9 @@ fn run_rm_prints_output_and_exit_code() {
     // Refused before any VM: husk's own errors exit 125.
     let err = env.fails(125, &["run", "--rm", "nosuch:image", "true"]);
     assert!(err.contains("No such image: nosuch:image"), "{err}");
-    let err = env.fails(125, &["run", "--rm", "-v", "/tmp:/x", IMAGE, "true"]);
-    assert!(err.contains("shared with the VM"), "{err}");
+    let missing = "type=bind,src=/nonexistent-husk-source,dst=/x";
+    let err = env.fails(125, &["run", "--rm", "--mount", missing, IMAGE, "true"]);
+    assert!(err.contains("bind source path does not exist"), "{err}");
     let err = env.fails(125, &["run", "--rm", "-m", "1m", IMAGE, "true"]);
     assert!(err.contains("minimum memory"), "{err}");
     let err = env.fails(125, &["run", "--name", "bad/name", IMAGE, "true"]);
