@@ -175,7 +175,8 @@ fn ctr_run_through_containerds_runc_shim() {
     };
     let oci = oci_bin();
     let runc_root = c.dir.path().join("runc");
-    let run = |name: &str, cmd: &[&str]| {
+    // `ctr run --rm` through husk-oci, with extra flags.
+    let run_with = |flags: &[&str], name: &str, cmd: &[&str], timeout| {
         let mut args = vec![
             "run",
             "--rm",
@@ -183,12 +184,13 @@ fn ctr_run_through_containerds_runc_shim() {
             oci.to_str().unwrap(),
             "--runc-root",
             runc_root.to_str().unwrap(),
-            IMAGE,
-            name,
         ];
+        args.extend_from_slice(flags);
+        args.extend_from_slice(&[IMAGE, name]);
         args.extend_from_slice(cmd);
-        c.run(&args, VM_TIMEOUT)
+        c.run(&args, timeout)
     };
+    let run = |name: &str, cmd: &[&str]| run_with(&[], name, cmd, VM_TIMEOUT);
     let done = run("t1", &["echo", "hi"]);
     assert_eq!(
         (done.code(), done.stdout.as_str()),
@@ -227,22 +229,11 @@ fn ctr_run_through_containerds_runc_shim() {
     std::fs::create_dir(&data).unwrap();
     std::fs::write(data.join("in"), "shared\n").unwrap();
     let bind = format!("type=bind,src={},dst=/data,options=rbind", data.display());
-    let done = c.run(
-        &[
-            "run",
-            "--rm",
-            "--runc-binary",
-            oci.to_str().unwrap(),
-            "--runc-root",
-            runc_root.to_str().unwrap(),
-            "--mount",
-            &bind,
-            IMAGE,
-            "binds",
-            "sh",
-            "-c",
-            "cat /data/in; echo back > /data/out",
-        ],
+    let script = "cat /data/in; echo back > /data/out";
+    let done = run_with(
+        &["--mount", &bind],
+        "binds",
+        &["sh", "-c", script],
         VM_TIMEOUT,
     );
     assert_eq!(
@@ -253,22 +244,8 @@ fn ctr_run_through_containerds_runc_shim() {
     );
     assert_eq!(std::fs::read_to_string(data.join("out")).unwrap(), "back\n");
     // A bundle husk cannot honour: the shim reads husk-oci's JSON log.
-    let done = c.run(
-        &[
-            "run",
-            "--rm",
-            "--runc-binary",
-            oci.to_str().unwrap(),
-            "--runc-root",
-            runc_root.to_str().unwrap(),
-            "--mount",
-            "type=bind,src=/nonexistent-husk-source,dst=/data,options=rbind",
-            IMAGE,
-            "bad",
-            "true",
-        ],
-        SHORT,
-    );
+    let missing = "type=bind,src=/nonexistent-husk-source,dst=/data,options=rbind";
+    let done = run_with(&["--mount", missing], "bad", &["true"], SHORT);
     assert_ne!(done.code(), 0);
     assert!(
         done.stderr
