@@ -33,12 +33,12 @@ const LOCKED: MountFlags = MountFlags::NOSUID
     .union(MountFlags::NODEV)
     .union(MountFlags::NOEXEC);
 
-fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> SysError {
+pub(crate) fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> SysError {
     let what = what.into();
     move |source| SysError::Setup { what, source }
 }
 
-fn mkdir_p(path: &Path) -> Result<(), SysError> {
+pub(crate) fn mkdir_p(path: &Path) -> Result<(), SysError> {
     std::fs::create_dir_all(path).map_err(io_err(format!("creating {}", path.display())))
 }
 

@@ -6,12 +6,13 @@
 //! validated ([`crate::spec::check_shares`]) before this runs.
 
 use std::fs::OpenOptions;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use husk_protocol::{ShareMount, SHARE_TAG};
 use rustix::mount::MountFlags;
 
 use crate::guest::mount_data;
+use crate::rootfs::{io_err, mkdir_p};
 use crate::spec::resolve_in_root;
 use crate::system::SysError;
 
@@ -25,7 +26,7 @@ pub fn mount(root: &Path, shares: &[ShareMount]) -> Result<(), SysError> {
         return Ok(());
     }
     let export = Path::new(SHARES_DIR);
-    std::fs::create_dir_all(export).map_err(setup_err(export))?;
+    mkdir_p(export)?;
     mount_data(SHARE_TAG, SHARES_DIR, "virtiofs", MountFlags::NODEV, None)?;
     for share in shares {
         bind(root, export, share)?;
@@ -33,17 +34,11 @@ pub fn mount(root: &Path, shares: &[ShareMount]) -> Result<(), SysError> {
     Ok(())
 }
 
-fn setup_err(path: &Path) -> impl FnOnce(std::io::Error) -> SysError + '_ {
-    move |source| SysError::Setup {
-        what: format!("preparing {}", path.display()),
-        source,
-    }
-}
-
 /// Binds one share at its target (and remounts the bind read-only).
 fn bind(root: &Path, export: &Path, share: &ShareMount) -> Result<(), SysError> {
     let source = export.join(&share.source);
-    let meta = std::fs::symlink_metadata(&source).map_err(setup_err(&source))?;
+    let meta = std::fs::symlink_metadata(&source)
+        .map_err(io_err(format!("reading {}", source.display())))?;
     let target = resolve_in_root(root, &share.target).map_err(|e| SysError::Invalid(e.0))?;
     make_target(&target, meta.is_dir())?;
     let src = source.to_string_lossy();
@@ -61,15 +56,15 @@ fn bind(root: &Path, export: &Path, share: &ShareMount) -> Result<(), SysError> 
 }
 
 /// A directory, or an empty file, at `target` unless something is there.
-fn make_target(target: &PathBuf, dir: bool) -> Result<(), SysError> {
+fn make_target(target: &Path, dir: bool) -> Result<(), SysError> {
     if std::fs::symlink_metadata(target).is_ok() {
         return Ok(());
     }
     if dir {
-        return std::fs::create_dir_all(target).map_err(setup_err(target));
+        return mkdir_p(target);
     }
     if let Some(parent) = target.parent() {
-        std::fs::create_dir_all(parent).map_err(setup_err(parent))?;
+        mkdir_p(parent)?;
     }
     OpenOptions::new()
         .write(true)
@@ -77,5 +72,5 @@ fn make_target(target: &PathBuf, dir: bool) -> Result<(), SysError> {
         .truncate(false)
         .open(target)
         .map(drop)
-        .map_err(setup_err(target))
+        .map_err(io_err(format!("creating {}", target.display())))
 }

@@ -194,31 +194,12 @@ pub fn parse_tmpfs(s: &str) -> Result<TmpfsMount, Error> {
     let (target, opts) = s.split_once(':').unwrap_or((s, ""));
     crate::options::check_mount_target(target)
         .map_err(|why| Error::Invalid(format!("invalid --tmpfs {s:?}: {why}")))?;
-    let mut m = TmpfsMount {
-        target: target.trim_end_matches('/').to_string(),
-        size: None,
-        mode: None,
-        read_only: false,
-        nosuid: true,
-        nodev: true,
-        noexec: true,
-    };
+    let mut m = docker_tmpfs(target);
     let bad = |what: &str| Error::Invalid(format!("invalid --tmpfs {s:?}: {what}"));
     for o in opts.split(',').filter(|o| !o.is_empty()) {
         match o.split_once('=') {
-            Some(("size", v)) => {
-                let bytes = crate::options::parse_bytes(v)
-                    .filter(|b| *b > 0)
-                    .ok_or_else(|| bad("bad size"))?;
-                m.size = Some(format!("{}k", bytes.div_ceil(1024)));
-            }
-            Some(("mode", v)) => {
-                let mode = u32::from_str_radix(v, 8).map_err(|_| bad("bad mode"))?;
-                if mode > 0o7777 {
-                    return Err(bad("bad mode"));
-                }
-                m.mode = Some(mode);
-            }
+            Some(("size", v)) => m.size = Some(tmpfs_size(v).ok_or_else(|| bad("bad size"))?),
+            Some(("mode", v)) => m.mode = Some(tmpfs_mode(v).ok_or_else(|| bad("bad mode"))?),
             Some(_) => return Err(bad(&format!("unsupported option {o:?}"))),
             None => match o {
                 "rw" => m.read_only = false,
@@ -234,6 +215,33 @@ pub fn parse_tmpfs(s: &str) -> Result<TmpfsMount, Error> {
         }
     }
     Ok(m)
+}
+
+/// A tmpfs at `target` with Docker's defaults (`--tmpfs`, `--mount
+/// type=tmpfs`): read-write, `nosuid,nodev,noexec`, the kernel's size.
+pub fn docker_tmpfs(target: &str) -> TmpfsMount {
+    TmpfsMount {
+        target: target.trim_end_matches('/').to_string(),
+        size: None,
+        mode: None,
+        read_only: false,
+        nosuid: true,
+        nodev: true,
+        noexec: true,
+    }
+}
+
+/// A tmpfs size in Docker's byte syntax (`64m`, `1g`, `65536`) as the
+/// mount option's value, in KiB (`65536k`); `None` when malformed or 0.
+pub fn tmpfs_size(v: &str) -> Option<String> {
+    let bytes = crate::options::parse_bytes(v).filter(|b| *b > 0)?;
+    Some(format!("{}k", bytes.div_ceil(1024)))
+}
+
+/// A tmpfs root's permission bits in octal (`1777`); `None` when
+/// malformed or above `7777`.
+pub fn tmpfs_mode(v: &str) -> Option<u32> {
+    u32::from_str_radix(v, 8).ok().filter(|m| *m <= 0o7777)
 }
 
 #[cfg(test)]

@@ -176,6 +176,23 @@ pub fn vmm() -> Result<PathBuf> {
     pick("VMM binary (husk-vmm)", candidates)
 }
 
+/// The file server of shared directories (see [`crate::virtiofs`]):
+/// `$HUSK_VIRTIOFSD` > QEMU's `/usr/lib/qemu/virtiofsd` (Debian's
+/// `qemu-system-common`) > `/usr/libexec/virtiofsd`.
+pub fn virtiofsd() -> Result<PathBuf> {
+    let candidates = match std::env::var_os("HUSK_VIRTIOFSD") {
+        Some(p) => vec![PathBuf::from(p)],
+        None => vec![
+            PathBuf::from("/usr/lib/qemu/virtiofsd"),
+            PathBuf::from("/usr/libexec/virtiofsd"),
+        ],
+    };
+    pick(
+        "virtiofsd for shared directories (Debian: qemu-system-common; or set $HUSK_VIRTIOFSD)",
+        candidates,
+    )
+}
+
 /// The cache root: `$HUSK_CACHE` or `/var/cache/husk`.
 pub fn cache_dir() -> PathBuf {
     std::env::var_os("HUSK_CACHE")

@@ -73,13 +73,10 @@ impl Share {
 /// Errors serving shares.
 #[derive(Debug, thiserror::Error)]
 pub enum ShareError {
-    /// No virtiofsd binary was found.
-    #[error("shared directories need virtiofsd (Debian: qemu-system-common's /usr/lib/qemu/virtiofsd, or set $HUSK_VIRTIOFSD); tried {0}")]
-    NoServer(String),
     /// Not root.
     #[error("shared directories need root (virtiofsd serves them with the host's permissions)")]
     NeedsRoot,
-    /// Finding `husk-vmm` failed.
+    /// Finding virtiofsd or `husk-vmm` failed.
     #[error(transparent)]
     Asset(#[from] crate::assets::AssetError),
     /// A socket or process operation failed.
@@ -101,26 +98,6 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ShareError 
     move |source| ShareError::Io { what, source }
 }
 
-/// The virtiofsd binary: `$HUSK_VIRTIOFSD` > QEMU's
-/// `/usr/lib/qemu/virtiofsd` > `/usr/libexec/virtiofsd`.
-pub fn server_binary() -> Result<PathBuf, ShareError> {
-    let candidates: Vec<PathBuf> = match std::env::var_os("HUSK_VIRTIOFSD") {
-        Some(p) => vec![PathBuf::from(p)],
-        None => vec![
-            PathBuf::from("/usr/lib/qemu/virtiofsd"),
-            PathBuf::from("/usr/libexec/virtiofsd"),
-        ],
-    };
-    candidates
-        .iter()
-        .find(|p| p.is_file())
-        .cloned()
-        .ok_or_else(|| {
-            let tried: Vec<String> = candidates.iter().map(|p| p.display().to_string()).collect();
-            ShareError::NoServer(tried.join(", "))
-        })
-}
-
 /// A running virtiofsd serving a VM's shares; killed when dropped.
 pub struct FsServer {
     child: Child,
@@ -134,7 +111,7 @@ impl FsServer {
         if !rustix::process::geteuid().is_root() {
             return Err(ShareError::NeedsRoot);
         }
-        let server = server_binary()?;
+        let server = crate::assets::virtiofsd()?;
         let stage = crate::assets::vmm()?;
         let _ = std::fs::remove_file(socket);
         let listener = UnixListener::bind(socket)

@@ -3,7 +3,8 @@
 
 use anyhow::{anyhow, bail, Result};
 use husk_protocol::TmpfsMount;
-use husk_runtime::options::{check_mount_target, parse_bytes};
+use husk_runtime::options::check_mount_target;
+use husk_runtime::run_flags;
 use husk_runtime::VolumeRequest;
 
 /// One `--mount`.
@@ -42,17 +43,12 @@ pub fn parse_mount(spec: &str) -> Result<MountFlag> {
             }
             ("bind-propagation" | "consistency", Some(_)) => {}
             ("tmpfs-size", Some(v)) => {
-                let bytes = parse_bytes(v)
-                    .filter(|b| *b > 0)
-                    .ok_or_else(|| flag_err(format!("invalid value for tmpfs-size: {v}")))?;
-                size = Some(format!("{}k", bytes.div_ceil(1024)));
+                let bad = || flag_err(format!("invalid value for tmpfs-size: {v}"));
+                size = Some(run_flags::tmpfs_size(v).ok_or_else(bad)?);
             }
             ("tmpfs-mode", Some(v)) => {
-                let m = u32::from_str_radix(v, 8)
-                    .ok()
-                    .filter(|m| *m <= 0o7777)
-                    .ok_or_else(|| flag_err(format!("invalid value for tmpfs-mode: {v}")))?;
-                mode = Some(m);
+                let bad = || flag_err(format!("invalid value for tmpfs-mode: {v}"));
+                mode = Some(run_flags::tmpfs_mode(v).ok_or_else(bad)?);
             }
             (_, None) => {
                 return Err(flag_err(format!(
@@ -101,13 +97,10 @@ pub fn parse_mount(spec: &str) -> Result<MountFlag> {
                 return Err(invalid("field Source must not be specified"));
             }
             Ok(MountFlag::Tmpfs(TmpfsMount {
-                target: target.trim_end_matches('/').to_string(),
                 size,
                 mode,
                 read_only,
-                nosuid: true,
-                nodev: true,
-                noexec: true,
+                ..run_flags::docker_tmpfs(&target)
             }))
         }
         other => bail!("invalid mount config for type \"{other}\": mount type unknown"),
