@@ -293,8 +293,11 @@ fn socket_dir() -> Option<&'static tempfile::TempDir> {
     DIR.get_or_init(|| tempfile::tempdir().ok()).as_ref()
 }
 
-/// virtio-vsock with its host side on Unix sockets (guest connections to
-/// port P try `<socket>_P`, which nobody listens on).
+/// virtio-vsock with its host side on Unix sockets. Flag bit 0: the agent-
+/// frame gate is on and host port 1024 has a listener (which never
+/// accepts: connections wait in its backlog, so guest data flows through the
+/// gate into their buffers); guest connections to other ports P try
+/// `<socket>_P`, which nobody listens on.
 pub fn virtio_vsock(data: &[u8]) {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let input = Input::split(data);
@@ -307,15 +310,32 @@ pub fn virtio_vsock(data: &[u8]) {
     let uds_path = dir
         .path()
         .join(format!("v{}.sock", NEXT.fetch_add(1, Ordering::Relaxed)));
+    let gated = input.flags & 1 != 0;
+    let mut port_path = uds_path.clone().into_os_string();
+    port_path.push("_1024");
+    let _port_listener = match gated {
+        true => match std::os::unix::net::UnixListener::bind(&port_path) {
+            Ok(l) => Some(l),
+            Err(_) => return,
+        },
+        false => None,
+    };
+    let streams = match gated {
+        true => vmm::VsockStreams::AgentFrames,
+        false => vmm::VsockStreams::Raw,
+    };
     let Ok(vsock) = Vsock::new(VsockConfig {
         guest_cid: 3,
         uds_path: uds_path.clone(),
         listener: None,
+        streams,
     }) else {
+        let _ = std::fs::remove_file(&port_path);
         return;
     };
     if let Some(mut rig) = Rig::new(vsock, mem, input.refused) {
         rig.play(input.ops, None);
     }
     let _ = std::fs::remove_file(uds_path);
+    let _ = std::fs::remove_file(port_path);
 }

@@ -19,8 +19,8 @@ mod message;
 mod security;
 
 pub use frame::{
-    decode, encode, read_message, write_message, DecodeError, FrameDecoder, ReadError, WriteError,
-    HEADER_LEN, MAX_FRAME,
+    decode, encode, read_message, write_message, DecodeError, EncodeError, FrameDecoder, ReadError,
+    WriteError, HEADER_LEN, MAX_FRAME,
 };
 pub use message::{
     signal_exit_code, Capabilities, ContainerSpec, ErrorCode, ExecRequest, FileSpec, Message,

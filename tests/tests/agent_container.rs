@@ -255,6 +255,7 @@ fn container_in_a_real_vm() {
             guest_cid: 3,
             uds_path: vsock.clone(),
             listener: None,
+            streams: vmm::VsockStreams::AgentFrames,
         }),
         net: None,
         fs: None,

@@ -76,6 +76,7 @@ fn main() {
                     guest_cid: cid.parse().unwrap_or_else(|_| usage()),
                     uds_path: uds.into(),
                     listener: None,
+                    streams: vmm::VsockStreams::Raw,
                 });
             }
             "-v" => level = log::LevelFilter::Debug,

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::arch::x86_64::layout::{IOAPIC_PINS, VIRTIO_FIRST_IRQ};
 use crate::arch::x86_64::mptable::MAX_CPUS;
+use crate::devices::virtio::vsock::VsockStreams;
 use crate::memory::{MAX_MEM_MIB, MIN_MEM_MIB};
 use crate::rate_limiter::RateLimitConfig;
 use crate::seccomp::SeccompMode;
@@ -69,6 +70,12 @@ pub struct VsockConfig {
     /// (never removed by the VMM). Not serialised: passed as a descriptor.
     #[serde(skip)]
     pub listener: Option<Arc<UnixListener>>,
+    /// What the guest sends on its connections: with
+    /// [`VsockStreams::AgentFrames`] the VMM decodes every frame and
+    /// forwards only their re-encodings. Given anew to every boot and
+    /// restore.
+    #[serde(default)]
+    pub streams: VsockStreams,
 }
 
 /// A virtio-fs device whose requests a vhost-user backend (virtiofsd) serves.
@@ -334,6 +341,7 @@ mod tests {
                 guest_cid: cid,
                 uds_path: p.into(),
                 listener: None,
+                streams: VsockStreams::Raw,
             })
         };
         assert!(VmConfig {

@@ -36,6 +36,7 @@ pub use config::{
     ConsoleOutput, DiskConfig, FsConfig, NetBackend, NetConfig, NetRateLimit, VmConfig, VsockConfig,
 };
 pub use devices::virtio::net::{EgressPolicy, Ipv4Net};
+pub use devices::virtio::vsock::VsockStreams;
 pub use exit::ExitReason;
 pub use host::HostKind;
 pub use rate_limiter::{BucketConfig, RateLimitConfig};

@@ -256,6 +256,7 @@ pub fn attach_virtio_devices(
             guest_cid: vsock.guest_cid,
             uds_path: vsock.uds_path.clone(),
             listener: vsock.listener.clone(),
+            streams: vsock.streams,
         })?));
         let transport = attach_virtio(vm, mmio, mem, devices.len(), device.clone())?;
         let kind = VirtioKind::Vsock(device);

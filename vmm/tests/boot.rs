@@ -213,6 +213,7 @@ fn virtio_devices_come_up_and_move_data() {
             guest_cid: 3,
             uds_path: dir.join("vsock.sock"),
             listener: None,
+            streams: vmm::VsockStreams::Raw,
         });
         config.net = Some(NetConfig {
             mac: [0x52, 0x54, 0x00, 0x12, 0x34, 0x56],

@@ -144,6 +144,7 @@ fn template_config(kernel: PathBuf, dir: &Path, net: NetConfig) -> VmConfig {
             guest_cid: 3,
             uds_path: dir.join("t.sock"),
             listener: None,
+            streams: vmm::VsockStreams::Raw,
         }),
         net: Some(net),
         fs: None,
@@ -225,6 +226,7 @@ fn restored_template_sees_its_new_disk_and_reconnects() {
             guest_cid: 3,
             uds_path: dir.path().join("r.sock"),
             listener: None,
+            streams: vmm::VsockStreams::Raw,
         }),
         net: Some(net2),
     })

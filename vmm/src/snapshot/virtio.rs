@@ -198,6 +198,7 @@ mod tests {
                 guest_cid: 3,
                 uds_path: "v".into(),
                 listener: None,
+                streams: crate::VsockStreams::Raw,
             }),
             net: None,
             seccomp: crate::SeccompMode::Enforce,

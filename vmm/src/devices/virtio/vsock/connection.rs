@@ -6,7 +6,9 @@
 //! allows. Guest -> host data goes to the socket directly; what the socket
 //! cannot take yet waits in a buffer of at most [`BUF_ALLOC`] bytes (64 KiB,
 //! like Firecracker's per-connection buffer), the credit advertised to the
-//! guest: a guest ignoring it is reset rather than buffered for.
+//! guest: a guest ignoring it is reset rather than buffered for. On a gated
+//! connection ([`super::VsockStreams::AgentFrames`]) guest data passes a
+//! [`FrameGate`] first, and the credit is one whole frame.
 
 use std::collections::VecDeque;
 use std::io::{ErrorKind, Read, Write};
@@ -18,6 +20,7 @@ use std::os::unix::net::UnixStream;
 use event_manager::EventSet;
 use virtio_queue::Writer;
 
+use super::gate::{FrameGate, GATED_BUF_ALLOC};
 use super::packet::{
     write_rx, Header, TxPacket, HDR_SIZE, HOST_CID, MAX_PKT_DATA, OP_CREDIT_REQUEST,
     OP_CREDIT_UPDATE, OP_REQUEST, OP_RESPONSE, OP_RST, OP_RW, OP_SHUTDOWN, SHUTDOWN_RCV,
@@ -79,6 +82,16 @@ pub enum Service {
     GuestPort(u32),
 }
 
+/// What every connection of a device shares: the guest's CID and whether
+/// guest data is gated ([`super::VsockStreams::AgentFrames`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Ends {
+    /// The guest's CID.
+    pub guest_cid: u64,
+    /// Guest data passes a [`FrameGate`].
+    pub gated: bool,
+}
+
 /// One connection.
 #[derive(Debug)]
 pub struct Connection {
@@ -100,6 +113,10 @@ pub struct Connection {
     host_hup: bool,
     credit_requested: bool,
     // Guest -> host.
+    /// The credit advertised to the guest.
+    buf_alloc: u32,
+    /// Decodes and re-encodes guest data on a gated connection.
+    gate: Option<FrameGate>,
     rx_cnt: Wrapping<u32>,
     fwd_cnt: Wrapping<u32>,
     last_fwd_cnt_sent: Wrapping<u32>,
@@ -116,12 +133,17 @@ pub struct Connection {
 }
 
 impl Connection {
-    fn new(stream: UnixStream, local_port: u32, peer_port: u32, guest_cid: u64) -> Self {
+    fn new(stream: UnixStream, local_port: u32, peer_port: u32, ends: Ends) -> Self {
+        let (buf_alloc, gate) = if ends.gated {
+            (GATED_BUF_ALLOC, Some(FrameGate::default()))
+        } else {
+            (BUF_ALLOC, None)
+        };
         Self {
             stream,
             local_port,
             peer_port,
-            guest_cid,
+            guest_cid: ends.guest_cid,
             by_guest: false,
             state: State::Connecting,
             pending: Pending::default(),
@@ -132,6 +154,8 @@ impl Connection {
             host_eof: false,
             host_hup: false,
             credit_requested: false,
+            buf_alloc,
+            gate,
             rx_cnt: Wrapping(0),
             fwd_cnt: Wrapping(0),
             last_fwd_cnt_sent: Wrapping(0),
@@ -146,16 +170,16 @@ impl Connection {
     }
 
     /// A host client asked for guest port `peer_port`: send a REQUEST.
-    pub fn host_initiated(stream: UnixStream, local: u32, peer_port: u32, cid: u64) -> Self {
-        let mut c = Self::new(stream, local, peer_port, cid);
+    pub fn host_initiated(stream: UnixStream, local: u32, peer_port: u32, ends: Ends) -> Self {
+        let mut c = Self::new(stream, local, peer_port, ends);
         c.pending.request = true;
         c
     }
 
     /// The guest connected to host port `local` and the bridge socket is
     /// open: answer with a RESPONSE.
-    pub fn guest_initiated(stream: UnixStream, hdr: &Header, cid: u64) -> Self {
-        let mut c = Self::new(stream, hdr.dst_port, hdr.src_port, cid);
+    pub fn guest_initiated(stream: UnixStream, hdr: &Header, ends: Ends) -> Self {
+        let mut c = Self::new(stream, hdr.dst_port, hdr.src_port, ends);
         c.by_guest = true;
         c.state = State::Established;
         c.pending.response = true;
@@ -233,7 +257,7 @@ impl Connection {
             type_: TYPE_STREAM,
             op,
             flags,
-            buf_alloc: BUF_ALLOC,
+            buf_alloc: self.buf_alloc,
             fwd_cnt: self.fwd_cnt.0,
         }
     }
@@ -373,7 +397,9 @@ impl Connection {
         if self.guest_shut_send {
             return Verdict::Reset;
         }
-        if self.tx_buf.len() + data.len() > BUF_ALLOC as usize {
+        // Received and not yet credited back: what waits in this process.
+        let held = (self.rx_cnt - self.fwd_cnt).0 as usize;
+        if held + data.len() > self.buf_alloc as usize {
             log::debug!(
                 "vsock: guest overran its credit on port {}",
                 self.local_port
@@ -381,6 +407,17 @@ impl Connection {
             return Verdict::Reset;
         }
         self.rx_cnt += Wrapping(data.len() as u32);
+        if let Some(gate) = &mut self.gate {
+            if let Err(e) = gate.push(data, &mut self.tx_buf) {
+                crate::log_limited!(
+                    log::Level::Warn,
+                    "vsock: resetting a connection on port {}: {e}",
+                    self.local_port
+                );
+                return Verdict::Reset;
+            }
+            return self.on_writable();
+        }
         let mut rest = data;
         if self.tx_buf.is_empty() && !self.host_write_shut {
             match (&self.stream).write(data) {
@@ -400,7 +437,13 @@ impl Connection {
         self.after_flush()
     }
 
+    /// `n` bytes went out to the host socket: credit the guest bytes
+    /// that finishes.
     fn forwarded(&mut self, n: usize) {
+        let n = match &mut self.gate {
+            Some(gate) => gate.written(n),
+            None => n,
+        };
         self.fwd_cnt += Wrapping(n as u32);
         if (self.fwd_cnt - self.last_fwd_cnt_sent).0 >= CREDIT_UPDATE_THRESHOLD {
             self.pending.credit_update = true;
@@ -421,6 +464,10 @@ impl Connection {
     fn after_flush(&mut self) -> Verdict {
         if !self.tx_buf.is_empty() || !self.guest_shut_send {
             return Verdict::Keep;
+        }
+        if self.gate.as_ref().is_some_and(|g| g.partial() > 0) {
+            // The guest stopped sending inside a frame.
+            return Verdict::Reset;
         }
         if self.guest_shut_rcv {
             // The guest closed its socket and waits for our RST.

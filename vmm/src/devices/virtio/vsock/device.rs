@@ -35,6 +35,8 @@ pub struct VsockConfig {
     pub uds_path: PathBuf,
     /// An already bound listener used instead of binding `uds_path`.
     pub listener: Option<Arc<UnixListener>>,
+    /// What the guest's side of each connection carries.
+    pub streams: super::VsockStreams,
 }
 
 /// Errors from [`Vsock::new`].
@@ -79,7 +81,12 @@ impl Vsock {
         if config.guest_cid < 3 || config.guest_cid >= u64::from(u32::MAX) {
             return Err(VsockError::Cid(config.guest_cid));
         }
-        let muxer = Muxer::new(config.guest_cid, config.uds_path, config.listener)?;
+        let muxer = Muxer::new(
+            config.guest_cid,
+            config.uds_path,
+            config.listener,
+            config.streams,
+        )?;
         let features = (1u64 << VIRTIO_F_VERSION_1) | (1u64 << VIRTIO_RING_F_EVENT_IDX);
         let common = VirtioCommon::new("virtio-vsock", VSOCK_DEVICE_ID, &QUEUE_SIZES, features)
             .map_err(VsockError::EventFd)?;

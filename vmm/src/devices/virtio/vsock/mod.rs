@@ -7,7 +7,8 @@
 //!   the Unix socket `<uds_path>_<P>` (RST if nobody listens there).
 //!
 //! Files: `packet.rs` (header parsing and validation), `connection.rs` (one
-//! connection), `muxer.rs` (the set of connections and the listener),
+//! connection), `gate.rs` (the agent-frame gate on guest data, for VMs
+//! whose vsock carries only husk's agent protocol), `muxer.rs` (the set of connections and the listener),
 //! `device.rs` ([`Vsock`] and queue processing, including the
 //! TRANSPORT_RESET event a restored device posts), `persist.rs`
 //! ([`VsockState`]), `event.rs` (epoll glue).
@@ -15,11 +16,13 @@
 mod connection;
 mod device;
 mod event;
+mod gate;
 mod muxer;
 pub mod packet;
 mod persist;
 
 pub use device::{Vsock, VsockConfig, VsockError};
+pub use gate::{GateError, VsockStreams, GATED_BUF_ALLOC};
 pub use persist::VsockState;
 
 #[cfg(test)]

@@ -28,11 +28,11 @@ use event_manager::EventSet;
 use virtio_queue::Writer;
 use vmm_sys_util::timerfd::TimerFd;
 
-use super::connection::{Connection, RxOutcome, Service, Verdict};
+use super::connection::{Connection, Ends, RxOutcome, Service, Verdict};
 use super::packet::{
     write_rx, Header, PacketError, TxPacket, HOST_CID, OP_REQUEST, OP_RST, TYPE_STREAM,
 };
-use super::VsockError;
+use super::{VsockError, VsockStreams};
 
 /// Most connections at once.
 const MAX_CONNECTIONS: usize = 1024;
@@ -87,7 +87,7 @@ struct PendingClient {
 /// All host-side vsock state of one device.
 #[derive(Debug)]
 pub struct Muxer {
-    guest_cid: u64,
+    ends: Ends,
     uds_path: PathBuf,
     listener: UnixListener,
     /// The socket file's identity when this muxer bound it (and so
@@ -111,11 +111,13 @@ pub struct Muxer {
 impl Muxer {
     /// Binds the listener on `uds_path`, replacing a stale socket file that
     /// nobody listens on; or uses `listener`, already bound by the caller
-    /// (whose socket file stays the caller's).
+    /// (whose socket file stays the caller's). `streams` says whether guest
+    /// data is gated.
     pub fn new(
         guest_cid: u64,
         uds_path: PathBuf,
         listener: Option<Arc<UnixListener>>,
+        streams: VsockStreams,
     ) -> Result<Self, VsockError> {
         let bind_err = |source| VsockError::Bind {
             path: uds_path.clone(),
@@ -133,7 +135,10 @@ impl Muxer {
         listener.set_nonblocking(true).map_err(bind_err)?;
         let backoff = TimerFd::new().map_err(|e| VsockError::Timer(e.into()))?;
         Ok(Self {
-            guest_cid,
+            ends: Ends {
+                guest_cid,
+                gated: streams == VsockStreams::AgentFrames,
+            },
             uds_path,
             listener,
             listener_id,
@@ -342,7 +347,7 @@ impl Muxer {
         let Some(client) = self.clients.remove(&fd) else {
             return;
         };
-        let mut conn = Connection::host_initiated(client.stream, local_port, port, self.guest_cid);
+        let mut conn = Connection::host_initiated(client.stream, local_port, port, self.ends);
         conn.registered = true;
         conn.interest = EventSet::IN;
         let key = ConnKey {
@@ -429,7 +434,7 @@ impl Muxer {
                 return;
             }
         };
-        let conn = Connection::guest_initiated(stream, hdr, self.guest_cid);
+        let conn = Connection::guest_initiated(stream, hdr, self.ends);
         let fd = conn.fd();
         let mut conn = conn;
         conn.registered = true;
@@ -474,7 +479,7 @@ impl Muxer {
         if rst {
             self.queue_rst(Header {
                 src_cid: HOST_CID,
-                dst_cid: self.guest_cid,
+                dst_cid: self.ends.guest_cid,
                 src_port: key.local_port,
                 dst_port: key.peer_port,
                 type_: TYPE_STREAM,

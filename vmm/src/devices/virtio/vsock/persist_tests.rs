@@ -23,6 +23,7 @@ fn fixture(mem: &GuestMemory) -> Fixture<'_> {
         guest_cid: 7,
         uds_path: dir.path().join("v.sock"),
         listener: None,
+        streams: super::super::VsockStreams::Raw,
     })
     .unwrap();
     let rx = Driver::new(mem, 0, 256);

@@ -15,7 +15,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::connection::BUF_ALLOC;
 use super::packet::*;
-use super::{Vsock, VsockConfig, VsockError};
+use super::{Vsock, VsockConfig, VsockError, VsockStreams, GATED_BUF_ALLOC};
 use crate::devices::virtio::test_utils::{
     activate_context, guest_memory, read_mem, write_mem, Driver,
 };
@@ -60,6 +60,10 @@ fn ghdr(op: u16, src_port: u32, dst_port: u32) -> Header {
 
 impl<'a> Harness<'a> {
     fn new(mem: &'a GuestMemory) -> Self {
+        Self::with_streams(mem, VsockStreams::Raw)
+    }
+
+    fn with_streams(mem: &'a GuestMemory, streams: VsockStreams) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let uds = dir.path().join("v.sock");
         let dev = Arc::new(Mutex::new(
@@ -67,6 +71,7 @@ impl<'a> Harness<'a> {
                 guest_cid: CID,
                 uds_path: uds.clone(),
                 listener: None,
+                streams,
             })
             .unwrap(),
         ));
@@ -514,6 +519,7 @@ fn new_validates_cid_and_socket_path() {
         guest_cid: cid,
         uds_path: path.clone(),
         listener: None,
+        streams: VsockStreams::Raw,
     };
     for cid in [0, 1, 2, u64::from(u32::MAX), u64::MAX] {
         assert!(matches!(Vsock::new(cfg(cid)), Err(VsockError::Cid(_))));
@@ -536,6 +542,7 @@ fn new_validates_cid_and_socket_path() {
         guest_cid: 3,
         uds_path: dir.path().join("no/such/dir.sock"),
         listener: None,
+        streams: VsockStreams::Raw,
     })
     .err()
     .unwrap();
@@ -544,3 +551,73 @@ fn new_validates_cid_and_socket_path() {
 
 #[path = "limits_tests.rs"]
 mod limits;
+
+/// A frame of the agent protocol, as the agent sends one.
+fn agent_frame(msg: &husk_protocol::Message) -> Vec<u8> {
+    husk_protocol::encode(msg).unwrap()
+}
+
+#[test]
+fn gated_guest_data_reaches_the_host_only_as_whole_valid_frames() {
+    let mem = guest_memory(0x100_0000);
+    let mut h = Harness::with_streams(&mem, VsockStreams::AgentFrames);
+    let listener = UnixListener::bind(format!("{}_1024", h.uds.display())).unwrap();
+    h.send(ghdr(OP_REQUEST, 40010, 1024), &[]);
+    let (resp, _) = h.recv_one(OP_RESPONSE);
+    assert_eq!(
+        resp.buf_alloc, GATED_BUF_ALLOC,
+        "credit for one whole frame"
+    );
+    let (mut s, _) = listener.accept().unwrap();
+
+    // Half a frame is held; the whole one passes, byte for byte.
+    let frame = agent_frame(&husk_protocol::Message::Stdout(vec![5; 300]));
+    h.send(ghdr(OP_RW, 40010, 1024), &frame[..100]);
+    s.set_nonblocking(true).unwrap();
+    let mut byte = [0u8; 1];
+    assert_eq!(
+        s.read(&mut byte).unwrap_err().kind(),
+        std::io::ErrorKind::WouldBlock,
+        "nothing of an incomplete frame reaches the host"
+    );
+    s.set_nonblocking(false).unwrap();
+    h.send(ghdr(OP_RW, 40010, 1024), &frame[100..]);
+    assert_eq!(read_n(&mut s, frame.len()), frame);
+
+    // The credit given back counts the frame once it is out.
+    h.send(ghdr(OP_CREDIT_REQUEST, 40010, 1024), &[]);
+    let (upd, _) = h.recv_one(OP_CREDIT_UPDATE);
+    assert_eq!(upd.fwd_cnt as usize, frame.len());
+
+    // Bytes that are no frame of a known message reset the connection and
+    // never reach the host: it sees the end of the stream, not the bytes.
+    h.send(ghdr(OP_RW, 40010, 1024), &[1, 0, 0, 0, 0xff]);
+    let (rst, _) = h.recv_one(OP_RST);
+    assert_eq!((rst.src_port, rst.dst_port), (1024, 40010));
+    assert_eq!(h.conns(), 0);
+    assert_eof(&mut s);
+}
+
+#[test]
+fn gated_host_initiated_connections_pass_frames_and_refuse_oversize_headers() {
+    let mem = guest_memory(0x100_0000);
+    let mut h = Harness::with_streams(&mem, VsockStreams::AgentFrames);
+    let mut client = UnixStream::connect(&h.uds).unwrap();
+    client.write_all(b"CONNECT 1025\n").unwrap();
+    let (req, _) = h.recv_one(OP_REQUEST);
+    assert_eq!(req.buf_alloc, GATED_BUF_ALLOC);
+    let local = req.src_port;
+    h.send(ghdr(OP_RESPONSE, 1025, local), &[]);
+    assert_eq!(read_line(&mut client), format!("OK {local}"));
+
+    let frame = agent_frame(&husk_protocol::Message::Exited { code: 3 });
+    h.send(ghdr(OP_RW, 1025, local), &frame);
+    assert_eq!(read_n(&mut client, frame.len()), frame);
+
+    // A header announcing more than a frame may hold: reset at once.
+    let huge = ((husk_protocol::MAX_FRAME + 1) as u32).to_le_bytes();
+    h.send(ghdr(OP_RW, 1025, local), &huge);
+    h.recv_one(OP_RST);
+    assert_eq!(h.conns(), 0);
+    assert_eof(&mut client);
+}
