@@ -1,12 +1,13 @@
 //! A running VM, whichever way it runs: jailed in its own `husk-vmm`
 //! process ([`crate::jail`]) or, unjailed, on a thread of this process
-//! ([`VmThread`]: template VMs, non-root callers, `HUSK_NO_JAIL=1`).
+//! ([`VmThread`]: non-root callers, `HUSK_NO_JAIL=1`).
 
 use std::os::fd::{BorrowedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use crate::jail::proto::ToVmm;
 use crate::jail::{JailInfo, VmProcess};
+use crate::sandbox::SandboxError;
 use crate::signals::Signals;
 use crate::vmthread::{PauseError, VmResult, VmThread};
 
@@ -69,13 +70,17 @@ impl RunningVm {
         }
     }
 
-    /// Pauses the VM and takes it back (only a VM on a thread can be).
-    pub fn pause(&mut self, timeout: Duration) -> Result<vmm::Vm, PauseError> {
+    /// Pauses the VM for good and saves it into `files` (a warm-start
+    /// template): on its thread here, or by its jailed process (which must
+    /// run a [`crate::jail::proto::VmSpec::Template`]).
+    pub fn save_template(
+        &mut self,
+        files: &vmm::SnapshotFiles,
+        timeout: Duration,
+    ) -> Result<(), SandboxError> {
         match self {
-            RunningVm::Thread(t) => t.pause(timeout),
-            RunningVm::Jailed(_) => Err(PauseError::Ended(
-                "a jailed VM cannot be paused into this process".into(),
-            )),
+            RunningVm::Thread(t) => Ok(t.pause(timeout)?.save_snapshot(files)?),
+            RunningVm::Jailed(p) => Ok(p.save_template(files, timeout)?),
         }
     }
 

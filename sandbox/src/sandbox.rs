@@ -433,9 +433,14 @@ impl Sandbox {
         &self.console
     }
 
-    /// Pauses the VM and takes it back (see [`RunningVm::pause`]).
-    pub(crate) fn pause(&mut self, timeout: Duration) -> Result<vmm::Vm, PauseError> {
-        self.vm.pause(timeout)
+    /// Pauses the VM for good and saves it as a template into `files`
+    /// (see [`RunningVm::save_template`]).
+    pub(crate) fn save_template(
+        &mut self,
+        files: &vmm::SnapshotFiles,
+        timeout: Duration,
+    ) -> Result<(), SandboxError> {
+        self.vm.save_template(files, timeout)
     }
 
     /// Suspends the VM (`husk pause`, see [`RunningVm::suspend`]).

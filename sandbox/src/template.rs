@@ -318,15 +318,19 @@ impl TemplateStore {
         Ok(template)
     }
 
-    /// Removes every template and leftover; returns the removed templates.
-    pub fn prune(&self) -> Result<Vec<Template>, TemplateError> {
+    /// Removes every template and leftover; returns the removed templates,
+    /// each with the disk space it took.
+    pub fn prune(&self) -> Result<Vec<(Template, u64)>, TemplateError> {
         let templates = self.list()?;
-        for t in &templates {
+        let mut removed = Vec::with_capacity(templates.len());
+        for t in templates {
             let _lock = self.lock(&t.key)?;
+            let bytes = t.disk_usage();
             remove_dir(&t.dir)?;
             self.remove_leftovers(&t.key)?;
+            removed.push((t, bytes));
         }
-        Ok(templates)
+        Ok(removed)
     }
 
     fn lock(&self, key: &str) -> Result<FileLock, TemplateError> {

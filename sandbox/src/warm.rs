@@ -237,17 +237,21 @@ fn build_template(
     let mut vm_config = template_config.vm_config();
     vm_config.disks = template_config.vm_disks(inputs.slots);
     let listener = AgentListener::bind(&template_config.vsock)?;
-    // Template VMs run only husk's kernel and agent (no tenant input) and
-    // must be paused into this process: unjailed, on a thread.
-    let vm = Sandbox::threaded(vmm::Vm::new(vm_config)?)?;
+    // Jailed like every VM (its process saves the snapshot into files
+    // made here), or on a thread of this process when VMs are not jailed.
+    let vm = if jail::enabled() {
+        Sandbox::jailed(&template_config, jail::proto::VmSpec::Template(vm_config))?
+    } else {
+        Sandbox::threaded(vmm::Vm::new(vm_config)?)?
+    };
     let mut sandbox = Sandbox::running(vm, listener, &template_config);
     sandbox.seed = false;
     let agent = sandbox.accept_agent(signals, template_boot_timeout())?;
-    let vm = sandbox.pause(PAUSE_TIMEOUT)?;
-    vm.save_snapshot(&vmm::SnapshotFiles {
+    let files = vmm::SnapshotFiles {
         state: staging.join("state"),
         memory: staging.join("memory"),
-    })?;
+    };
+    sandbox.save_template(&files, PAUSE_TIMEOUT)?;
     drop(agent);
     drop(net_peer);
     Ok(())

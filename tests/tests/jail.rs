@@ -1,7 +1,8 @@
 //! End-to-end tests of the jailed VMM process (`husk-vmm`): a running
 //! container's VMM is an unprivileged process without capabilities, in
 //! its own namespaces and cgroup, whose root holds no disk, and which
-//! cannot open another container's disk.
+//! cannot open another container's disk; a warm-start template's VM is
+//! built in such a jail too.
 //!
 //! Skipped (with a message) without `HUSK_KERNEL` or without root.
 
@@ -228,4 +229,118 @@ fn vmm_runs_jailed_and_cannot_open_another_containers_disk() {
         assert!(!root.exists(), "{} left", root.display());
     }
     env.assert_clean();
+}
+
+/// The `husk-vmm` process (pid 1 of its pid namespace, not its waiter)
+/// started with `marker` in its environment, if one runs.
+fn vmm_with_env(marker: &str) -> Option<u32> {
+    let procs = std::fs::read_dir("/proc").ok()?;
+    procs.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let nspid = status.lines().find(|l| l.starts_with("NSpid:"))?;
+        let is_vmm = status.lines().next() == Some("Name:\thusk-vmm")
+            && nspid.split_whitespace().count() == 3
+            && nspid.ends_with("\t1");
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+        let has_marker = environ.split(|&b| b == 0).any(|v| v == marker.as_bytes());
+        (is_vmm && has_marker).then_some(pid)
+    })
+}
+
+/// Whether `templates` holds a complete template (published with its
+/// inputs file).
+fn has_template(templates: &Path) -> bool {
+    std::fs::read_dir(templates).is_ok_and(|entries| {
+        entries
+            .flatten()
+            .any(|e| e.path().join("inputs.json").exists())
+    })
+}
+
+/// A warm-start template VM runs jailed too. With a template store of its
+/// own (a private `HUSK_CACHE`), the first `run` boots the template's VM
+/// before any template exists: that VMM process has a jail uid, no
+/// capabilities, `no_new_privs`, its own namespaces, filtered vCPU
+/// threads, and it saves the template (through files its caller opened)
+/// from which the container is then restored.
+#[test]
+fn template_vms_are_built_jailed() {
+    let test = "template_vms_are_built_jailed";
+    let Some(env) = Env::new(test) else {
+        return;
+    };
+    let cache = tempfile::tempdir().expect("tempdir");
+    let templates = cache.path().join("templates");
+    let marker = format!("HUSK_CACHE={}", cache.path().display());
+    let mut cmd = env.cmd(&["run", "--rm", IMAGE, "echo", "restored"]);
+    cmd.env("HUSK_CACHE", cache.path())
+        .stdout(std::process::Stdio::piped());
+    let child = cmd.spawn().expect("husk run");
+
+    let mut found = None;
+    env.eventually(
+        "the template's VMM to start",
+        Duration::from_secs(600),
+        || {
+            found = vmm_with_env(&marker);
+            found.is_some()
+        },
+    );
+    let pid = found.expect("found");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    // No template existed before this VMM ran and none exists while it
+    // does: it is the template's (a container's VMM starts only after its
+    // template is published).
+    assert!(!has_template(&templates), "a template existed already");
+    let uid = status_field(&status, "Uid");
+    assert_ne!(uid[0], "0", "{status}");
+    assert_eq!(uid, vec![uid[0].clone(); 4]);
+    for cap in ["CapPrm", "CapEff", "CapBnd"] {
+        assert_eq!(status_field(&status, cap), ["0000000000000000"], "{cap}");
+    }
+    assert_eq!(status_field(&status, "NoNewPrivs"), ["1"]);
+    for ns in ["mnt", "pid", "net"] {
+        let theirs = std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).expect("ns");
+        let ours = std::fs::read_link(format!("/proc/self/ns/{ns}")).expect("ns");
+        assert_ne!(
+            theirs, ours,
+            "the template's VMM shares the host's {ns} namespace"
+        );
+    }
+    // Its vCPU threads run filtered (its main thread saves the VM, so it
+    // is the one left without a filter).
+    let mut vcpu = None;
+    env.eventually(
+        "the template's vCPU thread",
+        Duration::from_secs(60),
+        || {
+            vcpu = vcpu_seccomp(pid);
+            vcpu.is_some()
+        },
+    );
+    assert_eq!(
+        vcpu.as_deref(),
+        Some("2"),
+        "vCPU thread of the template's VMM"
+    );
+
+    let out = child.wait_with_output().expect("husk run");
+    assert!(out.status.success(), "husk run: {:?}", out.status);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "restored");
+    assert!(has_template(&templates), "no template was saved");
+    env.assert_clean();
+}
+
+/// The Seccomp mode of the VMM's `vcpu0` thread, once it runs.
+fn vcpu_seccomp(pid: u32) -> Option<String> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    tasks.flatten().find_map(|t| {
+        let comm = std::fs::read_to_string(t.path().join("comm")).ok()?;
+        if comm.trim() != "vcpu0" {
+            return None;
+        }
+        let status = std::fs::read_to_string(t.path().join("status")).ok()?;
+        status_field(&status, "Seccomp").first().cloned()
+    })
 }

@@ -81,8 +81,8 @@ pub fn run(command: SystemCommand) -> Result<i32> {
         }
         TemplatesAction::Prune => {
             let removed = store.prune()?;
-            let bytes: u64 = removed.iter().map(Template::disk_usage).sum();
-            for t in &removed {
+            let bytes: u64 = removed.iter().map(|(_, bytes)| bytes).sum();
+            for (t, _) in &removed {
                 println!("Deleted: {}", t.key);
             }
             println!("Total reclaimed space: {}", human_size(bytes));

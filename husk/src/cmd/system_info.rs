@@ -208,9 +208,9 @@ pub fn system_prune(a: SystemPruneArgs) -> Result<i32> {
     let templates = TemplateStore::default_store().prune()?;
     if !templates.is_empty() {
         println!("Deleted build cache objects:");
-        for t in &templates {
+        for (t, size) in &templates {
             println!("{}", t.key);
-            bytes += t.disk_usage();
+            bytes += size;
         }
         println!();
     }

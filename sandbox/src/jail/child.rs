@@ -152,6 +152,7 @@ fn remove_jail(jail: &JailSpec) {
 fn vmm_main(control: OwnedFd, launch: Launch, fds: Vec<OwnedFd>) -> i32 {
     // If the waiter is killed, so is the VMM.
     let _ = rustix::process::set_parent_process_death_signal(Some(Signal::KILL));
+    let template = matches!(launch.vm, VmSpec::Template(_));
     let vm = match build_jailed(launch, fds) {
         Ok(vm) => vm,
         Err(f) => {
@@ -162,7 +163,7 @@ fn vmm_main(control: OwnedFd, launch: Launch, fds: Vec<OwnedFd>) -> i32 {
     if proto::send(control.as_fd(), &FromVmm::Running, &[]).is_err() {
         return FAILED;
     }
-    serve(&control, vm)
+    serve(&control, vm, template)
 }
 
 /// Builds the VM while still root, then locks the process in.
@@ -224,7 +225,7 @@ fn build_vm(spec: VmSpec, net: Option<NetSpec>, fds: Vec<OwnedFd>) -> Result<vmm
         })
     };
     match spec {
-        VmSpec::Boot(mut c) => {
+        VmSpec::Boot(mut c) | VmSpec::Template(mut c) => {
             c.vsock = with_listener(c.vsock);
             c.net = net;
             if let Some(fs) = &mut c.fs {
@@ -358,9 +359,13 @@ const PAUSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// or when the caller's end of the control socket closes; reports the end.
 /// Once the VM's threads run, this thread filters itself too
 /// ([`vmm::seccomp::ThreadKind::Control`]): every thread of the process
-/// then runs under an allow-list.
-fn serve(control: &OwnedFd, vm: vmm::Vm) -> i32 {
-    let started = start_filtered(vm);
+/// then runs under an allow-list. Not for a `template`: this thread then
+/// saves the VM on [`ToVmm::SaveTemplate`] (the VM's threads are filtered).
+fn serve(control: &OwnedFd, vm: vmm::Vm, template: bool) -> i32 {
+    let started = match template {
+        true => VmThread::start(vm).map_err(|e| format!("starting the VM thread: {e}")),
+        false => start_filtered(vm),
+    };
     let mut thread = match started {
         Ok(t) => t,
         Err(message) => {
@@ -394,6 +399,13 @@ fn serve(control: &OwnedFd, vm: vmm::Vm) -> i32 {
                     let answer = thread.resume().err().map(|e| e.to_string());
                     let _ = proto::send(control.as_fd(), &FromVmm::Answer(answer), &[]);
                 }
+                Ok(Some((ToVmm::SaveTemplate, fds))) if template => {
+                    return save_template(control, &mut thread, fds);
+                }
+                Ok(Some((ToVmm::SaveTemplate, _))) => {
+                    let answer = Some("not a template VM".to_string());
+                    let _ = proto::send(control.as_fd(), &FromVmm::Answer(answer), &[]);
+                }
                 Ok(None) | Err(_) => {
                     caller_gone = true;
                     thread.request_stop();
@@ -409,6 +421,28 @@ fn serve(control: &OwnedFd, vm: vmm::Vm) -> i32 {
         None => VmEnd::Failed("the VM did not stop in time".into()),
     };
     let _ = proto::send(control.as_fd(), &FromVmm::Ended(end), &[]);
+    0
+}
+
+/// Pauses the template VM for good, saves it into the passed state and
+/// memory files and reports: the answer, then the end.
+fn save_template(control: &OwnedFd, thread: &mut VmThread, fds: Vec<OwnedFd>) -> i32 {
+    let saved = match <[OwnedFd; 2]>::try_from(fds) {
+        Ok([state, memory]) => thread
+            .pause(PAUSE_TIMEOUT)
+            .map_err(|e| e.to_string())
+            .and_then(|vm| {
+                vm.save_snapshot_to(state.into(), memory.into())
+                    .map_err(|e| error_chain(&e))
+            }),
+        Err(_) => Err("the template's two files were not passed".to_string()),
+    };
+    let failed = saved.is_err();
+    let _ = proto::send(control.as_fd(), &FromVmm::Answer(saved.err()), &[]);
+    if failed {
+        thread.stop();
+    }
+    let _ = proto::send(control.as_fd(), &FromVmm::Ended(VmEnd::Stopped), &[]);
     0
 }
 

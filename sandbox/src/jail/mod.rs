@@ -21,9 +21,8 @@
 //! Only root can jail. Others (a rootless `husk vm run`) run the VMM
 //! unjailed in their own process, with a one-line warning; so does root
 //! with `HUSK_NO_JAIL=1`, a debugging knob. Template VMs (the warm-start
-//! snapshots, which run only husk's own kernel and agent and no tenant
-//! input) are booted unjailed, on a thread, because they must be paused
-//! and saved from the caller's process.
+//! snapshots) are jailed too ([`proto::VmSpec::Template`]): the jailed
+//! process saves them into files its caller opened.
 
 pub mod cgroup;
 pub mod child;

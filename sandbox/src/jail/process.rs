@@ -6,6 +6,7 @@
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -122,7 +123,7 @@ impl VmProcess {
             _resources: resources,
         };
         let fs_socket = match &req.spec {
-            VmSpec::Boot(c) => c.fs.as_ref().and_then(|fs| fs.socket.clone()),
+            VmSpec::Boot(c) | VmSpec::Template(c) => c.fs.as_ref().and_then(|fs| fs.socket.clone()),
             VmSpec::Restore(_) => None,
         };
         let launch = Launch {
@@ -234,11 +235,45 @@ impl VmProcess {
     /// Suspends (`pause`) or resumes the VM: sends `msg` and waits for its
     /// answer.
     pub fn control(&mut self, msg: ToVmm, timeout: Duration) -> Result<(), PauseError> {
+        self.request(msg, &[], timeout)
+    }
+
+    /// Saves a [`VmSpec::Template`] VM into `files` (made here, empty, for
+    /// the jailed process to write): the VM ends with it.
+    pub fn save_template(
+        &mut self,
+        files: &vmm::SnapshotFiles,
+        timeout: Duration,
+    ) -> Result<(), PauseError> {
+        let create = |path: &std::path::Path| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|e| PauseError::Ended(format!("creating {}: {e}", path.display())))
+        };
+        let state = create(&files.state)?;
+        let memory = create(&files.memory)?;
+        self.request(
+            ToVmm::SaveTemplate,
+            &[state.as_fd(), memory.as_fd()],
+            timeout,
+        )
+    }
+
+    /// Sends `msg` with `fds` and waits for its answer.
+    fn request(
+        &mut self,
+        msg: ToVmm,
+        fds: &[BorrowedFd<'_>],
+        timeout: Duration,
+    ) -> Result<(), PauseError> {
         if self.result.is_some() || self.ended.is_some() {
             return Err(PauseError::Ended("the VM has ended".into()));
         }
         let lost = |e: JailError| PauseError::Ended(e.to_string());
-        proto::send(self.control.as_fd(), &msg, &[]).map_err(lost)?;
+        proto::send(self.control.as_fd(), &msg, fds).map_err(lost)?;
         let deadline = Instant::now() + timeout;
         loop {
             let ready = poll_readable(&[self.control.as_fd()], Some(deadline))
@@ -386,6 +421,12 @@ fn jailed_spec(spec: VmSpec) -> VmSpec {
             c.console = vmm::ConsoleOutput::Stdout;
             c.net = None;
             VmSpec::Boot(c)
+        }
+        VmSpec::Template(mut c) => {
+            c.vsock = vsock(c.vsock);
+            c.console = vmm::ConsoleOutput::Stdout;
+            c.net = None;
+            VmSpec::Template(c)
         }
         VmSpec::Restore(mut r) => {
             r.vsock = vsock(r.vsock);

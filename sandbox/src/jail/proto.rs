@@ -5,7 +5,8 @@
 //! Caller → VMM: [`Launch`] (with the vsock listener and, for a stream
 //! network backend, its socket), then [`ToVmm::Pause`] and
 //! [`ToVmm::Resume`] (each answered by [`FromVmm::Answer`]), then
-//! [`ToVmm::Stop`] at most once. VMM → caller: [`FromVmm::Pid`] (from the
+//! [`ToVmm::Stop`] at most once; for a [`VmSpec::Template`],
+//! [`ToVmm::SaveTemplate`] (answered, then the VM ends). VMM → caller: [`FromVmm::Pid`] (from the
 //! forking parent, any time), then [`FromVmm::Running`] or
 //! [`FromVmm::Failed`], then answers, then [`FromVmm::Ended`].
 //! The VMM stops its VM when the caller's end closes (the caller died).
@@ -36,6 +37,21 @@ pub enum VmSpec {
     Boot(vmm::VmConfig),
     /// Restore a snapshot.
     Restore(vmm::RestoreConfig),
+    /// Boot a warm-start template: like [`VmSpec::Boot`], but the main
+    /// thread stays without a seccomp filter (it captures the vCPUs' and
+    /// the VM's state and writes the snapshot on [`ToVmm::SaveTemplate`]);
+    /// the vCPU and device threads are filtered as always.
+    Template(vmm::VmConfig),
+}
+
+impl VmSpec {
+    /// The VM's boot configuration, unless it is a restore.
+    pub fn boot_config(&self) -> Option<&vmm::VmConfig> {
+        match self {
+            VmSpec::Boot(c) | VmSpec::Template(c) => Some(c),
+            VmSpec::Restore(_) => None,
+        }
+    }
 }
 
 /// The network interface (its backend may be a passed socket).
@@ -112,6 +128,11 @@ pub enum ToVmm {
     Pause,
     /// Resume a suspended VM.
     Resume,
+    /// Pause a [`VmSpec::Template`] VM for good and save it into the two
+    /// passed descriptors (the state file, then the memory file: empty,
+    /// open for writing); answered by [`FromVmm::Answer`], then the VM
+    /// ends.
+    SaveTemplate,
 }
 
 /// How the VM ended.

@@ -99,12 +99,17 @@ pub fn decode(bytes: &[u8]) -> Result<VmState, FormatError> {
 
 /// Writes `state` to `path` atomically (temporary file, fsync, rename).
 pub fn write_file(path: &Path, state: &VmState) -> Result<(), FormatError> {
-    let bytes = encode(state)?;
     let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(FormatError::Io)?;
-    f.write_all(&bytes).map_err(FormatError::Io)?;
-    f.sync_all().map_err(FormatError::Io)?;
+    let f = std::fs::File::create(&tmp).map_err(FormatError::Io)?;
+    write_to(f, state)?;
     std::fs::rename(&tmp, path).map_err(FormatError::Io)
+}
+
+/// Writes `state` to `file` (empty, opened for writing) and syncs it.
+pub fn write_to(mut file: std::fs::File, state: &VmState) -> Result<(), FormatError> {
+    let bytes = encode(state)?;
+    file.write_all(&bytes).map_err(FormatError::Io)?;
+    file.sync_all().map_err(FormatError::Io)
 }
 
 /// Reads and validates the state file at `path`.

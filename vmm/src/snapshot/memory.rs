@@ -43,7 +43,12 @@ const BLOCK: usize = 64 << 10;
 
 /// Writes every region of `mem` to `path` (created or truncated).
 pub fn write_memory_file(path: &Path, mem: &GuestMemoryMmap) -> Result<(), MemoryFileError> {
-    let mut file = File::create(path).map_err(MemoryFileError::Io)?;
+    write_memory_to(File::create(path).map_err(MemoryFileError::Io)?, mem)
+}
+
+/// Writes every region of `mem` to `file` (empty, opened for writing; zero
+/// blocks are left as holes) and syncs it.
+pub fn write_memory_to(mut file: File, mem: &GuestMemoryMmap) -> Result<(), MemoryFileError> {
     let mut total = 0u64;
     let mut zero = vec![0u8; BLOCK];
     for region in mem.iter() {

@@ -150,6 +150,19 @@ impl Vm {
         Ok(())
     }
 
+    /// Like [`Vm::save_snapshot`], into files already open for writing
+    /// (a jailed VMM cannot open paths: its caller passes them).
+    pub fn save_snapshot_to(
+        &self,
+        state: std::fs::File,
+        memory: std::fs::File,
+    ) -> Result<(), SnapshotError> {
+        let vm_state = self.capture()?;
+        format::write_to(state, &vm_state)?;
+        memory::write_memory_to(memory, &self.memory)?;
+        Ok(())
+    }
+
     /// Reads the whole VM state. Its vCPUs are owned by `self`, hence not
     /// in KVM_RUN.
     pub fn capture(&self) -> Result<VmState, SnapshotError> {
