@@ -48,10 +48,11 @@ pub struct Cgroup {
     display: String,
 }
 
-/// Whether the host's cgroup v2 hierarchy is mounted at /sys/fs/cgroup
-/// with the controllers a jail needs.
-fn unified() -> bool {
-    std::fs::read_to_string(Path::new(ROOT).join("cgroup.controllers")).is_ok_and(|c| {
+/// Whether the cgroup v2 hierarchy at `root` (/sys/fs/cgroup on a v2
+/// host) has the controllers a jail needs. A hybrid host's empty unified
+/// hierarchy (ours: /sys/fs/cgroup/unified) has none.
+fn unified(root: &Path) -> bool {
+    std::fs::read_to_string(root.join("cgroup.controllers")).is_ok_and(|c| {
         let c: Vec<&str> = c.split_whitespace().collect();
         ["memory", "pids", "cpu"].iter().all(|n| c.contains(n))
     })
@@ -78,15 +79,16 @@ fn write(dir: &Path, file: &str, value: &str) -> Result<(), JailError> {
 impl Cgroup {
     /// Makes (or reuses) the cgroup `name` with `limits`.
     pub fn create(name: &str, limits: &Limits) -> Result<Cgroup, JailError> {
-        if unified() {
-            Cgroup::create_v2(name, limits)
+        let root = Path::new(ROOT);
+        if unified(root) {
+            Cgroup::create_v2(root, name, limits)
         } else {
             Cgroup::create_v1(name, limits)
         }
     }
 
-    fn create_v2(name: &str, limits: &Limits) -> Result<Cgroup, JailError> {
-        let root = Path::new(ROOT);
+    /// Makes the cgroup `husk/<name>` below the v2 hierarchy at `root`.
+    fn create_v2(root: &Path, name: &str, limits: &Limits) -> Result<Cgroup, JailError> {
         let parent = root.join("husk");
         super::make_dir(&parent)?;
         write(root, "cgroup.subtree_control", "+memory +pids +cpu")?;
@@ -207,5 +209,63 @@ fn ignore_missing(e: JailError) -> Result<(), JailError> {
     match &e {
         JailError::Io { source, .. } if source.kind() == ErrorKind::NotFound => Ok(()),
         _ => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A v2 hierarchy as the kernel shows its root: the controllers file
+    /// and the files `create_v2` writes (cgroupfs has them in every
+    /// directory; a plain directory gets them as they are written).
+    fn fake_v2_root(controllers: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("cgroup.controllers"), controllers).unwrap();
+        dir
+    }
+
+    #[test]
+    fn v2_is_used_only_with_the_controllers_a_jail_needs() {
+        assert!(unified(
+            fake_v2_root("cpuset cpu io memory hugetlb pids rdma\n").path()
+        ));
+        // A hybrid host's unified hierarchy: mounted, no controllers.
+        assert!(!unified(fake_v2_root("\n").path()));
+        assert!(!unified(fake_v2_root("cpu io memory\n").path()));
+        assert!(!unified(Path::new("/nonexistent")));
+    }
+
+    #[test]
+    fn v2_cgroup_gets_the_limits_below_a_delegating_parent() {
+        let root = fake_v2_root("cpu memory pids\n");
+        let limits = Limits {
+            memory: 320 << 20,
+            pids: 17,
+            cpus: 2,
+        };
+        let cg = Cgroup::create_v2(root.path(), "husk-vmm-900001", &limits).unwrap();
+        let read = |rel: &str| std::fs::read_to_string(root.path().join(rel)).unwrap();
+        // Controllers are enabled for the children of the root and of husk/.
+        assert_eq!(read("cgroup.subtree_control"), "+memory +pids +cpu");
+        assert_eq!(read("husk/cgroup.subtree_control"), "+memory +pids +cpu");
+        let dir = "husk/husk-vmm-900001";
+        assert_eq!(
+            read(&format!("{dir}/memory.max")),
+            (320u64 << 20).to_string()
+        );
+        assert_eq!(read(&format!("{dir}/memory.swap.max")), "0");
+        assert_eq!(read(&format!("{dir}/pids.max")), "17");
+        assert_eq!(read(&format!("{dir}/cpu.max")), "200000 100000");
+        assert_eq!(cg.dirs(), [root.path().join(dir)]);
+        assert_eq!(
+            cg.procs_files(),
+            [root.path().join(dir).join("cgroup.procs")]
+        );
+        // A process leaves for the root (v2 has no processes in inner nodes).
+        assert_eq!(cg.leave_files(), [root.path().join("cgroup.procs")]);
+        assert_eq!(cg.display(), "/husk/husk-vmm-900001");
+        // Made again (a leftover of a killed caller), it is reused.
+        Cgroup::create_v2(root.path(), "husk-vmm-900001", &limits).unwrap();
     }
 }
