@@ -176,6 +176,23 @@ fn bad_mount_specs_fail_with_one_line() {
     ]);
     assert!(made.is_dir());
     env.ok(&["rm", "made"]);
+    // Without virtiofsd, a foreground run says so (the monitor's boot
+    // error reaches the starter, not a closed connection), and --rm
+    // leaves nothing.
+    let mut cmd = env.cmd(&[
+        "run",
+        "--rm",
+        "-v",
+        &format!("{}:/m", s(&made)),
+        IMAGE,
+        "true",
+    ]);
+    cmd.env("HUSK_VIRTIOFSD", env.dir.path().join("no-virtiofsd"));
+    let out = cmd.output().expect("husk run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{err}");
+    assert!(err.contains("no virtiofsd"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
     env.eventually("no container", Duration::from_secs(60), || {
         env.ok(&["ps", "-aq"]).is_empty()
     });

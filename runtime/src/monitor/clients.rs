@@ -53,6 +53,8 @@ pub struct Clients {
     listener: UnixListener,
     clients: Vec<Client>,
     end: Option<EndNotice>,
+    /// Some client has attached since the monitor started.
+    served: bool,
 }
 
 impl Clients {
@@ -63,6 +65,7 @@ impl Clients {
             listener,
             clients: Vec::new(),
             end: None,
+            served: false,
         })
     }
 
@@ -121,7 +124,10 @@ impl Clients {
                 Ok(Some(Message::Resume)) if c.greeted && !c.attached => {
                     events.push(ClientEvent::Pause(i, false))
                 }
-                Ok(Some(msg)) => c.on_message(msg, &mut events, end.as_ref()),
+                Ok(Some(msg)) => {
+                    c.on_message(msg, &mut events, end.as_ref());
+                    self.served |= c.attached;
+                }
                 Ok(None) => break,
                 Err(_) => {
                     c.dead = true;
@@ -149,6 +155,27 @@ impl Clients {
             c.dead = true;
         }
         self.end = Some(end);
+    }
+
+    /// After [`Clients::finish`], when no client ever attached (the VM
+    /// failed before the container ran, while its starter was about to
+    /// attach): serves the clients that come until `deadline` or until one
+    /// has attached, so that the starter learns the real error rather
+    /// than seeing its connection closed.
+    pub fn serve_late(&mut self, deadline: std::time::Instant) {
+        while !self.served {
+            let ready = match husk_sandbox::wait::poll_readable(&self.fds(), Some(deadline)) {
+                Ok(r) if !r.is_empty() => r,
+                _ => return,
+            };
+            for i in ready {
+                match i {
+                    0 => self.accept(),
+                    i => drop(self.read(i - 1)),
+                }
+            }
+            self.reap();
+        }
     }
 
     /// Answers a [`ClientEvent::Pause`] (`Ok`, or `Error` with `why`) and
@@ -329,5 +356,44 @@ mod tests {
         let _ = clients.read(n);
         clients.reap();
         assert_eq!(clients.fds().len(), 1);
+    }
+
+    /// The VM failed before its starter attached: the starter, attaching
+    /// after the end, still hears the error and the exit code.
+    #[test]
+    fn a_starter_attaching_after_a_failed_boot_hears_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.sock");
+        let mut clients = Clients::new(UnixListener::bind(&path).unwrap()).unwrap();
+        clients.finish(EndNotice {
+            code: 125,
+            error: Some((ErrorCode::Internal, "no virtiofsd".into())),
+        });
+        let starter = std::thread::spawn(move || {
+            let mut c = UnixStream::connect(&path).unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let hello = Message::Hello {
+                version: PROTOCOL_VERSION,
+            };
+            write_message(&mut c, &hello).unwrap();
+            write_message(&mut c, &Message::Ok).unwrap();
+            let mut got = Vec::new();
+            while let Ok(Some(m)) = husk_protocol::read_message(&mut c) {
+                got.push(m);
+            }
+            got
+        });
+        clients.serve_late(std::time::Instant::now() + Duration::from_secs(10));
+        let got = starter.join().unwrap();
+        assert!(
+            got.iter()
+                .any(|m| matches!(m, Message::Error { detail, .. } if detail == "no virtiofsd")),
+            "{got:?}"
+        );
+        assert_eq!(got.last(), Some(&Message::Exited { code: 125 }));
+        // Once one has attached, nothing more is waited for.
+        let start = std::time::Instant::now();
+        clients.serve_late(start + Duration::from_secs(10));
+        assert!(start.elapsed() < Duration::from_secs(5));
     }
 }
