@@ -117,7 +117,7 @@ impl SandboxConfig {
                 guest_cid: GUEST_CID,
                 uds_path: self.vsock.clone(),
                 listener: None,
-                streams: vmm::VsockStreams::AgentFrames,
+                streams: vmm::VsockStreams::Raw,
             }),
             net: self.net.clone(),
             fs: None,
