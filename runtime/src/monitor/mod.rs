@@ -277,12 +277,12 @@ impl Recorder {
     }
 }
 
-/// Runs the container to its end; its exit code.
 /// How long a monitor whose VM failed before anyone attached waits for
 /// its starter (`husk run` in the foreground, `start -a`) to attach and
 /// hear why.
 const LATE_ATTACH_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// Runs the container to its end; its exit code.
 fn run(root: &Path, id: &str, launch: &str) -> Result<i32, Error> {
     let rt = Runtime::open(root)?;
     let id = ContainerId::parse(id).ok_or_else(|| Error::NoSuchContainer(id.to_string()))?;

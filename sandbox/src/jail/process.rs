@@ -122,10 +122,10 @@ impl VmProcess {
             ended: None,
             _resources: resources,
         };
-        let fs_socket = match &req.spec {
-            VmSpec::Boot(c) | VmSpec::Template(c) => c.fs.as_ref().and_then(|fs| fs.socket.clone()),
-            VmSpec::Restore(_) => None,
-        };
+        let fs_socket = req
+            .spec
+            .boot_config()
+            .and_then(|c| c.fs.as_ref()?.socket.clone());
         let launch = Launch {
             vm: jailed_spec(req.spec),
             net: req.net.map(net_spec),
@@ -415,19 +415,15 @@ fn jailed_spec(spec: VmSpec) -> VmSpec {
             ..v
         })
     };
+    let boot = |mut c: vmm::VmConfig| {
+        c.vsock = vsock(c.vsock);
+        c.console = vmm::ConsoleOutput::Stdout;
+        c.net = None;
+        c
+    };
     match spec {
-        VmSpec::Boot(mut c) => {
-            c.vsock = vsock(c.vsock);
-            c.console = vmm::ConsoleOutput::Stdout;
-            c.net = None;
-            VmSpec::Boot(c)
-        }
-        VmSpec::Template(mut c) => {
-            c.vsock = vsock(c.vsock);
-            c.console = vmm::ConsoleOutput::Stdout;
-            c.net = None;
-            VmSpec::Template(c)
-        }
+        VmSpec::Boot(c) => VmSpec::Boot(boot(c)),
+        VmSpec::Template(c) => VmSpec::Template(boot(c)),
         VmSpec::Restore(mut r) => {
             r.vsock = vsock(r.vsock);
             r.console = vmm::ConsoleOutput::Stdout;
