@@ -278,21 +278,22 @@ fn template_vms_are_built_jailed() {
         .stdout(std::process::Stdio::piped());
     let child = cmd.spawn().expect("husk run");
 
+    // A VMM seen while no template exists is the template's: a container's
+    // VMM starts only after its template is published. Checking in that
+    // order (VMM, then no template) leaves no window for a mix-up.
     let mut found = None;
     env.eventually(
         "the template's VMM to start",
         Duration::from_secs(600),
         || {
-            found = vmm_with_env(&marker);
+            found = vmm_with_env(&marker).and_then(|pid| {
+                let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+                (!has_template(&templates)).then_some((pid, status))
+            });
             found.is_some()
         },
     );
-    let pid = found.expect("found");
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    // No template existed before this VMM ran and none exists while it
-    // does: it is the template's (a container's VMM starts only after its
-    // template is published).
-    assert!(!has_template(&templates), "a template existed already");
+    let (pid, status) = found.expect("found");
     let uid = status_field(&status, "Uid");
     assert_ne!(uid[0], "0", "{status}");
     assert_eq!(uid, vec![uid[0].clone(); 4]);
@@ -309,20 +310,12 @@ fn template_vms_are_built_jailed() {
         );
     }
     // Its vCPU threads run filtered (its main thread saves the VM, so it
-    // is the one left without a filter).
-    let mut vcpu = None;
+    // is the one left without a filter). A vCPU thread has its name a moment
+    // before it installs its filter, so this waits for mode 2 (filter).
     env.eventually(
-        "the template's vCPU thread",
+        "the template's vCPU thread to run with a seccomp filter",
         Duration::from_secs(60),
-        || {
-            vcpu = vcpu_seccomp(pid);
-            vcpu.is_some()
-        },
-    );
-    assert_eq!(
-        vcpu.as_deref(),
-        Some("2"),
-        "vCPU thread of the template's VMM"
+        || vcpu_seccomp(pid).as_deref() == Some("2"),
     );
 
     let out = child.wait_with_output().expect("husk run");

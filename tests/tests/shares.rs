@@ -93,12 +93,20 @@ fn two_containers_see_each_others_writes() {
     let shared = env.dir.path().join("shared");
     std::fs::create_dir(&shared).unwrap();
     let vol = format!("{}:/s", s(&shared));
-    // Each waits for the other's file (bounded: 3000 x 0.2 s).
+    // Each waits for the other's file (bounded: 3000 x 0.2 s). A file is written
+    // beside its name and renamed into place: `echo x > f` creates `f` before it
+    // writes, so a reader polling for `f` could otherwise cat it empty.
     let wait_for = |f: &str| {
         format!("i=0; while [ ! -f /s/{f} ] && [ $i -lt 3000 ]; do sleep 0.2; i=$((i+1)); done; cat /s/{f}")
     };
-    let a = format!("echo from-a > /s/a; {}", wait_for("b"));
-    let b = format!("{}; echo from-b > /s/b", wait_for("a"));
+    let a = format!(
+        "echo from-a > /s/a.tmp; mv /s/a.tmp /s/a; {}",
+        wait_for("b")
+    );
+    let b = format!(
+        "{}; echo from-b > /s/b.tmp; mv /s/b.tmp /s/b",
+        wait_for("a")
+    );
     for (name, script) in [("sa", &a), ("sb", &b)] {
         env.ok(&[
             "run", "-d", "--name", name, "-v", &vol, IMAGE, "sh", "-c", script,
