@@ -117,7 +117,7 @@ impl SandboxConfig {
                 guest_cid: GUEST_CID,
                 uds_path: self.vsock.clone(),
                 listener: None,
-                streams: vmm::VsockStreams::Raw,
+                streams: vmm::VsockStreams::AgentFrames,
             }),
             net: self.net.clone(),
             fs: None,

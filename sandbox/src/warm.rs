@@ -159,7 +159,7 @@ fn restore_config(config: &SandboxConfig, template: &Template) -> vmm::RestoreCo
             guest_cid: GUEST_CID,
             uds_path: config.vsock.clone(),
             listener: None,
-            streams: vmm::VsockStreams::Raw,
+            streams: vmm::VsockStreams::AgentFrames,
         }),
         net: config.net.clone(),
         seccomp: crate::sandbox::seccomp_mode(),

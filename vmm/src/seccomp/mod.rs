@@ -24,6 +24,11 @@
 //! thread, as seccomp requires of an unprivileged caller), independent of
 //! what the process itself did.
 //!
+//! Opening a file fails with `EACCES` (glibc's malloc tries once, see
+//! `rules::DENIED_WITH_ERROR`): a second, tiny filter stacked under
+//! each thread's allow-list returns that error, and the kernel takes the
+//! stricter of the two answers.
+//!
 //! A system call outside the list kills the whole process
 //! ([`SeccompMode::Enforce`], `SECCOMP_RET_KILL_PROCESS`), or is allowed
 //! and logged by the kernel's audit log ([`SeccompMode::Log`],
@@ -84,6 +89,9 @@ pub struct Filters {
     vcpu: BpfProgram,
     event_loop: BpfProgram,
     control: BpfProgram,
+    /// Makes [`rules::DENIED_WITH_ERROR`] fail with `EACCES`; installed
+    /// before (under) each allow-list.
+    denied: BpfProgram,
 }
 
 thread_local! {
@@ -94,12 +102,13 @@ thread_local! {
 impl Filters {
     /// Compiles the filters for `mode`.
     pub fn new(mode: SeccompMode) -> Result<Filters, SeccompError> {
-        let (vcpu, event_loop, control) = match mode {
-            SeccompMode::Disabled => (Vec::new(), Vec::new(), Vec::new()),
+        let (vcpu, event_loop, control, denied) = match mode {
+            SeccompMode::Disabled => (Vec::new(), Vec::new(), Vec::new(), Vec::new()),
             _ => (
                 compile(mode, ThreadKind::Vcpu)?,
                 compile(mode, ThreadKind::EventLoop)?,
                 compile(mode, ThreadKind::Control)?,
+                compile_denied()?,
             ),
         };
         Ok(Filters {
@@ -107,6 +116,7 @@ impl Filters {
             vcpu,
             event_loop,
             control,
+            denied,
         })
     }
 
@@ -133,8 +143,13 @@ impl Filters {
             None => {}
         }
         // apply_filter sets this thread's no_new_privs, then installs the
-        // filter on this thread only.
-        seccompiler::apply_filter(program).map_err(|e| SeccompError::Install(kind, e))?;
+        // filter on this thread only. The allow-list goes last: it has no
+        // `seccomp` call, so nothing can be added after it.
+        let install = |p: &BpfProgram| {
+            seccompiler::apply_filter(p).map_err(|e| SeccompError::Install(kind, e))
+        };
+        install(&self.denied)?;
+        install(program)?;
         FILTERED.with(|f| f.set(Some(kind)));
         Ok(())
     }
@@ -162,6 +177,21 @@ fn compile(mode: SeccompMode, kind: ThreadKind) -> Result<BpfProgram, SeccompErr
     BpfProgram::try_from(filter).map_err(backend)
 }
 
+/// The filter that fails [`rules::DENIED_WITH_ERROR`] with `EACCES` and
+/// lets everything else through (to the allow-list installed over it).
+fn compile_denied() -> Result<BpfProgram, SeccompError> {
+    let err =
+        |e: BackendError| SeccompError::Build(ThreadKind::Control, seccompiler::Error::Backend(e));
+    let rules = rules::DENIED_WITH_ERROR
+        .iter()
+        .map(|&nr| (nr, Vec::new()))
+        .collect();
+    let arch = TargetArch::try_from(std::env::consts::ARCH).map_err(err)?;
+    let denied = SeccompAction::Errno(libc::EACCES as u32);
+    let filter = SeccompFilter::new(rules, SeccompAction::Allow, denied, arch).map_err(err)?;
+    BpfProgram::try_from(filter).map_err(err)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,6 +206,7 @@ mod tests {
             assert_ne!(f.control, f.vcpu);
         }
         let off = Filters::new(SeccompMode::Disabled).unwrap();
+        assert!(off.denied.is_empty());
         off.install(ThreadKind::Vcpu).unwrap();
         assert!(!current_thread_filtered());
     }

@@ -53,6 +53,14 @@ const COMMON: &[i64] = &[
     libc::SYS_restart_syscall,
 ];
 
+/// Calls glibc makes on its own that the VMM's threads must not make:
+/// opening files. Its malloc opens `/proc/sys/vm/overcommit_memory` the
+/// first time a thread's arena shrinks (after a large buffer is freed),
+/// and copes when that fails. These fail with `EACCES` (a second, stacked
+/// filter, see [`super::Filters::install`]) instead of killing the VMM;
+/// the allow-lists let them through to that filter.
+pub(super) const DENIED_WITH_ERROR: &[i64] = &[libc::SYS_open, libc::SYS_openat];
+
 /// vCPU threads, besides [`COMMON`] and their ioctls: the serial console
 /// file (positioned writes, truncation when it is rotated, see
 /// [`crate::logging::CappedFile`]), draining queue eventfds when the
@@ -119,6 +127,7 @@ pub(super) fn allowed(kind: ThreadKind) -> Result<Rules, BackendError> {
         ThreadKind::Control => CONTROL,
     };
     rules.extend(own.iter().map(|&nr| (nr, Vec::new())));
+    rules.extend(DENIED_WITH_ERROR.iter().map(|&nr| (nr, Vec::new())));
     rules.insert(libc::SYS_mmap, no_exec(2)?);
     rules.insert(libc::SYS_mprotect, no_exec(2)?);
     rules.insert(libc::SYS_tgkill, arg_in(2, &kill_signals())?);
