@@ -50,7 +50,8 @@ pub enum SeccompMode {
     #[default]
     Enforce,
     /// Allow it and log it to the kernel's audit log (`SECCOMP_RET_LOG`):
-    /// for development, to find what a filter lacks.
+    /// for development, to find what a filter lacks. Opening a file still
+    /// fails with `EACCES`.
     Log,
     /// Install no filter.
     Disabled,
@@ -73,6 +74,9 @@ pub enum SeccompError {
     /// The allow-list cannot be compiled (a bug in the rules).
     #[error("cannot build the seccomp filter of the {0:?} threads")]
     Build(ThreadKind, #[source] seccompiler::Error),
+    /// The filter that refuses opening files cannot be compiled.
+    #[error("cannot build the seccomp filter that refuses opening files")]
+    BuildDenied(#[source] seccompiler::Error),
     /// The kernel refused the filter (or `no_new_privs`).
     #[error("cannot install the seccomp filter of a {0:?} thread")]
     Install(ThreadKind, #[source] seccompiler::Error),
@@ -164,32 +168,36 @@ pub fn current_thread_filtered() -> bool {
 
 /// Compiles the allow-list of `kind` for `mode` (not `Disabled`).
 fn compile(mode: SeccompMode, kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
-    let err = |e: seccompiler::Error| SeccompError::Build(kind, e);
-    let backend = |e: BackendError| err(seccompiler::Error::Backend(e));
     let mismatch = match mode {
         SeccompMode::Log => SeccompAction::Log,
         _ => SeccompAction::KillProcess,
     };
-    let rules = rules::allowed(kind).map_err(backend)?;
-    let arch = TargetArch::try_from(std::env::consts::ARCH).map_err(backend)?;
-    let filter =
-        SeccompFilter::new(rules, mismatch, SeccompAction::Allow, arch).map_err(backend)?;
-    BpfProgram::try_from(filter).map_err(backend)
+    rules::allowed(kind)
+        .and_then(|rules| to_bpf(rules, mismatch, SeccompAction::Allow))
+        .map_err(|e| SeccompError::Build(kind, seccompiler::Error::Backend(e)))
 }
 
 /// The filter that fails [`rules::DENIED_WITH_ERROR`] with `EACCES` and
 /// lets everything else through (to the allow-list installed over it).
 fn compile_denied() -> Result<BpfProgram, SeccompError> {
-    let err =
-        |e: BackendError| SeccompError::Build(ThreadKind::Control, seccompiler::Error::Backend(e));
     let rules = rules::DENIED_WITH_ERROR
         .iter()
         .map(|&nr| (nr, Vec::new()))
         .collect();
-    let arch = TargetArch::try_from(std::env::consts::ARCH).map_err(err)?;
     let denied = SeccompAction::Errno(libc::EACCES as u32);
-    let filter = SeccompFilter::new(rules, SeccompAction::Allow, denied, arch).map_err(err)?;
-    BpfProgram::try_from(filter).map_err(err)
+    to_bpf(rules, SeccompAction::Allow, denied)
+        .map_err(|e| SeccompError::BuildDenied(seccompiler::Error::Backend(e)))
+}
+
+/// BPF for this machine's architecture: `on_match` for the calls in
+/// `rules` (whose conditions hold), `mismatch` for every other.
+fn to_bpf(
+    rules: rules::Rules,
+    mismatch: SeccompAction,
+    on_match: SeccompAction,
+) -> Result<BpfProgram, BackendError> {
+    let arch = TargetArch::try_from(std::env::consts::ARCH)?;
+    BpfProgram::try_from(SeccompFilter::new(rules, mismatch, on_match, arch)?)
 }
 
 #[cfg(test)]

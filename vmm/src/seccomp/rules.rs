@@ -20,7 +20,7 @@ vmm_sys_util::ioctl_ior_nr!(KVM_GET_REGS, KVMIO, 0x81, kvm_regs);
 vmm_sys_util::ioctl_ior_nr!(KVM_GET_SREGS, KVMIO, 0x83, kvm_sregs);
 
 /// A syscall with the rules under which it is allowed (none: always).
-type Rules = BTreeMap<i64, Vec<SeccompRule>>;
+pub(super) type Rules = BTreeMap<i64, Vec<SeccompRule>>;
 
 /// What every VMM thread does: allocate (glibc malloc: brk, mmap,
 /// mremap, madvise, and `sched_getaffinity` when it sizes its arenas;
