@@ -169,24 +169,89 @@ fn vsock_addr(cid: u32, port: u32) -> (libc::sockaddr_vm, libc::socklen_t) {
     (addr, len)
 }
 
-/// Finds the virtio-blk disk whose serial is `serial`, e.g. `/dev/vdb`,
-/// once it has a size: after a restore from a snapshot the disk's
-/// capacity arrives asynchronously (a config-change interrupt), so a disk
-/// of size 0 is waited for like a missing one, within [`DISK_TIMEOUT`].
-pub fn find_disk(serial: &str) -> Result<PathBuf, SysError> {
-    let deadline = Instant::now() + DISK_TIMEOUT;
-    loop {
-        let scan = scan_disks(Path::new("/sys/block"), serial);
-        if let Scan::Ready(name) = scan {
-            return Ok(PathBuf::from(format!("/dev/{name}")));
+/// The VM's virtio-blk disks by serial, each serial read once: reading
+/// `/sys/block/vdX/serial` sends the device a request, which costs a few
+/// tens of milliseconds where guest kernel code is emulated, and a
+/// container's assembly looks up every layer, writable disk and volume.
+#[derive(Debug)]
+pub struct Disks {
+    /// The `/sys/block` directory.
+    sys_block: PathBuf,
+    /// Each `vdX` seen so far and its serial.
+    serials: Vec<(String, String)>,
+}
+
+impl Disks {
+    /// The guest's disks (none read yet).
+    pub fn new() -> Self {
+        Self::at(Path::new("/sys/block"))
+    }
+
+    fn at(sys_block: &Path) -> Self {
+        Self {
+            sys_block: sys_block.to_path_buf(),
+            serials: Vec::new(),
         }
-        if Instant::now() >= deadline {
-            return Err(match scan {
-                Scan::Empty(_) => SysError::DiskEmpty(serial.to_string()),
-                _ => SysError::DiskNotFound(serial.to_string()),
-            });
+    }
+
+    /// Finds the disk whose serial is `serial`, e.g. `/dev/vdb`, once it
+    /// has a size: after a restore from a snapshot the disk's capacity
+    /// arrives asynchronously (a config-change interrupt), so a disk of
+    /// size 0 is waited for like a missing one, within [`DISK_TIMEOUT`].
+    pub fn find(&mut self, serial: &str) -> Result<PathBuf, SysError> {
+        let deadline = Instant::now() + DISK_TIMEOUT;
+        loop {
+            let scan = self.scan(serial);
+            if let Scan::Ready(name) = scan {
+                return Ok(PathBuf::from(format!("/dev/{name}")));
+            }
+            if Instant::now() >= deadline {
+                return Err(match scan {
+                    Scan::Empty(_) => SysError::DiskEmpty(serial.to_string()),
+                    _ => SysError::DiskNotFound(serial.to_string()),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
-        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    /// Looks for `serial` among the disks, reading the serials of disks
+    /// not seen before; the size is read each time.
+    fn scan(&mut self, serial: &str) -> Scan {
+        if !self.serials.iter().any(|(_, s)| s == serial) {
+            self.read_new_serials();
+        }
+        let Some((name, _)) = self.serials.iter().find(|(_, s)| s == serial) else {
+            return Scan::Missing;
+        };
+        let sectors = std::fs::read_to_string(self.sys_block.join(name).join("size"))
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        if sectors > 0 {
+            Scan::Ready(name.clone())
+        } else {
+            Scan::Empty(name.clone())
+        }
+    }
+
+    /// Records the serial of each `vdX` not recorded yet.
+    fn read_new_serials(&mut self) {
+        let Ok(entries) = std::fs::read_dir(&self.sys_block) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !name.starts_with("vd") || self.serials.iter().any(|(n, _)| *n == name) {
+                continue;
+            }
+            let Ok(found) = std::fs::read(entry.path().join("serial")) else {
+                continue;
+            };
+            let found = String::from_utf8_lossy(&found);
+            let found = found.trim_matches(|c: char| c.is_whitespace() || c == '\0');
+            self.serials.push((name, found.to_string()));
+        }
     }
 }
 
@@ -199,38 +264,6 @@ enum Scan {
     Empty(String),
     /// This disk (`vdX`) has the serial and a size.
     Ready(String),
-}
-
-/// Looks for the virtio-blk disk with `serial` in `sys_block` (the
-/// `/sys/block` directory: `vdX/serial`, `vdX/size` in 512-byte sectors).
-fn scan_disks(sys_block: &Path, serial: &str) -> Scan {
-    let Ok(entries) = std::fs::read_dir(sys_block) else {
-        return Scan::Missing;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        if !name.starts_with("vd") {
-            continue;
-        }
-        let Ok(found) = std::fs::read(entry.path().join("serial")) else {
-            continue;
-        };
-        let found = String::from_utf8_lossy(&found);
-        if found.trim_matches(|c: char| c.is_whitespace() || c == '\0') != serial {
-            continue;
-        }
-        let sectors = std::fs::read_to_string(entry.path().join("size"))
-            .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok())
-            .unwrap_or(0);
-        return if sectors > 0 {
-            Scan::Ready(name.into_owned())
-        } else {
-            Scan::Empty(name.into_owned())
-        };
-    }
-    Scan::Missing
 }
 
 /// Unmounts `target`, lazily if it is busy.
@@ -319,14 +352,20 @@ mod tests {
         disk(sys, "vdc", "layer0\n", Some("16384\n"));
         disk(sys, "vdd", "vol0", None);
         disk(sys, "sda", "layer1", Some("8\n"));
-        assert_eq!(scan_disks(sys, "layer0"), Scan::Ready("vdc".into()));
-        assert_eq!(scan_disks(sys, "rw"), Scan::Empty("vdb".into()));
-        assert_eq!(scan_disks(sys, "vol0"), Scan::Empty("vdd".into()));
-        assert_eq!(scan_disks(sys, "layer1"), Scan::Missing, "not virtio-blk");
-        assert_eq!(scan_disks(sys, "nope"), Scan::Missing);
-        assert_eq!(scan_disks(&sys.join("absent"), "rw"), Scan::Missing);
+        let mut disks = Disks::at(sys);
+        assert_eq!(disks.scan("layer0"), Scan::Ready("vdc".into()));
+        assert_eq!(disks.scan("rw"), Scan::Empty("vdb".into()));
+        assert_eq!(disks.scan("vol0"), Scan::Empty("vdd".into()));
+        assert_eq!(disks.scan("layer1"), Scan::Missing, "not virtio-blk");
+        assert_eq!(disks.scan("nope"), Scan::Missing);
+        assert_eq!(Disks::at(&sys.join("absent")).scan("rw"), Scan::Missing);
         // The capacity update arrives: the same disk is now ready.
         std::fs::write(sys.join("vdb/size"), "16777216\n").unwrap();
-        assert_eq!(scan_disks(sys, "rw"), Scan::Ready("vdb".into()));
+        assert_eq!(disks.scan("rw"), Scan::Ready("vdb".into()));
+        // A disk that appears later is found; known serials are not reread.
+        disk(sys, "vde", "late", Some("8\n"));
+        std::fs::write(sys.join("vdc/serial"), "changed").unwrap();
+        assert_eq!(disks.scan("late"), Scan::Ready("vde".into()));
+        assert_eq!(disks.scan("layer0"), Scan::Ready("vdc".into()));
     }
 }

@@ -14,7 +14,7 @@ use rustix::fs::{FileType, Mode, CWD};
 use rustix::mount::MountFlags;
 
 use crate::container::ContainerRoot;
-use crate::guest::{find_disk, mount_data};
+use crate::guest::{mount_data, Disks};
 use crate::spec::resolve_in_root;
 use crate::system::SysError;
 
@@ -110,13 +110,14 @@ pub fn prepare() -> Result<(), SysError> {
 pub fn create(spec: &ContainerSpec, mounts: &mut Vec<PathBuf>) -> Result<ContainerRoot, SysError> {
     let root = Path::new(ROOT_DIR);
     mkdir_p(root)?;
+    let mut disks = Disks::new();
     let points = match &spec.root {
         RootFs::Layers { layers, writable } => {
-            mount_layers(layers, writable, root, mounts)?;
+            mount_layers(&mut disks, layers, writable, root, mounts)?;
             MountPoints::Create
         }
         RootFs::Disk(disk) => {
-            let dev = find_disk(&disk.serial)?;
+            let dev = disks.find(&disk.serial)?;
             let flags = if disk.read_only {
                 MountFlags::RDONLY
             } else {
@@ -130,7 +131,7 @@ pub fn create(spec: &ContainerSpec, mounts: &mut Vec<PathBuf>) -> Result<Contain
     };
     mount_api(root, points)?;
     for vol in &spec.volumes {
-        let dev = find_disk(&vol.serial)?;
+        let dev = disks.find(&vol.serial)?;
         let target = in_root(root, &vol.target)?;
         if points == MountPoints::Create {
             mkdir_p(&target)?;
@@ -189,6 +190,7 @@ pub fn layer_dirs() -> Vec<PathBuf> {
 /// The image's EROFS layers stacked with overlayfs on `root`, under the
 /// writable disk's (or a tmpfs's) upper and work directories.
 fn mount_layers(
+    disks: &mut Disks,
     layers: &[String],
     writable: &str,
     root: &Path,
@@ -196,7 +198,7 @@ fn mount_layers(
 ) -> Result<(), SysError> {
     let mut lowers = Vec::new();
     for (i, serial) in layers.iter().enumerate() {
-        let dev = find_disk(serial)?;
+        let dev = disks.find(serial)?;
         let dir = PathBuf::from(format!("{LAYERS_DIR}/{i}"));
         mkdir_p(&dir)?;
         let dev = dev.to_string_lossy();
@@ -222,7 +224,7 @@ fn mount_layers(
             Teardown::Keep,
         )?;
     } else {
-        let dev = find_disk(writable)?;
+        let dev = disks.find(writable)?;
         mount_at(
             &dev.to_string_lossy(),
             rw,

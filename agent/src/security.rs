@@ -1,7 +1,7 @@
 //! A process's security settings ([`ProcessSecurity`]): resource limits,
 //! the capability sets, supplementary groups and `no_new_privs`.
 //!
-//! [`plan`] checks what the host asked for and prepares it before `fork`;
+//! [`plan`] checks what the host asked for and prepares it before `clone`;
 //! the child then applies it with plain system calls, in this order:
 //! resource limits (while it may still raise them), dropping bounding
 //! capabilities (needs `CAP_SETPCAP`), supplementary groups and the user
@@ -60,7 +60,7 @@ pub enum SecurityError {
     InheritableNotBounded(String),
 }
 
-/// What the child applies, prepared before `fork`.
+/// What the child applies, prepared before `clone`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Plan {
     /// The resource limits, in request order.
@@ -136,7 +136,7 @@ pub fn requested_caps(sec: &ProcessSecurity, uid: u32) -> Capabilities {
 }
 
 /// Masks `caps` to the kernel's capabilities and checks the rules the
-/// kernel enforces, so a violation is a clear error before `fork`.
+/// kernel enforces, so a violation is a clear error before `clone`.
 pub fn cap_plan(caps: &Capabilities, uid: u32, last_cap: u8) -> Result<CapPlan, SecurityError> {
     let known = if last_cap >= 63 {
         u64::MAX
@@ -265,7 +265,7 @@ fn resource(r: RlimitResource) -> Resource {
 /// (a limit's index, a capability number) and the errno.
 pub type ChildError = (u8, i32);
 
-/// Sets the resource limits (child after fork).
+/// Sets the resource limits (in the spawned child).
 pub fn set_rlimits(plan: &Plan) -> Result<(), ChildError> {
     for (i, (res, limit)) in plan.rlimits.iter().enumerate() {
         if let Err(e) = rustix::process::setrlimit(resource(*res), *limit) {
@@ -275,11 +275,11 @@ pub fn set_rlimits(plan: &Plan) -> Result<(), ChildError> {
     Ok(())
 }
 
-/// Drops from the bounding set every capability not in `caps`' (child
-/// after fork, still privileged).
+/// Drops from the bounding set every capability not in `caps`' (in the spawned child,
+/// still privileged).
 ///
 /// # Safety
-/// Child-after-fork only: changes the process's capabilities.
+/// Spawned child only (before its execve): changes the process's capabilities.
 pub unsafe fn drop_bounding(caps: &CapPlan) -> Result<(), ChildError> {
     for cap in 0..=caps.last_cap {
         if caps.sets.bounding & (1 << cap) != 0 {
@@ -306,7 +306,7 @@ pub unsafe fn drop_bounding(caps: &CapPlan) -> Result<(), ChildError> {
 /// the plan needs it (before `setuid`).
 ///
 /// # Safety
-/// Child-after-fork only.
+/// Spawned child only (before its execve).
 pub unsafe fn keep_caps(caps: &CapPlan) -> Result<(), i32> {
     if !caps.keep {
         return Ok(());
@@ -338,7 +338,7 @@ struct CapData {
 /// switch).
 ///
 /// # Safety
-/// Child-after-fork only.
+/// Spawned child only (before its execve).
 pub unsafe fn set_caps(caps: &CapPlan) -> Result<(), i32> {
     let s = &caps.sets;
     let half = |shift: u32| CapData {
@@ -363,7 +363,7 @@ pub unsafe fn set_caps(caps: &CapPlan) -> Result<(), i32> {
 /// Raises the ambient capabilities (after [`set_caps`]).
 ///
 /// # Safety
-/// Child-after-fork only.
+/// Spawned child only (before its execve).
 pub unsafe fn raise_ambient(caps: &CapPlan) -> Result<(), ChildError> {
     for cap in 0..=caps.last_cap {
         if caps.sets.ambient & (1 << cap) == 0 {
@@ -390,7 +390,7 @@ pub unsafe fn raise_ambient(caps: &CapPlan) -> Result<(), ChildError> {
 /// Sets `no_new_privs` if the plan asks for it (the last step).
 ///
 /// # Safety
-/// Child-after-fork only.
+/// Spawned child only (before its execve).
 pub unsafe fn set_no_new_privs(plan: &Plan) -> Result<(), i32> {
     if !plan.no_new_privs {
         return Ok(());

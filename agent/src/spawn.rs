@@ -3,11 +3,21 @@
 //! pseudo-terminal), entering the container's mount namespace, and the
 //! process's security settings (`security.rs`).
 //!
-//! Everything the child needs is prepared before `fork`, so the child only
-//! makes async-signal-safe system calls (this also keeps it correct when the
-//! unit tests fork from a multi-threaded test process). If the child fails
-//! before or at `execve`, it writes the stage and errno to a close-on-exec
-//! pipe; the parent reads that pipe to tell success (EOF) from failure.
+//! The child is started the way `posix_spawn` starts one: `clone` with
+//! `CLONE_VM | CLONE_VFORK`, on a stack of its own, sharing the agent's
+//! memory until its `execve`, while the agent waits. Nothing of the
+//! agent's address space is copied, so neither side takes copy-on-write
+//! page faults; on hosts where guest kernel code is emulated each of those
+//! costs milliseconds (`husk exec` got about a third faster there,
+//! docs/BENCHMARKS.md). Everything the child needs is prepared before, so
+//! the child only reads that and makes async-signal-safe system calls, the
+//! credential ones raw (libc's `setuid` and friends would ask every thread
+//! of the process whose memory the child shares to switch too); this also
+//! keeps it correct when the unit tests spawn from a multi-threaded test
+//! process.
+//! If the child fails before or at `execve`, it writes the stage and errno
+//! to a close-on-exec pipe; the parent reads that pipe to tell success
+//! (EOF) from failure.
 
 use std::ffi::{CString, NulError};
 use std::fs::File;
@@ -96,7 +106,7 @@ pub struct Spawned {
     pub io: ProcIo,
 }
 
-/// Everything the child needs, prepared before forking.
+/// Everything the child needs, prepared before the child is cloned.
 struct Prepared {
     candidates: Vec<CString>,
     argv: Vec<CString>,
@@ -134,17 +144,33 @@ pub fn spawn(
         Entry::Join(fd) => Some(fd),
         _ => None,
     };
-    let ctty = io.is_tty();
-    let fds = io.child_fds();
-    // SAFETY: fork has no memory-safety preconditions; the child branch only
-    // makes async-signal-safe calls on data prepared above and never returns.
-    let pid = unsafe { libc::fork() };
+    let args = ChildArgs {
+        prep: &prep,
+        argv: &argv,
+        env: &env,
+        fds: io.child_fds(),
+        ctty: io.is_tty(),
+        join,
+        report: report_w.as_raw_fd(),
+    };
+    let stack = ChildStack::new().map_err(|e| SpawnError::internal("child stack", e))?;
+    // SAFETY: `child_entry` gets a pointer to `args`, which outlives the
+    // child's use of it: with CLONE_VFORK this thread is suspended until the
+    // child has called execve or exited. The child runs on `stack` (its own,
+    // with a guard page, unmapped only after clone returns), does not
+    // return, and only reads `args` and makes async-signal-safe calls.
+    let pid = unsafe {
+        libc::clone(
+            child_entry,
+            stack.top(),
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            std::ptr::from_ref(&args).cast_mut().cast(),
+        )
+    };
     if pid < 0 {
-        return Err(SpawnError::internal("fork", io::Error::last_os_error()));
+        return Err(SpawnError::internal("clone", io::Error::last_os_error()));
     }
-    if pid == 0 {
-        child(&prep, &argv, &env, fds, ctty, join, report_w.as_raw_fd());
-    }
+    drop(stack);
     drop(report_w);
     let cwd = prep.cwd.to_string_lossy().into_owned();
     let io = io.into_parent();
@@ -169,7 +195,7 @@ fn cstrings(v: &[String]) -> Result<Vec<CString>, NulError> {
 }
 
 /// Prepares everything the child needs; the security settings are
-/// checked here, so a bad request fails before `fork`.
+/// checked here, so a bad request fails before `clone`.
 fn prepare(req: &ExecRequest, creds: &Creds, entry: &Entry<'_>) -> Result<Prepared, SpawnError> {
     // Without root (unit tests) the credentials and capabilities cannot
     // change.
@@ -369,7 +395,70 @@ fn exec_error(errno: i32, cmd: &str, searched: bool) -> SpawnError {
     }
 }
 
+/// The size of the child's stack (it runs `child` and `execve`).
+const CHILD_STACK_LEN: usize = 256 * 1024;
+
+/// The child's own stack while it shares the agent's memory: an anonymous
+/// mapping whose lowest page is a guard (an overflow faults instead of
+/// writing over the agent's memory). Unmapped on drop.
+struct ChildStack {
+    base: *mut libc::c_void,
+}
+
+impl ChildStack {
+    fn new() -> io::Result<Self> {
+        use rustix::mm::{mmap_anonymous, mprotect, MapFlags, MprotectFlags, ProtFlags};
+        let prot = ProtFlags::READ | ProtFlags::WRITE;
+        let flags = MapFlags::PRIVATE | MapFlags::STACK;
+        // SAFETY: a new anonymous mapping at an address the kernel picks
+        // aliases nothing.
+        let base = unsafe { mmap_anonymous(std::ptr::null_mut(), CHILD_STACK_LEN, prot, flags) }?;
+        let stack = Self { base };
+        // SAFETY: the first page lies in the mapping made above, which
+        // nothing uses yet.
+        unsafe { mprotect(stack.base, page_size(), MprotectFlags::empty()) }?;
+        Ok(stack)
+    }
+
+    /// The initial stack pointer (the stack grows down; 16-byte aligned).
+    fn top(&self) -> *mut libc::c_void {
+        self.base.wrapping_byte_add(CHILD_STACK_LEN)
+    }
+}
+
+impl Drop for ChildStack {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`; the child no longer runs on it
+        // (it has exec'd or exited once clone returned).
+        let _ = unsafe { rustix::mm::munmap(self.base, CHILD_STACK_LEN) };
+    }
+}
+
+fn page_size() -> usize {
+    rustix::param::page_size()
+}
+
+/// What the child is started with: data prepared before `clone`, read
+/// (never written) by the child through a pointer.
+struct ChildArgs<'a> {
+    prep: &'a Prepared,
+    argv: &'a [*const libc::c_char],
+    env: &'a [*const libc::c_char],
+    fds: [RawFd; 3],
+    ctty: bool,
+    join: Option<RawFd>,
+    report: RawFd,
+}
+
 // ---- child side: async-signal-safe calls only, never returns ----
+
+/// `clone`'s entry point.
+extern "C" fn child_entry(args: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `spawn` passes a pointer to a `ChildArgs` that stays alive and
+    // unchanged while the parent is suspended (CLONE_VFORK).
+    let a = unsafe { &*args.cast_const().cast::<ChildArgs<'_>>() };
+    child(a.prep, a.argv, a.env, a.fds, a.ctty, a.join, a.report)
+}
 
 fn child(
     prep: &Prepared,
@@ -381,7 +470,7 @@ fn child(
     report: RawFd,
 ) -> ! {
     // SAFETY: all calls below are async-signal-safe system calls on fds and
-    // NUL-terminated strings prepared before fork; pointer arrays end in NULL.
+    // NUL-terminated strings prepared before clone; pointer arrays end in NULL.
     unsafe {
         libc::setsid();
         let mut empty: libc::sigset_t = std::mem::zeroed();
@@ -411,46 +500,48 @@ fn child(
 /// order `security.rs` explains; reports the first failure and exits.
 ///
 /// # Safety
-/// Child-after-fork only.
+/// Spawned child only (before its execve).
 unsafe fn apply_security(prep: &Prepared, report: RawFd) {
     let plan = &prep.security;
     if let Err((i, e)) = security::set_rlimits(plan) {
         fail(report, Stage::Rlimit, i, e);
     }
     if let Some(caps) = &plan.caps {
-        // SAFETY: prctl calls in the child after fork (caller contract).
+        // SAFETY: prctl calls in the spawned child (caller contract).
         if let Err((cap, e)) = unsafe { security::drop_bounding(caps) } {
             fail(report, Stage::Bounding, cap, e);
         }
     }
     if let Some((uid, gid, groups)) = &prep.creds {
         if let Some(caps) = &plan.caps {
-            // SAFETY: a prctl call in the child after fork.
+            // SAFETY: a prctl call in the spawned child.
             if let Err(e) = unsafe { security::keep_caps(caps) } {
                 fail(report, Stage::KeepCaps, 0, e);
             }
         }
-        // SAFETY: the group list lives in `prep` for the call.
+        // SAFETY: the group list lives in `prep` for the call. Raw system
+        // calls: libc's wrappers would ask the agent's other threads (whose
+        // memory this child shares) to switch too.
         let switched = unsafe {
-            libc::setgroups(groups.len(), groups.as_ptr()) == 0
-                && libc::setgid(*gid) == 0
-                && libc::setuid(*uid) == 0
+            libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) == 0
+                && libc::syscall(libc::SYS_setgid, *gid) == 0
+                && libc::syscall(libc::SYS_setuid, *uid) == 0
         };
         if !switched {
             fail(report, Stage::Credentials, 0, errno());
         }
     }
     if let Some(caps) = &plan.caps {
-        // SAFETY: capset in the child after fork.
+        // SAFETY: capset in the spawned child.
         if let Err(e) = unsafe { security::set_caps(caps) } {
             fail(report, Stage::Capabilities, 0, e);
         }
-        // SAFETY: prctl calls in the child after fork.
+        // SAFETY: prctl calls in the spawned child.
         if let Err((cap, e)) = unsafe { security::raise_ambient(caps) } {
             fail(report, Stage::Ambient, cap, e);
         }
     }
-    // SAFETY: a prctl call in the child after fork.
+    // SAFETY: a prctl call in the spawned child.
     if let Err(e) = unsafe { security::set_no_new_privs(plan) } {
         fail(report, Stage::NoNewPrivs, 0, e);
     }
@@ -464,7 +555,7 @@ unsafe fn apply_security(prep: &Prepared, report: RawFd) {
 /// directory, or the existing one behind `join`.
 ///
 /// # Safety
-/// Child-after-fork only.
+/// Spawned child only (before its execve).
 unsafe fn enter(prep: &Prepared, join: Option<RawFd>) -> bool {
     // SAFETY: plain system calls with valid C strings (caller contract).
     unsafe {
@@ -495,7 +586,7 @@ unsafe fn enter(prep: &Prepared, join: Option<RawFd>) -> bool {
 /// process's user (errors surface at `chdir`).
 ///
 /// # Safety
-/// Child-after-fork only.
+/// Spawned child only (before its execve).
 unsafe fn make_cwd(prep: &Prepared) {
     for dir in &prep.cwd_parts {
         // SAFETY: valid C string; mkdir/chown have no other preconditions.
@@ -512,7 +603,7 @@ unsafe fn make_cwd(prep: &Prepared) {
 /// Moves the three stdio fds into place (clearing close-on-exec).
 ///
 /// # Safety
-/// Child-after-fork only: raw fd manipulation.
+/// Spawned child only (before its execve): raw fd manipulation.
 unsafe fn setup_stdio(fds: [RawFd; 3]) -> bool {
     // First move any source fd that sits at 0..=2 out of the way, so one
     // dup2 cannot clobber a source needed by the next.
@@ -540,7 +631,7 @@ unsafe fn setup_stdio(fds: [RawFd; 3]) -> bool {
 /// entries, stops at any other error. Returns the errno to report.
 ///
 /// # Safety
-/// Child-after-fork only; `argv`/`env` are NULL-terminated pointer arrays.
+/// Spawned child only (before its execve); `argv`/`env` are NULL-terminated pointer arrays.
 unsafe fn exec_candidates(
     candidates: &[CString],
     argv: &[*const libc::c_char],

@@ -97,7 +97,7 @@ impl Stdio {
         ]
     }
 
-    /// After the fork: closes the child's ends in the agent and makes the
+    /// After the child started: closes the child's ends in the agent and makes the
     /// agent's ends non-blocking (for its poll loop).
     pub fn into_parent(self) -> io::Result<ProcIo> {
         drop(self.child);
