@@ -22,6 +22,11 @@ use crate::system::SysError;
 const LAYERS_DIR: &str = "/run/husk/layers";
 /// Where the writable disk is mounted (holds upper/ and work/).
 const RW_DIR: &str = "/run/husk/rw";
+/// The writable disk's mount options: no read-ahead of every block group's
+/// allocation bitmap at mount (a fresh disk allocates from the first
+/// groups; reading the rest cost ~7% of a warm `husk run`'s guest kernel
+/// work on PVM hosts, docs/BENCHMARKS.md).
+const RW_OPTIONS: &str = "no_prefetch_block_bitmaps";
 /// The container's root (the overlay).
 const ROOT_DIR: &str = "/run/husk/root";
 /// The container's /dev, built once at boot ([`prepare`]) and bound into
@@ -230,7 +235,7 @@ fn mount_layers(
             rw,
             "ext4",
             MountFlags::empty(),
-            None,
+            Some(RW_OPTIONS),
             Teardown::Unmount(mounts),
         )?;
     }

@@ -17,8 +17,13 @@ pub const RW_SERIAL: &str = "rw";
 pub const GUEST_CID: u64 = 3;
 /// Kernel command line added to the VMM's own: the agent disk is the root
 /// and the agent is PID 1; `panic=-1` makes a panic reboot at once, which
-/// ends the VM (see [`crate::explain`]).
-pub const CMDLINE: &str = "root=/dev/vda ro rootfstype=erofs init=/husk-agent quiet panic=-1";
+/// ends the VM (see [`crate::explain`]). `cgroup_disable=memory` turns off
+/// the guest's memory cgroup accounting, which nothing in the guest reads
+/// (the agent makes no cgroups and containers see no cgroup filesystem) and
+/// which costs every page the guest kernel allocates a few hundred
+/// instructions, emulated on PVM hosts (docs/BENCHMARKS.md).
+pub const CMDLINE: &str =
+    "root=/dev/vda ro rootfstype=erofs init=/husk-agent quiet panic=-1 cgroup_disable=memory";
 
 /// What a disk is to the guest; decides its serial.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
