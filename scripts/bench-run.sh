@@ -14,8 +14,9 @@
 #           unmeasured warm-up run of each.
 #   memory: one long-running container (`sleep 1000`) of each: the host
 #           memory of every process that exists because of it, summed:
-#           husk: the monitor (which runs the VMM, so guest RAM the guest
-#           touched is included); crun: the container's process (crun
+#           husk: the monitor and the processes below it (the jailed VMM,
+#           so guest RAM the guest touched is included, its waiter, and
+#           passt); crun: the container's process (crun
 #           itself exits after `run --detach`). Both RSS and PSS (shared
 #           pages divided between their users) from /proc/PID/smaps_rollup,
 #           sampled after the container has been up for SETTLE seconds.
@@ -205,18 +206,35 @@ def rollup(pid):
     return rss, pss
 
 
+def with_descendants(pid):
+    """`pid` and every process below it."""
+    pids, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        pids.append(p)
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    todo.extend(int(c) for c in f.read().split())
+        except FileNotFoundError:
+            pids.pop()  # it exited meanwhile
+    return pids
+
+
 def husk_memory(n=1, cold=False):
-    """RSS and PSS summed over the monitors of `n` idle containers."""
+    """RSS and PSS summed over the monitors of `n` idle containers and
+    what they started (the jailed VMM and its waiter, passt)."""
     names = [f"bench-long-{i}" for i in range(n)]
     for name in names:
         sh([HUSK, "run", "-d", *cold_flag(cold), "--name", name, "bb:bench", "sleep", "1000"])
     time.sleep(SETTLE)
     total = [0, 0]
     for name in names:
-        pid = int(sh([HUSK, "inspect", "-f", "{{.State.MonitorPid}}", name]).strip())
-        rss, pss = rollup(pid)
-        total[0] += rss
-        total[1] += pss
+        monitor = int(sh([HUSK, "inspect", "-f", "{{.State.MonitorPid}}", name]).strip())
+        for pid in with_descendants(monitor):
+            rss, pss = rollup(pid)
+            total[0] += rss
+            total[1] += pss
     sh([HUSK, "rm", "-f", *names])
     return tuple(total)
 

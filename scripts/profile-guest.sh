@@ -34,7 +34,8 @@ done
 [ "$(id -u)" = 0 ] || die "needs root (system-wide tracepoints)"
 command -v perf >/dev/null || die "perf missing (apt-get install linux-perf)"
 command -v python3 >/dev/null || die "python3 missing"
-perf list 2>/dev/null | grep -q 'kvm:kvm_emulate_insn' \
+# grep -c reads all of perf's output (-q would cut the pipe under pipefail)
+perf list 2>/dev/null | grep -c 'kvm:kvm_emulate_insn' >/dev/null \
     || die "this host has no kvm:kvm_emulate_insn tracepoint"
 
 if [ "${COUNT_ONLY:-0}" = 1 ]; then
