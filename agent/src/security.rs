@@ -275,8 +275,8 @@ pub fn set_rlimits(plan: &Plan) -> Result<(), ChildError> {
     Ok(())
 }
 
-/// Drops from the bounding set every capability not in `caps`' (in the spawned child,
-/// still privileged).
+/// Drops from the bounding set every capability not in `caps`' (in the
+/// spawned child, still privileged).
 ///
 /// # Safety
 /// Spawned child only (before its execve): changes the process's capabilities.

@@ -8,7 +8,7 @@
 //! memory until its `execve`, while the agent waits. Nothing of the
 //! agent's address space is copied, so neither side takes copy-on-write
 //! page faults; on hosts where guest kernel code is emulated each of those
-//! costs milliseconds (`husk exec` got about a third faster there,
+//! costs milliseconds (`husk exec` got about a quarter faster there,
 //! docs/BENCHMARKS.md). Everything the child needs is prepared before, so
 //! the child only reads that and makes async-signal-safe system calls, the
 //! credential ones raw (libc's `setuid` and friends would ask every thread
@@ -416,7 +416,13 @@ impl ChildStack {
         let stack = Self { base };
         // SAFETY: the first page lies in the mapping made above, which
         // nothing uses yet.
-        unsafe { mprotect(stack.base, page_size(), MprotectFlags::empty()) }?;
+        unsafe {
+            mprotect(
+                stack.base,
+                rustix::param::page_size(),
+                MprotectFlags::empty(),
+            )
+        }?;
         Ok(stack)
     }
 
@@ -434,12 +440,9 @@ impl Drop for ChildStack {
     }
 }
 
-fn page_size() -> usize {
-    rustix::param::page_size()
-}
-
 /// What the child is started with: data prepared before `clone`, read
 /// (never written) by the child through a pointer.
+#[derive(Clone, Copy)]
 struct ChildArgs<'a> {
     prep: &'a Prepared,
     argv: &'a [*const libc::c_char],
@@ -456,19 +459,19 @@ struct ChildArgs<'a> {
 extern "C" fn child_entry(args: *mut libc::c_void) -> libc::c_int {
     // SAFETY: `spawn` passes a pointer to a `ChildArgs` that stays alive and
     // unchanged while the parent is suspended (CLONE_VFORK).
-    let a = unsafe { &*args.cast_const().cast::<ChildArgs<'_>>() };
-    child(a.prep, a.argv, a.env, a.fds, a.ctty, a.join, a.report)
+    child(unsafe { &*args.cast_const().cast::<ChildArgs<'_>>() })
 }
 
-fn child(
-    prep: &Prepared,
-    argv: &[*const libc::c_char],
-    env: &[*const libc::c_char],
-    fds: [RawFd; 3],
-    ctty: bool,
-    join: Option<RawFd>,
-    report: RawFd,
-) -> ! {
+fn child(args: &ChildArgs<'_>) -> ! {
+    let ChildArgs {
+        prep,
+        argv,
+        env,
+        fds,
+        ctty,
+        join,
+        report,
+    } = *args;
     // SAFETY: all calls below are async-signal-safe system calls on fds and
     // NUL-terminated strings prepared before clone; pointer arrays end in NULL.
     unsafe {
